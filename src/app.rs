@@ -1,0 +1,449 @@
+//! Building and running sluice.
+//!
+//! A [`Runtime`] is everything one version of the config needs to serve requests: the route
+//! table, per-route limits, upstream pools. [`Shared`] holds the current `Runtime` behind an
+//! [`ArcSwap`]: each request loads it once, so a reload applies to new requests at once while
+//! requests in flight finish under the runtime they started with.
+//!
+//! [`App`] binds the listeners (so tests can bind port 0 and learn the port), then
+//! [`App::run`] serves until shutdown and drains.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::config::{Config, Mode, Priority};
+use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
+use crate::listener::{self, Listener};
+use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
+use crate::proxy::Upstream;
+use crate::router::Router;
+use crate::server::{self, HttpBuilder};
+use crate::shutdown::Shutdown;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// How often idle rate-limit keys are evicted.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything one config version needs to serve requests. Immutable once built.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The config this was built from.
+    pub config: Arc<Config>,
+    /// Route matching, by index into `routes`.
+    pub router: Router,
+    /// Per-route state, in file order.
+    pub routes: Vec<Route>,
+    /// Upstream pools, in file order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Client IP and bucket keys.
+    pub keys: KeyExtractor,
+    /// `server.rate_limit_headers`.
+    pub rate_limit_headers: bool,
+    /// HTTP settings for new connections (header timeout, h2 streams).
+    pub http: HttpBuilder,
+    /// Process-wide metric families.
+    pub metrics: Arc<Metrics>,
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// Queue order and shedding.
+    pub priority: Priority,
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// Where admitted requests go.
+    pub upstream: Arc<Upstream>,
+    /// All must admit a request.
+    pub limits: Vec<Limit>,
+    /// `RateLimit-Policy`, precomputed (constant per route); `None` without limits or when
+    /// `rate_limit_headers` is off.
+    pub policy: Option<HeaderValue>,
+    /// This route's own cap.
+    pub concurrency: Option<ConcurrencyLimit>,
+    /// Counters and gauges of this route.
+    pub metrics: RouteMetrics,
+    /// Queue wait of this route's cap.
+    pub cap_metrics: ScopeMetrics,
+    /// Queue wait of the upstream's cap.
+    pub upstream_cap_metrics: ScopeMetrics,
+    /// `sluice_inflight{upstream}`.
+    pub upstream_inflight: Gauge,
+}
+
+/// A rate limit of a route, with what its 429 says.
+#[derive(Debug)]
+pub struct Limit {
+    /// The bucket(s). Shared with the next runtime when unchanged by a reload.
+    pub rate: Arc<RateLimit>,
+    /// `limit per-client of route create-order: 100/s, burst 200`.
+    pub detail: String,
+}
+
+/// State that outlives config versions.
+#[derive(Debug)]
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    ready: AtomicBool,
+    /// Process-wide metric families; series survive reloads.
+    pub metrics: Arc<Metrics>,
+    /// Serializes reloads (SIGHUP and `POST /reload` may race). std Mutex: a reload does no
+    /// `.await` while holding it.
+    pub(crate) reloading: std::sync::Mutex<()>,
+}
+
+/// Why sluice could not start (exit status 1; config errors are exit 2 and come earlier).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+// === impl Runtime ===
+
+impl Runtime {
+    /// Builds the runtime for `config`. With `previous`, limiter state whose route name, limit
+    /// name and parameters are unchanged is carried over, so a reload does not hand out fresh
+    /// bursts. Must be called inside a tokio runtime (upstream pools spawn tasks).
+    pub fn build(config: Config, previous: Option<&Runtime>, metrics: Arc<Metrics>) -> Runtime {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                // An unchanged upstream keeps its pool and its cap (slots in use carry over).
+                previous
+                    .and_then(|p| p.upstreams.iter().find(|o| same_upstream(o.config(), u)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Upstream::new(u)))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let old = previous.and_then(|p| p.routes.iter().find(|o| o.name == r.name));
+                let limits = r
+                    .rate_limits
+                    .iter()
+                    .map(|l| {
+                        let kept = old
+                            .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
+                            .map(|ol| ol.rate.clone());
+                        Limit {
+                            rate: kept.unwrap_or_else(|| Arc::new(RateLimit::new(l))),
+                            detail: format!(
+                                "limit {} of route {}: {}, burst {}",
+                                l.name, r.name, l.rate, l.burst
+                            ),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                let policy = (config.server.rate_limit_headers && !r.rate_limits.is_empty())
+                    .then(|| headers::policy_value(&r.rate_limits.iter().collect::<Vec<_>>()));
+                let concurrency = r.concurrency.map(|c| {
+                    old.and_then(|o| o.concurrency.as_ref())
+                        .filter(|oc| oc.config() == c)
+                        .cloned()
+                        .unwrap_or_else(|| ConcurrencyLimit::new(c))
+                });
+                let upstream = upstreams[r.upstream].clone();
+                Route {
+                    metrics: metrics.route(&r.name),
+                    cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
+                    upstream_cap_metrics: metrics.scope(&Scope::Upstream(upstream.name.clone())),
+                    upstream_inflight: metrics.upstream_inflight(&upstream.name),
+                    name: r.name.clone(),
+                    priority: r.priority,
+                    mode: r.mode,
+                    upstream,
+                    limits,
+                    policy,
+                    concurrency,
+                }
+            })
+            .collect();
+        Runtime {
+            router: Router::new(config.routes.iter().map(|r| r.matcher.clone()).collect()),
+            routes,
+            upstreams,
+            keys: KeyExtractor::new(
+                &config.server.trusted_proxies,
+                config.server.ipv6_key_prefix,
+            ),
+            rate_limit_headers: config.server.rate_limit_headers,
+            http: server::http_builder(&config.server),
+            metrics,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Sets the gauges that are properties of limiters (queue depth, utilisation, tracked keys);
+    /// called when `/metrics` is scraped.
+    pub fn refresh_gauges(&self) {
+        for route in &self.routes {
+            if let Some(cap) = &route.concurrency {
+                self.metrics
+                    .set_queue_depth(&Scope::Route(route.name.clone()), cap.queue_depth());
+            }
+            for limit in &route.limits {
+                self.metrics.set_rate_limit_keys(
+                    &route.name,
+                    &limit.rate.config().name,
+                    limit.rate.len(),
+                );
+            }
+        }
+        for up in &self.upstreams {
+            if let Some(cap) = &up.concurrency {
+                self.metrics
+                    .set_queue_depth(&Scope::Upstream(up.name.clone()), cap.queue_depth());
+                let max = cap.config().max_inflight.get() as f64;
+                self.metrics
+                    .set_utilization(&up.name, cap.inflight() as f64 / max);
+            }
+        }
+    }
+
+    /// Evicts idle keys from every rate limit.
+    pub fn housekeeping(&self) {
+        for route in &self.routes {
+            for limit in &route.limits {
+                limit.rate.housekeeping();
+            }
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Wraps the first runtime.
+    pub fn new(runtime: Runtime) -> Self {
+        Shared {
+            metrics: runtime.metrics.clone(),
+            runtime: ArcSwap::from_pointee(runtime),
+            ready: AtomicBool::new(false),
+            reloading: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current runtime; a request holds it until it is done.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Publishes a new runtime for new requests.
+    pub fn swap(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// True once listeners are up and until shutdown starts.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// A bound but not yet serving sluice.
+#[derive(Debug)]
+pub struct App {
+    shared: Arc<Shared>,
+    http: Listener,
+    http_addr: SocketAddr,
+    admin: Option<std::net::TcpListener>,
+    admin_addr: Option<SocketAddr>,
+    shutdown: Shutdown,
+}
+
+// === impl App ===
+
+impl App {
+    /// Binds every listener of `config` and builds the first runtime.
+    ///
+    /// # Errors
+    /// [`StartError::Bind`] when an address cannot be bound.
+    pub async fn bind(config: Config) -> Result<App, StartError> {
+        let addr = config.server.listen;
+        let http = Listener::bind(addr, config.server.max_connections.get())
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let (admin, admin_addr) = match &config.admin {
+            Some(a) => {
+                let bound = std::net::TcpListener::bind(a.listen)
+                    .and_then(|l| l.local_addr().map(|addr| (l, addr)))
+                    .map_err(|source| StartError::Bind {
+                        addr: a.listen,
+                        source,
+                    })?;
+                (Some(bound.0), Some(bound.1))
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared::new(Runtime::build(
+            config,
+            None,
+            Arc::new(Metrics::new()),
+        )));
+        Ok(App {
+            shared,
+            http,
+            http_addr,
+            admin,
+            admin_addr,
+            shutdown: Shutdown::new(),
+        })
+    }
+
+    /// The address of the plain HTTP listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The address of the admin listener, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The signal that stops this app; trigger it to shut down gracefully.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The shared state (current runtime, readiness).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until the shutdown signal fires, then drains for up to `server.shutdown_grace`.
+    pub async fn run(self) {
+        let config = self.shared.runtime().config.clone();
+        let limits = listener::Limits {
+            header_read_timeout: config.server.header_read_timeout,
+            shutdown_grace: config.server.shutdown_grace,
+        };
+        tracing::info!(listen = %self.http_addr, "http listener up (HTTP/1.1, h2c)");
+        for route in &config.routes {
+            tracing::info!(route = %route.name, upstream = %config.upstreams[route.upstream].name, limits = route.rate_limits.len(), "route");
+        }
+
+        let housekeeping = {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    shared.runtime().housekeeping();
+                }
+            })
+        };
+
+        // The admin listener outlives the drain, so /readyz can say 503 while it happens.
+        let admin_stop = Shutdown::new();
+        let admin = match (self.admin, self.admin_addr) {
+            (Some(listener), Some(addr)) => {
+                match crate::admin::spawn(listener, self.shared.clone(), admin_stop.clone()) {
+                    Ok(thread) => {
+                        tracing::info!(listen = %addr, "admin listener up (/metrics /healthz /readyz /config /reload)");
+                        Some(thread)
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot start the admin listener");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let sighup = spawn_reload_on_sighup(self.shared.clone());
+
+        self.shared.ready.store(true, Ordering::Relaxed);
+        let mut watch = self.shutdown.watch();
+        let ready_flag = self.shared.clone();
+        let flip = tokio::spawn(async move {
+            watch.wait().await;
+            ready_flag.ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: no new connections; draining in-flight requests");
+        });
+        self.http
+            .serve(self.shared.clone(), limits, self.shutdown.watch())
+            .await;
+        housekeeping.abort();
+        sighup.abort();
+        let _ = flip.await;
+        admin_stop.trigger();
+        if let Some(thread) = admin {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Reloads the config on every SIGHUP.
+fn spawn_reload_on_sighup(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot install the SIGHUP handler; reload with POST /reload");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading");
+                let shared = shared.clone();
+                // Reading and validating the file is blocking work.
+                let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared)).await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = shared;
+    })
+}
+
+/// Fires `shutdown` on SIGTERM or SIGINT.
+pub fn spawn_signal_handlers(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.trigger();
+    });
+}
+
+/// True when a reload can keep an upstream's pool and cap as they are.
+fn same_upstream(a: &crate::config::UpstreamConfig, b: &crate::config::UpstreamConfig) -> bool {
+    a.name == b.name
+        && a.endpoints == b.endpoints
+        && a.connect_timeout == b.connect_timeout
+        && a.timeout == b.timeout
+        && a.concurrency == b.concurrency
+}

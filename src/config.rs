@@ -1,0 +1,486 @@
+//! The configuration: what sluice was told to do, as validated runtime types.
+//!
+//! Loading takes three steps, each in its own module:
+//! 1. [`raw`]: the YAML is deserialized into serde mirrors of the file (`deny_unknown_fields`,
+//!    no logic). Type errors found here carry serde's line and column and the field path.
+//! 2. [`validate`]: raw values become the types below, which cannot hold a bad value
+//!    (rates, durations, addresses, names that refer to something that exists). All errors
+//!    are collected, each with its field path; [`locate`] finds the line and column of that path
+//!    in the YAML text.
+//! 3. The caller ([`crate::app`]) builds a running `Runtime` from a [`Config`].
+//!
+//! Everything here is plain data: cheap to clone, printable by `sluice check`.
+
+mod error;
+mod locate;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+
+pub use self::error::{ConfigError, FieldError};
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// # Errors
+/// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Invalid`] with every
+/// problem found (file, line, column, field path, what was expected) otherwise.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_yaml(&text, path)
+}
+
+/// Parses and validates YAML text; `path` is only used to name the file in errors.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every problem found.
+pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw = raw::parse(text, path)?;
+    validate::validate(raw, text, path)
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this was read from (for messages and reload).
+    pub source: PathBuf,
+    /// The listeners and connection-level settings.
+    pub server: ServerConfig,
+    /// The admin listener (metrics, health, reload); `None` = no admin listener.
+    pub admin: Option<AdminConfig>,
+    /// The shared store used by `scope: global` limits.
+    pub store: Option<StoreConfig>,
+    /// Upstreams in file order; routes refer to them by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes in file order: the first match wins.
+    pub routes: Vec<RouteConfig>,
+    /// The effective config as JSON, secrets redacted: what `GET /config` answers.
+    pub effective: serde_json::Value,
+}
+
+/// `server:` — listeners and connection handling.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Plain HTTP listener: HTTP/1.1 and HTTP/2 with prior knowledge.
+    pub listen: SocketAddr,
+    /// Optional HTTPS listener.
+    pub tls: Option<TlsConfig>,
+    /// Peers whose `X-Forwarded-For` is believed. Default: none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `client_ip` keys group IPv6 clients by this prefix length (0..=128). Default 64.
+    pub ipv6_key_prefix: u8,
+    /// Send `RateLimit-Policy` / `RateLimit`. Default true.
+    pub rate_limit_headers: bool,
+    /// A client that has not sent a request head within this is disconnected. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Open connections at most; more wait in the kernel's accept backlog. Default 10000.
+    pub max_connections: NonZeroUsize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Worker threads; `None` = number of CPUs.
+    pub workers: Option<NonZeroUsize>,
+    /// HTTP/2 streams per connection. Default 100.
+    pub max_concurrent_streams: u32,
+    /// One log line per request. Default false.
+    pub access_log: bool,
+}
+
+/// `server.tls:` — the HTTPS listener.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Address of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `admin:` — the admin listener.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Address of the admin listener (keep it on loopback or a private network).
+    pub listen: SocketAddr,
+}
+
+/// `store:` — shared state for global limits.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The Redis server holding global buckets.
+    pub redis: RedisConfig,
+}
+
+/// `store.redis:`.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL; may hold a password, so it is never printed.
+    pub url: String,
+    /// Per call; after it, `on_error` applies. Default 20 ms.
+    pub timeout: Duration,
+    /// What a global limit does when Redis fails.
+    pub on_error: OnStoreError,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("timeout", &self.timeout)
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:password@host`) with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://***@{host}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `store.redis.on_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Fall back to this instance's own bucket for the limit.
+    Local,
+    /// Admit the request.
+    Allow,
+    /// Reject with 503.
+    Deny,
+}
+
+/// `upstreams.<name>:`.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// The name routes use, and the `upstream` label of metrics.
+    pub name: Arc<str>,
+    /// `http://host:port` endpoints, tried round-robin.
+    pub endpoints: Vec<Authority>,
+    /// A connection attempt longer than this fails (502). Default 1 s.
+    pub connect_timeout: Duration,
+    /// Time until the response head arrives (504 after it). Default 30 s.
+    pub timeout: Duration,
+    /// A cap shared by every route to this upstream.
+    pub concurrency: Option<ConcurrencyConfig>,
+}
+
+/// `concurrency:` on a route or an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConcurrencyConfig {
+    /// Requests in flight at most.
+    pub max_inflight: NonZeroUsize,
+    /// Requests that may wait for a slot; 0 = reject at once.
+    pub queue: usize,
+    /// A waiter older than this gets 503 `queue-timeout`.
+    pub queue_timeout: Duration,
+}
+
+/// `routes[]`.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// Unique name: metrics label, problem JSON `route`.
+    pub name: Arc<str>,
+    /// What requests this route takes.
+    pub matcher: RouteMatch,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Who is shed first when queues are full.
+    pub priority: Priority,
+    /// Enforce limits, or only count what they would reject.
+    pub mode: Mode,
+    /// All must admit a request.
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// A cap on this route alone, checked before the upstream's.
+    pub concurrency: Option<ConcurrencyConfig>,
+}
+
+/// `routes[].match`.
+#[derive(Clone, Debug, Default)]
+pub struct RouteMatch {
+    /// `None` = any host.
+    pub host: Option<HostMatch>,
+    /// Default: prefix `/`.
+    pub path: PathMatch,
+    /// `None` = any method.
+    pub methods: Option<Vec<Method>>,
+}
+
+/// How a route matches the request's host (lower-cased, port removed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`, stored lower-case.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches `a.example.com`, not `example.com`.
+    Suffix(String),
+}
+
+/// How a route matches the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Segment-aware prefix: `/orders` matches `/orders` and `/orders/1`, not `/ordersfoo`.
+    /// Stored without a trailing slash, except `/` itself.
+    Prefix(String),
+    /// The whole path, query excluded.
+    Exact(String),
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        PathMatch::Prefix("/".to_owned())
+    }
+}
+
+/// `routes[].priority`. Ordered: `Low < Normal < High < Critical`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Dropped first.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Shed only for critical work.
+    High,
+    /// Never shed.
+    Critical,
+}
+
+impl Priority {
+    /// The name used in the YAML and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+}
+
+/// `routes[].mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Reject what limits reject.
+    #[default]
+    Enforce,
+    /// Count and log what would be rejected; reject nothing.
+    Shadow,
+}
+
+/// `routes[].rate_limits[]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// `name`, or `limit-<index>`: the item name in `RateLimit` fields and the metrics label.
+    pub name: Arc<str>,
+    /// Which requests share a bucket.
+    pub key: KeySpec,
+    /// Sustained rate.
+    pub rate: Rate,
+    /// Bucket size. Default: the rate's count.
+    pub burst: NonZeroU32,
+    /// Local bucket, or shared through the store.
+    pub scope: Scope,
+}
+
+/// `rate_limits[].key`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// One bucket for the whole route.
+    Global,
+    /// One bucket per client address (IPv6 grouped by prefix).
+    ClientIp,
+    /// One bucket per value of this header; a missing header falls back to the client IP.
+    Header(HeaderName),
+}
+
+/// A rate: `count` tokens per `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Tokens per period.
+    pub count: NonZeroU32,
+    /// The period.
+    pub per: Per,
+}
+
+/// The period of a [`Rate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Per {
+    /// `/s`
+    Second,
+    /// `/m`
+    Minute,
+    /// `/h`
+    Hour,
+}
+
+impl Per {
+    /// The period's length.
+    pub fn duration(self) -> Duration {
+        match self {
+            Per::Second => Duration::from_secs(1),
+            Per::Minute => Duration::from_secs(60),
+            Per::Hour => Duration::from_secs(3600),
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Per::Second => "s",
+            Per::Minute => "m",
+            Per::Hour => "h",
+        }
+    }
+}
+
+impl Rate {
+    /// Time for one token to be replenished: period / count.
+    pub fn emission_interval(&self) -> Duration {
+        self.per.duration() / self.count.get()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, self.per.suffix())
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let expected = || format!("expected a rate like 100/s, 20/m or 5/h, found {s:?}");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(expected)?;
+        let count: u32 = n.trim().parse().map_err(|_| expected())?;
+        let count = NonZeroU32::new(count)
+            .ok_or_else(|| format!("a rate must be positive, found {s:?}"))?;
+        let per = match unit.trim() {
+            "s" => Per::Second,
+            "m" => Per::Minute,
+            "h" => Per::Hour,
+            _ => return Err(expected()),
+        };
+        Ok(Rate { count, per })
+    }
+}
+
+/// `rate_limits[].scope`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// This instance's own bucket.
+    #[default]
+    Local,
+    /// A bucket in `store.redis`, shared by every instance.
+    Global,
+}
+
+impl fmt::Display for Config {
+    /// The one-screen summary printed by `sluice check`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "config {} is valid", self.source.display())?;
+        writeln!(f, "listeners:")?;
+        writeln!(f, "  http   {}", self.server.listen)?;
+        if let Some(tls) = &self.server.tls {
+            writeln!(f, "  https  {} (cert {})", tls.listen, tls.cert.display())?;
+        }
+        if let Some(admin) = &self.admin {
+            writeln!(f, "  admin  {}", admin.listen)?;
+        }
+        writeln!(f, "upstreams:")?;
+        for up in &self.upstreams {
+            let eps: Vec<String> = up.endpoints.iter().map(|a| format!("http://{a}")).collect();
+            write!(f, "  {:<16} {}", up.name, eps.join(", "))?;
+            if let Some(c) = &up.concurrency {
+                write!(f, "  [{}]", DisplayCap(c))?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "routes (first match wins):")?;
+        for r in &self.routes {
+            let host = match &r.matcher.host {
+                None => "*".to_owned(),
+                Some(HostMatch::Exact(h)) => h.clone(),
+                Some(HostMatch::Suffix(s)) => format!("*{s}"),
+            };
+            let path = match &r.matcher.path {
+                PathMatch::Prefix(p) => format!("{p}*"),
+                PathMatch::Exact(p) => p.clone(),
+            };
+            let methods = r.matcher.methods.as_ref().map_or_else(
+                || "ANY".to_owned(),
+                |ms| ms.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+            );
+            writeln!(
+                f,
+                "  {:<16} {methods} {host}{path} -> {} (priority {}{})",
+                r.name,
+                self.upstreams[r.upstream].name,
+                r.priority.as_str(),
+                if r.mode == Mode::Shadow {
+                    ", shadow"
+                } else {
+                    ""
+                }
+            )?;
+            for l in &r.rate_limits {
+                let key = match &l.key {
+                    KeySpec::Global => "global".to_owned(),
+                    KeySpec::ClientIp => "client_ip".to_owned(),
+                    KeySpec::Header(h) => format!("header:{h}"),
+                };
+                let scope = if l.scope == Scope::Global {
+                    ", scope global"
+                } else {
+                    ""
+                };
+                writeln!(
+                    f,
+                    "      limit {}: {} burst {} per {key}{scope}",
+                    l.name, l.rate, l.burst
+                )?;
+            }
+            if let Some(c) = &r.concurrency {
+                writeln!(f, "      {}", DisplayCap(c))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct DisplayCap<'a>(&'a ConcurrencyConfig);
+
+impl fmt::Display for DisplayCap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "concurrency {} in flight, queue {}, queue_timeout {}",
+            self.0.max_inflight,
+            self.0.queue,
+            humantime::format_duration(self.0.queue_timeout)
+        )
+    }
+}

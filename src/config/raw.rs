@@ -1,0 +1,318 @@
+//! Step 1 of loading: the YAML file as written, deserialized into serde mirrors of the schema.
+//!
+//! No logic lives here: every field is optional or a plain string so that `validate` can report
+//! every bad value at once with its path. What serde itself rejects (YAML syntax, unknown
+//! fields, a list where a mapping belongs, text where a number belongs) stops at the first
+//! error, which carries serde's line and column and the field path.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::de::{self, MapAccess, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::error::{ConfigError, FieldError};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// `server:` (required: it holds `listen`).
+    pub(crate) server: Option<RawServer>,
+    /// `admin:`.
+    pub(crate) admin: Option<RawAdmin>,
+    /// `store:`.
+    pub(crate) store: Option<RawStore>,
+    /// `upstreams:`, in file order.
+    pub(crate) upstreams: Option<RawUpstreams>,
+    /// `routes:`.
+    pub(crate) routes: Option<Vec<RawRoute>>,
+}
+
+/// `server:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    /// `ip:port` of the plain HTTP listener.
+    pub(crate) listen: Option<String>,
+    /// The HTTPS listener.
+    pub(crate) tls: Option<RawTls>,
+    /// CIDRs or bare addresses.
+    pub(crate) trusted_proxies: Option<Vec<String>>,
+    /// Prefix length, 0..=128.
+    pub(crate) ipv6_key_prefix: Option<Int>,
+    /// Send `RateLimit-Policy` / `RateLimit`.
+    pub(crate) rate_limit_headers: Option<bool>,
+    /// A duration.
+    pub(crate) header_read_timeout: Option<String>,
+    /// A count ≥ 1.
+    pub(crate) max_connections: Option<Int>,
+    /// A duration.
+    pub(crate) shutdown_grace: Option<String>,
+    /// A count ≥ 1.
+    pub(crate) workers: Option<Int>,
+    /// A count ≥ 1.
+    pub(crate) max_concurrent_streams: Option<Int>,
+    /// One log line per request.
+    pub(crate) access_log: Option<bool>,
+}
+
+/// `server.tls:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    /// `ip:port` of the HTTPS listener.
+    pub(crate) listen: Option<String>,
+    /// Path of the PEM certificate chain.
+    pub(crate) cert: Option<String>,
+    /// Path of the PEM private key.
+    pub(crate) key: Option<String>,
+}
+
+/// `admin:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    /// `ip:port` of the admin listener.
+    pub(crate) listen: Option<String>,
+}
+
+/// `store:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    /// `store.redis:`.
+    pub(crate) redis: Option<RawRedis>,
+}
+
+/// `store.redis:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    /// `redis://` or `rediss://` URL.
+    pub(crate) url: Option<String>,
+    /// A duration.
+    pub(crate) timeout: Option<String>,
+    /// `local` | `allow` | `deny`.
+    pub(crate) on_error: Option<String>,
+}
+
+/// `upstreams:` — a mapping from names to upstreams, kept in file order.
+#[derive(Debug, Default)]
+pub(crate) struct RawUpstreams(pub(crate) Vec<(String, RawUpstream)>);
+
+/// `upstreams.<name>:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    /// `http://host:port` URLs.
+    pub(crate) endpoints: Option<Vec<String>>,
+    /// A duration.
+    pub(crate) connect_timeout: Option<String>,
+    /// A duration.
+    pub(crate) timeout: Option<String>,
+    /// A cap shared by every route to this upstream.
+    pub(crate) concurrency: Option<RawConcurrency>,
+}
+
+/// `concurrency:` of a route or an upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConcurrency {
+    /// A count ≥ 1.
+    pub(crate) max_inflight: Option<Int>,
+    /// A count ≥ 0.
+    pub(crate) queue: Option<Int>,
+    /// A duration.
+    pub(crate) queue_timeout: Option<String>,
+}
+
+/// `routes[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    /// Unique route name.
+    pub(crate) name: Option<String>,
+    /// `match:`.
+    #[serde(rename = "match")]
+    pub(crate) matcher: Option<RawMatch>,
+    /// The name of an upstream.
+    pub(crate) upstream: Option<String>,
+    /// `critical` | `high` | `normal` | `low`.
+    pub(crate) priority: Option<String>,
+    /// `enforce` | `shadow`.
+    pub(crate) mode: Option<String>,
+    /// `rate_limits:`.
+    pub(crate) rate_limits: Option<Vec<RawRateLimit>>,
+    /// `concurrency:`.
+    pub(crate) concurrency: Option<RawConcurrency>,
+}
+
+/// `routes[].match:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    /// `api.example.com` or `*.example.com`.
+    pub(crate) host: Option<String>,
+    /// Starts with `/`.
+    pub(crate) path_prefix: Option<String>,
+    /// Starts with `/`.
+    pub(crate) path_exact: Option<String>,
+    /// HTTP method names.
+    pub(crate) methods: Option<Vec<String>>,
+}
+
+/// `routes[].rate_limits[]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    /// Unique within the route.
+    pub(crate) name: Option<String>,
+    /// `global` | `client_ip` | `header:<Name>`.
+    pub(crate) key: Option<String>,
+    /// `N/s`, `N/m` or `N/h`.
+    pub(crate) rate: Option<String>,
+    /// A count ≥ 1.
+    pub(crate) burst: Option<Int>,
+    /// `local` | `global`.
+    pub(crate) scope: Option<String>,
+}
+
+/// A whole number (possibly negative, so that `validate` can say "must be at least 1"); its own
+/// type so that a wrong value reads "expected a whole number", not "expected i64".
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Int(pub(crate) i64);
+
+/// Deserializes `text` into a [`RawConfig`]; `path` only names the file in errors.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with one error: YAML syntax, an empty file, a top level that is not
+/// a mapping, or the first field serde rejects (unknown, or of the wrong type).
+pub(crate) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    let invalid = |error: FieldError| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        errors: vec![error],
+    };
+    // The shape first, so that an empty file or a top-level list gets a plain-words message
+    // instead of "invalid type: unit value, expected struct RawConfig".
+    let shape: serde_yaml::Value =
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| invalid(field_error(&e)))?;
+    let found = match shape {
+        serde_yaml::Value::Mapping(_) => None,
+        serde_yaml::Value::Null => Some("the file is empty"),
+        serde_yaml::Value::Sequence(_) => Some("found a list"),
+        serde_yaml::Value::Tagged(_) => Some("found a tagged value"),
+        _ => Some("found a single value"),
+    };
+    if let Some(found) = found {
+        return Err(invalid(FieldError {
+            line: Some(1),
+            column: Some(1),
+            path: String::new(),
+            message: format!(
+                "expected a mapping with `server`, `upstreams` and `routes` at the top level; {found}"
+            ),
+        }));
+    }
+    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| invalid(field_error(&e)))
+}
+
+/// Turns serde's error into ours: the path from `serde_path_to_error`, the place from
+/// `serde_yaml`, and `serde_yaml`'s message without the place and path it embeds.
+fn field_error(error: &serde_path_to_error::Error<serde_yaml::Error>) -> FieldError {
+    let mut path = String::new();
+    for segment in error.path() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => {
+                let _ = write!(path, "[{index}]");
+            }
+            serde_path_to_error::Segment::Map { key } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            // Enum variants are not fields; where serde could not name the place (YAML syntax
+            // errors), the parent is enough.
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    let inner = error.inner();
+    let location = inner.location();
+    let mut message = inner.to_string();
+    if let Some(loc) = &location {
+        message = message.replacen(
+            &format!(" at line {} column {}", loc.line(), loc.column()),
+            "",
+            1,
+        );
+    }
+    // serde_yaml puts its own idea of the path in front (`routes[0].name: invalid type: …`).
+    if let Some((head, tail)) = message.split_once(": ") {
+        if head == path || (!head.is_empty() && !head.contains(char::is_whitespace)) {
+            message = tail.to_owned();
+        }
+    }
+    FieldError {
+        line: location.as_ref().map(serde_yaml::Location::line),
+        column: location.as_ref().map(serde_yaml::Location::column),
+        path,
+        message,
+    }
+}
+
+// === impl RawUpstreams ===
+
+impl<'de> Deserialize<'de> for RawUpstreams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+
+        impl<'de> Visitor<'de> for InOrder {
+            type Value = RawUpstreams;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping from upstream names to upstreams")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut upstreams = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<String, RawUpstream>()? {
+                    upstreams.push(entry);
+                }
+                Ok(RawUpstreams(upstreams))
+            }
+        }
+
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+// === impl Int ===
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Whole;
+
+        impl Visitor<'_> for Whole {
+            type Value = Int;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        deserializer.deserialize_i64(Whole)
+    }
+}

@@ -1,0 +1,815 @@
+//! Tests of config loading: the shipped example, values and defaults, every kind of error with
+//! its place in the file, and the effective config.
+
+use std::path::Path;
+
+use super::locate::Locator;
+use super::*;
+
+/// A small valid config; tests append to it or replace parts of it.
+const BASE: &str = "\
+server:
+  listen: 127.0.0.1:8080
+upstreams:
+  orders:
+    endpoints: [http://127.0.0.1:3000]
+routes:
+  - name: r
+    upstream: orders
+";
+
+fn load(yaml: &str) -> Config {
+    match from_yaml(yaml, Path::new("t.yaml")) {
+        Ok(config) => config,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn errors(yaml: &str) -> Vec<FieldError> {
+    match from_yaml(yaml, Path::new("t.yaml")) {
+        Ok(_) => panic!("expected errors, the config is valid:\n{yaml}"),
+        Err(ConfigError::Invalid { errors, .. }) => errors,
+        Err(e) => panic!("expected ConfigError::Invalid, got {e:?}"),
+    }
+}
+
+/// The single error of `yaml`, which must be about `path`.
+fn one_error(yaml: &str, path: &str) -> FieldError {
+    let errors = errors(yaml);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    assert_eq!(errors[0].path, path, "{errors:#?}");
+    errors.into_iter().next().unwrap()
+}
+
+/// BASE with `route` (indented as a list item's fields) as an extra route `x`.
+fn with_route(route: &str) -> String {
+    format!("{BASE}  - name: x\n    upstream: orders\n{route}")
+}
+
+// === the shipped example ===
+
+#[test]
+fn shipped_example_is_valid() {
+    // Pins: config/sluice.yaml, which documents every field, passes `sluice check`.
+    let config = load(include_str!("../../config/sluice.yaml"));
+    let names: Vec<&str> = config.routes.iter().map(|r| &*r.name).collect();
+    assert_eq!(
+        names,
+        [
+            "create-order",
+            "new-order-form",
+            "read-orders",
+            "partners",
+            "reports",
+            "catch-all"
+        ]
+    );
+    assert_eq!(config.upstreams.len(), 2);
+    assert!(config.server.tls.is_none() && config.admin.is_some() && config.store.is_none());
+}
+
+#[test]
+fn demo_config_is_valid() {
+    // Pins: config/demo.yaml, which `sluice demo` runs, passes validation.
+    let config = load(include_str!("../../config/demo.yaml"));
+    assert!(!config.routes.is_empty());
+}
+
+// === values ===
+
+const FULL: &str = "\
+server:
+  listen: 0.0.0.0:8080
+  trusted_proxies: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"]
+  ipv6_key_prefix: 56
+  rate_limit_headers: false
+  header_read_timeout: 5s
+  max_connections: 500
+  shutdown_grace: 1m
+  workers: 2
+  max_concurrent_streams: 50
+  access_log: false
+upstreams:
+  orders:
+    endpoints: [http://127.0.0.1:3000, http://127.0.0.1:3001]
+    connect_timeout: 250ms
+    timeout: 2s
+    concurrency:
+      max_inflight: 64
+      queue: 256
+      queue_timeout: 2s
+  users:
+    endpoints: [http://users.internal]
+routes:
+  - name: create-order
+    match:
+      host: API.Example.com
+      path_prefix: /orders/
+      methods: [post, PUT]
+    upstream: orders
+    priority: critical
+    mode: shadow
+    rate_limits:
+      - name: per-client
+        key: client_ip
+        rate: 100/s
+        burst: 200
+        scope: local
+      - key: header:X-Api-Key
+        rate: 20/m
+    concurrency:
+      max_inflight: 16
+      queue: 32
+      queue_timeout: 500ms
+  - name: users
+    match:
+      host: \"*.example.com\"
+      path_exact: /users/me
+    upstream: users
+    priority: low
+";
+
+#[test]
+fn full_example_parses_to_expected_values() {
+    // Pins: every field of the schema lands in the right runtime field, normalised.
+    let c = load(FULL);
+    let s = &c.server;
+    assert_eq!(s.listen, "0.0.0.0:8080".parse().unwrap());
+    let proxies: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(proxies, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    assert_eq!(s.ipv6_key_prefix, 56);
+    assert!(!s.rate_limit_headers);
+    assert_eq!(s.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(s.max_connections.get(), 500);
+    assert_eq!(s.shutdown_grace, Duration::from_secs(60));
+    assert_eq!(s.workers.map(NonZeroUsize::get), Some(2));
+    assert_eq!(s.max_concurrent_streams, 50);
+
+    // Upstreams keep file order; a missing port is 80.
+    let names: Vec<&str> = c.upstreams.iter().map(|u| &*u.name).collect();
+    assert_eq!(names, ["orders", "users"]);
+    let orders = &c.upstreams[0];
+    let eps: Vec<&str> = orders.endpoints.iter().map(Authority::as_str).collect();
+    assert_eq!(eps, ["127.0.0.1:3000", "127.0.0.1:3001"]);
+    assert_eq!(c.upstreams[1].endpoints[0].as_str(), "users.internal:80");
+    assert_eq!(orders.connect_timeout, Duration::from_millis(250));
+    assert_eq!(orders.timeout, Duration::from_secs(2));
+    let cap = orders.concurrency.unwrap();
+    assert_eq!(
+        (cap.max_inflight.get(), cap.queue, cap.queue_timeout),
+        (64, 256, Duration::from_secs(2))
+    );
+
+    let r = &c.routes[0];
+    assert_eq!(
+        r.matcher.host,
+        Some(HostMatch::Exact("api.example.com".into()))
+    );
+    assert_eq!(r.matcher.path, PathMatch::Prefix("/orders".into()));
+    assert_eq!(r.matcher.methods, Some(vec![Method::POST, Method::PUT]));
+    assert_eq!(
+        (r.upstream, r.priority, r.mode),
+        (0, Priority::Critical, Mode::Shadow)
+    );
+    let l0 = &r.rate_limits[0];
+    assert_eq!(
+        (
+            &*l0.name,
+            &l0.key,
+            l0.rate.to_string(),
+            l0.burst.get(),
+            l0.scope
+        ),
+        (
+            "per-client",
+            &KeySpec::ClientIp,
+            "100/s".to_owned(),
+            200,
+            Scope::Local
+        )
+    );
+    let l1 = &r.rate_limits[1];
+    assert_eq!(&*l1.name, "limit-1");
+    assert_eq!(
+        l1.key,
+        KeySpec::Header(HeaderName::from_static("x-api-key"))
+    );
+    assert_eq!(l1.rate.emission_interval(), Duration::from_secs(3));
+    assert_eq!(l1.burst.get(), 20, "burst defaults to the rate's count");
+    let cap = r.concurrency.unwrap();
+    assert_eq!(
+        (cap.max_inflight.get(), cap.queue, cap.queue_timeout),
+        (16, 32, Duration::from_millis(500))
+    );
+
+    let r = &c.routes[1];
+    assert_eq!(
+        r.matcher.host,
+        Some(HostMatch::Suffix(".example.com".into()))
+    );
+    assert_eq!(r.matcher.path, PathMatch::Exact("/users/me".into()));
+    assert_eq!((r.upstream, r.priority), (1, Priority::Low));
+}
+
+#[test]
+fn defaults_fill_what_is_absent() {
+    // Pins: the documented defaults of every optional field.
+    let c = load(&format!("{BASE}    concurrency:\n      max_inflight: 1\n    rate_limits:\n      - key: global\n        rate: 7/h\n"));
+    let s = &c.server;
+    assert!(s.tls.is_none() && s.trusted_proxies.is_empty() && s.workers.is_none());
+    assert_eq!(s.ipv6_key_prefix, 64);
+    assert!(s.rate_limit_headers);
+    assert_eq!(s.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(s.max_connections.get(), 10_000);
+    assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(s.max_concurrent_streams, 100);
+    assert!(!s.access_log);
+    let u = &c.upstreams[0];
+    assert_eq!(
+        (u.connect_timeout, u.timeout),
+        (Duration::from_secs(1), Duration::from_secs(30))
+    );
+    assert!(u.concurrency.is_none());
+    let r = &c.routes[0];
+    assert_eq!(r.matcher.host, None);
+    assert_eq!(r.matcher.path, PathMatch::Prefix("/".into()));
+    assert_eq!(r.matcher.methods, None);
+    assert_eq!((r.priority, r.mode), (Priority::Normal, Mode::Enforce));
+    let l = &r.rate_limits[0];
+    assert_eq!(
+        (&*l.name, l.burst.get(), l.scope),
+        ("limit-0", 7, Scope::Local)
+    );
+    let cap = r.concurrency.unwrap();
+    assert_eq!((cap.queue, cap.queue_timeout), (0, Duration::from_secs(1)));
+    assert!(c.admin.is_none() && c.store.is_none());
+}
+
+#[test]
+fn prefix_loses_trailing_slash_but_root_stays() {
+    // Pins: `/orders/` is stored as `/orders`; `/` and `//` as `/`.
+    for (given, stored) in [
+        ("/orders/", "/orders"),
+        ("/", "/"),
+        ("//", "/"),
+        ("/a/b", "/a/b"),
+    ] {
+        let c = load(&format!("{BASE}    match: {{path_prefix: \"{given}\"}}\n"));
+        assert_eq!(
+            c.routes[0].matcher.path,
+            PathMatch::Prefix(stored.into()),
+            "{given}"
+        );
+    }
+}
+
+#[test]
+fn ipv6_endpoint_gets_default_port() {
+    // Pins: `http://[::1]` becomes `[::1]:80`.
+    let c = load(&BASE.replace("http://127.0.0.1:3000", "\"http://[::1]/\""));
+    assert_eq!(c.upstreams[0].endpoints[0].as_str(), "[::1]:80");
+}
+
+// === errors found by serde ===
+
+#[test]
+fn unknown_field_names_path_line_and_column() {
+    // Pins: deny_unknown_fields, with the path from serde_path_to_error and serde_yaml's place.
+    let e = one_error(
+        &with_route("    rate_limits:\n      - key: global\n        rat: 1/s\n"),
+        "routes[1].rate_limits[0].rat",
+    );
+    assert_eq!((e.line, e.column), (Some(13), Some(9)));
+    assert!(
+        e.message
+            .starts_with("unknown field `rat`, expected one of"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn wrong_type_says_what_was_expected() {
+    // Pins: a type error names the field and what it should be, without serde_yaml's own path.
+    let e = one_error(&BASE.replace("routes:", "routes:\n  - name: z\n    upstream: orders\n    rate_limits:\n      - {key: global, rate: 1/s, burst: lots}"), "routes[0].rate_limits[0].burst");
+    assert_eq!(
+        e.message,
+        "invalid type: string \"lots\", expected a whole number"
+    );
+    assert_eq!((e.line, e.column), (Some(10), Some(41)));
+}
+
+#[test]
+fn empty_file_and_non_mapping_are_clear() {
+    // Pins: an empty file, a comment-only file and a top-level list get a plain message.
+    for text in ["", "# nothing\n", "- a\n", "just text"] {
+        let e = one_error(text, "");
+        assert!(
+            e.message.starts_with("expected a mapping with `server`"),
+            "{text:?}: {}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn yaml_syntax_error_has_a_place() {
+    // Pins: a YAML syntax error keeps libyaml's place and no bogus path.
+    let errors = errors("server: {listen: 127.0.0.1:8080\n");
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].line.is_some() && !errors[0].path.contains('?'),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn duplicate_upstream_key_is_an_error() {
+    // Pins: a YAML mapping with the same upstream twice is refused, not merged.
+    let yaml = BASE.replace(
+        "upstreams:\n",
+        "upstreams:\n  orders:\n    endpoints: [http://127.0.0.1:1]\n",
+    );
+    let e = one_error(&yaml, "upstreams");
+    assert!(e.message.contains("duplicate"), "{}", e.message);
+}
+
+// === errors found by validation ===
+
+#[test]
+fn bad_rate_is_reported_like_a_compiler() {
+    // Pins: the exact one-line format FILE:LINE:COLUMN: FIELD_PATH: MESSAGE.
+    let yaml = format!("{BASE}    rate_limits:\n      - key: client_ip\n        rate: 100/x\n");
+    let err = from_yaml(&yaml, Path::new("config/sluice.yaml")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config/sluice.yaml:11:15: routes[0].rate_limits[0].rate: expected a rate like 100/s, 20/m or 5/h, found \"100/x\""
+    );
+}
+
+#[test]
+fn zero_rate_is_refused() {
+    // Pins: N in N/s must be positive.
+    let e = one_error(
+        &format!("{BASE}    rate_limits:\n      - {{key: global, rate: 0/s}}\n"),
+        "routes[0].rate_limits[0].rate",
+    );
+    assert_eq!(e.message, "a rate must be positive, found \"0/s\"");
+}
+
+#[test]
+fn bad_and_zero_durations_are_refused() {
+    // Pins: a duration needs a unit; a zero timeout is refused; a zero grace period is fine.
+    let yaml = BASE.replace(
+        "    endpoints:",
+        "    timeout: 30\n    connect_timeout: 0s\n    endpoints:",
+    );
+    let errors = errors(&yaml);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!(errors[0].path, "upstreams.orders.timeout");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("expected a duration with a unit like 250ms"),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!(errors[1].path, "upstreams.orders.connect_timeout");
+    assert_eq!(errors[1].message, "must be greater than 0, found \"0s\"");
+    load(&BASE.replace(
+        "  listen: 127.0.0.1:8080",
+        "  listen: 127.0.0.1:8080\n  shutdown_grace: 0s",
+    ));
+}
+
+#[test]
+fn unknown_upstream_lists_the_known_ones() {
+    // Pins: a route naming a missing upstream says which upstreams exist.
+    let e = one_error(
+        &BASE.replace("upstream: orders", "upstream: order"),
+        "routes[0].upstream",
+    );
+    assert_eq!(
+        e.message,
+        "unknown upstream \"order\"; known upstreams: orders"
+    );
+    assert_eq!((e.line, e.column), (Some(8), Some(15)));
+}
+
+#[test]
+fn duplicate_route_name_is_refused() {
+    // Pins: route names are unique; the error points at the second use and names the first.
+    let e = one_error(
+        &format!("{BASE}  - name: r\n    upstream: orders\n"),
+        "routes[1].name",
+    );
+    assert_eq!(
+        e.message,
+        "duplicate route name \"r\" (first used at routes[0].name)"
+    );
+    assert_eq!((e.line, e.column), (Some(9), Some(11)));
+}
+
+#[test]
+fn duplicate_limit_name_is_refused_even_when_defaulted() {
+    // Pins: limit names are unique within a route, defaults (`limit-<i>`) included.
+    let yaml = format!("{BASE}    rate_limits:\n      - {{name: a, key: global, rate: 1/s}}\n      - {{name: a, key: global, rate: 2/s}}\n");
+    let e = one_error(&yaml, "routes[0].rate_limits[1].name");
+    assert!(
+        e.message.starts_with("duplicate limit name \"a\""),
+        "{}",
+        e.message
+    );
+    let yaml = format!("{BASE}    rate_limits:\n      - {{name: limit-1, key: global, rate: 1/s}}\n      - {{key: global, rate: 2/s}}\n");
+    one_error(&yaml, "routes[0].rate_limits[1]");
+    // The same limit name in two routes is fine.
+    load(&format!("{BASE}    rate_limits: [{{name: a, key: global, rate: 1/s}}]\n  - name: s\n    upstream: orders\n    rate_limits: [{{name: a, key: global, rate: 1/s}}]\n"));
+}
+
+#[test]
+fn path_prefix_and_path_exact_exclude_each_other() {
+    // Pins: giving both is an error at `match`.
+    let e = one_error(
+        &format!("{BASE}    match:\n      path_prefix: /a\n      path_exact: /a/b\n"),
+        "routes[0].match",
+    );
+    assert!(e.message.contains("mutually exclusive"));
+    assert_eq!((e.line, e.column), (Some(9), Some(5)));
+    let e = one_error(
+        &format!("{BASE}    match: {{path_exact: orders}}\n"),
+        "routes[0].match.path_exact",
+    );
+    assert_eq!(e.message, "a path must start with /, found \"orders\"");
+}
+
+#[test]
+fn host_must_be_exact_or_leading_wildcard() {
+    // Pins: `a.*.com`, ports, paths and junk are refused in match.host.
+    for (host, expected) in [
+        ("a.*.com", "only a leading wildcard"),
+        ("\"*\"", "only a leading wildcard"),
+        ("api.example.com:8080", "must not contain a port"),
+        ("api.example.com/x", "must not contain a path"),
+        ("a..b", "expected a host name"),
+        ("\"a b\"", "expected a host name"),
+    ] {
+        let e = one_error(
+            &format!("{BASE}    match: {{host: {host}}}\n"),
+            "routes[0].match.host",
+        );
+        assert!(e.message.contains(expected), "{host}: {}", e.message);
+    }
+}
+
+#[test]
+fn header_key_needs_a_valid_header_name() {
+    // Pins: `header:<Name>` is checked as an HTTP header name; other keys are refused.
+    let e = one_error(
+        &format!("{BASE}    rate_limits: [{{key: \"header:X Api\", rate: 1/s}}]\n"),
+        "routes[0].rate_limits[0].key",
+    );
+    assert_eq!(
+        e.message,
+        "\"X Api\" is not a valid header name, in \"header:X Api\""
+    );
+    let e = one_error(
+        &format!("{BASE}    rate_limits: [{{key: ip, rate: 1/s}}]\n"),
+        "routes[0].rate_limits[0].key",
+    );
+    assert_eq!(
+        e.message,
+        "expected global, client_ip or header:<Name>, found \"ip\""
+    );
+}
+
+#[test]
+fn bad_cidr_is_refused() {
+    // Pins: trusted_proxies entries are CIDRs or addresses, each error at its item.
+    let yaml = BASE.replace(
+        "  listen: 127.0.0.1:8080",
+        "  listen: 127.0.0.1:8080\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33, bogus]",
+    );
+    let errors = errors(&yaml);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["server.trusted_proxies[1]", "server.trusted_proxies[2]"]
+    );
+    assert!(errors[0]
+        .message
+        .starts_with("expected a CIDR like 10.0.0.0/8"));
+}
+
+#[test]
+fn endpoints_must_be_plain_http_urls() {
+    // Pins: https upstreams are "not supported yet"; paths, user info and other schemes are refused.
+    let e = one_error(
+        &BASE.replace("http://127.0.0.1:3000", "https://127.0.0.1:3000"),
+        "upstreams.orders.endpoints[0]",
+    );
+    assert!(e.message.ends_with("is not supported yet"), "{}", e.message);
+    for bad in [
+        "http://h:1/api",
+        "ftp://h",
+        "127.0.0.1:3000",
+        "http://u:p@h:1",
+        "\"\"",
+    ] {
+        one_error(
+            &BASE.replace("http://127.0.0.1:3000", bad),
+            "upstreams.orders.endpoints[0]",
+        );
+    }
+    let e = one_error(
+        &BASE.replace("[http://127.0.0.1:3000]", "[]"),
+        "upstreams.orders.endpoints",
+    );
+    assert!(e.message.starts_with("at least one endpoint"));
+}
+
+#[test]
+fn numbers_are_range_checked() {
+    // Pins: the bounds of ipv6_key_prefix, max_connections, workers, max_concurrent_streams,
+    // burst and max_inflight.
+    let yaml = format!(
+        "{}    rate_limits: [{{key: global, rate: 1/s, burst: 0}}]\n    concurrency: {{max_inflight: 0, queue: -1}}\n",
+        BASE.replace(
+            "  listen: 127.0.0.1:8080",
+            "  listen: 127.0.0.1:8080\n  ipv6_key_prefix: 129\n  max_connections: 0\n  workers: 0\n  max_concurrent_streams: 5000000000"
+        )
+    );
+    let paths: Vec<String> = errors(&yaml).into_iter().map(|e| e.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "server.ipv6_key_prefix",
+            "server.max_connections",
+            "server.workers",
+            "server.max_concurrent_streams",
+            "routes[0].rate_limits[0].burst",
+            "routes[0].concurrency.max_inflight",
+            "routes[0].concurrency.queue",
+        ]
+    );
+}
+
+#[test]
+fn methods_are_upper_cased_and_junk_refused() {
+    // Pins: `get` becomes GET; a method that is not an HTTP token and an empty list are refused.
+    let e = one_error(
+        &format!("{BASE}    match: {{methods: [get, \"G T\"]}}\n"),
+        "routes[0].match.methods[1]",
+    );
+    assert!(e.message.starts_with("expected an HTTP method"));
+    one_error(
+        &format!("{BASE}    match: {{methods: []}}\n"),
+        "routes[0].match.methods",
+    );
+}
+
+#[test]
+fn enums_list_their_choices() {
+    // Pins: priority, mode and scope words, with the accepted ones in the message.
+    let e = one_error(
+        &format!("{BASE}    priority: urgent\n"),
+        "routes[0].priority",
+    );
+    assert_eq!(
+        e.message,
+        "expected one of critical, high, normal, low; found \"urgent\""
+    );
+    one_error(&format!("{BASE}    mode: dry-run\n"), "routes[0].mode");
+    one_error(
+        &format!("{BASE}    rate_limits: [{{key: global, rate: 1/s, scope: cluster}}]\n"),
+        "routes[0].rate_limits[0].scope",
+    );
+}
+
+#[test]
+fn required_fields_point_at_their_parent() {
+    // Pins: a missing field is reported by its path, placed at the nearest existing parent.
+    let e = one_error("server:\n  workers: 1\nupstreams:\n  a:\n    endpoints: [http://h]\nroutes:\n  - name: r\n    upstream: a\n", "server.listen");
+    assert_eq!((e.line, e.column), (Some(1), Some(1)));
+    let e = one_error(&format!("{BASE}  - upstream: orders\n"), "routes[1].name");
+    assert_eq!((e.line, e.column), (Some(9), Some(5)));
+    one_error(
+        &BASE.replace(
+            "routes:\n  - name: r\n    upstream: orders\n",
+            "routes: []\n",
+        ),
+        "routes",
+    );
+}
+
+// === not built yet ===
+
+#[test]
+fn unbuilt_features_are_refused_not_ignored() {
+    // Pins: tls, store and scope: global each get "is not supported yet" (admin and
+    // access_log are built and accepted).
+    let yaml = "\
+server:
+  listen: 127.0.0.1:8080
+  access_log: true
+  tls: {listen: 127.0.0.1:8443, cert: c.pem, key: k.pem}
+admin:
+  listen: 127.0.0.1:9901
+store:
+  redis: {url: \"redis://u:secret@h:6379\"}
+upstreams:
+  a:
+    endpoints: [http://h]
+routes:
+  - name: r
+    upstream: a
+    rate_limits: [{key: global, rate: 1/s, scope: global}]
+";
+    let errors = errors(yaml);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["server.tls", "store", "routes[0].rate_limits[0].scope"]
+    );
+    for e in &errors {
+        assert!(e.message.ends_with("is not supported yet"), "{e}");
+    }
+    assert_eq!((errors[0].line, errors[0].column), (Some(4), Some(3)));
+}
+
+#[test]
+fn global_scope_requires_a_store() {
+    // Pins: scope: global without store.redis is an error of its own (besides "not supported yet").
+    let errors = errors(&format!(
+        "{BASE}    rate_limits: [{{key: global, rate: 1/s, scope: global}}]\n"
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("needs store.redis")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn tls_is_not_supported_yet() {
+    // Pins: a well-formed server.tls is still refused, with exactly that one error.
+    let yaml = BASE.replace("  listen: 127.0.0.1:8080", "  listen: 127.0.0.1:8080\n  tls:\n    listen: 127.0.0.1:8443\n    cert: c.pem\n    key: k.pem");
+    let e = one_error(&yaml, "server.tls");
+    assert_eq!(e.message, "the HTTPS listener is not supported yet");
+}
+
+// === all errors at once ===
+
+#[test]
+fn every_error_is_reported_in_file_order() {
+    // Pins: validation collects all errors, sorted by line, one output line each.
+    let yaml = "\
+server:
+  listen: nowhere
+upstreams:
+  a:
+    endpoints: [https://h]
+    timeout: soon
+routes:
+  - name: r
+    upstream: b
+    rate_limits:
+      - {key: global, rate: 1/x}
+  - name: r
+    upstream: a
+";
+    let err = from_yaml(yaml, Path::new("f.yaml")).unwrap_err();
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let prefixes: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        prefixes,
+        [
+            "f.yaml:2:11",
+            "f.yaml:5:17",
+            "f.yaml:6:14",
+            "f.yaml:9:15",
+            "f.yaml:11:29",
+            "f.yaml:12:11"
+        ]
+    );
+    assert_eq!(
+        lines[4],
+        "f.yaml:11:29: routes[0].rate_limits[0].rate: expected a rate like 100/s, 20/m or 5/h, found \"1/x\""
+    );
+    assert!(
+        lines[5].contains("routes[1].name: duplicate route name"),
+        "{}",
+        lines[5]
+    );
+}
+
+#[test]
+fn read_error_names_the_file() {
+    // Pins: a missing file is ConfigError::Read, with the path in the message.
+    let err = load_err(Path::new("/nonexistent/sluice.yaml"));
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err
+        .to_string()
+        .starts_with("cannot read config file /nonexistent/sluice.yaml: "));
+}
+
+fn load_err(path: &Path) -> ConfigError {
+    super::load(path).unwrap_err()
+}
+
+#[test]
+fn junk_never_panics() {
+    // Pins: odd YAML (anchors, tags, complex keys, nulls, huge numbers) yields errors, not panics.
+    for text in [
+        "server: ~\n",
+        "server:\n  listen: &a 127.0.0.1:1\nupstreams: {x: {endpoints: [*a]}}\nroutes: [{name: r, upstream: x}]\n",
+        "? [a, b]\n: c\n",
+        "!tag {server: 1}\n",
+        "server: {listen: 1.2.3.4:5, max_connections: 99999999999999999999}\n",
+        "routes: [{name: \"\", upstream: \"\", match: {host: \"\", path_prefix: \"\"}}]\n",
+        "upstreams: {\"\": {endpoints: [\"http://\"]}}\n",
+        "\u{feff}server: {listen: \"[::]:80\"}\n",
+        "routes:\n  - rate_limits: [{rate: \"/s\"}, {rate: \"4294967296/s\"}, {rate: \"1/\"}]\n",
+    ] {
+        let _ = from_yaml(text, Path::new("t.yaml"));
+    }
+}
+
+// === locate ===
+
+#[test]
+fn locator_finds_values_keys_and_parents() {
+    // Pins: 1-based positions; scalars at the value, collections at their key, list items
+    // (block or flow) at their first character, missing paths at the nearest parent.
+    let text = "\
+server:
+  listen: x
+routes:
+  - name: a
+    m: {k: v, l: [1, 2]}
+  - [p, q]
+\"a.b\":
+  c: 1
+";
+    let l = Locator::new(text);
+    assert_eq!(l.find(""), Some((1, 1)));
+    assert_eq!(l.find("server"), Some((1, 1)));
+    assert_eq!(l.find("server.listen"), Some((2, 11)));
+    assert_eq!(l.find("routes[0]"), Some((4, 5)));
+    assert_eq!(l.find("routes[0].name"), Some((4, 11)));
+    assert_eq!(l.find("routes[0].m"), Some((5, 5)));
+    assert_eq!(l.find("routes[0].m.l[1]"), Some((5, 22)));
+    assert_eq!(l.find("routes[1][1]"), Some((6, 9)));
+    assert_eq!(l.find("routes[0].missing"), Some((4, 5)));
+    assert_eq!(l.find("routes[7].name"), Some((3, 1)));
+    assert_eq!(l.find("a.b.c"), Some((8, 6)), "keys may contain dots");
+    assert_eq!(Locator::new("").find("x"), None);
+    assert_eq!(
+        Locator::new("a: [").find("a"),
+        None,
+        "unparsable text finds nothing"
+    );
+}
+
+// === effective config ===
+
+#[test]
+fn effective_config_has_defaults_and_round_trips() {
+    // Pins: `effective` is the file's schema with defaults filled in, and loads back to itself.
+    let c = load(FULL);
+    let e = &c.effective;
+    assert_eq!(e["server"]["header_read_timeout"], "5s");
+    assert_eq!(e["upstreams"]["users"]["timeout"], "30s");
+    assert_eq!(
+        e["upstreams"]["users"]["endpoints"][0],
+        "http://users.internal:80"
+    );
+    assert_eq!(e["routes"][0]["rate_limits"][1]["name"], "limit-1");
+    assert_eq!(e["routes"][0]["rate_limits"][1]["burst"], 20);
+    assert_eq!(e["routes"][0]["match"]["path_prefix"], "/orders");
+    assert_eq!(e["routes"][1]["match"]["host"], "*.example.com");
+    assert_eq!(e["store"], serde_json::Value::Null);
+    let again = load(&e.to_string());
+    assert_eq!(&again.effective, e);
+}
+
+#[test]
+fn effective_config_redacts_the_redis_password() {
+    // Pins: the Redis URL's password never reaches `GET /config`.
+    let mut c = load(BASE);
+    c.store = Some(StoreConfig {
+        redis: RedisConfig {
+            url: "redis://user:hunter2@cache:6379/0".into(),
+            timeout: Duration::from_millis(20),
+            on_error: OnStoreError::Deny,
+        },
+    });
+    let e = validate::effective(&c);
+    assert_eq!(e["store"]["redis"]["url"], "redis://user:***@cache:6379/0");
+    assert_eq!(e["store"]["redis"]["on_error"], "deny");
+    assert!(!e.to_string().contains("hunter2"));
+}

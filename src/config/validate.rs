@@ -1,0 +1,1048 @@
+//! Step 2 of loading: raw values become the runtime types of [`super`], which cannot hold a
+//! bad value.
+//!
+//! Every check runs, even after one has failed, so that one `sluice check` shows every problem
+//! of a file. Each error names its field path and is placed in the file by [`Locator`].
+//! Features of the contract that are not built yet are refused in one place,
+//! [`reject_unbuilt`], so that each refusal can be deleted when its feature lands.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Uri};
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use serde_json::json;
+
+use super::error::{ConfigError, FieldError};
+use super::locate::Locator;
+use super::raw::{
+    RawAdmin, RawConcurrency, RawConfig, RawMatch, RawRateLimit, RawRedis, RawRoute, RawServer,
+    RawStore, RawTls, RawUpstream,
+};
+use super::{
+    AdminConfig, ConcurrencyConfig, Config, HostMatch, KeySpec, Mode, OnStoreError, PathMatch,
+    Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig,
+    StoreConfig, TlsConfig, UpstreamConfig,
+};
+
+/// `server.header_read_timeout` when absent.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.shutdown_grace` when absent.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `server.max_connections` when absent.
+const MAX_CONNECTIONS: i64 = 10_000;
+/// `server.max_concurrent_streams` when absent.
+const MAX_CONCURRENT_STREAMS: i64 = 100;
+/// `server.ipv6_key_prefix` when absent: a client usually owns a whole /64.
+const IPV6_KEY_PREFIX: i64 = 64;
+/// `upstreams.*.connect_timeout` when absent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `upstreams.*.timeout` when absent.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// `concurrency.queue_timeout` when absent.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// `store.redis.timeout` when absent.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every problem found, sorted by position in the file.
+pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut cx = Cx {
+        locator: Locator::new(text),
+        errors: Vec::new(),
+    };
+    reject_unbuilt(&raw, &mut cx);
+
+    let server = match &raw.server {
+        Some(server) => cx.server(server),
+        None => cx.missing("server", "a mapping with at least `listen`"),
+    };
+    let admin = raw.admin.as_ref().map(|admin| cx.admin(admin));
+    let store = raw.store.as_ref().map(|store| cx.store(store));
+
+    let raw_upstreams = raw.upstreams.map(|u| u.0).unwrap_or_default();
+    let upstreams: Vec<_> = raw_upstreams
+        .iter()
+        .map(|(name, upstream)| cx.upstream(name, upstream))
+        .collect();
+    // Upstream names are unique: the parser refuses a mapping with a duplicate key.
+
+    let names: Vec<&str> = raw_upstreams
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let has_store = raw.store.as_ref().is_some_and(|s| s.redis.is_some());
+    let raw_routes = raw.routes.unwrap_or_default();
+    if raw_routes.is_empty() {
+        cx.error(
+            "routes",
+            "at least one route is required: with none, every request gets 404",
+        );
+    }
+    let routes: Vec<_> = raw_routes
+        .iter()
+        .enumerate()
+        .map(|(i, route)| cx.route(&format!("routes[{i}]"), route, &names, has_store))
+        .collect();
+    cx.unique(
+        raw_routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((format!("routes[{i}].name"), r.name.as_deref()?))),
+        "route",
+    );
+
+    // Listeners must not collide; only those that parsed are compared.
+    if let Some(server) = &server {
+        let http = server.listen;
+        if let Some(tls) = &server.tls {
+            cx.distinct("server.tls.listen", tls.listen, http);
+        }
+        if let Some(Some(admin)) = &admin {
+            cx.distinct("admin.listen", admin.listen, http);
+        }
+    }
+
+    let built = (|| {
+        Some(Config {
+            source: path.to_path_buf(),
+            server: server?,
+            admin: present(admin)?,
+            store: present(store)?,
+            upstreams: upstreams.into_iter().collect::<Option<_>>()?,
+            routes: routes.into_iter().collect::<Option<_>>()?,
+            effective: serde_json::Value::Null,
+        })
+    })();
+    match built {
+        Some(mut config) if cx.errors.is_empty() => {
+            config.effective = effective(&config);
+            Ok(config)
+        }
+        _ => {
+            let mut errors = cx.errors;
+            if errors.is_empty() {
+                // Every failed check pushes an error; this only guards that invariant.
+                errors.push(FieldError {
+                    line: None,
+                    column: None,
+                    path: String::new(),
+                    message: "invalid config".to_owned(),
+                });
+            }
+            errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                errors,
+            })
+        }
+    }
+}
+
+/// Refuses what the contract describes but this build cannot do yet. Each check goes when its
+/// feature lands; the rest of validation already handles these fields fully.
+fn reject_unbuilt(raw: &RawConfig, cx: &mut Cx) {
+    if let Some(server) = &raw.server {
+        if server.tls.is_some() {
+            cx.error("server.tls", "the HTTPS listener is not supported yet");
+        }
+    }
+    if raw.store.is_some() {
+        cx.error(
+            "store",
+            "the shared store (store.redis) is not supported yet",
+        );
+    }
+    for (i, route) in raw.routes.iter().flatten().enumerate() {
+        for (j, limit) in route.rate_limits.iter().flatten().enumerate() {
+            if limit.scope.as_deref().map(str::trim) == Some("global") {
+                cx.error(
+                    &format!("routes[{i}].rate_limits[{j}].scope"),
+                    "scope: global (a limit shared through store.redis) is not supported yet",
+                );
+            }
+        }
+    }
+}
+
+/// An optional section: absent → `Some(None)`; present and valid → `Some(Some(v))`; present and
+/// invalid → `None`.
+fn present<T>(section: Option<Option<T>>) -> Option<Option<T>> {
+    match section {
+        None => Some(None),
+        Some(value) => value.map(Some),
+    }
+}
+
+/// `parent.key`, or `key` at the top level.
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// The validation context: where errors go, and how they are placed in the file.
+struct Cx {
+    locator: Locator,
+    errors: Vec<FieldError>,
+}
+
+// === impl Cx: errors ===
+
+impl Cx {
+    /// Records an error at the field `path`, placed at that field (or its nearest parent).
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        let place = self.locator.find(path);
+        self.errors.push(FieldError {
+            line: place.map(|(line, _)| line),
+            column: place.map(|(_, column)| column),
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// Records an error and returns `None`, for `return cx.fail(..)`.
+    fn fail<T>(&mut self, path: &str, message: impl Into<String>) -> Option<T> {
+        self.error(path, message);
+        None
+    }
+
+    /// A required field is absent.
+    fn missing<T>(&mut self, path: &str, expected: &str) -> Option<T> {
+        self.fail(
+            path,
+            format!("required field is missing; expected {expected}"),
+        )
+    }
+
+    /// Reports every name used a second time; `names` yields (path of the name, name).
+    fn unique<'a>(&mut self, names: impl Iterator<Item = (String, &'a str)>, what: &str) {
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        for (path, name) in names {
+            match seen.get(name) {
+                Some(first) => {
+                    let message = format!("duplicate {what} name {name:?} (first used at {first})");
+                    self.error(&path, message);
+                }
+                None => {
+                    seen.insert(name, path);
+                }
+            }
+        }
+    }
+
+    /// A second listener must not take the HTTP listener's address (port 0 = any free port,
+    /// so two of them never collide).
+    fn distinct(&mut self, path: &str, addr: SocketAddr, http: SocketAddr) {
+        if addr == http && addr.port() != 0 {
+            self.error(
+                path,
+                format!("{addr} is already server.listen; use another address"),
+            );
+        }
+    }
+}
+
+// === impl Cx: sections ===
+
+impl Cx {
+    fn server(&mut self, raw: &RawServer) -> Option<ServerConfig> {
+        let at = "server";
+        let listen = match raw.listen.as_deref() {
+            Some(listen) => self.socket_addr(&join(at, "listen"), listen),
+            None => self.missing(&join(at, "listen"), "an address like 0.0.0.0:8080"),
+        };
+        let tls = raw.tls.as_ref().map(|tls| self.tls(tls));
+        let trusted_proxies: Vec<Option<IpNet>> = raw
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, cidr)| self.cidr(&format!("{at}.trusted_proxies[{i}]"), cidr))
+            .collect();
+        let ipv6_key_prefix = self.number::<u8>(
+            &join(at, "ipv6_key_prefix"),
+            raw.ipv6_key_prefix.map_or(IPV6_KEY_PREFIX, |n| n.0),
+            0,
+            128,
+        );
+        let header_read_timeout = self.duration(
+            &join(at, "header_read_timeout"),
+            raw.header_read_timeout.as_deref(),
+            HEADER_READ_TIMEOUT,
+            false,
+        );
+        let max_connections = self.nonzero_usize(
+            &join(at, "max_connections"),
+            raw.max_connections.map_or(MAX_CONNECTIONS, |n| n.0),
+        );
+        let shutdown_grace = self.duration(
+            &join(at, "shutdown_grace"),
+            raw.shutdown_grace.as_deref(),
+            SHUTDOWN_GRACE,
+            true,
+        );
+        let workers = raw
+            .workers
+            .map(|n| self.nonzero_usize(&join(at, "workers"), n.0));
+        let max_concurrent_streams = self.number::<u32>(
+            &join(at, "max_concurrent_streams"),
+            raw.max_concurrent_streams
+                .map_or(MAX_CONCURRENT_STREAMS, |n| n.0),
+            1,
+            i64::from(u32::MAX),
+        );
+        Some(ServerConfig {
+            listen: listen?,
+            tls: present(tls)?,
+            trusted_proxies: trusted_proxies.into_iter().collect::<Option<_>>()?,
+            ipv6_key_prefix: ipv6_key_prefix?,
+            rate_limit_headers: raw.rate_limit_headers.unwrap_or(true),
+            header_read_timeout: header_read_timeout?,
+            max_connections: max_connections?,
+            shutdown_grace: shutdown_grace?,
+            workers: present(workers)?,
+            max_concurrent_streams: max_concurrent_streams?,
+            access_log: raw.access_log.unwrap_or(false),
+        })
+    }
+
+    fn tls(&mut self, raw: &RawTls) -> Option<TlsConfig> {
+        let at = "server.tls";
+        let listen = match raw.listen.as_deref() {
+            Some(listen) => self.socket_addr(&join(at, "listen"), listen),
+            None => self.missing(&join(at, "listen"), "an address like 0.0.0.0:8443"),
+        };
+        let cert = self.file(
+            &join(at, "cert"),
+            raw.cert.as_deref(),
+            "the path of a PEM certificate chain",
+        );
+        let key = self.file(
+            &join(at, "key"),
+            raw.key.as_deref(),
+            "the path of a PEM private key",
+        );
+        Some(TlsConfig {
+            listen: listen?,
+            cert: cert?,
+            key: key?,
+        })
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> Option<AdminConfig> {
+        let listen = match raw.listen.as_deref() {
+            Some(listen) => self.socket_addr("admin.listen", listen),
+            None => self.missing("admin.listen", "an address like 127.0.0.1:9901"),
+        };
+        Some(AdminConfig { listen: listen? })
+    }
+
+    fn store(&mut self, raw: &RawStore) -> Option<StoreConfig> {
+        let Some(redis) = &raw.redis else {
+            return self.missing("store.redis", "a mapping with at least `url`");
+        };
+        Some(StoreConfig {
+            redis: self.redis(redis)?,
+        })
+    }
+
+    fn redis(&mut self, raw: &RawRedis) -> Option<RedisConfig> {
+        let at = "store.redis";
+        let url = match raw.url.as_deref().map(str::trim) {
+            None => self.missing(&join(at, "url"), "a URL like redis://127.0.0.1:6379"),
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(url.to_owned())
+            }
+            // Print the URL redacted: it may hold a password.
+            Some(url) => self.fail(
+                &join(at, "url"),
+                format!(
+                    "expected a redis:// or rediss:// URL, found {:?}",
+                    super::redact_url(url)
+                ),
+            ),
+        };
+        let timeout = self.duration(
+            &join(at, "timeout"),
+            raw.timeout.as_deref(),
+            REDIS_TIMEOUT,
+            false,
+        );
+        let on_error = self.choice(
+            &join(at, "on_error"),
+            raw.on_error.as_deref(),
+            &[
+                ("local", OnStoreError::Local),
+                ("allow", OnStoreError::Allow),
+                ("deny", OnStoreError::Deny),
+            ],
+            OnStoreError::Local,
+        );
+        Some(RedisConfig {
+            url: url?,
+            timeout: timeout?,
+            on_error: on_error?,
+        })
+    }
+
+    fn upstream(&mut self, name: &str, raw: &RawUpstream) -> Option<UpstreamConfig> {
+        let at = format!("upstreams.{name}");
+        let checked_name = self.name(&at, name);
+        let endpoints: Vec<Option<Authority>> = match &raw.endpoints {
+            None => vec![self.missing(
+                &join(&at, "endpoints"),
+                "a list of URLs like [http://127.0.0.1:3000]",
+            )],
+            Some(list) if list.is_empty() => vec![self.fail(
+                &join(&at, "endpoints"),
+                "at least one endpoint is required, like [http://127.0.0.1:3000]",
+            )],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, url)| self.endpoint(&format!("{at}.endpoints[{i}]"), url))
+                .collect(),
+        };
+        let connect_timeout = self.duration(
+            &join(&at, "connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            CONNECT_TIMEOUT,
+            false,
+        );
+        let timeout = self.duration(
+            &join(&at, "timeout"),
+            raw.timeout.as_deref(),
+            UPSTREAM_TIMEOUT,
+            false,
+        );
+        let concurrency = raw
+            .concurrency
+            .as_ref()
+            .map(|c| self.concurrency(&join(&at, "concurrency"), c));
+        Some(UpstreamConfig {
+            name: checked_name?,
+            endpoints: endpoints.into_iter().collect::<Option<_>>()?,
+            connect_timeout: connect_timeout?,
+            timeout: timeout?,
+            concurrency: present(concurrency)?,
+        })
+    }
+
+    fn concurrency(&mut self, at: &str, raw: &RawConcurrency) -> Option<ConcurrencyConfig> {
+        let max_inflight = match raw.max_inflight {
+            Some(n) => self.nonzero_usize(&join(at, "max_inflight"), n.0),
+            None => self.missing(
+                &join(at, "max_inflight"),
+                "a number of requests, at least 1",
+            ),
+        };
+        let queue = self.number::<usize>(
+            &join(at, "queue"),
+            raw.queue.map_or(0, |n| n.0),
+            0,
+            i64::MAX,
+        );
+        let queue_timeout = self.duration(
+            &join(at, "queue_timeout"),
+            raw.queue_timeout.as_deref(),
+            QUEUE_TIMEOUT,
+            false,
+        );
+        Some(ConcurrencyConfig {
+            max_inflight: max_inflight?,
+            queue: queue?,
+            queue_timeout: queue_timeout?,
+        })
+    }
+
+    fn route(
+        &mut self,
+        at: &str,
+        raw: &RawRoute,
+        upstreams: &[&str],
+        has_store: bool,
+    ) -> Option<RouteConfig> {
+        let name = match raw.name.as_deref() {
+            Some(name) => self.name(&join(at, "name"), name),
+            None => self.missing(&join(at, "name"), "a unique name like create-order"),
+        };
+        let matcher = match &raw.matcher {
+            Some(matcher) => self.matcher(&join(at, "match"), matcher),
+            None => Some(RouteMatch::default()),
+        };
+        let upstream = match raw.upstream.as_deref() {
+            None => self.missing(&join(at, "upstream"), "the name of an upstream"),
+            Some(wanted) => match upstreams.iter().position(|u| *u == wanted) {
+                Some(index) => Some(index),
+                None => {
+                    let known = if upstreams.is_empty() {
+                        "none are defined under `upstreams`".to_owned()
+                    } else {
+                        format!("known upstreams: {}", upstreams.join(", "))
+                    };
+                    self.fail(
+                        &join(at, "upstream"),
+                        format!("unknown upstream {wanted:?}; {known}"),
+                    )
+                }
+            },
+        };
+        let priority = self.choice(
+            &join(at, "priority"),
+            raw.priority.as_deref(),
+            &[
+                ("critical", Priority::Critical),
+                ("high", Priority::High),
+                ("normal", Priority::Normal),
+                ("low", Priority::Low),
+            ],
+            Priority::Normal,
+        );
+        let mode = self.choice(
+            &join(at, "mode"),
+            raw.mode.as_deref(),
+            &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
+            Mode::Enforce,
+        );
+        let raw_limits = raw.rate_limits.as_deref().unwrap_or_default();
+        let limits: Vec<Option<RateLimitConfig>> = raw_limits
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| {
+                self.rate_limit(&format!("{at}.rate_limits[{i}]"), i, limit, has_store)
+            })
+            .collect();
+        // Duplicate limit names, explicit or defaulted (`limit-1` may clash with an explicit one).
+        let limit_names: Vec<(String, String)> = raw_limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match l.name.as_deref() {
+                Some(name) => (format!("{at}.rate_limits[{i}].name"), name.to_owned()),
+                None => (format!("{at}.rate_limits[{i}]"), format!("limit-{i}")),
+            })
+            .collect();
+        self.unique(
+            limit_names.iter().map(|(p, n)| (p.clone(), n.as_str())),
+            "limit",
+        );
+        let concurrency = raw
+            .concurrency
+            .as_ref()
+            .map(|c| self.concurrency(&join(at, "concurrency"), c));
+        Some(RouteConfig {
+            name: name?,
+            matcher: matcher?,
+            upstream: upstream?,
+            priority: priority?,
+            mode: mode?,
+            rate_limits: limits.into_iter().collect::<Option<_>>()?,
+            concurrency: present(concurrency)?,
+        })
+    }
+
+    fn matcher(&mut self, at: &str, raw: &RawMatch) -> Option<RouteMatch> {
+        let host = raw.host.as_deref().map(|h| self.host(&join(at, "host"), h));
+        let prefix = raw.path_prefix.as_deref().map(|p| {
+            self.path(&join(at, "path_prefix"), p)
+                .map(|p| prefix_path(&p))
+        });
+        let exact = raw
+            .path_exact
+            .as_deref()
+            .map(|p| self.path(&join(at, "path_exact"), p));
+        let path = match (prefix, exact) {
+            (Some(_), Some(_)) => self.fail(
+                at,
+                "path_prefix and path_exact are mutually exclusive; keep one",
+            ),
+            (Some(prefix), None) => prefix.map(PathMatch::Prefix),
+            (None, Some(exact)) => exact.map(PathMatch::Exact),
+            (None, None) => Some(PathMatch::default()),
+        };
+        let methods = raw
+            .methods
+            .as_ref()
+            .map(|list| self.methods(&join(at, "methods"), list));
+        Some(RouteMatch {
+            host: present(host)?,
+            path: path?,
+            methods: present(methods)?,
+        })
+    }
+
+    fn rate_limit(
+        &mut self,
+        at: &str,
+        index: usize,
+        raw: &RawRateLimit,
+        has_store: bool,
+    ) -> Option<RateLimitConfig> {
+        let name = match raw.name.as_deref() {
+            Some(name) => self.name(&join(at, "name"), name),
+            None => Some(Arc::from(format!("limit-{index}"))),
+        };
+        let key = match raw.key.as_deref() {
+            Some(key) => self.key(&join(at, "key"), key),
+            None => self.missing(&join(at, "key"), "global, client_ip or header:<Name>"),
+        };
+        let rate = match raw.rate.as_deref() {
+            Some(rate) => match rate.parse::<Rate>() {
+                Ok(rate) => Some(rate),
+                Err(message) => self.fail(&join(at, "rate"), message),
+            },
+            None => self.missing(&join(at, "rate"), "a rate like 100/s, 20/m or 5/h"),
+        };
+        let burst = match (raw.burst, rate) {
+            (Some(burst), _) => {
+                self.number::<u32>(&join(at, "burst"), burst.0, 1, i64::from(u32::MAX))
+            }
+            (None, Some(rate)) => Some(rate.count.get()),
+            (None, None) => None,
+        };
+        let scope = self.choice(
+            &join(at, "scope"),
+            raw.scope.as_deref(),
+            &[("local", Scope::Local), ("global", Scope::Global)],
+            Scope::Local,
+        );
+        if scope == Some(Scope::Global) && !has_store {
+            self.error(
+                &join(at, "scope"),
+                "scope: global needs store.redis, which is not configured",
+            );
+        }
+        Some(RateLimitConfig {
+            name: name?,
+            key: key?,
+            rate: rate?,
+            burst: NonZeroU32::new(burst?)?,
+            scope: scope?,
+        })
+    }
+}
+
+// === impl Cx: values ===
+
+impl Cx {
+    /// Route, limit and upstream names: they appear in metrics labels, problem JSON and
+    /// `RateLimit` header fields, so they are kept to printable ASCII.
+    fn name(&mut self, at: &str, raw: &str) -> Option<Arc<str>> {
+        if raw.is_empty() {
+            return self.fail(at, "a name must not be empty");
+        }
+        if raw.trim() != raw {
+            return self.fail(
+                at,
+                format!("a name must not start or end with a space, found {raw:?}"),
+            );
+        }
+        if !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return self.fail(
+                at,
+                format!("a name may hold printable ASCII characters only, found {raw:?}"),
+            );
+        }
+        Some(Arc::from(raw))
+    }
+
+    /// A duration with a unit. `zero_ok` is for settings where zero means "none", such as a
+    /// grace period; a zero timeout would fail everything.
+    fn duration(
+        &mut self,
+        at: &str,
+        raw: Option<&str>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Option<Duration> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        match humantime::parse_duration(raw.trim()) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.fail(at, format!("must be greater than 0, found {raw:?}"))
+            }
+            Ok(d) => Some(d),
+            Err(_) => self.fail(
+                at,
+                format!("expected a duration with a unit like 250ms, 2s, 1m or 1h, found {raw:?}"),
+            ),
+        }
+    }
+
+    /// An integer in `min..=max`, as `T`.
+    fn number<T: TryFrom<i64>>(&mut self, at: &str, raw: i64, min: i64, max: i64) -> Option<T> {
+        if raw < min {
+            return self.fail(at, format!("must be at least {min}, found {raw}"));
+        }
+        match T::try_from(raw) {
+            Ok(n) if raw <= max => Some(n),
+            _ => self.fail(at, format!("must be at most {max}, found {raw}")),
+        }
+    }
+
+    /// A count that must be at least 1.
+    fn nonzero_usize(&mut self, at: &str, raw: i64) -> Option<NonZeroUsize> {
+        self.number::<usize>(at, raw, 1, i64::MAX)
+            .and_then(NonZeroUsize::new)
+    }
+
+    /// One of a fixed set of words; `None` in → `default`.
+    fn choice<T: Copy>(
+        &mut self,
+        at: &str,
+        raw: Option<&str>,
+        options: &[(&str, T)],
+        default: T,
+    ) -> Option<T> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        match options.iter().find(|(word, _)| *word == raw.trim()) {
+            Some((_, value)) => Some(*value),
+            None => {
+                let words: Vec<&str> = options.iter().map(|(word, _)| *word).collect();
+                self.fail(
+                    at,
+                    format!("expected one of {}; found {raw:?}", words.join(", ")),
+                )
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, at: &str, raw: &str) -> Option<SocketAddr> {
+        raw.trim().parse().ok().or_else(|| {
+            self.fail(
+                at,
+                format!(
+                    "expected an IP address and port like 0.0.0.0:8080 or [::]:8080, found {raw:?}"
+                ),
+            )
+        })
+    }
+
+    fn file(&mut self, at: &str, raw: Option<&str>, expected: &str) -> Option<PathBuf> {
+        match raw.map(str::trim) {
+            None => self.missing(at, expected),
+            Some("") => self.fail(at, format!("must not be empty; expected {expected}")),
+            Some(path) => Some(PathBuf::from(path)),
+        }
+    }
+
+    /// A CIDR (`10.0.0.0/8`) or a bare address (= one host).
+    fn cidr(&mut self, at: &str, raw: &str) -> Option<IpNet> {
+        let text = raw.trim();
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Some(net.trunc());
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Some(IpNet::from(ip));
+        }
+        self.fail(
+            at,
+            format!(
+                "expected a CIDR like 10.0.0.0/8 or an IP address like 192.0.2.7, found {raw:?}"
+            ),
+        )
+    }
+
+    /// `http://host[:port][/]` → `host:port` (port 80 when absent).
+    fn endpoint(&mut self, at: &str, raw: &str) -> Option<Authority> {
+        let expected =
+            || format!("expected an endpoint URL like http://127.0.0.1:3000, found {raw:?}");
+        let Ok(uri) = raw.trim().parse::<Uri>() else {
+            return self.fail(at, expected());
+        };
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return self.fail(
+                    at,
+                    format!("{raw:?}: TLS to upstreams (https://) is not supported yet"),
+                );
+            }
+            _ => return self.fail(at, expected()),
+        }
+        let Some(authority) = uri.authority() else {
+            return self.fail(at, expected());
+        };
+        if authority.as_str().contains('@') {
+            return self.fail(
+                at,
+                format!("an endpoint must not contain user info, found {raw:?}"),
+            );
+        }
+        if authority.host().is_empty() {
+            return self.fail(at, expected());
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return self.fail(
+                at,
+                format!("an endpoint must not have a path or query (the request's path is sent as is), found {raw:?}"),
+            );
+        }
+        match authority.port_u16() {
+            Some(0) => self.fail(
+                at,
+                format!("port 0 is not a valid endpoint port, found {raw:?}"),
+            ),
+            Some(_) => Some(authority.clone()),
+            None => format!("{}:80", authority.host())
+                .parse::<Authority>()
+                .ok()
+                .or_else(|| self.fail(at, expected())),
+        }
+    }
+
+    /// `api.example.com` or `*.example.com`, lower-cased.
+    fn host(&mut self, at: &str, raw: &str) -> Option<HostMatch> {
+        let host = raw.trim().to_ascii_lowercase();
+        if host.contains('/') {
+            return self.fail(
+                at,
+                format!("a host must not contain a path (use path_prefix), found {raw:?}"),
+            );
+        }
+        if host.contains(':') {
+            return self.fail(
+                at,
+                format!(
+                    "a host must not contain a port (hosts are matched without it), found {raw:?}"
+                ),
+            );
+        }
+        let (wildcard, name) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host.as_str()),
+        };
+        if name.contains('*') {
+            return self.fail(
+                at,
+                format!("only a leading wildcard is allowed, as in *.example.com (omit host to match any), found {raw:?}"),
+            );
+        }
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name.split('.').all(label_ok) {
+            return self.fail(
+                at,
+                format!(
+                    "expected a host name like api.example.com or *.example.com, found {raw:?}"
+                ),
+            );
+        }
+        Some(if wildcard {
+            HostMatch::Suffix(format!(".{name}"))
+        } else {
+            HostMatch::Exact(name.to_owned())
+        })
+    }
+
+    /// A path to match: starts with `/`, no query, no spaces.
+    fn path(&mut self, at: &str, raw: &str) -> Option<String> {
+        if !raw.starts_with('/') {
+            return self.fail(at, format!("a path must start with /, found {raw:?}"));
+        }
+        if raw.contains(['?', '#']) {
+            return self.fail(
+                at,
+                format!("a path must not contain a query or fragment, found {raw:?}"),
+            );
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return self.fail(
+                at,
+                format!("a path must not contain spaces or control characters, found {raw:?}"),
+            );
+        }
+        Some(raw.to_owned())
+    }
+
+    fn methods(&mut self, at: &str, raw: &[String]) -> Option<Vec<Method>> {
+        if raw.is_empty() {
+            return self.fail(
+                at,
+                "must list at least one method; omit `methods` to match all",
+            );
+        }
+        let parsed: Vec<Option<Method>> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                    .ok()
+                    .or_else(|| {
+                        self.fail(
+                            &format!("{at}[{i}]"),
+                            format!("expected an HTTP method like GET or POST, found {m:?}"),
+                        )
+                    })
+            })
+            .collect();
+        let mut methods: Vec<Method> = Vec::with_capacity(parsed.len());
+        for method in parsed {
+            let method = method?;
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+        Some(methods)
+    }
+
+    /// `global` | `client_ip` | `header:<Name>`.
+    fn key(&mut self, at: &str, raw: &str) -> Option<KeySpec> {
+        match raw.trim() {
+            "global" => Some(KeySpec::Global),
+            "client_ip" => Some(KeySpec::ClientIp),
+            key => match key.strip_prefix("header:") {
+                Some(name) => HeaderName::from_bytes(name.trim().as_bytes())
+                    .ok()
+                    .map(KeySpec::Header)
+                    .or_else(|| {
+                        self.fail(
+                            at,
+                            format!("{:?} is not a valid header name, in {raw:?}", name.trim()),
+                        )
+                    }),
+                None => self.fail(
+                    at,
+                    format!("expected global, client_ip or header:<Name>, found {raw:?}"),
+                ),
+            },
+        }
+    }
+}
+
+/// A prefix without its trailing slash (`/orders/` matches as `/orders`), except `/` itself.
+fn prefix_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+// === effective config ===
+
+/// The config as JSON, in the file's schema with every default filled in and secrets redacted:
+/// what `GET /config` answers. Upstreams come out as an object, so sorted by name.
+pub(super) fn effective(config: &Config) -> serde_json::Value {
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    let concurrency = |c: &Option<ConcurrencyConfig>| {
+        c.map(|c| {
+            json!({
+                "max_inflight": c.max_inflight.get(),
+                "queue": c.queue,
+                "queue_timeout": duration(c.queue_timeout),
+            })
+        })
+    };
+    let s = &config.server;
+    let server = json!({
+        "listen": s.listen.to_string(),
+        "tls": s.tls.as_ref().map(|t| json!({
+            "listen": t.listen.to_string(),
+            "cert": t.cert.display().to_string(),
+            "key": t.key.display().to_string(),
+        })),
+        "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "ipv6_key_prefix": s.ipv6_key_prefix,
+        "rate_limit_headers": s.rate_limit_headers,
+        "header_read_timeout": duration(s.header_read_timeout),
+        "max_connections": s.max_connections.get(),
+        "shutdown_grace": duration(s.shutdown_grace),
+        "workers": s.workers.map(NonZeroUsize::get),
+        "max_concurrent_streams": s.max_concurrent_streams,
+        "access_log": s.access_log,
+    });
+    let store = config.store.as_ref().map(|st| {
+        let on_error = match st.redis.on_error {
+            OnStoreError::Local => "local",
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        };
+        json!({"redis": {
+            "url": super::redact_url(&st.redis.url),
+            "timeout": duration(st.redis.timeout),
+            "on_error": on_error,
+        }})
+    });
+    let upstreams: serde_json::Map<String, serde_json::Value> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let value = json!({
+                "endpoints": u.endpoints.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(),
+                "connect_timeout": duration(u.connect_timeout),
+                "timeout": duration(u.timeout),
+                "concurrency": concurrency(&u.concurrency),
+            });
+            (u.name.to_string(), value)
+        })
+        .collect();
+    let routes: Vec<serde_json::Value> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let mut matcher = json!({
+                "host": r.matcher.host.as_ref().map(|h| match h {
+                    HostMatch::Exact(host) => host.clone(),
+                    HostMatch::Suffix(suffix) => format!("*{suffix}"),
+                }),
+                "methods": r.matcher.methods.as_ref().map(|ms| ms.iter().map(Method::as_str).collect::<Vec<_>>()),
+            });
+            let (field, path) = match &r.matcher.path {
+                PathMatch::Prefix(p) => ("path_prefix", p),
+                PathMatch::Exact(p) => ("path_exact", p),
+            };
+            matcher[field] = json!(path);
+            let limits: Vec<serde_json::Value> = r
+                .rate_limits
+                .iter()
+                .map(|l| {
+                    json!({
+                        "name": &*l.name,
+                        "key": match &l.key {
+                            KeySpec::Global => "global".to_owned(),
+                            KeySpec::ClientIp => "client_ip".to_owned(),
+                            KeySpec::Header(h) => format!("header:{h}"),
+                        },
+                        "rate": l.rate.to_string(),
+                        "burst": l.burst.get(),
+                        "scope": if l.scope == Scope::Global { "global" } else { "local" },
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*r.name,
+                "match": matcher,
+                "upstream": config.upstreams.get(r.upstream).map(|u| &*u.name),
+                "priority": r.priority.as_str(),
+                "mode": if r.mode == Mode::Shadow { "shadow" } else { "enforce" },
+                "rate_limits": limits,
+                "concurrency": concurrency(&r.concurrency),
+            })
+        })
+        .collect();
+    json!({
+        "server": server,
+        "admin": config.admin.as_ref().map(|a| json!({"listen": a.listen.to_string()})),
+        "store": store,
+        "upstreams": upstreams,
+        "routes": routes,
+    })
+}

@@ -1,0 +1,49 @@
+//! sluice: a reverse proxy that protects APIs from overload.
+//!
+//! A producer can send work faster than the API behind sluice can handle it. sluice sits in
+//! front of that API and pushes back: token buckets answer 429 with `Retry-After` and the IETF
+//! `RateLimit` fields, concurrency caps with bounded priority queues answer 503, and low-priority
+//! work is shed first.
+//!
+//! # Layout
+//! The modules follow a request through the proxy:
+//!
+//! ```text
+//! listener ──▶ server ──▶ pipeline ──▶ router ──▶ limit::rate ──▶ limit::concurrency ──▶ proxy
+//! (accept,     (hyper h1/h2  (one request:  (first     (token buckets:   (route cap, then      (upstream pool,
+//!  conn cap)    per conn)     the order of   match)     429)              upstream cap: 503)    502/504)
+//!                             checks)
+//!                                 │ any rejection
+//!                                 ▼
+//!                              rescue (problem JSON, Retry-After, RateLimit fields)
+//! ```
+//!
+//! - [`config`]: YAML → raw serde types → validated runtime types; errors with line and path.
+//! - [`app`]: builds a [`app::Runtime`] from a config and runs the listeners; reload swaps it.
+//! - [`listener`], [`server`]: accepting connections and serving HTTP/1.1 and HTTP/2 on them.
+//! - [`pipeline`]: the checks one request goes through, in the contract's order.
+//! - [`router`], [`limit`], [`proxy`]: route matching, limits, forwarding.
+//! - [`rescue`]: every response sluice makes itself.
+//! - [`demo`]: the built-in sample upstream behind `sluice demo`.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod limit;
+pub mod listener;
+pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
+pub mod reload;
+pub mod rescue;
+pub mod router;
+pub mod server;
+pub mod shutdown;

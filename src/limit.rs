@@ -1,0 +1,39 @@
+//! Limits: what decides whether a request may go on, and why not.
+//!
+//! The contract's order, which [`crate::pipeline`] follows: every rate limit of the route
+//! ([`rate`], cheap, never waits), then the route's concurrency cap, then the upstream's
+//! ([`concurrency`], which may queue, bounded in depth and time). A request rejected by one
+//! check consumes nothing from the checks after it.
+//!
+//! - [`key`]: which bucket a request counts against (global, client IP, header value).
+//! - [`rate`]: token buckets (GCRA, governor) and their housekeeping.
+//! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
+//! - [`concurrency`]: caps with bounded priority queues and shedding.
+
+pub mod concurrency;
+pub mod headers;
+pub mod key;
+pub mod rate;
+
+pub use self::concurrency::{ConcurrencyLimit, Permit, Rejected};
+pub use self::key::{KeyExtractor, LimitKey};
+pub use self::rate::{Decision, RateLimit};
+
+use crate::metrics::InflightGuard;
+
+/// What a forwarded request holds while it is in flight: its route's and its upstream's
+/// concurrency slots, and its presence in the `sluice_inflight` gauges.
+///
+/// Moved into the response body so all of it is released when the body has been sent whole,
+/// when it fails, or when the client goes away — whichever comes first (dropping releases).
+#[derive(Debug, Default)]
+pub struct Slots {
+    /// The route cap's permit.
+    pub route: Option<Permit>,
+    /// The upstream cap's permit.
+    pub upstream: Option<Permit>,
+    /// `sluice_inflight{route}`.
+    pub route_gauge: Option<InflightGuard>,
+    /// `sluice_inflight{upstream}`.
+    pub upstream_gauge: Option<InflightGuard>,
+}

@@ -1,0 +1,670 @@
+//! Concurrency caps: at most `max_inflight` requests at once, and a bounded, priority-ordered
+//! wait queue in front of them.
+//!
+//! Where it sits: after the rate limits, a request passes its route's cap, then its upstream's
+//! (contract, "How sluice pushes back"). One [`ConcurrencyLimit`] exists per route cap and one per
+//! upstream cap; the [`Permit`] it hands out travels with the response (and its body) and frees
+//! the slot when dropped. A request that cannot get a slot gets a [`Rejected`], which the rescue
+//! layer turns into a 503 with `Retry-After`.
+//!
+//! # Design
+//!
+//! - **State** is one `std::sync::Mutex` around the in-flight count and four FIFO queues, one per
+//!   [`Priority`]. Every critical section is a few field updates with no `.await` inside, so a
+//!   std mutex is cheaper than an async one and cannot be held across a suspension point.
+//! - **Admission**: a request is admitted at once only if a slot is free *and* nobody is queued
+//!   (no barging). Otherwise it joins the queue with a `oneshot` channel, the only allocation.
+//! - **Hand-off**: dropping a permit does not free the slot while someone waits: under the lock it
+//!   pops the best waiter (highest priority, then oldest) and sends it a new [`Permit`] for the
+//!   same slot. Exactly one task is woken per release; `inflight` never drops in between.
+//! - **Cancellation**: a waiter whose `acquire` future is dropped removes its own entry under the
+//!   lock. If the slot was already sent to it, the permit sits in its channel and is dropped with
+//!   it, and that drop hands the slot to the next waiter. Timeouts resolve the same race under the
+//!   lock: a waiter whose entry is already gone takes whatever was sent to it (see [`Rejected`]).
+//! - **Shedding**: when the queue is full, an arrival of strictly higher priority than the
+//!   lowest-priority waiter evicts the *most recently arrived* of the lowest-priority waiters; it
+//!   has waited least, so evicting it wastes the least queueing already done and keeps FIFO
+//!   fairness for the older ones. Equal or higher priority is never evicted.
+//!
+//! # Retry-After
+//!
+//! A 503 from a cap carries `(queue_depth + 1) / drain_rate` seconds, rounded up and clamped to
+//! 1..=60: the time the queue ahead of a retrying client needs to drain. `drain_rate` is an
+//! exponentially weighted moving average of permits released per second, measured over 1 s windows
+//! (weight 1/4 for the newest window, so it follows a change within a few seconds). The windows run
+//! on a *busy clock* that stops while nothing is in flight: an idle cap has nothing to drain, so
+//! idleness does not decay the estimate, while a cap that is full and releases nothing (a stuck
+//! upstream) sees its estimate decay and its `Retry-After` grow to the 60 s cap. Until the first
+//! window completes there is no history, and `Retry-After` is `queue_timeout`, rounded up and
+//! clamped the same way.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::{ConcurrencyConfig, Priority};
+
+/// A concurrency cap with a bounded, priority-ordered wait queue.
+///
+/// Cheap to clone: clones share the same slots and queue.
+#[derive(Clone)]
+pub struct ConcurrencyLimit {
+    /// Shared with every clone and with every outstanding [`Permit`], which must outlive a
+    /// reload that drops the limit itself.
+    shared: Arc<Shared>,
+}
+
+/// A slot in a [`ConcurrencyLimit`]. Dropping it frees the slot, or hands it straight to the best
+/// waiter if anyone is queued.
+#[must_use = "the slot is released as soon as the permit is dropped"]
+pub struct Permit {
+    /// The limit to give the slot back to. `None` only once the slot is accounted for elsewhere:
+    /// after the drop, or for a permit that could not be delivered to a waiter, whose slot the
+    /// releasing code keeps (see `Shared::release`).
+    shared: Option<Arc<Shared>>,
+    /// Time spent in the queue, for the `sluice_queue_wait_seconds` histogram.
+    waited: Duration,
+}
+
+/// Why a [`ConcurrencyLimit`] did not admit a request; all three become a 503 with
+/// `Retry-After`.
+///
+/// A waiter whose slot (or eviction) arrives in the same instant as its `queue_timeout` takes
+/// what arrived: the slot was handed over before the waiter noticed the deadline, so serving the
+/// request wastes nothing, and the slot is never lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The cap was full and so was the queue (or the queue size is 0), and no waiter had a lower
+    /// priority than this request.
+    #[error("concurrency limit reached and its queue is full")]
+    QueueFull {
+        /// The `Retry-After` to send, whole seconds in 1..=60.
+        retry_after: Duration,
+    },
+    /// The request waited `queue_timeout` without getting a slot.
+    #[error("timed out waiting in the concurrency queue")]
+    QueueTimeout {
+        /// The `Retry-After` to send, whole seconds in 1..=60.
+        retry_after: Duration,
+    },
+    /// The request was evicted from the queue to make room for one of higher priority.
+    #[error("shed from the concurrency queue for higher-priority work")]
+    Shed {
+        /// The `Retry-After` to send, whole seconds in 1..=60.
+        retry_after: Duration,
+    },
+}
+
+/// What the limit and its permits share.
+struct Shared {
+    /// Fixed at construction; a reload with other parameters builds a new limit.
+    config: ConcurrencyConfig,
+    /// All mutable state. A std mutex is fine: every critical section is short and none contains
+    /// an `.await`, so it is never held across a suspension point.
+    state: Mutex<State>,
+}
+
+/// Mutable state of a limit.
+///
+/// Invariant: if `queue` is not empty then `inflight == max_inflight`. Waiters only join a full
+/// cap, and a release hands its slot to a waiter instead of decrementing `inflight`.
+struct State {
+    /// Slots taken: permits alive, including ones sent to a waiter not yet polled.
+    inflight: usize,
+    /// Requests waiting for a slot.
+    queue: WaitQueue,
+    /// Arrival number of the next waiter; orders waiters of one priority and identifies them for
+    /// removal on cancellation or timeout.
+    next_seq: u64,
+    /// The drain-rate estimate behind `Retry-After`.
+    drain: DrainRate,
+}
+
+/// The wait queue: one FIFO per priority. Each deque is sorted by `seq`, because waiters are
+/// pushed at the back in arrival order and only removed, never reordered.
+struct WaitQueue {
+    /// Indexed by [`level`]: 0 = low .. 3 = critical.
+    levels: [VecDeque<Waiter>; 4],
+    /// Total waiters, so that `queue_depth` does not sum four lengths.
+    len: usize,
+}
+
+/// One queued request.
+struct Waiter {
+    /// Arrival number, unique per limit.
+    seq: u64,
+    /// When it joined the queue, for [`Permit::waited`].
+    enqueued_at: Instant,
+    /// Where its outcome goes: a permit (slot handed over) or `Shed`.
+    tx: oneshot::Sender<Result<Permit, Rejected>>,
+}
+
+/// The queue entry of an `acquire` future that is waiting. Dropping it (the client went away)
+/// removes the entry; a permit already sent to it is dropped with `rx` and so passed on.
+struct Queued<'a> {
+    /// The limit whose queue holds the entry.
+    shared: &'a Shared,
+    /// Which FIFO the entry is in.
+    priority: Priority,
+    /// Identifies the entry in that FIFO.
+    seq: u64,
+    /// When the waiter gives up; `None` if `queue_timeout` is too large to represent.
+    deadline: Option<Instant>,
+    /// Receives the waiter's outcome from whoever removes its entry.
+    rx: oneshot::Receiver<Result<Permit, Rejected>>,
+    /// The entry is known to be out of the queue; `Drop` need not take the lock.
+    settled: bool,
+}
+
+/// An EWMA of permits released per second of busy time (see the module docs).
+struct DrainRate {
+    /// Start of the window being counted, on the busy clock; `None` until the first release.
+    window_start: Option<Instant>,
+    /// Releases counted in the current window.
+    window_releases: u32,
+    /// The average, in releases per second; `None` until the first window has completed.
+    per_sec: Option<f64>,
+    /// When the cap last became idle (nothing in flight). The busy clock stands still from then
+    /// until the next admission, which moves `window_start` forward by the idle span.
+    idle_since: Option<Instant>,
+}
+
+/// Length of one drain-rate window.
+const WINDOW: Duration = Duration::from_secs(1);
+/// Weight of the newest window in the drain-rate EWMA.
+const ALPHA: f64 = 0.25;
+/// Bounds of a `Retry-After` from a concurrency cap, in seconds (contract: 1..60 s).
+const RETRY_AFTER_MIN_SECS: u64 = 1;
+const RETRY_AFTER_MAX_SECS: u64 = 60;
+
+/// The outcome of trying to join: decided at once, or queued.
+enum Enqueue<'a> {
+    Done(Result<Permit, Rejected>),
+    Queued(Queued<'a>),
+}
+
+// === impl ConcurrencyLimit ===
+
+impl ConcurrencyLimit {
+    /// A limit with no slot taken and an empty queue.
+    pub fn new(config: ConcurrencyConfig) -> Self {
+        ConcurrencyLimit {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(State {
+                    inflight: 0,
+                    queue: WaitQueue::new(),
+                    next_seq: 0,
+                    drain: DrainRate::new(),
+                }),
+            }),
+        }
+    }
+
+    /// The parameters this limit was built with.
+    pub fn config(&self) -> ConcurrencyConfig {
+        self.shared.config
+    }
+
+    /// Waits for a slot.
+    ///
+    /// Admits at once if a slot is free and nobody is queued. Otherwise the request waits in the
+    /// queue, ordered by `priority` then arrival, for at most `queue_timeout`; the task sleeps
+    /// until a released permit is handed to it, it is shed, or the deadline passes.
+    ///
+    /// Dropping the returned future while it waits removes it from the queue at once.
+    ///
+    /// # Errors
+    ///
+    /// - [`Rejected::QueueFull`] at once if the cap and the queue are full and no waiter has a
+    ///   lower priority than `priority` (always, when no slot is free and `queue` is 0);
+    /// - [`Rejected::QueueTimeout`] after waiting `queue_timeout`;
+    /// - [`Rejected::Shed`] if a request of higher priority evicted this one from a full queue.
+    pub async fn acquire(&self, priority: Priority) -> Result<Permit, Rejected> {
+        match self.shared.enqueue(priority) {
+            Enqueue::Done(result) => result,
+            Enqueue::Queued(queued) => queued.wait().await,
+        }
+    }
+
+    /// What [`acquire`](Self::acquire) would answer at once, without taking a slot or joining the
+    /// queue: for shadow mode, which counts what would be rejected and lets everything through.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::QueueFull`] if `acquire(priority)` would be rejected at once; `Ok` if it would
+    /// be admitted or would wait (possibly shedding a lower-priority waiter).
+    pub fn check(&self, priority: Priority) -> Result<(), Rejected> {
+        let mut state = self.shared.lock();
+        if state.inflight < self.shared.config.max_inflight.get() && state.queue.len == 0 {
+            return Ok(());
+        }
+        if state.queue.len < self.shared.config.queue {
+            return Ok(());
+        }
+        match state.queue.lowest_priority() {
+            Some(lowest) if priority > lowest => Ok(()),
+            _ => {
+                let retry_after = state.retry_after(&self.shared.config, Instant::now());
+                Err(Rejected::QueueFull { retry_after })
+            }
+        }
+    }
+
+    /// Slots taken now (the `sluice_inflight` gauge).
+    pub fn inflight(&self) -> usize {
+        self.shared.lock().inflight
+    }
+
+    /// Requests waiting now (the `sluice_queue_depth` gauge).
+    pub fn queue_depth(&self) -> usize {
+        self.shared.lock().queue.len
+    }
+
+    /// The `Retry-After` a 503 from this cap would carry now: whole seconds in 1..=60, from the
+    /// drain rate (see the module docs).
+    pub fn retry_after(&self) -> Duration {
+        self.shared
+            .lock()
+            .retry_after(&self.shared.config, Instant::now())
+    }
+}
+
+impl fmt::Debug for ConcurrencyLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
+        f.debug_struct("ConcurrencyLimit")
+            .field("max_inflight", &self.shared.config.max_inflight)
+            .field("queue", &self.shared.config.queue)
+            .field("queue_timeout", &self.shared.config.queue_timeout)
+            .field("inflight", &state.inflight)
+            .field("queue_depth", &state.queue.len)
+            .finish()
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Locks the state. A panic while it was held cannot leave it half-updated in a way that
+    /// matters more than refusing all traffic would, so a poisoned lock is recovered.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits, rejects, or queues a request: everything `acquire` does before it may wait, in one
+    /// critical section.
+    fn enqueue(self: &Arc<Self>, priority: Priority) -> Enqueue<'_> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let max = self.config.max_inflight.get();
+
+        // Fast path: no allocation, and no clock read unless the cap was idle.
+        if state.inflight < max && state.queue.len == 0 {
+            if state.inflight == 0 {
+                state.drain.on_busy(Instant::now());
+            }
+            state.inflight += 1;
+            return Enqueue::Done(Ok(Permit {
+                shared: Some(Arc::clone(self)),
+                waited: Duration::ZERO,
+            }));
+        }
+        debug_assert_eq!(
+            state.inflight, max,
+            "waiters exist only while the cap is full"
+        );
+
+        let now = Instant::now();
+        if state.queue.len >= self.config.queue {
+            match state.queue.lowest_priority() {
+                Some(lowest) if priority > lowest => {
+                    let retry_after = state.retry_after(&self.config, now);
+                    if let Some(victim) = state.queue.pop_newest_of_lowest() {
+                        // A send fails only if the victim's receiver is gone, and then it has
+                        // nothing left to tell.
+                        let _ = victim.tx.send(Err(Rejected::Shed { retry_after }));
+                    }
+                }
+                _ => {
+                    let retry_after = state.retry_after(&self.config, now);
+                    return Enqueue::Done(Err(Rejected::QueueFull { retry_after }));
+                }
+            }
+        }
+
+        let (tx, rx) = oneshot::channel();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.queue.push(
+            priority,
+            Waiter {
+                seq,
+                enqueued_at: now,
+                tx,
+            },
+        );
+        Enqueue::Queued(Queued {
+            shared: self,
+            priority,
+            seq,
+            deadline: now.checked_add(self.config.queue_timeout),
+            rx,
+            settled: false,
+        })
+    }
+
+    /// Gives a slot back: hands it to the best live waiter, or frees it if nobody waits.
+    fn release(self: &Arc<Self>) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        loop {
+            let Some(waiter) = state.queue.pop_best() else {
+                state.inflight = state.inflight.saturating_sub(1);
+                let inflight = state.inflight;
+                state.drain.on_release(now, inflight);
+                return;
+            };
+            let permit = Permit {
+                shared: Some(Arc::clone(self)),
+                waited: now.saturating_duration_since(waiter.enqueued_at),
+            };
+            match waiter.tx.send(Ok(permit)) {
+                // The slot now belongs to the waiter; `inflight` is unchanged.
+                Ok(()) => {
+                    let inflight = state.inflight;
+                    state.drain.on_release(now, inflight);
+                    return;
+                }
+                // The waiter's receiver is gone (it cannot be, as a waiter removes its entry
+                // before dropping it, but if it were): the slot is still ours, try the next one.
+                // The undelivered permit must not run its `Drop` under this lock.
+                Err(Ok(mut undelivered)) => undelivered.shared = None,
+                Err(Err(_)) => {}
+            }
+        }
+    }
+}
+
+// === impl State ===
+
+impl State {
+    /// See [`ConcurrencyLimit::retry_after`].
+    fn retry_after(&mut self, config: &ConcurrencyConfig, now: Instant) -> Duration {
+        self.drain.roll(now);
+        let secs = match self.drain.per_sec {
+            None => ceil_secs(config.queue_timeout),
+            Some(rate) => {
+                // The small epsilon keeps an exact quotient such as 10 / 2.0 from rounding up to
+                // the next second through float error.
+                let secs = (self.queue.len as f64 + 1.0) / rate - 1e-9;
+                if secs.is_finite() {
+                    // `as` saturates, and a negative value becomes 0 (then clamped to 1).
+                    secs.ceil() as u64
+                } else {
+                    RETRY_AFTER_MAX_SECS
+                }
+            }
+        };
+        Duration::from_secs(secs.clamp(RETRY_AFTER_MIN_SECS, RETRY_AFTER_MAX_SECS))
+    }
+}
+
+/// Whole seconds in `d`, rounded up.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+// === impl WaitQueue ===
+
+/// The index of a priority's FIFO: higher priority, higher index.
+fn level(priority: Priority) -> usize {
+    match priority {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+        Priority::Critical => 3,
+    }
+}
+
+/// Inverse of [`level`].
+fn priority_of(level: usize) -> Priority {
+    match level {
+        0 => Priority::Low,
+        1 => Priority::Normal,
+        2 => Priority::High,
+        _ => Priority::Critical,
+    }
+}
+
+impl WaitQueue {
+    fn new() -> Self {
+        WaitQueue {
+            levels: Default::default(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, priority: Priority, waiter: Waiter) {
+        self.levels[level(priority)].push_back(waiter);
+        self.len += 1;
+    }
+
+    /// The waiter to serve next: highest priority, then oldest.
+    fn pop_best(&mut self) -> Option<Waiter> {
+        let waiter = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        Some(waiter)
+    }
+
+    /// The lowest priority of any waiter.
+    fn lowest_priority(&self) -> Option<Priority> {
+        let lowest = self.levels.iter().position(|l| !l.is_empty())?;
+        Some(priority_of(lowest))
+    }
+
+    /// The waiter to shed: lowest priority, then newest (it has waited least).
+    fn pop_newest_of_lowest(&mut self) -> Option<Waiter> {
+        let waiter = self.levels.iter_mut().find_map(VecDeque::pop_back)?;
+        self.len -= 1;
+        Some(waiter)
+    }
+
+    /// Removes a waiter that gives up; `false` if it was already removed (served or shed).
+    fn remove(&mut self, priority: Priority, seq: u64) -> bool {
+        let fifo = &mut self.levels[level(priority)];
+        match fifo.binary_search_by_key(&seq, |w| w.seq) {
+            Ok(i) => {
+                fifo.remove(i);
+                self.len -= 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+// === impl Queued ===
+
+impl Queued<'_> {
+    /// Waits for a permit, an eviction, or the deadline.
+    async fn wait(mut self) -> Result<Permit, Rejected> {
+        let sleep = self.deadline.map(tokio::time::sleep_until);
+        tokio::pin!(sleep);
+        let rx = &mut self.rx;
+        // The deadline is checked first, so that a deadline and an outcome in the same instant
+        // always take the one path that settles the race under the lock, below.
+        let received = poll_fn(|cx| {
+            if let Some(sleep) = sleep.as_mut().as_pin_mut() {
+                if sleep.poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            Pin::new(&mut *rx).poll(cx).map(Some)
+        })
+        .await;
+
+        match received {
+            Some(Ok(outcome)) => {
+                self.settled = true;
+                outcome
+            }
+            // Senders are dropped without sending only by the waiter itself, after this future;
+            // treat a broken invariant as a timeout rather than panic in production.
+            Some(Err(_closed)) => {
+                debug_assert!(false, "a waiter's sender was dropped without an outcome");
+                self.give_up()
+            }
+            None => self.give_up(),
+        }
+    }
+
+    /// The deadline passed: leave the queue, unless an outcome was sent first.
+    fn give_up(&mut self) -> Result<Permit, Rejected> {
+        let mut state = self.shared.lock();
+        self.settled = true;
+        if state.queue.remove(self.priority, self.seq) {
+            let retry_after = state.retry_after(&self.shared.config, Instant::now());
+            return Err(Rejected::QueueTimeout { retry_after });
+        }
+        drop(state);
+        // The entry was removed by a release or an eviction, which sent the outcome under the
+        // lock before we took it: it is in the channel.
+        match self.rx.try_recv() {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let retry_after = self
+                    .shared
+                    .lock()
+                    .retry_after(&self.shared.config, Instant::now());
+                Err(Rejected::QueueTimeout { retry_after })
+            }
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.lock().queue.remove(self.priority, self.seq);
+        }
+        // The lock is released here; `rx` is dropped after this body. If a permit was sent to
+        // this waiter before it could remove its entry, that drop hands the slot on.
+    }
+}
+
+// === impl DrainRate ===
+
+impl DrainRate {
+    fn new() -> Self {
+        DrainRate {
+            window_start: None,
+            window_releases: 0,
+            per_sec: None,
+            idle_since: None,
+        }
+    }
+
+    /// Counts a released permit; `inflight` is the count after the release.
+    fn on_release(&mut self, now: Instant, inflight: usize) {
+        if self.window_start.is_none() {
+            self.window_start = Some(now);
+        } else {
+            self.roll(now);
+        }
+        self.window_releases = self.window_releases.saturating_add(1);
+        if inflight == 0 {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// The cap takes work again after being idle: restart the busy clock.
+    fn on_busy(&mut self, now: Instant) {
+        if let (Some(idle), Some(start)) = (self.idle_since.take(), self.window_start.as_mut()) {
+            *start += now.saturating_duration_since(idle);
+        }
+    }
+
+    /// Folds every window that has ended by `now` into the average: the counted one, then one
+    /// empty window (a decay by `1 - ALPHA`) for each further whole window of busy time.
+    fn roll(&mut self, now: Instant) {
+        let Some(start) = self.window_start else {
+            return;
+        };
+        // While idle, the busy clock stands at the moment the cap became idle.
+        let now = self.idle_since.map_or(now, |idle| idle.min(now));
+        let elapsed = now.saturating_duration_since(start);
+        let windows = elapsed.as_nanos() / WINDOW.as_nanos();
+        if windows == 0 {
+            return;
+        }
+        let counted = f64::from(self.window_releases) / WINDOW.as_secs_f64();
+        let rate = match self.per_sec {
+            None => counted,
+            Some(rate) => ALPHA * counted + (1.0 - ALPHA) * rate,
+        };
+        let empty = i32::try_from(windows - 1).unwrap_or(i32::MAX);
+        self.per_sec = Some(rate * (1.0 - ALPHA).powi(empty));
+        let into_window = elapsed.as_nanos() % WINDOW.as_nanos();
+        // `into_window` < 1 s, so the conversion and the subtraction cannot fail.
+        self.window_start = Some(now - Duration::from_nanos(into_window as u64));
+        self.window_releases = 0;
+    }
+}
+
+// === impl Permit ===
+
+impl Permit {
+    /// Time spent queued; zero if the request was admitted at once.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.release();
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("waited", &self.waited)
+            .finish()
+    }
+}
+
+// === impl Rejected ===
+
+impl Rejected {
+    /// The `Retry-After` to send with the 503: whole seconds in 1..=60.
+    pub fn retry_after(&self) -> Duration {
+        match *self {
+            Rejected::QueueFull { retry_after }
+            | Rejected::QueueTimeout { retry_after }
+            | Rejected::Shed { retry_after } => retry_after,
+        }
+    }
+
+    /// The problem JSON `reason`: `queue-full`, `queue-timeout` or `shed`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::QueueFull { .. } => "queue-full",
+            Rejected::QueueTimeout { .. } => "queue-timeout",
+            Rejected::Shed { .. } => "shed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

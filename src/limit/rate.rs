@@ -1,0 +1,309 @@
+//! One token bucket per configured rate limit: `rate_limits[]` of a route.
+//!
+//! Sits in the per-route stack right after routing and before the concurrency caps: for each
+//! limit the route's service calls [`RateLimit::check`] with the request's [`LimitKey`] and
+//! rejects with 429 on the first [`Decision::Denied`]. A check takes one token or none and never
+//! waits (style rule 19); the decisions also feed the `RateLimit` header field.
+//!
+//! The buckets are governor's GCRA: per key one `AtomicU64`, the *theoretical arrival time* (TAT)
+//! of the next request, updated with a CAS loop. A bucket of size `burst` refilling one token per
+//! emission interval `T` admits a request at time `now` iff `TAT - (burst - 1)·T <= now`.
+//!
+//! Keyed limits keep one state per key in governor's `DashMap` store, so memory follows the
+//! number of keys seen; [`RateLimit::housekeeping`] (an interval task) drops the keys whose
+//! bucket is full again, which are indistinguishable from new ones.
+//!
+//! # `reset`: the exact time to the next token
+//!
+//! Governor's `StateInformationMiddleware` reports the whole tokens left but not when the next
+//! one arrives. This module gets that exactly through governor's public `StateStore` extension
+//! point: the store handed to governor is a thin wrapper ([`Buckets`]) around governor's own
+//! stores that, during a check, records the TAT that governor commits and the time governor
+//! measured, into the [`Probe`] the check was called with. From those two, the level of the
+//! bucket after the request is known to the nanosecond.
+
+use std::cell::Cell;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
+
+use super::key::LimitKey;
+use crate::config::{KeySpec, RateLimitConfig};
+
+/// Largest bucket, as the time an empty bucket takes to refill (2^62 ns ≈ 146 years). Governor
+/// stores times as `u64` nanoseconds since the limiter started and computes `burst × T` without
+/// overflow checks in release builds; a larger bucket is cut to this size (with a warning)
+/// rather than wrapped around. Config validation should reject such limits before they get here.
+const MAX_REFILL_NANOS: u64 = 1 << 62;
+
+/// The bucket(s) of one configured rate limit. `Send + Sync`: share it behind an `Arc` (one per
+/// route and limit, kept across reloads when the limit is unchanged).
+pub struct RateLimit<C: Clock = DefaultClock> {
+    /// The limit as configured: name (header items, metrics label), key spec, rate and burst.
+    config: RateLimitConfig,
+    /// Governor's GCRA over our [`Buckets`]; `StateInformationMiddleware` so that an admitted
+    /// request reports the whole tokens left.
+    limiter: RateLimiter<Probe, Buckets, C, StateInformationMiddleware>,
+    /// The emission interval `T` in nanoseconds: the time one token takes to come back.
+    /// Equal to governor's own (same `Duration`, same 1 ns floor).
+    emission_nanos: u64,
+    /// Bucket size in tokens (`config.burst`, unless cut to [`MAX_REFILL_NANOS`]).
+    burst: u32,
+}
+
+/// The outcome of one [`RateLimit::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a denied request must not be forwarded"]
+pub enum Decision {
+    /// The request took a token.
+    Admitted {
+        /// Whole tokens left in the bucket after this request (`0..burst`).
+        remaining: u32,
+        /// Exact time until the bucket holds `remaining + 1` whole tokens, in `(0, T]` for an
+        /// emission interval `T`. `ZERO` only if the bucket were full, which cannot happen right
+        /// after a request took a token.
+        reset: Duration,
+    },
+    /// The bucket is empty; nothing was taken.
+    Denied {
+        /// Time until this key's bucket admits one request, from governor's
+        /// `NotUntil::wait_time_from` (exact with respect to the clock reading taken right after
+        /// the decision).
+        retry_after: Duration,
+    },
+}
+
+/// The state store handed to governor: governor's own stores, plus recording into the [`Probe`]
+/// (see the module docs).
+enum Buckets {
+    /// `key: global`: a single atomic, governor's direct state. Cheaper than a map entry (no shard
+    /// lock on the one key every request hits) and never evicted.
+    One(InMemoryState),
+    /// `key: client_ip` / `header:…`: governor's `DashMap` store, one state per key.
+    PerKey(DashMapStateStore<LimitKey>),
+}
+
+/// The key governor passes through to [`Buckets`] on a check: the bucket key plus two cells the
+/// store fills in. Lives on the caller's stack for one check (no allocation); never stored,
+/// hashed or compared (the store uses `key`), the impls below only satisfy governor's bounds.
+#[derive(Clone, Debug)]
+struct Probe {
+    key: LimitKey,
+    /// The TAT governor committed for an admitted request (ns since the limiter started).
+    tat: Cell<Nanos>,
+    /// `now + T`, where `now` is the time governor measured for the decision (ns since the
+    /// limiter started): the TAT a fresh bucket would have got.
+    fresh_tat: Cell<Nanos>,
+}
+
+// === impl RateLimit ===
+
+impl RateLimit {
+    /// The bucket(s) for `config`, on governor's default clock (quanta; not tokio's, so
+    /// `tokio::time::pause` does not affect it).
+    pub fn new(config: &RateLimitConfig) -> Self {
+        Self::with_clock(config, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> RateLimit<C> {
+    /// The bucket(s) for `config` on `clock` (`FakeRelativeClock` in tests).
+    ///
+    /// A quota: one token per `rate.emission_interval()` (at least 1 ns), `burst` tokens at most.
+    /// `scope: global` limits get a local bucket here; sharing it is another layer's job.
+    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+        let emission = config.rate.emission_interval().max(Duration::from_nanos(1));
+        let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
+        let max_burst = u32::try_from(MAX_REFILL_NANOS / emission_nanos).unwrap_or(u32::MAX);
+        let burst = config.burst.get().min(max_burst.max(1));
+        if burst < config.burst.get() {
+            tracing::warn!(
+                limit = %config.name,
+                configured = config.burst.get(),
+                used = burst,
+                "burst cut: the bucket would take over a century to refill"
+            );
+        }
+        let quota = Quota::with_period(emission)
+            .expect("the emission interval is at least 1 ns")
+            .allow_burst(burst.try_into().expect("burst is at least 1"));
+        let buckets = match config.key {
+            KeySpec::Global => Buckets::One(InMemoryState::default()),
+            KeySpec::ClientIp | KeySpec::Header(_) => Buckets::PerKey(DashMapStateStore::default()),
+        };
+        RateLimit {
+            config: config.clone(),
+            limiter: RateLimiter::new(quota, buckets, clock),
+            emission_nanos,
+            burst,
+        }
+    }
+
+    /// The limit this was built from.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.config
+    }
+
+    /// Takes one token from `key`'s bucket if it has one. Never waits, never allocates (except
+    /// the map entry of a key seen for the first time).
+    ///
+    /// A `global` limit has one bucket and ignores `key`.
+    pub fn check(&self, key: &LimitKey) -> Decision {
+        let probe = Probe {
+            key: *key,
+            tat: Cell::new(Nanos::default()),
+            fresh_tat: Cell::new(Nanos::default()),
+        };
+        match self.limiter.check_key(&probe) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                let reset = self.reset(&probe, remaining);
+                Decision::Admitted { remaining, reset }
+            }
+            Err(not_until) => Decision::Denied {
+                retry_after: not_until.wait_time_from(self.limiter.clock().now()),
+            },
+        }
+    }
+
+    /// Forgets the keys whose bucket has been full for at least one emission interval (governor's
+    /// `retain_recent`), then gives the freed map capacity back (`shrink_to_fit`). A forgotten
+    /// key behaves exactly like a new one, so this changes no decision: it bounds memory by the
+    /// keys active within about one refill time (burst × emission interval). Takes each map
+    /// shard's write lock in turn; call it from a housekeeping task, not per request.
+    pub fn housekeeping(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Keys tracked now: the `sluice_rate_limit_keys` gauge. Always 1 for a `global` limit (its
+    /// single bucket).
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// No key tracked (never true for a `global` limit).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Time until the bucket holds `remaining + 1` tokens, from what the store recorded.
+    ///
+    /// After the request the bucket holds `level / T` tokens, where
+    /// `level = now + burst·T - TAT` (nanoseconds of refill banked, at most `burst·T`; this is
+    /// governor's own `remaining_burst_capacity` before its division by `T`).
+    /// `remaining = ⌊level / T⌋`, so the next whole token is `(remaining + 1)·T - level` away.
+    fn reset(&self, probe: &Probe, remaining: u32) -> Duration {
+        let t = self.emission_nanos;
+        let capacity = t * u64::from(self.burst);
+        // now + burst·T = (now + T) + (burst - 1)·T
+        let level = (probe.fresh_tat.get().as_u64() + (capacity - t))
+            .saturating_sub(probe.tat.get().as_u64())
+            .min(capacity);
+        debug_assert_eq!(
+            u64::from(remaining),
+            level / t,
+            "governor's remaining_burst_capacity and the recorded TAT disagree"
+        );
+        if remaining >= self.burst {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((u64::from(remaining) + 1) * t - level)
+    }
+}
+
+impl<C: Clock> fmt::Debug for RateLimit<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("name", &self.config.name)
+            .field("rate", &self.config.rate)
+            .field("burst", &self.burst)
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Buckets ===
+
+impl StateStore for Buckets {
+    type Key = Probe;
+
+    fn measure_and_replace<T, F, E>(&self, probe: &Probe, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // `f` is governor's GCRA step. It may run several times (CAS retries); the last `Ok` is
+        // the TAT that got stored whenever the outcome is `Ok`.
+        let record = |tat: Option<Nanos>| {
+            let decision = f(tat);
+            if let Ok((_, next)) = &decision {
+                probe.tat.set(*next);
+            }
+            decision
+        };
+        let outcome = match self {
+            Buckets::One(state) => state.measure_and_replace(&NotKeyed::NonKey, record),
+            Buckets::PerKey(map) => map.measure_and_replace(&probe.key, record),
+        };
+        if outcome.is_ok() {
+            // `f` is pure (it captured governor's clock reading; the middleware only builds a
+            // snapshot). On a fresh bucket (`None`) it admits and returns `now + T`: that is how
+            // we learn the `now` governor decided at without reading the clock again.
+            if let Ok((_, fresh)) = f(None) {
+                probe.fresh_tat.set(fresh);
+            }
+        }
+        outcome
+    }
+}
+
+impl ShrinkableKeyedStateStore<Probe> for Buckets {
+    fn retain_recent(&self, drop_below: Nanos) {
+        if let Buckets::PerKey(map) = self {
+            ShrinkableKeyedStateStore::retain_recent(map, drop_below);
+        }
+    }
+
+    fn shrink_to_fit(&self) {
+        if let Buckets::PerKey(map) = self {
+            map.shrink_to_fit();
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Buckets::One(_) => 1,
+            Buckets::PerKey(map) => map.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// === impl Probe ===
+
+impl PartialEq for Probe {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Probe {}
+
+impl Hash for Probe {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+#[cfg(test)]
+mod tests;

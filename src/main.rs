@@ -1,0 +1,151 @@
+//! The `sluice` command: parses arguments, sets up logging, loads the config and hands over to
+//! [`sluice::app`]. Exit status: 0 after a clean shutdown, 2 on a config error (nothing is
+//! started), 1 on any other start-up failure.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::app::{self, App};
+use sluice::config::{self, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A reverse proxy that protects APIs from overload"
+)]
+struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=sluice=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The config file.
+        #[arg(
+            short,
+            long,
+            env = "SLUICE_CONFIG",
+            default_value = "config/sluice.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Validate the config and print a summary of listeners, upstreams, routes and limits.
+    Check {
+        /// The config file.
+        #[arg(
+            short,
+            long,
+            env = "SLUICE_CONFIG",
+            default_value = "config/sluice.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Start a built-in sample upstream of limited capacity and sluice in front of it, and
+    /// print commands that show 200, 429 and 503.
+    Demo {
+        /// The demo config.
+        #[arg(short, long, default_value = "config/demo.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(config) => {
+                print!("{config}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => config_error(&err),
+        },
+        Command::Run { config } => match config::load(&config) {
+            Ok(config) => serve(config, false),
+            Err(err) => config_error(&err),
+        },
+        Command::Demo { config } => match config::load(&demo_path(&config)) {
+            Ok(config) => serve(config, true),
+            Err(err) => config_error(&err),
+        },
+    }
+}
+
+/// `config/demo.yaml` is relative to the project; when run from elsewhere, fall back to the copy
+/// beside the sources this binary was built from.
+fn demo_path(path: &Path) -> PathBuf {
+    if path.exists() || path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let beside_sources = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    if beside_sources.exists() {
+        beside_sources
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn config_error(err: &config::ConfigError) -> ExitCode {
+    eprintln!("{err}");
+    ExitCode::from(2)
+}
+
+fn serve(config: Config, demo: bool) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.server.workers {
+        builder.worker_threads(workers.get());
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        if demo {
+            if let Err(err) = sluice::demo::start_upstream(&config).await {
+                eprintln!("{err}");
+                return ExitCode::from(1);
+            }
+        }
+        let app = match App::bind(config).await {
+            Ok(app) => app,
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::from(1);
+            }
+        };
+        if demo {
+            sluice::demo::print_instructions(app.http_addr());
+        }
+        app::spawn_signal_handlers(app.shutdown_handle());
+        app.run().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

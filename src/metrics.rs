@@ -1,0 +1,505 @@
+//! Prometheus metrics: what tells an operator that backpressure is building.
+//!
+//! Families live for the whole process (in [`Metrics`]), so series survive reloads. Each
+//! runtime builds per-route and per-upstream *handles* ([`RouteMetrics`], [`ScopeMetrics`])
+//! when it is built: the request path only increments atomics — no label hashing, no string
+//! keys, no allocation. Gauges that are a property of a limiter (queue depth, utilisation,
+//! tracked keys) are read from the current runtime when `/metrics` is scraped.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Histogram buckets for an edge proxy: 100 µs … 30 s.
+pub const BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// How a request ended: the `outcome` label of `sluice_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Sent upstream and answered.
+    Forwarded,
+    /// 429.
+    RateLimited,
+    /// 503: cap and queue full.
+    QueueFull,
+    /// 503: waited queue_timeout.
+    QueueTimeout,
+    /// 503: evicted by higher-priority work.
+    Shed,
+    /// 502.
+    UpstreamError,
+    /// 504.
+    UpstreamTimeout,
+    /// 404.
+    NoRoute,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Forwarded,
+        Outcome::RateLimited,
+        Outcome::QueueFull,
+        Outcome::QueueTimeout,
+        Outcome::Shed,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+        Outcome::NoRoute,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::QueueFull => "queue_full",
+            Outcome::QueueTimeout => "queue_timeout",
+            Outcome::Shed => "shed",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::NoRoute => "no_route",
+        }
+    }
+
+    /// The outcome for a `reason` of the problem JSON.
+    pub fn from_reason(reason: &str) -> Outcome {
+        match reason {
+            "rate-limited" => Outcome::RateLimited,
+            "queue-full" => Outcome::QueueFull,
+            "queue-timeout" => Outcome::QueueTimeout,
+            "shed" => Outcome::Shed,
+            "upstream-timeout" => Outcome::UpstreamTimeout,
+            "no-route" => Outcome::NoRoute,
+            _ => Outcome::UpstreamError,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RequestLabels {
+    route: Arc<str>,
+    outcome: Outcome,
+    shadow: bool,
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("outcome", self.outcome.as_str()).encode(encoder.encode_label())?;
+        if self.shadow {
+            ("shadow", "true").encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ResponseLabels {
+    route: Arc<str>,
+    code: u16,
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("code", self.code as u64).encode(encoder.encode_label())
+    }
+}
+
+/// `route="x"` or `upstream="y"`: whose inflight, queue or wait.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A route.
+    Route(Arc<str>),
+    /// An upstream.
+    Upstream(Arc<str>),
+}
+
+impl EncodeLabelSet for Scope {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        match self {
+            Scope::Route(name) => ("route", &**name).encode(encoder.encode_label()),
+            Scope::Upstream(name) => ("upstream", &**name).encode(encoder.encode_label()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LimitLabels {
+    route: Arc<str>,
+    limit: Arc<str>,
+}
+
+impl EncodeLabelSet for LimitLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        ("limit", &*self.limit).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct UpstreamLabel(Arc<str>);
+
+impl EncodeLabelSet for UpstreamLabel {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("upstream", &*self.0).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ResultLabel(&'static str);
+
+impl EncodeLabelSet for ResultLabel {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("result", self.0).encode(encoder.encode_label())
+    }
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Every metric family of the contract, registered once per process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    inflight: Family<Scope, Gauge>,
+    queue_depth: Family<Scope, Gauge>,
+    queue_wait: HistogramFamily<Scope>,
+    upstream_duration: HistogramFamily<Scope>,
+    utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    rate_limit_keys: Family<LimitLabels, Gauge>,
+    reloads: Family<ResultLabel, Counter>,
+    store_errors: Counter,
+    tls_handshake_failures: Counter,
+}
+
+/// Per-route handles, built with the route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    outcomes: [Counter; 8],
+    shadow: [Counter; 8],
+    /// `sluice_responses_total` by status code, created on first use of each code (a code
+    /// that never occurs costs nothing; after the first, an atomic increment).
+    responses: Box<[OnceLock<Counter>]>,
+    responses_family: Family<ResponseLabels, Counter>,
+    /// Requests of this route in flight (admitted, response not finished).
+    pub inflight: Gauge,
+    /// Time from sending upstream until the response head.
+    pub upstream_duration: Histogram,
+}
+
+/// Handles for one cap: a route's or an upstream's.
+#[derive(Debug, Clone)]
+pub struct ScopeMetrics {
+    /// Time spent queued before admission.
+    pub queue_wait: Histogram,
+}
+
+// === impl Metrics ===
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        let responses = Family::default();
+        let inflight = Family::default();
+        let queue_depth = Family::default();
+        let queue_wait: HistogramFamily<Scope> = Family::new_with_constructor(histogram);
+        let upstream_duration: HistogramFamily<Scope> = Family::new_with_constructor(histogram);
+        let utilization = Family::default();
+        let rate_limit_keys = Family::default();
+        let reloads = Family::default();
+        let store_errors = Counter::default();
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "sluice_requests",
+            "Requests by route and how they ended",
+            requests.clone(),
+        );
+        registry.register(
+            "sluice_responses",
+            "Responses by route and status code",
+            responses.clone(),
+        );
+        registry.register(
+            "sluice_inflight",
+            "Requests in flight, by route or upstream",
+            inflight.clone(),
+        );
+        registry.register(
+            "sluice_queue_depth",
+            "Requests waiting for a concurrency slot",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "sluice_queue_wait_seconds",
+            "Time spent waiting for a concurrency slot",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "sluice_upstream_duration_seconds",
+            "Time from sending a request upstream until its response head",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "sluice_utilization",
+            "Upstream in-flight requests / max_inflight",
+            utilization.clone(),
+        );
+        registry.register(
+            "sluice_rate_limit_keys",
+            "Rate limit keys tracked now",
+            rate_limit_keys.clone(),
+        );
+        registry.register(
+            "sluice_config_reloads",
+            "Config reloads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "sluice_store_errors",
+            "Redis calls that failed or timed out",
+            store_errors.clone(),
+        );
+        registry.register(
+            "sluice_tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            responses,
+            inflight,
+            queue_depth,
+            queue_wait,
+            upstream_duration,
+            utilization,
+            rate_limit_keys,
+            reloads,
+            store_errors,
+            tls_handshake_failures,
+        }
+    }
+
+    /// Handles for a route (series are shared with earlier runtimes of the same name).
+    pub fn route(&self, route: &Arc<str>) -> RouteMetrics {
+        let counter = |outcome, shadow| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    outcome,
+                    shadow,
+                })
+                .clone()
+        };
+        RouteMetrics {
+            route: route.clone(),
+            outcomes: Outcome::ALL.map(|o| counter(o, false)),
+            shadow: Outcome::ALL.map(|o| counter(o, true)),
+            responses: (100..600).map(|_| OnceLock::new()).collect(),
+            responses_family: self.responses.clone(),
+            inflight: self
+                .inflight
+                .get_or_create(&Scope::Route(route.clone()))
+                .clone(),
+            upstream_duration: self
+                .upstream_duration
+                .get_or_create(&Scope::Route(route.clone()))
+                .clone(),
+        }
+    }
+
+    /// Handles for a cap.
+    pub fn scope(&self, scope: &Scope) -> ScopeMetrics {
+        ScopeMetrics {
+            queue_wait: self.queue_wait.get_or_create(scope).clone(),
+        }
+    }
+
+    /// The in-flight gauge of an upstream.
+    pub fn upstream_inflight(&self, upstream: &Arc<str>) -> Gauge {
+        self.inflight
+            .get_or_create(&Scope::Upstream(upstream.clone()))
+            .clone()
+    }
+
+    /// Counts a request that ended without a route.
+    pub fn no_route(&self) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: Arc::from(""),
+                outcome: Outcome::NoRoute,
+                shadow: false,
+            })
+            .inc();
+        self.responses
+            .get_or_create(&ResponseLabels {
+                route: Arc::from(""),
+                code: 404,
+            })
+            .inc();
+    }
+
+    /// Counts a reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabel(if ok { "success" } else { "failure" }))
+            .inc();
+    }
+
+    /// `sluice_store_errors_total`.
+    pub fn store_errors(&self) -> &Counter {
+        &self.store_errors
+    }
+
+    /// `sluice_tls_handshake_failures_total`.
+    pub fn tls_handshake_failures(&self) -> &Counter {
+        &self.tls_handshake_failures
+    }
+
+    /// Sets a cap's queue depth gauge (read at scrape time).
+    pub fn set_queue_depth(&self, scope: &Scope, depth: usize) {
+        self.queue_depth.get_or_create(scope).set(depth as i64);
+    }
+
+    /// Sets an upstream's utilisation gauge (read at scrape time).
+    pub fn set_utilization(&self, upstream: &Arc<str>, value: f64) {
+        self.utilization
+            .get_or_create(&UpstreamLabel(upstream.clone()))
+            .set(value);
+    }
+
+    /// Sets the tracked-keys gauge of a limit (read at scrape time).
+    pub fn set_rate_limit_keys(&self, route: &Arc<str>, limit: &Arc<str>, keys: usize) {
+        self.rate_limit_keys
+            .get_or_create(&LimitLabels {
+                route: route.clone(),
+                limit: limit.clone(),
+            })
+            .set(keys as i64);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+// === impl RouteMetrics ===
+
+impl RouteMetrics {
+    /// Counts how a request ended; `shadow` = shadow mode let it through anyway.
+    pub fn outcome(&self, outcome: Outcome, shadow: bool) {
+        let counters = if shadow { &self.shadow } else { &self.outcomes };
+        counters[outcome.index()].inc();
+    }
+
+    /// Counts a response status.
+    pub fn response(&self, code: u16) {
+        let Some(slot) = self.responses.get(usize::from(code).wrapping_sub(100)) else {
+            return;
+        };
+        slot.get_or_init(|| {
+            self.responses_family
+                .get_or_create(&ResponseLabels {
+                    route: self.route.clone(),
+                    code,
+                })
+                .clone()
+        })
+        .inc();
+    }
+}
+
+/// Decrements a gauge when dropped: a request's presence in flight.
+#[derive(Debug)]
+pub struct InflightGuard(Gauge);
+
+impl InflightGuard {
+    /// Increments `gauge` now and decrements it on drop.
+    pub fn enter(gauge: &Gauge) -> Self {
+        gauge.inc();
+        InflightGuard(gauge.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names, labels and the shadow label come out as the contract fixes them.
+    #[test]
+    fn exposition_names_and_labels() {
+        let m = Metrics::new();
+        let route: Arc<str> = Arc::from("orders");
+        let r = m.route(&route);
+        r.outcome(Outcome::Forwarded, false);
+        r.outcome(Outcome::RateLimited, true);
+        r.response(200);
+        r.response(999); // out of range: ignored, no panic
+        m.reload(false);
+        m.set_utilization(&Arc::from("api"), 0.5);
+        let text = m.encode();
+        assert!(
+            text.contains("sluice_requests_total{route=\"orders\",outcome=\"forwarded\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "sluice_requests_total{route=\"orders\",outcome=\"rate_limited\",shadow=\"true\"} 1"
+        ));
+        assert!(text.contains("sluice_responses_total{route=\"orders\",code=\"200\"} 1"));
+        assert!(text.contains("sluice_config_reloads_total{result=\"failure\"} 1"));
+        assert!(text.contains("sluice_utilization{upstream=\"api\"} 0.5"));
+        assert!(
+            text.contains(
+                "sluice_upstream_duration_seconds_bucket{le=\"0.0001\",route=\"orders\"}"
+            ) || text.contains(
+                "sluice_upstream_duration_seconds_bucket{route=\"orders\",le=\"0.0001\"}"
+            )
+        );
+        assert!(text.contains("# TYPE sluice_store_errors counter"));
+    }
+}

@@ -1,0 +1,344 @@
+//! One request's path through sluice, in the contract's order:
+//!
+//! 1. **route**: the first matching route, or 404 `no-route`;
+//! 2. **rate limits**: every limit of the route must admit the request (never waits), or 429;
+//! 3. **route cap**, then 4. **upstream cap**: a slot, or a place in the bounded priority
+//!    queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
+//! 5. **forward**: the upstream's response streams back carrying the slots, or 502/504.
+//!
+//! A request rejected at one step consumes nothing from the steps after it. In `shadow` mode
+//! each step only counts and logs what it would have rejected.
+
+use std::sync::Arc;
+
+use http::{HeaderName, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::app::{Route, Runtime};
+use crate::config::Mode;
+use crate::limit::headers::RateLimitField;
+use crate::limit::{ConcurrencyLimit, Decision, Permit, Rejected, Slots};
+use crate::metrics::{InflightGuard, Outcome, ScopeMetrics};
+use crate::proxy::forward::{self, Origin};
+use crate::proxy::{ProxyBody, UpstreamError};
+use crate::rescue::{self, Rejection};
+use crate::router::Target;
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Answers one request: forwards it, or rejects it with the response the contract fixes.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    origin: Origin,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let Some(index) = rt.router.find(&Target::of(&req)) else {
+        tracing::debug!(path = req.uri().path(), reason = "no-route", "rejected");
+        rt.metrics.no_route();
+        let res = rescue::respond(&Rejection::NoRoute);
+        access_log(
+            &rt,
+            None,
+            origin,
+            &req,
+            res.status().as_u16(),
+            Outcome::NoRoute,
+            started,
+        );
+        return res;
+    };
+    let route = &rt.routes[index];
+    let (res, outcome) = admit_and_forward(&rt, route, origin, req).await;
+    route.metrics.outcome(outcome, false);
+    route.metrics.response(res.status().as_u16());
+    res
+}
+
+async fn admit_and_forward(
+    rt: &Runtime,
+    route: &Route,
+    origin: Origin,
+    req: Request<Incoming>,
+) -> (Response<ProxyBody>, Outcome) {
+    let started = Instant::now();
+    let shadow = route.mode == Mode::Shadow;
+
+    // Rate limits: cheap, never wait. Every limit is checked in order; the first that denies
+    // decides (the ones after it are not charged).
+    let mut field = route.policy.is_some().then(RateLimitField::new);
+    if !route.limits.is_empty() {
+        let client_ip = rt.keys.client_ip(origin.peer, req.headers());
+        for limit in &route.limits {
+            let config = limit.rate.config();
+            let key = rt.keys.key(&config.key, client_ip, req.headers());
+            match limit.rate.check(&key) {
+                Decision::Admitted { remaining, reset } => {
+                    if let Some(f) = &mut field {
+                        f.push(&config.name, remaining, reset);
+                    }
+                }
+                Decision::Denied { retry_after } if shadow => {
+                    tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = "rate-limited", shadow = true, "would reject");
+                    route.metrics.outcome(Outcome::RateLimited, true);
+                    if let Some(f) = &mut field {
+                        f.push(&config.name, 0, retry_after);
+                    }
+                }
+                Decision::Denied { retry_after } => {
+                    tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = "rate-limited", "rejected");
+                    let mut res = rescue::respond(&Rejection::RateLimited {
+                        route: route.name.clone(),
+                        detail: limit.detail.clone(),
+                        retry_after,
+                    });
+                    if let Some(policy) = &route.policy {
+                        // On a 429 `RateLimit` carries only the rejecting limit, t = Retry-After.
+                        let mut only = RateLimitField::new();
+                        only.push_denied(&config.name, retry_after);
+                        res.headers_mut().insert(RATELIMIT_POLICY, policy.clone());
+                        res.headers_mut().insert(RATELIMIT, only.finish());
+                    }
+                    access_log(
+                        rt,
+                        Some(route),
+                        origin,
+                        &req,
+                        429,
+                        Outcome::RateLimited,
+                        started,
+                    );
+                    return (res, Outcome::RateLimited);
+                }
+            }
+        }
+    }
+
+    // Concurrency: the route's cap, then the upstream's. Everything the request holds rides in
+    // `slots` until the response body is done.
+    let mut slots = Slots::default();
+    if let Some(cap) = &route.concurrency {
+        match admit(cap, route, &route.cap_metrics, "route", &route.name).await {
+            Ok(permit) => slots.route = permit,
+            Err(rejection) => return reject(rt, route, origin, &req, &rejection, field, started),
+        }
+    }
+    slots.route_gauge = Some(InflightGuard::enter(&route.metrics.inflight));
+    if let Some(cap) = &route.upstream.concurrency {
+        match admit(
+            cap,
+            route,
+            &route.upstream_cap_metrics,
+            "upstream",
+            &route.upstream.name,
+        )
+        .await
+        {
+            Ok(permit) => slots.upstream = permit,
+            Err(rejection) => return reject(rt, route, origin, &req, &rejection, field, started),
+        }
+    }
+    slots.upstream_gauge = Some(InflightGuard::enter(&route.upstream_inflight));
+
+    let (method, path) = access_fields(rt, &req);
+    let mut req = req;
+    forward::request(&mut req, origin);
+    let sent = Instant::now();
+    let result = route.upstream.send(req).await;
+    route
+        .metrics
+        .upstream_duration
+        .observe(sent.elapsed().as_secs_f64());
+    match result {
+        Ok(mut res) => {
+            forward::response(&mut res);
+            if let Some((method, path)) = &method.zip(path) {
+                log_access(
+                    route,
+                    origin,
+                    method,
+                    path,
+                    res.status().as_u16(),
+                    Outcome::Forwarded,
+                    started,
+                );
+            }
+            let res = res.map(|body| ProxyBody::upstream(body, Some(slots)));
+            (with_fields(res, route, field), Outcome::Forwarded)
+        }
+        Err(err) => {
+            let (rejection, outcome) = match &err {
+                UpstreamError::Timeout { .. } => (
+                    Rejection::UpstreamTimeout {
+                        route: route.name.clone(),
+                        detail: err.to_string(),
+                    },
+                    Outcome::UpstreamTimeout,
+                ),
+                UpstreamError::Connect { .. } | UpstreamError::Failed { .. } => (
+                    Rejection::UpstreamUnavailable {
+                        route: route.name.clone(),
+                        detail: err.to_string(),
+                    },
+                    Outcome::UpstreamError,
+                ),
+            };
+            route.upstream.warn_failure(&err);
+            let res = rescue::respond(&rejection);
+            if let Some((method, path)) = &method.zip(path) {
+                log_access(
+                    route,
+                    origin,
+                    method,
+                    path,
+                    res.status().as_u16(),
+                    outcome,
+                    started,
+                );
+            }
+            (with_fields(res, route, field), outcome)
+        }
+    }
+}
+
+/// Takes a slot of `cap` for this route's priority. In shadow mode nothing waits and no slot is
+/// taken: a request the cap would have refused is only counted and logged.
+async fn admit(
+    cap: &ConcurrencyLimit,
+    route: &Route,
+    metrics: &ScopeMetrics,
+    whose: &str,
+    name: &str,
+) -> Result<Option<Permit>, Rejection> {
+    if route.mode == Mode::Shadow {
+        if let Err(rejected) = cap.check(route.priority) {
+            tracing::debug!(route = %route.name, cap = %name, reason = rejected.reason(), shadow = true, "would reject");
+            route
+                .metrics
+                .outcome(Outcome::from_reason(rejected.reason()), true);
+        }
+        return Ok(None);
+    }
+    match cap.acquire(route.priority).await {
+        Ok(permit) => {
+            metrics.queue_wait.observe(permit.waited().as_secs_f64());
+            Ok(Some(permit))
+        }
+        Err(rejected) => {
+            tracing::debug!(route = %route.name, cap = %name, reason = rejected.reason(), "rejected");
+            Err(Rejection::Capacity {
+                route: route.name.clone(),
+                cap: cap_detail(whose, name, &rejected),
+                rejected,
+            })
+        }
+    }
+}
+
+fn cap_detail(whose: &str, name: &str, rejected: &Rejected) -> String {
+    match rejected {
+        Rejected::QueueFull { .. } => {
+            format!("concurrency cap of {whose} {name} is full and so is its queue")
+        }
+        Rejected::QueueTimeout { .. } => format!("waited too long in the queue of {whose} {name}"),
+        Rejected::Shed { .. } => {
+            format!("shed from the queue of {whose} {name} to make room for higher-priority work")
+        }
+    }
+}
+
+fn reject(
+    rt: &Runtime,
+    route: &Route,
+    origin: Origin,
+    req: &Request<Incoming>,
+    rejection: &Rejection,
+    field: Option<RateLimitField>,
+    started: Instant,
+) -> (Response<ProxyBody>, Outcome) {
+    let outcome = Outcome::from_reason(rejection.reason());
+    let res = rescue::respond(rejection);
+    access_log(
+        rt,
+        Some(route),
+        origin,
+        req,
+        res.status().as_u16(),
+        outcome,
+        started,
+    );
+    (with_fields(res, route, field), outcome)
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` to a response of a route with limits.
+fn with_fields(
+    mut res: Response<ProxyBody>,
+    route: &Route,
+    field: Option<RateLimitField>,
+) -> Response<ProxyBody> {
+    if let (Some(policy), Some(mut field)) = (&route.policy, field) {
+        res.headers_mut().insert(RATELIMIT_POLICY, policy.clone());
+        res.headers_mut().insert(RATELIMIT, field.finish());
+    }
+    res
+}
+
+/// Method and path kept for the access log (only copied when the access log is on).
+fn access_fields(rt: &Runtime, req: &Request<Incoming>) -> (Option<http::Method>, Option<String>) {
+    if rt.config.server.access_log {
+        (
+            Some(req.method().clone()),
+            Some(req.uri().path().to_owned()),
+        )
+    } else {
+        (None, None)
+    }
+}
+
+fn access_log(
+    rt: &Runtime,
+    route: Option<&Route>,
+    origin: Origin,
+    req: &Request<Incoming>,
+    status: u16,
+    outcome: Outcome,
+    started: Instant,
+) {
+    if !rt.config.server.access_log {
+        return;
+    }
+    let name = route.map_or("", |r| &r.name);
+    tracing::info!(
+        target: "sluice::access",
+        route = name,
+        client = %origin.peer,
+        method = %req.method(),
+        path = req.uri().path(),
+        status,
+        outcome = outcome.as_str(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+}
+
+fn log_access(
+    route: &Route,
+    origin: Origin,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    outcome: Outcome,
+    started: Instant,
+) {
+    tracing::info!(
+        target: "sluice::access",
+        route = %route.name,
+        client = %origin.peer,
+        %method,
+        path,
+        status,
+        outcome = outcome.as_str(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+}

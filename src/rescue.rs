@@ -1,0 +1,209 @@
+//! Every response sluice makes itself: RFC 9457 problem JSON, with `Retry-After` where the
+//! client should come back later.
+//!
+//! The pipeline never builds error responses; it returns a [`Rejection`], and [`respond`] turns
+//! it into the status, headers and body the contract fixes. One place, so every 4xx/5xx of
+//! sluice looks the same.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::limit::{headers::retry_after_secs, Rejected};
+use crate::proxy::ProxyBody;
+
+/// Why sluice answered a request itself instead of forwarding it.
+#[derive(Debug, Clone)]
+pub enum Rejection {
+    /// No route matches: 404.
+    NoRoute,
+    /// A rate limit is exhausted: 429.
+    RateLimited {
+        /// The route's name.
+        route: std::sync::Arc<str>,
+        /// Which limit, with its rate and burst: `limit per-client of route x: 100/s, burst 200`.
+        detail: String,
+        /// Time until the bucket admits this request.
+        retry_after: Duration,
+    },
+    /// A concurrency cap refused the request (queue full, queue timeout, shed): 503.
+    Capacity {
+        /// The route's name.
+        route: std::sync::Arc<str>,
+        /// `route x` or `upstream y`: whose cap.
+        cap: String,
+        /// What happened.
+        rejected: Rejected,
+    },
+    /// The upstream refused or could not be reached: 502.
+    UpstreamUnavailable {
+        /// The route's name.
+        route: std::sync::Arc<str>,
+        /// What failed, for the `detail` member.
+        detail: String,
+    },
+    /// The upstream did not answer within its `timeout`: 504.
+    UpstreamTimeout {
+        /// The route's name.
+        route: std::sync::Arc<str>,
+        /// The upstream's name and timeout.
+        detail: String,
+    },
+}
+
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+const REDUCED_CAPACITY: &str =
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
+const ABOUT_BLANK: &str = "about:blank";
+
+// === impl Rejection ===
+
+impl Rejection {
+    /// The `reason` member: tells the cases apart for scripts.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "no-route",
+            Rejection::RateLimited { .. } => "rate-limited",
+            Rejection::Capacity { rejected, .. } => rejected.reason(),
+            Rejection::UpstreamUnavailable { .. } => "upstream-unavailable",
+            Rejection::UpstreamTimeout { .. } => "upstream-timeout",
+        }
+    }
+
+    /// The status the contract assigns.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NoRoute => StatusCode::NOT_FOUND,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Rejection::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// `Retry-After` in whole seconds, where the contract sends one.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Rejection::RateLimited { retry_after, .. } => Some(retry_after_secs(*retry_after)),
+            // The cap's estimate is already whole seconds in 1..=60.
+            Rejection::Capacity { rejected, .. } => {
+                Some(retry_after_secs(rejected.retry_after()).clamp(1, 60))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Builds the response for a rejection: status, `Content-Type: application/problem+json`,
+/// `Retry-After` when there is one, and the problem JSON body.
+pub fn respond(rejection: &Rejection) -> Response<ProxyBody> {
+    let status = rejection.status();
+    let retry_after = rejection.retry_after();
+    let (kind, route, detail): (&str, Option<&str>, Option<&str>) = match rejection {
+        Rejection::NoRoute => (ABOUT_BLANK, None, Some("no route matches this request")),
+        Rejection::RateLimited { route, detail, .. } => (QUOTA_EXCEEDED, Some(route), Some(detail)),
+        Rejection::Capacity { route, cap, .. } => (REDUCED_CAPACITY, Some(route), Some(cap)),
+        Rejection::UpstreamUnavailable { route, detail }
+        | Rejection::UpstreamTimeout { route, detail } => (ABOUT_BLANK, Some(route), Some(detail)),
+    };
+    let body = problem_json(kind, status, rejection.reason(), detail, route, retry_after);
+    let mut res = Response::new(ProxyBody::full(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(secs) = retry_after {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+/// The RFC 9457 body. Written by hand: the members are few and fixed, and this runs on the
+/// rejection path, which must stay cheap under overload.
+fn problem_json(
+    kind: &str,
+    status: StatusCode,
+    reason: &str,
+    detail: Option<&str>,
+    route: Option<&str>,
+    retry_after: Option<u64>,
+) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"type\":");
+    push_json_str(&mut out, kind);
+    out.push_str(",\"title\":");
+    push_json_str(&mut out, status.canonical_reason().unwrap_or("Error"));
+    let _ = write!(out, ",\"status\":{},\"reason\":", status.as_u16());
+    push_json_str(&mut out, reason);
+    if let Some(detail) = detail {
+        out.push_str(",\"detail\":");
+        push_json_str(&mut out, detail);
+    }
+    if let Some(route) = route {
+        out.push_str(",\"route\":");
+        push_json_str(&mut out, route);
+    }
+    if let Some(secs) = retry_after {
+        let _ = write!(out, ",\"retry_after\":{secs}");
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body is valid JSON with exactly the contract's members.
+    #[test]
+    fn problem_json_is_valid_and_complete() {
+        let body = problem_json(
+            QUOTA_EXCEEDED,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            Some("limit \"a\" of route b: 1/s, burst 1"),
+            Some("b"),
+            Some(3),
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["type"], QUOTA_EXCEEDED);
+        assert_eq!(v["title"], "Too Many Requests");
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["reason"], "rate-limited");
+        assert_eq!(v["detail"], "limit \"a\" of route b: 1/s, burst 1");
+        assert_eq!(v["route"], "b");
+        assert_eq!(v["retry_after"], 3);
+    }
+
+    /// Control characters are escaped, so any name yields valid JSON.
+    #[test]
+    fn escapes_control_characters() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\u{1}b\n");
+        assert_eq!(s, "\"a\\u0001b\\n\"");
+    }
+}

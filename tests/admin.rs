@@ -1,0 +1,412 @@
+//! The admin listener, metrics, hot reload and readiness, through real listeners.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+
+fn post(url: &str) -> Request<Full<Bytes>> {
+    Request::post(url).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// The health endpoints, /config with the password redacted, and 404/405 for the rest.
+#[tokio::test]
+async fn admin_endpoints() {
+    let up = ok_upstream().await;
+    let yaml = format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+admin: {{ listen: 127.0.0.1:0 }}
+upstreams: {{ api: {{ endpoints: [{}] }} }}
+routes: [{{ name: all, upstream: api }}]
+"#,
+        up.endpoint()
+    );
+    let proxy = start_proxy(&yaml).await;
+    assert_eq!(
+        get(&proxy.admin_url("/healthz")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&proxy.admin_url("/readyz")).await.status,
+        StatusCode::OK
+    );
+    let config = get(&proxy.admin_url("/config")).await;
+    assert_eq!(config.status, StatusCode::OK);
+    assert_eq!(config.header("content-type"), Some("application/json"));
+    let json = config.json();
+    assert!(json.to_string().contains("all"), "{json}");
+    assert_eq!(
+        get(&proxy.admin_url("/nope")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let wrong = send(&client(), post(&proxy.admin_url("/metrics"))).await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    let metrics = get(&proxy.admin_url("/metrics")).await;
+    assert!(
+        metrics.text().contains("# TYPE sluice_requests counter"),
+        "{}",
+        metrics.text()
+    );
+    proxy.stop().await;
+}
+
+/// After a known sequence — forwarded, rate-limited, shed, queue-full, an upstream timeout and
+/// an unmatched path — every counter says exactly that, and the gauges are back to 0 when idle.
+#[tokio::test]
+async fn counters_are_exact_and_gauges_return_to_zero() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let hold = Arc::new(AtomicBool::new(true));
+    let (r, h) = (release.clone(), hold.clone());
+    let up = upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let (r, h) = (r.clone(), h.clone());
+        async move {
+            if req.uri().path().starts_with("/slow") && h.load(Ordering::SeqCst) {
+                r.notified().await;
+            }
+            if req.uri().path().starts_with("/timeout") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            http::Response::new(TestBody::text("ok"))
+        }
+    })
+    .await;
+    let yaml = format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+admin: {{ listen: 127.0.0.1:0 }}
+upstreams:
+  api: {{ endpoints: [{ep}], timeout: 300ms }}
+  capped:
+    endpoints: [{ep}]
+    concurrency: {{ max_inflight: 1, queue: 1, queue_timeout: 30s }}
+routes:
+  - name: limited
+    match: {{ path_prefix: /limited }}
+    upstream: api
+    rate_limits: [{{ name: tiny, key: global, rate: 1/h, burst: 3 }}]
+  - name: timeout
+    match: {{ path_prefix: /timeout }}
+    upstream: api
+  - name: slow-low
+    match: {{ path_prefix: /slow/low }}
+    upstream: capped
+    priority: low
+  - name: slow-high
+    match: {{ path_prefix: /slow/high }}
+    upstream: capped
+    priority: high
+"#,
+        ep = up.endpoint()
+    );
+    let proxy = start_proxy(&yaml).await;
+    // 3 forwarded + 2 rate-limited.
+    for i in 0..5 {
+        let got = get(&proxy.url("/limited")).await;
+        assert_eq!(
+            got.status,
+            if i < 3 {
+                StatusCode::OK
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+        );
+    }
+    // One upstream timeout.
+    assert_eq!(
+        get(&proxy.url("/timeout")).await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    // One unmatched.
+    assert_eq!(
+        get(&proxy.url("/nowhere")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The capped upstream: one low in flight, one low queued; a high arrival sheds the queued
+    // low; another low finds the queue full (of the high).
+    let url = |p: &str| proxy.url(p);
+    let first = tokio::spawn({
+        let u = url("/slow/low/1");
+        async move { get(&u).await.status }
+    });
+    while up.inflight.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queued_low = tokio::spawn({
+        let u = url("/slow/low/2");
+        async move { get(&u).await }
+    });
+    while proxy
+        .metric("sluice_queue_depth{upstream=\"capped\"}")
+        .await
+        < 1.0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let high = tokio::spawn({
+        let u = url("/slow/high/1");
+        async move { get(&u).await.status }
+    });
+    let shed = queued_low.await.unwrap();
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.json()["reason"], "shed");
+    let full = get(&url("/slow/low/3")).await;
+    assert_eq!(full.json()["reason"], "queue-full");
+    assert_eq!(
+        proxy
+            .metric("sluice_utilization{upstream=\"capped\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("sluice_inflight{upstream=\"capped\"}").await,
+        1.0
+    );
+    hold.store(false, Ordering::SeqCst);
+    release.notify_waiters();
+    release.notify_one();
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(high.await.unwrap(), StatusCode::OK);
+
+    let m = get(&proxy.admin_url("/metrics")).await.text();
+    let v = |s: &str| metric_value(&m, s);
+    assert_eq!(
+        v("sluice_requests_total{route=\"limited\",outcome=\"forwarded\"}"),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"limited\",outcome=\"rate_limited\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("sluice_responses_total{route=\"limited\",code=\"429\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"timeout\",outcome=\"upstream_timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_responses_total{route=\"timeout\",code=\"504\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"\",outcome=\"no_route\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"slow-low\",outcome=\"forwarded\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"slow-low\",outcome=\"shed\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"slow-low\",outcome=\"queue_full\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_requests_total{route=\"slow-high\",outcome=\"forwarded\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("sluice_rate_limit_keys{route=\"limited\",limit=\"tiny\"}"),
+        1.0
+    );
+    assert!(v("sluice_queue_wait_seconds_count{upstream=\"capped\"}") >= 2.0);
+    assert!(v("sluice_upstream_duration_seconds_count{route=\"limited\"}") >= 3.0);
+    // Idle: every gauge back to 0.
+    for series in [
+        "sluice_inflight{upstream=\"capped\"}",
+        "sluice_inflight{route=\"slow-low\"}",
+        "sluice_inflight{route=\"slow-high\"}",
+        "sluice_inflight{route=\"limited\"}",
+        "sluice_queue_depth{upstream=\"capped\"}",
+        "sluice_utilization{upstream=\"capped\"}",
+    ] {
+        assert_eq!(v(series), 0.0, "{series} not back to 0:\n{m}");
+    }
+    proxy.stop().await;
+}
+
+fn reload_config(upstream: &str, other_rate: &str, extra: &str) -> String {
+    format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+admin: {{ listen: 127.0.0.1:0 }}
+upstreams: {{ api: {{ endpoints: [{upstream}] }} }}
+routes:
+  - name: kept
+    match: {{ path_prefix: /kept }}
+    upstream: api
+    rate_limits: [{{ name: per-client, key: client_ip, rate: 1/h, burst: 2 }}]
+  - name: other
+    match: {{ path_prefix: /other }}
+    upstream: api
+    rate_limits: [{{ key: global, rate: {other_rate} }}]
+{extra}
+"#
+    )
+}
+
+/// A reload that only changes another route keeps a limit's state: a client that spent its
+/// burst does not get a fresh one. An invalid file changes nothing and is counted.
+#[tokio::test]
+async fn reload_keeps_unchanged_limit_state_and_rejects_invalid_files() {
+    let up = ok_upstream().await;
+    let file = ConfigFile::new(&reload_config(&up.endpoint(), "10/s", ""));
+    let proxy = start_proxy_file(&file).await;
+    assert_eq!(get(&proxy.url("/kept")).await.status, StatusCode::OK);
+    assert_eq!(get(&proxy.url("/kept")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&proxy.url("/kept")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(get(&proxy.url("/new")).await.status, StatusCode::NOT_FOUND);
+
+    // Valid: another route's rate changes and a route is added.
+    file.write(&reload_config(
+        &up.endpoint(),
+        "20/s",
+        "  - name: new\n    match: { path_prefix: /new }\n    upstream: api\n",
+    ));
+    let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    assert_eq!(ok.json()["result"], "success");
+    assert_eq!(get(&proxy.url("/new")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&proxy.url("/kept")).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "burst was refilled by a reload"
+    );
+    assert_eq!(
+        get(&proxy.url("/other")).await.header("ratelimit-policy"),
+        Some("\"limit-0\";q=20;w=1")
+    );
+
+    // Invalid: 422 with the error, nothing changes.
+    file.write("server:\n  listen: 127.0.0.1:0\n  bogus: true\n");
+    let bad = send(&client(), post(&proxy.admin_url("/reload"))).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.text().contains("server.bogus"), "{}", bad.text());
+    assert_eq!(get(&proxy.url("/new")).await.status, StatusCode::OK);
+    assert_eq!(
+        proxy
+            .metric("sluice_config_reloads_total{result=\"failure\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric("sluice_config_reloads_total{result=\"success\"}")
+            .await,
+        1.0
+    );
+    proxy.stop().await;
+}
+
+/// Reloads under continuous load from several clients lose no request: every request gets the
+/// old or the new policy's answer.
+#[tokio::test]
+async fn reload_under_load_loses_nothing() {
+    let up = ok_upstream().await;
+    let file = ConfigFile::new(&reload_config(&up.endpoint(), "100000/s", ""));
+    let proxy = start_proxy_file(&file).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, answered, url) = (stop.clone(), answered.clone(), proxy.url("/other"));
+        clients.push(tokio::spawn(async move {
+            let cl = client();
+            while !stop.load(Ordering::SeqCst) {
+                let got = send(
+                    &cl,
+                    Request::get(&url).body(Full::new(Bytes::new())).unwrap(),
+                )
+                .await;
+                assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for i in 0..10 {
+        let rate = if i % 2 == 0 { "200000/s" } else { "100000/s" };
+        file.write(&reload_config(&up.endpoint(), rate, ""));
+        let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
+        assert_eq!(ok.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("a client saw a failed request");
+    }
+    assert!(answered.load(Ordering::SeqCst) > 0);
+    proxy.stop().await;
+}
+
+/// SIGHUP reloads too (the test process is the sluice process here).
+#[tokio::test]
+async fn sighup_reloads() {
+    let up = ok_upstream().await;
+    let file = ConfigFile::new(&reload_config(&up.endpoint(), "10/s", ""));
+    let proxy = start_proxy_file(&file).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // let the SIGHUP handler install
+    file.write(&reload_config(
+        &up.endpoint(),
+        "10/s",
+        "  - name: new\n    match: { path_prefix: /new }\n    upstream: api\n",
+    ));
+    let _ = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(std::process::id().to_string())
+        .status();
+    let mut status = StatusCode::NOT_FOUND;
+    for _ in 0..200 {
+        status = get(&proxy.url("/new")).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    proxy.stop().await;
+}
+
+/// /readyz answers 503 while shutdown drains in-flight requests.
+#[tokio::test]
+async fn readyz_flips_during_shutdown() {
+    let up = slow_upstream(Duration::from_millis(1500)).await;
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams: {{ api: {{ endpoints: [{}] }} }}\nroutes: [{{ name: all, upstream: api }}]\n",
+        up.endpoint()
+    );
+    let proxy = start_proxy(&yaml).await;
+    let readyz = proxy.admin_url("/readyz");
+    assert_eq!(get(&readyz).await.status, StatusCode::OK);
+    let url = proxy.url("/");
+    let in_flight = tokio::spawn(async move { get(&url).await.status });
+    while up.inflight.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.shutdown.trigger();
+    let mut flipped = false;
+    for _ in 0..100 {
+        if get(&readyz).await.status == StatusCode::SERVICE_UNAVAILABLE {
+            flipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(flipped, "/readyz never answered 503 while draining");
+    assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
+    let _ = tokio::time::timeout(Duration::from_secs(10), proxy.task).await;
+}

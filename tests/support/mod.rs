@@ -1,0 +1,377 @@
+//! Shared test harness: sluice started in-process on 127.0.0.1:0 from a YAML string, real
+//! upstream servers written here, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sluice::app::{App, Shared};
+use sluice::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A sluice running in this test process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub shutdown: Shutdown,
+    pub shared: Arc<Shared>,
+    pub task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// `http://127.0.0.1:port` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://<admin>` + path.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.admin.expect("admin listener configured"),
+            path
+        )
+    }
+
+    /// Scrapes `/metrics` and returns the value of the sample whose line starts with `series`
+    /// (name and labels exactly as exposed), or 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = get(&self.admin_url("/metrics")).await.text();
+        metric_value(&text, series)
+    }
+
+    /// Triggers graceful shutdown and waits for the app to stop.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// Starts sluice from YAML. `listen` should be `127.0.0.1:0`.
+pub async fn start_proxy(yaml: &str) -> Proxy {
+    let config = sluice::config::from_yaml(yaml, Path::new("test.yaml"))
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
+    start_config(config).await
+}
+
+/// A temporary config file (for reload tests); removed with its directory at drop.
+pub struct ConfigFile {
+    pub path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    pub fn new(yaml: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        ConfigFile { path }
+    }
+
+    /// Replaces the file's content (atomically, as editors and config management do).
+    pub fn write(&self, yaml: &str) {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Starts sluice from a config file (so that reload reads it again).
+pub async fn start_proxy_file(file: &ConfigFile) -> Proxy {
+    let config =
+        sluice::config::load(&file.path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    start_config(config).await
+}
+
+/// Starts sluice from a loaded config.
+pub async fn start_config(config: sluice::config::Config) -> Proxy {
+    let app = App::bind(config).await.expect("bind");
+    let addr = app.http_addr();
+    let admin = app.admin_addr();
+    let shutdown = app.shutdown_handle();
+    let shared = app.shared();
+    let task = tokio::spawn(app.run());
+    Proxy {
+        addr,
+        admin,
+        shutdown,
+        shared,
+        task,
+    }
+}
+
+/// The body test upstreams answer with.
+pub enum TestBody {
+    Full(Option<Bytes>),
+    /// `remaining` bytes in chunks of `chunk` bytes, generated on the fly.
+    Generated {
+        remaining: u64,
+        chunk: usize,
+    },
+}
+
+impl TestBody {
+    pub fn text(s: impl Into<String>) -> Self {
+        TestBody::Full(Some(Bytes::from(s.into())))
+    }
+    pub fn empty() -> Self {
+        TestBody::Full(None)
+    }
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            TestBody::Generated { remaining, chunk } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = (*chunk as u64).min(*remaining) as usize;
+                *remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+            }
+        }
+    }
+}
+
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A real HTTP server for tests, counting requests and in-flight requests.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    pub inflight: Arc<AtomicUsize>,
+    pub max_inflight: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    pub fn max_inflight(&self) -> usize {
+        self.max_inflight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an upstream answering with `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let max_inflight = Arc::new(AtomicUsize::new(0));
+    let (r, i, m) = (requests.clone(), inflight.clone(), max_inflight.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (handler, r, i, m) = (handler.clone(), r.clone(), i.clone(), m.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let (handler, r, i, m) = (handler.clone(), r.clone(), i.clone(), m.clone());
+                    async move {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now, Ordering::SeqCst);
+                        let res = handler(req).await;
+                        i.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        requests,
+        inflight,
+        max_inflight,
+        task,
+    }
+}
+
+/// An upstream answering 200 "ok" at once.
+pub async fn ok_upstream() -> Upstream {
+    upstream(|_| async { Response::new(TestBody::text("ok")) }).await
+}
+
+/// An upstream that echoes what it received as JSON: method, uri, version and headers.
+pub async fn echo_upstream() -> Upstream {
+    upstream(|req: Request<Incoming>| async move {
+        let mut headers = serde_json::Map::new();
+        for (name, value) in req.headers() {
+            headers.insert(
+                name.to_string(),
+                serde_json::Value::String(value.to_str().unwrap_or("").to_owned()),
+            );
+        }
+        let body = serde_json::json!({
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        Response::new(TestBody::text(body.to_string()))
+    })
+    .await
+}
+
+/// An upstream that waits `delay` before answering 200.
+pub async fn slow_upstream(delay: Duration) -> Upstream {
+    upstream(move |_| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(TestBody::text("slow ok"))
+    })
+    .await
+}
+
+/// A port on which nothing listens (connection refused).
+pub async fn refused_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// A server that accepts connections and never answers.
+pub async fn silent_server() -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = l.accept().await {
+            held.push(tcp);
+        }
+    });
+    (addr, task)
+}
+
+/// A plain HTTP/1.1 client with keep-alive.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
+    let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("response within 30 s")
+        .expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET `url` with a fresh client.
+pub async fn get(url: &str) -> Got {
+    send(
+        &client(),
+        Request::get(url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+}
+
+/// The value of the sample `series` (e.g. `sluice_requests_total{route="a",outcome="shed"}`)
+/// in a Prometheus exposition, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
