@@ -71,6 +71,8 @@ pub struct Permit {
     shared: Option<Arc<Shared>>,
     /// Time spent in the queue, for the `sluice_queue_wait_seconds` histogram.
     waited: Duration,
+    /// A shadow-mode permit: counted in `State::shadow`, never a real slot.
+    shadow: bool,
 }
 
 /// Why a [`ConcurrencyLimit`] did not admit a request; all three become a 503 with
@@ -125,6 +127,9 @@ struct State {
     next_seq: u64,
     /// The drain-rate estimate behind `Retry-After`.
     drain: DrainRate,
+    /// Shadow-mode requests in flight: counted to tell what the cap would have rejected, but
+    /// never holding a real slot (enforced admission ignores them).
+    shadow: usize,
 }
 
 /// The wait queue: one FIFO per priority. Each deque is sorted by `seq`, because waiters are
@@ -203,6 +208,7 @@ impl ConcurrencyLimit {
                     queue: WaitQueue::new(),
                     next_seq: 0,
                     drain: DrainRate::new(),
+                    shadow: 0,
                 }),
             }),
         }
@@ -256,6 +262,31 @@ impl ConcurrencyLimit {
                 Err(Rejected::QueueFull { retry_after })
             }
         }
+    }
+
+    /// Admits a request of a shadow-mode route: it never waits and is never refused, but is
+    /// counted, and the verdict says whether the cap would have refused it — `QueueFull` when
+    /// the requests in flight (enforced and shadow) already fill `max_inflight + queue`.
+    /// Shadow permits do not take real slots: enforced admission ignores them, so trying a cap
+    /// in shadow mode never makes enforcing routes wait.
+    pub fn admit_shadow(&self) -> (Permit, Result<(), Rejected>) {
+        let mut state = self.shared.lock();
+        let config = &self.shared.config;
+        let occupied = state.inflight + state.shadow;
+        let verdict = if occupied < config.max_inflight.get().saturating_add(config.queue) {
+            Ok(())
+        } else {
+            Err(Rejected::QueueFull {
+                retry_after: state.retry_after(config, Instant::now()),
+            })
+        };
+        state.shadow += 1;
+        let permit = Permit {
+            shared: Some(Arc::clone(&self.shared)),
+            waited: Duration::ZERO,
+            shadow: true,
+        };
+        (permit, verdict)
     }
 
     /// Slots taken now (the `sluice_inflight` gauge).
@@ -315,6 +346,7 @@ impl Shared {
             return Enqueue::Done(Ok(Permit {
                 shared: Some(Arc::clone(self)),
                 waited: Duration::ZERO,
+                shadow: false,
             }));
         }
         debug_assert_eq!(
@@ -375,6 +407,7 @@ impl Shared {
             let permit = Permit {
                 shared: Some(Arc::clone(self)),
                 waited: now.saturating_duration_since(waiter.enqueued_at),
+                shadow: false,
             };
             match waiter.tx.send(Ok(permit)) {
                 // The slot now belongs to the waiter; `inflight` is unchanged.
@@ -631,7 +664,12 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            shared.release();
+            if self.shadow {
+                let mut state = shared.lock();
+                state.shadow = state.shadow.saturating_sub(1);
+            } else {
+                shared.release();
+            }
         }
     }
 }
