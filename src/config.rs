@@ -108,6 +108,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// The certificate and key read from `cert` and `key` when the config was loaded, checked
+    /// to match: what the listener serves, so a file changed after loading changes nothing
+    /// until the next reload.
+    pub acceptor: crate::tls::Acceptor,
 }
 
 /// `admin:` — the admin listener.
@@ -409,6 +413,19 @@ impl fmt::Display for Config {
         }
         if let Some(admin) = &self.admin {
             writeln!(f, "  admin  {}", admin.listen)?;
+        }
+        if let Some(store) = &self.store {
+            let on_error = match store.redis.on_error {
+                OnStoreError::Local => "local",
+                OnStoreError::Allow => "allow",
+                OnStoreError::Deny => "deny",
+            };
+            writeln!(
+                f,
+                "store:\n  redis  {} (timeout {}, on_error {on_error})",
+                redact_url(&store.redis.url),
+                humantime::format_duration(store.redis.timeout)
+            )?;
         }
         writeln!(f, "upstreams:")?;
         for up in &self.upstreams {

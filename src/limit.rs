@@ -9,8 +9,12 @@
 //! - [`rate`]: token buckets (GCRA, governor) and their housekeeping.
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`concurrency`]: caps with bounded priority queues and shedding.
+//! - `global` (cargo feature `redis`): rate limits with `scope: global`, whose buckets live in
+//!   Redis and are shared by every instance.
 
 pub mod concurrency;
+#[cfg(feature = "redis")]
+pub mod global;
 pub mod headers;
 pub mod key;
 pub mod rate;
@@ -20,6 +24,21 @@ pub use self::key::{KeyExtractor, LimitKey};
 pub use self::rate::{Decision, RateLimit};
 
 use crate::metrics::InflightGuard;
+
+/// What one rate limit says about a request. A local limit always decides; a `scope: global`
+/// limit may instead report that Redis could not be asked (`store.redis.on_error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a denied request must not be forwarded"]
+pub enum Verdict {
+    /// The bucket decided: Redis' for a global limit, or this instance's own (a local limit, or a
+    /// global one with `on_error: local` while Redis fails).
+    Decided(Decision),
+    /// Redis failed and `on_error: allow`: the request passes this limit; its state is unknown,
+    /// so the limit has no `RateLimit` item.
+    Allowed,
+    /// Redis failed and `on_error: deny`: 503 `store-unavailable`.
+    Unavailable,
+}
 
 /// What a forwarded request holds while it is in flight: its route's and its upstream's
 /// concurrency slots, and its presence in the `sluice_inflight` gauges.

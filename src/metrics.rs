@@ -42,11 +42,13 @@ pub enum Outcome {
     UpstreamTimeout,
     /// 404.
     NoRoute,
+    /// 503: a `scope: global` limit could not reach Redis and `on_error: deny`.
+    StoreUnavailable,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -55,6 +57,7 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
         Outcome::NoRoute,
+        Outcome::StoreUnavailable,
     ];
 
     /// The label value.
@@ -68,6 +71,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::NoRoute => "no_route",
+            Outcome::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -80,6 +84,7 @@ impl Outcome {
             "shed" => Outcome::Shed,
             "upstream-timeout" => Outcome::UpstreamTimeout,
             "no-route" => Outcome::NoRoute,
+            "store-unavailable" => Outcome::StoreUnavailable,
             _ => Outcome::UpstreamError,
         }
     }
@@ -202,8 +207,8 @@ pub struct Metrics {
 #[derive(Debug)]
 pub struct RouteMetrics {
     route: Arc<str>,
-    outcomes: [Counter; 8],
-    shadow: [Counter; 8],
+    outcomes: [Counter; Outcome::ALL.len()],
+    shadow: [Counter; Outcome::ALL.len()],
     /// `sluice_responses_total` by status code, created on first use of each code (a code
     /// that never occurs costs nothing; after the first, an atomic increment).
     responses: Box<[OnceLock<Counter>]>,

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::app::{Route, Runtime};
 use crate::config::Mode;
 use crate::limit::headers::RateLimitField;
-use crate::limit::{ConcurrencyLimit, Decision, Permit, Rejected, Slots};
+use crate::limit::{ConcurrencyLimit, Decision, Permit, Rejected, Slots, Verdict};
 use crate::metrics::{InflightGuard, Outcome, ScopeMetrics};
 use crate::proxy::forward::{self, Origin};
 use crate::proxy::{ProxyBody, UpstreamError};
@@ -67,14 +67,41 @@ async fn admit_and_forward(
     let shadow = route.mode == Mode::Shadow;
 
     // Rate limits: cheap, never wait. Every limit is checked in order; the first that denies
-    // decides (the ones after it are not charged).
+    // decides (the ones after it are not charged). A `scope: global` limit asks Redis, bounded
+    // by `store.redis.timeout`; local limits stay synchronous (no await, no allocation).
     let mut field = route.policy.is_some().then(RateLimitField::new);
     if !route.limits.is_empty() {
         let client_ip = rt.keys.client_ip(origin.peer, req.headers());
         for limit in &route.limits {
             let config = limit.rate.config();
             let key = rt.keys.key(&config.key, client_ip, req.headers());
-            match limit.rate.check(&key) {
+            #[cfg(feature = "redis")]
+            let verdict = match &limit.global {
+                // Boxed: keeps the Redis call's state out of the future of every request.
+                Some(global) => Box::pin(global.check(&key, req.headers())).await,
+                None => Verdict::Decided(limit.rate.check(&key)),
+            };
+            #[cfg(not(feature = "redis"))]
+            let verdict = Verdict::Decided(limit.rate.check(&key));
+            let decision = match verdict {
+                Verdict::Decided(decision) => decision,
+                // Redis failed, `on_error: allow`: this limit passes and has no item.
+                Verdict::Allowed => continue,
+                Verdict::Unavailable if shadow => {
+                    tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = "store-unavailable", shadow = true, "would reject");
+                    route.metrics.outcome(Outcome::StoreUnavailable, true);
+                    continue;
+                }
+                Verdict::Unavailable => {
+                    tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = "store-unavailable", "rejected");
+                    let rejection = Rejection::StoreUnavailable {
+                        route: route.name.clone(),
+                        detail: unavailable_detail(limit),
+                    };
+                    return reject(rt, route, origin, &req, &rejection, field, started);
+                }
+            };
+            match decision {
                 Decision::Admitted { remaining, reset } => {
                     if let Some(f) = &mut field {
                         f.push(&config.name, remaining, reset);
@@ -203,8 +230,8 @@ async fn admit_and_forward(
     }
 }
 
-/// Takes a slot of `cap` for this route's priority. In shadow mode nothing waits and no slot is
-/// taken: a request the cap would have refused is only counted and logged.
+/// Takes a slot of `cap` for this route's priority. In shadow mode nothing waits and no real
+/// slot is taken: the request is counted, and one the cap would have refused is logged.
 async fn admit(
     cap: &ConcurrencyLimit,
     route: &Route,
@@ -213,13 +240,14 @@ async fn admit(
     name: &str,
 ) -> Result<Option<Permit>, Rejection> {
     if route.mode == Mode::Shadow {
-        if let Err(rejected) = cap.check(route.priority) {
+        let (permit, verdict) = cap.admit_shadow();
+        if let Err(rejected) = verdict {
             tracing::debug!(route = %route.name, cap = %name, reason = rejected.reason(), shadow = true, "would reject");
             route
                 .metrics
                 .outcome(Outcome::from_reason(rejected.reason()), true);
         }
-        return Ok(None);
+        return Ok(Some(permit));
     }
     match cap.acquire(route.priority).await {
         Ok(permit) => {
@@ -272,7 +300,8 @@ fn reject(
     (with_fields(res, route, field), outcome)
 }
 
-/// Adds `RateLimit-Policy` and `RateLimit` to a response of a route with limits.
+/// Adds `RateLimit-Policy` and `RateLimit` to a response of a route with limits. `RateLimit`
+/// is left out when no limit has an item (all were global with Redis down and `on_error: allow`).
 fn with_fields(
     mut res: Response<ProxyBody>,
     route: &Route,
@@ -280,9 +309,26 @@ fn with_fields(
 ) -> Response<ProxyBody> {
     if let (Some(policy), Some(mut field)) = (&route.policy, field) {
         res.headers_mut().insert(RATELIMIT_POLICY, policy.clone());
-        res.headers_mut().insert(RATELIMIT, field.finish());
+        if !field.is_empty() {
+            res.headers_mut().insert(RATELIMIT, field.finish());
+        }
     }
     res
+}
+
+/// The `detail` of a `store-unavailable` 503 for `limit`.
+#[cfg(feature = "redis")]
+fn unavailable_detail(limit: &crate::app::Limit) -> Arc<str> {
+    match &limit.global {
+        Some(global) => global.unavailable_detail().clone(),
+        None => Arc::from("the shared store did not answer"),
+    }
+}
+
+/// Without Redis support no limit is global, so this is never called.
+#[cfg(not(feature = "redis"))]
+fn unavailable_detail(_: &crate::app::Limit) -> Arc<str> {
+    Arc::from("the shared store did not answer")
 }
 
 /// Method and path kept for the access log (only copied when the access log is on).

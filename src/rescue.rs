@@ -52,6 +52,14 @@ pub enum Rejection {
         /// The upstream's name and timeout.
         detail: String,
     },
+    /// A `scope: global` limit could not ask Redis and `store.redis.on_error` is `deny`: 503
+    /// with reason `store-unavailable` (an extension of the contract's reasons).
+    StoreUnavailable {
+        /// The route's name.
+        route: std::sync::Arc<str>,
+        /// Which limit, and why: built once per limit.
+        detail: std::sync::Arc<str>,
+    },
 }
 
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -70,6 +78,7 @@ impl Rejection {
             Rejection::Capacity { rejected, .. } => rejected.reason(),
             Rejection::UpstreamUnavailable { .. } => "upstream-unavailable",
             Rejection::UpstreamTimeout { .. } => "upstream-timeout",
+            Rejection::StoreUnavailable { .. } => "store-unavailable",
         }
     }
 
@@ -81,6 +90,7 @@ impl Rejection {
             Rejection::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -108,6 +118,9 @@ pub fn respond(rejection: &Rejection) -> Response<ProxyBody> {
         Rejection::Capacity { route, cap, .. } => (REDUCED_CAPACITY, Some(route), Some(cap)),
         Rejection::UpstreamUnavailable { route, detail }
         | Rejection::UpstreamTimeout { route, detail } => (ABOUT_BLANK, Some(route), Some(detail)),
+        // Not a capacity decision (that type is for queue-full, queue-timeout, shed): Redis
+        // being unreachable says nothing about the upstream.
+        Rejection::StoreUnavailable { route, detail } => (ABOUT_BLANK, Some(route), Some(detail)),
     };
     let body = problem_json(kind, status, rejection.reason(), detail, route, retry_after);
     let mut res = Response::new(ProxyBody::full(Bytes::from(body)));

@@ -601,44 +601,97 @@ fn required_fields_point_at_their_parent() {
     );
 }
 
-// === not built yet ===
+// === store and scope: global ===
 
+/// A config with `store` (its fields given by `redis`) and a route whose limit is global.
+fn with_store(redis: &str) -> String {
+    format!(
+        "{}store:\n  redis: {{{redis}}}\n{}    rate_limits: [{{key: global, rate: 1/s, scope: global}}]\n",
+        BASE.split("upstreams:").next().unwrap(),
+        &BASE[BASE.find("upstreams:").unwrap()..]
+    )
+}
+
+#[cfg(feature = "redis")]
 #[test]
-fn unbuilt_features_are_refused_not_ignored() {
-    // Pins: tls, store and scope: global each get "is not supported yet" (admin and
-    // access_log are built and accepted).
-    let yaml = "\
-server:
-  listen: 127.0.0.1:8080
-  access_log: true
-  tls: {listen: 127.0.0.1:8443, cert: c.pem, key: k.pem}
-admin:
-  listen: 127.0.0.1:9901
-store:
-  redis: {url: \"redis://u:secret@h:6379\"}
-upstreams:
-  a:
-    endpoints: [http://h]
-routes:
-  - name: r
-    upstream: a
-    rate_limits: [{key: global, rate: 1/s, scope: global}]
-";
-    let errors = errors(yaml);
-    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+fn store_and_global_scope_are_accepted() {
+    // Pins: store.redis with its defaults (timeout 20ms, on_error local) and scope: global.
+    let c = load(&with_store("url: \"redis://u:secret@h:6379\""));
+    let redis = &c.store.as_ref().unwrap().redis;
+    assert_eq!(redis.url, "redis://u:secret@h:6379");
+    assert_eq!(redis.timeout, Duration::from_millis(20));
+    assert_eq!(redis.on_error, OnStoreError::Local);
+    assert_eq!(c.routes[0].rate_limits[0].scope, Scope::Global);
+    let c = load(&with_store(
+        "url: \"rediss://h\", timeout: 5ms, on_error: deny",
+    ));
+    let redis = &c.store.as_ref().unwrap().redis;
     assert_eq!(
-        paths,
-        ["server.tls", "store", "routes[0].rate_limits[0].scope"]
+        (redis.timeout, redis.on_error),
+        (Duration::from_millis(5), OnStoreError::Deny)
     );
-    for e in &errors {
-        assert!(e.message.ends_with("is not supported yet"), "{e}");
-    }
-    assert_eq!((errors[0].line, errors[0].column), (Some(4), Some(3)));
+}
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn global_scope_is_refused_without_redis_support() {
+    // Pins: a build without the `redis` feature refuses scope: global, saying why; the store
+    // section itself is accepted, so one config file serves both builds.
+    let e = one_error(
+        &with_store("url: \"redis://h\""),
+        "routes[0].rate_limits[0].scope",
+    );
+    assert!(e.message.contains("cargo feature `redis`"), "{e}");
+    load(&BASE.replace(
+        "upstreams:",
+        "store:\n  redis: {url: \"redis://h\"}\nupstreams:",
+    ));
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_bad_redis_url_is_refused_redacted() {
+    // Pins: a URL the Redis client cannot use is a config error at its field, and the message
+    // does not show the password.
+    let e = one_error(
+        &with_store("url: \"redis://u:hunter2@h:notaport\""),
+        "store.redis.url",
+    );
+    assert!(e.message.contains("not a valid Redis URL"), "{e}");
+    assert!(!e.message.contains("hunter2"), "{e}");
+    let e = one_error(
+        &with_store("url: \"http://u:hunter2@h\""),
+        "store.redis.url",
+    );
+    assert!(!e.message.contains("hunter2"), "{e}");
+    one_error(
+        &with_store("url: \"redis://h\", timeout: 0ms"),
+        "store.redis.timeout",
+    );
+    one_error(
+        &with_store("url: \"redis://h\", on_error: ignore"),
+        "store.redis.on_error",
+    );
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn check_summary_shows_the_store_redacted() {
+    // Pins: `sluice check` names the store, without its password.
+    let c = load(&with_store(
+        "url: \"redis://u:hunter2@h:6379\", on_error: allow",
+    ));
+    let text = c.to_string();
+    assert!(
+        text.contains("redis  redis://u:***@h:6379 (timeout 20ms, on_error allow)"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
 }
 
 #[test]
 fn global_scope_requires_a_store() {
-    // Pins: scope: global without store.redis is an error of its own (besides "not supported yet").
+    // Pins: scope: global without store.redis is an error of its own.
     let errors = errors(&format!(
         "{BASE}    rate_limits: [{{key: global, rate: 1/s, scope: global}}]\n"
     ));
@@ -651,11 +704,28 @@ fn global_scope_requires_a_store() {
 }
 
 #[test]
-fn tls_is_not_supported_yet() {
-    // Pins: a well-formed server.tls is still refused, with exactly that one error.
-    let yaml = BASE.replace("  listen: 127.0.0.1:8080", "  listen: 127.0.0.1:8080\n  tls:\n    listen: 127.0.0.1:8443\n    cert: c.pem\n    key: k.pem");
-    let e = one_error(&yaml, "server.tls");
-    assert_eq!(e.message, "the HTTPS listener is not supported yet");
+fn tls_files_are_read_at_load() {
+    // Pins: server.tls is accepted, and its files are read when the config is loaded: a
+    // missing cert and key give one error each, at their field, naming the file.
+    // (Valid and invalid certificates: tests/tls.rs, which generates them.)
+    let yaml = BASE.replace("  listen: 127.0.0.1:8080", "  listen: 127.0.0.1:8080\n  tls:\n    listen: 127.0.0.1:8443\n    cert: /nonexistent/c.pem\n    key: /nonexistent/k.pem");
+    let errors = errors(&yaml);
+    let found: Vec<_> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.line, e.column))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("server.tls.cert", Some(5), Some(11)),
+            ("server.tls.key", Some(6), Some(10))
+        ]
+    );
+    let files = ["/nonexistent/c.pem", "/nonexistent/k.pem"];
+    for (e, file) in errors.iter().zip(files) {
+        let expected = format!("cannot read {file}: ");
+        assert!(e.message.starts_with(&expected), "{e}");
+    }
 }
 
 // === all errors at once ===

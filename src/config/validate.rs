@@ -29,6 +29,7 @@ use super::{
     Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig,
     StoreConfig, TlsConfig, UpstreamConfig,
 };
+use crate::tls::Acceptor;
 
 /// `server.header_read_timeout` when absent.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,30 +147,23 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     }
 }
 
-/// Refuses what the contract describes but this build cannot do yet. Each check goes when its
-/// feature lands; the rest of validation already handles these fields fully.
+/// Refuses what the contract describes but this build cannot do. A build without the `redis`
+/// cargo feature has no Redis client: it refuses `scope: global` limits (`store` itself is
+/// validated and accepted, unused, so one config file serves both builds).
 fn reject_unbuilt(raw: &RawConfig, cx: &mut Cx) {
-    if let Some(server) = &raw.server {
-        if server.tls.is_some() {
-            cx.error("server.tls", "the HTTPS listener is not supported yet");
-        }
-    }
-    if raw.store.is_some() {
-        cx.error(
-            "store",
-            "the shared store (store.redis) is not supported yet",
-        );
-    }
+    #[cfg(not(feature = "redis"))]
     for (i, route) in raw.routes.iter().flatten().enumerate() {
         for (j, limit) in route.rate_limits.iter().flatten().enumerate() {
             if limit.scope.as_deref().map(str::trim) == Some("global") {
                 cx.error(
                     &format!("routes[{i}].rate_limits[{j}].scope"),
-                    "scope: global (a limit shared through store.redis) is not supported yet",
+                    "scope: global needs Redis support, which this build of sluice lacks (built without the cargo feature `redis`)",
                 );
             }
         }
     }
+    #[cfg(feature = "redis")]
+    let _ = (raw, cx);
 }
 
 /// An optional section: absent → `Some(None)`; present and valid → `Some(Some(v))`; present and
@@ -332,10 +326,25 @@ impl Cx {
             raw.key.as_deref(),
             "the path of a PEM private key",
         );
+        // Read and check the files now, so that `sluice check` and a reload catch a bad
+        // certificate, and what was checked is what the listener serves.
+        let acceptor = match (&cert, &key) {
+            (Some(cert), Some(key)) => match Acceptor::load(cert, key) {
+                Ok(acceptor) => Some(acceptor),
+                Err(errors) => {
+                    for error in errors {
+                        self.error(&join(at, error.field()), error.to_string());
+                    }
+                    None
+                }
+            },
+            _ => None,
+        };
         Some(TlsConfig {
             listen: listen?,
             cert: cert?,
             key: key?,
+            acceptor: acceptor?,
         })
     }
 
@@ -361,7 +370,7 @@ impl Cx {
         let url = match raw.url.as_deref().map(str::trim) {
             None => self.missing(&join(at, "url"), "a URL like redis://127.0.0.1:6379"),
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                Some(url.to_owned())
+                self.redis_url(&join(at, "url"), url)
             }
             // Print the URL redacted: it may hold a password.
             Some(url) => self.fail(
@@ -393,6 +402,25 @@ impl Cx {
             timeout: timeout?,
             on_error: on_error?,
         })
+    }
+
+    /// A `redis://` / `rediss://` URL that the Redis client accepts (host, port, database,
+    /// user and password), so that a typo is a config error rather than a Redis outage.
+    fn redis_url(&mut self, at: &str, url: &str) -> Option<String> {
+        #[cfg(feature = "redis")]
+        if redis::Client::open(url).is_err() {
+            // Printed redacted: it may hold a password.
+            return self.fail(
+                at,
+                format!(
+                    "not a valid Redis URL, found {:?}; expected redis://[user:password@]host[:port][/db] or rediss://…",
+                    super::redact_url(url)
+                ),
+            );
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = at;
+        Some(url.to_owned())
     }
 
     fn upstream(&mut self, name: &str, raw: &RawUpstream) -> Option<UpstreamConfig> {
