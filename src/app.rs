@@ -48,6 +48,15 @@ pub struct Runtime {
     pub http: HttpBuilder,
     /// Process-wide metric families.
     pub metrics: Arc<Metrics>,
+    /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
+    /// the next runtime while `store.redis.url` is unchanged.
+    #[cfg(feature = "redis")]
+    pub store: Option<Arc<crate::limit::global::Store>>,
+    /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
+    /// the next runtime on the admin thread, whose own runtime is not for request work. `None`
+    /// only when the first runtime was built outside tokio.
+    #[cfg(feature = "redis")]
+    spawner: Option<tokio::runtime::Handle>,
 }
 
 /// One route, ready to serve.
@@ -81,8 +90,12 @@ pub struct Route {
 /// A rate limit of a route, with what its 429 says.
 #[derive(Debug)]
 pub struct Limit {
-    /// The bucket(s). Shared with the next runtime when unchanged by a reload.
+    /// The bucket(s). Shared with the next runtime when unchanged by a reload. For a
+    /// `scope: global` limit, this instance's own bucket: the fallback of `on_error: local`.
     pub rate: Arc<RateLimit>,
+    /// `scope: global`: the bucket in Redis, checked instead of `rate`.
+    #[cfg(feature = "redis")]
+    pub global: Option<Arc<crate::limit::global::GlobalLimit>>,
     /// `limit per-client of route create-order: 100/s, burst 200`.
     pub detail: String,
 }
@@ -119,6 +132,19 @@ impl Runtime {
     /// name and parameters are unchanged is carried over, so a reload does not hand out fresh
     /// bursts. Must be called inside a tokio runtime (upstream pools spawn tasks).
     pub fn build(config: Config, previous: Option<&Runtime>, metrics: Arc<Metrics>) -> Runtime {
+        #[cfg(feature = "redis")]
+        let spawner = match previous {
+            Some(p) => p.spawner.clone(),
+            None => tokio::runtime::Handle::try_current().ok(),
+        };
+        // One connection for every global limit; an unchanged URL keeps the running one.
+        #[cfg(feature = "redis")]
+        let store = crate::limit::global::Store::for_config(
+            &config,
+            previous.and_then(|p| p.store.as_ref()),
+            spawner.as_ref(),
+            metrics.store_errors(),
+        );
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -142,8 +168,22 @@ impl Runtime {
                         let kept = old
                             .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
                             .map(|ol| ol.rate.clone());
+                        let rate = kept.unwrap_or_else(|| Arc::new(RateLimit::new(l)));
                         Limit {
-                            rate: kept.unwrap_or_else(|| Arc::new(RateLimit::new(l))),
+                            #[cfg(feature = "redis")]
+                            global: match (&store, &config.store) {
+                                (Some(st), Some(sc)) if l.scope == crate::config::Scope::Global => {
+                                    Some(Arc::new(crate::limit::global::GlobalLimit::new(
+                                        &r.name,
+                                        l,
+                                        &sc.redis,
+                                        st.clone(),
+                                        rate.clone(),
+                                    )))
+                                }
+                                _ => None,
+                            },
+                            rate,
                             detail: format!(
                                 "limit {} of route {}: {}, burst {}",
                                 l.name, r.name, l.rate, l.burst
@@ -186,6 +226,10 @@ impl Runtime {
             rate_limit_headers: config.server.rate_limit_headers,
             http: server::http_builder(&config.server),
             metrics,
+            #[cfg(feature = "redis")]
+            store,
+            #[cfg(feature = "redis")]
+            spawner,
             config: Arc::new(config),
         }
     }
@@ -222,6 +266,10 @@ impl Runtime {
         for route in &self.routes {
             for limit in &route.limits {
                 limit.rate.housekeeping();
+                #[cfg(feature = "redis")]
+                if let Some(global) = &limit.global {
+                    global.housekeeping();
+                }
             }
         }
     }
@@ -262,6 +310,9 @@ pub struct App {
     shared: Arc<Shared>,
     http: Listener,
     http_addr: SocketAddr,
+    /// The HTTPS listener, when `server.tls` is set.
+    tls: Option<Listener>,
+    tls_addr: Option<SocketAddr>,
     admin: Option<std::net::TcpListener>,
     admin_addr: Option<SocketAddr>,
     shutdown: Shutdown,
@@ -282,6 +333,17 @@ impl App {
         let http_addr = http
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
+        let (tls, tls_addr) = match &config.server.tls {
+            Some(t) => {
+                let addr = t.listen;
+                let bound = Listener::bind_tls(addr, t.acceptor.clone(), &http)
+                    .await
+                    .and_then(|l| l.local_addr().map(|local| (l, local)))
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                (Some(bound.0), Some(bound.1))
+            }
+            None => (None, None),
+        };
         let (admin, admin_addr) = match &config.admin {
             Some(a) => {
                 let bound = std::net::TcpListener::bind(a.listen)
@@ -303,6 +365,8 @@ impl App {
             shared,
             http,
             http_addr,
+            tls,
+            tls_addr,
             admin,
             admin_addr,
             shutdown: Shutdown::new(),
@@ -312,6 +376,11 @@ impl App {
     /// The address of the plain HTTP listener.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address of the HTTPS listener, if configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The address of the admin listener, if configured.
@@ -337,6 +406,9 @@ impl App {
             shutdown_grace: config.server.shutdown_grace,
         };
         tracing::info!(listen = %self.http_addr, "http listener up (HTTP/1.1, h2c)");
+        if let (Some(addr), Some(tls)) = (self.tls_addr, &config.server.tls) {
+            tracing::info!(listen = %addr, cert = %tls.cert.display(), "https listener up (TLS 1.2/1.3; ALPN h2, http/1.1)");
+        }
         for route in &config.routes {
             tracing::info!(route = %route.name, upstream = %config.upstreams[route.upstream].name, limits = route.rate_limits.len(), "route");
         }
@@ -379,9 +451,18 @@ impl App {
             ready_flag.ready.store(false, Ordering::Relaxed);
             tracing::info!("shutting down: no new connections; draining in-flight requests");
         });
-        self.http
-            .serve(self.shared.clone(), limits, self.shutdown.watch())
-            .await;
+        // Both listeners stop accepting on the same signal and drain side by side.
+        let https = async {
+            if let Some(tls) = self.tls {
+                tls.serve(self.shared.clone(), limits, self.shutdown.watch())
+                    .await;
+            }
+        };
+        tokio::join!(
+            self.http
+                .serve(self.shared.clone(), limits, self.shutdown.watch()),
+            https
+        );
         housekeeping.abort();
         sighup.abort();
         let _ = flip.await;

@@ -21,6 +21,7 @@
 //! - [`config`]: YAML → raw serde types → validated runtime types; errors with line and path.
 //! - [`app`]: builds a [`app::Runtime`] from a config and runs the listeners; reload swaps it.
 //! - [`listener`], [`server`]: accepting connections and serving HTTP/1.1 and HTTP/2 on them.
+//! - [`tls`]: the HTTPS listener's certificate, TLS versions and ALPN (between listener and server).
 //! - [`pipeline`]: the checks one request goes through, in the contract's order.
 //! - [`router`], [`limit`], [`proxy`]: route matching, limits, forwarding.
 //! - [`rescue`]: every response sluice makes itself.
@@ -47,3 +48,4 @@ pub mod rescue;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod tls;

@@ -1,31 +1,49 @@
-//! Accepting connections: the connection cap, the first-byte deadline, and one task per
-//! connection. Stops accepting on shutdown and lets open connections drain.
+//! Accepting connections: the connection cap, the first-byte deadline (plain) or the handshake
+//! deadline (TLS), and one task per connection. Stops accepting on shutdown and lets open
+//! connections drain.
+//!
+//! Both listeners, plain and TLS, hand their connections to the same [`server::serve`] and so to
+//! the same pipeline: routing, rate limits and caps do not depend on the listener. They also
+//! share one connection cap (`server.max_connections`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
 
 use crate::app::Shared;
 use crate::proxy::forward::Origin;
-use crate::server;
+use crate::server::{self, Protocol};
 use crate::shutdown::ShutdownWatch;
+use crate::tls::Acceptor;
 
 /// A bound listener, not yet accepting.
 #[derive(Debug)]
 pub struct Listener {
     tcp: TcpListener,
     /// Bounds open connections: beyond it, new ones wait in the kernel's accept backlog.
+    /// Shared by the plain and the TLS listener.
     connections: Arc<Semaphore>,
+    /// `Some` on the TLS listener: the certificate it started with. Each connection uses the
+    /// current runtime's certificate (so a reload applies to new handshakes); this one is only
+    /// used if a reload removed `server.tls` (which needs a restart to take effect).
+    tls: Option<Acceptor>,
 }
+
+/// The accept backlog asked of the kernel (which caps it at `net.core.somaxconn`): room for
+/// bursts of new connections, and for those that wait while `max_connections` are open. The
+/// standard library's 128, which tokio copies, is small for a server at the edge.
+const BACKLOG: u32 = 4096;
 
 /// Listener settings that come from `server:`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// The deadline for a new connection's first byte (the rest of the head is hyper's).
+    /// The deadline for a new connection's first byte, or for its whole TLS handshake (the
+    /// rest of the head is hyper's).
     pub header_read_timeout: Duration,
     /// How long open connections may drain after shutdown.
     pub shutdown_grace: Duration,
@@ -34,15 +52,34 @@ pub struct Limits {
 // === impl Listener ===
 
 impl Listener {
-    /// Binds `addr`.
+    /// Binds the plain HTTP listener on `addr`.
     ///
     /// # Errors
     /// The OS error when the address cannot be bound (in use, not local, no permission).
     pub async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<Self> {
-        let tcp = TcpListener::bind(addr).await?;
+        let tcp = bind_tcp(addr)?;
         Ok(Listener {
             tcp,
             connections: Arc::new(Semaphore::new(max_connections)),
+            tls: None,
+        })
+    }
+
+    /// Binds the TLS listener on `addr`, sharing the connection cap of `beside` (the plain
+    /// listener): `server.max_connections` bounds both together.
+    ///
+    /// # Errors
+    /// The OS error when the address cannot be bound.
+    pub async fn bind_tls(
+        addr: SocketAddr,
+        acceptor: Acceptor,
+        beside: &Listener,
+    ) -> std::io::Result<Self> {
+        let tcp = bind_tcp(addr)?;
+        Ok(Listener {
+            tcp,
+            connections: beside.connections.clone(),
+            tls: Some(acceptor),
         })
     }
 
@@ -80,18 +117,51 @@ impl Listener {
             };
             let watcher = graceful.watcher();
             let shared = shared.clone();
-            // HTTP settings come from the current runtime, so a reload applies to new connections.
-            let builder = shared.runtime().http.clone();
+            // HTTP settings and the certificate come from the current runtime, so a reload
+            // applies to new connections and leaves established ones as they are.
+            let runtime = shared.runtime();
+            let builder = runtime.http.clone();
+            let tls = self.tls.as_ref().map(|started_with| {
+                runtime
+                    .config
+                    .server
+                    .tls
+                    .as_ref()
+                    .map_or(started_with, |t| &t.acceptor)
+                    .acceptor()
+            });
+            drop(runtime);
             tokio::spawn(async move {
                 let _permit = permit;
-                let Some(tcp) = first_byte(tcp, peer, limits.header_read_timeout).await else {
-                    return;
-                };
-                let origin = Origin {
-                    peer: peer.ip(),
-                    https: false,
-                };
-                server::serve(tcp, origin, shared, builder, watcher).await;
+                let _ = tcp.set_nodelay(true);
+                match tls {
+                    None => {
+                        let Some(tcp) = first_byte(tcp, peer, limits.header_read_timeout).await
+                        else {
+                            return;
+                        };
+                        let origin = Origin {
+                            peer: peer.ip(),
+                            https: false,
+                        };
+                        server::serve(tcp, origin, Protocol::Detect, shared, builder, watcher)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        let Some(tls) =
+                            handshake(tcp, peer, acceptor, limits.header_read_timeout, &shared)
+                                .await
+                        else {
+                            return;
+                        };
+                        let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
+                        let origin = Origin {
+                            peer: peer.ip(),
+                            https: true,
+                        };
+                        server::serve(tls, origin, protocol, shared, builder, watcher).await;
+                    }
+                }
             });
         }
         drop(self.tcp);
@@ -104,16 +174,76 @@ impl Listener {
     }
 }
 
+/// Binds and listens on `addr` with [`BACKLOG`], as `TcpListener::bind` does otherwise
+/// (`SO_REUSEADDR` on Unix, so a restart does not wait for old sockets in TIME_WAIT).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Waits for the connection's first byte for at most `timeout`: a client that connects and
 /// says nothing must not hold a connection slot. hyper's own header timeout covers the rest.
 async fn first_byte(tcp: TcpStream, peer: SocketAddr, timeout: Duration) -> Option<TcpStream> {
-    let _ = tcp.set_nodelay(true);
     let mut buf = [0u8; 1];
     match tokio::time::timeout(timeout, tcp.peek(&mut buf)).await {
         Ok(Ok(n)) if n > 0 => Some(tcp),
         Ok(_) => None,
         Err(_) => {
             tracing::debug!(%peer, "no request within header_read_timeout; closing");
+            None
+        }
+    }
+}
+
+/// Runs the TLS handshake, which must complete within `timeout` (a client that connects and
+/// never finishes its ClientHello must not hold a connection slot). A failed or timed-out
+/// handshake is logged at debug and counted in `sluice_tls_handshake_failures_total` — counted
+/// before the socket is closed, so a client that sees the close also sees the count. A peer
+/// that closes without sending a byte (a TCP health check) attempted no handshake: not counted.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+    shared: &Shared,
+) -> Option<TlsStream<TcpStream>> {
+    // One deadline for the whole handshake, waiting for the first byte included.
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let failed = |error: &dyn std::fmt::Display| {
+        shared.metrics.tls_handshake_failures().inc();
+        tracing::debug!(%peer, %error, "TLS handshake failed; closing");
+    };
+    let mut first = [0u8; 1];
+    tokio::select! {
+        peeked = tcp.peek(&mut first) => match peeked {
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        },
+        () = &mut deadline => {
+            failed(&"no ClientHello within header_read_timeout");
+            return None;
+        }
+    }
+    // Fallible: on error the socket comes back, so it is closed only after being counted.
+    let mut accept = acceptor.accept(tcp).into_fallible();
+    tokio::select! {
+        accepted = &mut accept => match accepted {
+            Ok(tls) => Some(tls),
+            Err((error, _tcp)) => {
+                failed(&error);
+                None
+            }
+        },
+        () = &mut deadline => {
+            failed(&"handshake not completed within header_read_timeout");
             None
         }
     }

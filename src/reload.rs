@@ -6,6 +6,10 @@
 //! and upstream pools that did not change (see [`Runtime::build`]). An invalid config changes
 //! nothing: it is logged with its line and field path and counted as a failure.
 //!
+//! The TLS certificate and key are read again too (loading the config reads them): new
+//! handshakes use the new certificate, established TLS connections keep theirs. A certificate
+//! or key that cannot be read or does not match fails the reload like any config error.
+//!
 //! Some settings belong to things built once at start-up — listener addresses, worker threads,
 //! the connection cap. A reload that changes them logs that a restart is needed and keeps the
 //! running ones.
@@ -50,6 +54,9 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
         routes: new.routes.len(),
         restart_required,
     };
+    if let Some(tls) = &new.server.tls {
+        tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded; new handshakes use it");
+    }
     shared.swap(Runtime::build(new, Some(&current), shared.metrics.clone()));
     shared.metrics.reload(true);
     tracing::info!(file = %path.display(), routes = report.routes, "config reloaded");

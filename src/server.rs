@@ -1,5 +1,16 @@
-//! Serving one connection: hyper-util's auto builder speaks HTTP/1.1 and HTTP/2 (prior knowledge
-//! on the plain listener, ALPN on TLS) and hands each request to [`crate::pipeline::handle`].
+//! Serving one connection: HTTP/1.1 or HTTP/2 through hyper, each request handed to
+//! [`crate::pipeline::handle`].
+//!
+//! How the protocol is chosen ([`Protocol`]): on the plain listener, hyper-util's auto builder
+//! reads the first bytes and serves HTTP/2 when they are the HTTP/2 preface (prior knowledge,
+//! h2c), HTTP/1.1 otherwise. On the TLS listener the client already said what it speaks through
+//! ALPN, so the matching builder is used directly and nothing is sniffed.
+//!
+//! HTTP/2 and backpressure: a rejection (429, 503) is an ordinary response on its own stream and
+//! never resets the connection or the other streams; `server.max_concurrent_streams` is the
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` sluice advertises; and a response body is only polled
+//! (so read from the upstream) while the client's flow-control window has room, so a slow
+//! reader pushes back all the way to the upstream instead of making sluice buffer.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,8 +28,44 @@ use crate::config::ServerConfig;
 use crate::pipeline;
 use crate::proxy::forward::Origin;
 
-/// The per-listener HTTP settings, built once and shared by its connections.
-pub type HttpBuilder = Arc<auto::Builder<TokioExecutor>>;
+/// The HTTP settings of one config version, shared by the connections accepted under it.
+pub type HttpBuilder = Arc<Http>;
+
+/// The same HTTP/1.1 and HTTP/2 settings, once per way of choosing the protocol.
+#[derive(Debug)]
+pub struct Http {
+    /// Reads the first bytes and picks HTTP/2 on the preface: the plain listener, and TLS
+    /// clients that offered no ALPN.
+    sniff: auto::Builder<TokioExecutor>,
+    /// ALPN `http/1.1`.
+    http1: auto::Builder<TokioExecutor>,
+    /// ALPN `h2`.
+    http2: auto::Builder<TokioExecutor>,
+}
+
+/// Which protocol to serve on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2 if the client starts with its preface, else HTTP/1.1.
+    Detect,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+}
+
+// === impl Protocol ===
+
+impl Protocol {
+    /// The protocol a TLS client chose by ALPN; without ALPN, detection as on the plain listener.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Detect,
+        }
+    }
+}
 
 /// Builds the HTTP/1.1 + HTTP/2 server settings from `server:`.
 pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
@@ -32,8 +79,13 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Advertised in SETTINGS; streams beyond it are refused by h2, not queued by sluice.
         .max_concurrent_streams(server.max_concurrent_streams);
-    Arc::new(builder)
+    Arc::new(Http {
+        http1: builder.clone().http1_only(),
+        http2: builder.clone().http2_only(),
+        sniff: builder,
+    })
 }
 
 /// Serves HTTP on `io` until the client closes, an error occurs, or graceful shutdown has
@@ -41,6 +93,7 @@ pub fn http_builder(server: &ServerConfig) -> HttpBuilder {
 pub async fn serve<I>(
     io: I,
     origin: Origin,
+    protocol: Protocol,
     shared: Arc<Shared>,
     builder: HttpBuilder,
     watcher: Watcher,
@@ -51,6 +104,11 @@ pub async fn serve<I>(
         let runtime = shared.runtime();
         async move { Ok::<_, Infallible>(pipeline::handle(runtime, origin, req).await) }
     });
+    let builder = match protocol {
+        Protocol::Detect => &builder.sniff,
+        Protocol::Http1 => &builder.http1,
+        Protocol::Http2 => &builder.http2,
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(conn).await {
         // Client resets, malformed requests (hyper has already answered 400), timeouts: the

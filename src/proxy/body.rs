@@ -184,10 +184,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Stream(body) => body.size_hint(),
-            UpstreamBody::Deferred(d) => d
-                .taken
-                .as_ref()
-                .map_or_else(|| d.hint.clone(), Body::size_hint),
+            UpstreamBody::Deferred(d) => d.taken.as_ref().map_or(d.hint, Body::size_hint),
         }
     }
 }

@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 /// A sluice running in this test process.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the config has `server.tls`.
+    pub tls: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub shutdown: Shutdown,
     pub shared: Arc<Shared>,
@@ -118,12 +120,14 @@ pub async fn start_proxy_file(file: &ConfigFile) -> Proxy {
 pub async fn start_config(config: sluice::config::Config) -> Proxy {
     let app = App::bind(config).await.expect("bind");
     let addr = app.http_addr();
+    let tls = app.tls_addr();
     let admin = app.admin_addr();
     let shutdown = app.shutdown_handle();
     let shared = app.shared();
     let task = tokio::spawn(app.run());
     Proxy {
         addr,
+        tls,
         admin,
         shutdown,
         shared,

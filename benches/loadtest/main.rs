@@ -1,0 +1,554 @@
+//! The load-test report: `cargo bench --bench loadtest` (see docs/loadtest.md).
+//!
+//! Starts a sample upstream of limited capacity ([`upstream`]) and sluice in front of it
+//! (in-process, with `benches/loadtest/sluice.yaml`), then drives wrk ([`wrk`], paced by
+//! `pace.lua`) at a ramp of offered loads — multiples of the configured rate limit — twice:
+//! through sluice, and straight to the upstream. Each step records the rate really sent, the
+//! admitted (2xx), 429 and 503 rates, latency percentiles of the admitted requests and of
+//! everything, and the time requests spent inside the upstream. [`report`] writes
+//! `report.html`, two SVG plots ([`svg`]) and `results.tsv` to `target/loadtest/<UTC time>/`
+//! and prints a summary table.
+//!
+//! Everything listens on 127.0.0.1; each wrk run is bounded by `LOADTEST_DURATION`.
+//! Knobs (environment variables) are listed in [`Settings::from_env`].
+
+mod report;
+mod svg;
+mod upstream;
+mod wrk;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice::app::App;
+use sluice::config::Config;
+use sluice::shutdown::Shutdown;
+
+use crate::upstream::SampleUpstream;
+use crate::wrk::{Load, WrkStats};
+
+/// The config used unless `LOADTEST_CONFIG` names another.
+const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/loadtest/sluice.yaml");
+/// Pause between steps, after the upstream has drained: lets token buckets refill.
+const PAUSE: Duration = Duration::from_secs(1);
+/// How long to wait for the upstream to drain a step's leftovers.
+const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// What the run does; every field has an environment variable.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `LOADTEST_CONFIG`: the sluice config.
+    pub config: PathBuf,
+    /// `LOADTEST_PATH`: the request path.
+    pub path: String,
+    /// `LOADTEST_DURATION`: seconds per step.
+    pub duration: Duration,
+    /// `LOADTEST_STEPS`: offered load as multiples of the limit.
+    pub steps: Vec<f64>,
+    /// `LOADTEST_LIMIT`: the limit the steps multiply, req/s; default: the config's smallest.
+    pub limit: Option<f64>,
+    /// `LOADTEST_WORKERS`: requests the sample upstream works on at once.
+    pub workers: usize,
+    /// `LOADTEST_SERVICE_MS`: time per request in the sample upstream.
+    pub service: Duration,
+    /// `LOADTEST_THREADS`: wrk threads.
+    pub threads: usize,
+    /// `LOADTEST_POOL_MS`: wrk opens offered rate × this many connections (at least `threads`).
+    pub pool: Duration,
+    /// `LOADTEST_OUT`: the report directory.
+    pub out: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads the knobs:
+    ///
+    /// | variable | default | meaning |
+    /// |---|---|---|
+    /// | `LOADTEST_DURATION` | 8 | seconds per step |
+    /// | `LOADTEST_STEPS` | `0.5 1 2 5 10` | offered load, as multiples of the limit |
+    /// | `LOADTEST_LIMIT` | the config's smallest rate limit | req/s the steps multiply |
+    /// | `LOADTEST_WORKERS` | 8 | sample upstream: requests worked on at once |
+    /// | `LOADTEST_SERVICE_MS` | 20 | sample upstream: ms per request |
+    /// | `LOADTEST_CONFIG` | `benches/loadtest/sluice.yaml` | sluice config |
+    /// | `LOADTEST_PATH` | `/api/work` | request path |
+    /// | `LOADTEST_THREADS` | 2 | wrk threads |
+    /// | `LOADTEST_POOL_MS` | 100 | wrk connections = offered req/s × this |
+    /// | `LOADTEST_OUT` | `target/loadtest/<UTC time>` | report directory |
+    pub fn from_env() -> Result<Settings, String> {
+        let steps = match std::env::var("LOADTEST_STEPS") {
+            Ok(text) => parse_steps(&text)?,
+            Err(_) => vec![0.5, 1.0, 2.0, 5.0, 10.0],
+        };
+        let limit = match std::env::var("LOADTEST_LIMIT") {
+            Ok(text) => Some(
+                text.trim()
+                    .parse()
+                    .ok()
+                    .filter(|v: &f64| v.is_finite() && *v > 0.0)
+                    .ok_or_else(|| {
+                        format!("LOADTEST_LIMIT must be a rate in req/s, found {text:?}")
+                    })?,
+            ),
+            Err(_) => None,
+        };
+        Ok(Settings {
+            config: std::env::var_os("LOADTEST_CONFIG")
+                .map_or_else(|| PathBuf::from(DEFAULT_CONFIG), PathBuf::from),
+            path: std::env::var("LOADTEST_PATH").unwrap_or_else(|_| "/api/work".into()),
+            duration: Duration::from_secs(env_or("LOADTEST_DURATION", 8, "whole seconds ≥ 1")?),
+            steps,
+            limit,
+            workers: env_or("LOADTEST_WORKERS", 8, "a number ≥ 1")?,
+            service: Duration::from_millis(env_or("LOADTEST_SERVICE_MS", 20, "milliseconds ≥ 1")?),
+            threads: env_or("LOADTEST_THREADS", 2, "a number ≥ 1")?,
+            pool: Duration::from_millis(env_or("LOADTEST_POOL_MS", 100, "milliseconds ≥ 1")?),
+            out: std::env::var_os("LOADTEST_OUT").map(PathBuf::from),
+        })
+    }
+
+    /// The sample upstream's capacity, req/s.
+    pub fn capacity(&self) -> f64 {
+        self.workers as f64 / self.service.as_secs_f64()
+    }
+}
+
+/// A positive integer from `name`, or `default` when unset.
+fn env_or<T: FromStr + PartialOrd + From<u8>>(
+    name: &str,
+    default: T,
+    what: &str,
+) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| *v >= T::from(1))
+            .ok_or_else(|| format!("{name} must be {what}, found {text:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn parse_steps(text: &str) -> Result<Vec<f64>, String> {
+    let steps: Vec<f64> = text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok().filter(|v: &f64| v.is_finite() && *v > 0.0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            format!("LOADTEST_STEPS must be positive numbers like \"0.5 1 2 5 10\", found {text:?}")
+        })?;
+    if steps.is_empty() {
+        return Err("LOADTEST_STEPS is empty".into());
+    }
+    Ok(steps)
+}
+
+/// Where the load goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// wrk → sluice → sample upstream.
+    Sluice,
+    /// wrk → sample upstream.
+    Direct,
+}
+
+impl Mode {
+    /// The name in tables and the TSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sluice => "sluice",
+            Mode::Direct => "direct",
+        }
+    }
+}
+
+/// One step of the ramp.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Offered load as a multiple of the limit.
+    pub factor: f64,
+    /// Offered load, req/s.
+    pub target: f64,
+    /// wrk's connections.
+    pub connections: usize,
+    /// wrk's threads.
+    pub threads: usize,
+}
+
+/// What the sample upstream saw during a step.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamStats {
+    /// Requests it answered.
+    pub served: usize,
+    /// p50 and p99 of the time requests spent inside it (waiting for a worker included), ms.
+    pub ms: Option<[f64; 2]>,
+}
+
+impl UpstreamStats {
+    fn from_times(mut times: Vec<Duration>) -> UpstreamStats {
+        times.sort_unstable();
+        let at = |p: f64| {
+            let rank = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len());
+            times[rank - 1].as_secs_f64() * 1000.0
+        };
+        let ms = (!times.is_empty()).then(|| [at(0.50), at(0.99)]);
+        UpstreamStats {
+            served: times.len(),
+            ms,
+        }
+    }
+}
+
+/// One measured step.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub mode: Mode,
+    pub step: Step,
+    pub wrk: WrkStats,
+    pub upstream: UpstreamStats,
+}
+
+impl Outcome {
+    /// `n` responses per second of the step.
+    pub fn per_second(&self, n: u64) -> f64 {
+        n as f64 / self.wrk.duration_s.max(1e-9)
+    }
+
+    /// The rate really sent (wrk's requests/s).
+    pub fn sent(&self) -> f64 {
+        self.per_second(self.wrk.requests)
+    }
+
+    /// The admitted (2xx) rate.
+    pub fn admitted(&self) -> f64 {
+        self.per_second(self.wrk.s2xx)
+    }
+}
+
+/// Everything the report needs.
+#[derive(Debug)]
+pub struct Run {
+    /// When the run started, e.g. `2025-01-31 12:00:00 UTC`.
+    pub started: String,
+    /// CPUs, model, kernel.
+    pub machine: String,
+    /// `wrk --version`'s first line.
+    pub wrk_version: String,
+    pub settings: Settings,
+    /// The limit the steps multiply, req/s.
+    pub limit: f64,
+    /// What sluice enforces, one line (limits and caps of the config).
+    pub policy: String,
+    /// The config sluice ran with (ports filled in).
+    pub config_text: String,
+    /// An example wrk command line of the run.
+    pub wrk_example: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes --bench; `cargo test --benches` does not, and must not start a
+    // two-minute load test.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("loadtest: run it with `cargo bench --bench loadtest` (see docs/loadtest.md)");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loadtest: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let settings = Settings::from_env()?;
+    let Some(wrk_version) = wrk::version()? else {
+        return Err("wrk is not installed: apt-get install -y wrk".into());
+    };
+    let (started, stamp) = utc_now();
+    let dir = settings
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("loadtest").join(&stamp));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let script = dir.join("pace.lua");
+    write(&script, wrk::SCRIPT)?;
+
+    let upstream = SampleUpstream::start(settings.workers, settings.service)?;
+    let config_text = prepare_config(&settings.config, upstream.addr)?;
+    let config_path = dir.join("sluice.yaml");
+    write(&config_path, &config_text)?;
+    let config =
+        sluice::config::from_yaml(&config_text, &config_path).map_err(|e| e.to_string())?;
+    let limit = match settings.limit {
+        Some(limit) => limit,
+        None => smallest_limit(&config).unwrap_or_else(|| settings.capacity()),
+    };
+    let policy = policy(&config);
+    let (sluice_runtime, sluice_addr, shutdown) = start_sluice(config)?;
+
+    println!(
+        "loadtest: sample upstream {} ({} × {} ms = {:.0} req/s), sluice {sluice_addr} ({policy})",
+        upstream.addr,
+        settings.workers,
+        settings.service.as_millis(),
+        settings.capacity()
+    );
+    let steps: Vec<Step> = settings
+        .steps
+        .iter()
+        .map(|&f| step(&settings, f, limit))
+        .collect();
+    let mut outcomes = Vec::new();
+    for (mode, addr) in [(Mode::Sluice, sluice_addr), (Mode::Direct, upstream.addr)] {
+        let url = format!("http://{addr}{}", settings.path);
+        for step in &steps {
+            outcomes.push(measure(&settings, &upstream, &script, mode, &url, step)?);
+        }
+    }
+    shutdown.trigger();
+    sluice_runtime.shutdown_timeout(Duration::from_secs(2));
+
+    let wrk_example = {
+        let load = load(
+            &settings,
+            &format!("http://{sluice_addr}{}", settings.path),
+            &steps[0],
+        );
+        format!("wrk {}", wrk::args(&load, Path::new("pace.lua")).join(" "))
+    };
+    let run = Run {
+        started,
+        machine: machine(),
+        wrk_version,
+        settings,
+        limit,
+        policy,
+        config_text,
+        wrk_example,
+        outcomes,
+    };
+    report::write(&dir, &run)?;
+    println!("\n{}", report::table(&run));
+    println!("report: {}", dir.join("report.html").display());
+    Ok(())
+}
+
+/// Connections and threads for an offered load of `factor` × `limit`.
+fn step(settings: &Settings, factor: f64, limit: f64) -> Step {
+    let target = factor * limit;
+    let pool = (target * settings.pool.as_secs_f64()).ceil() as usize;
+    let connections = pool.max(settings.threads);
+    Step {
+        factor,
+        target,
+        connections,
+        threads: settings.threads.min(connections),
+    }
+}
+
+fn load(settings: &Settings, url: &str, step: &Step) -> Load {
+    Load {
+        url: url.to_owned(),
+        rate: step.target,
+        connections: step.connections,
+        threads: step.threads,
+        duration: settings.duration,
+    }
+}
+
+/// One wrk run, after the upstream has drained the previous one.
+fn measure(
+    settings: &Settings,
+    upstream: &SampleUpstream,
+    script: &Path,
+    mode: Mode,
+    url: &str,
+    step: &Step,
+) -> Result<Outcome, String> {
+    if !upstream.wait_idle(DRAIN_LIMIT) {
+        eprintln!(
+            "loadtest: the sample upstream is still busy after {DRAIN_LIMIT:?}; measuring anyway"
+        );
+    }
+    std::thread::sleep(PAUSE);
+    upstream.take_times();
+    println!(
+        "  {:<6} {:>4}× limit = {:>6.0} req/s offered, {} connections, {} s …",
+        mode.name(),
+        step.factor,
+        step.target,
+        step.connections,
+        settings.duration.as_secs()
+    );
+    let wrk = wrk::run(&load(settings, url, step), script)?;
+    let upstream = UpstreamStats::from_times(upstream.take_times());
+    Ok(Outcome {
+        mode,
+        step: step.clone(),
+        wrk,
+        upstream,
+    })
+}
+
+/// The config file with `server.listen` on a free loopback port and every upstream pointed at
+/// the sample upstream.
+fn prepare_config(path: &Path, upstream: SocketAddr) -> Result<String, String> {
+    use serde_yaml::{Mapping, Value};
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut doc: Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let root = doc
+        .as_mapping_mut()
+        .ok_or_else(|| format!("{}: expected a YAML mapping", path.display()))?;
+    let server = root
+        .entry("server".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if let Some(server) = server.as_mapping_mut() {
+        server.insert("listen".into(), "127.0.0.1:0".into());
+    }
+    let endpoint = Value::Sequence(vec![format!("http://{upstream}").into()]);
+    if let Some(upstreams) = root.get_mut("upstreams").and_then(Value::as_mapping_mut) {
+        for (_, upstream) in upstreams.iter_mut() {
+            if let Some(upstream) = upstream.as_mapping_mut() {
+                upstream.insert("endpoints".into(), endpoint.clone());
+            }
+        }
+    }
+    let header = format!(
+        "# {} as the load test ran it: listen and endpoints filled in.\n",
+        path.display()
+    );
+    serde_yaml::to_string(&doc)
+        .map(|yaml| header + &yaml)
+        .map_err(|e| format!("cannot write the config back as YAML: {e}"))
+}
+
+/// The smallest rate limit of the config, req/s.
+fn smallest_limit(config: &Config) -> Option<f64> {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| &r.rate_limits)
+        .map(|l| f64::from(l.rate.count.get()) / l.rate.per.duration().as_secs_f64())
+        .min_by(f64::total_cmp)
+}
+
+/// The config's limits and caps in one line, e.g.
+/// `api: 300/s burst 50; sample: 8 in flight + 16 queued (500ms)`.
+fn policy(config: &Config) -> String {
+    let cap = |c: &sluice::config::ConcurrencyConfig| {
+        format!(
+            "{} in flight + {} queued ({})",
+            c.max_inflight,
+            c.queue,
+            humantime::format_duration(c.queue_timeout)
+        )
+    };
+    let routes = config.routes.iter().flat_map(|r| {
+        let limits = r
+            .rate_limits
+            .iter()
+            .map(move |l| format!("{}: {} burst {}", r.name, l.rate, l.burst));
+        limits.chain(
+            r.concurrency
+                .as_ref()
+                .map(|c| format!("{}: {}", r.name, cap(c))),
+        )
+    });
+    let upstreams = config.upstreams.iter().filter_map(|u| {
+        u.concurrency
+            .as_ref()
+            .map(|c| format!("{}: {}", u.name, cap(c)))
+    });
+    let parts: Vec<String> = routes.chain(upstreams).collect();
+    if parts.is_empty() {
+        "no limits".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Runs sluice on its own runtime (`server.workers` threads); returns the runtime, the proxy's
+/// address and its shutdown signal.
+fn start_sluice(config: Config) -> Result<(tokio::runtime::Runtime, SocketAddr, Shutdown), String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.server.workers {
+        builder.worker_threads(workers.get());
+    }
+    let runtime = builder
+        .thread_name("sluice")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start sluice's runtime: {e}"))?;
+    let app = runtime
+        .block_on(App::bind(config))
+        .map_err(|e| format!("sluice cannot start: {e}"))?;
+    let (addr, shutdown) = (app.http_addr(), app.shutdown_handle());
+    runtime.spawn(app.run());
+    Ok((runtime, addr, shutdown))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// `$CARGO_TARGET_DIR`, or `target/` beside Cargo.toml.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    )
+}
+
+/// CPUs, CPU model and kernel, as far as /proc tells.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| format!(", Linux {}", k.trim()))
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model}){kernel}, loopback; wrk, sluice and the sample upstream share the CPUs")
+}
+
+/// The time now, as `2025-01-31 12:00:00 UTC` and as `20250131-120000` (for the directory).
+fn utc_now() -> (String, String) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    let (y, mo, d) = civil_from_days(days as i64);
+    (
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC"),
+        format!("{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}"),
+    )
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}

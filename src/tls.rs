@@ -1,0 +1,249 @@
+//! TLS termination for the HTTPS listener: certificate and key from PEM files, TLS 1.2 and 1.3,
+//! ALPN `h2` and `http/1.1`.
+//!
+//! Where it sits: [`crate::listener`] accepts a TCP connection and runs the handshake with the
+//! [`Acceptor`] of the current config, bounded by `server.header_read_timeout`; the negotiated
+//! ALPN protocol then tells [`crate::server`] whether to speak HTTP/2 or HTTP/1.1.
+//!
+//! The files are read and checked when the config is loaded ([`Acceptor::load`] is called by
+//! config validation), so an [`Acceptor`] is part of a validated [`crate::config::Config`]:
+//! - `sluice check` and `sluice run` reject a missing, unreadable, non-PEM or mismatched
+//!   certificate or key as a config error naming the file and the field;
+//! - `sluice run` serves exactly what it validated: the files are not read a second time;
+//! - a reload reads them again, so new handshakes use the new certificate while established
+//!   connections keep the session they have; a bad new file fails the reload and the running
+//!   certificate stays.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::sign::{CertifiedKey, SingleCertAndKey};
+use tokio_rustls::rustls::{self, version, InconsistentKeys, ServerConfig};
+
+/// ALPN protocols offered, in server preference order: HTTP/2 first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A certificate chain and private key, checked to match, ready to accept handshakes. Cheap to
+/// clone; every accepted connection takes the one of the runtime current at accept time.
+#[derive(Clone)]
+pub struct Acceptor {
+    /// The rustls settings: versions, ALPN, the certificate. Shared by every handshake.
+    config: Arc<ServerConfig>,
+    /// The files it was loaded from, for logs.
+    cert: PathBuf,
+}
+
+/// Why a certificate or key file cannot be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read (missing, permissions).
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// `cert` or `key`: the field of `server.tls` that named the file.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// A PEM block of the file is malformed (bad base64, missing END line).
+    #[error("{} is not valid PEM: {source}", path.display())]
+    Pem {
+        /// `cert` or `key`.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the PEM parser said.
+        source: io::Error,
+    },
+    /// The certificate file holds no `CERTIFICATE` block.
+    #[error("{} holds no PEM certificate; expected a PEM certificate chain (-----BEGIN CERTIFICATE-----), leaf first", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no private key block sluice can read.
+    #[error("{} holds no PEM private key; expected an unencrypted PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key", path.display())]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key was found but cannot sign (unsupported algorithm, corrupt DER).
+    #[error("{}: the private key cannot be used: {source}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The leaf certificate cannot be parsed.
+    #[error("{}: the certificate cannot be used: {source}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The key is not the one of the leaf certificate.
+    #[error("{} does not match the certificate in {} (the first certificate of the chain must be the key's)", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+}
+
+// === impl TlsError ===
+
+impl TlsError {
+    /// The field of `server.tls` the error is about: `cert` or `key`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            TlsError::Read { field, .. } | TlsError::Pem { field, .. } => field,
+            TlsError::NoCertificate { .. } | TlsError::BadCertificate { .. } => "cert",
+            TlsError::NoKey { .. } | TlsError::BadKey { .. } | TlsError::Mismatch { .. } => "key",
+        }
+    }
+}
+
+// === impl Acceptor ===
+
+impl Acceptor {
+    /// Reads the PEM certificate chain at `cert` and the PEM private key at `key`, checks that
+    /// they belong together, and builds the TLS settings: TLS 1.2 and 1.3, ALPN `h2` then
+    /// `http/1.1`, no client certificates, session tickets for resumption. Blocking file I/O.
+    ///
+    /// # Errors
+    /// Every problem found, at most one per file: unreadable, not PEM, no certificate or key in
+    /// it, unusable key or certificate, key not matching the leaf certificate.
+    pub fn load(cert: &Path, key: &Path) -> Result<Acceptor, Vec<TlsError>> {
+        // ring's provider, named here rather than taken from a process-wide default, so that no
+        // other crate's feature choice can change what the listener offers.
+        let provider: Arc<CryptoProvider> = Arc::new(ring::default_provider());
+        let chain = read_chain(cert);
+        let signing_key = read_key(key).and_then(|der| {
+            provider
+                .key_provider
+                .load_private_key(der)
+                .map_err(|source| TlsError::BadKey {
+                    path: key.to_path_buf(),
+                    source,
+                })
+        });
+        let (chain, signing_key) = match (chain, signing_key) {
+            (Ok(chain), Ok(signing_key)) => (chain, signing_key),
+            (chain, signing_key) => {
+                return Err([chain.err(), signing_key.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect())
+            }
+        };
+        let certified = CertifiedKey::new(chain, signing_key);
+        match certified.keys_match() {
+            // `Unknown`: the key type cannot tell its public key; rustls accepts it too.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+                return Err(vec![TlsError::Mismatch {
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                }]);
+            }
+            Err(source) => {
+                return Err(vec![TlsError::BadCertificate {
+                    path: cert.to_path_buf(),
+                    source,
+                }]);
+            }
+        }
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+            .expect("ring provides cipher suites for TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // Stateless resumption: a returning client skips the key exchange and signature.
+        // The ticket keys are random per process (and per reload) and rotate every 6 hours.
+        // It fails only when the system RNG does; then stay without tickets (full handshakes).
+        if let Ok(ticketer) = ring::Ticketer::new() {
+            config.ticketer = ticketer;
+        }
+        Ok(Acceptor {
+            config: Arc::new(config),
+            cert: cert.to_path_buf(),
+        })
+    }
+
+    /// A handshake driver for one connection.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+
+    /// The rustls settings.
+    pub fn server_config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
+    /// The certificate file this was loaded from.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl fmt::Debug for Acceptor {
+    /// Short: rustls' own `Debug` lists every cipher suite.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("cert", &self.cert)
+            .field("alpn", &["h2", "http/1.1"])
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificates of the PEM file at `path`, in file order (leaf first). Blocks of other
+/// types (a key in the same file) are skipped.
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, "cert")?;
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            field: "cert",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(chain)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of the PEM file at `path`.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path, "key")?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err(TlsError::NoKey {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(TlsError::Pem {
+            field: "key",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read(path: &Path, field: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        field,
+        path: path.to_path_buf(),
+        source,
+    })
+}
