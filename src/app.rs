@@ -21,6 +21,7 @@ use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::listener::{self, Listener};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
 use crate::proxy::Upstream;
+use crate::rescue::RateLimitedTemplate;
 use crate::router::Router;
 use crate::server::{self, HttpBuilder};
 use crate::shutdown::Shutdown;
@@ -83,8 +84,9 @@ pub struct Route {
 pub struct Limit {
     /// The bucket(s). Shared with the next runtime when unchanged by a reload.
     pub rate: Arc<RateLimit>,
-    /// `limit per-client of route create-order: 100/s, burst 200`.
-    pub detail: String,
+    /// Its 429, rendered once (the detail reads `limit per-client of route create-order: 100/s,
+    /// burst 200`).
+    pub rejection: RateLimitedTemplate,
 }
 
 /// State that outlives config versions.
@@ -144,9 +146,12 @@ impl Runtime {
                             .map(|ol| ol.rate.clone());
                         Limit {
                             rate: kept.unwrap_or_else(|| Arc::new(RateLimit::new(l))),
-                            detail: format!(
-                                "limit {} of route {}: {}, burst {}",
-                                l.name, r.name, l.rate, l.burst
+                            rejection: RateLimitedTemplate::new(
+                                &r.name,
+                                &format!(
+                                    "limit {} of route {}: {}, burst {}",
+                                    l.name, r.name, l.rate, l.burst
+                                ),
                             ),
                         }
                     })
