@@ -21,6 +21,7 @@ use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::listener::{self, Listener};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
 use crate::proxy::Upstream;
+use crate::rescue::RateLimitedTemplate;
 use crate::router::Router;
 use crate::server::{self, HttpBuilder};
 use crate::shutdown::Shutdown;
@@ -96,8 +97,9 @@ pub struct Limit {
     /// `scope: global`: the bucket in Redis, checked instead of `rate`.
     #[cfg(feature = "redis")]
     pub global: Option<Arc<crate::limit::global::GlobalLimit>>,
-    /// `limit per-client of route create-order: 100/s, burst 200`.
-    pub detail: String,
+    /// Its 429, rendered once (the detail reads `limit per-client of route create-order: 100/s,
+    /// burst 200`).
+    pub rejection: RateLimitedTemplate,
 }
 
 /// State that outlives config versions.
@@ -184,9 +186,12 @@ impl Runtime {
                                 _ => None,
                             },
                             rate,
-                            detail: format!(
-                                "limit {} of route {}: {}, burst {}",
-                                l.name, r.name, l.rate, l.burst
+                            rejection: RateLimitedTemplate::new(
+                                &r.name,
+                                &format!(
+                                    "limit {} of route {}: {}, burst {}",
+                                    l.name, r.name, l.rate, l.burst
+                                ),
                             ),
                         }
                     })

@@ -116,11 +116,7 @@ async fn admit_and_forward(
                 }
                 Decision::Denied { retry_after } => {
                     tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = "rate-limited", "rejected");
-                    let mut res = rescue::respond(&Rejection::RateLimited {
-                        route: route.name.clone(),
-                        detail: limit.detail.clone(),
-                        retry_after,
-                    });
+                    let mut res = limit.rejection.respond(retry_after);
                     if let Some(policy) = &route.policy {
                         // On a 429 `RateLimit` carries only the rejecting limit, t = Retry-After.
                         let mut only = RateLimitField::new();
@@ -173,13 +169,16 @@ async fn admit_and_forward(
     let mut req = req;
     forward::request(&mut req, origin);
     let sent = Instant::now();
-    let result = route.upstream.send(req).await;
+    // Boxed: the upstream exchange is by far the largest part of this future, and hyper moves
+    // the service future around; boxing it here keeps rejections (which never get this far)
+    // small and cheap to move.
+    let result = Box::pin(route.upstream.send(req)).await;
     route
         .metrics
         .upstream_duration
         .observe(sent.elapsed().as_secs_f64());
     match result {
-        Ok(mut res) => {
+        Ok((mut res, conn)) => {
             forward::response(&mut res);
             if let Some((method, path)) = &method.zip(path) {
                 log_access(
@@ -192,7 +191,7 @@ async fn admit_and_forward(
                     started,
                 );
             }
-            let res = res.map(|body| ProxyBody::upstream(body, Some(slots)));
+            let res = res.map(|body| ProxyBody::upstream(body, Some(slots), conn));
             (with_fields(res, route, field), Outcome::Forwarded)
         }
         Err(err) => {

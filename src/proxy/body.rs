@@ -4,12 +4,9 @@
 //! upstream's body streamed frame by frame, carrying the concurrency slots the request holds
 //! so they are released exactly when the body ends or the client goes away.
 //!
-//! [`UpstreamBody`] is what upstreams receive. Its `Deferred` form lets a request be retried on
-//! another endpoint when the connection was refused: the client body is only handed over when
-//! the upstream connection asks for the first frame, so a refused connect leaves it untouched.
+//! [`UpstreamBody`] is what upstreams receive: the client's body, streamed.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::limit::Slots;
+use crate::proxy::pool::Conn;
 
 /// The body of every response sluice sends.
 #[derive(Debug)]
@@ -33,6 +31,8 @@ enum Kind {
         body: Incoming,
         /// Released when the body has been sent whole, fails, or is dropped (client gone).
         slots: Option<Slots>,
+        /// The upstream connection, back to its pool once the body has been read whole.
+        conn: Option<Conn>,
     },
 }
 
@@ -53,10 +53,17 @@ impl ProxyBody {
         }
     }
 
-    /// Streams an upstream body, holding `slots` until it ends.
-    pub fn upstream(body: Incoming, slots: Option<Slots>) -> Self {
+    /// Streams an upstream body, holding `slots` until it ends; `conn` returns to its pool
+    /// when the body has been read whole (at once if it is empty).
+    pub fn upstream(body: Incoming, slots: Option<Slots>, conn: Conn) -> Self {
+        let conn = if body.is_end_stream() {
+            conn.release();
+            None
+        } else {
+            Some(conn)
+        };
         ProxyBody {
-            kind: Kind::Upstream { body, slots },
+            kind: Kind::Upstream { body, slots, conn },
         }
     }
 }
@@ -71,11 +78,30 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream { body, slots } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None | Some(Err(_))) = &polled {
-                    // The response is complete (or broken): the request is no longer in flight.
-                    slots.take();
+            Kind::Upstream { body, slots, conn } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        // The response is complete: the request is no longer in flight, and its
+                        // connection can serve the next one.
+                        slots.take();
+                        if let Some(conn) = conn.take() {
+                            conn.release();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame))) if body.is_end_stream() && frame.is_data() => {
+                        // Last frame of a sized body: done without waiting for one more poll.
+                        slots.take();
+                        if let Some(conn) = conn.take() {
+                            conn.release();
+                        }
+                    }
+                    // Broken: the connection is not reusable; dropping it closes it.
+                    Poll::Ready(Some(Err(_))) => {
+                        slots.take();
+                        conn.take();
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -105,48 +131,6 @@ pub enum UpstreamBody {
     Empty,
     /// The client's body, streamed.
     Stream(Incoming),
-    /// The client's body, taken from the shared slot on the first poll; until then the
-    /// caller can take it back for a retry.
-    Deferred(DeferredBody),
-}
-
-/// A client body parked in a slot until the upstream connection wants it.
-#[derive(Debug)]
-pub struct DeferredBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    hint: SizeHint,
-    taken: Option<Incoming>,
-}
-
-// === impl UpstreamBody ===
-
-impl UpstreamBody {
-    /// Wraps `body` so that it can be recovered if it is never polled; returns the handle that
-    /// recovers it.
-    pub fn deferred(body: Incoming) -> (Self, BodySlot) {
-        let hint = body.size_hint();
-        let slot = Arc::new(Mutex::new(Some(body)));
-        (
-            UpstreamBody::Deferred(DeferredBody {
-                slot: slot.clone(),
-                hint,
-                taken: None,
-            }),
-            BodySlot(slot),
-        )
-    }
-}
-
-/// Gives back a deferred body that the upstream never started to read.
-#[derive(Debug)]
-pub struct BodySlot(Arc<Mutex<Option<Incoming>>>);
-
-impl BodySlot {
-    /// The body, if no upstream connection has taken it.
-    pub fn take(&self) -> Option<Incoming> {
-        // std Mutex: held for a pointer move, never across an await.
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
 }
 
 impl Body for UpstreamBody {
@@ -160,15 +144,6 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Stream(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Deferred(d) => {
-                if d.taken.is_none() {
-                    d.taken = d.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-                }
-                match &mut d.taken {
-                    Some(body) => Pin::new(body).poll_frame(cx),
-                    None => Poll::Ready(None),
-                }
-            }
         }
     }
 
@@ -176,7 +151,6 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Stream(body) => body.is_end_stream(),
-            UpstreamBody::Deferred(d) => d.taken.as_ref().is_some_and(Body::is_end_stream),
         }
     }
 
@@ -184,7 +158,6 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Stream(body) => body.size_hint(),
-            UpstreamBody::Deferred(d) => d.taken.as_ref().map_or(d.hint, Body::size_hint),
         }
     }
 }

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
 /// Headers that describe one hop and must never be forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -20,6 +20,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -44,9 +45,8 @@ pub fn request<B>(req: &mut Request<B>, origin: Origin) {
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = req.headers_mut();
+    // Includes `Upgrade`: sluice does not tunnel upgraded connections.
     strip_hop_by_hop(headers);
-    // `Upgrade` is hop-by-hop too; sluice does not tunnel upgraded connections.
-    headers.remove(header::UPGRADE);
     if let Some(host) = authority_host {
         headers.insert(header::HOST, host);
     }
@@ -70,34 +70,60 @@ pub fn request<B>(req: &mut Request<B>, origin: Origin) {
 /// Rewrites an upstream response in place for the client.
 pub fn response<B>(res: &mut Response<B>) {
     strip_hop_by_hop(res.headers_mut());
-    res.headers_mut().remove(header::UPGRADE);
+}
+
+/// Position of a hop-by-hop header in [`HOP_BY_HOP`], if `name` is one.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| h == name)
 }
 
 /// Removes the fixed hop-by-hop headers and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are collected first: removing while iterating is not possible.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
+    // One pass over the names present (a handful) notes which hop-by-hop headers occur; only
+    // those are then removed. Most requests carry none, most responses only `Connection:
+    // keep-alive`: far cheaper than a hash probe for each of the nine names.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // `Connection` may name more headers. `keep-alive`, `close` and hop-by-hop names need
+        // no extra work; anything else is collected first (removing while borrowing is not
+        // possible) — rare, so the allocation does not matter.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") || token.is_empty() {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    match hop_by_hop_index(&name) {
+                        Some(i) => present |= 1 << i,
+                        None => named.push(name),
+                    }
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        // `remove` on an absent header is a cheap hash probe; no allocation.
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
 /// `X-Forwarded-For: <existing>, <peer>`, folded into one line so upstreams that read only the
 /// first line see the whole chain.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    use std::fmt::Write as _;
     let mut value = String::with_capacity(64);
     for (i, existing) in headers.get_all(&X_FORWARDED_FOR).iter().enumerate() {
         if let Ok(s) = existing.to_str() {
@@ -110,9 +136,34 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     if !value.is_empty() {
         value.push_str(", ");
     }
-    let _ = write!(value, "{peer}");
+    push_ip(&mut value, peer);
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Appends `ip` in its usual text form. IPv4 — nearly every peer — is written by hand: the
+/// `Display` machinery costs more than the rest of the header rewrite together.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + (octet / 10) % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -166,6 +217,41 @@ mod tests {
         let all: Vec<_> = req.headers().get_all("x-forwarded-for").iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
+    }
+
+    /// IPv4 addresses are written exactly as `Display` writes them.
+    #[test]
+    fn push_ip_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.9.255",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+    }
+
+    /// `Connection: keep-alive, Upgrade` removes the named hop-by-hop headers too.
+    #[test]
+    fn connection_naming_standard_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-a"));
     }
 
     /// An HTTP/2 request's authority becomes the upstream Host; the request goes out as HTTP/1.1.

@@ -4,9 +4,11 @@
 //! - Passive health, like NGINX's `max_fails=1 fail_timeout=10s`: an endpoint whose connection
 //!   failed is skipped for [`FAIL_TIMEOUT`] (unless every endpoint is down, then they are all
 //!   tried anyway: better a likely failure than a certain one).
-//! - A request whose connection failed never reached the upstream, so it is safe to retry: the
-//!   next endpoint is tried, once each. The client body is parked in a [`BodySlot`] so it can
-//!   be taken back, which is only done when there is another endpoint to try.
+//! - A connection is made (or taken from the [`pool`](super::pool)) before the request is
+//!   handed over, so a request whose connection failed still has its body and never reached the
+//!   upstream: the next endpoint is tried, once each.
+//! - A reused keep-alive connection may have been closed by the upstream in the meantime; hyper
+//!   gives the request back when it was not written, and it is sent again on a new connection.
 //! - `connect_timeout` bounds each connection attempt; `timeout` bounds everything until the
 //!   response head arrives.
 
@@ -14,19 +16,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::Uri;
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
 use crate::proxy::body::UpstreamBody;
+use crate::proxy::pool::{Conn, ConnectError, EndpointPool};
 
 /// How long an endpoint whose connection failed is skipped.
 pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +41,6 @@ pub struct Upstream {
     endpoints: Vec<Endpoint>,
     /// Round-robin cursor.
     next: AtomicUsize,
-    client: Client<HttpConnector, UpstreamBody>,
     /// Time base for `Endpoint::down_until`.
     epoch: Instant,
     /// Per failure class (connect, timeout, failed): when a warning was last logged, in ms
@@ -57,7 +55,8 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Endpoint {
-    authority: Authority,
+    /// Its keep-alive connections.
+    pool: Arc<EndpointPool>,
     /// Milliseconds since `Upstream::epoch` until which this endpoint is skipped; 0 = healthy.
     down_until_ms: AtomicU64,
 }
@@ -66,16 +65,12 @@ struct Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No endpoint accepted a connection (refused, unreachable, or connect_timeout).
-    #[error(
-        "no endpoint of upstream {upstream} accepted a connection (last: {endpoint}: {source})"
-    )]
+    #[error("no endpoint of upstream {upstream} accepted a connection ({source})")]
     Connect {
         /// Upstream name.
         upstream: Arc<str>,
-        /// The last endpoint tried.
-        endpoint: Authority,
-        /// The connect error.
-        source: hyper_util::client::legacy::Error,
+        /// The last endpoint's connect error.
+        source: ConnectError,
     },
     /// The response head did not arrive within `timeout`.
     #[error("upstream {upstream} did not answer within {timeout:?}")]
@@ -91,7 +86,7 @@ pub enum UpstreamError {
         /// Upstream name.
         upstream: Arc<str>,
         /// What failed.
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
 }
 
@@ -100,16 +95,6 @@ pub enum UpstreamError {
 impl Upstream {
     /// Builds the client pool for `config`. Must be called inside a tokio runtime.
     pub fn new(config: &UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            // The client's Host header is forwarded as is (see `forward::request`).
-            .set_host(false)
-            .build(connector);
         Upstream {
             name: config.name.clone(),
             concurrency: config.concurrency.map(ConcurrencyLimit::new),
@@ -118,12 +103,11 @@ impl Upstream {
                 .endpoints
                 .iter()
                 .map(|a| Endpoint {
-                    authority: a.clone(),
+                    pool: Arc::new(EndpointPool::new(a.clone(), config.connect_timeout)),
                     down_until_ms: AtomicU64::new(0),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            client,
             epoch: Instant::now(),
             warned_at_ms: Default::default(),
             suppressed: Default::default(),
@@ -135,12 +119,16 @@ impl Upstream {
         &self.config
     }
 
-    /// Sends a request (already rewritten by `forward::request`) and waits for the response head.
+    /// Sends a request (already rewritten by `forward::request`) and waits for the response
+    /// head. The returned [`Conn`] goes back to its pool once the response body has been read.
     ///
     /// # Errors
     /// [`UpstreamError::Connect`] when no endpoint could be reached, [`UpstreamError::Timeout`]
     /// after `timeout`, [`UpstreamError::Failed`] when the exchange broke.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
@@ -153,62 +141,71 @@ impl Upstream {
     async fn send_with_retry(
         &self,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let (parts, body) = req.into_parts();
-        let path = parts
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        // Origin-form on the wire: the Host header (kept from the client) names the site.
+        parts.uri = parts
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        let body = if body.is_end_stream() {
+            UpstreamBody::Empty
+        } else {
+            UpstreamBody::Stream(body)
+        };
+        let req = Request::from_parts(parts, body);
+
         let tries = self.endpoints.len();
         let first = self.pick();
-        if tries == 1 {
-            let body = if body.is_end_stream() {
-                UpstreamBody::Empty
-            } else {
-                UpstreamBody::Stream(body)
-            };
-            return self.attempt(first, parts, path, body).await;
-        }
-        // Several endpoints: keep what a retry needs. Parts are not Clone (extensions), so the
-        // method, headers and version are copied; the body waits in a slot.
-        let mut pending = if body.is_end_stream() {
-            Pending::Empty
-        } else {
-            Pending::Body(body)
-        };
         let mut last_err = None;
         for i in 0..tries {
             let index = (first + i) % tries;
             if i > 0 && self.is_down(index) && self.any_up() {
                 continue;
             }
-            let (upstream_body, slot) = match std::mem::replace(&mut pending, Pending::Gone) {
-                Pending::Empty => (UpstreamBody::Empty, None),
-                Pending::Body(b) => {
-                    let (d, slot) = UpstreamBody::deferred(b);
-                    (d, Some(slot))
+            let endpoint = &self.endpoints[index];
+            let mut conn = match endpoint.pool.checkout().await {
+                Ok(conn) => conn,
+                Err(source) => {
+                    // Nothing was sent: the request, body included, is still ours.
+                    self.mark_down(index, &source);
+                    last_err = Some(UpstreamError::Connect {
+                        upstream: self.name.clone(),
+                        source,
+                    });
+                    continue;
                 }
-                Pending::Gone => break,
             };
-            let mut copy = Request::new(());
-            *copy.method_mut() = parts.method.clone();
-            *copy.headers_mut() = parts.headers.clone();
-            *copy.version_mut() = parts.version;
-            let (copy_parts, ()) = copy.into_parts();
-            match self
-                .attempt(index, copy_parts, path.clone(), upstream_body)
-                .await
-            {
-                Err(err @ UpstreamError::Connect { .. }) => {
-                    // A connect error means the body was never polled, so it is still in the slot.
-                    pending = match slot {
-                        None => Pending::Empty,
-                        Some(slot) => slot.take().map_or(Pending::Gone, Pending::Body),
-                    };
-                    last_err = Some(err);
-                }
-                other => return other,
+            endpoint.down_until_ms.store(0, Ordering::Relaxed);
+            match conn.sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, conn)),
+                Err(mut err) => match err.take_message() {
+                    // A reused connection closed before the request was written: send it again
+                    // on a fresh one (what hyper-util's `retry_canceled_requests` does).
+                    Some(unsent) if conn.reused => {
+                        let mut fresh = endpoint.pool.connect().await.map_err(|source| {
+                            self.mark_down(index, &source);
+                            UpstreamError::Connect {
+                                upstream: self.name.clone(),
+                                source,
+                            }
+                        })?;
+                        return match fresh.sender.send_request(unsent).await {
+                            Ok(res) => Ok((res, fresh)),
+                            Err(source) => Err(UpstreamError::Failed {
+                                upstream: self.name.clone(),
+                                source,
+                            }),
+                        };
+                    }
+                    _ => {
+                        return Err(UpstreamError::Failed {
+                            upstream: self.name.clone(),
+                            source: err.into_error(),
+                        })
+                    }
+                },
             }
         }
         Err(last_err.unwrap_or_else(|| UpstreamError::Timeout {
@@ -217,43 +214,12 @@ impl Upstream {
         }))
     }
 
-    async fn attempt(
-        &self,
-        index: usize,
-        mut parts: Parts,
-        path: PathAndQuery,
-        body: UpstreamBody,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let endpoint = &self.endpoints[index];
-        let mut uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(endpoint.authority.clone());
-        uri = uri.path_and_query(path);
-        parts.uri = match uri.build() {
-            Ok(uri) => uri,
-            // The authority was validated at config time and the path came from a parsed URI.
-            Err(_) => Uri::from_static("/"),
-        };
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(res) => {
-                endpoint.down_until_ms.store(0, Ordering::Relaxed);
-                Ok(res)
-            }
-            Err(source) if source.is_connect() => {
-                let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
-                endpoint.down_until_ms.store(until, Ordering::Relaxed);
-                tracing::debug!(upstream = %self.name, endpoint = %endpoint.authority, error = %source, "connect failed; endpoint skipped for {FAIL_TIMEOUT:?}");
-                Err(UpstreamError::Connect {
-                    upstream: self.name.clone(),
-                    endpoint: endpoint.authority.clone(),
-                    source,
-                })
-            }
-            Err(source) => Err(UpstreamError::Failed {
-                upstream: self.name.clone(),
-                source,
-            }),
-        }
+    fn mark_down(&self, index: usize, err: &ConnectError) {
+        let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
+        self.endpoints[index]
+            .down_until_ms
+            .store(until, Ordering::Relaxed);
+        tracing::debug!(upstream = %self.name, error = %err, "connect failed; endpoint skipped for {FAIL_TIMEOUT:?}");
     }
 
     /// Logs a failure at warn level, at most once per class every [`WARN_EVERY`]; the others
@@ -302,12 +268,4 @@ impl Upstream {
         // +1 so that a healthy endpoint (0) is never "down until" the first millisecond.
         self.epoch.elapsed().as_millis() as u64 + 1
     }
-}
-
-/// The request body between retries.
-enum Pending {
-    Empty,
-    Body(Incoming),
-    /// Taken by a connection that then failed: no retry possible.
-    Gone,
 }
