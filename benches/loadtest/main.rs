@@ -241,6 +241,8 @@ pub struct Run {
     pub settings: Settings,
     /// The limit the steps multiply, req/s.
     pub limit: f64,
+    /// What `limit` is, for the legend: `rate limit 300 req/s`.
+    pub limit_label: String,
     /// What sluice enforces, one line (limits and caps of the config).
     pub policy: String,
     /// The config sluice ran with (ports filled in).
@@ -286,9 +288,13 @@ fn run() -> Result<(), String> {
     write(&config_path, &config_text)?;
     let config =
         sluice::config::from_yaml(&config_text, &config_path).map_err(|e| e.to_string())?;
-    let limit = match settings.limit {
-        Some(limit) => limit,
-        None => smallest_limit(&config).unwrap_or_else(|| settings.capacity()),
+    let (limit, limit_label) = match (settings.limit, smallest_limit(&config)) {
+        (Some(limit), _) => (limit, format!("LOADTEST_LIMIT {limit:.0} req/s")),
+        (None, Some(limit)) => (limit, format!("rate limit {limit:.0} req/s")),
+        (None, None) => (
+            settings.capacity(),
+            "no rate limit: steps × capacity".into(),
+        ),
     };
     let policy = policy(&config);
     let (sluice_runtime, sluice_addr, shutdown) = start_sluice(config)?;
@@ -329,6 +335,7 @@ fn run() -> Result<(), String> {
         wrk_version,
         settings,
         limit,
+        limit_label,
         policy,
         config_text,
         wrk_example,

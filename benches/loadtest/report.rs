@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::svg::{Chart, Guide, Marker, Reference, Scale, Series};
+use crate::svg::{Chart, Guide, Marker, Reference, Series};
 use crate::{Mode, Outcome, Run};
 
 const SLUICE: &str = "#1f6fb4";
@@ -33,6 +33,13 @@ fn by_mode(run: &Run, mode: Mode) -> impl Iterator<Item = &Outcome> {
     run.outcomes.iter().filter(move |o| o.mode == mode)
 }
 
+fn min_target(run: &Run) -> f64 {
+    run.outcomes
+        .iter()
+        .map(|o| o.step.target)
+        .fold(f64::INFINITY, f64::min)
+}
+
 fn capacity_line(run: &Run) -> String {
     format!(
         "sample upstream: {} workers × {} ms = {:.0} req/s",
@@ -52,11 +59,10 @@ fn rate_chart(run: &Run) -> Chart {
     Chart {
         id: "rates",
         title: "Offered load vs admitted rate".into(),
-        subtitle: format!("{} · sluice: {}", capacity_line(run), run.policy),
+        subtitle: vec![capacity_line(run), format!("sluice: {}", run.policy)],
         x_label: "offered load, req/s (log scale)".into(),
         y_label: "responses per second (log scale)".into(),
-        x_scale: Scale::Log,
-        y_scale: Scale::Log,
+        y_floor: Some(0.5 * min_target(run)),
         series: vec![
             Series {
                 label: "with sluice: admitted (2xx)".into(),
@@ -88,13 +94,16 @@ fn rate_chart(run: &Run) -> Chart {
                 guide: Guide::Diagonal,
             },
             Reference {
-                label: format!("rate limit {:.0} req/s", run.limit),
+                label: run.limit_label.clone(),
                 color: GUIDE,
                 dash: "9 4",
                 guide: Guide::Horizontal(run.limit),
             },
             Reference {
-                label: format!("upstream capacity {:.0} req/s", run.settings.capacity()),
+                label: format!(
+                    "upstream capacity {:.0} req/s (nominal)",
+                    run.settings.capacity()
+                ),
                 color: "#333",
                 dash: "3 3",
                 guide: Guide::Horizontal(run.settings.capacity()),
@@ -120,14 +129,13 @@ fn latency_chart(run: &Run) -> Chart {
     Chart {
         id: "latency",
         title: "Latency of admitted requests vs offered load".into(),
-        subtitle: format!(
-            "2xx responses as the client sees them · {}",
-            capacity_line(run)
-        ),
+        subtitle: vec![
+            capacity_line(run),
+            "latency of 2xx responses as the client sees them, rejections left out".into(),
+        ],
         x_label: "offered load, req/s (log scale)".into(),
-        y_label: "latency of 2xx responses, ms (log scale)".into(),
-        x_scale: Scale::Log,
-        y_scale: Scale::Log,
+        y_label: "latency, ms (log scale)".into(),
+        y_floor: None,
         series: vec![
             series(
                 "with sluice: p50",
@@ -180,8 +188,11 @@ fn ms(value: Option<f64>) -> String {
     }
 }
 
-/// The columns of the summary table: header, then one cell per outcome.
-fn columns() -> Vec<(&'static str, fn(&Outcome) -> String)> {
+/// A column of the summary table: its header, and how to fill its cell for an outcome.
+type Column = (&'static str, fn(&Outcome) -> String);
+
+/// The columns of the summary table.
+fn columns() -> Vec<Column> {
     vec![
         ("mode", |o| o.mode.name().into()),
         ("× limit", |o| format!("{}", o.step.factor)),
@@ -229,15 +240,12 @@ pub fn table(run: &Run) -> String {
     let rule: Vec<String> = widths
         .iter()
         .enumerate()
-        .map(|(i, w)| {
-            if i == 0 {
-                "-".repeat(*w)
-            } else {
-                format!("{}:", "-".repeat(w - 1))
-            }
+        .map(|(i, w)| match i {
+            0 => "-".repeat(w + 2),
+            _ => format!("{}:", "-".repeat(w + 1)),
         })
         .collect();
-    out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+    out.push_str(&format!("|{}|\n", rule.join("|")));
     for row in &rows[1..] {
         out.push_str(&line(row));
     }
@@ -337,13 +345,13 @@ pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 <h1>sluice load test</h1>
 <p class="meta">{started} · {machine} · {wrk}</p>
 
-<p>The same ramp of offered load — {steps} × the configured limit of {limit:.0} req/s,
-{secs} s per step — was sent twice by wrk: through sluice to a sample upstream of limited
-capacity ({capacity}), and straight to that upstream.
-Without sluice the upstream takes everything: the excess waits inside it and the latency of
-every request grows with the load. With sluice the admitted rate stays at the limit, the
-excess is answered at once with 429 (rate limit) or 503 (concurrency cap), which tell the
-producer to back off, and admitted requests keep the upstream's normal latency.</p>
+<p>The same ramp of offered load — {steps} × {limit:.0} req/s, {secs} s per step — was sent
+twice by wrk: through sluice to a sample upstream of limited capacity ({capacity}), and
+straight to that upstream. What to look for: without sluice the upstream takes everything,
+the excess waits inside it and the latency of every request grows with the load; with sluice
+the admitted rate stays at the limit, the excess is answered at once with 429 (rate limit) or
+503 (concurrency cap), which tell the producer to back off, and admitted requests keep the
+upstream's normal latency.</p>
 
 <h2>Offered vs admitted rate</h2>
 {rates}

@@ -1,6 +1,7 @@
-//! Hand-written SVG line charts: linear or log axes with 1-2-5 ticks and a grid, series drawn as
-//! lines with markers, dashed reference lines, a legend, a title. No fonts or crates needed:
-//! the text is left to the viewer's sans-serif font.
+//! Hand-written SVG line charts on log-log axes (the ramp is geometric, latencies span decades):
+//! 1-2-5 ticks and a grid, series drawn as lines with markers, dashed reference lines, a
+//! legend, a title. No fonts or crates needed: the text is left to the viewer's sans-serif
+//! font. Values ≤ 0 are not drawn.
 
 use std::fmt::Write;
 
@@ -10,17 +11,9 @@ const HEIGHT: f64 = 460.0;
 /// The plot area's margins: room for the title, tick labels and axis labels.
 const LEFT: f64 = 74.0;
 const RIGHT: f64 = 22.0;
-const TOP: f64 = 64.0;
+/// Above the plot area: the title and one line per subtitle line.
+const TOP: f64 = 44.0;
 const BOTTOM: f64 = 58.0;
-
-/// How an axis maps values.
-#[derive(Clone, Copy, Debug)]
-pub enum Scale {
-    /// From 0 to a round maximum.
-    Linear,
-    /// Between round 1-2-5 values around the data; values ≤ 0 are not drawn.
-    Log,
-}
 
 /// The marker drawn at each point of a series.
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +21,6 @@ pub enum Marker {
     Circle,
     Square,
     Triangle,
-    Diamond,
 }
 
 /// A data series. A dashed series gets hollow markers, so p50/p99 pairs read apart in grey too.
@@ -66,80 +58,60 @@ pub struct Chart {
     /// Prefix of the element ids, unique per chart so several can be inlined in one page.
     pub id: &'static str,
     pub title: String,
-    pub subtitle: String,
+    /// Lines under the title (what was measured, with what).
+    pub subtitle: Vec<String>,
     pub x_label: String,
     pub y_label: String,
-    pub x_scale: Scale,
-    pub y_scale: Scale,
+    /// The y axis starts at or below this even when the data goes lower; lower points are cut
+    /// off at the frame (a rate of 0.3/s would otherwise stretch a req/s axis over decades).
+    pub y_floor: Option<f64>,
     pub series: Vec<Series>,
     pub references: Vec<Reference>,
 }
 
-/// One axis: its range and ticks, in data units.
+/// One log axis: its range and ticks, in data units.
 struct Axis {
-    scale: Scale,
     lo: f64,
     hi: f64,
     ticks: Vec<f64>,
 }
 
 impl Axis {
-    /// An axis spanning `values` (and 0 when linear).
-    fn new(scale: Scale, values: impl Iterator<Item = f64>) -> Axis {
-        let values: Vec<f64> = values
-            .filter(|v| v.is_finite() && (matches!(scale, Scale::Linear) || *v > 0.0))
-            .collect();
-        let max = values.iter().copied().fold(f64::NAN, f64::max);
-        let min = values.iter().copied().fold(f64::NAN, f64::min);
-        match scale {
-            Scale::Linear => {
-                let max = if max > 0.0 { max } else { 1.0 };
-                let step = nice_step(max / 5.0);
-                let hi = (max / step).ceil() * step;
-                let ticks = (0..)
-                    .map(|i| f64::from(i) * step)
-                    .take_while(|t| *t <= hi * (1.0 + 1e-9))
-                    .collect();
-                Axis {
-                    scale,
-                    lo: 0.0,
-                    hi,
-                    ticks,
-                }
-            }
-            Scale::Log => {
-                let (lo, hi) = if min > 0.0 {
-                    (round_down_125(min), round_up_125(max))
-                } else {
-                    (1.0, 10.0)
-                };
-                let hi = if hi > lo { hi } else { lo * 10.0 };
-                Axis {
-                    scale,
-                    lo,
-                    hi,
-                    ticks: log_ticks(lo, hi),
-                }
-            }
+    /// An axis spanning the positive `values` with a little room, from 1-2-5 value to 1-2-5
+    /// value, and starting no higher than `floor`'s round value if the data goes lower.
+    fn new(values: impl Iterator<Item = f64>, floor: Option<f64>) -> Axis {
+        let (mut min, max) = values
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        if let Some(floor) = floor {
+            min = min.max(floor);
+        }
+        if max <= 0.0 {
+            return Axis {
+                lo: 1.0,
+                hi: 10.0,
+                ticks: log_ticks(1.0, 10.0),
+            };
+        }
+        let lo = round_down_125(min / 1.1);
+        let hi = round_up_125(max * 1.1);
+        Axis {
+            lo,
+            hi,
+            ticks: log_ticks(lo, hi),
         }
     }
 
     /// Where `v` falls between the ends: 0 at `lo`, 1 at `hi`.
     fn fraction(&self, v: f64) -> f64 {
-        match self.scale {
-            Scale::Linear => (v - self.lo) / (self.hi - self.lo),
-            Scale::Log => (v.ln() - self.lo.ln()) / (self.hi.ln() - self.lo.ln()),
-        }
-    }
-
-    fn drawable(&self, v: f64) -> bool {
-        v.is_finite() && (matches!(self.scale, Scale::Linear) || v > 0.0)
+        (v.ln() - self.lo.ln()) / (self.hi.ln() - self.lo.ln())
     }
 }
 
-/// The smallest of 1, 2, 5 × 10^k that is ≥ `raw`.
-fn nice_step(raw: f64) -> f64 {
-    round_up_125(raw.max(f64::MIN_POSITIVE))
+fn drawable(v: f64) -> bool {
+    v.is_finite() && v > 0.0
 }
 
 fn round_up_125(v: f64) -> f64 {
@@ -191,6 +163,15 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// One line of the legend.
+struct LegendEntry<'a> {
+    label: &'a str,
+    color: &'a str,
+    dash: &'a str,
+    /// The series' marker and whether it is hollow; `None` for reference lines.
+    marker: Option<(Marker, bool)>,
+}
+
 /// The plot area in px.
 struct Frame {
     x0: f64,
@@ -212,26 +193,26 @@ impl Chart {
     /// The chart as a standalone SVG document.
     pub fn render(&self) -> String {
         let x = Axis::new(
-            self.x_scale,
             self.series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|p| p.0)),
+            None,
         );
         let horizontal = self.references.iter().filter_map(|r| match r.guide {
             Guide::Horizontal(v) => Some(v),
             Guide::Diagonal => None,
         });
         let y = Axis::new(
-            self.y_scale,
             self.series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|p| p.1))
                 .chain(horizontal),
+            self.y_floor,
         );
         let frame = Frame {
             x0: LEFT,
             x1: WIDTH - RIGHT,
-            y0: TOP,
+            y0: TOP + 18.0 * self.subtitle.len() as f64,
             y1: HEIGHT - BOTTOM,
         };
         let mut svg = String::new();
@@ -275,12 +256,15 @@ impl Chart {
             f.x0,
             escape(&self.title)
         );
-        let _ = writeln!(
-            svg,
-            r##"<text x="{}" y="46" fill="#555">{}</text>"##,
-            f.x0,
-            escape(&self.subtitle)
-        );
+        for (i, line) in self.subtitle.iter().enumerate() {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{}" y="{}" fill="#555">{}</text>"##,
+                f.x0,
+                46 + 17 * i,
+                escape(line)
+            );
+        }
         let _ = writeln!(
             svg,
             r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="13" fill="#222">{}</text>"##,
@@ -298,22 +282,22 @@ impl Chart {
 
     /// A boxed legend in the plot's top-left corner: series, then reference lines.
     fn legend(&self, svg: &mut String, f: &Frame) {
-        let entries: Vec<(&str, &str, &str, Option<(Marker, bool)>)> = self
-            .series
-            .iter()
-            .map(|s| {
-                let dash = if s.dashed { "6 4" } else { "none" };
-                (s.label.as_str(), s.color, dash, Some((s.marker, s.dashed)))
-            })
-            .chain(
-                self.references
-                    .iter()
-                    .map(|r| (r.label.as_str(), r.color, r.dash, None)),
-            )
-            .collect();
+        let series = self.series.iter().map(|s| LegendEntry {
+            label: &s.label,
+            color: s.color,
+            dash: if s.dashed { "6 4" } else { "none" },
+            marker: Some((s.marker, s.dashed)),
+        });
+        let references = self.references.iter().map(|r| LegendEntry {
+            label: &r.label,
+            color: r.color,
+            dash: r.dash,
+            marker: None,
+        });
+        let entries: Vec<LegendEntry> = series.chain(references).collect();
         let longest = entries
             .iter()
-            .map(|e| e.0.chars().count())
+            .map(|e| e.label.chars().count())
             .max()
             .unwrap_or(0);
         let (x, y, row) = (f.x0 + 10.0, f.y0 + 10.0, 18.0);
@@ -323,7 +307,16 @@ impl Chart {
             48.0 + longest as f64 * 6.4,
             10.0 + entries.len() as f64 * row
         );
-        for (i, (label, color, dash, marker)) in entries.into_iter().enumerate() {
+        for (
+            i,
+            LegendEntry {
+                label,
+                color,
+                dash,
+                marker,
+            },
+        ) in entries.into_iter().enumerate()
+        {
             let cy = y + 14.0 + i as f64 * row;
             let width = if marker.is_some() { 2.0 } else { 1.5 };
             let _ = writeln!(
@@ -381,12 +374,11 @@ fn grid(svg: &mut String, f: &Frame, x: &Axis, y: &Axis) {
 
 fn draw_reference(svg: &mut String, f: &Frame, x: &Axis, y: &Axis, r: &Reference) {
     let ends = match r.guide {
-        Guide::Horizontal(v) if y.drawable(v) => [(x.lo, v), (x.hi, v)],
+        Guide::Horizontal(v) if drawable(v) => [(x.lo, v), (x.hi, v)],
         Guide::Diagonal => [(x.lo, x.lo), (x.hi, x.hi)],
         Guide::Horizontal(_) => return,
     };
     let [(ax, ay), (bx, by)] = ends.map(|p| f.px(x, y, p));
-    // y = x is straight only when both axes share a scale; the charts here do.
     let _ = writeln!(
         svg,
         r#"<line x1="{ax:.1}" y1="{ay:.1}" x2="{bx:.1}" y2="{by:.1}" stroke="{}" stroke-width="1.5" stroke-dasharray="{}"/>"#,
@@ -398,7 +390,7 @@ fn draw_series(svg: &mut String, f: &Frame, x: &Axis, y: &Axis, s: &Series) {
     let points: Vec<(f64, f64)> = s
         .points
         .iter()
-        .filter(|p| x.drawable(p.0) && y.drawable(p.1))
+        .filter(|p| drawable(p.0) && drawable(p.1))
         .map(|&p| f.px(x, y, p))
         .collect();
     let path: Vec<String> = points
@@ -436,14 +428,6 @@ fn draw_marker(svg: &mut String, marker: Marker, hollow: bool, color: &str, (cx,
             cy + 3.5,
             cx - 4.5,
             cy + 3.5
-        ),
-        Marker::Diamond => writeln!(
-            svg,
-            r#"<path d="M{cx:.1},{:.1} L{:.1},{cy:.1} L{cx:.1},{:.1} L{:.1},{cy:.1} Z" {style}/>"#,
-            cy - 5.0,
-            cx + 5.0,
-            cy + 5.0,
-            cx - 5.0
         ),
     };
 }

@@ -48,12 +48,15 @@ pub struct WrkStats {
     pub ok_ms: Option<[f64; 3]>,
 }
 
-/// The first line wrk prints for `--version`, or `None` when wrk is not installed.
+/// wrk's name and version, or `None` when wrk is not installed.
 pub fn version() -> Result<Option<String>, String> {
     match Command::new("wrk").arg("--version").output() {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
-            Ok(Some(text.lines().next().unwrap_or("wrk").trim().to_owned()))
+            // "wrk 4.1.0 [epoll] Copyright (C) 2012 Will Glozer": keep "wrk 4.1.0".
+            let first = text.lines().next().unwrap_or("wrk");
+            let words: Vec<&str> = first.split_whitespace().take(2).collect();
+            Ok(Some(words.join(" ")))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot run wrk: {e}")),
