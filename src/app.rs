@@ -151,11 +151,16 @@ impl Runtime {
             .upstreams
             .iter()
             .map(|u| {
-                // An unchanged upstream keeps its pool and its cap (slots in use carry over).
-                previous
-                    .and_then(|p| p.upstreams.iter().find(|o| same_upstream(o.config(), u)))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(u)))
+                let old = previous.and_then(|p| p.upstreams.iter().find(|o| o.name == u.name));
+                match old {
+                    // Unchanged: keep its connection pool and its cap.
+                    Some(o) if same_upstream(o.config(), u) => o.clone(),
+                    // Changed elsewhere, same cap: the cap (slots in use, waiters) carries over.
+                    Some(o) if o.config().concurrency == u.concurrency => {
+                        Arc::new(Upstream::with_cap(u, o.concurrency.clone()))
+                    }
+                    _ => Arc::new(Upstream::new(u)),
+                }
             })
             .collect();
         let routes = config
@@ -224,10 +229,16 @@ impl Runtime {
             router: Router::new(config.routes.iter().map(|r| r.matcher.clone()).collect()),
             routes,
             upstreams,
-            keys: KeyExtractor::new(
-                &config.server.trusted_proxies,
-                config.server.ipv6_key_prefix,
-            ),
+            keys: {
+                let keys = KeyExtractor::new(
+                    &config.server.trusted_proxies,
+                    config.server.ipv6_key_prefix,
+                );
+                match previous {
+                    Some(p) => keys.keeping_hash_key(&p.keys),
+                    None => keys,
+                }
+            },
             rate_limit_headers: config.server.rate_limit_headers,
             http: server::http_builder(&config.server),
             metrics,
@@ -242,6 +253,7 @@ impl Runtime {
     /// Sets the gauges that are properties of limiters (queue depth, utilisation, tracked keys);
     /// called when `/metrics` is scraped.
     pub fn refresh_gauges(&self) {
+        self.metrics.clear_limiter_gauges();
         for route in &self.routes {
             if let Some(cap) = &route.concurrency {
                 self.metrics
@@ -407,7 +419,6 @@ impl App {
     pub async fn run(self) {
         let config = self.shared.runtime().config.clone();
         let limits = listener::Limits {
-            header_read_timeout: config.server.header_read_timeout,
             shutdown_grace: config.server.shutdown_grace,
         };
         tracing::info!(listen = %self.http_addr, "http listener up (HTTP/1.1, h2c)");
@@ -446,6 +457,8 @@ impl App {
             }
             _ => None,
         };
+        // Installed before readiness is announced: SIGHUP's default action is to terminate, so
+        // a reload sent as soon as /readyz says 200 must find the handler in place.
         let sighup = spawn_reload_on_sighup(self.shared.clone());
 
         self.shared.ready.store(true, Ordering::Relaxed);
@@ -479,13 +492,14 @@ impl App {
     }
 }
 
-/// Reloads the config on every SIGHUP.
+/// Reloads the config on every SIGHUP. The handler is registered before this returns.
 fn spawn_reload_on_sighup(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup());
+        tokio::spawn(async move {
+            let Ok(mut hup) = hup else {
                 tracing::error!("cannot install the SIGHUP handler; reload with POST /reload");
                 return;
             };
@@ -495,10 +509,13 @@ fn spawn_reload_on_sighup(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                 // Reading and validating the file is blocking work.
                 let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&shared)).await;
             }
-        }
-        #[cfg(not(unix))]
+        })
+    }
+    #[cfg(not(unix))]
+    {
         let _ = shared;
-    })
+        tokio::spawn(async {})
+    }
 }
 
 /// Fires `shutdown` on SIGTERM or SIGINT.

@@ -39,12 +39,11 @@ pub struct Listener {
 /// standard library's 128, which tokio copies, is small for a server at the edge.
 const BACKLOG: u32 = 4096;
 
-/// Listener settings that come from `server:`.
+/// Listener settings fixed at start-up (`header_read_timeout`, the deadline for a new
+/// connection's first byte or whole TLS handshake, is read from the current runtime at each
+/// accept, so a reload applies to new connections).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// The deadline for a new connection's first byte, or for its whole TLS handshake (the
-    /// rest of the head is hyper's).
-    pub header_read_timeout: Duration,
     /// How long open connections may drain after shutdown.
     pub shutdown_grace: Duration,
 }
@@ -121,6 +120,7 @@ impl Listener {
             // applies to new connections and leaves established ones as they are.
             let runtime = shared.runtime();
             let builder = runtime.http.clone();
+            let header_read_timeout = runtime.config.server.header_read_timeout;
             let tls = self.tls.as_ref().map(|started_with| {
                 runtime
                     .config
@@ -131,35 +131,53 @@ impl Listener {
                     .acceptor()
             });
             drop(runtime);
+            let mut stopping = shutdown.clone();
+            // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d; upstreams, keys
+            // and logs should see a.b.c.d.
+            let client = peer.ip().to_canonical();
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = tcp.set_nodelay(true);
                 match tls {
                     None => {
-                        let Some(tcp) = first_byte(tcp, peer, limits.header_read_timeout).await
-                        else {
-                            return;
+                        // A connection that has not sent a byte yet holds no request: shutdown
+                        // need not wait for it.
+                        let waited = tokio::select! {
+                            waited = first_byte(tcp, peer, header_read_timeout) => waited,
+                            () = stopping.wait() => None,
                         };
+                        let Some((tcp, first)) = waited else { return };
                         let origin = Origin {
-                            peer: peer.ip(),
+                            peer: client,
                             https: false,
                         };
-                        server::serve(tcp, origin, Protocol::Detect, shared, builder, watcher)
-                            .await;
+                        // The HTTP/2 preface starts with `P`; anything else is HTTP/1.
+                        let maybe_h2 = first == b'P';
+                        server::serve(
+                            tcp,
+                            origin,
+                            Protocol::Detect,
+                            maybe_h2,
+                            shared,
+                            builder,
+                            watcher,
+                        )
+                        .await;
                     }
                     Some(acceptor) => {
-                        let Some(tls) =
-                            handshake(tcp, peer, acceptor, limits.header_read_timeout, &shared)
-                                .await
-                        else {
-                            return;
+                        let handshaken = tokio::select! {
+                            tls = handshake(tcp, peer, acceptor, header_read_timeout, &shared) => tls,
+                            () = stopping.wait() => None,
                         };
+                        let Some(tls) = handshaken else { return };
                         let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
                         let origin = Origin {
-                            peer: peer.ip(),
+                            peer: client,
                             https: true,
                         };
-                        server::serve(tls, origin, protocol, shared, builder, watcher).await;
+                        let maybe_h2 = protocol != Protocol::Http1;
+                        server::serve(tls, origin, protocol, maybe_h2, shared, builder, watcher)
+                            .await;
                     }
                 }
             });
@@ -190,10 +208,14 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Waits for the connection's first byte for at most `timeout`: a client that connects and
 /// says nothing must not hold a connection slot. hyper's own header timeout covers the rest.
-async fn first_byte(tcp: TcpStream, peer: SocketAddr, timeout: Duration) -> Option<TcpStream> {
+async fn first_byte(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<(TcpStream, u8)> {
     let mut buf = [0u8; 1];
     match tokio::time::timeout(timeout, tcp.peek(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => Some(tcp),
+        Ok(Ok(n)) if n > 0 => Some((tcp, buf[0])),
         Ok(_) => None,
         Err(_) => {
             tracing::debug!(%peer, "no request within header_read_timeout; closing");

@@ -44,11 +44,14 @@ pub enum Outcome {
     NoRoute,
     /// 503: a `scope: global` limit could not reach Redis and `on_error: deny`.
     StoreUnavailable,
+    /// The client went away before its response head (NGINX logs these as 499): queued, or
+    /// waiting for the upstream. Nothing was sent, so no `sluice_responses_total` code.
+    ClientClosed,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -58,6 +61,7 @@ impl Outcome {
         Outcome::UpstreamTimeout,
         Outcome::NoRoute,
         Outcome::StoreUnavailable,
+        Outcome::ClientClosed,
     ];
 
     /// The label value.
@@ -72,6 +76,7 @@ impl Outcome {
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::NoRoute => "no_route",
             Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::ClientClosed => "client_closed",
         }
     }
 
@@ -201,6 +206,11 @@ pub struct Metrics {
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     tls_handshake_failures: Counter,
+    /// `sluice_requests_total{route="",outcome="no_route"}`, created once: unmatched requests
+    /// only increment it.
+    no_route_requests: Counter,
+    /// `sluice_responses_total{route="",code="404"}`.
+    no_route_responses: Counter,
 }
 
 /// Per-route handles, built with the route.
@@ -238,8 +248,8 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::default();
-        let responses = Family::default();
+        let requests: Family<RequestLabels, Counter> = Family::default();
+        let responses: Family<ResponseLabels, Counter> = Family::default();
         let inflight = Family::default();
         let queue_depth = Family::default();
         let queue_wait: HistogramFamily<Scope> = Family::new_with_constructor(histogram);
@@ -304,7 +314,22 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let no_route_requests = requests
+            .get_or_create(&RequestLabels {
+                route: Arc::from(""),
+                outcome: Outcome::NoRoute,
+                shadow: false,
+            })
+            .clone();
+        let no_route_responses = responses
+            .get_or_create(&ResponseLabels {
+                route: Arc::from(""),
+                code: 404,
+            })
+            .clone();
         Metrics {
+            no_route_requests,
+            no_route_responses,
             registry,
             requests,
             responses,
@@ -364,19 +389,8 @@ impl Metrics {
 
     /// Counts a request that ended without a route.
     pub fn no_route(&self) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: Arc::from(""),
-                outcome: Outcome::NoRoute,
-                shadow: false,
-            })
-            .inc();
-        self.responses
-            .get_or_create(&ResponseLabels {
-                route: Arc::from(""),
-                code: 404,
-            })
-            .inc();
+        self.no_route_requests.inc();
+        self.no_route_responses.inc();
     }
 
     /// Counts a reload.
@@ -394,6 +408,15 @@ impl Metrics {
     /// `sluice_tls_handshake_failures_total`.
     pub fn tls_handshake_failures(&self) -> &Counter {
         &self.tls_handshake_failures
+    }
+
+    /// Forgets the gauges read from limiters at scrape time, so that a route, limit or cap a
+    /// reload removed does not keep reporting its last value; `refresh_gauges` sets the current
+    /// ones again right after.
+    pub fn clear_limiter_gauges(&self) {
+        self.queue_depth.clear();
+        self.utilization.clear();
+        self.rate_limit_keys.clear();
     }
 
     /// Sets a cap's queue depth gauge (read at scrape time).

@@ -36,7 +36,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let Some(index) = rt.router.find(&Target::of(&req)) else {
-        tracing::debug!(path = req.uri().path(), reason = "no-route", "rejected");
+        tracing::debug!(client = %origin.peer, host = ?Target::of(&req).host, path = req.uri().path(), reason = "no-route", "rejected");
         rt.metrics.no_route();
         let res = rescue::respond(&Rejection::NoRoute);
         access_log(
@@ -51,10 +51,26 @@ pub async fn handle(
         return res;
     };
     let route = &rt.routes[index];
+    // Counts the request as `client_closed` if this future is dropped before it ends: the
+    // client went away while queued or while the upstream was answering.
+    let mut unfinished = Unfinished(Some(route));
     let (res, outcome) = admit_and_forward(&rt, route, origin, req).await;
+    unfinished.0 = None;
     route.metrics.outcome(outcome, false);
     route.metrics.response(res.status().as_u16());
     res
+}
+
+/// Drop guard of [`handle`]: holds the route until the request has an outcome.
+struct Unfinished<'a>(Option<&'a Route>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(route) = self.0 {
+            tracing::debug!(route = %route.name, reason = "client-closed", "client went away before the response");
+            route.metrics.outcome(Outcome::ClientClosed, false);
+        }
+    }
 }
 
 async fn admit_and_forward(
@@ -196,17 +212,29 @@ async fn admit_and_forward(
         }
         Err(err) => {
             let (rejection, outcome) = match &err {
-                UpstreamError::Timeout { .. } => (
+                // The error itself (endpoint addresses, OS errors) goes to the log, not to the
+                // client: the detail names only the upstream.
+                UpstreamError::Timeout { upstream, timeout } => (
                     Rejection::UpstreamTimeout {
                         route: route.name.clone(),
-                        detail: err.to_string(),
+                        detail: format!(
+                            "upstream {upstream} did not answer within {}",
+                            humantime::format_duration(*timeout)
+                        ),
                     },
                     Outcome::UpstreamTimeout,
                 ),
-                UpstreamError::Connect { .. } | UpstreamError::Failed { .. } => (
+                UpstreamError::Connect { upstream, .. } => (
                     Rejection::UpstreamUnavailable {
                         route: route.name.clone(),
-                        detail: err.to_string(),
+                        detail: format!("upstream {upstream} could not be reached"),
+                    },
+                    Outcome::UpstreamError,
+                ),
+                UpstreamError::Failed { upstream, .. } => (
+                    Rejection::UpstreamUnavailable {
+                        route: route.name.clone(),
+                        detail: format!("upstream {upstream} closed or broke the exchange"),
                     },
                     Outcome::UpstreamError,
                 ),
@@ -253,14 +281,11 @@ async fn admit(
             metrics.queue_wait.observe(permit.waited().as_secs_f64());
             Ok(Some(permit))
         }
-        Err(rejected) => {
-            tracing::debug!(route = %route.name, cap = %name, reason = rejected.reason(), "rejected");
-            Err(Rejection::Capacity {
-                route: route.name.clone(),
-                cap: cap_detail(whose, name, &rejected),
-                rejected,
-            })
-        }
+        Err(rejected) => Err(Rejection::Capacity {
+            route: route.name.clone(),
+            cap: cap_detail(whose, name, &rejected),
+            rejected,
+        }),
     }
 }
 
@@ -286,6 +311,7 @@ fn reject(
     started: Instant,
 ) -> (Response<ProxyBody>, Outcome) {
     let outcome = Outcome::from_reason(rejection.reason());
+    tracing::debug!(route = %route.name, client = %origin.peer, reason = rejection.reason(), detail = ?rejection, "rejected");
     let res = rescue::respond(rejection);
     access_log(
         rt,

@@ -883,3 +883,20 @@ fn effective_config_redacts_the_redis_password() {
     assert_eq!(e["store"]["redis"]["on_error"], "deny");
     assert!(!e.to_string().contains("hunter2"));
 }
+
+#[test]
+fn names_that_would_need_escaping_are_refused() {
+    // Pins: a quote, backslash or space in a name would corrupt metric labels (not escaped by
+    // the exposition) and RateLimit fields; such names are config errors.
+    for bad in ["r\\\"x", "a b", "a\\\\b", "é"] {
+        let yaml = BASE.replace("  - name: r\n", &format!("  - name: \"{bad}\"\n"));
+        let e = one_error(&yaml, "routes[0].name");
+        assert!(e.message.contains("letters, digits"), "{e}");
+    }
+    assert_eq!(
+        load(&BASE.replace("name: r\n", "name: api.v1/orders:read~2\n")).routes[0]
+            .name
+            .as_ref(),
+        "api.v1/orders:read~2"
+    );
+}

@@ -662,22 +662,22 @@ impl Cx {
 // === impl Cx: values ===
 
 impl Cx {
-    /// Route, limit and upstream names: they appear in metrics labels, problem JSON and
-    /// `RateLimit` header fields, so they are kept to printable ASCII.
+    /// Route, limit and upstream names: they appear in metric labels (which the exposition
+    /// does not escape), problem JSON and `RateLimit` header fields (quoted strings), so they
+    /// are kept to characters that need no escaping anywhere: letters, digits and `-_.:/~`.
     fn name(&mut self, at: &str, raw: &str) -> Option<Arc<str>> {
         if raw.is_empty() {
             return self.fail(at, "a name must not be empty");
         }
-        if raw.trim() != raw {
+        if !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '~'))
+        {
             return self.fail(
                 at,
-                format!("a name must not start or end with a space, found {raw:?}"),
-            );
-        }
-        if !raw.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
-            return self.fail(
-                at,
-                format!("a name may hold printable ASCII characters only, found {raw:?}"),
+                format!(
+                    "a name may hold ASCII letters, digits and - _ . : / ~ only, found {raw:?}"
+                ),
             );
         }
         Some(Arc::from(raw))

@@ -64,6 +64,13 @@ impl KeyExtractor {
         }
     }
 
+    /// The same settings applied with `previous`'s hash key: header keys hash as before, so the
+    /// buckets a reload carries over still belong to the same header values.
+    pub fn keeping_hash_key(mut self, previous: &KeyExtractor) -> Self {
+        self.hasher = previous.hasher.clone();
+        self
+    }
+
     /// The client address of a request.
     ///
     /// The socket peer, unless the peer is in `trusted_proxies`: then `X-Forwarded-For` is read

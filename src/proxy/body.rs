@@ -15,11 +15,14 @@ use hyper::body::Incoming;
 
 use crate::limit::Slots;
 use crate::proxy::pool::Conn;
+use crate::server::StreamGuard;
 
 /// The body of every response sluice sends.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
+    /// Marks an HTTP/2 stream as active until the body is done (see `server::StreamGuard`).
+    stream: Option<StreamGuard>,
 }
 
 #[derive(Debug)]
@@ -43,6 +46,7 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ProxyBody {
             kind: Kind::Full(Some(bytes.into())),
+            stream: None,
         }
     }
 
@@ -50,6 +54,7 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody {
             kind: Kind::Full(None),
+            stream: None,
         }
     }
 
@@ -64,7 +69,16 @@ impl ProxyBody {
         };
         ProxyBody {
             kind: Kind::Upstream { body, slots, conn },
+            stream: None,
         }
+    }
+}
+
+impl ProxyBody {
+    /// Keeps `guard` until this body is done or dropped.
+    pub fn with_stream_guard(mut self, guard: StreamGuard) -> Self {
+        self.stream = Some(guard);
+        self
     }
 }
 

@@ -95,9 +95,16 @@ pub enum UpstreamError {
 impl Upstream {
     /// Builds the client pool for `config`. Must be called inside a tokio runtime.
     pub fn new(config: &UpstreamConfig) -> Self {
+        Self::with_cap(config, None)
+    }
+
+    /// Builds the upstream with `cap` as its concurrency limit when given — a reload hands over
+    /// the running cap of an upstream whose `concurrency` did not change, so slots in use and
+    /// waiters carry over even when other fields (endpoints, timeouts) changed.
+    pub fn with_cap(config: &UpstreamConfig, cap: Option<ConcurrencyLimit>) -> Self {
         Upstream {
             name: config.name.clone(),
-            concurrency: config.concurrency.map(ConcurrencyLimit::new),
+            concurrency: cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new)),
             config: config.clone(),
             endpoints: config
                 .endpoints
