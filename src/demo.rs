@@ -106,6 +106,7 @@ sluice demo: a sample API ({CAPACITY} workers, {work} ms per request) behind slu
 
   # 429 with Retry-After once the per-client burst (20, refilled at 10/s) is spent:
   for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}} ' {p}/api/hello; done; echo
+  wrk -t1 -c4 -d5s {p}/api/hello        # "Non-2xx or 3xx responses": the 429s
 
   # 503 with Retry-After: the upstream cap (8 in flight, queue 16) pushes back under load:
   wrk -t2 -c64 -d5s {p}/batch/report

@@ -900,3 +900,15 @@ fn names_that_would_need_escaping_are_refused() {
         "api.v1/orders:read~2"
     );
 }
+
+#[test]
+fn rates_beyond_what_buckets_can_hold_are_refused() {
+    // Pins: more than one token per nanosecond, and refill times past the bucket arithmetic's
+    // range, are config errors rather than silent clamping at run time.
+    let too_fast = with_route("    rate_limits: [{key: global, rate: 4294967295/s}]\n");
+    let e = one_error(&too_fast, "routes[1].rate_limits[0].rate");
+    assert!(e.message.contains("nanosecond"), "{e}");
+    let too_slow = with_route("    rate_limits: [{key: global, rate: 1/h, burst: 4000000000}]\n");
+    let e = one_error(&too_slow, "routes[1].rate_limits[0].burst");
+    assert!(e.message.contains("to refill"), "{e}");
+}

@@ -104,10 +104,18 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     if let Some(server) = &server {
         let http = server.listen;
         if let Some(tls) = &server.tls {
-            cx.distinct("server.tls.listen", tls.listen, http);
+            cx.distinct("server.tls.listen", tls.listen, http, "server.listen");
         }
         if let Some(Some(admin)) = &admin {
-            cx.distinct("admin.listen", admin.listen, http);
+            cx.distinct("admin.listen", admin.listen, http, "server.listen");
+            if let Some(tls) = &server.tls {
+                cx.distinct(
+                    "admin.listen",
+                    admin.listen,
+                    tls.listen,
+                    "server.tls.listen",
+                );
+            }
         }
     }
 
@@ -236,11 +244,11 @@ impl Cx {
 
     /// A second listener must not take the HTTP listener's address (port 0 = any free port,
     /// so two of them never collide).
-    fn distinct(&mut self, path: &str, addr: SocketAddr, http: SocketAddr) {
-        if addr == http && addr.port() != 0 {
+    fn distinct(&mut self, path: &str, addr: SocketAddr, other: SocketAddr, other_path: &str) {
+        if addr == other && addr.port() != 0 {
             self.error(
                 path,
-                format!("{addr} is already server.listen; use another address"),
+                format!("{addr} is already {other_path}; use another address"),
             );
         }
     }
@@ -643,6 +651,39 @@ impl Cx {
             &[("local", Scope::Local), ("global", Scope::Global)],
             Scope::Local,
         );
+        // Bounds the arithmetic of the buckets can hold: a token interval of at least 1 ns, and
+        // a refill time (burst × interval) governor can represent (2^62 ns, 146 years) — the
+        // Redis script's exact range is 2^53 ns (104 days).
+        if let (Some(rate), Some(burst)) = (rate, burst) {
+            let interval = rate.per.duration().as_nanos() / u128::from(rate.count.get());
+            let refill = interval * u128::from(burst);
+            let max_refill: u128 = if scope == Some(Scope::Global) {
+                1 << 53
+            } else {
+                1 << 62
+            };
+            if interval == 0 {
+                self.error(
+                    &join(at, "rate"),
+                    format!("{rate} is more than one token per nanosecond"),
+                );
+            } else if refill > max_refill {
+                self.error(
+                    &join(at, "burst"),
+                    format!(
+                        "burst {burst} at {rate} takes {} to refill; at most {} is supported",
+                        humantime::format_duration(Duration::from_nanos(
+                            u64::try_from(refill).unwrap_or(u64::MAX)
+                        )),
+                        if scope == Some(Scope::Global) {
+                            "104 days with scope: global"
+                        } else {
+                            "146 years"
+                        }
+                    ),
+                );
+            }
+        }
         if scope == Some(Scope::Global) && !has_store {
             self.error(
                 &join(at, "scope"),
