@@ -5,23 +5,17 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
+use support::bin::{self, finish, rss_kib, Sluice};
+use support::ConfigFile;
 
-fn write_config(name: &str, yaml: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sluice.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-/// A port that is free now (bound, then released).
+/// A port that was free a moment ago (bound, then released). Racy: between the release and the
+/// binary's own bind, another process (a test running in parallel) may take it. Used only where
+/// the config must name a port before start (the demo's sample upstream); everything else
+/// listens on port 0 and reads the real address from the log.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -30,13 +24,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(addr: SocketAddr, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "sluice exited early");
-        assert!(Instant::now() < deadline, "sluice did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `sluice run -c <file>`, listening (its address is in `.http`).
+fn run(config: &ConfigFile) -> Sluice {
+    Sluice::start(bin::command().args(["run", "-c"]).arg(&config.path))
+        .unwrap_or_else(|stderr| panic!("sluice run did not start:\n{stderr}"))
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -52,34 +43,13 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     out
 }
 
-fn terminate(child: &Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-}
-
-fn wait_exit(child: &mut Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sluice did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `--version` and `--help` exit 0.
 #[test]
 fn version_and_help() {
-    let out = sluice().arg("--version").output().unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    assert!(sluice().arg("--help").output().unwrap().status.success());
+    let out = finish(bin::command().arg("--version"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")));
+    assert_eq!(finish(bin::command().arg("--help")).code, Some(0));
 }
 
 /// The shipped configs are valid, and `check` prints a summary of routes and upstreams.
@@ -87,19 +57,14 @@ fn version_and_help() {
 fn check_accepts_shipped_configs() {
     let root = env!("CARGO_MANIFEST_DIR");
     for file in ["config/sluice.yaml", "config/demo.yaml"] {
-        let out = sluice()
-            .args(["check", "-c"])
-            .arg(format!("{root}/{file}"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = finish(
+            bin::command()
+                .args(["check", "-c"])
+                .arg(format!("{root}/{file}")),
         );
-        assert!(stdout.contains("routes"), "{stdout}");
-        assert!(stdout.contains("upstreams"), "{stdout}");
+        assert_eq!(out.code, Some(0), "{file}: {}", out.stderr);
+        assert!(out.stdout.contains("routes"), "{}", out.stdout);
+        assert!(out.stdout.contains("upstreams"), "{}", out.stdout);
     }
 }
 
@@ -107,17 +72,13 @@ fn check_accepts_shipped_configs() {
 #[test]
 fn check_reads_sluice_config_env() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = sluice()
-        .arg("check")
-        .env("SLUICE_CONFIG", format!("{root}/config/demo.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = finish(
+        bin::command()
+            .arg("check")
+            .env("SLUICE_CONFIG", format!("{root}/config/demo.yaml")),
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("demo-api"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("demo-api"));
 }
 
 /// Config errors exit 2 from both `check` and `run`, naming file, line, column and field path.
@@ -151,11 +112,12 @@ fn config_errors_exit_2_with_location() {
         ),
     ];
     for (name, yaml, field, line) in cases {
-        let path = write_config(name, yaml);
+        let config = ConfigFile::new(yaml);
+        let path = &config.path;
         for cmd in ["check", "run"] {
-            let out = sluice().args([cmd, "-c"]).arg(&path).output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{name} via {cmd}: {stderr}");
+            let out = finish(bin::command().args([cmd, "-c"]).arg(path));
+            let stderr = &out.stderr;
+            assert_eq!(out.code, Some(2), "{name} via {cmd}: {stderr}");
             assert!(
                 stderr.contains(&*path.to_string_lossy()),
                 "{name}: no file name in {stderr}"
@@ -172,12 +134,9 @@ fn config_errors_exit_2_with_location() {
 /// A config file that does not exist is a config error (2).
 #[test]
 fn missing_config_file_exits_2() {
-    let out = sluice()
-        .args(["check", "-c", "/nonexistent/sluice.yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.yaml"));
+    let out = finish(bin::command().args(["check", "-c", "/nonexistent/sluice.yaml"]));
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("/nonexistent/sluice.yaml"));
 }
 
 /// A listener address in use is a start-up failure (1), not a config error.
@@ -185,72 +144,55 @@ fn missing_config_file_exits_2() {
 fn port_in_use_exits_1() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let path = write_config(
-        "in-use",
-        &format!("server:\n  listen: {addr}\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    upstream: a\n"),
-    );
-    let out = sluice().args(["run", "-c"]).arg(&path).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&addr.to_string()));
+    let config = ConfigFile::new(&format!(
+        "server:\n  listen: {addr}\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    upstream: a\n"
+    ));
+    let out = finish(bin::command().args(["run", "-c"]).arg(&config.path));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains(&addr.to_string()));
 }
 
-/// `run` serves, logs its listener at info level, and exits 0 on SIGTERM.
+/// `run` serves, logs its listener (the real address) at info level, and exits 0 on SIGTERM.
 #[test]
 fn run_serves_and_exits_0_on_sigterm() {
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let path = write_config(
-        "sigterm",
-        &format!("server:\n  listen: {addr}\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    match: {{ path_prefix: /only }}\n    upstream: a\n"),
+    let config = ConfigFile::new(
+        "server:\n  listen: 127.0.0.1:0\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    match: { path_prefix: /only }\n    upstream: a\n",
     );
-    let mut child = sluice()
-        .args(["run", "-c"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(addr, &mut child);
-    assert!(http_get(addr, "/nothing").starts_with("HTTP/1.1 404"));
-    terminate(&child);
-    assert_eq!(wait_exit(&mut child), Some(0));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        stderr.contains(&addr.to_string()),
-        "no listener line in: {stderr}"
-    );
+    let mut sluice = run(&config);
+    let line = sluice.wait_for_log("http listener up").unwrap();
+    assert!(line.contains("INFO"), "not at info level: {line}");
+    // The address came from that line: the request reaching it proves the log names the
+    // listener.
+    let got = http_get(sluice.http, "/nothing");
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
 }
 
-/// `sluice demo` starts its sample upstream and the proxy, prints the commands, and the demo
-/// shows 200 and then 429 once the per-client burst is spent.
+/// `sluice demo` starts its sample upstream and the proxy, prints the commands (with the
+/// proxy's address), and the demo shows 200 and then 429 once the per-client burst is spent.
 #[test]
 fn demo_shows_200_and_429() {
-    let (proxy_port, upstream_port) = (free_port(), free_port());
     let demo =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml")).unwrap();
-    let yaml = demo
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{proxy_port}"))
-        .replace("127.0.0.1:9000", &format!("127.0.0.1:{upstream_port}"));
-    let path = write_config("demo", &yaml);
-    let mut child = sluice()
-        .args(["demo", "-c"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
-    wait_for_port(addr, &mut child);
+    assert!(demo.contains("127.0.0.1:8080") && demo.contains("127.0.0.1:9000"));
+    // The sample upstream's port is written in the config (its endpoint), so it comes from the
+    // racy `free_port`: when another process takes it first, the demo exits at start-up, and
+    // the attempt is repeated with another port (at most 3 times). The proxy listens on port 0.
+    let mut attempt = 0;
+    let (mut sluice, _config) = loop {
+        attempt += 1;
+        let yaml = demo
+            .replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", free_port()));
+        let config = ConfigFile::new(&yaml);
+        match Sluice::start(bin::command().args(["demo", "-c"]).arg(&config.path)) {
+            Ok(sluice) => break (sluice, config),
+            Err(stderr) if attempt < 3 => eprintln!("demo did not start, retrying:\n{stderr}"),
+            Err(stderr) => panic!("demo did not start in {attempt} attempts:\n{stderr}"),
+        }
+    };
+    let addr = sluice.http;
     let first = http_get(addr, "/api/hello");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     let statuses: Vec<String> = (0..60)
@@ -260,31 +202,33 @@ fn demo_shows_200_and_429() {
         statuses.iter().any(|s| s == "429"),
         "no 429 in {statuses:?}"
     );
-    terminate(&child);
-    assert_eq!(wait_exit(&mut child), Some(0));
-    let mut stdout = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        stdout.push_str(&line.unwrap());
-        stdout.push('\n');
-    }
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
+    let stdout = sluice.stdout(true);
     assert!(stdout.contains("wrk"), "{stdout}");
     assert!(stdout.contains("curl"), "{stdout}");
+    assert!(stdout.contains(&format!("http://{addr}")), "{stdout}");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// 1 GiB.
+const GIB: u64 = 1 << 30;
+
+/// The RSS bound for a process that streams 1 GiB: far below the body.
+const RSS_LIMIT_KIB: u64 = 128 * 1024;
+
+/// `sluice run` with one route to `upstream` (a long timeout: the whole body passes before the
+/// response head) on two workers.
+fn streaming_proxy(upstream: SocketAddr) -> (Sluice, ConfigFile) {
+    let config = ConfigFile::new(&format!(
+        "server:\n  listen: 127.0.0.1:0\n  workers: 2\nupstreams:\n  a:\n    endpoints: [http://{upstream}]\n    timeout: 600s\nroutes:\n  - name: r\n    upstream: a\n"
+    ));
+    (run(&config), config)
 }
 
-/// 1 GiB streams through the proxy process with flat memory (RSS stays far below the body).
+/// 1 GiB response streams through the proxy process with flat memory (RSS stays far below the
+/// body).
 #[test]
 fn gigabyte_body_streams_with_flat_memory() {
-    const TOTAL: u64 = 1 << 30;
     // A raw upstream that sends 1 GiB with Content-Length.
     let up = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up.local_addr().unwrap();
@@ -292,29 +236,17 @@ fn gigabyte_body_streams_with_flat_memory() {
         if let Ok((mut s, _)) = up.accept() {
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {GIB}\r\n\r\n");
             let chunk = vec![b'x'; 1 << 20];
-            for _ in 0..(TOTAL >> 20) {
+            for _ in 0..(GIB >> 20) {
                 if s.write_all(&chunk).is_err() {
                     return;
                 }
             }
         }
     });
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let path = write_config(
-        "big",
-        &format!("server:\n  listen: {addr}\n  workers: 2\nupstreams:\n  a:\n    endpoints: [http://{up_addr}]\nroutes:\n  - name: r\n    upstream: a\n"),
-    );
-    let mut child = sluice()
-        .args(["run", "-c"])
-        .arg(&path)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(addr, &mut child);
-    let mut s = TcpStream::connect(addr).unwrap();
+    let (mut sluice, _config) = streaming_proxy(up_addr);
+    let mut s = TcpStream::connect(sluice.http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
@@ -333,14 +265,142 @@ fn gigabyte_body_streams_with_flat_memory() {
         }
         reads += 1;
         if reads % 256 == 0 {
-            max_rss = max_rss.max(rss_kib(child.id()));
+            max_rss = max_rss.max(rss_kib(sluice.pid()));
         }
     }
-    terminate(&child);
-    wait_exit(&mut child);
-    assert!(received > TOTAL, "received {received} bytes");
+    sluice.assert_running();
+    assert!(received > GIB, "received {received} bytes");
     assert!(
-        max_rss > 0 && max_rss < 128 * 1024,
+        max_rss > 0 && max_rss < RSS_LIMIT_KIB,
         "proxy RSS reached {max_rss} KiB while streaming 1 GiB"
+    );
+}
+
+/// Reads a request body as HTTP/1.1 frames it (Content-Length or chunked) and discards it;
+/// returns how many body bytes there were.
+fn discard_body(r: &mut BufReader<TcpStream>, head: &str) -> std::io::Result<u64> {
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut skip = |r: &mut BufReader<TcpStream>, mut n: u64| -> std::io::Result<u64> {
+        let want = n;
+        while n > 0 {
+            let len = buf.len().min(n as usize);
+            let got = r.read(&mut buf[..len])?;
+            if got == 0 {
+                return Ok(want - n); // the client went away early
+            }
+            n -= got as u64;
+        }
+        Ok(want)
+    };
+    if let Some(len) = header("content-length") {
+        return skip(r, len.parse().expect("a Content-Length"));
+    }
+    assert!(
+        header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")),
+        "neither Content-Length nor chunked:\n{head}"
+    );
+    let mut total = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let size = line.trim().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size, 16).expect("a chunk size");
+        if size == 0 {
+            // Trailers, up to the empty line.
+            while line != "\r\n" && !line.is_empty() {
+                line.clear();
+                r.read_line(&mut line)?;
+            }
+            return Ok(total);
+        }
+        let got = skip(r, size)?;
+        total += got;
+        if got < size {
+            return Ok(total);
+        }
+        line.clear();
+        r.read_line(&mut line)?; // the CRLF after the chunk
+    }
+}
+
+/// A 1 GiB request body (Content-Length, written 1 MiB at a time) streams through the proxy
+/// process to the upstream with flat memory: RSS stays far below the body while it uploads, and
+/// the upstream gets every byte.
+#[test]
+fn gigabyte_upload_streams_with_flat_memory() {
+    // A raw upstream that reads the body, discards it, and answers with the byte count.
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let upstream_got = Arc::new(AtomicU64::new(0));
+    let got = upstream_got.clone();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = up.accept() else { return };
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            if r.read_line(&mut head).unwrap_or(0) == 0 {
+                return;
+            }
+        }
+        let Ok(n) = discard_body(&mut r, &head) else {
+            return;
+        };
+        got.store(n, Ordering::SeqCst);
+        let count = n.to_string();
+        let _ = write!(
+            r.get_mut(),
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{count}",
+            count.len()
+        );
+    });
+    let (mut sluice, _config) = streaming_proxy(up_addr);
+    let (addr, pid) = (sluice.http, sluice.pid());
+    // The client: a std thread writing 1 MiB chunks and sampling the proxy's RSS as it goes.
+    let client = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let chunk = vec![b'u'; 1 << 20];
+        let mut max_rss = 0;
+        for i in 0..(GIB >> 20) {
+            if let Err(e) = s.write_all(&chunk) {
+                panic!("upload failed after {i} MiB: {e}");
+            }
+            if i % 8 == 0 {
+                max_rss = max_rss.max(rss_kib(pid));
+            }
+        }
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("the response");
+        (max_rss, response)
+    });
+    let (max_rss, response) = client.join().expect("the uploading client");
+    sluice.assert_running();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(
+        upstream_got.load(Ordering::SeqCst),
+        GIB,
+        "bytes at the upstream"
+    );
+    assert!(
+        response.ends_with(&format!("\r\n\r\n{GIB}")),
+        "the upstream did not count 1 GiB: {response}"
+    );
+    assert!(
+        max_rss > 0 && max_rss < RSS_LIMIT_KIB,
+        "proxy RSS reached {max_rss} KiB while uploading 1 GiB"
     );
 }

@@ -735,7 +735,7 @@ async fn shadow_mode_counts_what_the_cap_would_reject() {
     three_through_shadow_caps(&up, &proxy).await;
     let m = get(&proxy.admin_url("/metrics")).await.text();
     assert_eq!(
-        metric_value(
+        expect_metric(
             &m,
             "sluice_requests_total{route=\"r\",outcome=\"forwarded\"}"
         ),
@@ -743,7 +743,7 @@ async fn shadow_mode_counts_what_the_cap_would_reject() {
         "{m}"
     );
     assert_eq!(
-        metric_value(
+        expect_metric(
             &m,
             "sluice_requests_total{route=\"r\",outcome=\"queue_full\"}"
         ),
@@ -751,7 +751,7 @@ async fn shadow_mode_counts_what_the_cap_would_reject() {
         "{m}"
     );
     assert!(
-        metric_value(
+        expect_metric(
             &m,
             "sluice_requests_total{route=\"r\",outcome=\"queue_full\",shadow=\"true\"}"
         ) >= 2.0,

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -461,6 +463,76 @@ async fn graceful_shutdown_finishes_in_flight() {
         TcpStream::connect(addr).await.is_err(),
         "listener still open after shutdown"
     );
+}
+
+/// Regression (a connection that had not sent a byte held graceful shutdown until its
+/// header_read_timeout ran out): shutdown is not delayed by an idle TCP connection that never
+/// sent a byte.
+#[tokio::test]
+async fn shutdown_is_not_delayed_by_a_silent_connection() {
+    let up = ok_upstream().await;
+    let yaml = one_route(&up.endpoint(), "")
+        .replace("header_read_timeout: 500ms", "header_read_timeout: 10s");
+    let proxy = start_proxy(&yaml).await;
+    let silent = TcpStream::connect(proxy.addr).await.unwrap();
+    // Connections are accepted in order: once a later one has been served, the silent one has
+    // been accepted (and is waiting for its first byte).
+    assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
+    proxy.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), proxy.task)
+        .await
+        .expect("shutdown waited for a connection that never sent a byte")
+        .unwrap();
+    drop(silent);
+}
+
+/// Regression (HTTP/2 connections had no idle timeout, so an idle h2c client held its
+/// connection, and a `max_connections` slot, for ever): an h2c connection with no open stream
+/// is closed by sluice after header_read_timeout (1 s here), while a stream that outlasts the
+/// timeout is not cut.
+#[tokio::test]
+async fn idle_h2c_connections_are_closed() {
+    let up = upstream(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Response::new(TestBody::text("ok"))
+    })
+    .await;
+    let yaml = one_route(&up.endpoint(), "")
+        .replace("header_read_timeout: 500ms", "header_read_timeout: 1s");
+    let proxy = start_proxy(&yaml).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut h2, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = |path: &str| {
+        Request::get(format!("http://{}{path}", proxy.addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    // A stream open for 2 s: the connection is busy, not idle.
+    h2.ready().await.unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(30), h2.send_request(req("/slow")))
+        .await
+        .expect("response within 30 s")
+        .expect("the slow stream was cut");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+    // Now idle: sluice closes the connection within a few seconds.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "an idle HTTP/2 connection was still open after 10 s"
+    );
+    assert!(
+        h2.send_request(req("/after")).await.is_err(),
+        "a request went through on a connection sluice closed"
+    );
+    proxy.stop().await;
 }
 
 /// With max_connections 1, a second connection is not served until the first closes.

@@ -480,9 +480,19 @@ async fn waiting_retry_after_is_enough() {
             .body(Full::new(Bytes::new()))
             .unwrap()
     };
-    assert_eq!(send(&cl, req()).await.status, StatusCode::OK);
-    let limited = send(&cl, req()).await;
-    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    // Until the first 429: on a loaded machine a second may pass between two requests and
+    // refill the bucket, and then the next one is admitted too (bounded).
+    let mut admitted = 0;
+    let limited = loop {
+        let got = send(&cl, req()).await;
+        match got.status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => break got,
+            other => panic!("unexpected {other}: {}", got.text()),
+        }
+        assert!(admitted <= 10, "never rate-limited");
+    };
+    assert!(admitted >= 1, "the first request was rejected");
     let secs = retry_after(&limited);
     assert_eq!(secs, 1, "one token per second: the wait rounds up to 1 s");
     // Waiting is the behaviour under test here, not synchronisation.
@@ -494,7 +504,7 @@ async fn waiting_retry_after_is_enough() {
         "rejected after waiting Retry-After: {}",
         again.text()
     );
-    assert_eq!(up.requests(), 2);
+    assert_eq!(up.requests(), admitted + 1);
     proxy.stop().await;
 }
 
@@ -642,7 +652,7 @@ routes:
         get(&proxy.url(path)).await;
     }
     let m = get(&proxy.admin_url("/metrics")).await.text();
-    let v = |s: &str| metric_value(&m, s);
+    let v = |s: &str| expect_metric(&m, s);
     assert_eq!(
         v("sluice_requests_total{route=\"enforced\",outcome=\"forwarded\"}"),
         1.0,

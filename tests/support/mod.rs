@@ -1,6 +1,8 @@
 //! Shared test harness: sluice started in-process on 127.0.0.1:0 from a YAML string, real
-//! upstream servers written here, and a small HTTP client.
+//! upstream servers written here, and a small HTTP client; [`bin`] runs the binary instead.
 #![allow(dead_code)]
+
+pub mod bin;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,11 +55,12 @@ impl Proxy {
         )
     }
 
-    /// Scrapes `/metrics` and returns the value of the sample whose line starts with `series`
-    /// (name and labels exactly as exposed), or 0 when absent.
+    /// Scrapes `/metrics` and returns the value of the sample `series` (name and labels exactly
+    /// as exposed). Panics when the series is absent: a misspelt name or label must fail the
+    /// test, not read as 0.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = get(&self.admin_url("/metrics")).await.text();
-        metric_value(&text, series)
+        expect_metric(&text, series)
     }
 
     /// Triggers graceful shutdown and waits for the app to stop.
@@ -368,8 +371,8 @@ pub async fn get(url: &str) -> Got {
 }
 
 /// The value of the sample `series` (e.g. `sluice_requests_total{route="a",outcome="shed"}`)
-/// in a Prometheus exposition, 0 when absent.
-pub fn metric_value(text: &str, series: &str) -> f64 {
+/// in a Prometheus exposition; `None` when there is no such series.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -377,5 +380,11 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         })
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// The value of the sample `series`, which must exist: panics with the exposition when it does
+/// not. Counters and gauges are created with their route, upstream or limit, so a series that
+/// should read 0 is there with 0 — absence means a wrong name or label.
+pub fn expect_metric(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }

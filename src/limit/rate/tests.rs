@@ -306,14 +306,15 @@ fn huge_burst_is_cut_not_wrapped() {
 // remaining count (the debug assertion in `reset`), and reset stays within (0, T].
 #[test]
 fn real_clock_reset_within_one_interval() {
-    let lim = RateLimit::new(&config(KeySpec::ClientIp, "1/s", 3));
+    // 1/h: the checks below cannot straddle a refill however slow the machine is.
+    let lim = RateLimit::new(&config(KeySpec::ClientIp, "1/h", 3));
     let a = ip("192.0.2.1");
     for expected in [2, 1, 0] {
         match lim.check(&a) {
             Decision::Admitted { remaining, reset } => {
                 assert_eq!(remaining, expected);
                 assert!(
-                    reset > Duration::ZERO && reset <= Duration::from_secs(1),
+                    reset > Duration::ZERO && reset <= Duration::from_secs(3600),
                     "{reset:?}"
                 );
             }
@@ -321,7 +322,7 @@ fn real_clock_reset_within_one_interval() {
         }
     }
     match lim.check(&a) {
-        Decision::Denied { retry_after } => assert!(retry_after <= Duration::from_secs(1)),
+        Decision::Denied { retry_after } => assert!(retry_after <= Duration::from_secs(3600)),
         other => panic!("expected denial, got {other:?}"),
     }
 }
