@@ -1,0 +1,334 @@
+//! Heap allocations per operation on the request path, counted by a wrapping global allocator.
+//!
+//! Run: `cargo bench --bench alloc_count` (a second or two once built; see docs/benchmarks.md).
+//!
+//! Every piece is run a few times to warm up (lazy statics, the first map entry of a key, the
+//! clock's calibration), then `ROUNDS` times with the counter on; the figure is allocations per
+//! operation (`alloc` + `alloc_zeroed` + `realloc`; frees are not counted).
+//!
+//! The bench **panics** if any of these allocates at all: route matching, key extraction, and a
+//! rate-limit check of a key the limiter already tracks (admitted or denied). Those are the
+//! rejection path up to the response: under overload they run for every request.
+//!
+//! The rest is printed, not asserted: a key seen for the first time needs its map entry; the
+//! `RateLimit` field value is one `HeaderValue` (its own buffer); and the 429 itself is an
+//! `http::Response`, whose `HeaderMap` allocates its tables on the first insert — with hyper's
+//! types that cannot be zero. The counts are a regression check: a change that adds an
+//! allocation to a response shows up here as a different number.
+//!
+//! The allocator counts on every thread, so the bench stays single-threaded (no runtime).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use sluice::config::{
+    HostMatch, KeySpec, PathMatch, Per, Rate, RateLimitConfig, RouteMatch, Scope,
+};
+use sluice::limit::headers::{policy_value, RateLimitField};
+use sluice::limit::{Decision, KeyExtractor, LimitKey, RateLimit};
+use sluice::rescue::RateLimitedTemplate;
+use sluice::router::{Router, Target};
+
+/// Counts allocations while `ON` is set; otherwise the plain system allocator.
+struct Counting;
+
+static ON: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+impl Counting {
+    fn note(size: usize) {
+        if ON.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::note(layout.size());
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::note(layout.size());
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::note(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const WARMUP: u64 = 100;
+const ROUNDS: u64 = 10_000;
+
+/// Allocations and bytes per call of `op`, after `WARMUP` uncounted calls.
+fn per_op<R>(mut op: impl FnMut(u64) -> R) -> (f64, f64) {
+    for i in 0..WARMUP {
+        drop(black_box(op(i)));
+    }
+    ALLOCS.store(0, Ordering::Relaxed);
+    BYTES.store(0, Ordering::Relaxed);
+    ON.store(true, Ordering::SeqCst);
+    for i in 0..ROUNDS {
+        // The result is dropped inside the counted window: frees are not counted anyway.
+        drop(black_box(op(WARMUP + i)));
+    }
+    ON.store(false, Ordering::SeqCst);
+    let n = ROUNDS as f64;
+    (
+        ALLOCS.load(Ordering::Relaxed) as f64 / n,
+        BYTES.load(Ordering::Relaxed) as f64 / n,
+    )
+}
+
+/// One line per operation; [`Report::zero`] failures are checked at the end.
+struct Report {
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn zero<R>(&mut self, name: &str, op: impl FnMut(u64) -> R) {
+        let (allocs, bytes) = per_op(op);
+        let verdict = if allocs == 0.0 {
+            "ok (must be 0)"
+        } else {
+            "FAIL (must be 0)"
+        };
+        println!("{name:<62} {allocs:>8.3} {bytes:>10.1}  {verdict}");
+        if allocs != 0.0 {
+            self.failures.push(format!(
+                "{name}: {allocs} allocations per operation ({bytes} bytes)"
+            ));
+        }
+    }
+
+    fn show<R>(&mut self, name: &str, op: impl FnMut(u64) -> R) {
+        let (allocs, bytes) = per_op(op);
+        println!("{name:<62} {allocs:>8.3} {bytes:>10.1}");
+    }
+}
+
+fn limit(name: &str, key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
+    RateLimitConfig {
+        name: Arc::from(name),
+        key,
+        rate: Rate {
+            count: NonZeroU32::new(count).unwrap(),
+            per: Per::Second,
+        },
+        burst: NonZeroU32::new(burst).unwrap(),
+        scope: Scope::Local,
+    }
+}
+
+/// 10 routes; requests match the last one (a full first-match scan).
+fn router() -> Router {
+    Router::new(
+        (0..10)
+            .map(|i| RouteMatch {
+                host: (i % 2 == 1).then(|| HostMatch::Exact(format!("svc{i}.example.com"))),
+                path: PathMatch::Prefix(format!("/api/v1/service{i}")),
+                methods: (i % 3 == 0).then(|| vec![Method::GET, Method::POST]),
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported (the whole run is short).
+    println!("{:<62} {:>8} {:>10}", "operation", "allocs/op", "bytes/op");
+    let mut report = Report {
+        failures: Vec::new(),
+    };
+
+    // --- Route matching: what the pipeline does first, `Router::find(&Target::of(&req))`.
+    let router = router();
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("/api/v1/service9/items/42")
+        .header("host", "svc9.example.com:8080")
+        .body(())
+        .unwrap();
+    report.zero(
+        "Router::find(Target::of(req)), 10 routes, last matches",
+        |_| {
+            let found = router.find(&Target::of(black_box(&req)));
+            assert_eq!(found, Some(9));
+            found
+        },
+    );
+    report.zero("Router::find, no route matches (404 path)", |_| {
+        router.find(&Target {
+            host: Some("other.example.com"),
+            path: black_box("/nowhere"),
+            method: &Method::GET,
+        })
+    });
+
+    // --- Key extraction.
+    let trusted = ["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+    let keys = KeyExtractor::new(&trusted, 64);
+    let untrusted_peer = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+    let proxy_peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let v6_peer = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_static("198.51.100.1, 203.0.113.7, 10.1.1.1, [fd00::1]:443"),
+    );
+    headers.append("x-forwarded-for", HeaderValue::from_static("10.2.2.2"));
+    headers.insert("x-api-key", HeaderValue::from_static("k-0123456789abcdef"));
+    let by_header = KeySpec::Header(HeaderName::from_static("x-api-key"));
+    let by_missing_header = KeySpec::Header(HeaderName::from_static("x-tenant"));
+    report.zero("KeyExtractor::client_ip, untrusted peer", |_| {
+        keys.client_ip(black_box(untrusted_peer), &headers)
+    });
+    report.zero("KeyExtractor::client_ip, trusted peer, 2-line XFF", |_| {
+        let ip = keys.client_ip(black_box(proxy_peer), &headers);
+        assert_eq!(ip, IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)));
+        ip
+    });
+    report.zero("KeyExtractor::client_ip + key(client_ip), IPv6 /64", |_| {
+        let ip = keys.client_ip(black_box(v6_peer), &headers);
+        keys.key(&KeySpec::ClientIp, ip, &headers)
+    });
+    report.zero("KeyExtractor::key(global)", |_| {
+        keys.key(&KeySpec::Global, black_box(untrusted_peer), &headers)
+    });
+    report.zero("KeyExtractor::key(header:x-api-key), keyed hash", |_| {
+        keys.key(&by_header, black_box(untrusted_peer), &headers)
+    });
+    report.zero("KeyExtractor::key(header:x-tenant), missing -> IP", |_| {
+        keys.key(&by_missing_header, black_box(untrusted_peer), &headers)
+    });
+
+    // --- Limiter checks.
+    let global = RateLimit::new(&limit(
+        "total",
+        KeySpec::Global,
+        1_000_000_000,
+        1_000_000_000,
+    ));
+    report.zero("RateLimit::check, global, admitted", |_| {
+        let d = global.check(&LimitKey::Global);
+        assert!(matches!(d, Decision::Admitted { .. }));
+        d
+    });
+    let global_out = RateLimit::new(&limit("total", KeySpec::Global, 1, 1));
+    let _ = global_out.check(&LimitKey::Global);
+    report.zero("RateLimit::check, global, denied", |_| {
+        let d = global_out.check(&LimitKey::Global);
+        assert!(matches!(d, Decision::Denied { .. }));
+        d
+    });
+
+    // 10,000 tracked keys, all checked once before counting: the checks below hit existing
+    // entries only (the key cycles through the 10,000).
+    const KEYS: u32 = 10_000;
+    let ip = |i: u64| LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i as u32 % KEYS))));
+    let per_ip = RateLimit::new(&limit(
+        "per-client",
+        KeySpec::ClientIp,
+        1_000_000,
+        1_000_000,
+    ));
+    let per_ip_out = RateLimit::new(&limit("per-client", KeySpec::ClientIp, 1, 1));
+    for i in 0..u64::from(KEYS) {
+        let _ = per_ip.check(&ip(i));
+        let _ = per_ip_out.check(&ip(i));
+    }
+    report.zero("RateLimit::check, client_ip, existing key, admitted", |i| {
+        let d = per_ip.check(&ip(i));
+        assert!(matches!(d, Decision::Admitted { .. }));
+        d
+    });
+    report.zero("RateLimit::check, client_ip, existing key, denied", |i| {
+        let d = per_ip_out.check(&ip(i));
+        assert!(matches!(d, Decision::Denied { .. }));
+        d
+    });
+    assert_eq!(
+        per_ip.len(),
+        KEYS as usize,
+        "no key was added by the counted checks"
+    );
+
+    // A key never seen: its map entry (plus, now and then, the map shard's growth).
+    let fresh = RateLimit::new(&limit("per-client", KeySpec::ClientIp, 100, 100));
+    report.show("RateLimit::check, client_ip, new key (amortised)", |i| {
+        fresh.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(i as u32))))
+    });
+
+    // --- Header fields and the 429.
+    let a = limit("per-client", KeySpec::ClientIp, 100, 200);
+    let b = limit("total", KeySpec::Global, 1000, 1000);
+    let policy = policy_value(&[&a, &b]);
+    report.show("RateLimitField: 2 x push + finish (the HeaderValue)", |i| {
+        let mut f = RateLimitField::new();
+        f.push("per-client", (i % 200) as u32, Duration::from_millis(10));
+        f.push("total", 999, Duration::from_millis(1));
+        f.finish()
+    });
+    let template = RateLimitedTemplate::new(
+        "create-order",
+        "limit per-client of route create-order: 100/s, burst 200",
+    );
+    report.show(
+        "RateLimitedTemplate::respond (429: body + 2 headers)",
+        |_| template.respond(black_box(Duration::from_millis(1500))),
+    );
+    report.show(
+        "429 as the pipeline sends it (+ RateLimit-Policy, RateLimit)",
+        |_| {
+            let mut res = template.respond(black_box(Duration::from_millis(1500)));
+            let mut only = RateLimitField::new();
+            only.push_denied("per-client", Duration::from_millis(1500));
+            res.headers_mut()
+                .insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
+            res.headers_mut()
+                .insert(HeaderName::from_static("ratelimit"), only.finish());
+            res
+        },
+    );
+    // For comparison: where the 429's allocations come from.
+    report.show("  of which: Bytes::from(Vec) with spare capacity", |_| {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"{\"retry_after\":2}");
+        bytes::Bytes::from(v)
+    });
+    report.show("  vs Bytes::from(Vec) with len == capacity", |_| {
+        let mut v = Vec::with_capacity(17);
+        v.extend_from_slice(b"{\"retry_after\":2}");
+        bytes::Bytes::from(v)
+    });
+    report.show("  http::HeaderMap::new + 1 insert", |_| {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+        h
+    });
+
+    if !report.failures.is_empty() {
+        panic!(
+            "allocations on a path that must not allocate:\n  {}",
+            report.failures.join("\n  ")
+        );
+    }
+    println!("\nzero-allocation checks passed (route matching, key extraction, limiter checks on existing keys)");
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# limiter_memory, end to end: the RSS of a running `sluice` (its mimalloc, its housekeeping task
+# every 5 s, keys inserted by the worker threads) with KEYS (1,000,000) distinct client
+# addresses, and after they go idle and are evicted.
+#
+#   benches/limiter_memory_e2e.sh            # about 3 minutes
+#
+# All on 127.0.0.1; everything it starts is stopped by PID on exit.
+#   1. `cargo build --release` (BUILD=0 skips it), an NGINX upstream answering `return 200`;
+#   2. sluice with `trusted_proxies: [127.0.0.1]` and one `client_ip` limit of 1/m, burst 1: a
+#      key's bucket takes 60 s to refill, so no key becomes evictable while wrk runs (governor
+#      drops a key once it has been full for one emission interval: 120 s after its only request);
+#   3. one wrk run (THREADS × CONNS, DURATION s) sends a distinct X-Forwarded-For per request,
+#      each thread from its own range of KEYS/THREADS addresses, then repeats them (429s, no new
+#      keys): DURATION must be long enough for KEYS requests (it is checked and reported);
+#   4. RSS (/proc/PID/status VmRSS) and `sluice_rate_limit_keys` at start, after wrk, and every
+#      10 s until the gauge reads 0 (at most WAIT s), 10 s later, and after 5 s of traffic from a
+#      single client (mimalloc gives freed memory back from inside later allocator calls).
+# Knobs (defaults): KEYS=1000000 DURATION=60 (< 120 s, or the first keys become evictable)
+# THREADS=2 CONNS=64 WORKERS=1 WAIT=200 UP_PORT=18297
+# PROXY_PORT=18298 ADMIN_PORT=18299 BUILD=1. Needs nginx, wrk, curl.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+KEYS=${KEYS:-1000000}; DURATION=${DURATION:-60}; THREADS=${THREADS:-2}; CONNS=${CONNS:-64}
+WORKERS=${WORKERS:-1}
+WAIT=${WAIT:-200}
+UP_PORT=${UP_PORT:-18297}; PROXY_PORT=${PROXY_PORT:-18298}; ADMIN_PORT=${ADMIN_PORT:-18299}
+BIN=${SLUICE_BIN:-target/release/sluice}
+
+for tool in nginx wrk curl; do
+  command -v "$tool" >/dev/null || { echo "limiter_memory_e2e.sh: $tool not found" >&2; exit 1; }
+done
+for port in "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    echo "limiter_memory_e2e.sh: 127.0.0.1:$port is in use" >&2; exit 1
+  fi
+done
+
+WORK=$(mktemp -d /tmp/sluice-memory.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [[ ${BUILD:-1} == 1 ]]; then
+  cargo build --release --bin sluice
+fi
+
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log error;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    keepalive_requests 10000000;
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+cat >"$WORK/sluice.yaml" <<EOF
+server:
+  listen: 127.0.0.1:$PROXY_PORT
+  workers: $WORKERS
+  shutdown_grace: 1s
+  trusted_proxies: [127.0.0.1]
+admin:
+  listen: 127.0.0.1:$ADMIN_PORT
+upstreams:
+  api:
+    endpoints: [http://127.0.0.1:$UP_PORT]
+routes:
+  - name: memory
+    upstream: api
+    rate_limits:
+      - name: per-client
+        key: client_ip
+        rate: 1/m
+        burst: 1
+EOF
+"$BIN" run -c "$WORK/sluice.yaml" 2>"$WORK/sluice.log" &
+SLUICE_PID=$!
+PIDS+=("$SLUICE_PID")
+for _ in $(seq 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
+  sleep 0.1
+done
+
+# Each thread: addresses 11.0.0.0 + id·2^22 + (k mod KEYS/THREADS).
+cat >"$WORK/xff.lua" <<EOF
+local next_id = 0
+function setup(thread)
+   thread:set("id", next_id)
+   next_id = next_id + 1
+end
+function init(args)
+   per_thread = math.floor($KEYS / $THREADS)
+   k = 0
+end
+function request()
+   local n = 0x0b000000 + id * 0x400000 + (k % per_thread)
+   k = k + 1
+   local ip = string.format("%d.%d.%d.%d", math.floor(n / 16777216) % 256,
+      math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+   return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
+end
+EOF
+
+keys() {
+  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk '/^sluice_rate_limit_keys\{/ && /route="memory"/ { n = $2 } END { print n + 0 }'
+}
+rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$SLUICE_PID/status"; }
+report() { printf '%-40s keys=%9s  RSS %7s MiB\n' "$1" "$(keys)" "$(rss)"; }
+
+report "sluice idle"
+base=$(rss)
+wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" -s "$WORK/xff.lua" "http://127.0.0.1:$PROXY_PORT/" >"$WORK/wrk.out"
+loaded=$(date +%s)
+grep -E 'requests in|Requests/sec|Non-2xx' "$WORK/wrk.out" | sed 's/^ */wrk: /'
+report "after wrk (${DURATION} s)"
+peak=$(rss)
+n_peak=$(keys)
+for _ in $(seq $((WAIT / 10))); do
+  sleep 10
+  report "idle $(($(date +%s) - loaded)) s"
+  [[ $(keys) -eq 0 ]] && break
+done
+sleep 10
+report "10 s after the last eviction"
+idle_after=$(rss)
+# mimalloc returns freed pages to the OS from inside later allocator calls on the owning thread:
+# an idle process keeps them. A little traffic (one client: a few admitted, then 429s) does that.
+wrk -t1 -c2 -d5s -H "X-Forwarded-For: 10.9.9.9" "http://127.0.0.1:$PROXY_PORT/" >/dev/null
+sleep 1
+report "after 5 s of traffic from one client"
+after=$(rss)
+n_after=$(keys)
+[[ $n_peak -ge $KEYS ]] || echo "limiter_memory_e2e.sh: only $n_peak of $KEYS keys: raise DURATION (< 120) or CONNS" >&2
+awk -v base="$base" -v peak="$peak" -v after="$after" -v idle_after="$idle_after" -v n="$n_peak" -v n_after="$n_after" 'BEGIN {
+  printf "\nsluice binary (mimalloc): +%.1f MiB for %d keys (%.0f bytes/key; target < 200 MB: %s); after eviction %d keys, +%.1f MiB over idle (idle since), +%.1f MiB after a little traffic\n",
+    peak - base, n, (peak - base) * 1048576 / n, (peak - base < 200) ? "met" : "MISSED", n_after, idle_after - base, after - base
+}'
