@@ -288,7 +288,9 @@ fn main() {
     });
     let template = RateLimitedTemplate::new(
         "create-order",
+        &std::sync::Arc::from("per-client"),
         "limit per-client of route create-order: 100/s, burst 200",
+        true,
     );
     report.show(
         "RateLimitedTemplate::respond (429: body + 2 headers)",
@@ -297,13 +299,12 @@ fn main() {
     report.show(
         "429 as the pipeline sends it (+ RateLimit-Policy, RateLimit)",
         |_| {
-            let mut res = template.respond(black_box(Duration::from_millis(1500)));
-            let mut only = RateLimitField::new();
-            only.push_denied("per-client", Duration::from_millis(1500));
+            let wait = black_box(Duration::from_millis(1500));
+            let mut res = template.respond(wait);
             res.headers_mut()
                 .insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
             res.headers_mut()
-                .insert(HeaderName::from_static("ratelimit"), only.finish());
+                .insert(HeaderName::from_static("ratelimit"), template.ratelimit_field(wait));
             res
         },
     );

@@ -193,10 +193,12 @@ impl Runtime {
                             rate,
                             rejection: RateLimitedTemplate::new(
                                 &r.name,
+                                &l.name,
                                 &format!(
                                     "limit {} of route {}: {}, burst {}",
                                     l.name, r.name, l.rate, l.burst
                                 ),
+                                config.server.rate_limit_headers,
                             ),
                         }
                     })

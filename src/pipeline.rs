@@ -135,10 +135,9 @@ async fn admit_and_forward(
                     let mut res = limit.rejection.respond(retry_after);
                     if let Some(policy) = &route.policy {
                         // On a 429 `RateLimit` carries only the rejecting limit, t = Retry-After.
-                        let mut only = RateLimitField::new();
-                        only.push_denied(&config.name, retry_after);
                         res.headers_mut().insert(RATELIMIT_POLICY, policy.clone());
-                        res.headers_mut().insert(RATELIMIT, only.finish());
+                        res.headers_mut()
+                            .insert(RATELIMIT, limit.rejection.ratelimit_field(retry_after));
                     }
                     access_log(
                         rt,

@@ -6,13 +6,15 @@
 //! sluice looks the same.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::limit::{headers::retry_after_secs, Rejected};
+use crate::limit::headers::{retry_after_secs, RateLimitField};
+use crate::limit::Rejected;
 use crate::proxy::ProxyBody;
 
 /// Why sluice answered a request itself instead of forwarding it.
@@ -137,17 +139,28 @@ pub fn respond(rejection: &Rejection) -> Response<ProxyBody> {
 }
 
 /// The 429 of one rate limit, rendered when the route is built: every member but `retry_after`
-/// is fixed, so the rejection path only appends a number. Under overload the rejection path is
-/// the hot path.
+/// is fixed, and the bodies (and `RateLimit` fields) for a `Retry-After` of up to a minute —
+/// nearly all of them — are rendered ahead too, so a rejection clones a reference-counted buffer
+/// instead of formatting. Under overload the rejection path is the hot path.
 #[derive(Debug, Clone)]
 pub struct RateLimitedTemplate {
-    /// The body up to and including `"retry_after":`.
+    /// The body up to and including `"retry_after":`, for longer waits.
     head: Bytes,
+    /// Whole bodies for `retry_after` 0..=60, by seconds.
+    bodies: Arc<[Bytes]>,
+    /// `"<limit>";r=0;t=<secs>` for secs 0..=60, when the route sends `RateLimit` fields.
+    fields: Option<Arc<[HeaderValue]>>,
+    /// The limit's name, for `RateLimit` items beyond a minute.
+    limit: Arc<str>,
 }
 
+/// Waits up to this many seconds have pre-rendered 429s.
+const PRERENDERED_SECS: u64 = 60;
+
 impl RateLimitedTemplate {
-    /// The template for a limit of `route`; `detail` names the limit.
-    pub fn new(route: &str, detail: &str) -> Self {
+    /// The template for `limit` of `route`; `detail` names the limit; `fields`: the route
+    /// sends `RateLimit` fields.
+    pub fn new(route: &str, limit: &Arc<str>, detail: &str, fields: bool) -> Self {
         let mut body = problem_json(
             QUOTA_EXCEEDED,
             StatusCode::TOO_MANY_REQUESTS,
@@ -158,30 +171,28 @@ impl RateLimitedTemplate {
         );
         body.pop(); // the closing brace
         body.push_str(",\"retry_after\":");
-        RateLimitedTemplate {
-            head: Bytes::from(body),
-        }
+        let head = Bytes::from(body);
+        let bodies = (0..=PRERENDERED_SECS).map(|secs| body_with(&head, secs)).collect();
+        let fields = fields.then(|| {
+            (0..=PRERENDERED_SECS)
+                .map(|secs| {
+                    let mut f = RateLimitField::new();
+                    f.push_denied(limit, Duration::from_secs(secs.max(1)));
+                    f.finish()
+                })
+                .collect()
+        });
+        RateLimitedTemplate { head, bodies, fields, limit: limit.clone() }
     }
 
     /// The 429 response: what [`respond`] makes for [`Rejection::RateLimited`], byte for byte.
     pub fn respond(&self, retry_after: Duration) -> Response<ProxyBody> {
         let secs = retry_after_secs(retry_after);
-        let mut body = Vec::with_capacity(self.head.len() + 21);
-        body.extend_from_slice(&self.head);
-        let mut digits = [0u8; 20];
-        let mut n = secs;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        body.extend_from_slice(&digits[i..]);
-        body.push(b'}');
-        let mut res = Response::new(ProxyBody::full(Bytes::from(body)));
+        let body = match self.bodies.get(secs as usize) {
+            Some(body) => body.clone(),
+            None => body_with(&self.head, secs),
+        };
+        let mut res = Response::new(ProxyBody::full(body));
         *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
         let headers = res.headers_mut();
         headers.insert(
@@ -191,6 +202,40 @@ impl RateLimitedTemplate {
         headers.insert(RETRY_AFTER, retry_after_value(secs));
         res
     }
+
+    /// The `RateLimit` field of this limit's 429: its item alone, `r=0`, `t` = `Retry-After`.
+    pub fn ratelimit_field(&self, retry_after: Duration) -> HeaderValue {
+        let secs = retry_after_secs(retry_after);
+        match self.fields.as_ref().and_then(|f| f.get(secs as usize)) {
+            Some(value) => value.clone(),
+            None => {
+                let mut f = RateLimitField::new();
+                f.push_denied(&self.limit, retry_after);
+                f.finish()
+            }
+        }
+    }
+}
+
+/// `head` + the decimal `secs` + `}`, in a buffer of exactly that size (so `Bytes` takes it
+/// over without another allocation).
+fn body_with(head: &Bytes, secs: u64) -> Bytes {
+    let mut digits = [0u8; 20];
+    let mut n = secs;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut body = Vec::with_capacity(head.len() + (digits.len() - i) + 1);
+    body.extend_from_slice(head);
+    body.extend_from_slice(&digits[i..]);
+    body.push(b'}');
+    Bytes::from(body)
 }
 
 /// `Retry-After` values of up to a minute — nearly all of them — come from a static table:
@@ -293,8 +338,8 @@ mod tests {
     /// The precomputed 429 is byte-identical to the generic one.
     #[test]
     fn rate_limited_template_matches_respond() {
-        let t = RateLimitedTemplate::new("r\"1", "limit a of route r: 1/s, burst 1");
-        for ms in [1, 999, 1000, 1001, 123_456_789] {
+        let t = RateLimitedTemplate::new("r\"1", &Arc::from("a"), "limit a of route r: 1/s, burst 1", true);
+        for ms in [1, 999, 1000, 1001, 59_500, 60_001, 123_456_789] {
             let d = Duration::from_millis(ms);
             let fast = t.respond(d);
             let slow = respond(&Rejection::RateLimited {
@@ -302,6 +347,9 @@ mod tests {
                 detail: "limit a of route r: 1/s, burst 1".into(),
                 retry_after: d,
             });
+            let mut field = RateLimitField::new();
+            field.push_denied("a", d);
+            assert_eq!(t.ratelimit_field(d), field.finish());
             assert_eq!(fast.status(), slow.status());
             assert_eq!(fast.headers(), slow.headers());
             let body = |r: Response<ProxyBody>| {
