@@ -28,51 +28,18 @@ UP_PORT=${UP_PORT:-18291}; PROXY_PORT=${PROXY_PORT:-18292}; ADMIN_PORT=${ADMIN_P
 BIN=${SLUICE_BIN:-target/release/sluice}
 ROUTE=accuracy
 
-for tool in nginx wrk curl; do
-  command -v "$tool" >/dev/null || { echo "accuracy.sh: $tool not found" >&2; exit 1; }
-done
-for port in "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    echo "accuracy.sh: 127.0.0.1:$port is in use (set UP_PORT/PROXY_PORT/ADMIN_PORT)" >&2; exit 1
-  fi
-done
+source benches/lib.sh
+require_tools accuracy.sh nginx wrk curl
+require_free_ports accuracy.sh "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"
 
-WORK=$(mktemp -d /tmp/sluice-accuracy.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+scratch sluice-accuracy
 
 if [[ ${BUILD:-1} == 1 ]]; then
   cargo build --release --bin sluice
 fi
 
-# --- The upstream: NGINX, one worker, 200 "ok".
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log error;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    keepalive_requests 10000000;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
-nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+# The upstream: NGINX, one worker, 200 "ok".
+nginx_upstream "$UP_PORT"
 
 # --- sluice: one route, one global limit.
 cat >"$WORK/sluice.yaml" <<EOF

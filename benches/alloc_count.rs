@@ -303,8 +303,10 @@ fn main() {
             let mut res = template.respond(wait);
             res.headers_mut()
                 .insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
-            res.headers_mut()
-                .insert(HeaderName::from_static("ratelimit"), template.ratelimit_field(wait));
+            res.headers_mut().insert(
+                HeaderName::from_static("ratelimit"),
+                template.ratelimit_field(wait),
+            );
             res
         },
     );

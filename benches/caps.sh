@@ -35,23 +35,11 @@ UP_PORT=${UP_PORT:-18294}; PROXY_PORT=${PROXY_PORT:-18295}; ADMIN_PORT=${ADMIN_P
 BIN=${SLUICE_BIN:-target/release/sluice}
 LUA=benches/status_latency.lua
 
-for tool in wrk curl jq; do
-  command -v "$tool" >/dev/null || { echo "caps.sh: $tool not found" >&2; exit 1; }
-done
-for port in "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    echo "caps.sh: 127.0.0.1:$port is in use (set UP_PORT/PROXY_PORT/ADMIN_PORT)" >&2; exit 1
-  fi
-done
+source benches/lib.sh
+require_tools caps.sh wrk curl jq
+require_free_ports caps.sh "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"
 
-WORK=$(mktemp -d /tmp/sluice-caps.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+scratch sluice-caps
 
 if [[ ${BUILD:-1} == 1 ]]; then
   # One build for both (release profile); the executable's path comes from cargo's JSON output.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::limit::headers::{retry_after_secs, RateLimitField};
+use crate::limit::headers::{decimal, retry_after_secs, RateLimitField};
 use crate::limit::Rejected;
 use crate::proxy::ProxyBody;
 
@@ -172,7 +172,9 @@ impl RateLimitedTemplate {
         body.pop(); // the closing brace
         body.push_str(",\"retry_after\":");
         let head = Bytes::from(body);
-        let bodies = (0..=PRERENDERED_SECS).map(|secs| body_with(&head, secs)).collect();
+        let bodies = (0..=PRERENDERED_SECS)
+            .map(|secs| body_with(&head, secs))
+            .collect();
         let fields = fields.then(|| {
             (0..=PRERENDERED_SECS)
                 .map(|secs| {
@@ -182,7 +184,12 @@ impl RateLimitedTemplate {
                 })
                 .collect()
         });
-        RateLimitedTemplate { head, bodies, fields, limit: limit.clone() }
+        RateLimitedTemplate {
+            head,
+            bodies,
+            fields,
+            limit: limit.clone(),
+        }
     }
 
     /// The 429 response: what [`respond`] makes for [`Rejection::RateLimited`], byte for byte.
@@ -220,20 +227,11 @@ impl RateLimitedTemplate {
 /// `head` + the decimal `secs` + `}`, in a buffer of exactly that size (so `Bytes` takes it
 /// over without another allocation).
 fn body_with(head: &Bytes, secs: u64) -> Bytes {
-    let mut digits = [0u8; 20];
-    let mut n = secs;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut body = Vec::with_capacity(head.len() + (digits.len() - i) + 1);
+    let mut buf = [0u8; 20];
+    let digits = decimal(secs, &mut buf);
+    let mut body = Vec::with_capacity(head.len() + digits.len() + 1);
     body.extend_from_slice(head);
-    body.extend_from_slice(&digits[i..]);
+    body.extend_from_slice(digits);
     body.push(b'}');
     Bytes::from(body)
 }
@@ -338,7 +336,12 @@ mod tests {
     /// The precomputed 429 is byte-identical to the generic one.
     #[test]
     fn rate_limited_template_matches_respond() {
-        let t = RateLimitedTemplate::new("r\"1", &Arc::from("a"), "limit a of route r: 1/s, burst 1", true);
+        let t = RateLimitedTemplate::new(
+            "r\"1",
+            &Arc::from("a"),
+            "limit a of route r: 1/s, burst 1",
+            true,
+        );
         for ms in [1, 999, 1000, 1001, 59_500, 60_001, 123_456_789] {
             let d = Duration::from_millis(ms);
             let fast = t.respond(d);

@@ -438,10 +438,8 @@ impl GlobalLimit {
         store: Arc<Store>,
         local: Arc<RateLimit>,
     ) -> GlobalLimit {
-        let emission = config.rate.emission_interval().max(Duration::from_nanos(1));
+        let (emission, burst) = crate::limit::rate::bucket_shape(config, MAX_REFILL_NANOS);
         let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
-        let max_burst = u32::try_from(MAX_REFILL_NANOS / emission_nanos).unwrap_or(u32::MAX);
-        let burst = config.burst.get().min(max_burst.max(1));
         if burst < config.burst.get() {
             tracing::warn!(
                 route,

@@ -220,18 +220,22 @@ fn put_sf_string(out: &mut impl Sink, s: &str) {
 
 /// A non-negative sf-integer, clamped to its 15-digit maximum, in decimal without allocating.
 fn put_uint(out: &mut impl Sink, n: u64) {
-    let mut n = n.min(SF_INTEGER_MAX);
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    out.put(decimal(n.min(SF_INTEGER_MAX), &mut digits));
+}
+
+/// `n` in decimal, written at the end of `buf`; the digits are returned. No allocation.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
     loop {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+        buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.put(&digits[i..]);
+    &buf[i..]
 }
 
 /// Whole seconds, rounded up; zero only for a zero duration.

@@ -103,6 +103,16 @@ struct Probe {
     fresh_tat: Cell<Nanos>,
 }
 
+/// The emission interval (at least 1 ns) and the burst of `config`, the burst cut so that a
+/// full refill (burst × interval) stays within `max_refill_nanos`. Validation rejects configs
+/// beyond these bounds; the cut only keeps the arithmetic safe whatever is passed in.
+pub(crate) fn bucket_shape(config: &RateLimitConfig, max_refill_nanos: u64) -> (Duration, u32) {
+    let emission = config.rate.emission_interval().max(Duration::from_nanos(1));
+    let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
+    let max_burst = u32::try_from(max_refill_nanos / emission_nanos).unwrap_or(u32::MAX);
+    (emission, config.burst.get().min(max_burst.max(1)))
+}
+
 // === impl RateLimit ===
 
 impl RateLimit {
@@ -119,10 +129,8 @@ impl<C: Clock> RateLimit<C> {
     /// A quota: one token per `rate.emission_interval()` (at least 1 ns), `burst` tokens at most.
     /// `scope: global` limits get a local bucket here; sharing it is another layer's job.
     pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
-        let emission = config.rate.emission_interval().max(Duration::from_nanos(1));
+        let (emission, burst) = bucket_shape(config, MAX_REFILL_NANOS);
         let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
-        let max_burst = u32::try_from(MAX_REFILL_NANOS / emission_nanos).unwrap_or(u32::MAX);
-        let burst = config.burst.get().min(max_burst.max(1));
         if burst < config.burst.get() {
             tracing::warn!(
                 limit = %config.name,
