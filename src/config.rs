@@ -1,11 +1,11 @@
 //! The configuration: what sluice was told to do, as validated runtime types.
 //!
 //! Loading takes three steps, each in its own module:
-//! 1. [`raw`]: the YAML is deserialized into serde mirrors of the file (`deny_unknown_fields`,
+//! 1. `raw`: the YAML is deserialized into serde mirrors of the file (`deny_unknown_fields`,
 //!    no logic). Type errors found here carry serde's line and column and the field path.
-//! 2. [`validate`]: raw values become the types below, which cannot hold a bad value
+//! 2. `validate`: raw values become the types below, which cannot hold a bad value
 //!    (rates, durations, addresses, names that refer to something that exists). All errors
-//!    are collected, each with its field path; [`locate`] finds the line and column of that path
+//!    are collected, each with its field path; `locate` finds the line and column of that path
 //!    in the YAML text.
 //! 3. The caller ([`crate::app`]) builds a running `Runtime` from a [`Config`].
 //!

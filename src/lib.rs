@@ -25,7 +25,14 @@
 //! - [`pipeline`]: the checks one request goes through, in the contract's order.
 //! - [`router`], [`limit`], [`proxy`]: route matching, limits, forwarding.
 //! - [`rescue`]: every response sluice makes itself.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (`/metrics`, `/healthz`,
+//!   `/readyz`, `/config`, `/reload`), on its own thread.
+//! - [`reload`]: SIGHUP / `POST /reload` build a new runtime and publish it.
+//! - [`shutdown`]: the drain signal shared by every listener.
 //! - [`demo`]: the built-in sample upstream behind `sluice demo`.
+//!
+//! Global limits (`scope: global`) live in `limit::global`, behind the default-on `redis`
+//! feature; upstream keep-alive connections in [`proxy::pool`].
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

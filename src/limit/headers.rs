@@ -35,7 +35,7 @@ const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
 const INLINE_CAPACITY: usize = 256;
 
 /// Builds a `RateLimit` field value, one item per limit, in a buffer that lives on the stack
-/// unless the items outgrow [`INLINE_CAPACITY`] bytes.
+/// unless the items outgrow `INLINE_CAPACITY` bytes.
 ///
 /// ```ignore
 /// let mut field = RateLimitField::new();

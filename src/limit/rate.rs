@@ -17,9 +17,9 @@
 //!
 //! Governor's `StateInformationMiddleware` reports the whole tokens left but not when the next
 //! one arrives. This module gets that exactly through governor's public `StateStore` extension
-//! point: the store handed to governor is a thin wrapper ([`Buckets`]) around governor's own
+//! point: the store handed to governor is a thin wrapper (`Buckets`) around governor's own
 //! stores that, during a check, records the TAT that governor commits and the time governor
-//! measured, into the [`Probe`] the check was called with. From those two, the level of the
+//! measured, into the `Probe` the check was called with. From those two, the level of the
 //! bucket after the request is known to the nanosecond.
 
 use std::cell::Cell;
