@@ -19,15 +19,7 @@ fn post(url: &str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn admin_endpoints() {
     let up = ok_upstream().await;
-    let yaml = format!(
-        r#"
-server: {{ listen: 127.0.0.1:0 }}
-admin: {{ listen: 127.0.0.1:0 }}
-upstreams: {{ api: {{ endpoints: [{}] }} }}
-routes: [{{ name: all, upstream: api }}]
-"#,
-        up.endpoint()
-    );
+    let yaml = admin_config(&up.endpoint(), "  - { name: all, upstream: api }\n");
     let proxy = start_proxy(&yaml).await;
     assert_eq!(
         get(&proxy.admin_url("/healthz")).await.status,
@@ -432,24 +424,8 @@ async fn reload_keeps_upstream_slots_when_another_field_changes() {
     }
     // The held requests' slots go back to the carried cap (bounded retry: a slot is released
     // when the response body is done, asynchronously to the client's read).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = get(&proxy.url("/probe")).await;
-        if got.status == StatusCode::OK {
-            break;
-        }
-        assert_eq!(
-            got.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            got.text()
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the held requests' slots never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let probe = proxy.url("/probe");
+    until_ok_past_503s("the held requests' slots never came back", || get(&probe)).await;
     assert_eq!(up.max_inflight(), 2);
     proxy.stop().await;
 }
@@ -498,10 +474,7 @@ async fn reload_under_load_loses_nothing() {
 #[tokio::test]
 async fn readyz_flips_during_shutdown() {
     let up = slow_upstream(Duration::from_millis(1500)).await;
-    let yaml = format!(
-        "server: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams: {{ api: {{ endpoints: [{}] }} }}\nroutes: [{{ name: all, upstream: api }}]\n",
-        up.endpoint()
-    );
+    let yaml = admin_config(&up.endpoint(), "  - { name: all, upstream: api }\n");
     let proxy = start_proxy(&yaml).await;
     let readyz = proxy.admin_url("/readyz");
     assert_eq!(get(&readyz).await.status, StatusCode::OK);

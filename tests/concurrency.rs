@@ -167,6 +167,17 @@ fn assert_capacity_503(got: &Got, reason: &str) {
 
 /// Upstream `capped` (cap `max` / `queue` / `timeout`) behind route `r` (all paths).
 fn capped(endpoint: &str, max: usize, queue: usize, timeout: &str) -> String {
+    capped_routes(
+        endpoint,
+        max,
+        queue,
+        timeout,
+        "  - name: r\n    upstream: capped\n",
+    )
+}
+
+/// Upstream `capped` (cap `max` / `queue` / `timeout`) behind `routes` (YAML list items).
+fn capped_routes(endpoint: &str, max: usize, queue: usize, timeout: &str, routes: &str) -> String {
     format!(
         r#"
 server: {{ listen: 127.0.0.1:0 }}
@@ -175,10 +186,30 @@ upstreams:
     endpoints: [{endpoint}]
     concurrency: {{ max_inflight: {max}, queue: {queue}, queue_timeout: {timeout} }}
 routes:
-  - name: r
-    upstream: capped
-"#
+{routes}"#
     )
+}
+
+/// GETs `path` in the background and waits until it is the first request at the upstream.
+async fn first_at_upstream(up: &Gated, proxy: &Proxy, path: &str) -> JoinHandle<Got> {
+    let got = spawn_get(proxy.url(path));
+    until("the first request at the upstream", || up.inflight() == 1).await;
+    got
+}
+
+/// GETs `path` in the background and waits until `cap`'s queue holds `depth` waiters.
+async fn queued_at(
+    cap: &ConcurrencyLimit,
+    proxy: &Proxy,
+    path: &str,
+    depth: usize,
+) -> JoinHandle<Got> {
+    let got = spawn_get(proxy.url(path));
+    until(&format!("{depth} waiter(s) queued at {path}"), || {
+        cap.queue_depth() == depth
+    })
+    .await;
+    got
 }
 
 /// 40 concurrent clients against an upstream capped at 4: all are served, and the upstream never
@@ -221,10 +252,8 @@ async fn full_queue_is_503_queue_full() {
     let up = gated_upstream(Duration::ZERO).await;
     let proxy = start_proxy(&capped(&up.up.endpoint(), 1, 1, "30s")).await;
     let cap = upstream_cap(&proxy, "capped");
-    let first = spawn_get(proxy.url("/1"));
-    until("the first request at the upstream", || up.inflight() == 1).await;
-    let queued = spawn_get(proxy.url("/2"));
-    until("the second request queued", || cap.queue_depth() == 1).await;
+    let first = first_at_upstream(&up, &proxy, "/1").await;
+    let queued = queued_at(&cap, &proxy, "/2", 1).await;
     let started = Instant::now();
     let got = get(&proxy.url("/3")).await;
     assert_capacity_503(&got, "queue-full");
@@ -249,8 +278,7 @@ async fn full_queue_is_503_queue_full() {
 async fn queue_zero_rejects_at_once() {
     let up = gated_upstream(Duration::ZERO).await;
     let proxy = start_proxy(&capped(&up.up.endpoint(), 1, 0, "30s")).await;
-    let first = spawn_get(proxy.url("/1"));
-    until("the first request at the upstream", || up.inflight() == 1).await;
+    let first = first_at_upstream(&up, &proxy, "/1").await;
     let started = Instant::now();
     let got = get(&proxy.url("/2")).await;
     assert_capacity_503(&got, "queue-full");
@@ -270,8 +298,7 @@ async fn queue_timeout_is_503() {
     let up = gated_upstream(Duration::ZERO).await;
     let proxy = start_proxy(&capped(&up.up.endpoint(), 1, 5, "400ms")).await;
     let cap = upstream_cap(&proxy, "capped");
-    let first = spawn_get(proxy.url("/1"));
-    until("the first request at the upstream", || up.inflight() == 1).await;
+    let first = first_at_upstream(&up, &proxy, "/1").await;
     let started = Instant::now();
     let got = get(&proxy.url("/2")).await;
     let took = started.elapsed();
@@ -295,20 +322,10 @@ async fn queue_timeout_is_503() {
 #[tokio::test]
 async fn upstream_cap_is_shared_by_routes() {
     let up = gated_upstream(Duration::ZERO).await;
-    let yaml = format!(
-        r#"
-server: {{ listen: 127.0.0.1:0 }}
-upstreams:
-  capped:
-    endpoints: [{}]
-    concurrency: {{ max_inflight: 2, queue: 10, queue_timeout: 30s }}
-routes:
-  - {{ name: a, match: {{ path_prefix: /a }}, upstream: capped }}
-  - {{ name: b, match: {{ path_prefix: /b }}, upstream: capped }}
-"#,
-        up.up.endpoint()
-    );
-    let proxy = start_proxy(&yaml).await;
+    let routes = r#"  - { name: a, match: { path_prefix: /a }, upstream: capped }
+  - { name: b, match: { path_prefix: /b }, upstream: capped }
+"#;
+    let proxy = start_proxy(&capped_routes(&up.up.endpoint(), 2, 10, "30s", routes)).await;
     let cap = upstream_cap(&proxy, "capped");
     let clients: Vec<_> = ["/a/1", "/b/1", "/a/2", "/b/2", "/a/3", "/b/3"]
         .into_iter()
@@ -340,33 +357,18 @@ routes:
 #[tokio::test]
 async fn route_cap_comes_before_upstream_cap() {
     let up = gated_upstream(Duration::ZERO).await;
-    let yaml = format!(
-        r#"
-server: {{ listen: 127.0.0.1:0 }}
-upstreams:
-  capped:
-    endpoints: [{}]
-    concurrency: {{ max_inflight: 2, queue: 0, queue_timeout: 30s }}
-routes:
-  - name: strict
-    match: {{ path_prefix: /strict }}
+    let routes = r#"  - name: strict
+    match: { path_prefix: /strict }
     upstream: capped
-    concurrency: {{ max_inflight: 1, queue: 1, queue_timeout: 30s }}
-  - {{ name: other, match: {{ path_prefix: /other }}, upstream: capped }}
-"#,
-        up.up.endpoint()
-    );
-    let proxy = start_proxy(&yaml).await;
+    concurrency: { max_inflight: 1, queue: 1, queue_timeout: 30s }
+  - { name: other, match: { path_prefix: /other }, upstream: capped }
+"#;
+    let proxy = start_proxy(&capped_routes(&up.up.endpoint(), 2, 0, "30s", routes)).await;
     let strict = route_cap(&proxy, "strict");
     let upstream = upstream_cap(&proxy, "capped");
-    let first = spawn_get(proxy.url("/strict/1"));
-    until("the first request at the upstream", || up.inflight() == 1).await;
+    let first = first_at_upstream(&up, &proxy, "/strict/1").await;
     // Waits at the route cap; must not take the upstream's second slot meanwhile.
-    let second = spawn_get(proxy.url("/strict/2"));
-    until("the second request queued at the route cap", || {
-        strict.queue_depth() == 1
-    })
-    .await;
+    let second = queued_at(&strict, &proxy, "/strict/2", 1).await;
     assert_eq!(
         upstream.inflight(),
         1,
@@ -396,27 +398,14 @@ routes:
 #[tokio::test]
 async fn higher_priority_sheds_the_newest_lower_waiter() {
     let up = gated_upstream(Duration::ZERO).await;
-    let yaml = format!(
-        r#"
-server: {{ listen: 127.0.0.1:0 }}
-upstreams:
-  capped:
-    endpoints: [{}]
-    concurrency: {{ max_inflight: 1, queue: 2, queue_timeout: 30s }}
-routes:
-  - {{ name: low, match: {{ path_prefix: /low }}, upstream: capped, priority: low }}
-  - {{ name: crit, match: {{ path_prefix: /crit }}, upstream: capped, priority: critical }}
-"#,
-        up.up.endpoint()
-    );
-    let proxy = start_proxy(&yaml).await;
+    let routes = r#"  - { name: low, match: { path_prefix: /low }, upstream: capped, priority: low }
+  - { name: crit, match: { path_prefix: /crit }, upstream: capped, priority: critical }
+"#;
+    let proxy = start_proxy(&capped_routes(&up.up.endpoint(), 1, 2, "30s", routes)).await;
     let cap = upstream_cap(&proxy, "capped");
-    let running = spawn_get(proxy.url("/low/0"));
-    until("the first request at the upstream", || up.inflight() == 1).await;
-    let older = spawn_get(proxy.url("/low/1"));
-    until("one low waiter", || cap.queue_depth() == 1).await;
-    let newer = spawn_get(proxy.url("/low/2"));
-    until("two low waiters", || cap.queue_depth() == 2).await;
+    let running = first_at_upstream(&up, &proxy, "/low/0").await;
+    let older = queued_at(&cap, &proxy, "/low/1", 1).await;
+    let newer = queued_at(&cap, &proxy, "/low/2", 2).await;
 
     let critical = spawn_get(proxy.url("/crit/1"));
     let shed = tokio::time::timeout(PATIENCE, newer)
@@ -451,24 +440,11 @@ routes:
 #[tokio::test]
 async fn equal_priority_never_evicts() {
     let up = gated_upstream(Duration::ZERO).await;
-    let yaml = format!(
-        r#"
-server: {{ listen: 127.0.0.1:0 }}
-upstreams:
-  capped:
-    endpoints: [{}]
-    concurrency: {{ max_inflight: 1, queue: 1, queue_timeout: 30s }}
-routes:
-  - {{ name: crit, upstream: capped, priority: critical }}
-"#,
-        up.up.endpoint()
-    );
-    let proxy = start_proxy(&yaml).await;
+    let routes = "  - { name: crit, upstream: capped, priority: critical }\n";
+    let proxy = start_proxy(&capped_routes(&up.up.endpoint(), 1, 1, "30s", routes)).await;
     let cap = upstream_cap(&proxy, "capped");
-    let running = spawn_get(proxy.url("/1"));
-    until("the first request at the upstream", || up.inflight() == 1).await;
-    let waiting = spawn_get(proxy.url("/2"));
-    until("one waiter", || cap.queue_depth() == 1).await;
+    let running = first_at_upstream(&up, &proxy, "/1").await;
+    let waiting = queued_at(&cap, &proxy, "/2", 1).await;
     assert_capacity_503(&get(&proxy.url("/3")).await, "queue-full");
     up.open();
     assert_eq!(running.await.unwrap().status, StatusCode::OK);

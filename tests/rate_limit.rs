@@ -595,27 +595,14 @@ async fn rate_limited_requests_take_no_concurrency_slot() {
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
     // The slot comes back when the held response is done (bounded retry: release is asynchronous
     // to the client's read). Each attempt uses a fresh key, so only the cap can refuse it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let proxy_ref = &proxy;
     let mut n = 0;
-    loop {
+    until_ok_past_503s("the slot never came back after 429s", || {
         n += 1;
         let key = format!("fresh-{n}");
-        let got = get_with(&proxy, "/", &[("x-api-key", &key)]).await;
-        if got.status == StatusCode::OK {
-            break;
-        }
-        assert_eq!(
-            got.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            got.text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the slot never came back after 429s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        async move { get_with(proxy_ref, "/", &[("x-api-key", &key)]).await }
+    })
+    .await;
     assert_eq!(
         up.requests(),
         2,
@@ -629,24 +616,17 @@ async fn rate_limited_requests_take_no_concurrency_slot() {
 #[tokio::test]
 async fn rate_limited_outcomes_are_counted() {
     let up = ok_upstream().await;
-    let yaml = format!(
-        r#"
-server: {{ listen: 127.0.0.1:0 }}
-admin: {{ listen: 127.0.0.1:0 }}
-upstreams: {{ api: {{ endpoints: [{}] }} }}
-routes:
-  - name: enforced
-    match: {{ path_prefix: /e }}
+    let routes = r#"  - name: enforced
+    match: { path_prefix: /e }
     upstream: api
-    rate_limits: [{{ name: l, key: global, rate: 1/h, burst: 1 }}]
+    rate_limits: [{ name: l, key: global, rate: 1/h, burst: 1 }]
   - name: shadowed
-    match: {{ path_prefix: /s }}
+    match: { path_prefix: /s }
     upstream: api
     mode: shadow
-    rate_limits: [{{ name: l, key: global, rate: 1/h, burst: 1 }}]
-"#,
-        up.endpoint()
-    );
+    rate_limits: [{ name: l, key: global, rate: 1/h, burst: 1 }]
+"#;
+    let yaml = admin_config(&up.endpoint(), routes);
     let proxy = start_proxy(&yaml).await;
     for path in ["/e", "/e", "/e", "/s", "/s", "/s"] {
         get(&proxy.url(path)).await;

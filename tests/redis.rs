@@ -49,6 +49,17 @@ routes:
     )
 }
 
+/// Sluice on the Redis at `url` with [`PATIENT`] calls and `on_error: deny`, `routes` to `up`.
+async fn start_patient(url: &str, up: &Upstream, routes: &str) -> Proxy {
+    start_proxy(&config(url, PATIENT, "deny", &up.endpoint(), routes)).await
+}
+
+/// Sluice on the Redis at `url` with [`FAULT_TIMEOUT`] calls and `on_error`, `routes` to `up`.
+async fn start_faulty(url: &str, on_error: &str, up: &Upstream, routes: &str) -> Proxy {
+    let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
+    start_proxy(&config(url, &timeout, on_error, &up.endpoint(), routes)).await
+}
+
 /// A header value of whole seconds within `low..=high`: values rounded up to seconds drop by one
 /// for each second a slow machine spends between two requests.
 fn secs_between(value: Option<&str>, low: u64, high: u64) -> bool {
@@ -175,14 +186,7 @@ async fn global_headers_agree_with_the_local_algorithm() {
         limits("local"),
         limits("global")
     );
-    let proxy = start_proxy(&config(
-        &redis.url(),
-        PATIENT,
-        "deny",
-        &up.endpoint(),
-        &routes,
-    ))
-    .await;
+    let proxy = start_patient(&redis.url(), &up, &routes).await;
     let view = |got: &Got| {
         let retry_after = (got.status == StatusCode::TOO_MANY_REQUESTS)
             .then(|| got.json()["retry_after"].clone());
@@ -229,14 +233,7 @@ async fn keys_expire_within_the_refill_time() {
     let redis = RedisServer::start().await;
     let up = ok_upstream().await;
     let routes = "  - name: r\n    upstream: api\n    rate_limits:\n      - {name: per-client, key: client_ip, rate: 1/s, burst: 5, scope: global}\n      - {name: per-key, key: \"header:X-Api-Key\", rate: 1/m, burst: 3, scope: global}\n";
-    let proxy = start_proxy(&config(
-        &redis.url(),
-        PATIENT,
-        "deny",
-        &up.endpoint(),
-        routes,
-    ))
-    .await;
+    let proxy = start_patient(&redis.url(), &up, routes).await;
     let with_key = || {
         Request::get(proxy.url("/"))
             .header("x-api-key", "k-123-secret")
@@ -295,14 +292,7 @@ async fn a_denied_key_is_not_asked_again() {
         "/",
         "{key: global, rate: 1/m, burst: 1, scope: global}",
     );
-    let proxy = start_proxy(&config(
-        &redis.url(),
-        PATIENT,
-        "deny",
-        &up.endpoint(),
-        &routes,
-    ))
-    .await;
+    let proxy = start_patient(&redis.url(), &up, &routes).await;
     let mut conn = redis.connection(None).await;
     assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
     let denied = get(&proxy.url("/")).await;
@@ -329,7 +319,6 @@ async fn a_denied_key_is_not_asked_again() {
 async fn on_error_policies_when_redis_dies() {
     let mut redis = RedisServer::start().await;
     let up = ok_upstream().await;
-    let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
     let mut proxies = Vec::new();
     for policy in ["local", "allow", "deny"] {
         // One route per policy: separate buckets.
@@ -338,14 +327,7 @@ async fn on_error_policies_when_redis_dies() {
             "/",
             "{name: g, key: global, rate: 1/m, burst: 3, scope: global}",
         );
-        let proxy = start_proxy(&config(
-            &redis.url(),
-            &timeout,
-            policy,
-            &up.endpoint(),
-            &routes,
-        ))
-        .await;
+        let proxy = start_faulty(&redis.url(), policy, &up, &routes).await;
         // Redis is up: one token of three taken from the shared bucket.
         let got = get(&proxy.url("/")).await;
         assert_eq!(got.status, StatusCode::OK);
@@ -415,20 +397,12 @@ async fn starts_while_redis_is_down_and_resumes_when_it_is_up() {
     let port = free_port();
     let mut redis = RedisServer::stopped_on(port, &[]);
     let up = ok_upstream().await;
-    let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
     let routes = route(
         "r",
         "/",
         "{key: global, rate: 1/m, burst: 2, scope: global}",
     );
-    let proxy = start_proxy(&config(
-        &redis.url(),
-        &timeout,
-        "allow",
-        &up.endpoint(),
-        &routes,
-    ))
-    .await;
+    let proxy = start_faulty(&redis.url(), "allow", &up, &routes).await;
     for _ in 0..5 {
         let (got, took) = timed_get(&proxy.url("/")).await;
         assert_eq!(got.status, StatusCode::OK);
@@ -450,20 +424,12 @@ async fn starts_while_redis_is_down_and_resumes_when_it_is_up() {
 async fn resumes_after_redis_restarts() {
     let mut redis = RedisServer::start().await;
     let up = ok_upstream().await;
-    let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
     let routes = route(
         "r",
         "/",
         "{key: \"header:X-Client\", rate: 1/m, burst: 2, scope: global}",
     );
-    let proxy = start_proxy(&config(
-        &redis.url(),
-        &timeout,
-        "allow",
-        &up.endpoint(),
-        &routes,
-    ))
-    .await;
+    let proxy = start_faulty(&redis.url(), "allow", &up, &routes).await;
     // Client a empties its bucket through Redis. (Its 429 is then remembered until its
     // Retry-After, Redis or not, so client b is the one that shows the recovery.)
     for expected in [200, 200, 429] {
@@ -535,7 +501,7 @@ async fn password_urls_work_and_are_redacted() {
         "/",
         "{key: global, rate: 1/m, burst: 1, scope: global}",
     );
-    let proxy = start_proxy(&config(&url, PATIENT, "deny", &up.endpoint(), &routes)).await;
+    let proxy = start_patient(&url, &up, &routes).await;
     assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
     assert_eq!(
         get(&proxy.url("/")).await.status,
@@ -555,14 +521,7 @@ async fn shadow_mode_forwards_what_a_global_limit_would_reject() {
     let redis = RedisServer::start().await;
     let up = ok_upstream().await;
     let routes = "  - name: r\n    upstream: api\n    mode: shadow\n    rate_limits:\n      - {name: g, key: global, rate: 1/m, burst: 1, scope: global}\n";
-    let proxy = start_proxy(&config(
-        &redis.url(),
-        PATIENT,
-        "deny",
-        &up.endpoint(),
-        routes,
-    ))
-    .await;
+    let proxy = start_patient(&redis.url(), &up, routes).await;
     assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
     let second = get(&proxy.url("/")).await;
     assert_eq!(second.status, StatusCode::OK);

@@ -250,6 +250,30 @@ routes:
     )
 }
 
+/// A [`Pki`] with a fresh leaf installed as the server's certificate and key.
+fn installed_pki() -> Pki {
+    let pki = Pki::new();
+    pki.install(&pki.leaf());
+    pki
+}
+
+/// Sluice on `pki` in front of `up`, with `header_read_timeout` set to `timeout`.
+async fn start_with_header_read_timeout(pki: &Pki, up: &Upstream, timeout: &str) -> Proxy {
+    let yaml = config(pki, &up.endpoint(), "", None).replace(
+        "header_read_timeout: 5s",
+        &format!("header_read_timeout: {timeout}"),
+    );
+    start_proxy(&yaml).await
+}
+
+/// Sluice started from a config file on `pki` (for reloads), in front of an `ok` upstream.
+async fn start_reloadable(pki: &Pki) -> (Upstream, ConfigFile, Proxy) {
+    let up = ok_upstream().await;
+    let file = ConfigFile::new(&config(pki, &up.endpoint(), "", None));
+    let proxy = start_proxy_file(&file).await;
+    (up, file, proxy)
+}
+
 /// An upstream answering with what it received, as JSON: method, path, version, headers and
 /// the body as text.
 async fn echo_body_upstream() -> Upstream {
@@ -390,8 +414,7 @@ async fn https_get(addr: SocketAddr, pki: &Pki, path: &str) -> Got {
 /// sees `X-Forwarded-Proto: https`.
 #[tokio::test]
 async fn https_get_and_post_over_http1() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let up = echo_body_upstream().await;
     let proxy = start_proxy(&config(&pki, &up.endpoint(), "", None)).await;
     let tls = connect(https(&proxy), pki.client(&[b"http/1.1"])).await;
@@ -426,8 +449,7 @@ async fn https_get_and_post_over_http1() {
 /// upstream still gets HTTP/1.1 with `X-Forwarded-Proto: https` and the `:authority` as Host.
 #[tokio::test]
 async fn alpn_negotiates_h2_and_requests_work_over_it() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let up = echo_body_upstream().await;
     let proxy = start_proxy(&config(&pki, &up.endpoint(), "", None)).await;
     let tls = connect(https(&proxy), pki.client(&[b"http/1.1", b"h2"])).await;
@@ -456,8 +478,7 @@ async fn alpn_negotiates_h2_and_requests_work_over_it() {
 /// A client offering only `http/1.1` gets HTTP/1.1; one offering no ALPN at all is served too.
 #[tokio::test]
 async fn http1_only_and_no_alpn_clients_are_served() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let up = echo_body_upstream().await;
     let proxy = start_proxy(&config(&pki, &up.endpoint(), "", None)).await;
 
@@ -476,8 +497,7 @@ async fn http1_only_and_no_alpn_clients_are_served() {
 /// TLS 1.2 and TLS 1.3 are both accepted.
 #[tokio::test]
 async fn tls12_and_tls13_are_accepted() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let up = ok_upstream().await;
     let proxy = start_proxy(&config(&pki, &up.endpoint(), "", None)).await;
     for (version, expected) in [
@@ -584,8 +604,7 @@ async fn arrivals(rx: &mut mpsc::UnboundedReceiver<()>, n: usize) {
 /// new requests.
 #[tokio::test]
 async fn h2_rate_limited_streams_leave_siblings_intact() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let (up, gate, mut arrived) = gated_upstream().await;
     let proxy = start_proxy(&config(&pki, &up.endpoint(), "", Some(LIMITED_AND_HELD))).await;
     let send = h2(connect(https(&proxy), pki.client(&[b"h2"])).await).await;
@@ -640,8 +659,7 @@ async fn h2_rate_limited_streams_leave_siblings_intact() {
 /// concurrent requests on one connection reach the upstream two at a time, and all complete.
 #[tokio::test]
 async fn max_concurrent_streams_bounds_one_connection() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let (up, gate, mut arrived) = gated_upstream().await;
     let proxy = start_proxy(&config(
         &pki,
@@ -748,8 +766,7 @@ async fn settled(counter: &AtomicU64, still: Duration, limit: Duration) -> u64 {
 #[tokio::test]
 async fn slow_h2_reader_pushes_back_to_the_upstream() {
     const TOTAL: u64 = 1 << 30;
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let (addr, written, task) = counting_upstream(TOTAL).await;
     let proxy = start_proxy(&config(&pki, &format!("http://{addr}"), "", None)).await;
     let tls = connect(https(&proxy), pki.client(&[b"h2"])).await;
@@ -805,13 +822,10 @@ async fn slow_h2_reader_pushes_back_to_the_upstream() {
 /// clients are served (handshakes do not block the accept loop).
 #[tokio::test]
 async fn stalled_handshakes_are_cut_at_header_read_timeout_and_counted() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let up = ok_upstream().await;
     // Long enough for the full handshake of the client served meanwhile on a loaded machine.
-    let yaml = config(&pki, &up.endpoint(), "", None)
-        .replace("header_read_timeout: 5s", "header_read_timeout: 3s");
-    let proxy = start_proxy(&yaml).await;
+    let proxy = start_with_header_read_timeout(&pki, &up, "3s").await;
     let addr = https(&proxy);
 
     let started = Instant::now();
@@ -849,12 +863,9 @@ async fn stalled_handshakes_are_cut_at_header_read_timeout_and_counted() {
 /// keeps serving; a connection closed without a byte (a TCP health check) is not counted.
 #[tokio::test]
 async fn garbage_handshakes_are_closed_counted_and_harmless() {
-    let pki = Pki::new();
-    pki.install(&pki.leaf());
+    let pki = installed_pki();
     let up = ok_upstream().await;
-    let yaml = config(&pki, &up.endpoint(), "", None)
-        .replace("header_read_timeout: 5s", "header_read_timeout: 30s");
-    let proxy = start_proxy(&yaml).await;
+    let proxy = start_with_header_read_timeout(&pki, &up, "30s").await;
     let addr = https(&proxy);
 
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
@@ -904,9 +915,7 @@ async fn reload_serves_the_new_certificate_to_new_connections() {
     let pki = Pki::new();
     let (a, b) = (pki.leaf(), pki.leaf());
     pki.install(&a);
-    let up = ok_upstream().await;
-    let file = ConfigFile::new(&config(&pki, &up.endpoint(), "", None));
-    let proxy = start_proxy_file(&file).await;
+    let (_up, _file, proxy) = start_reloadable(&pki).await;
     let addr = https(&proxy);
 
     let before = connect(addr, pki.client(&[b"h2"])).await;
@@ -952,9 +961,7 @@ async fn reload_with_a_bad_certificate_keeps_the_old_one() {
     let pki = Pki::new();
     let (a, b) = (pki.leaf(), pki.leaf());
     pki.install(&a);
-    let up = ok_upstream().await;
-    let file = ConfigFile::new(&config(&pki, &up.endpoint(), "", None));
-    let proxy = start_proxy_file(&file).await;
+    let (_up, _file, proxy) = start_reloadable(&pki).await;
     let addr = https(&proxy);
     let reload = || async {
         send(
@@ -1007,13 +1014,18 @@ async fn reload_with_a_bad_certificate_keeps_the_old_one() {
 
 // === config errors ===
 
-/// The errors of a config whose tls section points at the given files.
-fn tls_errors(cert: &Path, key: &Path) -> Vec<FieldError> {
-    let yaml = format!(
+/// A config whose tls section points at the given files (cert on line 5, key on line 6).
+fn tls_yaml(cert: &Path, key: &Path) -> String {
+    format!(
         "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    cert: {}\n    key: {}\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    upstream: a\n",
         cert.display(),
         key.display()
-    );
+    )
+}
+
+/// The errors of a config whose tls section points at the given files.
+fn tls_errors(cert: &Path, key: &Path) -> Vec<FieldError> {
+    let yaml = tls_yaml(cert, key);
     match sluice::config::from_yaml(&yaml, Path::new("t.yaml")) {
         Ok(_) => panic!("expected an invalid config:\n{yaml}"),
         Err(ConfigError::Invalid { errors, .. }) => errors,
@@ -1050,48 +1062,37 @@ fn bad_certificate_and_key_files_are_config_errors() {
     );
     let only_ca = pki.write("ca.crt", &pki.ca.pem());
 
-    assert_one(
-        &tls_errors(&missing, &key),
-        "server.tls.cert",
-        &missing,
-        "cannot read",
-    );
-    assert_one(
-        &tls_errors(&cert, &missing),
-        "server.tls.key",
-        &missing,
-        "cannot read",
-    );
-    assert_one(
-        &tls_errors(&garbage, &key),
-        "server.tls.cert",
-        &garbage,
-        "no PEM certificate",
-    );
-    assert_one(
-        &tls_errors(&cert, &garbage),
-        "server.tls.key",
-        &garbage,
-        "no PEM private key",
-    );
-    assert_one(
-        &tls_errors(&broken, &key),
-        "server.tls.cert",
-        &broken,
-        "not valid PEM",
-    );
-    assert_one(
-        &tls_errors(&cert, &b_key),
-        "server.tls.key",
-        &b_key,
-        "does not match the certificate",
-    );
-    assert_one(
-        &tls_errors(&only_ca, &key),
-        "server.tls.key",
-        &key,
-        "does not match",
-    );
+    // (cert file, key file, the field in error, the file it names, what it says)
+    let cases: [(&Path, &Path, &str, &Path, &str); 7] = [
+        (&missing, &key, "server.tls.cert", &missing, "cannot read"),
+        (&cert, &missing, "server.tls.key", &missing, "cannot read"),
+        (
+            &garbage,
+            &key,
+            "server.tls.cert",
+            &garbage,
+            "no PEM certificate",
+        ),
+        (
+            &cert,
+            &garbage,
+            "server.tls.key",
+            &garbage,
+            "no PEM private key",
+        ),
+        (&broken, &key, "server.tls.cert", &broken, "not valid PEM"),
+        (
+            &cert,
+            &b_key,
+            "server.tls.key",
+            &b_key,
+            "does not match the certificate",
+        ),
+        (&only_ca, &key, "server.tls.key", &key, "does not match"),
+    ];
+    for (cert_file, key_file, field, named, says) in cases {
+        assert_one(&tls_errors(cert_file, key_file), field, named, says);
+    }
     // Swapped: both files are wrong, and both are reported.
     let swapped = tls_errors(&key, &cert);
     let fields: Vec<&str> = swapped.iter().map(|e| e.path.as_str()).collect();
@@ -1102,11 +1103,7 @@ fn bad_certificate_and_key_files_are_config_errors() {
     );
 
     // And the good pair loads, with its files in `sluice check`'s summary.
-    let yaml = format!(
-        "server:\n  listen: 127.0.0.1:0\n  tls:\n    listen: 127.0.0.1:0\n    cert: {}\n    key: {}\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    upstream: a\n",
-        cert.display(),
-        key.display()
-    );
+    let yaml = tls_yaml(&cert, &key);
     let config = sluice::config::from_yaml(&yaml, Path::new("t.yaml")).unwrap();
     assert!(config
         .to_string()

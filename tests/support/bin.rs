@@ -120,20 +120,24 @@ impl Sluice {
         address_in(&line).unwrap_or_else(|| panic!("no address in the admin line: {line}"))
     }
 
+    /// The first stderr line logged so far that contains `needle`.
+    fn logged(&self, needle: &str) -> Option<String> {
+        self.stderr
+            .text
+            .lock()
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned)
+    }
+
     /// The first stderr line containing `needle`, waiting up to [`PATIENCE`] for it; `None` when
     /// the process ended (closed stderr) or stayed silent that long without logging it.
     pub fn wait_for_log(&mut self, needle: &str) -> Option<String> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             // Lines are appended before they are announced: check, then wait for the next one.
-            let found = self
-                .stderr
-                .text
-                .lock()
-                .unwrap()
-                .lines()
-                .find(|l| l.contains(needle))
-                .map(str::to_owned);
+            let found = self.logged(needle);
             if found.is_some() {
                 return found;
             }
@@ -142,14 +146,7 @@ impl Sluice {
                 Ok(()) => {}
                 Err(RecvTimeoutError::Timeout) => return None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    return self
-                        .stderr
-                        .text
-                        .lock()
-                        .unwrap()
-                        .lines()
-                        .find(|l| l.contains(needle))
-                        .map(str::to_owned);
+                    return self.logged(needle);
                 }
             }
         }

@@ -388,3 +388,35 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 pub fn expect_metric(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
+
+/// Retries `attempt` every 10 ms until it answers 200; meanwhile every answer must be a 503, and
+/// after 10 s the test fails with `never`.
+pub async fn until_ok_past_503s<F, Fut>(never: &str, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Got>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = attempt().await;
+        if got.status == StatusCode::OK {
+            return;
+        }
+        assert_eq!(
+            got.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            got.text()
+        );
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A config with a listener, an admin listener, upstream `api` at `endpoint`, and `routes`
+/// (YAML list items, indented 2).
+pub fn admin_config(endpoint: &str, routes: &str) -> String {
+    format!(
+        "server: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams: {{ api: {{ endpoints: [{endpoint}] }} }}\nroutes:\n{routes}"
+    )
+}
