@@ -21,9 +21,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use crate::app::Shared;
-use crate::proxy::ProxyBody;
+use crate::body::ProxyBody;
 use crate::reload;
+use crate::runtime::Shared;
 use crate::shutdown::Shutdown;
 
 /// Serves the admin endpoints on `listener` from a dedicated thread until `stop` fires.

@@ -111,7 +111,7 @@ pub struct TlsConfig {
     /// The certificate and key read from `cert` and `key` when the config was loaded, checked
     /// to match: what the listener serves, so a file changed after loading changes nothing
     /// until the next reload.
-    pub acceptor: crate::tls::Acceptor,
+    pub acceptor: crate::net::tls::Acceptor,
 }
 
 /// `admin:` — the admin listener.

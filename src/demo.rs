@@ -17,8 +17,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::body::ProxyBody;
 use crate::config::Config;
-use crate::proxy::ProxyBody;
 
 /// Time the sample upstream spends on each request.
 pub const WORK: Duration = Duration::from_millis(20);

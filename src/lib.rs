@@ -41,18 +41,19 @@
     unreachable_pub
 )]
 
-pub mod admin;
+mod admin;
 pub mod app;
+mod body;
+mod clock;
 pub mod config;
 pub mod demo;
 pub mod limit;
-pub mod listener;
-pub mod metrics;
-pub mod pipeline;
-pub mod proxy;
-pub mod reload;
+mod metrics;
+mod net;
+mod pipeline;
+mod proxy;
+mod reload;
 pub mod rescue;
 pub mod router;
-pub mod server;
+pub mod runtime;
 pub mod shutdown;
-pub mod tls;

@@ -15,15 +15,17 @@ use http::{HeaderName, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::app::{Route, Runtime};
+use crate::body::ProxyBody;
 use crate::config::Mode;
 use crate::limit::headers::RateLimitField;
 use crate::limit::{ConcurrencyLimit, Decision, Permit, Rejected, Slots, Verdict};
 use crate::metrics::{InflightGuard, Outcome, ScopeMetrics};
-use crate::proxy::forward::{self, Origin};
-use crate::proxy::{ProxyBody, UpstreamError};
+use crate::net::Origin;
+use crate::proxy::forward;
+use crate::proxy::UpstreamError;
 use crate::rescue::{self, Rejection};
 use crate::router::Target;
+use crate::runtime::{Route, Runtime};
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -342,7 +344,7 @@ fn with_fields(
 
 /// The `detail` of a `store-unavailable` 503 for `limit`.
 #[cfg(feature = "redis")]
-fn unavailable_detail(limit: &crate::app::Limit) -> Arc<str> {
+fn unavailable_detail(limit: &crate::runtime::Limit) -> Arc<str> {
     match &limit.global {
         Some(global) => global.unavailable_detail().clone(),
         None => Arc::from("the shared store did not answer"),
@@ -351,7 +353,7 @@ fn unavailable_detail(limit: &crate::app::Limit) -> Arc<str> {
 
 /// Without Redis support no limit is global, so this is never called.
 #[cfg(not(feature = "redis"))]
-fn unavailable_detail(_: &crate::app::Limit) -> Arc<str> {
+fn unavailable_detail(_: &crate::runtime::Limit) -> Arc<str> {
     Arc::from("the shared store did not answer")
 }
 

@@ -5,12 +5,12 @@
 //! - [`upstream`] is one upstream: round-robin over its endpoints, passive health, retries,
 //!   connect and response timeouts.
 //! - [`pool`] keeps each endpoint's keep-alive connections.
-//! - [`body`] is the streaming body types: nothing is buffered whole in either direction.
+//! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
 
-pub mod body;
-pub mod forward;
-pub mod pool;
-pub mod upstream;
+pub(crate) mod body;
+pub(crate) mod forward;
+pub(crate) mod pool;
+pub(crate) mod upstream;
 
-pub use self::body::{ProxyBody, UpstreamBody};
-pub use self::upstream::{Upstream, UpstreamError};
+pub(crate) use self::body::UpstreamBody;
+pub(crate) use self::upstream::{Upstream, UpstreamError};

@@ -14,8 +14,8 @@
 //! the connection cap. A reload that changes them logs that a restart is needed and keeps the
 //! running ones.
 
-use crate::app::{Runtime, Shared};
 use crate::config::{self, Config, ConfigError};
+use crate::runtime::{Runtime, Shared};
 
 /// What a successful reload did.
 #[derive(Debug, Clone)]

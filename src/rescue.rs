@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::body::ProxyBody;
 use crate::limit::headers::{decimal, retry_after_secs, RateLimitField};
 use crate::limit::Rejected;
-use crate::proxy::ProxyBody;
 
 /// Why sluice answered a request itself instead of forwarding it.
 #[derive(Debug, Clone)]

@@ -29,7 +29,7 @@ use super::{
     Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig,
     StoreConfig, TlsConfig, UpstreamConfig,
 };
-use crate::tls::Acceptor;
+use crate::net::tls::Acceptor;
 
 /// `server.header_read_timeout` when absent.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

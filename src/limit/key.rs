@@ -11,13 +11,11 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderMap;
 use ipnet::IpNet;
 
 use crate::config::KeySpec;
-
-/// `X-Forwarded-For` (the `http` crate has no constant for it).
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::net::X_FORWARDED_FOR;
 
 /// What a rate-limit bucket is keyed by. Copy, no heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
+use crate::net::{Origin, X_FORWARDED_FOR};
+
 /// Headers that describe one hop and must never be forwarded.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -23,22 +25,12 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Where the request came from, as the upstream should learn it.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin {
-    /// The socket peer.
-    pub peer: IpAddr,
-    /// True on the TLS listener.
-    pub https: bool,
-}
-
 /// Rewrites `req` in place for the upstream (see the module docs). The request is sent as
 /// HTTP/1.1 whatever the client spoke.
-pub fn request<B>(req: &mut Request<B>, origin: Origin) {
+pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin) {
     // The authority of an HTTP/2 (or absolute-form) request becomes the Host header upstream.
     let authority_host = req
         .uri()
@@ -68,7 +60,7 @@ pub fn request<B>(req: &mut Request<B>, origin: Origin) {
 }
 
 /// Rewrites an upstream response in place for the client.
-pub fn response<B>(res: &mut Response<B>) {
+pub(crate) fn response<B>(res: &mut Response<B>) {
     strip_hop_by_hop(res.headers_mut());
 }
 
@@ -78,7 +70,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 }
 
 /// Removes the fixed hop-by-hop headers and every header named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names present (a handful) notes which hop-by-hop headers occur; only
     // those are then removed. Most requests carry none, most responses only `Connection:
     // keep-alive`: far cheaper than a hash probe for each of the nine names.

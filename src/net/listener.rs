@@ -15,11 +15,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::server::TlsStream;
 
-use crate::app::Shared;
-use crate::proxy::forward::Origin;
-use crate::server::{self, Protocol};
+use super::http::Protocol;
+use super::server;
+use super::tls::Acceptor;
+use crate::net::Origin;
+use crate::runtime::Shared;
 use crate::shutdown::ShutdownWatch;
-use crate::tls::Acceptor;
 
 /// A bound listener, not yet accepting.
 #[derive(Debug)]

@@ -1,9 +1,9 @@
 //! TLS termination for the HTTPS listener: certificate and key from PEM files, TLS 1.2 and 1.3,
 //! ALPN `h2` and `http/1.1`.
 //!
-//! Where it sits: [`crate::listener`] accepts a TCP connection and runs the handshake with the
+//! Where it sits: [`crate::net::listener`] accepts a TCP connection and runs the handshake with the
 //! [`Acceptor`] of the current config, bounded by `server.header_read_timeout`; the negotiated
-//! ALPN protocol then tells [`crate::server`] whether to speak HTTP/2 or HTTP/1.1.
+//! ALPN protocol then tells [`crate::net::server`] whether to speak HTTP/2 or HTTP/1.1.
 //!
 //! The files are read and checked when the config is loaded ([`Acceptor::load`] is called by
 //! config validation), so an [`Acceptor`] is part of a validated [`crate::config::Config`]:

@@ -1,0 +1,90 @@
+//! The HTTP/1.1 and HTTP/2 settings of one config version, and which protocol a connection
+//! speaks.
+//!
+//! Built with each runtime (so a reload applies to new connections) and read by
+//! [`crate::net::server`] for every connection it serves.
+//!
+//! How the protocol is chosen ([`Protocol`]): on the plain listener, hyper-util's auto builder
+//! reads the first bytes and serves HTTP/2 when they are the HTTP/2 preface (prior knowledge,
+//! h2c), HTTP/1.1 otherwise. On the TLS listener the client already said what it speaks through
+//! ALPN, so the matching builder is used directly and nothing is sniffed.
+
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use crate::config::ServerConfig;
+
+/// The HTTP settings of one config version, shared by the connections accepted under it.
+pub(crate) type HttpBuilder = Arc<Http>;
+
+/// The same HTTP/1.1 and HTTP/2 settings, once per way of choosing the protocol.
+#[derive(Debug)]
+pub(crate) struct Http {
+    /// Reads the first bytes and picks HTTP/2 on the preface: the plain listener, and TLS
+    /// clients that offered no ALPN.
+    sniff: auto::Builder<TokioExecutor>,
+    /// ALPN `http/1.1`.
+    http1: auto::Builder<TokioExecutor>,
+    /// ALPN `h2`.
+    http2: auto::Builder<TokioExecutor>,
+}
+
+/// Which protocol to serve on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// HTTP/2 if the client starts with its preface, else HTTP/1.1.
+    Detect,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only.
+    Http2,
+}
+
+// === impl Http ===
+
+impl Http {
+    /// The builder that serves `protocol`.
+    pub(crate) fn builder(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
+        match protocol {
+            Protocol::Detect => &self.sniff,
+            Protocol::Http1 => &self.http1,
+            Protocol::Http2 => &self.http2,
+        }
+    }
+}
+
+// === impl Protocol ===
+
+impl Protocol {
+    /// The protocol a TLS client chose by ALPN; without ALPN, detection as on the plain listener.
+    pub(crate) fn from_alpn(alpn: Option<&[u8]>) -> Protocol {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Detect,
+        }
+    }
+}
+
+/// Builds the HTTP/1.1 + HTTP/2 server settings from `server:`.
+pub(crate) fn http_builder(server: &ServerConfig) -> HttpBuilder {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Slowloris: a client that dribbles its request head is cut after this.
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Advertised in SETTINGS; streams beyond it are refused by h2, not queued by sluice.
+        .max_concurrent_streams(server.max_concurrent_streams);
+    Arc::new(Http {
+        http1: builder.clone().http1_only(),
+        http2: builder.clone().http2_only(),
+        sniff: builder,
+    })
+}

@@ -1,0 +1,320 @@
+//! The running form of one config version: the route table, per-route limits and templates,
+//! upstream pools and caps. Everything the request path reads, and nothing that runs.
+//!
+//! A [`Runtime`] is built from a [`Config`] ([`Runtime::build`]), carrying over limiter state,
+//! caps and pools that a reload did not change. [`Shared`] holds the current one behind an
+//! [`ArcSwap`]: each request loads it once, so a reload applies to new requests at once while
+//! requests in flight finish under the runtime they started with.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::config::{Config, Mode, Priority};
+use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
+use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
+use crate::net::http::{http_builder, HttpBuilder};
+use crate::proxy::Upstream;
+use crate::rescue::RateLimitedTemplate;
+use crate::router::Router;
+
+/// How often idle rate-limit keys are evicted.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything one config version needs to serve requests. Immutable once built.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The config this was built from.
+    pub config: Arc<Config>,
+    /// Route matching, by index into `routes`.
+    pub router: Router,
+    /// Per-route state, in file order.
+    pub routes: Vec<Route>,
+    /// Upstream pools, in file order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Client IP and bucket keys.
+    pub keys: KeyExtractor,
+    /// `server.rate_limit_headers`.
+    pub rate_limit_headers: bool,
+    /// HTTP settings for new connections (header timeout, h2 streams).
+    pub http: HttpBuilder,
+    /// Process-wide metric families.
+    pub metrics: Arc<Metrics>,
+    /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
+    /// the next runtime while `store.redis.url` is unchanged.
+    #[cfg(feature = "redis")]
+    pub store: Option<Arc<crate::limit::global::Store>>,
+    /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
+    /// the next runtime on the admin thread, whose own runtime is not for request work. `None`
+    /// only when the first runtime was built outside tokio.
+    #[cfg(feature = "redis")]
+    spawner: Option<tokio::runtime::Handle>,
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// Queue order and shedding.
+    pub priority: Priority,
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// Where admitted requests go.
+    pub upstream: Arc<Upstream>,
+    /// All must admit a request.
+    pub limits: Vec<Limit>,
+    /// `RateLimit-Policy`, precomputed (constant per route); `None` without limits or when
+    /// `rate_limit_headers` is off.
+    pub policy: Option<HeaderValue>,
+    /// This route's own cap.
+    pub concurrency: Option<ConcurrencyLimit>,
+    /// Counters and gauges of this route.
+    pub metrics: RouteMetrics,
+    /// Queue wait of this route's cap.
+    pub cap_metrics: ScopeMetrics,
+    /// Queue wait of the upstream's cap.
+    pub upstream_cap_metrics: ScopeMetrics,
+    /// `sluice_inflight{upstream}`.
+    pub upstream_inflight: Gauge,
+}
+
+/// A rate limit of a route, with what its 429 says.
+#[derive(Debug)]
+pub struct Limit {
+    /// The bucket(s). Shared with the next runtime when unchanged by a reload. For a
+    /// `scope: global` limit, this instance's own bucket: the fallback of `on_error: local`.
+    pub rate: Arc<RateLimit>,
+    /// `scope: global`: the bucket in Redis, checked instead of `rate`.
+    #[cfg(feature = "redis")]
+    pub global: Option<Arc<crate::limit::global::GlobalLimit>>,
+    /// Its 429, rendered once (the detail reads `limit per-client of route create-order: 100/s,
+    /// burst 200`).
+    pub rejection: RateLimitedTemplate,
+}
+
+/// State that outlives config versions.
+#[derive(Debug)]
+pub struct Shared {
+    runtime: ArcSwap<Runtime>,
+    ready: AtomicBool,
+    /// Process-wide metric families; series survive reloads.
+    pub metrics: Arc<Metrics>,
+    /// Serializes reloads (SIGHUP and `POST /reload` may race). std Mutex: a reload does no
+    /// `.await` while holding it.
+    pub(crate) reloading: std::sync::Mutex<()>,
+}
+
+// === impl Runtime ===
+
+impl Runtime {
+    /// Builds the runtime for `config`. With `previous`, limiter state whose route name, limit
+    /// name and parameters are unchanged is carried over, so a reload does not hand out fresh
+    /// bursts. Must be called inside a tokio runtime (upstream pools spawn tasks).
+    pub fn build(config: Config, previous: Option<&Runtime>, metrics: Arc<Metrics>) -> Runtime {
+        #[cfg(feature = "redis")]
+        let spawner = match previous {
+            Some(p) => p.spawner.clone(),
+            None => tokio::runtime::Handle::try_current().ok(),
+        };
+        // One connection for every global limit; an unchanged URL keeps the running one.
+        #[cfg(feature = "redis")]
+        let store = crate::limit::global::Store::for_config(
+            &config,
+            previous.and_then(|p| p.store.as_ref()),
+            spawner.as_ref(),
+            metrics.store_errors(),
+        );
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let old = previous.and_then(|p| p.upstreams.iter().find(|o| o.name == u.name));
+                match old {
+                    // Unchanged: keep its connection pool and its cap.
+                    Some(o) if same_upstream(o.config(), u) => o.clone(),
+                    // Changed elsewhere, same cap: the cap (slots in use, waiters) carries over.
+                    Some(o) if o.config().concurrency == u.concurrency => {
+                        Arc::new(Upstream::with_cap(u, o.concurrency.clone()))
+                    }
+                    _ => Arc::new(Upstream::new(u)),
+                }
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let old = previous.and_then(|p| p.routes.iter().find(|o| o.name == r.name));
+                let limits = r
+                    .rate_limits
+                    .iter()
+                    .map(|l| {
+                        let kept = old
+                            .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
+                            .map(|ol| ol.rate.clone());
+                        let rate = kept.unwrap_or_else(|| Arc::new(RateLimit::new(l)));
+                        Limit {
+                            #[cfg(feature = "redis")]
+                            global: match (&store, &config.store) {
+                                (Some(st), Some(sc)) if l.scope == crate::config::Scope::Global => {
+                                    Some(Arc::new(crate::limit::global::GlobalLimit::new(
+                                        &r.name,
+                                        l,
+                                        &sc.redis,
+                                        st.clone(),
+                                        rate.clone(),
+                                    )))
+                                }
+                                _ => None,
+                            },
+                            rate,
+                            rejection: RateLimitedTemplate::new(
+                                &r.name,
+                                &l.name,
+                                &format!(
+                                    "limit {} of route {}: {}, burst {}",
+                                    l.name, r.name, l.rate, l.burst
+                                ),
+                                config.server.rate_limit_headers,
+                            ),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                let policy = (config.server.rate_limit_headers && !r.rate_limits.is_empty())
+                    .then(|| headers::policy_value(&r.rate_limits.iter().collect::<Vec<_>>()));
+                let concurrency = r.concurrency.map(|c| {
+                    old.and_then(|o| o.concurrency.as_ref())
+                        .filter(|oc| oc.config() == c)
+                        .cloned()
+                        .unwrap_or_else(|| ConcurrencyLimit::new(c))
+                });
+                let upstream = upstreams[r.upstream].clone();
+                Route {
+                    metrics: metrics.route(&r.name),
+                    cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
+                    upstream_cap_metrics: metrics.scope(&Scope::Upstream(upstream.name.clone())),
+                    upstream_inflight: metrics.upstream_inflight(&upstream.name),
+                    name: r.name.clone(),
+                    priority: r.priority,
+                    mode: r.mode,
+                    upstream,
+                    limits,
+                    policy,
+                    concurrency,
+                }
+            })
+            .collect();
+        Runtime {
+            router: Router::new(config.routes.iter().map(|r| r.matcher.clone()).collect()),
+            routes,
+            upstreams,
+            keys: {
+                let keys = KeyExtractor::new(
+                    &config.server.trusted_proxies,
+                    config.server.ipv6_key_prefix,
+                );
+                match previous {
+                    Some(p) => keys.keeping_hash_key(&p.keys),
+                    None => keys,
+                }
+            },
+            rate_limit_headers: config.server.rate_limit_headers,
+            http: http_builder(&config.server),
+            metrics,
+            #[cfg(feature = "redis")]
+            store,
+            #[cfg(feature = "redis")]
+            spawner,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Sets the gauges that are properties of limiters (queue depth, utilisation, tracked keys);
+    /// called when `/metrics` is scraped.
+    pub fn refresh_gauges(&self) {
+        self.metrics.clear_limiter_gauges();
+        for route in &self.routes {
+            if let Some(cap) = &route.concurrency {
+                self.metrics
+                    .set_queue_depth(&Scope::Route(route.name.clone()), cap.queue_depth());
+            }
+            for limit in &route.limits {
+                self.metrics.set_rate_limit_keys(
+                    &route.name,
+                    &limit.rate.config().name,
+                    limit.rate.len(),
+                );
+            }
+        }
+        for up in &self.upstreams {
+            if let Some(cap) = &up.concurrency {
+                self.metrics
+                    .set_queue_depth(&Scope::Upstream(up.name.clone()), cap.queue_depth());
+                let max = cap.config().max_inflight.get() as f64;
+                self.metrics
+                    .set_utilization(&up.name, cap.inflight() as f64 / max);
+            }
+        }
+    }
+
+    /// Evicts idle keys from every rate limit.
+    pub fn housekeeping(&self) {
+        for route in &self.routes {
+            for limit in &route.limits {
+                limit.rate.housekeeping();
+                #[cfg(feature = "redis")]
+                if let Some(global) = &limit.global {
+                    global.housekeeping();
+                }
+            }
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Wraps the first runtime.
+    pub fn new(runtime: Runtime) -> Self {
+        Shared {
+            metrics: runtime.metrics.clone(),
+            runtime: ArcSwap::from_pointee(runtime),
+            ready: AtomicBool::new(false),
+            reloading: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current runtime; a request holds it until it is done.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Publishes a new runtime for new requests.
+    pub fn swap(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// True once listeners are up and until shutdown starts.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Sets what `/readyz` answers.
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// True when a reload can keep an upstream's pool and cap as they are.
+fn same_upstream(a: &crate::config::UpstreamConfig, b: &crate::config::UpstreamConfig) -> bool {
+    a.name == b.name
+        && a.endpoints == b.endpoints
+        && a.connect_timeout == b.connect_timeout
+        && a.timeout == b.timeout
+        && a.concurrency == b.concurrency
+}
