@@ -6,14 +6,16 @@
 //! clock's calibration), then `ROUNDS` times with the counter on; the figure is allocations per
 //! operation (`alloc` + `alloc_zeroed` + `realloc`; frees are not counted).
 //!
-//! The bench **panics** if any of these allocates at all: route matching, key extraction, and a
-//! rate-limit check of a key the limiter already tracks (admitted or denied). Those are the
-//! rejection path up to the response: under overload they run for every request.
+//! The bench **panics** if any of these allocates at all: route matching, key extraction, a
+//! rate-limit check of a key the limiter already tracks (admitted or denied), a full
+//! concurrency cap refusing at once, and the bodies of the 429 and of the three 503s
+//! (queue-full, queue-timeout, shed). Those are the rejection paths up to the response: under
+//! overload they run for every request.
 //!
 //! The rest is printed, not asserted: a key seen for the first time needs its map entry; the
-//! `RateLimit` field value is one `HeaderValue` (its own buffer); and the 429 itself is an
-//! `http::Response`, whose `HeaderMap` allocates its tables on the first insert — with hyper's
-//! types that cannot be zero. The counts are a regression check: a change that adds an
+//! `RateLimit` field value of a 200 is one `HeaderValue` (its own buffer); and a 429 or 503
+//! response is an `http::Response`, whose `HeaderMap` allocates its tables on the first insert —
+//! with hyper's types that cannot be zero, and the 429 and the 503s make the same two. The counts are a regression check: a change that adds an
 //! allocation to a response shows up here as a different number.
 //!
 //! The allocator counts on every thread, so the bench stays single-threaded (no runtime).
@@ -21,18 +23,19 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use sluice::config::{
-    HostMatch, KeySpec, PathMatch, Per, Rate, RateLimitConfig, RouteMatch, Scope,
+    ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate, RateLimitConfig,
+    RouteMatch, Scope,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
-use sluice::limit::{Decision, KeyExtractor, LimitKey, RateLimit};
-use sluice::rescue::RateLimitedTemplate;
+use sluice::limit::{ConcurrencyLimit, Decision, KeyExtractor, LimitKey, RateLimit, Rejected};
+use sluice::rescue::{CapTemplate, RateLimitedTemplate};
 use sluice::router::{Router, Target};
 
 /// Counts allocations while `ON` is set; otherwise the plain system allocator.
@@ -96,6 +99,18 @@ fn per_op<R>(mut op: impl FnMut(u64) -> R) -> (f64, f64) {
         ALLOCS.load(Ordering::Relaxed) as f64 / n,
         BYTES.load(Ordering::Relaxed) as f64 / n,
     )
+}
+
+/// Polls `fut` once with a waker that does nothing: for futures that decide at once.
+fn poll_once<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => {
+            panic!("the future waits; the bench needs one that decides at once")
+        }
+    }
 }
 
 /// One line per operation; [`Report::zero`] failures are checked at the end.
@@ -290,26 +305,60 @@ fn main() {
         "create-order",
         &std::sync::Arc::from("per-client"),
         "limit per-client of route create-order: 100/s, burst 200",
-        true,
+        Some(policy.clone()),
     );
+    report.zero("429 body (RateLimitedTemplate::body)", |_| {
+        template.body(black_box(Duration::from_millis(1500)))
+    });
     report.show(
-        "RateLimitedTemplate::respond (429: body + 2 headers)",
+        "429 response (body, Retry-After, RateLimit-Policy, RateLimit)",
         |_| template.respond(black_box(Duration::from_millis(1500))),
     );
-    report.show(
-        "429 as the pipeline sends it (+ RateLimit-Policy, RateLimit)",
+
+    // --- The 503s: a full cap refusing at once, and the bodies of all three reasons.
+    let cap = ConcurrencyLimit::new(ConcurrencyConfig {
+        max_inflight: NonZeroUsize::MIN,
+        queue: 0,
+        queue_timeout: Duration::from_secs(1),
+    });
+    let held = poll_once(cap.acquire(Priority::Normal)).expect("a free slot");
+    report.zero(
+        "ConcurrencyLimit::acquire, cap and queue full (queue-full)",
         |_| {
-            let wait = black_box(Duration::from_millis(1500));
-            let mut res = template.respond(wait);
-            res.headers_mut()
-                .insert(HeaderName::from_static("ratelimit-policy"), policy.clone());
-            res.headers_mut().insert(
-                HeaderName::from_static("ratelimit"),
-                template.ratelimit_field(wait),
-            );
-            res
+            let refused = poll_once(cap.acquire(black_box(Priority::Normal)));
+            assert!(matches!(refused, Err(Rejected::QueueFull { .. })));
+            refused
         },
     );
+    drop(held);
+    let cap_problems = CapTemplate::new("create-order", "upstream", "orders");
+    for (name, rejected) in [
+        (
+            "503 queue-full body (CapTemplate::body)",
+            Rejected::QueueFull {
+                retry_after: Duration::from_secs(3),
+            },
+        ),
+        (
+            "503 queue-timeout body",
+            Rejected::QueueTimeout {
+                retry_after: Duration::from_secs(1),
+            },
+        ),
+        (
+            "503 shed body",
+            Rejected::Shed {
+                retry_after: Duration::from_secs(60),
+            },
+        ),
+    ] {
+        report.zero(name, |_| cap_problems.body(black_box(rejected)));
+    }
+    report.show("503 response (body, Retry-After)", |_| {
+        cap_problems.respond(black_box(Rejected::Shed {
+            retry_after: Duration::from_secs(2),
+        }))
+    });
     // For comparison: where the 429's allocations come from.
     report.show("  of which: Bytes::from(Vec) with spare capacity", |_| {
         let mut v = Vec::with_capacity(64);
@@ -333,5 +382,5 @@ fn main() {
             report.failures.join("\n  ")
         );
     }
-    println!("\nzero-allocation checks passed (route matching, key extraction, limiter checks on existing keys)");
+    println!("\nzero-allocation checks passed (route matching, key extraction, limiter checks on existing keys, cap refusal, 429 and 503 bodies)");
 }

@@ -15,8 +15,8 @@ use sluice::config::{
     RouteMatch, Scope,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
-use sluice::limit::{ConcurrencyLimit, KeyExtractor, LimitKey, RateLimit};
-use sluice::rescue::{self, Rejection};
+use sluice::limit::{ConcurrencyLimit, KeyExtractor, LimitKey, RateLimit, Rejected};
+use sluice::rescue::{CapTemplate, RateLimitedTemplate};
 use sluice::router::{Router, Target};
 
 /// `n` routes with distinct prefixes and hosts; the request matches the last one, the worst
@@ -202,13 +202,21 @@ fn header_formatting(c: &mut Criterion) {
 }
 
 fn rejection_response(c: &mut Criterion) {
-    let rejection = Rejection::RateLimited {
-        route: Arc::from("create-order"),
-        detail: "limit per-client of route create-order: 100/s, burst 200".to_owned(),
-        retry_after: Duration::from_millis(1500),
-    };
+    let template = RateLimitedTemplate::new(
+        "create-order",
+        &Arc::from("per-client"),
+        "limit per-client of route create-order: 100/s, burst 200",
+        Some(HeaderValue::from_static("\"per-client\";q=200;w=2")),
+    );
     c.bench_function("rescue/429_response", |b| {
-        b.iter(|| black_box(rescue::respond(black_box(&rejection))))
+        b.iter(|| black_box(template.respond(black_box(Duration::from_millis(1500)))))
+    });
+    let cap = CapTemplate::new("create-order", "upstream", "orders");
+    let rejected = Rejected::QueueFull {
+        retry_after: Duration::from_secs(3),
+    };
+    c.bench_function("rescue/503_response", |b| {
+        b.iter(|| black_box(cap.respond(black_box(rejected))))
     });
 }
 

@@ -23,8 +23,10 @@ pub struct ProxyBody {
 
 #[derive(Debug)]
 enum Kind {
-    /// A body sluice made (problem JSON, demo answers): sent in one frame.
-    Full(Option<Bytes>),
+    /// A body sluice made (problem JSON, admin answers): up to three chunks, sent in order, so a
+    /// rendered body can be completed with a few bytes without copying it. Empty chunks are
+    /// skipped; `next` is the first chunk not sent yet.
+    Full { parts: [Bytes; 3], next: usize },
     /// The upstream's body, streamed.
     Upstream {
         body: Incoming,
@@ -40,18 +42,20 @@ enum Kind {
 impl ProxyBody {
     /// A body sent in one frame.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::parts([bytes.into(), Bytes::new(), Bytes::new()])
+    }
+
+    /// A body made of these chunks, in order.
+    pub fn parts(parts: [Bytes; 3]) -> Self {
         ProxyBody {
-            kind: Kind::Full(Some(bytes.into())),
+            kind: Kind::Full { parts, next: 0 },
             stream: None,
         }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        ProxyBody {
-            kind: Kind::Full(None),
-            stream: None,
-        }
+        Self::parts([Bytes::new(), Bytes::new(), Bytes::new()])
     }
 
     /// Streams an upstream body, holding `slots` until it ends; `conn` returns to its pool
@@ -87,7 +91,15 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.get_mut().kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full { parts, next } => {
+                while let Some(part) = parts.get_mut(*next) {
+                    *next += 1;
+                    if !part.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(std::mem::take(part)))));
+                    }
+                }
+                Poll::Ready(None)
+            }
             Kind::Upstream { body, slots, conn } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
@@ -120,15 +132,16 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Full { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
             Kind::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Full { parts, next } => {
+                SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
+            }
             Kind::Upstream { body, .. } => body.size_hint(),
         }
     }

@@ -47,6 +47,11 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Whole seconds in `d`, rounded up; zero only for a zero duration.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +65,8 @@ mod tests {
         tokio::time::advance(Duration::from_millis(5)).await;
         assert_eq!(epoch.now() - first, 5_000_000);
         assert_eq!(nanos(Duration::MAX), u64::MAX);
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ceil_secs(Duration::from_secs(1)), 1);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
     }
 }

@@ -43,7 +43,7 @@
 
 mod admin;
 pub mod app;
-mod body;
+pub mod body;
 mod clock;
 pub mod config;
 pub mod demo;

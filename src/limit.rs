@@ -25,20 +25,12 @@ pub use self::rate::{Decision, RateLimit};
 
 use crate::metrics::InflightGuard;
 
-/// What one rate limit says about a request. A local limit always decides; a `scope: global`
-/// limit may instead report that Redis could not be asked (`store.redis.on_error`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use = "a denied request must not be forwarded"]
-pub enum Verdict {
-    /// The bucket decided: Redis' for a global limit, or this instance's own (a local limit, or a
-    /// global one with `on_error: local` while Redis fails).
-    Decided(Decision),
-    /// Redis failed and `on_error: allow`: the request passes this limit; its state is unknown,
-    /// so the limit has no `RateLimit` item.
-    Allowed,
-    /// Redis failed and `on_error: deny`: 503 `store-unavailable`.
-    Unavailable,
-}
+/// A `scope: global` limit could not ask Redis and `store.redis.on_error` is `deny`: the
+/// request gets 503 `store-unavailable`. (With `local` or `allow` a failure still decides; see
+/// `global`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the shared store did not answer and on_error is deny")]
+pub struct StoreUnavailable;
 
 /// What a forwarded request holds while it is in flight: its route's and its upstream's
 /// concurrency slots, and its presence in the `sluice_inflight` gauges.

@@ -1,9 +1,18 @@
 //! Every response sluice makes itself: RFC 9457 problem JSON, with `Retry-After` where the
 //! client should come back later.
 //!
-//! The pipeline never builds error responses; it returns a [`Rejection`], and [`respond`] turns
-//! it into the status, headers and body the contract fixes. One place, so every 4xx/5xx of
-//! sluice looks the same.
+//! The pipeline never builds a response of its own: a stage that refuses a request returns a
+//! [`Rejection`] — small, `Copy`, made without allocating — and this module turns it into the
+//! status, headers and body the contract fixes. [`Rejection::outcome`] is the one mapping from
+//! a rejection to its metric outcome: an exhaustive `match`, so a new rejection cannot be
+//! mislabelled silently.
+//!
+//! Under overload the rejection path is the hot path, so nothing here formats per request. Every
+//! problem body of a route is rendered when the route is built ([`RouteProblems`]); a body
+//! that carries `retry_after` is rendered up to that member, and a rejection sends that shared
+//! buffer, the seconds (a static string up to a minute) and the closing brace as three chunks
+//! of one body: reference counts are taken, no byte is copied, nothing is allocated but the
+//! response's own header map.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,60 +23,66 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
-use crate::limit::headers::{decimal, retry_after_secs, RateLimitField};
+use crate::limit::headers::{retry_after_secs, RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Rejected;
+use crate::metrics::Outcome;
+use crate::proxy::UpstreamError;
 
-/// Why sluice answered a request itself instead of forwarding it.
-#[derive(Debug, Clone)]
+/// Why sluice answered a request itself instead of forwarding it. Indices refer to the route's
+/// rate limits in config order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// No route matches: 404.
+    /// No route matches: 404 `no-route`.
     NoRoute,
-    /// A rate limit is exhausted: 429.
+    /// Rate limit `limit` of the route is exhausted: 429 `rate-limited`.
     RateLimited {
-        /// The route's name.
-        route: std::sync::Arc<str>,
-        /// Which limit, with its rate and burst: `limit per-client of route x: 100/s, burst 200`.
-        detail: String,
-        /// Time until the bucket admits this request.
+        /// Which limit.
+        limit: usize,
+        /// Time until its bucket admits this request.
         retry_after: Duration,
     },
-    /// A concurrency cap refused the request (queue full, queue timeout, shed): 503.
+    /// Rate limit `limit` is `scope: global`, Redis did not answer and `on_error` is `deny`:
+    /// 503 `store-unavailable`.
+    StoreUnavailable {
+        /// Which limit.
+        limit: usize,
+    },
+    /// A concurrency cap refused the request: 503 `queue-full`, `queue-timeout` or `shed`.
     Capacity {
-        /// The route's name.
-        route: std::sync::Arc<str>,
-        /// `route x` or `upstream y`: whose cap.
-        cap: String,
-        /// What happened.
+        /// The route's cap or the upstream's.
+        cap: Cap,
+        /// What happened, with its `Retry-After`.
         rejected: Rejected,
     },
-    /// The upstream refused or could not be reached: 502.
-    UpstreamUnavailable {
-        /// The route's name.
-        route: std::sync::Arc<str>,
-        /// What failed, for the `detail` member.
-        detail: String,
-    },
-    /// The upstream did not answer within its `timeout`: 504.
-    UpstreamTimeout {
-        /// The route's name.
-        route: std::sync::Arc<str>,
-        /// The upstream's name and timeout.
-        detail: String,
-    },
-    /// A `scope: global` limit could not ask Redis and `store.redis.on_error` is `deny`: 503
-    /// with reason `store-unavailable` (an extension of the contract's reasons).
-    StoreUnavailable {
-        /// The route's name.
-        route: std::sync::Arc<str>,
-        /// Which limit, and why: built once per limit.
-        detail: std::sync::Arc<str>,
-    },
+    /// No endpoint of the upstream accepted a connection: 502 `upstream-unavailable`.
+    UpstreamUnreachable,
+    /// The upstream closed or broke the exchange after the request was sent: 502
+    /// `upstream-unavailable`.
+    UpstreamBroken,
+    /// The upstream did not answer within its `timeout`: 504 `upstream-timeout`.
+    UpstreamTimeout,
+}
+
+/// Whose concurrency cap refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// The route's own `concurrency`.
+    Route,
+    /// The upstream's, shared by every route to it.
+    Upstream,
 }
 
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 const REDUCED_CAPACITY: &str =
     "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 const ABOUT_BLANK: &str = "about:blank";
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// The 404 body: the same for every request, so rendered at compile time.
+const NO_ROUTE_BODY: &str = concat!(
+    r#"{"type":"about:blank","title":"Not Found","status":404,"reason":"no-route","#,
+    r#""detail":"no route matches this request"}"#
+);
 
 // === impl Rejection ===
 
@@ -77,105 +92,216 @@ impl Rejection {
         match self {
             Rejection::NoRoute => "no-route",
             Rejection::RateLimited { .. } => "rate-limited",
-            Rejection::Capacity { rejected, .. } => rejected.reason(),
-            Rejection::UpstreamUnavailable { .. } => "upstream-unavailable",
-            Rejection::UpstreamTimeout { .. } => "upstream-timeout",
             Rejection::StoreUnavailable { .. } => "store-unavailable",
+            Rejection::Capacity { rejected, .. } => rejected.reason(),
+            Rejection::UpstreamUnreachable | Rejection::UpstreamBroken => "upstream-unavailable",
+            Rejection::UpstreamTimeout => "upstream-timeout",
         }
     }
 
-    /// The status the contract assigns.
-    pub fn status(&self) -> StatusCode {
+    /// How a request that got this answer is counted in `sluice_requests_total`.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Rejection::NoRoute => StatusCode::NOT_FOUND,
-            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Rejection::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
-            Rejection::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Rejection::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// `Retry-After` in whole seconds, where the contract sends one.
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            Rejection::RateLimited { retry_after, .. } => Some(retry_after_secs(*retry_after)),
-            // The cap's estimate is already whole seconds in 1..=60.
-            Rejection::Capacity { rejected, .. } => {
-                Some(retry_after_secs(rejected.retry_after()).clamp(1, 60))
-            }
-            _ => None,
+            Rejection::NoRoute => Outcome::NoRoute,
+            Rejection::RateLimited { .. } => Outcome::RateLimited,
+            Rejection::StoreUnavailable { .. } => Outcome::StoreUnavailable,
+            Rejection::Capacity { rejected, .. } => match rejected {
+                Rejected::QueueFull { .. } => Outcome::QueueFull,
+                Rejected::QueueTimeout { .. } => Outcome::QueueTimeout,
+                Rejected::Shed { .. } => Outcome::Shed,
+            },
+            Rejection::UpstreamUnreachable | Rejection::UpstreamBroken => Outcome::UpstreamError,
+            Rejection::UpstreamTimeout => Outcome::UpstreamTimeout,
         }
     }
 }
 
-/// Builds the response for a rejection: status, `Content-Type: application/problem+json`,
-/// `Retry-After` when there is one, and the problem JSON body.
-pub fn respond(rejection: &Rejection) -> Response<ProxyBody> {
-    let status = rejection.status();
-    let retry_after = rejection.retry_after();
-    let (kind, route, detail): (&str, Option<&str>, Option<&str>) = match rejection {
-        Rejection::NoRoute => (ABOUT_BLANK, None, Some("no route matches this request")),
-        Rejection::RateLimited { route, detail, .. } => (QUOTA_EXCEEDED, Some(route), Some(detail)),
-        Rejection::Capacity { route, cap, .. } => (REDUCED_CAPACITY, Some(route), Some(cap)),
-        Rejection::UpstreamUnavailable { route, detail }
-        | Rejection::UpstreamTimeout { route, detail } => (ABOUT_BLANK, Some(route), Some(detail)),
-        // Not a capacity decision (that type is for queue-full, queue-timeout, shed): Redis
-        // being unreachable says nothing about the upstream.
-        Rejection::StoreUnavailable { route, detail } => (ABOUT_BLANK, Some(route), Some(detail)),
-    };
-    let body = problem_json(kind, status, rejection.reason(), detail, route, retry_after);
-    let mut res = Response::new(ProxyBody::full(Bytes::from(body)));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    if let Some(secs) = retry_after {
-        res.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
+impl From<&UpstreamError> for Rejection {
+    fn from(err: &UpstreamError) -> Self {
+        match err {
+            UpstreamError::Connect { .. } => Rejection::UpstreamUnreachable,
+            UpstreamError::Failed { .. } => Rejection::UpstreamBroken,
+            UpstreamError::Timeout { .. } => Rejection::UpstreamTimeout,
+        }
     }
-    res
 }
 
-/// The 429 of one rate limit, rendered when the route is built: every member but `retry_after`
-/// is fixed, and the bodies (and `RateLimit` fields) for a `Retry-After` of up to a minute —
-/// nearly all of them — are rendered ahead too, so a rejection clones a reference-counted buffer
-/// instead of formatting. Under overload the rejection path is the hot path.
+/// The 404 of a request no route matches.
+pub fn not_found() -> Response<ProxyBody> {
+    problem(
+        StatusCode::NOT_FOUND,
+        ProxyBody::full(Bytes::from_static(NO_ROUTE_BODY.as_bytes())),
+    )
+}
+
+/// Every problem body of one route, rendered when the route is built. The `detail` members
+/// name the route, the limit or cap and its parameters; the error behind a 502 (addresses, OS
+/// errors) goes to the log, not to the client.
+#[derive(Debug)]
+pub struct RouteProblems {
+    /// Per rate limit, in config order: its 429 and its `store-unavailable` 503.
+    limits: Vec<(RateLimitedTemplate, Bytes)>,
+    /// The 503s of the route's cap.
+    route_cap: CapTemplate,
+    /// The 503s of the upstream's cap.
+    upstream_cap: CapTemplate,
+    /// 502: no endpoint accepted a connection.
+    unreachable: Bytes,
+    /// 502: the exchange broke after sending.
+    broken: Bytes,
+    /// 504.
+    timeout: Bytes,
+}
+
+/// What a route's problems are rendered from.
+#[derive(Debug)]
+pub struct ProblemSource<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// The upstream's name.
+    pub upstream: &'a str,
+    /// The upstream's `timeout`, for the 504's detail.
+    pub upstream_timeout: Duration,
+    /// Per rate limit: its name and what its 429 says about it (`100/s, burst 200`).
+    pub limits: Vec<(Arc<str>, String)>,
+    /// The route's `RateLimit-Policy`, which its 429s carry; `None` when the route sends no
+    /// `RateLimit` fields.
+    pub policy: Option<HeaderValue>,
+}
+
+// === impl RouteProblems ===
+
+impl RouteProblems {
+    /// Renders every problem of a route.
+    pub fn new(source: &ProblemSource<'_>) -> Self {
+        let route = source.route;
+        let limits = source
+            .limits
+            .iter()
+            .map(|(name, quota)| {
+                let rate_limited = RateLimitedTemplate::new(
+                    route,
+                    name,
+                    &format!("limit {name} of route {route}: {quota}"),
+                    source.policy.clone(),
+                );
+                let detail = format!(
+                    "limit {name} of route {route} is shared through Redis, which did not answer in time (store.redis.on_error: deny)"
+                );
+                let unavailable = problem_json(
+                    ABOUT_BLANK,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    &detail,
+                    Some(route),
+                );
+                (rate_limited, Bytes::from(unavailable))
+            })
+            .collect();
+        let gateway = |status, reason, detail: String| {
+            Bytes::from(problem_json(
+                ABOUT_BLANK,
+                status,
+                reason,
+                &detail,
+                Some(route),
+            ))
+        };
+        let upstream = source.upstream;
+        RouteProblems {
+            limits,
+            route_cap: CapTemplate::new(route, "route", route),
+            upstream_cap: CapTemplate::new(route, "upstream", upstream),
+            unreachable: gateway(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                format!("upstream {upstream} could not be reached"),
+            ),
+            broken: gateway(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                format!("upstream {upstream} closed or broke the exchange"),
+            ),
+            timeout: gateway(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                format!(
+                    "upstream {upstream} did not answer within {}",
+                    humantime::format_duration(source.upstream_timeout)
+                ),
+            ),
+        }
+    }
+
+    /// The response for `rejection` of a request on this route.
+    pub fn respond(&self, rejection: Rejection) -> Response<ProxyBody> {
+        match rejection {
+            Rejection::NoRoute => not_found(),
+            Rejection::RateLimited { limit, retry_after } => match self.limits.get(limit) {
+                Some((template, _)) => template.respond(retry_after),
+                None => self.missing(limit),
+            },
+            Rejection::StoreUnavailable { limit } => match self.limits.get(limit) {
+                Some((_, body)) => problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ProxyBody::full(body.clone()),
+                ),
+                None => self.missing(limit),
+            },
+            Rejection::Capacity { cap, rejected } => match cap {
+                Cap::Route => self.route_cap.respond(rejected),
+                Cap::Upstream => self.upstream_cap.respond(rejected),
+            },
+            Rejection::UpstreamUnreachable => problem(
+                StatusCode::BAD_GATEWAY,
+                ProxyBody::full(self.unreachable.clone()),
+            ),
+            Rejection::UpstreamBroken => problem(
+                StatusCode::BAD_GATEWAY,
+                ProxyBody::full(self.broken.clone()),
+            ),
+            Rejection::UpstreamTimeout => problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                ProxyBody::full(self.timeout.clone()),
+            ),
+        }
+    }
+
+    /// A limit index the route does not have: a bug in the pipeline, answered as a plain 500
+    /// rather than a panic.
+    fn missing(&self, limit: usize) -> Response<ProxyBody> {
+        debug_assert!(false, "rate limit {limit} is not one of the route's");
+        let mut res = Response::new(ProxyBody::empty());
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        res
+    }
+}
+
+/// The 429 of one rate limit: status, `Retry-After`, the route's `RateLimit-Policy` and this
+/// limit's `RateLimit` item (`r=0`, `t` = `Retry-After`), and the problem JSON, all rendered
+/// ahead but for the seconds.
 #[derive(Debug, Clone)]
 pub struct RateLimitedTemplate {
-    /// The body up to and including `"retry_after":`, for longer waits.
-    head: Bytes,
-    /// Whole bodies for `retry_after` 0..=60, by seconds.
-    bodies: Arc<[Bytes]>,
-    /// `"<limit>";r=0;t=<secs>` for secs 0..=60, when the route sends `RateLimit` fields.
+    /// The body up to `"retry_after":`.
+    body: WithRetry,
+    /// The route's `RateLimit-Policy`; `None` when the route sends no `RateLimit` fields.
+    policy: Option<HeaderValue>,
+    /// `"<limit>";r=0;t=<secs>` for secs 0..=60, when `policy` is set.
     fields: Option<Arc<[HeaderValue]>>,
     /// The limit's name, for `RateLimit` items beyond a minute.
     limit: Arc<str>,
 }
 
-/// Waits up to this many seconds have pre-rendered 429s.
+/// Waits up to this many seconds have pre-rendered header values.
 const PRERENDERED_SECS: u64 = 60;
 
+// === impl RateLimitedTemplate ===
+
 impl RateLimitedTemplate {
-    /// The template for `limit` of `route`; `detail` names the limit; `fields`: the route
-    /// sends `RateLimit` fields.
-    pub fn new(route: &str, limit: &Arc<str>, detail: &str, fields: bool) -> Self {
-        let mut body = problem_json(
-            QUOTA_EXCEEDED,
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            Some(detail),
-            Some(route),
-            None,
-        );
-        body.pop(); // the closing brace
-        body.push_str(",\"retry_after\":");
-        let head = Bytes::from(body);
-        let bodies = (0..=PRERENDERED_SECS)
-            .map(|secs| body_with(&head, secs))
-            .collect();
-        let fields = fields.then(|| {
+    /// The 429 of `limit` of `route`, whose `detail` is `detail`; `policy` is the route's
+    /// `RateLimit-Policy` when it sends `RateLimit` fields.
+    pub fn new(route: &str, limit: &Arc<str>, detail: &str, policy: Option<HeaderValue>) -> Self {
+        let fields = policy.is_some().then(|| {
             (0..=PRERENDERED_SECS)
                 .map(|secs| {
                     let mut f = RateLimitField::new();
@@ -185,81 +311,183 @@ impl RateLimitedTemplate {
                 .collect()
         });
         RateLimitedTemplate {
-            head,
-            bodies,
+            body: WithRetry::new(
+                QUOTA_EXCEEDED,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                detail,
+                route,
+            ),
+            policy,
             fields,
             limit: limit.clone(),
         }
     }
 
-    /// The 429 response: what [`respond`] makes for [`Rejection::RateLimited`], byte for byte.
+    /// The body alone of [`respond`](Self::respond)'s 429: allocates nothing for a wait of up
+    /// to a minute.
+    pub fn body(&self, retry_after: Duration) -> ProxyBody {
+        self.body.body(retry_after_secs(retry_after))
+    }
+
+    /// The 429 for a request its bucket admits after `retry_after`.
     pub fn respond(&self, retry_after: Duration) -> Response<ProxyBody> {
         let secs = retry_after_secs(retry_after);
-        let body = match self.bodies.get(secs as usize) {
-            Some(body) => body.clone(),
-            None => body_with(&self.head, secs),
-        };
-        let mut res = Response::new(ProxyBody::full(body));
-        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        let headers = res.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        headers.insert(RETRY_AFTER, retry_after_value(secs));
+        let mut res = self.body.respond(StatusCode::TOO_MANY_REQUESTS, secs);
+        if let Some(policy) = &self.policy {
+            let field = match self.fields.as_ref().and_then(|f| f.get(secs as usize)) {
+                Some(value) => value.clone(),
+                None => {
+                    let mut f = RateLimitField::new();
+                    f.push_denied(&self.limit, retry_after);
+                    f.finish()
+                }
+            };
+            let headers = res.headers_mut();
+            headers.insert(RATELIMIT_POLICY, policy.clone());
+            headers.insert(RATELIMIT, field);
+        }
         res
     }
+}
 
-    /// The `RateLimit` field of this limit's 429: its item alone, `r=0`, `t` = `Retry-After`.
-    pub fn ratelimit_field(&self, retry_after: Duration) -> HeaderValue {
-        let secs = retry_after_secs(retry_after);
-        match self.fields.as_ref().and_then(|f| f.get(secs as usize)) {
-            Some(value) => value.clone(),
-            None => {
-                let mut f = RateLimitField::new();
-                f.push_denied(&self.limit, retry_after);
-                f.finish()
-            }
+/// The three 503s of one concurrency cap (queue-full, queue-timeout, shed).
+#[derive(Debug, Clone)]
+pub struct CapTemplate {
+    queue_full: WithRetry,
+    queue_timeout: WithRetry,
+    shed: WithRetry,
+}
+
+// === impl CapTemplate ===
+
+impl CapTemplate {
+    /// The 503s of `whose` (`route` or `upstream`) cap `name`, for requests of `route`.
+    pub fn new(route: &str, whose: &str, name: &str) -> Self {
+        let rendered = |reason, detail: String| {
+            WithRetry::new(
+                REDUCED_CAPACITY,
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason,
+                &detail,
+                route,
+            )
+        };
+        CapTemplate {
+            queue_full: rendered(
+                "queue-full",
+                format!("concurrency cap of {whose} {name} is full and so is its queue"),
+            ),
+            queue_timeout: rendered(
+                "queue-timeout",
+                format!("waited too long in the queue of {whose} {name}"),
+            ),
+            shed: rendered(
+                "shed",
+                format!(
+                    "shed from the queue of {whose} {name} to make room for higher-priority work"
+                ),
+            ),
         }
+    }
+
+    /// The 503 for `rejected`, with its `Retry-After` (whole seconds in 1..=60).
+    pub fn respond(&self, rejected: Rejected) -> Response<ProxyBody> {
+        let (template, secs) = self.pick(rejected);
+        template.respond(StatusCode::SERVICE_UNAVAILABLE, secs)
+    }
+
+    /// The body alone of [`respond`](Self::respond)'s 503: allocates nothing.
+    pub fn body(&self, rejected: Rejected) -> ProxyBody {
+        let (template, secs) = self.pick(rejected);
+        template.body(secs)
+    }
+
+    fn pick(&self, rejected: Rejected) -> (&WithRetry, u64) {
+        let template = match rejected {
+            Rejected::QueueFull { .. } => &self.queue_full,
+            Rejected::QueueTimeout { .. } => &self.queue_timeout,
+            Rejected::Shed { .. } => &self.shed,
+        };
+        (
+            template,
+            retry_after_secs(rejected.retry_after()).clamp(1, 60),
+        )
     }
 }
 
-/// `head` + the decimal `secs` + `}`, in a buffer of exactly that size (so `Bytes` takes it
-/// over without another allocation).
-fn body_with(head: &Bytes, secs: u64) -> Bytes {
-    let mut buf = [0u8; 20];
-    let digits = decimal(secs, &mut buf);
-    let mut body = Vec::with_capacity(head.len() + digits.len() + 1);
-    body.extend_from_slice(head);
-    body.extend_from_slice(digits);
-    body.push(b'}');
-    Bytes::from(body)
+/// A problem body rendered whole but for its last member, `retry_after`.
+#[derive(Debug, Clone)]
+struct WithRetry {
+    /// The body up to and including `"retry_after":`.
+    head: Bytes,
 }
 
-/// `Retry-After` values of up to a minute — nearly all of them — come from a static table:
-/// no allocation on the rejection path.
+// === impl WithRetry ===
+
+impl WithRetry {
+    fn new(kind: &str, status: StatusCode, reason: &str, detail: &str, route: &str) -> Self {
+        let mut body = problem_json(kind, status, reason, detail, Some(route));
+        body.pop(); // the closing brace
+        body.push_str(",\"retry_after\":");
+        WithRetry {
+            head: Bytes::from(body),
+        }
+    }
+
+    /// The body completed with `secs`: three chunks, no copy, no allocation up to a minute.
+    fn body(&self, secs: u64) -> ProxyBody {
+        ProxyBody::parts([self.head.clone(), seconds(secs), Bytes::from_static(b"}")])
+    }
+
+    /// The response: `Retry-After: secs` and the body completed with `secs`.
+    fn respond(&self, status: StatusCode, secs: u64) -> Response<ProxyBody> {
+        let mut res = problem(status, self.body(secs));
+        res.headers_mut()
+            .insert(RETRY_AFTER, retry_after_value(secs));
+        res
+    }
+}
+
+/// A response with `status`, `Content-Type: application/problem+json` and `body`.
+fn problem(status: StatusCode, body: ProxyBody) -> Response<ProxyBody> {
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    res.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    res
+}
+
+/// Decimal numbers 0..=60, which nearly every `Retry-After` is: no formatting, no allocation.
+const SMALL: [&str; 61] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60",
+];
+
+/// `secs` in decimal, as a body chunk.
+fn seconds(secs: u64) -> Bytes {
+    match SMALL.get(secs as usize) {
+        Some(s) => Bytes::from_static(s.as_bytes()),
+        None => Bytes::from(secs.to_string()),
+    }
+}
+
+/// `secs` as a `Retry-After` value.
 fn retry_after_value(secs: u64) -> HeaderValue {
-    const SMALL: [&str; 61] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
-        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
-        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60",
-    ];
     match SMALL.get(secs as usize) {
         Some(s) => HeaderValue::from_static(s),
         None => HeaderValue::from(secs),
     }
 }
 
-/// The RFC 9457 body. Written by hand: the members are few and fixed, and this runs on the
-/// rejection path, which must stay cheap under overload.
+/// The RFC 9457 body, without `retry_after`. Written by hand: the members are few and fixed.
 fn problem_json(
     kind: &str,
     status: StatusCode,
     reason: &str,
-    detail: Option<&str>,
+    detail: &str,
     route: Option<&str>,
-    retry_after: Option<u64>,
 ) -> String {
     let mut out = String::with_capacity(256);
     out.push_str("{\"type\":");
@@ -268,16 +496,11 @@ fn problem_json(
     push_json_str(&mut out, status.canonical_reason().unwrap_or("Error"));
     let _ = write!(out, ",\"status\":{},\"reason\":", status.as_u16());
     push_json_str(&mut out, reason);
-    if let Some(detail) = detail {
-        out.push_str(",\"detail\":");
-        push_json_str(&mut out, detail);
-    }
+    out.push_str(",\"detail\":");
+    push_json_str(&mut out, detail);
     if let Some(route) = route {
         out.push_str(",\"route\":");
         push_json_str(&mut out, route);
-    }
-    if let Some(secs) = retry_after {
-        let _ = write!(out, ",\"retry_after\":{secs}");
     }
     out.push('}');
     out
@@ -286,12 +509,6 @@ fn problem_json(
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    // Names and details rarely need escaping: copy them whole when they do not.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push_str(s);
-        out.push('"');
-        return;
-    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -309,71 +526,4 @@ fn push_json_str(out: &mut String, s: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The body is valid JSON with exactly the contract's members.
-    #[test]
-    fn problem_json_is_valid_and_complete() {
-        let body = problem_json(
-            QUOTA_EXCEEDED,
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            Some("limit \"a\" of route b: 1/s, burst 1"),
-            Some("b"),
-            Some(3),
-        );
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["type"], QUOTA_EXCEEDED);
-        assert_eq!(v["title"], "Too Many Requests");
-        assert_eq!(v["status"], 429);
-        assert_eq!(v["reason"], "rate-limited");
-        assert_eq!(v["detail"], "limit \"a\" of route b: 1/s, burst 1");
-        assert_eq!(v["route"], "b");
-        assert_eq!(v["retry_after"], 3);
-    }
-
-    /// The precomputed 429 is byte-identical to the generic one.
-    #[test]
-    fn rate_limited_template_matches_respond() {
-        let t = RateLimitedTemplate::new(
-            "r\"1",
-            &Arc::from("a"),
-            "limit a of route r: 1/s, burst 1",
-            true,
-        );
-        for ms in [1, 999, 1000, 1001, 59_500, 60_001, 123_456_789] {
-            let d = Duration::from_millis(ms);
-            let fast = t.respond(d);
-            let slow = respond(&Rejection::RateLimited {
-                route: "r\"1".into(),
-                detail: "limit a of route r: 1/s, burst 1".into(),
-                retry_after: d,
-            });
-            let mut field = RateLimitField::new();
-            field.push_denied("a", d);
-            assert_eq!(t.ratelimit_field(d), field.finish());
-            assert_eq!(fast.status(), slow.status());
-            assert_eq!(fast.headers(), slow.headers());
-            let body = |r: Response<ProxyBody>| {
-                use http_body::Body as _;
-                let mut b = r.into_body();
-                let waker = std::task::Waker::noop();
-                let mut cx = std::task::Context::from_waker(waker);
-                match std::pin::Pin::new(&mut b).poll_frame(&mut cx) {
-                    std::task::Poll::Ready(Some(Ok(f))) => f.into_data().unwrap(),
-                    _ => panic!("no body"),
-                }
-            };
-            assert_eq!(body(fast), body(slow));
-        }
-    }
-
-    /// Control characters are escaped, so any name yields valid JSON.
-    #[test]
-    fn escapes_control_characters() {
-        let mut s = String::new();
-        push_json_str(&mut s, "a\u{1}b\n");
-        assert_eq!(s, "\"a\\u0001b\\n\"");
-    }
-}
+mod tests;

@@ -14,12 +14,14 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::config::{Config, Mode, Priority};
+use crate::config::{Config, Mode, Priority, RateLimitConfig, RouteConfig, UpstreamConfig};
+#[cfg(feature = "redis")]
+use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
 use crate::net::http::{http_builder, HttpBuilder};
 use crate::proxy::Upstream;
-use crate::rescue::RateLimitedTemplate;
+use crate::rescue::{ProblemSource, RouteProblems};
 use crate::router::Router;
 
 /// How often idle rate-limit keys are evicted.
@@ -29,25 +31,23 @@ pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Runtime {
     /// The config this was built from.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// Route matching, by index into `routes`.
-    pub router: Router,
+    pub(crate) router: Router,
     /// Per-route state, in file order.
-    pub routes: Vec<Route>,
+    pub(crate) routes: Vec<Route>,
     /// Upstream pools, in file order.
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
     /// Client IP and bucket keys.
-    pub keys: KeyExtractor,
-    /// `server.rate_limit_headers`.
-    pub rate_limit_headers: bool,
+    pub(crate) keys: KeyExtractor,
     /// HTTP settings for new connections (header timeout, h2 streams).
-    pub http: HttpBuilder,
+    pub(crate) http: HttpBuilder,
     /// Process-wide metric families.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
     /// the next runtime while `store.redis.url` is unchanged.
     #[cfg(feature = "redis")]
-    pub store: Option<Arc<crate::limit::global::Store>>,
+    store: Option<Arc<Store>>,
     /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
     /// the next runtime on the admin thread, whose own runtime is not for request work. `None`
     /// only when the first runtime was built outside tokio.
@@ -57,44 +57,43 @@ pub struct Runtime {
 
 /// One route, ready to serve.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The route's name.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Queue order and shedding.
-    pub priority: Priority,
+    pub(crate) priority: Priority,
     /// Enforce or shadow.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Where admitted requests go.
-    pub upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// All must admit a request.
-    pub limits: Vec<Limit>,
+    pub(crate) limits: Vec<Limit>,
     /// `RateLimit-Policy`, precomputed (constant per route); `None` without limits or when
     /// `rate_limit_headers` is off.
-    pub policy: Option<HeaderValue>,
+    pub(crate) policy: Option<HeaderValue>,
     /// This route's own cap.
-    pub concurrency: Option<ConcurrencyLimit>,
+    pub(crate) concurrency: Option<ConcurrencyLimit>,
+    /// Every response sluice makes itself for this route, rendered ahead.
+    pub(crate) problems: RouteProblems,
     /// Counters and gauges of this route.
-    pub metrics: RouteMetrics,
+    pub(crate) metrics: RouteMetrics,
     /// Queue wait of this route's cap.
-    pub cap_metrics: ScopeMetrics,
+    pub(crate) cap_metrics: ScopeMetrics,
     /// Queue wait of the upstream's cap.
-    pub upstream_cap_metrics: ScopeMetrics,
+    pub(crate) upstream_cap_metrics: ScopeMetrics,
     /// `sluice_inflight{upstream}`.
-    pub upstream_inflight: Gauge,
+    pub(crate) upstream_inflight: Gauge,
 }
 
-/// A rate limit of a route, with what its 429 says.
+/// A rate limit of a route.
 #[derive(Debug)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// The bucket(s). Shared with the next runtime when unchanged by a reload. For a
     /// `scope: global` limit, this instance's own bucket: the fallback of `on_error: local`.
-    pub rate: Arc<RateLimit>,
+    pub(crate) rate: Arc<RateLimit>,
     /// `scope: global`: the bucket in Redis, checked instead of `rate`.
     #[cfg(feature = "redis")]
-    pub global: Option<Arc<crate::limit::global::GlobalLimit>>,
-    /// Its 429, rendered once (the detail reads `limit per-client of route create-order: 100/s,
-    /// burst 200`).
-    pub rejection: RateLimitedTemplate,
+    pub(crate) global: Option<Arc<GlobalLimit>>,
 }
 
 /// State that outlives config versions.
@@ -114,124 +113,55 @@ pub struct Shared {
 impl Runtime {
     /// Builds the runtime for `config`. With `previous`, limiter state whose route name, limit
     /// name and parameters are unchanged is carried over, so a reload does not hand out fresh
-    /// bursts. Must be called inside a tokio runtime (upstream pools spawn tasks).
+    /// bursts; so are caps (slots in use, waiters) and upstream pools that did not change.
     pub fn build(config: Config, previous: Option<&Runtime>, metrics: Arc<Metrics>) -> Runtime {
-        #[cfg(feature = "redis")]
-        let spawner = match previous {
-            Some(p) => p.spawner.clone(),
-            None => tokio::runtime::Handle::try_current().ok(),
-        };
-        // One connection for every global limit; an unchanged URL keeps the running one.
-        #[cfg(feature = "redis")]
-        let store = crate::limit::global::Store::for_config(
-            &config,
-            previous.and_then(|p| p.store.as_ref()),
-            spawner.as_ref(),
-            metrics.store_errors(),
-        );
-        let upstreams: Vec<Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                let old = previous.and_then(|p| p.upstreams.iter().find(|o| o.name == u.name));
-                match old {
-                    // Unchanged: keep its connection pool and its cap.
-                    Some(o) if same_upstream(o.config(), u) => o.clone(),
-                    // Changed elsewhere, same cap: the cap (slots in use, waiters) carries over.
-                    Some(o) if o.config().concurrency == u.concurrency => {
-                        Arc::new(Upstream::with_cap(u, o.concurrency.clone()))
-                    }
-                    _ => Arc::new(Upstream::new(u)),
-                }
-            })
-            .collect();
+        let carry = Carry::new(&config, previous, &metrics);
+        let upstreams: Vec<Arc<Upstream>> =
+            config.upstreams.iter().map(|u| carry.upstream(u)).collect();
         let routes = config
             .routes
             .iter()
-            .map(|r| {
-                let old = previous.and_then(|p| p.routes.iter().find(|o| o.name == r.name));
-                let limits = r
-                    .rate_limits
-                    .iter()
-                    .map(|l| {
-                        let kept = old
-                            .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
-                            .map(|ol| ol.rate.clone());
-                        let rate = kept.unwrap_or_else(|| Arc::new(RateLimit::new(l)));
-                        Limit {
-                            #[cfg(feature = "redis")]
-                            global: match (&store, &config.store) {
-                                (Some(st), Some(sc)) if l.scope == crate::config::Scope::Global => {
-                                    Some(Arc::new(crate::limit::global::GlobalLimit::new(
-                                        &r.name,
-                                        l,
-                                        &sc.redis,
-                                        st.clone(),
-                                        rate.clone(),
-                                    )))
-                                }
-                                _ => None,
-                            },
-                            rate,
-                            rejection: RateLimitedTemplate::new(
-                                &r.name,
-                                &l.name,
-                                &format!(
-                                    "limit {} of route {}: {}, burst {}",
-                                    l.name, r.name, l.rate, l.burst
-                                ),
-                                config.server.rate_limit_headers,
-                            ),
-                        }
-                    })
-                    .collect::<Vec<_>>();
-                let policy = (config.server.rate_limit_headers && !r.rate_limits.is_empty())
-                    .then(|| headers::policy_value(&r.rate_limits.iter().collect::<Vec<_>>()));
-                let concurrency = r.concurrency.map(|c| {
-                    old.and_then(|o| o.concurrency.as_ref())
-                        .filter(|oc| oc.config() == c)
-                        .cloned()
-                        .unwrap_or_else(|| ConcurrencyLimit::new(c))
-                });
-                let upstream = upstreams[r.upstream].clone();
-                Route {
-                    metrics: metrics.route(&r.name),
-                    cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
-                    upstream_cap_metrics: metrics.scope(&Scope::Upstream(upstream.name.clone())),
-                    upstream_inflight: metrics.upstream_inflight(&upstream.name),
-                    name: r.name.clone(),
-                    priority: r.priority,
-                    mode: r.mode,
-                    upstream,
-                    limits,
-                    policy,
-                    concurrency,
-                }
-            })
+            .map(|r| carry.route(r, &upstreams[r.upstream], &config, &metrics))
             .collect();
+        let keys = KeyExtractor::new(
+            &config.server.trusted_proxies,
+            config.server.ipv6_key_prefix,
+        );
         Runtime {
             router: Router::new(config.routes.iter().map(|r| r.matcher.clone()).collect()),
             routes,
             upstreams,
-            keys: {
-                let keys = KeyExtractor::new(
-                    &config.server.trusted_proxies,
-                    config.server.ipv6_key_prefix,
-                );
-                match previous {
-                    Some(p) => keys.keeping_hash_key(&p.keys),
-                    None => keys,
-                }
+            // Header keys hash as before, so carried-over buckets keep their owners.
+            keys: match previous {
+                Some(p) => keys.keeping_hash_key(&p.keys),
+                None => keys,
             },
-            rate_limit_headers: config.server.rate_limit_headers,
             http: http_builder(&config.server),
             metrics,
             #[cfg(feature = "redis")]
-            store,
+            store: carry.store,
             #[cfg(feature = "redis")]
-            spawner,
+            spawner: carry.spawner,
             config: Arc::new(config),
         }
+    }
+
+    /// The live cap of route `name`, if it has one (for tests and inspection).
+    pub fn route_cap(&self, name: &str) -> Option<ConcurrencyLimit> {
+        let route = self.routes.iter().find(|r| &*r.name == name)?;
+        route.concurrency.clone()
+    }
+
+    /// The live cap of upstream `name`, if it has one (for tests and inspection).
+    pub fn upstream_cap(&self, name: &str) -> Option<ConcurrencyLimit> {
+        let upstream = self.upstreams.iter().find(|u| &*u.name == name)?;
+        upstream.concurrency.clone()
+    }
+
+    /// The Redis store of the global limits, if any (for tests and inspection).
+    #[cfg(feature = "redis")]
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     /// Sets the gauges that are properties of limiters (queue depth, utilisation, tracked keys);
@@ -310,8 +240,139 @@ impl Shared {
     }
 }
 
+/// What a new runtime takes over from the previous one, and builds what it cannot.
+struct Carry<'a> {
+    previous: Option<&'a Runtime>,
+    /// One Redis connection for every global limit; an unchanged URL keeps the running one.
+    #[cfg(feature = "redis")]
+    store: Option<Arc<Store>>,
+    #[cfg(feature = "redis")]
+    spawner: Option<tokio::runtime::Handle>,
+}
+
+impl<'a> Carry<'a> {
+    fn new(config: &Config, previous: Option<&'a Runtime>, metrics: &Metrics) -> Self {
+        #[cfg(feature = "redis")]
+        {
+            let spawner = match previous {
+                Some(p) => p.spawner.clone(),
+                None => tokio::runtime::Handle::try_current().ok(),
+            };
+            let store = Store::for_config(
+                config,
+                previous.and_then(|p| p.store.as_ref()),
+                spawner.as_ref(),
+                metrics.store_errors(),
+            );
+            Carry {
+                previous,
+                store,
+                spawner,
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = (config, metrics);
+            Carry { previous }
+        }
+    }
+
+    fn upstream(&self, config: &UpstreamConfig) -> Arc<Upstream> {
+        let old = self
+            .previous
+            .and_then(|p| p.upstreams.iter().find(|o| o.name == config.name));
+        match old {
+            // Unchanged: keep its connection pool and its cap.
+            Some(o) if same_upstream(o.config(), config) => o.clone(),
+            // Changed elsewhere, same cap: the cap (slots in use, waiters) carries over.
+            Some(o) if o.config().concurrency == config.concurrency => {
+                Arc::new(Upstream::with_cap(config, o.concurrency.clone()))
+            }
+            _ => Arc::new(Upstream::new(config)),
+        }
+    }
+
+    fn route(
+        &self,
+        r: &RouteConfig,
+        upstream: &Arc<Upstream>,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Route {
+        let old = self
+            .previous
+            .and_then(|p| p.routes.iter().find(|o| o.name == r.name));
+        let limits = r
+            .rate_limits
+            .iter()
+            .map(|l| self.limit(old, &r.name, l, config))
+            .collect();
+        let policy = (config.server.rate_limit_headers && !r.rate_limits.is_empty())
+            .then(|| headers::policy_value(&r.rate_limits.iter().collect::<Vec<_>>()));
+        let concurrency = r.concurrency.map(|c| {
+            old.and_then(|o| o.concurrency.as_ref())
+                .filter(|oc| oc.config() == c)
+                .cloned()
+                .unwrap_or_else(|| ConcurrencyLimit::new(c))
+        });
+        let problems = RouteProblems::new(&ProblemSource {
+            route: &r.name,
+            upstream: &upstream.name,
+            upstream_timeout: upstream.config().timeout,
+            limits: r
+                .rate_limits
+                .iter()
+                .map(|l| (l.name.clone(), format!("{}, burst {}", l.rate, l.burst)))
+                .collect(),
+            policy: policy.clone(),
+        });
+        Route {
+            metrics: metrics.route(&r.name),
+            cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
+            upstream_cap_metrics: metrics.scope(&Scope::Upstream(upstream.name.clone())),
+            upstream_inflight: metrics.upstream_inflight(&upstream.name),
+            name: r.name.clone(),
+            priority: r.priority,
+            mode: r.mode,
+            upstream: upstream.clone(),
+            limits,
+            policy,
+            concurrency,
+            problems,
+        }
+    }
+
+    /// A limit of route `route`: its bucket carried over when the route had the same limit.
+    fn limit(
+        &self,
+        old: Option<&Route>,
+        route: &str,
+        l: &RateLimitConfig,
+        config: &Config,
+    ) -> Limit {
+        let kept = old
+            .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
+            .map(|ol| ol.rate.clone());
+        let rate = kept.unwrap_or_else(|| Arc::new(RateLimit::new(l)));
+        #[cfg(feature = "redis")]
+        let global = match (&self.store, &config.store) {
+            (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => Some(Arc::new(
+                GlobalLimit::new(route, l, &sc.redis, store.clone(), rate.clone()),
+            )),
+            _ => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        let _ = (route, config);
+        Limit {
+            rate,
+            #[cfg(feature = "redis")]
+            global,
+        }
+    }
+}
+
 /// True when a reload can keep an upstream's pool and cap as they are.
-fn same_upstream(a: &crate::config::UpstreamConfig, b: &crate::config::UpstreamConfig) -> bool {
+fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
     a.name == b.name
         && a.endpoints == b.endpoints
         && a.connect_timeout == b.connect_timeout

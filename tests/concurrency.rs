@@ -105,28 +105,19 @@ async fn gated_upstream(work: Duration) -> Gated {
 
 /// The live cap of upstream `name` (in-process: sluice runs in this test).
 fn upstream_cap(proxy: &Proxy, name: &str) -> ConcurrencyLimit {
-    let rt = proxy.shared.runtime();
-    let up = rt
-        .upstreams
-        .iter()
-        .find(|u| &*u.name == name)
-        .unwrap_or_else(|| panic!("no upstream {name}"));
-    up.concurrency
-        .clone()
+    proxy
+        .shared
+        .runtime()
+        .upstream_cap(name)
         .unwrap_or_else(|| panic!("upstream {name} has no cap"))
 }
 
 /// The live cap of route `name`.
 fn route_cap(proxy: &Proxy, name: &str) -> ConcurrencyLimit {
-    let rt = proxy.shared.runtime();
-    let route = rt
-        .routes
-        .iter()
-        .find(|r| &*r.name == name)
-        .unwrap_or_else(|| panic!("no route {name}"));
-    route
-        .concurrency
-        .clone()
+    proxy
+        .shared
+        .runtime()
+        .route_cap(name)
         .unwrap_or_else(|| panic!("route {name} has no cap"))
 }
 

@@ -554,7 +554,7 @@ async fn reload_keeps_or_replaces_the_connection() {
     let file = ConfigFile::new(&yaml(&first.url()));
     let proxy = start_proxy_file(&file).await;
     assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
-    let store = |proxy: &Proxy| proxy.shared.runtime().store.clone().expect("a store");
+    let store = |proxy: &Proxy| proxy.shared.runtime().store().cloned().expect("a store");
     let before = store(&proxy);
 
     // Same URL, another limit: same connection.

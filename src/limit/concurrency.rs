@@ -49,6 +49,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::clock::ceil_secs;
 use crate::config::{ConcurrencyConfig, Priority};
 
 /// A concurrency cap with a bounded, priority-ordered wait queue.
@@ -448,11 +449,6 @@ impl State {
         };
         Duration::from_secs(secs.clamp(RETRY_AFTER_MIN_SECS, RETRY_AFTER_MAX_SECS))
     }
-}
-
-/// Whole seconds in `d`, rounded up.
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 // === impl WaitQueue ===

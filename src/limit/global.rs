@@ -107,7 +107,7 @@ use tokio::time::Instant;
 
 use super::key::LimitKey;
 use super::rate::{Decision, RateLimit};
-use super::Verdict;
+use super::StoreUnavailable;
 use crate::config::{
     redact_url, Config, KeySpec, OnStoreError, RateLimitConfig, RedisConfig, Scope,
 };
@@ -222,8 +222,6 @@ pub struct GlobalLimit {
     /// Process-local, so the per-process `LimitKey` hash is fine here. Pruned by
     /// [`GlobalLimit::housekeeping`].
     denied: DashMap<LimitKey, Instant>,
-    /// The problem JSON `detail` of a `store-unavailable` 503.
-    unavailable_detail: Arc<str>,
 }
 
 // === impl Store ===
@@ -465,10 +463,6 @@ impl GlobalLimit {
             timeout: redis.timeout,
             on_error: redis.on_error,
             denied: DashMap::new(),
-            unavailable_detail: Arc::from(format!(
-                "limit {} of route {route} is shared through Redis, which did not answer in time (store.redis.on_error: deny)",
-                config.name
-            )),
         }
     }
 
@@ -477,18 +471,22 @@ impl GlobalLimit {
         self.local.config()
     }
 
-    /// The `detail` of the 503 this limit's `on_error: deny` sends.
-    pub fn unavailable_detail(&self) -> &Arc<str> {
-        &self.unavailable_detail
-    }
-
     /// Takes one token from `key`'s bucket in Redis if it has one. `headers` are the request's
     /// (a `header:` key is hashed from them again: `key` holds a per-process hash).
     ///
-    /// Waits at most `store.redis.timeout`; when Redis fails, answers as `on_error` says.
-    pub async fn check(&self, key: &LimitKey, headers: &HeaderMap) -> Verdict {
+    /// Waits at most `store.redis.timeout`; when Redis fails, answers as `on_error` says:
+    /// `local` decides with this instance's bucket, `allow` answers `Ok(None)` (the request
+    /// passes this limit, whose state is unknown, so it has no `RateLimit` item).
+    ///
+    /// # Errors
+    /// [`StoreUnavailable`] when Redis failed and `on_error` is `deny`.
+    pub async fn check(
+        &self,
+        key: &LimitKey,
+        headers: &HeaderMap,
+    ) -> Result<Option<Decision>, StoreUnavailable> {
         if let Some(retry_after) = self.still_denied(key) {
-            return Verdict::Decided(Decision::Denied { retry_after });
+            return Ok(Some(Decision::Denied { retry_after }));
         }
         let call = async {
             let mut conn = self.store.inner.connection().await.ok_or(Failed::Skipped)?;
@@ -517,12 +515,12 @@ impl GlobalLimit {
         };
         self.store.inner.succeeded();
         match answer {
-            (1, ahead) => Verdict::Decided(self.admitted(u64::try_from(ahead).unwrap_or(0))),
+            (1, ahead) => Ok(Some(self.admitted(u64::try_from(ahead).unwrap_or(0)))),
             (_, wait) => {
                 let retry_after = Duration::from_nanos(u64::try_from(wait).unwrap_or(0));
                 // Exact: nobody can be admitted on this key before then (module docs).
                 self.denied.insert(*key, Instant::now() + retry_after);
-                Verdict::Decided(Decision::Denied { retry_after })
+                Ok(Some(Decision::Denied { retry_after }))
             }
         }
     }
@@ -547,29 +545,20 @@ impl GlobalLimit {
     }
 
     /// The answer when Redis could not decide.
-    fn fallback(&self, key: &LimitKey) -> Verdict {
+    fn fallback(&self, key: &LimitKey) -> Result<Option<Decision>, StoreUnavailable> {
         match self.on_error {
-            OnStoreError::Local => Verdict::Decided(self.local.check(key)),
-            OnStoreError::Allow => Verdict::Allowed,
-            OnStoreError::Deny => Verdict::Unavailable,
+            OnStoreError::Local => Ok(Some(self.local.check(key))),
+            OnStoreError::Allow => Ok(None),
+            OnStoreError::Deny => Err(StoreUnavailable),
         }
     }
 
-    /// The decision for an admission whose new TAT is `ahead` ns from now. As in
-    /// [`super::rate`]: the bucket then holds `level = burst·T − ahead` ns of refill,
-    /// `remaining = ⌊level / T⌋` whole tokens, and the next one is `(remaining + 1)·T − level`
-    /// away.
+    /// The decision for an admission whose new TAT is `ahead` ns from now: the bucket then
+    /// holds `burst·T − ahead` ns of refill, as in [`super::rate`].
     fn admitted(&self, ahead: u64) -> Decision {
         let t = self.emission_nanos;
         let capacity = t * u64::from(self.burst);
-        let level = capacity.saturating_sub(ahead);
-        let remaining = u32::try_from(level / t).unwrap_or(u32::MAX).min(self.burst);
-        let reset = if remaining >= self.burst {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos((u64::from(remaining) + 1) * t - level)
-        };
-        Decision::Admitted { remaining, reset }
+        Decision::admitted(capacity.saturating_sub(ahead), t, self.burst)
     }
 
     /// `sluice:<route>:<limit>:<key>` (see the module docs).

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::clock::ceil_secs;
 use crate::config::RateLimitConfig;
 
 /// `RateLimit-Policy`: the quota of each limit of the route.
@@ -236,11 +237,6 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
     &buf[i..]
-}
-
-/// Whole seconds, rounded up; zero only for a zero duration.
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 fn into_header_value(bytes: &[u8]) -> HeaderValue {

@@ -170,11 +170,7 @@ impl<C: Clock> RateLimit<C> {
             fresh_tat: Cell::new(Nanos::default()),
         };
         match self.limiter.check_key(&probe) {
-            Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                let reset = self.reset(&probe, remaining);
-                Decision::Admitted { remaining, reset }
-            }
+            Ok(state) => self.admitted(&probe, state.remaining_burst_capacity()),
             Err(not_until) => Decision::Denied {
                 retry_after: not_until.wait_time_from(self.limiter.clock().now()),
             },
@@ -202,28 +198,45 @@ impl<C: Clock> RateLimit<C> {
         self.len() == 0
     }
 
-    /// Time until the bucket holds `remaining + 1` tokens, from what the store recorded.
+    /// The decision for an admitted request, from what the store recorded.
     ///
     /// After the request the bucket holds `level / T` tokens, where
     /// `level = now + burst·T - TAT` (nanoseconds of refill banked, at most `burst·T`; this is
     /// governor's own `remaining_burst_capacity` before its division by `T`).
-    /// `remaining = ⌊level / T⌋`, so the next whole token is `(remaining + 1)·T - level` away.
-    fn reset(&self, probe: &Probe, remaining: u32) -> Duration {
+    fn admitted(&self, probe: &Probe, remaining: u32) -> Decision {
         let t = self.emission_nanos;
         let capacity = t * u64::from(self.burst);
         // now + burst·T = (now + T) + (burst - 1)·T
         let level = (probe.fresh_tat.get().as_u64() + (capacity - t))
             .saturating_sub(probe.tat.get().as_u64())
             .min(capacity);
-        debug_assert_eq!(
-            u64::from(remaining),
-            level / t,
+        let decision = Decision::admitted(level, t, self.burst);
+        debug_assert!(
+            matches!(decision, Decision::Admitted { remaining: r, .. } if r == remaining),
             "governor's remaining_burst_capacity and the recorded TAT disagree"
         );
-        if remaining >= self.burst {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos((u64::from(remaining) + 1) * t - level)
+        decision
+    }
+}
+
+// === impl Decision ===
+
+impl Decision {
+    /// The decision for an admitted request that left `level` nanoseconds of refill in a bucket
+    /// of `burst` tokens refilling one per `t` ns: `remaining = ⌊level / t⌋` whole tokens, and the
+    /// next whole token is `(remaining + 1)·t − level` away (zero if the bucket is full). The
+    /// local buckets and the Redis script both come down to this, so both give the same fields.
+    pub(crate) fn admitted(level: u64, t: u64, burst: u32) -> Decision {
+        let level = level.min(t.saturating_mul(u64::from(burst)));
+        let remaining = u32::try_from(level / t.max(1))
+            .unwrap_or(u32::MAX)
+            .min(burst);
+        let reset = if remaining >= burst {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((u64::from(remaining) + 1) * t - level)
+        };
+        Decision::Admitted { remaining, reset }
     }
 }
 

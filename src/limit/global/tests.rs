@@ -160,13 +160,13 @@ async fn on_error_applies_without_redis() {
     for (on_error, expect) in [
         (
             OnStoreError::Local,
-            Verdict::Decided(Decision::Admitted {
+            Ok(Some(Decision::Admitted {
                 remaining: 1,
                 reset: Duration::from_secs(60),
-            }),
+            })),
         ),
-        (OnStoreError::Allow, Verdict::Allowed),
-        (OnStoreError::Deny, Verdict::Unavailable),
+        (OnStoreError::Allow, Ok(None)),
+        (OnStoreError::Deny, Err(StoreUnavailable)),
     ] {
         let redis = RedisConfig {
             on_error,
@@ -187,8 +187,8 @@ async fn on_error_applies_without_redis() {
         match (verdict, expect) {
             // The local bucket's reset is a hair under 60 s by the time it is read.
             (
-                Verdict::Decided(Decision::Admitted { remaining, .. }),
-                Verdict::Decided(Decision::Admitted { remaining: r, .. }),
+                Ok(Some(Decision::Admitted { remaining, .. })),
+                Ok(Some(Decision::Admitted { remaining: r, .. })),
             ) => assert_eq!(remaining, r),
             (got, expect) => assert_eq!(got, expect, "{on_error:?}"),
         }
