@@ -425,7 +425,7 @@ async fn reload_keeps_upstream_slots_when_another_field_changes() {
     // The held requests' slots go back to the carried cap (bounded retry: a slot is released
     // when the response body is done, asynchronously to the client's read).
     let probe = proxy.url("/probe");
-    until_ok_past_503s("the held requests' slots never came back", || get(&probe)).await;
+    until_ok_past_503s("the held requests' slots to come back", || get(&probe)).await;
     assert_eq!(up.max_inflight(), 2);
     proxy.stop().await;
 }

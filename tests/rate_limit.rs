@@ -597,7 +597,7 @@ async fn rate_limited_requests_take_no_concurrency_slot() {
     // to the client's read). Each attempt uses a fresh key, so only the cap can refuse it.
     let proxy_ref = &proxy;
     let mut n = 0;
-    until_ok_past_503s("the slot never came back after 429s", || {
+    until_ok_past_503s("the slot to come back after the 429s", || {
         n += 1;
         let key = format!("fresh-{n}");
         async move { get_with(proxy_ref, "/", &[("x-api-key", &key)]).await }
