@@ -445,9 +445,12 @@ async fn graceful_shutdown_finishes_in_flight() {
     let proxy = start_proxy(&one_route(&up.endpoint(), "")).await;
     let url = proxy.url("/");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    while up.inflight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        "the request in flight at the upstream",
+        Duration::from_secs(10),
+        || up.inflight.load(std::sync::atomic::Ordering::SeqCst) > 0,
+    )
+    .await;
     let addr = proxy.addr;
     let shared = proxy.shared.clone();
     proxy.shutdown.trigger();
