@@ -351,14 +351,19 @@ impl Got {
     }
 }
 
-/// Sends `req` and reads the whole response.
+/// Sends `req` and reads the whole response (each bounded: 30 s for the head, 30 s more for the
+/// body).
 pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
     let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .expect("response within 30 s")
         .expect("request failed");
     let (parts, body) = res.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
+    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
+        .await
+        .expect("body within 30 s of the head")
+        .expect("body")
+        .to_bytes();
     Got {
         status: parts.status,
         headers: parts.headers,
