@@ -499,5 +499,8 @@ async fn readyz_flips_during_shutdown() {
     )
     .await;
     assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
-    let _ = tokio::time::timeout(Duration::from_secs(10), proxy.task).await;
+    tokio::time::timeout(Duration::from_secs(10), proxy.task)
+        .await
+        .expect("sluice stopped within 10 s of the drain")
+        .expect("the app task ended without a panic");
 }

@@ -69,9 +69,16 @@ impl Proxy {
     }
 
     /// Triggers graceful shutdown and waits for the app to stop.
+    ///
+    /// # Panics
+    /// When the app has not stopped within 20 s, or its task panicked: a test whose proxy does
+    /// not shut down cleanly fails instead of passing late.
     pub async fn stop(self) {
         self.shutdown.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("sluice stopped within 20 s of shutdown")
+            .expect("the app task ended without a panic");
     }
 }
 
