@@ -519,6 +519,7 @@ mod tests {
             "sluice_requests_total{route=\"orders\",outcome=\"rate_limited\",shadow=\"true\"} 1"
         ));
         assert!(text.contains("sluice_responses_total{route=\"orders\",code=\"200\"} 1"));
+        assert!(!text.contains("code=\"999\""), "{text}");
         assert!(text.contains("sluice_config_reloads_total{result=\"failure\"} 1"));
         assert!(text.contains("sluice_utilization{upstream=\"api\"} 0.5"));
         assert!(

@@ -129,20 +129,27 @@ routes:
         let u = url("/slow/low/1");
         async move { get(&u).await.status }
     });
-    while up.requests() == arrived {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        "the first low request at the upstream",
+        Duration::from_secs(10),
+        || up.requests() > arrived,
+    )
+    .await;
     let queued_low = tokio::spawn({
         let u = url("/slow/low/2");
         async move { get(&u).await }
     });
-    while proxy
-        .metric("sluice_queue_depth{upstream=\"capped\"}")
-        .await
-        < 1.0
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        "the second low request queued",
+        Duration::from_secs(10),
+        || async {
+            proxy
+                .metric("sluice_queue_depth{upstream=\"capped\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
     let high = tokio::spawn({
         let u = url("/slow/high/1");
         async move { get(&u).await.status }
@@ -396,14 +403,12 @@ async fn reload_keeps_upstream_slots_when_another_field_changes() {
             tokio::spawn(async move { get(&url).await.status })
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while up.inflight.load(Ordering::SeqCst) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the held requests never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        "the held requests at the upstream",
+        Duration::from_secs(10),
+        || up.inflight.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
 
     file.write(&capped_config(&up.endpoint(), "31s"));
     let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
@@ -425,7 +430,7 @@ async fn reload_keeps_upstream_slots_when_another_field_changes() {
     // The held requests' slots go back to the carried cap (bounded retry: a slot is released
     // when the response body is done, asynchronously to the client's read).
     let probe = proxy.url("/probe");
-    until_ok_past_503s("the held requests' slots never came back", || get(&probe)).await;
+    until_ok_past_503s("the held requests' slots to come back", || get(&probe)).await;
     assert_eq!(up.max_inflight(), 2);
     proxy.stop().await;
 }
@@ -480,19 +485,22 @@ async fn readyz_flips_during_shutdown() {
     assert_eq!(get(&readyz).await.status, StatusCode::OK);
     let url = proxy.url("/");
     let in_flight = tokio::spawn(async move { get(&url).await.status });
-    while up.inflight.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(
+        "the request in flight at the upstream",
+        Duration::from_secs(10),
+        || up.inflight.load(Ordering::SeqCst) > 0,
+    )
+    .await;
     proxy.shutdown.trigger();
-    let mut flipped = false;
-    for _ in 0..100 {
-        if get(&readyz).await.status == StatusCode::SERVICE_UNAVAILABLE {
-            flipped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(flipped, "/readyz never answered 503 while draining");
+    until(
+        "/readyz to answer 503 while draining",
+        Duration::from_secs(10),
+        || async { get(&readyz).await.status == StatusCode::SERVICE_UNAVAILABLE },
+    )
+    .await;
     assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
-    let _ = tokio::time::timeout(Duration::from_secs(10), proxy.task).await;
+    tokio::time::timeout(Duration::from_secs(10), proxy.task)
+        .await
+        .expect("sluice stopped within 10 s of the drain")
+        .expect("the app task ended without a panic");
 }

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,28 +29,6 @@ const REDUCED_CAPACITY: &str =
 
 /// How long any awaited event may take before the test fails (generous: a loaded 2-core CI box).
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Waits until `cond` holds, polling; fails after [`PATIENCE`].
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Like [`until`], for a condition that must be awaited (a metrics scrape).
-async fn until_async<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// An upstream that holds every request whose path does not contain `free` until the test
 /// releases it, and records the order in which requests arrive.
@@ -184,7 +161,10 @@ routes:
 /// GETs `path` in the background and waits until it is the first request at the upstream.
 async fn first_at_upstream(up: &Gated, proxy: &Proxy, path: &str) -> JoinHandle<Got> {
     let got = spawn_get(proxy.url(path));
-    until("the first request at the upstream", || up.inflight() == 1).await;
+    until("the first request at the upstream", PATIENCE, || {
+        up.inflight() == 1
+    })
+    .await;
     got
 }
 
@@ -196,9 +176,11 @@ async fn queued_at(
     depth: usize,
 ) -> JoinHandle<Got> {
     let got = spawn_get(proxy.url(path));
-    until(&format!("{depth} waiter(s) queued at {path}"), || {
-        cap.queue_depth() == depth
-    })
+    until(
+        &format!("{depth} waiter(s) queued at {path}"),
+        PATIENCE,
+        || cap.queue_depth() == depth,
+    )
     .await;
     got
 }
@@ -213,7 +195,7 @@ async fn cap_is_never_exceeded() {
     let clients: Vec<_> = (0..40)
         .map(|i| spawn_get(proxy.url(&format!("/{i}"))))
         .collect();
-    until("4 in flight and 36 queued", || {
+    until("4 in flight and 36 queued", PATIENCE, || {
         up.inflight() == 4 && cap.queue_depth() == 36
     })
     .await;
@@ -229,7 +211,7 @@ async fn cap_is_never_exceeded() {
         4,
         "the upstream saw more (or fewer) than the cap at once"
     );
-    until("the cap drains", || {
+    until("the cap drains", PATIENCE, || {
         cap.inflight() == 0 && cap.queue_depth() == 0
     })
     .await;
@@ -322,7 +304,7 @@ async fn upstream_cap_is_shared_by_routes() {
         .into_iter()
         .map(|p| spawn_get(proxy.url(p)))
         .collect();
-    until("2 in flight and 4 queued", || {
+    until("2 in flight and 4 queued", PATIENCE, || {
         up.inflight() == 2 && cap.queue_depth() == 4
     })
     .await;
@@ -371,9 +353,11 @@ async fn route_cap_comes_before_upstream_cap() {
     assert_eq!(upstream.inflight(), 1);
     // Another route gets the upstream's free slot.
     let other = spawn_get(proxy.url("/other/1"));
-    until("the other route's request at the upstream", || {
-        up.inflight() == 2
-    })
+    until(
+        "the other route's request at the upstream",
+        PATIENCE,
+        || up.inflight() == 2,
+    )
     .await;
     up.open();
     for c in [first, second, other] {
@@ -418,7 +402,10 @@ async fn higher_priority_sheds_the_newest_lower_waiter() {
     // Free the slot: the critical request goes next, then the older low one.
     up.release(1);
     assert_eq!(running.await.unwrap().status, StatusCode::OK);
-    until("the next request at the upstream", || up.up.requests() == 2).await;
+    until("the next request at the upstream", PATIENCE, || {
+        up.up.requests() == 2
+    })
+    .await;
     assert_eq!(up.arrived()[1], "/crit/1", "critical was not served first");
     up.open();
     assert_eq!(critical.await.unwrap().text(), "/crit/1");
@@ -465,18 +452,24 @@ async fn disconnected_clients_free_their_place() {
     let cap = upstream_cap(&proxy, "capped");
 
     let in_flight = raw_request(&proxy, "/held").await;
-    until("the held request at the upstream", || up.inflight() == 1).await;
+    until("the held request at the upstream", PATIENCE, || {
+        up.inflight() == 1
+    })
+    .await;
     let queued = raw_request(&proxy, "/queued").await;
-    until("one waiter", || cap.queue_depth() == 1).await;
+    until("one waiter", PATIENCE, || cap.queue_depth() == 1).await;
     drop(queued);
-    until("the gone waiter to leave the queue", || {
+    until("the gone waiter to leave the queue", PATIENCE, || {
         cap.queue_depth() == 0
     })
     .await;
     assert_eq!(cap.inflight(), 1);
 
     drop(in_flight);
-    until("the gone client's slot to be freed", || cap.inflight() == 0).await;
+    until("the gone client's slot to be freed", PATIENCE, || {
+        cap.inflight() == 0
+    })
+    .await;
     // The upstream still holds the abandoned request; a new one must get the slot anyway.
     let got = get(&proxy.url("/free")).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
@@ -504,12 +497,15 @@ async fn disconnects_bring_gauges_back_to_zero() {
     let inflight = "sluice_inflight{upstream=\"capped\"}";
 
     let held = raw_request(&proxy, "/held").await;
-    until("the held request at the upstream", || up.inflight() == 1).await;
+    until("the held request at the upstream", PATIENCE, || {
+        up.inflight() == 1
+    })
+    .await;
     let mut queued = Vec::new();
     for i in 0..3 {
         queued.push(raw_request(&proxy, &format!("/queued/{i}")).await);
     }
-    until_async("queue depth 3", || async {
+    until("queue depth 3", PATIENCE, || async {
         proxy.metric(depth).await == 3.0
     })
     .await;
@@ -522,13 +518,13 @@ async fn disconnects_bring_gauges_back_to_zero() {
     );
 
     drop(queued);
-    until_async("queue depth 0", || async {
+    until("queue depth 0", PATIENCE, || async {
         proxy.metric(depth).await == 0.0
     })
     .await;
     assert_eq!(proxy.metric(inflight).await, 1.0);
     drop(held);
-    until_async("in-flight 0", || async {
+    until("in-flight 0", PATIENCE, || async {
         proxy.metric(inflight).await == 0.0
     })
     .await;
@@ -634,7 +630,7 @@ async fn slot_is_held_until_the_body_is_sent() {
         rest.extend_from_slice(&frame.unwrap().into_data().unwrap_or_default());
     }
     assert_eq!(rest, b"-last");
-    until("the slot to be released after the body", || {
+    until("the slot to be released after the body", PATIENCE, || {
         cap.inflight() == 0
     })
     .await;
@@ -667,7 +663,10 @@ async fn three_through_shadow_caps(up: &Gated, proxy: &Proxy) {
     let clients: Vec<_> = (0..3)
         .map(|i| spawn_get(proxy.url(&format!("/{i}"))))
         .collect();
-    until("all three at the upstream at once", || up.inflight() == 3).await;
+    until("all three at the upstream at once", PATIENCE, || {
+        up.inflight() == 3
+    })
+    .await;
     up.open();
     for c in clients {
         let got = c.await.unwrap();

@@ -350,23 +350,31 @@ async fn large_bodies_stream_both_ways() {
     )
     .await;
     assert_eq!(got.text(), UP.to_string());
-    let res = cl
-        .request(
-            Request::get(proxy.url("/down"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
+    // Counted frame by frame rather than collected; bounded as a whole (generous: a debug build
+    // on a loaded machine).
+    let download = async {
+        let res = cl
+            .request(
+                Request::get(proxy.url("/down"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = res.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            n += frame
+                .unwrap()
+                .into_data()
+                .map(|d| d.len() as u64)
+                .unwrap_or(0);
+        }
+        n
+    };
+    let n = tokio::time::timeout(Duration::from_secs(60), download)
         .await
-        .unwrap();
-    let mut body = res.into_body();
-    let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
-        n += frame
-            .unwrap()
-            .into_data()
-            .map(|d| d.len() as u64)
-            .unwrap_or(0);
-    }
+        .expect("the 64 MiB response within 60 s");
     assert_eq!(n, DOWN);
     proxy.stop().await;
 }
@@ -445,9 +453,12 @@ async fn graceful_shutdown_finishes_in_flight() {
     let proxy = start_proxy(&one_route(&up.endpoint(), "")).await;
     let url = proxy.url("/");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    while up.inflight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        "the request in flight at the upstream",
+        Duration::from_secs(10),
+        || up.inflight.load(std::sync::atomic::Ordering::SeqCst) > 0,
+    )
+    .await;
     let addr = proxy.addr;
     let shared = proxy.shared.clone();
     proxy.shutdown.trigger();
@@ -546,7 +557,10 @@ async fn max_connections_bounds_open_connections() {
     let mut first = TcpStream::connect(proxy.addr).await.unwrap();
     first.write_all(request).await.unwrap();
     let mut buf = [0u8; 512];
-    let n = first.read(&mut buf).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), first.read(&mut buf))
+        .await
+        .expect("the first connection served within 10 s")
+        .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let mut second = TcpStream::connect(proxy.addr).await.unwrap();
     second.write_all(request).await.unwrap();

@@ -7,6 +7,7 @@
 mod redis_server;
 mod support;
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -464,29 +465,33 @@ fn as_client(proxy: &Proxy, name: &str) -> Request<Full<Bytes>> {
 /// Sends requests (as `client`, if given; bounded: 30 s) until one gets 429; returns how many
 /// Redis admitted before it (the 200s that carry a `RateLimit` item).
 async fn resumed(proxy: &Proxy, client_name: Option<&str>) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut admitted_by_redis = 0;
-    loop {
-        let request = match client_name {
-            Some(name) => as_client(proxy, name),
-            None => req(&proxy.url("/")),
-        };
-        let started = Instant::now();
-        let got = send(&client(), request).await;
-        let took = started.elapsed();
-        assert!(took < FAULT_TIMEOUT + MARGIN, "took {took:?}");
-        match got.status {
-            StatusCode::TOO_MANY_REQUESTS => return admitted_by_redis,
-            StatusCode::OK if got.header("ratelimit").is_some() => admitted_by_redis += 1,
-            StatusCode::OK => {}
-            other => panic!("unexpected {other}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "global limiting did not resume within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let admitted_by_redis = Cell::new(0);
+    until(
+        "global limiting to resume (a 429)",
+        Duration::from_secs(30),
+        || async {
+            let request = match client_name {
+                Some(name) => as_client(proxy, name),
+                None => req(&proxy.url("/")),
+            };
+            let started = Instant::now();
+            let got = send(&client(), request).await;
+            let took = started.elapsed();
+            assert!(took < FAULT_TIMEOUT + MARGIN, "took {took:?}");
+            match got.status {
+                StatusCode::TOO_MANY_REQUESTS => true,
+                StatusCode::OK => {
+                    if got.header("ratelimit").is_some() {
+                        admitted_by_redis.set(admitted_by_redis.get() + 1);
+                    }
+                    false
+                }
+                other => panic!("unexpected {other}"),
+            }
+        },
+    )
+    .await;
+    admitted_by_redis.get()
 }
 
 /// Pins: a password in the URL authenticates (the limit is enforced by Redis), and `GET

@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use http::StatusCode;
 use support::bin::{self, Sluice, PATIENCE};
+use support::wait::within;
 use support::*;
 
 fn config(upstream: &str, with_new_route: bool) -> String {
@@ -21,16 +20,19 @@ fn config(upstream: &str, with_new_route: bool) -> String {
     )
 }
 
-/// GETs `url` until it answers `want` (bounded by [`PATIENCE`]); the last status.
-async fn poll_until(url: &str, want: StatusCode, sluice: &mut Sluice) -> StatusCode {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let status = get(url).await.status;
-        if status == want || Instant::now() >= deadline {
-            return status;
-        }
+/// GETs `url` until it answers `want` (bounded by [`PATIENCE`]; panics with the process's
+/// stderr, as `context` says, if it does not, or if the process exits meanwhile).
+async fn poll_until(url: &str, want: StatusCode, sluice: &mut Sluice, context: &str) {
+    let answered = within(PATIENCE, || {
         sluice.assert_running();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        async move { get(url).await.status == want }
+    })
+    .await;
+    if let Err(waited) = answered {
+        panic!(
+            "{context}: {url} did not answer {want} within {waited:?}:\n{}",
+            sluice.stderr(false)
+        );
     }
 }
 
@@ -47,22 +49,20 @@ async fn sighup_reloads_the_config_file() {
     let http = sluice.http;
     let url = |path: &str| format!("http://{http}{path}");
     let readyz = format!("http://{admin}/readyz");
-    assert_eq!(
-        poll_until(&readyz, StatusCode::OK, &mut sluice).await,
-        StatusCode::OK
-    );
+    poll_until(&readyz, StatusCode::OK, &mut sluice, "never ready").await;
     assert_eq!(get(&url("/kept")).await.status, StatusCode::OK);
     assert_eq!(get(&url("/new")).await.status, StatusCode::NOT_FOUND);
 
     file.write(&config(&up.endpoint(), true));
     sluice.signal("HUP");
     let new = url("/new");
-    assert_eq!(
-        poll_until(&new, StatusCode::OK, &mut sluice).await,
+    poll_until(
+        &new,
         StatusCode::OK,
-        "the route added to the file never answered:\n{}",
-        sluice.stderr(false)
-    );
+        &mut sluice,
+        "the route added to the file never answered",
+    )
+    .await;
     assert_eq!(get(&url("/kept")).await.status, StatusCode::OK);
     let metrics = get(&format!("http://{admin}/metrics")).await.text();
     assert_eq!(

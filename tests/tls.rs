@@ -380,24 +380,26 @@ async fn send_h1(send: &mut http1::SendRequest<Full<Bytes>>, req: Request<Full<B
         .as_str()
         .parse()
         .unwrap();
-    send.ready().await.unwrap();
-    let fut = send.send_request(Request::from_parts(parts, body));
-    let (version, got) =
-        tokio::time::timeout(Duration::from_secs(30), async { read(fut.await).await })
-            .await
-            .expect("response within 30 s");
+    let exchange = async {
+        send.ready().await.unwrap();
+        read(send.send_request(Request::from_parts(parts, body)).await).await
+    };
+    let (version, got) = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("response within 30 s");
     assert_eq!(version, Version::HTTP_11);
     got
 }
 
 /// Sends `req` over HTTP/2 and reads the response.
 async fn send_h2(send: &mut http2::SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
-    send.ready().await.unwrap();
-    let fut = send.send_request(req);
-    let (version, got) =
-        tokio::time::timeout(Duration::from_secs(30), async { read(fut.await).await })
-            .await
-            .expect("response within 30 s");
+    let exchange = async {
+        send.ready().await.unwrap();
+        read(send.send_request(req).await).await
+    };
+    let (version, got) = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("response within 30 s");
     assert_eq!(version, Version::HTTP_2);
     got
 }
@@ -777,11 +779,17 @@ async fn slow_h2_reader_pushes_back_to_the_upstream() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    send.ready().await.unwrap();
-    let res = send.send_request(get_req("/big")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut body = res.into_body();
-    let first = body.frame().await.unwrap().unwrap();
+    let head_and_first = async {
+        send.ready().await.unwrap();
+        let res = send.send_request(get_req("/big")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        (body, first)
+    };
+    let (mut body, first) = tokio::time::timeout(Duration::from_secs(30), head_and_first)
+        .await
+        .expect("response head and first data within 30 s");
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
 
     // The client reads nothing more: the upstream must stall far below the total.

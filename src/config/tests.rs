@@ -791,21 +791,86 @@ fn load_err(path: &Path) -> ConfigError {
     super::load(path).unwrap_err()
 }
 
+/// Odd YAML (anchors and aliases, tags, complex keys, nulls, huge numbers, empty names, a BOM)
+/// never panics: each input is either valid or refused with `ConfigError::Invalid` whose every
+/// error has a message and a place inside the text, and which blames the fields at fault.
 #[test]
 fn junk_never_panics() {
-    // Pins: odd YAML (anchors, tags, complex keys, nulls, huge numbers) yields errors, not panics.
-    for text in [
-        "server: ~\n",
-        "server:\n  listen: &a 127.0.0.1:1\nupstreams: {x: {endpoints: [*a]}}\nroutes: [{name: r, upstream: x}]\n",
-        "? [a, b]\n: c\n",
-        "!tag {server: 1}\n",
-        "server: {listen: 1.2.3.4:5, max_connections: 99999999999999999999}\n",
-        "routes: [{name: \"\", upstream: \"\", match: {host: \"\", path_prefix: \"\"}}]\n",
-        "upstreams: {\"\": {endpoints: [\"http://\"]}}\n",
-        "\u{feff}server: {listen: \"[::]:80\"}\n",
-        "routes:\n  - rate_limits: [{rate: \"/s\"}, {rate: \"4294967296/s\"}, {rate: \"1/\"}]\n",
-    ] {
-        let _ = from_yaml(text, Path::new("t.yaml"));
+    // (text, Ok: valid / Err: the paths of its errors, in the order reported)
+    let cases: [(&str, Result<(), &[&str]>); 10] = [
+        ("server: ~\n", Err(&["routes", "server"])),
+        (
+            // The alias is resolved: the error is about the anchored value, where it is used.
+            "server:\n  listen: &a 127.0.0.1:1\nupstreams: {x: {endpoints: [*a]}}\nroutes: [{name: r, upstream: x}]\n",
+            Err(&["upstreams.x.endpoints[0]"]),
+        ),
+        (
+            "server: {listen: 127.0.0.1:1}\nupstreams: {x: {endpoints: [&e \"http://127.0.0.1:2\"]}, y: {endpoints: [*e]}}\nroutes: [{name: r, upstream: y}]\n",
+            Ok(()),
+        ),
+        ("? [a, b]\n: c\n", Err(&[""])),
+        ("!tag {server: 1}\n", Err(&[""])),
+        (
+            "server: {listen: 1.2.3.4:5, max_connections: 99999999999999999999}\n",
+            Err(&["server.max_connections"]),
+        ),
+        (
+            "routes: [{name: \"\", upstream: \"\", match: {host: \"\", path_prefix: \"\"}}]\n",
+            Err(&[
+                "server",
+                "routes[0].name",
+                "routes[0].upstream",
+                "routes[0].match.host",
+                "routes[0].match.path_prefix",
+            ]),
+        ),
+        (
+            "upstreams: {\"\": {endpoints: [\"http://\"]}}\n",
+            Err(&["server", "upstreams.", "routes", "upstreams..endpoints[0]"]),
+        ),
+        // The BOM is skipped: `server` is read, only the routes are missing.
+        ("\u{feff}server: {listen: \"[::]:80\"}\n", Err(&["routes"])),
+        (
+            "routes:\n  - rate_limits: [{rate: \"/s\"}, {rate: \"4294967296/s\"}, {rate: \"1/\"}]\n",
+            Err(&[
+                "server",
+                "routes[0].name",
+                "routes[0].upstream",
+                "routes[0].rate_limits[0].key",
+                "routes[0].rate_limits[0].rate",
+                "routes[0].rate_limits[1].key",
+                "routes[0].rate_limits[1].rate",
+                "routes[0].rate_limits[2].key",
+                "routes[0].rate_limits[2].rate",
+            ]),
+        ),
+    ];
+    for (text, expected) in cases {
+        let result = std::panic::catch_unwind(|| from_yaml(text, Path::new("t.yaml")))
+            .unwrap_or_else(|_| panic!("from_yaml panicked on {text:?}"));
+        let (e, blamed) = match (result, expected) {
+            (Ok(_), Ok(())) => continue,
+            (Ok(_), Err(_)) => panic!("accepted junk {text:?}"),
+            (Err(e), Ok(())) => panic!("refused the valid {text:?}:\n{e}"),
+            (Err(e), Err(blamed)) => (e, blamed),
+        };
+        let ConfigError::Invalid { errors, .. } = &e else {
+            panic!("{text:?}: expected ConfigError::Invalid, got {e:?}");
+        };
+        let text_lines = text.lines().count();
+        for error in errors {
+            assert!(!error.message.is_empty(), "{text:?}: {error:?}");
+            assert!(
+                error.line.is_some_and(|l| (1..=text_lines).contains(&l))
+                    && error.column.is_some_and(|c| c >= 1),
+                "{text:?}: not placed inside the text: {error:?}"
+            );
+        }
+        for line in e.to_string().lines() {
+            assert!(line.starts_with("t.yaml:"), "{text:?}: {line}");
+        }
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, blamed, "{text:?}:\n{e}");
     }
 }
 

@@ -1,8 +1,10 @@
 //! Shared test harness: sluice started in-process on 127.0.0.1:0 from a YAML string, real
-//! upstream servers written here, and a small HTTP client; [`bin`] runs the binary instead.
+//! upstream servers written here, and a small HTTP client; [`bin`] runs the binary instead, and
+//! [`wait`] bounds every wait for an event ([`until`]).
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod wait;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +31,8 @@ use sluice::runtime::Shared;
 use sluice::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+pub use wait::until;
 
 /// A sluice running in this test process.
 pub struct Proxy {
@@ -65,9 +69,16 @@ impl Proxy {
     }
 
     /// Triggers graceful shutdown and waits for the app to stop.
+    ///
+    /// # Panics
+    /// When the app has not stopped within 20 s, or its task panicked: a test whose proxy does
+    /// not shut down cleanly fails instead of passing late.
     pub async fn stop(self) {
         self.shutdown.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("sluice stopped within 20 s of shutdown")
+            .expect("the app task ended without a panic");
     }
 }
 
@@ -347,14 +358,19 @@ impl Got {
     }
 }
 
-/// Sends `req` and reads the whole response.
+/// Sends `req` and reads the whole response (each bounded: 30 s for the head, 30 s more for the
+/// body).
 pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
     let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .expect("response within 30 s")
         .expect("request failed");
     let (parts, body) = res.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
+    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
+        .await
+        .expect("body within 30 s of the head")
+        .expect("body")
+        .to_bytes();
     Got {
         status: parts.status,
         headers: parts.headers,
@@ -390,28 +406,30 @@ pub fn expect_metric(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
-/// Retries `attempt` every 10 ms until it answers 200; meanwhile every answer must be a 503, and
-/// after 10 s the test fails with `never`.
-pub async fn until_ok_past_503s<F, Fut>(never: &str, mut attempt: F)
+/// Retries `attempt` until it answers 200 (see [`until`]); meanwhile every answer must be a 503,
+/// and after 10 s the test fails, waiting for `what`.
+pub async fn until_ok_past_503s<F, Fut>(what: &str, mut attempt: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Got>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = attempt().await;
-        if got.status == StatusCode::OK {
-            return;
+    until(what, Duration::from_secs(10), || {
+        let got = attempt();
+        async move {
+            let got = got.await;
+            if got.status == StatusCode::OK {
+                return true;
+            }
+            assert_eq!(
+                got.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                got.text()
+            );
+            false
         }
-        assert_eq!(
-            got.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            got.text()
-        );
-        assert!(std::time::Instant::now() < deadline, "{never}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }
 
 /// A config with a listener, an admin listener, upstream `api` at `endpoint`, and `routes`

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::support::until;
 
 /// A redis-server child process on `127.0.0.1:port`.
 pub struct RedisServer {
@@ -63,18 +63,8 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.ping().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer PING within 15 s",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("redis-server on port {} to answer PING", self.port);
+        until(&what, Duration::from_secs(15), || self.ping()).await;
     }
 
     /// Kills the process (SIGKILL: no goodbye to clients) and waits for it to exit.

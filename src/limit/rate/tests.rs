@@ -87,8 +87,8 @@ fn remaining_counts_down_from_burst_minus_one() {
 fn denied_retry_after_is_exact() {
     let (lim, clock) = limit(KeySpec::ClientIp, "1/s", 2);
     let a = ip("192.0.2.1");
-    let _ = lim.check(&a);
-    let _ = lim.check(&a);
+    assert_eq!(lim.check(&a), admitted(1, Duration::from_secs(1)));
+    assert_eq!(lim.check(&a), admitted(0, Duration::from_secs(1)));
     assert_eq!(lim.check(&a), denied(Duration::from_secs(1)));
     clock.advance(ms(300));
     assert_eq!(lim.check(&a), denied(ms(700)));
@@ -106,7 +106,7 @@ fn denied_retry_after_is_exact() {
 fn denial_consumes_nothing() {
     let (lim, clock) = limit(KeySpec::ClientIp, "10/s", 1);
     let a = ip("192.0.2.1");
-    let _ = lim.check(&a);
+    assert_eq!(lim.check(&a), admitted(0, ms(100)));
     for _ in 0..100 {
         assert!(matches!(lim.check(&a), Decision::Denied { .. }));
     }
@@ -216,10 +216,10 @@ fn global_limit_is_one_bucket() {
 fn housekeeping_evicts_idle_keys_keeps_active_ones() {
     let (lim, clock) = limit(KeySpec::ClientIp, "10/s", 5); // T = 100 ms, refill 500 ms
     let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
-    for _ in 0..5 {
-        let _ = lim.check(&a); // empty: full again at 500 ms
+    for left in (0..5).rev() {
+        assert_eq!(lim.check(&a), admitted(left, ms(100))); // empty: full again at 500 ms
     }
-    let _ = lim.check(&b); // one token: full again at 100 ms
+    assert_eq!(lim.check(&b), admitted(4, ms(100))); // one token: full again at 100 ms
     assert_eq!(lim.len(), 2);
 
     clock.advance(ms(300));
@@ -229,7 +229,7 @@ fn housekeeping_evicts_idle_keys_keeps_active_ones() {
         1,
         "b is full again and evicted, a is still refilling"
     );
-    let _ = lim.check(&c);
+    assert_eq!(lim.check(&c), admitted(4, ms(100)));
     assert_eq!(lim.len(), 2);
 
     clock.advance(ms(700)); // past a's and c's refill time plus one interval
