@@ -12,5 +12,8 @@ pub(crate) mod forward;
 pub(crate) mod pool;
 pub(crate) mod upstream;
 
+#[cfg(test)]
+pub(crate) mod test_util;
+
 pub(crate) use self::body::UpstreamBody;
 pub(crate) use self::upstream::{Upstream, UpstreamError};

@@ -153,7 +153,9 @@ impl EndpointPool {
         None
     }
 
-    fn put(&self, sender: SendRequest<UpstreamBody>) {
+    /// Returns a connection to the idle stack, or closes it (by dropping it) when it is closed
+    /// already or the stack is full.
+    pub(super) fn put(&self, sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }

@@ -9,6 +9,8 @@
 //!   upstream: the next endpoint is tried, once each.
 //! - A reused keep-alive connection may have been closed by the upstream in the meantime; hyper
 //!   gives the request back when it was not written, and it is sent again on a new connection.
+//!   (A request already written to a connection that then closes is not sent again: the upstream
+//!   may have acted on it. It fails with 502.)
 //! - `connect_timeout` bounds each connection attempt; `timeout` bounds everything until the
 //!   response head arrives.
 
@@ -136,19 +138,6 @@ impl Upstream {
         &self,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
-        match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name.clone(),
-                timeout: self.config.timeout,
-            }),
-        }
-    }
-
-    async fn send_with_retry(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let (mut parts, body) = req.into_parts();
         // Origin-form on the wire: the Host header (kept from the client) names the site.
         parts.uri = parts
@@ -161,8 +150,31 @@ impl Upstream {
         } else {
             UpstreamBody::Stream(body)
         };
-        let req = Request::from_parts(parts, body);
+        self.send_upstream(Request::from_parts(parts, body)).await
+    }
 
+    /// [`Upstream::send`] once the request is in its upstream form; tests start here, since a
+    /// client's body (`Incoming`) can only come from a real server connection.
+    ///
+    /// # Errors
+    /// As [`Upstream::send`].
+    pub(crate) async fn send_upstream(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+        match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                timeout: self.config.timeout,
+            }),
+        }
+    }
+
+    async fn send_with_retry(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let tries = self.endpoints.len();
         let first = self.pick();
         let mut last_err = None;
@@ -221,6 +233,12 @@ impl Upstream {
         }))
     }
 
+    /// Idle connections over all endpoints.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
+        self.endpoints.iter().map(|e| e.pool.idle()).sum()
+    }
+
     fn mark_down(&self, index: usize, err: &ConnectError) {
         let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
         self.endpoints[index]
@@ -276,3 +294,6 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 }
+
+#[cfg(test)]
+mod tests;
