@@ -4,7 +4,7 @@
 //!   and the response for the client.
 //! - [`upstream`] is one upstream: round-robin over its endpoints, passive health, retries,
 //!   connect and response timeouts.
-//! - [`pool`] keeps each endpoint's keep-alive connections.
+//! - [`pool`] keeps each endpoint's keep-alive connections, bounded in number and idle time.
 //! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
 
 pub(crate) mod body;

@@ -1,5 +1,5 @@
 //! An upstream on a real socket for the pool and upstream tests: counts the requests it
-//! answers and the connections it accepts.
+//! answers, the connections it accepts and the connections sluice closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::UpstreamConfig;
@@ -27,6 +28,8 @@ pub(crate) struct TestUpstream {
     pub(crate) addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    /// Connections that ended (sluice closed them), counted when the server sees the close.
+    closed: watch::Receiver<usize>,
     task: JoinHandle<()>,
 }
 
@@ -38,11 +41,13 @@ impl TestUpstream {
         let addr = listener.local_addr().expect("bound address");
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
+        let (closed_tx, closed) = watch::channel(0);
+        let closed_tx = Arc::new(closed_tx);
         let (r, c) = (requests.clone(), connections.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
+                let (r, closed_tx) = (r.clone(), closed_tx.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req: Request<Incoming>| {
                         r.fetch_add(1, Ordering::SeqCst);
@@ -51,6 +56,7 @@ impl TestUpstream {
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
+                    closed_tx.send_modify(|n| *n += 1);
                 });
             }
         });
@@ -58,6 +64,7 @@ impl TestUpstream {
             addr,
             requests,
             connections,
+            closed,
             task,
         }
     }
@@ -70,6 +77,18 @@ impl TestUpstream {
     /// Connections accepted.
     pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that have ended so far.
+    pub(crate) fn closed(&self) -> usize {
+        *self.closed.borrow()
+    }
+
+    /// Waits until `n` connections have ended; false after `limit`.
+    pub(crate) async fn wait_closed(&self, n: usize, limit: Duration) -> bool {
+        let mut closed = self.closed.clone();
+        let waited = tokio::time::timeout(limit, closed.wait_for(|c| *c >= n)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// An upstream config with this server as its only endpoint.

@@ -13,6 +13,8 @@
 //!   may have acted on it. It fails with 502.)
 //! - `connect_timeout` bounds each connection attempt; `timeout` bounds everything until the
 //!   response head arrives.
+//! - [`Upstream::housekeeping`] closes the idle connections of every endpoint that have expired
+//!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,10 +29,10 @@ use tokio::time::Instant;
 use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
 use crate::proxy::body::UpstreamBody;
-use crate::proxy::pool::{Conn, ConnectError, EndpointPool};
+use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
 
 /// How long an endpoint whose connection failed is skipped.
-pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An upstream with its client pool. Shared by every route that names it.
 #[derive(Debug)]
@@ -53,7 +55,7 @@ pub struct Upstream {
 }
 
 /// At most one warning per failure class and upstream in this period.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Endpoint {
@@ -104,6 +106,21 @@ impl Upstream {
     /// the running cap of an upstream whose `concurrency` did not change, so slots in use and
     /// waiters carry over even when other fields (endpoints, timeouts) changed.
     pub fn with_cap(config: &UpstreamConfig, cap: Option<ConcurrencyLimit>) -> Self {
+        Self::build(config, cap, KeepAlive::default())
+    }
+
+    /// An upstream whose endpoints keep idle connections by `keep_alive` instead of the
+    /// defaults: tests shorten the idle timeout or the bound.
+    #[cfg(test)]
+    pub(crate) fn with_keep_alive(config: &UpstreamConfig, keep_alive: KeepAlive) -> Self {
+        Self::build(config, None, keep_alive)
+    }
+
+    fn build(
+        config: &UpstreamConfig,
+        cap: Option<ConcurrencyLimit>,
+        keep_alive: KeepAlive,
+    ) -> Self {
         Upstream {
             name: config.name.clone(),
             concurrency: cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new)),
@@ -112,7 +129,11 @@ impl Upstream {
                 .endpoints
                 .iter()
                 .map(|a| Endpoint {
-                    pool: Arc::new(EndpointPool::new(a.clone(), config.connect_timeout)),
+                    pool: Arc::new(EndpointPool::new(
+                        a.clone(),
+                        config.connect_timeout,
+                        keep_alive,
+                    )),
                     down_until_ms: AtomicU64::new(0),
                 })
                 .collect(),
@@ -231,6 +252,15 @@ impl Upstream {
             upstream: self.name.clone(),
             timeout: self.config.timeout,
         }))
+    }
+
+    /// Closes the expired idle connections of every endpoint and forgets those the upstream
+    /// closed ([`EndpointPool::reap`]). Called by the runtime's housekeeping pass.
+    pub(crate) fn housekeeping(&self) {
+        let now = Instant::now();
+        for endpoint in &self.endpoints {
+            endpoint.pool.reap(now);
+        }
     }
 
     /// Idle connections over all endpoints.
