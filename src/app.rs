@@ -1,5 +1,6 @@
 //! Running sluice: binds the listeners, serves until shutdown, and owns the background work
-//! (housekeeping of key tables, reload on SIGHUP, the admin thread, signals).
+//! (housekeeping of key tables and idle upstream connections, reload on SIGHUP, the admin
+//! thread, signals).
 //!
 //! [`App::bind`] binds every listener first (so tests can bind port 0 and learn the port) and
 //! builds the first [`Runtime`]; [`App::run`] serves until the shutdown signal and drains.

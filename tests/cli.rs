@@ -264,7 +264,7 @@ fn gigabyte_body_streams_with_flat_memory() {
             Err(e) => panic!("read failed after {received} bytes: {e}"),
         }
         reads += 1;
-        if reads % 256 == 0 {
+        if reads.is_multiple_of(256) {
             max_rss = max_rss.max(rss_kib(sluice.pid()));
         }
     }

@@ -577,3 +577,57 @@ async fn max_connections_bounds_open_connections() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     proxy.stop().await;
 }
+
+/// An upstream that closes its kept-alive connections right after each response (without
+/// `Connection: close`, as a keep-alive timeout would): every request through sluice still
+/// succeeds, and the upstream sees each exactly once, each on its own connection — sluice never
+/// sends a request on a connection it had seen closed.
+#[tokio::test]
+async fn upstream_closing_kept_alive_connections_is_not_an_error() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (r, c) = (requests.clone(), connections.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                // One request head (GETs: no body), one response, then close.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let proxy = start_proxy(&one_route(&format!("http://{addr}"), "")).await;
+    let cl = client();
+    for i in 0..5 {
+        let got = send(
+            &cl,
+            Request::get(proxy.url("/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK, "request {i}: {}", got.text());
+        assert_eq!(got.text(), "ok");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5, "each request seen once");
+    assert_eq!(connections.load(Ordering::SeqCst), 5);
+    server.abort();
+    proxy.stop().await;
+}

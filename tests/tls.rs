@@ -1069,9 +1069,15 @@ fn bad_certificate_and_key_files_are_config_errors() {
         "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
     );
     let only_ca = pki.write("ca.crt", &pki.ca.pem());
+    // The parser reports the missing marker as bytes; the message must show it as text.
+    let unterminated = pki.write("unterminated.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
+    let broken_key = pki.write(
+        "broken.key",
+        "-----BEGIN PRIVATE KEY-----\n!!!not base64!!!\n-----END PRIVATE KEY-----\n",
+    );
 
     // (cert file, key file, the field in error, the file it names, what it says)
-    let cases: [(&Path, &Path, &str, &Path, &str); 7] = [
+    let cases: [(&Path, &Path, &str, &Path, &str); 9] = [
         (&missing, &key, "server.tls.cert", &missing, "cannot read"),
         (&cert, &missing, "server.tls.key", &missing, "cannot read"),
         (
@@ -1089,6 +1095,20 @@ fn bad_certificate_and_key_files_are_config_errors() {
             "no PEM private key",
         ),
         (&broken, &key, "server.tls.cert", &broken, "not valid PEM"),
+        (
+            &unterminated,
+            &key,
+            "server.tls.cert",
+            &unterminated,
+            "not valid PEM: a section has no \"-----END CERTIFICATE-----\" line",
+        ),
+        (
+            &cert,
+            &broken_key,
+            "server.tls.key",
+            &broken_key,
+            "not valid PEM: bad base64",
+        ),
         (
             &cert,
             &b_key,

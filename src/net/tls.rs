@@ -19,6 +19,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls_pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::sign::{CertifiedKey, SingleCertAndKey};
@@ -58,7 +59,7 @@ pub enum TlsError {
         /// The file.
         path: PathBuf,
         /// What the PEM parser said.
-        source: io::Error,
+        source: PemError,
     },
     /// The certificate file holds no `CERTIFICATE` block.
     #[error("{} holds no PEM certificate; expected a PEM certificate chain (-----BEGIN CERTIFICATE-----), leaf first", path.display())]
@@ -97,6 +98,11 @@ pub enum TlsError {
         key: PathBuf,
     },
 }
+
+/// A PEM syntax error, told in words: the parser's own `Display` prints the offending line or
+/// marker as a list of byte values.
+#[derive(Debug)]
+pub struct PemError(pem::Error);
 
 // === impl TlsError ===
 
@@ -195,6 +201,34 @@ impl Acceptor {
     }
 }
 
+// === impl PemError ===
+
+impl fmt::Display for PemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            pem::Error::MissingSectionEnd { end_marker } => {
+                // Documented as the END line, but pki-types 1.16 puts the bare label there.
+                let marker = String::from_utf8_lossy(end_marker);
+                if marker.starts_with("-----") {
+                    write!(f, "a section has no {marker:?} line")
+                } else {
+                    write!(f, "a section has no \"-----END {marker}-----\" line")
+                }
+            }
+            pem::Error::IllegalSectionStart { line } => write!(
+                f,
+                "malformed BEGIN line {:?}",
+                String::from_utf8_lossy(line)
+            ),
+            pem::Error::Base64Decode(err) => write!(f, "bad base64 in a section ({err})"),
+            // I/O does not happen (the file is read whole first); newer variants say themselves.
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl std::error::Error for PemError {}
+
 impl fmt::Debug for Acceptor {
     /// Short: rustls' own `Debug` lists every cipher suite.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -209,12 +243,12 @@ impl fmt::Debug for Acceptor {
 /// types (a key in the same file) are skipped.
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path, "cert")?;
-    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+    let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
             field: "cert",
             path: path.to_path_buf(),
-            source,
+            source: PemError(source),
         })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -227,15 +261,15 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// The first private key (PKCS#8, PKCS#1 or SEC1) of the PEM file at `path`.
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path, "key")?;
-    match rustls_pemfile::private_key(&mut pem.as_slice()) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(TlsError::NoKey {
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(TlsError::NoKey {
             path: path.to_path_buf(),
         }),
         Err(source) => Err(TlsError::Pem {
             field: "key",
             path: path.to_path_buf(),
-            source,
+            source: PemError(source),
         }),
     }
 }

@@ -4,12 +4,24 @@
 //! hyper-util's general-purpose one: sluice knows its endpoints up front, so there is no pool
 //! key to hash, no connector stack and no background checkout machinery. Idle connections are
 //! kept in a LIFO stack (the most recently used first: it is the one least likely to have been
-//! closed by the upstream's keep-alive timeout, and a few hot connections serve a steady load),
-//! bounded by [`MAX_IDLE`] and dropped after [`IDLE_TIMEOUT`].
+//! closed by the upstream's keep-alive timeout, and a few hot connections serve a steady load).
 //!
 //! A connection leaves the pool for one request and comes back when the response body has been
 //! read to its end ([`Conn::release`]). A response dropped half-way takes its connection with it:
 //! the rest of that body would have to be read before the connection could be reused.
+//!
+//! Bounds, per endpoint ([`KeepAlive`]):
+//! - at most [`MAX_IDLE`] idle connections: one returned to a full stack is closed;
+//! - an idle connection is closed once it has been idle for [`IDLE_TIMEOUT`]. Checkout skips
+//!   (and closes) one that has expired or that the upstream closed; and because an endpoint that
+//!   no request reaches never checks out, [`EndpointPool::reap`] closes expired ones and forgets
+//!   closed ones without a request. It has no task of its own: the runtime's housekeeping pass
+//!   (every [`HOUSEKEEPING_INTERVAL`], through [`Upstream::housekeeping`]) calls it for every
+//!   endpoint, so an unused connection is closed between [`IDLE_TIMEOUT`] and [`IDLE_TIMEOUT`] +
+//!   [`HOUSEKEEPING_INTERVAL`] after its last response.
+//!
+//! [`HOUSEKEEPING_INTERVAL`]: crate::runtime::HOUSEKEEPING_INTERVAL
+//! [`Upstream::housekeeping`]: crate::proxy::Upstream::housekeeping
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,27 +35,41 @@ use tokio::time::Instant;
 
 use crate::proxy::body::UpstreamBody;
 
-/// Idle connections kept per endpoint at most (NGINX's `keepalive` in an upstream block).
-pub const MAX_IDLE: usize = 256;
-/// An idle connection older than this is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per endpoint at most (like NGINX's `keepalive` in an upstream block,
+/// except that the connection being returned is the one closed, not the least recently used).
+pub(crate) const MAX_IDLE: usize = 256;
+/// A connection idle this long is closed rather than reused.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many idle connections an endpoint keeps, and for how long. Not a config field: the
+/// defaults ([`MAX_IDLE`], [`IDLE_TIMEOUT`]) serve every upstream; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeepAlive {
+    /// An idle connection is closed once it has been idle this long.
+    pub(crate) idle_timeout: Duration,
+    /// Idle connections kept at most; one returned beyond this is closed.
+    pub(crate) max_idle: usize,
+}
 
 /// The pool of one endpoint.
 #[derive(Debug)]
-pub struct EndpointPool {
+pub(crate) struct EndpointPool {
     /// `host:port`, for errors and for name resolution when it is not an IP.
-    pub authority: Authority,
+    pub(crate) authority: Authority,
     /// The address, when the authority is an IP literal (resolved once, not per connection).
     addr: Option<SocketAddr>,
     connect_timeout: Duration,
-    /// Idle connections, most recently used last. std Mutex: held for a push or a pop, never
-    /// across an await.
+    /// The idle bounds.
+    keep_alive: KeepAlive,
+    /// Idle connections, most recently used last. std Mutex: held for a push, a pop or a reap
+    /// pass over at most `max_idle` entries, never across an await.
     idle: Mutex<Vec<Idle>>,
 }
 
 #[derive(Debug)]
 struct Idle {
     sender: SendRequest<UpstreamBody>,
+    /// When it was returned: its idle time counts from here.
     since: Instant,
 }
 
@@ -72,16 +98,32 @@ pub enum ConnectError {
     Handshake(Authority, #[source] hyper::Error),
 }
 
+// === impl KeepAlive ===
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        KeepAlive {
+            idle_timeout: IDLE_TIMEOUT,
+            max_idle: MAX_IDLE,
+        }
+    }
+}
+
 // === impl EndpointPool ===
 
 impl EndpointPool {
-    /// An empty pool for `authority`.
-    pub fn new(authority: Authority, connect_timeout: Duration) -> Self {
+    /// An empty pool for `authority` with the given idle bounds.
+    pub(crate) fn new(
+        authority: Authority,
+        connect_timeout: Duration,
+        keep_alive: KeepAlive,
+    ) -> Self {
         let addr = authority.as_str().parse().ok();
         EndpointPool {
             authority,
             addr,
             connect_timeout,
+            keep_alive,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -90,7 +132,7 @@ impl EndpointPool {
     ///
     /// # Errors
     /// [`ConnectError`] when a new connection cannot be made.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Conn, ConnectError> {
         if let Some(sender) = self.take_idle() {
             return Ok(Conn {
                 sender,
@@ -105,7 +147,7 @@ impl EndpointPool {
     ///
     /// # Errors
     /// [`ConnectError`] when the connection cannot be made.
-    pub async fn connect(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+    pub(crate) async fn connect(self: &Arc<Self>) -> Result<Conn, ConnectError> {
         let connecting = async {
             match self.addr {
                 Some(addr) => TcpStream::connect(addr).await,
@@ -145,7 +187,7 @@ impl EndpointPool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
-            if conn.sender.is_ready() && now.saturating_duration_since(conn.since) < IDLE_TIMEOUT {
+            if conn.sender.is_ready() && !self.expired(&conn, now) {
                 return Some(conn.sender);
             }
             // Closed by the upstream, broken, or idle too long: dropping it closes it.
@@ -153,12 +195,14 @@ impl EndpointPool {
         None
     }
 
-    fn put(&self, sender: SendRequest<UpstreamBody>) {
+    /// Returns a connection to the idle stack, or closes it (by dropping it) when it is closed
+    /// already or the stack holds `max_idle`.
+    pub(super) fn put(&self, sender: SendRequest<UpstreamBody>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < self.keep_alive.max_idle {
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
@@ -166,8 +210,24 @@ impl EndpointPool {
         }
     }
 
-    /// Idle connections now (for tests).
-    pub fn idle(&self) -> usize {
+    /// Closes the idle connections that have been idle for `idle_timeout` at `now`, and forgets
+    /// those the upstream closed. Called by the housekeeping pass, so that idle connections
+    /// expire even when no request comes to check them out.
+    pub(crate) fn reap(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Dropping a `SendRequest` ends its connection task, which closes the socket; the drop
+        // itself only closes a channel, so doing it under the lock costs little.
+        idle.retain(|conn| !conn.sender.is_closed() && !self.expired(conn, now));
+    }
+
+    /// True when `conn` has been idle for `idle_timeout` at `now`.
+    fn expired(&self, conn: &Idle, now: Instant) -> bool {
+        now.saturating_duration_since(conn.since) >= self.keep_alive.idle_timeout
+    }
+
+    /// Idle connections now.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
@@ -180,3 +240,6 @@ impl Conn {
         self.pool.put(self.sender);
     }
 }
+
+#[cfg(test)]
+mod tests;

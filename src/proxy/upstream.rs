@@ -9,8 +9,12 @@
 //!   upstream: the next endpoint is tried, once each.
 //! - A reused keep-alive connection may have been closed by the upstream in the meantime; hyper
 //!   gives the request back when it was not written, and it is sent again on a new connection.
+//!   (A request already written to a connection that then closes is not sent again: the upstream
+//!   may have acted on it. It fails with 502.)
 //! - `connect_timeout` bounds each connection attempt; `timeout` bounds everything until the
 //!   response head arrives.
+//! - [`Upstream::housekeeping`] closes the idle connections of every endpoint that have expired
+//!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,10 +29,10 @@ use tokio::time::Instant;
 use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
 use crate::proxy::body::UpstreamBody;
-use crate::proxy::pool::{Conn, ConnectError, EndpointPool};
+use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
 
 /// How long an endpoint whose connection failed is skipped.
-pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An upstream with its client pool. Shared by every route that names it.
 #[derive(Debug)]
@@ -51,7 +55,7 @@ pub struct Upstream {
 }
 
 /// At most one warning per failure class and upstream in this period.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Endpoint {
@@ -102,6 +106,21 @@ impl Upstream {
     /// the running cap of an upstream whose `concurrency` did not change, so slots in use and
     /// waiters carry over even when other fields (endpoints, timeouts) changed.
     pub fn with_cap(config: &UpstreamConfig, cap: Option<ConcurrencyLimit>) -> Self {
+        Self::build(config, cap, KeepAlive::default())
+    }
+
+    /// An upstream whose endpoints keep idle connections by `keep_alive` instead of the
+    /// defaults: tests shorten the idle timeout or the bound.
+    #[cfg(test)]
+    pub(crate) fn with_keep_alive(config: &UpstreamConfig, keep_alive: KeepAlive) -> Self {
+        Self::build(config, None, keep_alive)
+    }
+
+    fn build(
+        config: &UpstreamConfig,
+        cap: Option<ConcurrencyLimit>,
+        keep_alive: KeepAlive,
+    ) -> Self {
         Upstream {
             name: config.name.clone(),
             concurrency: cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new)),
@@ -110,7 +129,11 @@ impl Upstream {
                 .endpoints
                 .iter()
                 .map(|a| Endpoint {
-                    pool: Arc::new(EndpointPool::new(a.clone(), config.connect_timeout)),
+                    pool: Arc::new(EndpointPool::new(
+                        a.clone(),
+                        config.connect_timeout,
+                        keep_alive,
+                    )),
                     down_until_ms: AtomicU64::new(0),
                 })
                 .collect(),
@@ -136,19 +159,6 @@ impl Upstream {
         &self,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
-        match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name.clone(),
-                timeout: self.config.timeout,
-            }),
-        }
-    }
-
-    async fn send_with_retry(
-        &self,
-        req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let (mut parts, body) = req.into_parts();
         // Origin-form on the wire: the Host header (kept from the client) names the site.
         parts.uri = parts
@@ -161,8 +171,31 @@ impl Upstream {
         } else {
             UpstreamBody::Stream(body)
         };
-        let req = Request::from_parts(parts, body);
+        self.send_upstream(Request::from_parts(parts, body)).await
+    }
 
+    /// [`Upstream::send`] once the request is in its upstream form; tests start here, since a
+    /// client's body (`Incoming`) can only come from a real server connection.
+    ///
+    /// # Errors
+    /// As [`Upstream::send`].
+    pub(crate) async fn send_upstream(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+        match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.clone(),
+                timeout: self.config.timeout,
+            }),
+        }
+    }
+
+    async fn send_with_retry(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let tries = self.endpoints.len();
         let first = self.pick();
         let mut last_err = None;
@@ -221,6 +254,21 @@ impl Upstream {
         }))
     }
 
+    /// Closes the expired idle connections of every endpoint and forgets those the upstream
+    /// closed ([`EndpointPool::reap`]). Called by the runtime's housekeeping pass.
+    pub(crate) fn housekeeping(&self) {
+        let now = Instant::now();
+        for endpoint in &self.endpoints {
+            endpoint.pool.reap(now);
+        }
+    }
+
+    /// Idle connections over all endpoints.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
+        self.endpoints.iter().map(|e| e.pool.idle()).sum()
+    }
+
     fn mark_down(&self, index: usize, err: &ConnectError) {
         let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
         self.endpoints[index]
@@ -276,3 +324,6 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 }
+
+#[cfg(test)]
+mod tests;
