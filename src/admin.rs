@@ -30,7 +30,7 @@ use crate::shutdown::Shutdown;
 ///
 /// # Errors
 /// The OS error if the thread or its runtime cannot be created.
-pub fn spawn(
+pub(crate) fn spawn(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
     stop: Shutdown,
@@ -96,8 +96,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
         }
         ("/config", &Method::GET) => {
             let config = shared.runtime().config.clone();
-            let body =
-                serde_json::to_string_pretty(&config.effective).unwrap_or_else(|_| "{}".to_owned());
+            let body = serde_json::to_string_pretty(&*config).unwrap_or_else(|_| "{}".to_owned());
             reply(StatusCode::OK, "application/json", body)
         }
         ("/reload", &Method::POST) => match reload::reload(shared) {

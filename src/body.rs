@@ -60,7 +60,7 @@ impl ProxyBody {
 
     /// Streams an upstream body, holding `slots` until it ends; `conn` returns to its pool
     /// when the body has been read whole (at once if it is empty).
-    pub fn upstream(body: Incoming, slots: Option<Slots>, conn: Conn) -> Self {
+    pub(crate) fn upstream(body: Incoming, slots: Option<Slots>, conn: Conn) -> Self {
         let conn = if body.is_end_stream() {
             conn.release();
             None
@@ -76,7 +76,7 @@ impl ProxyBody {
 
 impl ProxyBody {
     /// Keeps `guard` until this body is done or dropped.
-    pub fn with_stream_guard(mut self, guard: StreamGuard) -> Self {
+    pub(crate) fn with_stream_guard(mut self, guard: StreamGuard) -> Self {
         self.stream = Some(guard);
         self
     }

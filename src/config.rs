@@ -11,6 +11,7 @@
 //!
 //! Everything here is plain data: cheap to clone, printable by `sluice check`.
 
+mod effective;
 mod error;
 mod locate;
 mod raw;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
+use serde::Serialize;
 
 pub use self::error::{ConfigError, FieldError};
 
@@ -53,10 +55,12 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw, text, path)
 }
 
-/// A validated configuration.
-#[derive(Clone, Debug)]
+/// A validated configuration. It serialises as the file's schema with every default filled in
+/// and secrets redacted: what `GET /config` answers (see [`effective`]).
+#[derive(Clone, Debug, Serialize)]
 pub struct Config {
     /// The file this was read from (for messages and reload).
+    #[serde(skip)]
     pub source: PathBuf,
     /// The listeners and connection-level settings.
     pub server: ServerConfig,
@@ -65,15 +69,14 @@ pub struct Config {
     /// The shared store used by `scope: global` limits.
     pub store: Option<StoreConfig>,
     /// Upstreams in file order; routes refer to them by index.
+    #[serde(serialize_with = "effective::by_name")]
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order: the first match wins.
     pub routes: Vec<RouteConfig>,
-    /// The effective config as JSON, secrets redacted: what `GET /config` answers.
-    pub effective: serde_json::Value,
 }
 
 /// `server:` — listeners and connection handling.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ServerConfig {
     /// Plain HTTP listener: HTTP/1.1 and HTTP/2 with prior knowledge.
     pub listen: SocketAddr,
@@ -86,10 +89,12 @@ pub struct ServerConfig {
     /// Send `RateLimit-Policy` / `RateLimit`. Default true.
     pub rate_limit_headers: bool,
     /// A client that has not sent a request head within this is disconnected. Default 10 s.
+    #[serde(serialize_with = "effective::duration")]
     pub header_read_timeout: Duration,
     /// Open connections at most; more wait in the kernel's accept backlog. Default 10000.
     pub max_connections: NonZeroUsize,
     /// How long in-flight requests may run after SIGTERM/SIGINT. Default 30 s.
+    #[serde(serialize_with = "effective::duration")]
     pub shutdown_grace: Duration,
     /// Worker threads; `None` = number of CPUs.
     pub workers: Option<NonZeroUsize>,
@@ -100,7 +105,7 @@ pub struct ServerConfig {
 }
 
 /// `server.tls:` — the HTTPS listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TlsConfig {
     /// Address of the HTTPS listener.
     pub listen: SocketAddr,
@@ -111,29 +116,32 @@ pub struct TlsConfig {
     /// The certificate and key read from `cert` and `key` when the config was loaded, checked
     /// to match: what the listener serves, so a file changed after loading changes nothing
     /// until the next reload.
-    pub acceptor: crate::net::tls::Acceptor,
+    #[serde(skip)]
+    pub(crate) acceptor: crate::net::tls::Acceptor,
 }
 
 /// `admin:` — the admin listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AdminConfig {
     /// Address of the admin listener (keep it on loopback or a private network).
     pub listen: SocketAddr,
 }
 
 /// `store:` — shared state for global limits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StoreConfig {
     /// The Redis server holding global buckets.
     pub redis: RedisConfig,
 }
 
 /// `store.redis:`.
-#[derive(Clone)]
+#[derive(Clone, Serialize)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL; may hold a password, so it is never printed.
+    #[serde(serialize_with = "effective::redacted")]
     pub url: String,
     /// Per call; after it, `on_error` applies. Default 20 ms.
+    #[serde(serialize_with = "effective::duration")]
     pub timeout: Duration,
     /// What a global limit does when Redis fails.
     pub on_error: OnStoreError,
@@ -150,7 +158,7 @@ impl fmt::Debug for RedisConfig {
 }
 
 /// Replaces the password of a URL (`scheme://user:password@host`) with `***`.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -168,7 +176,8 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// `store.redis.on_error`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnStoreError {
     /// Fall back to this instance's own bucket for the limit.
     Local,
@@ -179,40 +188,50 @@ pub enum OnStoreError {
 }
 
 /// `upstreams.<name>:`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct UpstreamConfig {
     /// The name routes use, and the `upstream` label of metrics.
+    #[serde(skip)]
     pub name: Arc<str>,
     /// `http://host:port` endpoints, tried round-robin.
+    #[serde(serialize_with = "effective::endpoints")]
     pub endpoints: Vec<Authority>,
     /// A connection attempt longer than this fails (502). Default 1 s.
+    #[serde(serialize_with = "effective::duration")]
     pub connect_timeout: Duration,
     /// Time until the response head arrives (504 after it). Default 30 s.
+    #[serde(serialize_with = "effective::duration")]
     pub timeout: Duration,
     /// A cap shared by every route to this upstream.
     pub concurrency: Option<ConcurrencyConfig>,
 }
 
 /// `concurrency:` on a route or an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ConcurrencyConfig {
     /// Requests in flight at most.
     pub max_inflight: NonZeroUsize,
     /// Requests that may wait for a slot; 0 = reject at once.
     pub queue: usize,
     /// A waiter older than this gets 503 `queue-timeout`.
+    #[serde(serialize_with = "effective::duration")]
     pub queue_timeout: Duration,
 }
 
 /// `routes[]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct RouteConfig {
     /// Unique name: metrics label, problem JSON `route`.
     pub name: Arc<str>,
     /// What requests this route takes.
+    #[serde(rename = "match")]
     pub matcher: RouteMatch,
     /// Index into [`Config::upstreams`].
+    #[serde(skip)]
     pub upstream: usize,
+    /// The upstream's name, as the file gives it.
+    #[serde(rename = "upstream")]
+    pub upstream_name: Arc<str>,
     /// Who is shed first when queues are full.
     pub priority: Priority,
     /// Enforce limits, or only count what they would reject.
@@ -224,13 +243,16 @@ pub struct RouteConfig {
 }
 
 /// `routes[].match`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct RouteMatch {
     /// `None` = any host.
+    #[serde(serialize_with = "effective::display_opt")]
     pub host: Option<HostMatch>,
     /// Default: prefix `/`.
+    #[serde(flatten)]
     pub path: PathMatch,
     /// `None` = any method.
+    #[serde(serialize_with = "effective::methods")]
     pub methods: Option<Vec<Method>>,
 }
 
@@ -244,12 +266,15 @@ pub enum HostMatch {
 }
 
 /// How a route matches the request path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PathMatch {
     /// Segment-aware prefix: `/orders` matches `/orders` and `/orders/1`, not `/ordersfoo`.
     /// Stored without a trailing slash, except `/` itself.
+    #[serde(rename = "path_prefix")]
     Prefix(String),
     /// The whole path, query excluded.
+    #[serde(rename = "path_exact")]
     Exact(String),
 }
 
@@ -260,7 +285,8 @@ impl Default for PathMatch {
 }
 
 /// `routes[].priority`. Ordered: `Low < Normal < High < Critical`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Dropped first.
     Low,
@@ -286,7 +312,8 @@ impl Priority {
 }
 
 /// `routes[].mode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Reject what limits reject.
     #[default]
@@ -296,13 +323,15 @@ pub enum Mode {
 }
 
 /// `routes[].rate_limits[]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RateLimitConfig {
     /// `name`, or `limit-<index>`: the item name in `RateLimit` fields and the metrics label.
     pub name: Arc<str>,
     /// Which requests share a bucket.
+    #[serde(serialize_with = "effective::display")]
     pub key: KeySpec,
     /// Sustained rate.
+    #[serde(serialize_with = "effective::display")]
     pub rate: Rate,
     /// Bucket size. Default: the rate's count.
     pub burst: NonZeroU32,
@@ -393,7 +422,8 @@ impl std::str::FromStr for Rate {
 }
 
 /// `rate_limits[].scope`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// This instance's own bucket.
     #[default]
@@ -402,10 +432,50 @@ pub enum Scope {
     Global,
 }
 
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySpec::Global => f.write_str("global"),
+            KeySpec::ClientIp => f.write_str("client_ip"),
+            KeySpec::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(host) => f.write_str(host),
+            HostMatch::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
 impl fmt::Display for Config {
     /// The one-screen summary printed by `sluice check`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "config {} is valid", self.source.display())?;
+        self.fmt_listeners(f)?;
+        writeln!(f, "upstreams:")?;
+        for up in &self.upstreams {
+            let eps: Vec<String> = up.endpoints.iter().map(|a| format!("http://{a}")).collect();
+            write!(f, "  {:<16} {}", up.name, eps.join(", "))?;
+            if let Some(c) = &up.concurrency {
+                write!(f, "  [{}]", DisplayCap(c))?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "routes (first match wins):")?;
+        for r in &self.routes {
+            fmt_route(f, r)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The listeners and the store, for the `sluice check` summary.
+    fn fmt_listeners(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "listeners:")?;
         writeln!(f, "  http   {}", self.server.listen)?;
         if let Some(tls) = &self.server.tls {
@@ -427,65 +497,53 @@ impl fmt::Display for Config {
                 humantime::format_duration(store.redis.timeout)
             )?;
         }
-        writeln!(f, "upstreams:")?;
-        for up in &self.upstreams {
-            let eps: Vec<String> = up.endpoints.iter().map(|a| format!("http://{a}")).collect();
-            write!(f, "  {:<16} {}", up.name, eps.join(", "))?;
-            if let Some(c) = &up.concurrency {
-                write!(f, "  [{}]", DisplayCap(c))?;
-            }
-            writeln!(f)?;
-        }
-        writeln!(f, "routes (first match wins):")?;
-        for r in &self.routes {
-            let host = match &r.matcher.host {
-                None => "*".to_owned(),
-                Some(HostMatch::Exact(h)) => h.clone(),
-                Some(HostMatch::Suffix(s)) => format!("*{s}"),
-            };
-            let path = match &r.matcher.path {
-                PathMatch::Prefix(p) => format!("{p}*"),
-                PathMatch::Exact(p) => p.clone(),
-            };
-            let methods = r.matcher.methods.as_ref().map_or_else(
-                || "ANY".to_owned(),
-                |ms| ms.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
-            );
-            writeln!(
-                f,
-                "  {:<16} {methods} {host}{path} -> {} (priority {}{})",
-                r.name,
-                self.upstreams[r.upstream].name,
-                r.priority.as_str(),
-                if r.mode == Mode::Shadow {
-                    ", shadow"
-                } else {
-                    ""
-                }
-            )?;
-            for l in &r.rate_limits {
-                let key = match &l.key {
-                    KeySpec::Global => "global".to_owned(),
-                    KeySpec::ClientIp => "client_ip".to_owned(),
-                    KeySpec::Header(h) => format!("header:{h}"),
-                };
-                let scope = if l.scope == Scope::Global {
-                    ", scope global"
-                } else {
-                    ""
-                };
-                writeln!(
-                    f,
-                    "      limit {}: {} burst {} per {key}{scope}",
-                    l.name, l.rate, l.burst
-                )?;
-            }
-            if let Some(c) = &r.concurrency {
-                writeln!(f, "      {}", DisplayCap(c))?;
-            }
-        }
         Ok(())
     }
+}
+
+/// One route of the `sluice check` summary, with its limits and cap.
+fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
+    let host = r
+        .matcher
+        .host
+        .as_ref()
+        .map_or_else(|| "*".to_owned(), ToString::to_string);
+    let path = match &r.matcher.path {
+        PathMatch::Prefix(p) => format!("{p}*"),
+        PathMatch::Exact(p) => p.clone(),
+    };
+    let methods = r.matcher.methods.as_ref().map_or_else(
+        || "ANY".to_owned(),
+        |ms| ms.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+    );
+    let shadow = if r.mode == Mode::Shadow {
+        ", shadow"
+    } else {
+        ""
+    };
+    writeln!(
+        f,
+        "  {:<16} {methods} {host}{path} -> {} (priority {}{shadow})",
+        r.name,
+        r.upstream_name,
+        r.priority.as_str(),
+    )?;
+    for l in &r.rate_limits {
+        let scope = if l.scope == Scope::Global {
+            ", scope global"
+        } else {
+            ""
+        };
+        writeln!(
+            f,
+            "      limit {}: {} burst {} per {}{scope}",
+            l.name, l.rate, l.burst, l.key
+        )?;
+    }
+    if let Some(c) = &r.concurrency {
+        writeln!(f, "      {}", DisplayCap(c))?;
+    }
+    Ok(())
 }
 
 struct DisplayCap<'a>(&'a ConcurrencyConfig);

@@ -21,9 +21,9 @@ use crate::body::ProxyBody;
 use crate::config::Config;
 
 /// Time the sample upstream spends on each request.
-pub const WORK: Duration = Duration::from_millis(20);
+pub(crate) const WORK: Duration = Duration::from_millis(20);
 /// Requests the sample upstream works on at once.
-pub const CAPACITY: usize = 8;
+pub(crate) const CAPACITY: usize = 8;
 
 /// Why the sample upstream could not start.
 #[derive(Debug, thiserror::Error)]

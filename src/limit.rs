@@ -30,7 +30,7 @@ use crate::metrics::InflightGuard;
 /// `global`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the shared store did not answer and on_error is deny")]
-pub struct StoreUnavailable;
+pub(crate) struct StoreUnavailable;
 
 /// What a forwarded request holds while it is in flight: its route's and its upstream's
 /// concurrency slots, and its presence in the `sluice_inflight` gauges.
@@ -38,13 +38,13 @@ pub struct StoreUnavailable;
 /// Moved into the response body so all of it is released when the body has been sent whole,
 /// when it fails, or when the client goes away — whichever comes first (dropping releases).
 #[derive(Debug, Default)]
-pub struct Slots {
+pub(crate) struct Slots {
     /// The route cap's permit.
-    pub route: Option<Permit>,
+    pub(crate) route: Option<Permit>,
     /// The upstream cap's permit.
-    pub upstream: Option<Permit>,
+    pub(crate) upstream: Option<Permit>,
     /// `sluice_inflight{route}`.
-    pub route_gauge: Option<InflightGuard>,
+    pub(crate) route_gauge: Option<InflightGuard>,
     /// `sluice_inflight{upstream}`.
-    pub upstream_gauge: Option<InflightGuard>,
+    pub(crate) upstream_gauge: Option<InflightGuard>,
 }

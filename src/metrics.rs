@@ -18,14 +18,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Histogram buckets for an edge proxy: 100 µs … 30 s.
-pub const BUCKETS: [f64; 17] = [
+pub(crate) const BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
 
 /// How a request ended: the `outcome` label of `sluice_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Sent upstream and answered.
     Forwarded,
     /// 429.
@@ -51,7 +51,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 10] = [
+    pub(crate) const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -65,7 +65,7 @@ impl Outcome {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::RateLimited => "rate_limited",
@@ -77,20 +77,6 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::ClientClosed => "client_closed",
-        }
-    }
-
-    /// The outcome for a `reason` of the problem JSON.
-    pub fn from_reason(reason: &str) -> Outcome {
-        match reason {
-            "rate-limited" => Outcome::RateLimited,
-            "queue-full" => Outcome::QueueFull,
-            "queue-timeout" => Outcome::QueueTimeout,
-            "shed" => Outcome::Shed,
-            "upstream-timeout" => Outcome::UpstreamTimeout,
-            "no-route" => Outcome::NoRoute,
-            "store-unavailable" => Outcome::StoreUnavailable,
-            _ => Outcome::UpstreamError,
         }
     }
 
@@ -134,7 +120,7 @@ impl EncodeLabelSet for ResponseLabels {
 
 /// `route="x"` or `upstream="y"`: whose inflight, queue or wait.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// A route.
     Route(Arc<str>),
     /// An upstream.
@@ -193,7 +179,7 @@ fn histogram() -> Histogram {
 
 /// Every metric family of the contract, registered once per process.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
@@ -215,7 +201,7 @@ pub struct Metrics {
 
 /// Per-route handles, built with the route.
 #[derive(Debug)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     route: Arc<str>,
     outcomes: [Counter; Outcome::ALL.len()],
     shadow: [Counter; Outcome::ALL.len()],
@@ -224,16 +210,16 @@ pub struct RouteMetrics {
     responses: Box<[OnceLock<Counter>]>,
     responses_family: Family<ResponseLabels, Counter>,
     /// Requests of this route in flight (admitted, response not finished).
-    pub inflight: Gauge,
+    pub(crate) inflight: Gauge,
     /// Time from sending upstream until the response head.
-    pub upstream_duration: Histogram,
+    pub(crate) upstream_duration: Histogram,
 }
 
 /// Handles for one cap: a route's or an upstream's.
 #[derive(Debug, Clone)]
-pub struct ScopeMetrics {
+pub(crate) struct ScopeMetrics {
     /// Time spent queued before admission.
-    pub queue_wait: Histogram,
+    pub(crate) queue_wait: Histogram,
 }
 
 // === impl Metrics ===
@@ -246,7 +232,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every family.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let requests: Family<RequestLabels, Counter> = Family::default();
         let responses: Family<ResponseLabels, Counter> = Family::default();
@@ -346,7 +332,7 @@ impl Metrics {
     }
 
     /// Handles for a route (series are shared with earlier runtimes of the same name).
-    pub fn route(&self, route: &Arc<str>) -> RouteMetrics {
+    pub(crate) fn route(&self, route: &Arc<str>) -> RouteMetrics {
         let counter = |outcome, shadow| {
             self.requests
                 .get_or_create(&RequestLabels {
@@ -374,65 +360,66 @@ impl Metrics {
     }
 
     /// Handles for a cap.
-    pub fn scope(&self, scope: &Scope) -> ScopeMetrics {
+    pub(crate) fn scope(&self, scope: &Scope) -> ScopeMetrics {
         ScopeMetrics {
             queue_wait: self.queue_wait.get_or_create(scope).clone(),
         }
     }
 
     /// The in-flight gauge of an upstream.
-    pub fn upstream_inflight(&self, upstream: &Arc<str>) -> Gauge {
+    pub(crate) fn upstream_inflight(&self, upstream: &Arc<str>) -> Gauge {
         self.inflight
             .get_or_create(&Scope::Upstream(upstream.clone()))
             .clone()
     }
 
-    /// Counts a request that ended without a route.
-    pub fn no_route(&self) {
+    /// Counts a request that ended before it had a route (`route=""`).
+    pub(crate) fn unrouted(&self, outcome: Outcome) {
+        debug_assert_eq!(outcome, Outcome::NoRoute);
         self.no_route_requests.inc();
         self.no_route_responses.inc();
     }
 
     /// Counts a reload.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.reloads
             .get_or_create(&ResultLabel(if ok { "success" } else { "failure" }))
             .inc();
     }
 
     /// `sluice_store_errors_total`.
-    pub fn store_errors(&self) -> &Counter {
+    pub(crate) fn store_errors(&self) -> &Counter {
         &self.store_errors
     }
 
     /// `sluice_tls_handshake_failures_total`.
-    pub fn tls_handshake_failures(&self) -> &Counter {
+    pub(crate) fn tls_handshake_failures(&self) -> &Counter {
         &self.tls_handshake_failures
     }
 
     /// Forgets the gauges read from limiters at scrape time, so that a route, limit or cap a
     /// reload removed does not keep reporting its last value; `refresh_gauges` sets the current
     /// ones again right after.
-    pub fn clear_limiter_gauges(&self) {
+    pub(crate) fn clear_limiter_gauges(&self) {
         self.queue_depth.clear();
         self.utilization.clear();
         self.rate_limit_keys.clear();
     }
 
     /// Sets a cap's queue depth gauge (read at scrape time).
-    pub fn set_queue_depth(&self, scope: &Scope, depth: usize) {
+    pub(crate) fn set_queue_depth(&self, scope: &Scope, depth: usize) {
         self.queue_depth.get_or_create(scope).set(depth as i64);
     }
 
     /// Sets an upstream's utilisation gauge (read at scrape time).
-    pub fn set_utilization(&self, upstream: &Arc<str>, value: f64) {
+    pub(crate) fn set_utilization(&self, upstream: &Arc<str>, value: f64) {
         self.utilization
             .get_or_create(&UpstreamLabel(upstream.clone()))
             .set(value);
     }
 
     /// Sets the tracked-keys gauge of a limit (read at scrape time).
-    pub fn set_rate_limit_keys(&self, route: &Arc<str>, limit: &Arc<str>, keys: usize) {
+    pub(crate) fn set_rate_limit_keys(&self, route: &Arc<str>, limit: &Arc<str>, keys: usize) {
         self.rate_limit_keys
             .get_or_create(&LimitLabels {
                 route: route.clone(),
@@ -442,7 +429,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every family.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -454,13 +441,13 @@ impl Metrics {
 
 impl RouteMetrics {
     /// Counts how a request ended; `shadow` = shadow mode let it through anyway.
-    pub fn outcome(&self, outcome: Outcome, shadow: bool) {
+    pub(crate) fn outcome(&self, outcome: Outcome, shadow: bool) {
         let counters = if shadow { &self.shadow } else { &self.outcomes };
         counters[outcome.index()].inc();
     }
 
     /// Counts a response status.
-    pub fn response(&self, code: u16) {
+    pub(crate) fn response(&self, code: u16) {
         let Some(slot) = self.responses.get(usize::from(code).wrapping_sub(100)) else {
             return;
         };
@@ -478,11 +465,11 @@ impl RouteMetrics {
 
 /// Decrements a gauge when dropped: a request's presence in flight.
 #[derive(Debug)]
-pub struct InflightGuard(Gauge);
+pub(crate) struct InflightGuard(Gauge);
 
 impl InflightGuard {
     /// Increments `gauge` now and decrements it on drop.
-    pub fn enter(gauge: &Gauge) -> Self {
+    pub(crate) fn enter(gauge: &Gauge) -> Self {
         gauge.inc();
         InflightGuard(gauge.clone())
     }

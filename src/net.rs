@@ -9,7 +9,7 @@ pub(crate) mod http;
 pub(crate) mod idle;
 pub(crate) mod listener;
 pub(crate) mod server;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::net::IpAddr;
 

@@ -40,12 +40,21 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let line = AccessLine::of(&rt, &req);
-    let Some(index) = rt.router.find(&Target::of(&req)) else {
-        tracing::debug!(client = %origin.peer, host = ?Target::of(&req).host, path = req.uri().path(), reason = "no-route", "rejected");
-        rt.metrics.no_route();
-        let res = rescue::not_found();
-        line.log("", origin, res.status().as_u16(), Outcome::NoRoute, started);
-        return res;
+    let index = match route(&rt, &req) {
+        Ok(index) => index,
+        Err(rejection) => {
+            tracing::debug!(client = %origin.peer, host = ?Target::of(&req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
+            rt.metrics.unrouted(rejection.outcome());
+            let res = rescue::unrouted(rejection);
+            line.log(
+                "",
+                origin,
+                res.status().as_u16(),
+                rejection.outcome(),
+                started,
+            );
+            return res;
+        }
     };
     let route = &rt.routes[index];
     // Counts the request as `client_closed` if this future is dropped before it ends: the
@@ -57,6 +66,11 @@ pub(crate) async fn handle(
     route.metrics.response(res.status().as_u16());
     line.log(&route.name, origin, res.status().as_u16(), outcome, started);
     res
+}
+
+/// The route stage: the first route that matches.
+fn route(rt: &Runtime, req: &Request<Incoming>) -> Result<usize, Rejection> {
+    rt.router.find(&Target::of(req)).ok_or(Rejection::NoRoute)
 }
 
 /// The stages after routing, and the response for their result.

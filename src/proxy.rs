@@ -15,5 +15,4 @@ pub(crate) mod upstream;
 #[cfg(test)]
 pub(crate) mod test_util;
 
-pub(crate) use self::body::UpstreamBody;
 pub(crate) use self::upstream::{Upstream, UpstreamError};

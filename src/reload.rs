@@ -19,7 +19,7 @@ use crate::runtime::{Runtime, Shared};
 
 /// What a successful reload did.
 #[derive(Debug, Clone)]
-pub struct ReloadReport {
+pub(crate) struct ReloadReport {
     /// Routes in the new config.
     pub routes: usize,
     /// Changed settings that only take effect after a restart.
@@ -30,7 +30,7 @@ pub struct ReloadReport {
 ///
 /// # Errors
 /// The [`ConfigError`] of the new file; the running config is kept.
-pub fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
+pub(crate) fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
     // One reload at a time: two racing reloads could publish an older file last.
     let _one_at_a_time = shared.reloading.lock().unwrap_or_else(|e| e.into_inner());
     let current = shared.runtime();

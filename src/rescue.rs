@@ -31,7 +31,7 @@ use crate::proxy::UpstreamError;
 /// Why sluice answered a request itself instead of forwarding it. Indices refer to the route's
 /// rate limits in config order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// No route matches: 404 `no-route`.
     NoRoute,
     /// Rate limit `limit` of the route is exhausted: 429 `rate-limited`.
@@ -65,7 +65,7 @@ pub enum Rejection {
 
 /// Whose concurrency cap refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cap {
+pub(crate) enum Cap {
     /// The route's own `concurrency`.
     Route,
     /// The upstream's, shared by every route to it.
@@ -88,7 +88,7 @@ const NO_ROUTE_BODY: &str = concat!(
 
 impl Rejection {
     /// The `reason` member: tells the cases apart for scripts.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Rejection::NoRoute => "no-route",
             Rejection::RateLimited { .. } => "rate-limited",
@@ -100,7 +100,7 @@ impl Rejection {
     }
 
     /// How a request that got this answer is counted in `sluice_requests_total`.
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             Rejection::NoRoute => Outcome::NoRoute,
             Rejection::RateLimited { .. } => Outcome::RateLimited,
@@ -126,8 +126,19 @@ impl From<&UpstreamError> for Rejection {
     }
 }
 
+/// The response to a request rejected before it had a route. Its body names no route, so it
+/// is the same for every request: rendered at compile time.
+pub(crate) fn unrouted(rejection: Rejection) -> Response<ProxyBody> {
+    debug_assert_eq!(
+        rejection,
+        Rejection::NoRoute,
+        "only routing rejects before a route"
+    );
+    not_found()
+}
+
 /// The 404 of a request no route matches.
-pub fn not_found() -> Response<ProxyBody> {
+fn not_found() -> Response<ProxyBody> {
     problem(
         StatusCode::NOT_FOUND,
         ProxyBody::full(Bytes::from_static(NO_ROUTE_BODY.as_bytes())),
@@ -138,7 +149,7 @@ pub fn not_found() -> Response<ProxyBody> {
 /// name the route, the limit or cap and its parameters; the error behind a 502 (addresses, OS
 /// errors) goes to the log, not to the client.
 #[derive(Debug)]
-pub struct RouteProblems {
+pub(crate) struct RouteProblems {
     /// Per rate limit, in config order: its 429 and its `store-unavailable` 503.
     limits: Vec<(RateLimitedTemplate, Bytes)>,
     /// The 503s of the route's cap.
@@ -155,7 +166,7 @@ pub struct RouteProblems {
 
 /// What a route's problems are rendered from.
 #[derive(Debug)]
-pub struct ProblemSource<'a> {
+pub(crate) struct ProblemSource<'a> {
     /// The route's name.
     pub route: &'a str,
     /// The upstream's name.
@@ -173,7 +184,7 @@ pub struct ProblemSource<'a> {
 
 impl RouteProblems {
     /// Renders every problem of a route.
-    pub fn new(source: &ProblemSource<'_>) -> Self {
+    pub(crate) fn new(source: &ProblemSource<'_>) -> Self {
         let route = source.route;
         let limits = source
             .limits
@@ -234,7 +245,7 @@ impl RouteProblems {
     }
 
     /// The response for `rejection` of a request on this route.
-    pub fn respond(&self, rejection: Rejection) -> Response<ProxyBody> {
+    pub(crate) fn respond(&self, rejection: Rejection) -> Response<ProxyBody> {
         match rejection {
             Rejection::NoRoute => not_found(),
             Rejection::RateLimited { limit, retry_after } => match self.limits.get(limit) {

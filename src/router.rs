@@ -38,16 +38,6 @@ impl Router {
     pub fn find(&self, target: &Target<'_>) -> Option<usize> {
         self.matchers.iter().position(|m| matches(m, target))
     }
-
-    /// Number of routes.
-    pub fn len(&self) -> usize {
-        self.matchers.len()
-    }
-
-    /// True when there are no routes.
-    pub fn is_empty(&self) -> bool {
-        self.matchers.is_empty()
-    }
 }
 
 // === impl Target ===

@@ -25,7 +25,7 @@ use crate::rescue::{ProblemSource, RouteProblems};
 use crate::router::Router;
 
 /// How often idle rate-limit keys are evicted and expired idle upstream connections closed.
-pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything one config version needs to serve requests. Immutable once built.
 #[derive(Debug)]
@@ -102,7 +102,7 @@ pub struct Shared {
     runtime: ArcSwap<Runtime>,
     ready: AtomicBool,
     /// Process-wide metric families; series survive reloads.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Serializes reloads (SIGHUP and `POST /reload` may race). std Mutex: a reload does no
     /// `.await` while holding it.
     pub(crate) reloading: std::sync::Mutex<()>,
@@ -114,7 +114,11 @@ impl Runtime {
     /// Builds the runtime for `config`. With `previous`, limiter state whose route name, limit
     /// name and parameters are unchanged is carried over, so a reload does not hand out fresh
     /// bursts; so are caps (slots in use, waiters) and upstream pools that did not change.
-    pub fn build(config: Config, previous: Option<&Runtime>, metrics: Arc<Metrics>) -> Runtime {
+    pub(crate) fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        metrics: Arc<Metrics>,
+    ) -> Runtime {
         let carry = Carry::new(&config, previous, &metrics);
         let upstreams: Vec<Arc<Upstream>> =
             config.upstreams.iter().map(|u| carry.upstream(u)).collect();
@@ -166,7 +170,7 @@ impl Runtime {
 
     /// Sets the gauges that are properties of limiters (queue depth, utilisation, tracked keys);
     /// called when `/metrics` is scraped.
-    pub fn refresh_gauges(&self) {
+    pub(crate) fn refresh_gauges(&self) {
         self.metrics.clear_limiter_gauges();
         for route in &self.routes {
             if let Some(cap) = &route.concurrency {
@@ -194,7 +198,7 @@ impl Runtime {
 
     /// Evicts idle keys from every rate limit and closes the upstream connections that have
     /// been idle too long (`src/proxy/pool.rs`).
-    pub fn housekeeping(&self) {
+    pub(crate) fn housekeeping(&self) {
         for route in &self.routes {
             for limit in &route.limits {
                 limit.rate.housekeeping();
@@ -216,7 +220,7 @@ impl Runtime {
 
 impl Shared {
     /// Wraps the first runtime.
-    pub fn new(runtime: Runtime) -> Self {
+    pub(crate) fn new(runtime: Runtime) -> Self {
         Shared {
             metrics: runtime.metrics.clone(),
             runtime: ArcSwap::from_pointee(runtime),
@@ -231,7 +235,7 @@ impl Shared {
     }
 
     /// Publishes a new runtime for new requests.
-    pub fn swap(&self, runtime: Runtime) {
+    pub(crate) fn swap(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
     }
 

@@ -11,7 +11,7 @@ pub struct Shutdown {
 
 /// Waits for shutdown; one per task that must stop.
 #[derive(Debug, Clone)]
-pub struct ShutdownWatch {
+pub(crate) struct ShutdownWatch {
     rx: watch::Receiver<bool>,
 }
 
@@ -37,13 +37,8 @@ impl Shutdown {
         self.tx.send_replace(true);
     }
 
-    /// True once triggered.
-    pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
-    }
-
     /// A watch that resolves when the signal fires.
-    pub fn watch(&self) -> ShutdownWatch {
+    pub(crate) fn watch(&self) -> ShutdownWatch {
         ShutdownWatch {
             rx: self.tx.subscribe(),
         }
@@ -54,7 +49,7 @@ impl Shutdown {
 
 impl ShutdownWatch {
     /// Resolves once shutdown has been triggered (at once if it already was).
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         // An error means every sender is gone: nobody can trigger any more, so treat it as
         // shutdown rather than waiting forever.
         let _ = self.rx.wait_for(|fired| *fired).await;

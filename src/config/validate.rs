@@ -16,7 +16,6 @@ use std::time::Duration;
 use http::uri::{Authority, Uri};
 use http::{HeaderName, Method};
 use ipnet::IpNet;
-use serde_json::json;
 
 use super::error::{ConfigError, FieldError};
 use super::locate::Locator;
@@ -127,14 +126,10 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             store: present(store)?,
             upstreams: upstreams.into_iter().collect::<Option<_>>()?,
             routes: routes.into_iter().collect::<Option<_>>()?,
-            effective: serde_json::Value::Null,
         })
     })();
     match built {
-        Some(mut config) if cx.errors.is_empty() => {
-            config.effective = effective(&config);
-            Ok(config)
-        }
+        Some(config) if cx.errors.is_empty() => Ok(config),
         _ => {
             let mut errors = cx.errors;
             if errors.is_empty() {
@@ -516,23 +511,7 @@ impl Cx {
             Some(matcher) => self.matcher(&join(at, "match"), matcher),
             None => Some(RouteMatch::default()),
         };
-        let upstream = match raw.upstream.as_deref() {
-            None => self.missing(&join(at, "upstream"), "the name of an upstream"),
-            Some(wanted) => match upstreams.iter().position(|u| *u == wanted) {
-                Some(index) => Some(index),
-                None => {
-                    let known = if upstreams.is_empty() {
-                        "none are defined under `upstreams`".to_owned()
-                    } else {
-                        format!("known upstreams: {}", upstreams.join(", "))
-                    };
-                    self.fail(
-                        &join(at, "upstream"),
-                        format!("unknown upstream {wanted:?}; {known}"),
-                    )
-                }
-            },
-        };
+        let upstream = self.upstream_ref(&join(at, "upstream"), raw.upstream.as_deref(), upstreams);
         let priority = self.choice(
             &join(at, "priority"),
             raw.priority.as_deref(),
@@ -558,19 +537,7 @@ impl Cx {
                 self.rate_limit(&format!("{at}.rate_limits[{i}]"), i, limit, has_store)
             })
             .collect();
-        // Duplicate limit names, explicit or defaulted (`limit-1` may clash with an explicit one).
-        let limit_names: Vec<(String, String)> = raw_limits
-            .iter()
-            .enumerate()
-            .map(|(i, l)| match l.name.as_deref() {
-                Some(name) => (format!("{at}.rate_limits[{i}].name"), name.to_owned()),
-                None => (format!("{at}.rate_limits[{i}]"), format!("limit-{i}")),
-            })
-            .collect();
-        self.unique(
-            limit_names.iter().map(|(p, n)| (p.clone(), n.as_str())),
-            "limit",
-        );
+        self.unique_limit_names(at, raw_limits);
         let concurrency = raw
             .concurrency
             .as_ref()
@@ -579,11 +546,42 @@ impl Cx {
             name: name?,
             matcher: matcher?,
             upstream: upstream?,
+            upstream_name: Arc::from(upstreams[upstream?]),
             priority: priority?,
             mode: mode?,
             rate_limits: limits.into_iter().collect::<Option<_>>()?,
             concurrency: present(concurrency)?,
         })
+    }
+
+    /// The index of the upstream a route names.
+    fn upstream_ref(&mut self, at: &str, raw: Option<&str>, upstreams: &[&str]) -> Option<usize> {
+        let Some(wanted) = raw else {
+            return self.missing(at, "the name of an upstream");
+        };
+        if let Some(index) = upstreams.iter().position(|u| *u == wanted) {
+            return Some(index);
+        }
+        let known = if upstreams.is_empty() {
+            "none are defined under `upstreams`".to_owned()
+        } else {
+            format!("known upstreams: {}", upstreams.join(", "))
+        };
+        self.fail(at, format!("unknown upstream {wanted:?}; {known}"))
+    }
+
+    /// Duplicate limit names of a route, explicit or defaulted (`limit-1` may clash with an
+    /// explicit one).
+    fn unique_limit_names(&mut self, at: &str, raw: &[RawRateLimit]) {
+        let names: Vec<(String, String)> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match l.name.as_deref() {
+                Some(name) => (format!("{at}.rate_limits[{i}].name"), name.to_owned()),
+                None => (format!("{at}.rate_limits[{i}]"), format!("limit-{i}")),
+            })
+            .collect();
+        self.unique(names.iter().map(|(p, n)| (p.clone(), n.as_str())), "limit");
     }
 
     fn matcher(&mut self, at: &str, raw: &RawMatch) -> Option<RouteMatch> {
@@ -1003,115 +1001,4 @@ fn prefix_path(path: &str) -> String {
     } else {
         trimmed.to_owned()
     }
-}
-
-// === effective config ===
-
-/// The config as JSON, in the file's schema with every default filled in and secrets redacted:
-/// what `GET /config` answers. Upstreams come out as an object, so sorted by name.
-pub(super) fn effective(config: &Config) -> serde_json::Value {
-    let duration = |d: Duration| humantime::format_duration(d).to_string();
-    let concurrency = |c: &Option<ConcurrencyConfig>| {
-        c.map(|c| {
-            json!({
-                "max_inflight": c.max_inflight.get(),
-                "queue": c.queue,
-                "queue_timeout": duration(c.queue_timeout),
-            })
-        })
-    };
-    let s = &config.server;
-    let server = json!({
-        "listen": s.listen.to_string(),
-        "tls": s.tls.as_ref().map(|t| json!({
-            "listen": t.listen.to_string(),
-            "cert": t.cert.display().to_string(),
-            "key": t.key.display().to_string(),
-        })),
-        "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "ipv6_key_prefix": s.ipv6_key_prefix,
-        "rate_limit_headers": s.rate_limit_headers,
-        "header_read_timeout": duration(s.header_read_timeout),
-        "max_connections": s.max_connections.get(),
-        "shutdown_grace": duration(s.shutdown_grace),
-        "workers": s.workers.map(NonZeroUsize::get),
-        "max_concurrent_streams": s.max_concurrent_streams,
-        "access_log": s.access_log,
-    });
-    let store = config.store.as_ref().map(|st| {
-        let on_error = match st.redis.on_error {
-            OnStoreError::Local => "local",
-            OnStoreError::Allow => "allow",
-            OnStoreError::Deny => "deny",
-        };
-        json!({"redis": {
-            "url": super::redact_url(&st.redis.url),
-            "timeout": duration(st.redis.timeout),
-            "on_error": on_error,
-        }})
-    });
-    let upstreams: serde_json::Map<String, serde_json::Value> = config
-        .upstreams
-        .iter()
-        .map(|u| {
-            let value = json!({
-                "endpoints": u.endpoints.iter().map(|a| format!("http://{a}")).collect::<Vec<_>>(),
-                "connect_timeout": duration(u.connect_timeout),
-                "timeout": duration(u.timeout),
-                "concurrency": concurrency(&u.concurrency),
-            });
-            (u.name.to_string(), value)
-        })
-        .collect();
-    let routes: Vec<serde_json::Value> = config
-        .routes
-        .iter()
-        .map(|r| {
-            let mut matcher = json!({
-                "host": r.matcher.host.as_ref().map(|h| match h {
-                    HostMatch::Exact(host) => host.clone(),
-                    HostMatch::Suffix(suffix) => format!("*{suffix}"),
-                }),
-                "methods": r.matcher.methods.as_ref().map(|ms| ms.iter().map(Method::as_str).collect::<Vec<_>>()),
-            });
-            let (field, path) = match &r.matcher.path {
-                PathMatch::Prefix(p) => ("path_prefix", p),
-                PathMatch::Exact(p) => ("path_exact", p),
-            };
-            matcher[field] = json!(path);
-            let limits: Vec<serde_json::Value> = r
-                .rate_limits
-                .iter()
-                .map(|l| {
-                    json!({
-                        "name": &*l.name,
-                        "key": match &l.key {
-                            KeySpec::Global => "global".to_owned(),
-                            KeySpec::ClientIp => "client_ip".to_owned(),
-                            KeySpec::Header(h) => format!("header:{h}"),
-                        },
-                        "rate": l.rate.to_string(),
-                        "burst": l.burst.get(),
-                        "scope": if l.scope == Scope::Global { "global" } else { "local" },
-                    })
-                })
-                .collect();
-            json!({
-                "name": &*r.name,
-                "match": matcher,
-                "upstream": config.upstreams.get(r.upstream).map(|u| &*u.name),
-                "priority": r.priority.as_str(),
-                "mode": if r.mode == Mode::Shadow { "shadow" } else { "enforce" },
-                "rate_limits": limits,
-                "concurrency": concurrency(&r.concurrency),
-            })
-        })
-        .collect();
-    json!({
-        "server": server,
-        "admin": config.admin.as_ref().map(|a| json!({"listen": a.listen.to_string()})),
-        "store": store,
-        "upstreams": upstreams,
-        "routes": routes,
-    })
 }

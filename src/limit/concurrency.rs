@@ -241,36 +241,12 @@ impl ConcurrencyLimit {
         }
     }
 
-    /// What [`acquire`](Self::acquire) would answer at once, without taking a slot or joining the
-    /// queue: for shadow mode, which counts what would be rejected and lets everything through.
-    ///
-    /// # Errors
-    ///
-    /// [`Rejected::QueueFull`] if `acquire(priority)` would be rejected at once; `Ok` if it would
-    /// be admitted or would wait (possibly shedding a lower-priority waiter).
-    pub fn check(&self, priority: Priority) -> Result<(), Rejected> {
-        let mut state = self.shared.lock();
-        if state.inflight < self.shared.config.max_inflight.get() && state.queue.len == 0 {
-            return Ok(());
-        }
-        if state.queue.len < self.shared.config.queue {
-            return Ok(());
-        }
-        match state.queue.lowest_priority() {
-            Some(lowest) if priority > lowest => Ok(()),
-            _ => {
-                let retry_after = state.retry_after(&self.shared.config, Instant::now());
-                Err(Rejected::QueueFull { retry_after })
-            }
-        }
-    }
-
     /// Admits a request of a shadow-mode route: it never waits and is never refused, but is
     /// counted, and the verdict says whether the cap would have refused it — `QueueFull` when
     /// the requests in flight (enforced and shadow) already fill `max_inflight + queue`.
     /// Shadow permits do not take real slots: enforced admission ignores them, so trying a cap
     /// in shadow mode never makes enforcing routes wait.
-    pub fn admit_shadow(&self) -> (Permit, Result<(), Rejected>) {
+    pub(crate) fn admit_shadow(&self) -> (Permit, Result<(), Rejected>) {
         let mut state = self.shared.lock();
         let config = &self.shared.config;
         let occupied = state.inflight + state.shadow;
@@ -302,7 +278,8 @@ impl ConcurrencyLimit {
 
     /// The `Retry-After` a 503 from this cap would carry now: whole seconds in 1..=60, from the
     /// drain rate (see the module docs).
-    pub fn retry_after(&self) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn retry_after(&self) -> Duration {
         self.shared
             .lock()
             .retry_after(&self.shared.config, Instant::now())

@@ -114,11 +114,11 @@ use crate::config::{
 
 /// While Redis is failing, one request per interval (per instance) tries it; the others apply
 /// `on_error` without waiting.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Pause between attempts at the first connection (later reconnections are the connection
 /// manager's, driven by the probes).
-pub const CONNECT_RETRY: Duration = Duration::from_millis(500);
+pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(500);
 
 /// Bound on establishing one connection (TCP, TLS, AUTH), separate from the per-call timeout: it
 /// happens in the background, no request waits for it longer than `timeout`.
@@ -200,7 +200,7 @@ struct Health {
 }
 
 /// One `scope: global` rate limit of one route.
-pub struct GlobalLimit {
+pub(crate) struct GlobalLimit {
     /// The shared connection.
     store: Arc<Store>,
     /// This instance's own bucket for the limit: used when Redis fails and `on_error: local`.
@@ -234,7 +234,7 @@ impl Store {
     ///
     /// # Panics
     /// When a new store is needed and `spawner` is `None` (a runtime built outside tokio).
-    pub fn for_config(
+    pub(crate) fn for_config(
         config: &Config,
         previous: Option<&Arc<Store>>,
         spawner: Option<&Handle>,
@@ -259,7 +259,7 @@ impl Store {
     /// Starts connecting to `redis` in the background; usable at once (requests apply
     /// `on_error` until a connection is up, after waiting at most `timeout` for the first
     /// attempt).
-    pub fn connect(redis: &RedisConfig, spawner: &Handle, errors: &Counter) -> Store {
+    pub(crate) fn connect(redis: &RedisConfig, spawner: &Handle, errors: &Counter) -> Store {
         let inner = Arc::new(Inner {
             url: redis.url.clone(),
             redacted: redact_url(&redis.url),
@@ -285,7 +285,7 @@ impl Store {
     }
 
     /// True while the last call (or connection attempt) succeeded.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.inner.health.state.load(Ordering::Acquire) == HEALTHY
     }
 }
@@ -429,7 +429,7 @@ impl Health {
 impl GlobalLimit {
     /// The global limit `config` of route `route` on `store`, falling back to `local` (this
     /// instance's bucket for the same config) as `redis.on_error` says.
-    pub fn new(
+    pub(crate) fn new(
         route: &str,
         config: &RateLimitConfig,
         redis: &RedisConfig,
@@ -467,7 +467,7 @@ impl GlobalLimit {
     }
 
     /// The limit this was built from.
-    pub fn config(&self) -> &RateLimitConfig {
+    pub(crate) fn config(&self) -> &RateLimitConfig {
         self.local.config()
     }
 
@@ -480,7 +480,7 @@ impl GlobalLimit {
     ///
     /// # Errors
     /// [`StoreUnavailable`] when Redis failed and `on_error` is `deny`.
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         key: &LimitKey,
         headers: &HeaderMap,
@@ -526,15 +526,10 @@ impl GlobalLimit {
     }
 
     /// Forgets denials that have run out. Call it from the housekeeping task.
-    pub fn housekeeping(&self) {
+    pub(crate) fn housekeeping(&self) {
         let now = Instant::now();
         self.denied.retain(|_, until| *until > now);
         self.denied.shrink_to_fit();
-    }
-
-    /// Keys currently denied from memory (no round trip).
-    pub fn denied_keys(&self) -> usize {
-        self.denied.len()
     }
 
     /// `retry_after` of a denial Redis made earlier that still holds.

@@ -23,10 +23,10 @@ use crate::clock::ceil_secs;
 use crate::config::RateLimitConfig;
 
 /// `RateLimit-Policy`: the quota of each limit of the route.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// `RateLimit`: the state of each limit's bucket after this request.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The largest sf-integer (RFC 9651 §3.3.1: at most 15 digits). Seconds beyond it (31 million
 /// years) cannot come from a valid config, but the output must stay parseable regardless.
@@ -82,13 +82,13 @@ pub fn policy_value(limits: &[&RateLimitConfig]) -> HeaderValue {
 /// `Retry-After` (delay-seconds) for a request that will be admitted after `d`: whole seconds,
 /// rounded up, at least 1 (`0.2 s → 1`, `1.0 s → 1`, `1.7 s → 2`). A client that waits this long
 /// is not rejected again by the same bucket (unless others drain it first).
-pub fn retry_after_secs(d: Duration) -> u64 {
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
     ceil_secs(d).max(1)
 }
 
 /// Seconds an empty bucket of `limit` takes to fill up: burst × emission interval, rounded up,
 /// at least 1. The `w` parameter of `RateLimit-Policy`.
-pub fn refill_secs(limit: &RateLimitConfig) -> u64 {
+pub(crate) fn refill_secs(limit: &RateLimitConfig) -> u64 {
     let nanos = limit.rate.emission_interval().as_nanos() * u128::from(limit.burst.get());
     let secs = nanos.div_ceil(1_000_000_000).max(1);
     u64::try_from(secs).unwrap_or(u64::MAX)
@@ -115,7 +115,7 @@ impl RateLimitField {
 
     /// Appends the item of the limit that rejected a request (the only item a 429 carries):
     /// `r=0` and `t` equal to `Retry-After`, i.e. [`retry_after_secs`]`(retry_after)`.
-    pub fn push_denied(&mut self, name: &str, retry_after: Duration) -> &mut Self {
+    pub(crate) fn push_denied(&mut self, name: &str, retry_after: Duration) -> &mut Self {
         self.push_item(name, 0, retry_after_secs(retry_after))
     }
 
@@ -226,7 +226,7 @@ fn put_uint(out: &mut impl Sink, n: u64) {
 }
 
 /// `n` in decimal, written at the end of `buf`; the digits are returned. No allocation.
-pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

@@ -64,7 +64,7 @@ impl KeyExtractor {
 
     /// The same settings applied with `previous`'s hash key: header keys hash as before, so the
     /// buckets a reload carries over still belong to the same header values.
-    pub fn keeping_hash_key(mut self, previous: &KeyExtractor) -> Self {
+    pub(crate) fn keeping_hash_key(mut self, previous: &KeyExtractor) -> Self {
         self.hasher = previous.hasher.clone();
         self
     }

@@ -128,7 +128,7 @@ impl<C: Clock> RateLimit<C> {
     ///
     /// A quota: one token per `rate.emission_interval()` (at least 1 ns), `burst` tokens at most.
     /// `scope: global` limits get a local bucket here; sharing it is another layer's job.
-    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+    pub(crate) fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
         let (emission, burst) = bucket_shape(config, MAX_REFILL_NANOS);
         let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
         if burst < config.burst.get() {

@@ -24,7 +24,7 @@ use crate::shutdown::ShutdownWatch;
 
 /// A bound listener, not yet accepting.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     tcp: TcpListener,
     /// Bounds open connections: beyond it, new ones wait in the kernel's accept backlog.
     /// Shared by the plain and the TLS listener.
@@ -44,7 +44,7 @@ const BACKLOG: u32 = 4096;
 /// connection's first byte or whole TLS handshake, is read from the current runtime at each
 /// accept, so a reload applies to new connections).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// How long open connections may drain after shutdown.
     pub shutdown_grace: Duration,
 }
@@ -56,7 +56,7 @@ impl Listener {
     ///
     /// # Errors
     /// The OS error when the address cannot be bound (in use, not local, no permission).
-    pub async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<Self> {
+    pub(crate) async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<Self> {
         let tcp = bind_tcp(addr)?;
         Ok(Listener {
             tcp,
@@ -70,7 +70,7 @@ impl Listener {
     ///
     /// # Errors
     /// The OS error when the address cannot be bound.
-    pub async fn bind_tls(
+    pub(crate) async fn bind_tls(
         addr: SocketAddr,
         acceptor: Acceptor,
         beside: &Listener,
@@ -87,13 +87,18 @@ impl Listener {
     ///
     /// # Errors
     /// The OS error, if the socket cannot tell.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
 
     /// Accepts until `shutdown` fires, then gives open connections up to `limits.shutdown_grace`
     /// to finish their requests.
-    pub async fn serve(self, shared: Arc<Shared>, limits: Limits, mut shutdown: ShutdownWatch) {
+    pub(crate) async fn serve(
+        self,
+        shared: Arc<Shared>,
+        limits: Limits,
+        mut shutdown: ShutdownWatch,
+    ) {
         let graceful = GracefulShutdown::new();
         loop {
             let permit = tokio::select! {

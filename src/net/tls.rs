@@ -26,12 +26,12 @@ use tokio_rustls::rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio_rustls::rustls::{self, version, InconsistentKeys, ServerConfig};
 
 /// ALPN protocols offered, in server preference order: HTTP/2 first.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// A certificate chain and private key, checked to match, ready to accept handshakes. Cheap to
 /// clone; every accepted connection takes the one of the runtime current at accept time.
 #[derive(Clone)]
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     /// The rustls settings: versions, ALPN, the certificate. Shared by every handshake.
     config: Arc<ServerConfig>,
     /// The files it was loaded from, for logs.
@@ -40,7 +40,7 @@ pub struct Acceptor {
 
 /// Why a certificate or key file cannot be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The file could not be read (missing, permissions).
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -102,13 +102,13 @@ pub enum TlsError {
 /// A PEM syntax error, told in words: the parser's own `Display` prints the offending line or
 /// marker as a list of byte values.
 #[derive(Debug)]
-pub struct PemError(pem::Error);
+pub(crate) struct PemError(pem::Error);
 
 // === impl TlsError ===
 
 impl TlsError {
     /// The field of `server.tls` the error is about: `cert` or `key`.
-    pub fn field(&self) -> &'static str {
+    pub(crate) fn field(&self) -> &'static str {
         match self {
             TlsError::Read { field, .. } | TlsError::Pem { field, .. } => field,
             TlsError::NoCertificate { .. } | TlsError::BadCertificate { .. } => "cert",
@@ -127,7 +127,7 @@ impl Acceptor {
     /// # Errors
     /// Every problem found, at most one per file: unreadable, not PEM, no certificate or key in
     /// it, unusable key or certificate, key not matching the leaf certificate.
-    pub fn load(cert: &Path, key: &Path) -> Result<Acceptor, Vec<TlsError>> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Acceptor, Vec<TlsError>> {
         // ring's provider, named here rather than taken from a process-wide default, so that no
         // other crate's feature choice can change what the listener offers.
         let provider: Arc<CryptoProvider> = Arc::new(ring::default_provider());
@@ -186,18 +186,8 @@ impl Acceptor {
     }
 
     /// A handshake driver for one connection.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
-    }
-
-    /// The rustls settings.
-    pub fn server_config(&self) -> &Arc<ServerConfig> {
-        &self.config
-    }
-
-    /// The certificate file this was loaded from.
-    pub fn cert_path(&self) -> &Path {
-        &self.cert
     }
 }
 

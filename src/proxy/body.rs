@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 /// The body of every request sent upstream.
 #[derive(Debug)]
-pub enum UpstreamBody {
+pub(crate) enum UpstreamBody {
     /// No body (GET, or a body that is already known to be empty).
     Empty,
     /// The client's body, streamed.

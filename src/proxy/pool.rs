@@ -75,7 +75,7 @@ struct Idle {
 
 /// A connection checked out for one request.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Sends the request.
     pub sender: SendRequest<UpstreamBody>,
     /// Where it goes back.
@@ -86,7 +86,7 @@ pub struct Conn {
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// TCP connect failed (refused, unreachable, name not resolved).
     #[error("connect to {0} failed: {1}")]
     Io(Authority, #[source] std::io::Error),
@@ -236,7 +236,7 @@ impl EndpointPool {
 
 impl Conn {
     /// Returns the connection to its pool: call when the response has been read whole.
-    pub fn release(self) {
+    pub(crate) fn release(self) {
         self.pool.put(self.sender);
     }
 }

@@ -36,7 +36,7 @@ pub(crate) const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An upstream with its client pool. Shared by every route that names it.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The config name: metrics label and error detail.
     pub name: Arc<str>,
     /// The cap shared by every route to this upstream, if configured.
@@ -67,7 +67,7 @@ struct Endpoint {
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No endpoint accepted a connection (refused, unreachable, or connect_timeout).
     #[error("no endpoint of upstream {upstream} accepted a connection ({source})")]
     Connect {
@@ -98,14 +98,14 @@ pub enum UpstreamError {
 
 impl Upstream {
     /// Builds the client pool for `config`. Must be called inside a tokio runtime.
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub(crate) fn new(config: &UpstreamConfig) -> Self {
         Self::with_cap(config, None)
     }
 
     /// Builds the upstream with `cap` as its concurrency limit when given — a reload hands over
     /// the running cap of an upstream whose `concurrency` did not change, so slots in use and
     /// waiters carry over even when other fields (endpoints, timeouts) changed.
-    pub fn with_cap(config: &UpstreamConfig, cap: Option<ConcurrencyLimit>) -> Self {
+    pub(crate) fn with_cap(config: &UpstreamConfig, cap: Option<ConcurrencyLimit>) -> Self {
         Self::build(config, cap, KeepAlive::default())
     }
 
@@ -145,7 +145,7 @@ impl Upstream {
     }
 
     /// The config this upstream was built from.
-    pub fn config(&self) -> &UpstreamConfig {
+    pub(crate) fn config(&self) -> &UpstreamConfig {
         &self.config
     }
 
@@ -155,7 +155,7 @@ impl Upstream {
     /// # Errors
     /// [`UpstreamError::Connect`] when no endpoint could be reached, [`UpstreamError::Timeout`]
     /// after `timeout`, [`UpstreamError::Failed`] when the exchange broke.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
@@ -279,7 +279,7 @@ impl Upstream {
 
     /// Logs a failure at warn level, at most once per class every [`WARN_EVERY`]; the others
     /// are counted and reported with the next line.
-    pub fn warn_failure(&self, err: &UpstreamError) {
+    pub(crate) fn warn_failure(&self, err: &UpstreamError) {
         let class = match err {
             UpstreamError::Connect { .. } => 0,
             UpstreamError::Timeout { .. } => 1,

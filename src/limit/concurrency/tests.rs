@@ -305,35 +305,6 @@ async fn higher_priority_evicts_newest_of_lowest() {
     assert_idle(&lim);
 }
 
-/// `check` answers what `acquire` would decide at once, and changes nothing.
-#[tokio::test(start_paused = true)]
-async fn check_predicts_acquire_without_side_effects() {
-    let lim = limit(1, 1, HOUR);
-    assert_eq!(lim.check(Low), Ok(()), "slot free");
-    let hold = lim.acquire(Normal).await.expect("free");
-    assert_eq!(lim.check(Low), Ok(()), "would queue");
-    let mut n = Box::pin(lim.acquire(Normal));
-    assert_pending!(n);
-    for priority in [Low, Normal] {
-        let err = lim.check(priority).expect_err("queue full, nobody lower");
-        assert_eq!(
-            err,
-            assert_ready!(Box::pin(lim.acquire(priority))).expect_err("same")
-        );
-    }
-    assert_eq!(lim.check(High), Ok(()), "would shed the normal waiter");
-    assert_eq!(
-        (lim.inflight(), lim.queue_depth()),
-        (1, 1),
-        "check took nothing"
-    );
-    assert_pending!(n);
-
-    drop(n);
-    drop(hold);
-    assert_idle(&lim);
-}
-
 // === timeouts and cancellation ===
 
 /// A waiter gets `QueueTimeout` exactly at queue_timeout, leaves the queue, and takes no slot.

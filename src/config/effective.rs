@@ -1,0 +1,61 @@
+//! How a [`Config`](super::Config) serialises: the file's schema with every default filled in
+//! and secrets redacted — what `GET /config` answers, and YAML that loads back to the same
+//! config. The types derive `Serialize`; these are the field formats that differ from serde's
+//! defaults (durations with a unit, endpoints as URLs, upstreams keyed by name).
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::Method;
+use serde::ser::{SerializeMap, Serializer};
+
+use super::UpstreamConfig;
+
+/// `2s`, `250ms`: what the file takes.
+pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// A value in its `Display` form (rates, keys).
+pub(super) fn display<S: Serializer, T: Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// An optional value in its `Display` form, or null.
+pub(super) fn display_opt<S: Serializer, T: Display>(
+    value: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// A URL with its password replaced by `***`.
+pub(super) fn redacted<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::redact_url(url))
+}
+
+/// `http://host:port`, as the file names endpoints.
+pub(super) fn endpoints<S: Serializer>(list: &[Authority], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(|a| format!("http://{a}")))
+}
+
+/// Method names, or null for "any".
+pub(super) fn methods<S: Serializer>(list: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
+    match list {
+        Some(list) => s.collect_seq(list.iter().map(Method::as_str)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Upstreams as the file has them: a mapping from names.
+pub(super) fn by_name<S: Serializer>(list: &[UpstreamConfig], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(list.len()))?;
+    for upstream in list {
+        map.serialize_entry(&*upstream.name, upstream)?;
+    }
+    map.end()
+}
