@@ -56,7 +56,7 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// A validated configuration. It serialises as the file's schema with every default filled in
-/// and secrets redacted: what `GET /config` answers (see [`effective`]).
+/// and secrets redacted: what `GET /config` answers (see `effective`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     /// The file this was read from (for messages and reload).

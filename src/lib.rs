@@ -9,30 +9,38 @@
 //! The modules follow a request through the proxy:
 //!
 //! ```text
-//! listener ──▶ server ──▶ pipeline ──▶ router ──▶ limit::rate ──▶ limit::concurrency ──▶ proxy
-//! (accept,     (hyper h1/h2  (one request:  (first     (token buckets:   (route cap, then      (upstream pool,
-//!  conn cap)    per conn)     the order of   match)     429)              upstream cap: 503)    502/504)
-//!                             checks)
-//!                                 │ any rejection
-//!                                 ▼
-//!                              rescue (problem JSON, Retry-After, RateLimit fields)
+//! net::listener ──▶ net::server ──▶ pipeline::handle
+//! (accept, conn      (hyper h1/h2,    route ──▶ rate ──▶ caps ──▶ forward ──▶ proxy::upstream
+//!  cap, TLS by        one task per    (router)  (limit::  (limit::   (proxy::    (pool, 502/504)
+//!  net::tls)          connection)               rate,     concur-    forward)
+//!                                               global)   rency)
+//!                                        │ Err(Rejection) from any stage
+//!                                        ▼
+//!                                     rescue (every response sluice makes itself)
 //! ```
 //!
 //! - [`config`]: YAML → raw serde types → validated runtime types; errors with line and path.
-//! - [`app`]: builds a [`app::Runtime`] from a config and runs the listeners; reload swaps it.
-//! - [`listener`], [`server`]: accepting connections and serving HTTP/1.1 and HTTP/2 on them.
-//! - [`tls`]: the HTTPS listener's certificate, TLS versions and ALPN (between listener and server).
-//! - [`pipeline`]: the checks one request goes through, in the contract's order.
-//! - [`router`], [`limit`], [`proxy`]: route matching, limits, forwarding.
-//! - [`rescue`]: every response sluice makes itself.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener (`/metrics`, `/healthz`,
+//! - [`runtime`]: the data model of one config version (routes, limits, caps, pools, rendered
+//!   problems), built from a config and swapped atomically on reload. Imports none of the
+//!   modules that run things.
+//! - [`app`]: binds the listeners and runs them, the admin thread, reload on SIGHUP and the
+//!   housekeeping of key tables and pools.
+//! - `net`: accepting connections (`listener`), TLS (`tls`), serving HTTP/1.1 and HTTP/2
+//!   (`server`, with the settings of `http` and the HTTP/2 idle watchdog `idle`).
+//! - `pipeline`: the stages one request goes through, in the contract's order.
+//! - [`router`], [`limit`], `proxy`: route matching, limits, forwarding.
+//! - [`rescue`]: every response sluice makes itself; [`body`]: the response body type.
+//! - `metrics`, `admin`: Prometheus metrics and the admin listener (`/metrics`, `/healthz`,
 //!   `/readyz`, `/config`, `/reload`), on its own thread.
-//! - [`reload`]: SIGHUP / `POST /reload` build a new runtime and publish it.
-//! - [`shutdown`]: the drain signal shared by every listener.
+//! - `reload`: SIGHUP / `POST /reload` build a new runtime and publish it.
+//! - [`shutdown`]: the drain signal shared by every listener; `clock`: atomic timestamps.
 //! - [`demo`]: the built-in sample upstream behind `sluice demo`.
 //!
-//! Global limits (`scope: global`) live in `limit::global`, behind the default-on `redis`
-//! feature; upstream keep-alive connections in [`proxy::pool`].
+//! Dependencies point down this list and never back: `runtime` knows the limits, pools and
+//! rendered problems but not the listeners, the pipeline or the app that use it.
+//!
+//! Global limits (`scope: global`) live in [`limit::global`], behind the default-on `redis`
+//! feature.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

@@ -1,6 +1,6 @@
 //! Limits: what decides whether a request may go on, and why not.
 //!
-//! The contract's order, which [`crate::pipeline`] follows: every rate limit of the route
+//! The contract's order, which `crate::pipeline` follows: every rate limit of the route
 //! ([`rate`], cheap, never waits), then the route's concurrency cap, then the upstream's
 //! ([`concurrency`], which may queue, bounded in depth and time). A request rejected by one
 //! check consumes nothing from the checks after it.

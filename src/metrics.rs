@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Histogram buckets for an edge proxy: 100 µs … 30 s.
 pub(crate) const BUCKETS: [f64; 17] = [
@@ -173,6 +173,48 @@ impl EncodeLabelSet for ResultLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// A family's name (as registered: counters get `_total` on their samples) and help text.
+type Help = (&'static str, &'static str);
+
+const REQUESTS: Help = ("sluice_requests", "Requests by route and how they ended");
+const RESPONSES: Help = ("sluice_responses", "Responses by route and status code");
+const INFLIGHT: Help = (
+    "sluice_inflight",
+    "Requests in flight, by route or upstream",
+);
+const QUEUE_DEPTH: Help = (
+    "sluice_queue_depth",
+    "Requests waiting for a concurrency slot",
+);
+const QUEUE_WAIT: Help = (
+    "sluice_queue_wait_seconds",
+    "Time spent waiting for a concurrency slot",
+);
+const UPSTREAM_DURATION: Help = (
+    "sluice_upstream_duration_seconds",
+    "Time from sending a request upstream until its response head",
+);
+const UTILIZATION: Help = (
+    "sluice_utilization",
+    "Upstream in-flight requests / max_inflight",
+);
+const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracked now");
+const RELOADS: Help = ("sluice_config_reloads", "Config reloads by result");
+const STORE_ERRORS: Help = (
+    "sluice_store_errors",
+    "Redis calls that failed or timed out",
+);
+const TLS_HANDSHAKE_FAILURES: Help = (
+    "sluice_tls_handshake_failures",
+    "TLS handshakes that failed or timed out",
+);
+
+/// Registers `metric` and hands it back (families are shared handles).
+fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Help, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -233,73 +275,29 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every family.
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::default();
-        let requests: Family<RequestLabels, Counter> = Family::default();
-        let responses: Family<ResponseLabels, Counter> = Family::default();
-        let inflight = Family::default();
-        let queue_depth = Family::default();
-        let queue_wait: HistogramFamily<Scope> = Family::new_with_constructor(histogram);
-        let upstream_duration: HistogramFamily<Scope> = Family::new_with_constructor(histogram);
-        let utilization = Family::default();
-        let rate_limit_keys = Family::default();
-        let reloads = Family::default();
-        let store_errors = Counter::default();
-        let tls_handshake_failures = Counter::default();
-        registry.register(
-            "sluice_requests",
-            "Requests by route and how they ended",
-            requests.clone(),
+        let mut r = Registry::default();
+        let requests: Family<RequestLabels, Counter> =
+            register(&mut r, REQUESTS, Family::default());
+        let responses: Family<ResponseLabels, Counter> =
+            register(&mut r, RESPONSES, Family::default());
+        let inflight = register(&mut r, INFLIGHT, Family::default());
+        let queue_depth = register(&mut r, QUEUE_DEPTH, Family::default());
+        let queue_wait = register(
+            &mut r,
+            QUEUE_WAIT,
+            Family::new_with_constructor(histogram as fn() -> Histogram),
         );
-        registry.register(
-            "sluice_responses",
-            "Responses by route and status code",
-            responses.clone(),
+        let upstream_duration = register(
+            &mut r,
+            UPSTREAM_DURATION,
+            Family::new_with_constructor(histogram as fn() -> Histogram),
         );
-        registry.register(
-            "sluice_inflight",
-            "Requests in flight, by route or upstream",
-            inflight.clone(),
-        );
-        registry.register(
-            "sluice_queue_depth",
-            "Requests waiting for a concurrency slot",
-            queue_depth.clone(),
-        );
-        registry.register(
-            "sluice_queue_wait_seconds",
-            "Time spent waiting for a concurrency slot",
-            queue_wait.clone(),
-        );
-        registry.register(
-            "sluice_upstream_duration_seconds",
-            "Time from sending a request upstream until its response head",
-            upstream_duration.clone(),
-        );
-        registry.register(
-            "sluice_utilization",
-            "Upstream in-flight requests / max_inflight",
-            utilization.clone(),
-        );
-        registry.register(
-            "sluice_rate_limit_keys",
-            "Rate limit keys tracked now",
-            rate_limit_keys.clone(),
-        );
-        registry.register(
-            "sluice_config_reloads",
-            "Config reloads by result",
-            reloads.clone(),
-        );
-        registry.register(
-            "sluice_store_errors",
-            "Redis calls that failed or timed out",
-            store_errors.clone(),
-        );
-        registry.register(
-            "sluice_tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            tls_handshake_failures.clone(),
-        );
+        let utilization = register(&mut r, UTILIZATION, Family::default());
+        let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
+        let reloads = register(&mut r, RELOADS, Family::default());
+        let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
+        let tls_handshake_failures = register(&mut r, TLS_HANDSHAKE_FAILURES, Counter::default());
+        let registry = r;
         let no_route_requests = requests
             .get_or_create(&RequestLabels {
                 route: Arc::from(""),

@@ -2,13 +2,13 @@
 //! client should come back later.
 //!
 //! The pipeline never builds a response of its own: a stage that refuses a request returns a
-//! [`Rejection`] — small, `Copy`, made without allocating — and this module turns it into the
-//! status, headers and body the contract fixes. [`Rejection::outcome`] is the one mapping from
+//! `Rejection` — small, `Copy`, made without allocating — and this module turns it into the
+//! status, headers and body the contract fixes. `Rejection::outcome` is the one mapping from
 //! a rejection to its metric outcome: an exhaustive `match`, so a new rejection cannot be
 //! mislabelled silently.
 //!
 //! Under overload the rejection path is the hot path, so nothing here formats per request. Every
-//! problem body of a route is rendered when the route is built ([`RouteProblems`]); a body
+//! problem body of a route is rendered when the route is built (`RouteProblems`); a body
 //! that carries `retry_after` is rendered up to that member, and a rejection sends that shared
 //! buffer, the seconds (a static string up to a minute) and the closing brace as three chunks
 //! of one body: reference counts are taken, no byte is copied, nothing is allocated but the

@@ -1,7 +1,7 @@
 //! The running form of one config version: the route table, per-route limits and templates,
 //! upstream pools and caps. Everything the request path reads, and nothing that runs.
 //!
-//! A [`Runtime`] is built from a [`Config`] ([`Runtime::build`]), carrying over limiter state,
+//! A `Runtime` is built from a `Config` (`Runtime::build`), carrying over limiter state,
 //! caps and pools that a reload did not change. [`Shared`] holds the current one behind an
 //! [`ArcSwap`]: each request loads it once, so a reload applies to new requests at once while
 //! requests in flight finish under the runtime they started with.

@@ -3,8 +3,8 @@
 //!
 //! Every check runs, even after one has failed, so that one `sluice check` shows every problem
 //! of a file. Each error names its field path and is placed in the file by [`Locator`].
-//! Features of the contract that are not built yet are refused in one place,
-//! [`reject_unbuilt`], so that each refusal can be deleted when its feature lands.
+//! What this build cannot do (a build without the `redis` feature and `scope: global`) is
+//! refused in one place, [`reject_unbuilt`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -80,42 +80,10 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         .collect();
     let has_store = raw.store.as_ref().is_some_and(|s| s.redis.is_some());
     let raw_routes = raw.routes.unwrap_or_default();
-    if raw_routes.is_empty() {
-        cx.error(
-            "routes",
-            "at least one route is required: with none, every request gets 404",
-        );
-    }
-    let routes: Vec<_> = raw_routes
-        .iter()
-        .enumerate()
-        .map(|(i, route)| cx.route(&format!("routes[{i}]"), route, &names, has_store))
-        .collect();
-    cx.unique(
-        raw_routes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((format!("routes[{i}].name"), r.name.as_deref()?))),
-        "route",
-    );
+    let routes = cx.routes(&raw_routes, &names, has_store);
 
-    // Listeners must not collide; only those that parsed are compared.
     if let Some(server) = &server {
-        let http = server.listen;
-        if let Some(tls) = &server.tls {
-            cx.distinct("server.tls.listen", tls.listen, http, "server.listen");
-        }
-        if let Some(Some(admin)) = &admin {
-            cx.distinct("admin.listen", admin.listen, http, "server.listen");
-            if let Some(tls) = &server.tls {
-                cx.distinct(
-                    "admin.listen",
-                    admin.listen,
-                    tls.listen,
-                    "server.tls.listen",
-                );
-            }
-        }
+        cx.listeners(server, admin.as_ref().and_then(Option::as_ref));
     }
 
     let built = (|| {
@@ -233,6 +201,52 @@ impl Cx {
                 None => {
                     seen.insert(name, path);
                 }
+            }
+        }
+    }
+
+    /// `routes:`: at least one, names unique.
+    fn routes(
+        &mut self,
+        raw: &[RawRoute],
+        upstreams: &[&str],
+        has_store: bool,
+    ) -> Vec<Option<RouteConfig>> {
+        if raw.is_empty() {
+            self.error(
+                "routes",
+                "at least one route is required: with none, every request gets 404",
+            );
+        }
+        let routes = raw
+            .iter()
+            .enumerate()
+            .map(|(i, route)| self.route(&format!("routes[{i}]"), route, upstreams, has_store))
+            .collect();
+        self.unique(
+            raw.iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((format!("routes[{i}].name"), r.name.as_deref()?))),
+            "route",
+        );
+        routes
+    }
+
+    /// Listeners must not collide (only those that parsed are compared).
+    fn listeners(&mut self, server: &ServerConfig, admin: Option<&AdminConfig>) {
+        let http = server.listen;
+        if let Some(tls) = &server.tls {
+            self.distinct("server.tls.listen", tls.listen, http, "server.listen");
+        }
+        if let Some(admin) = admin {
+            self.distinct("admin.listen", admin.listen, http, "server.listen");
+            if let Some(tls) = &server.tls {
+                self.distinct(
+                    "admin.listen",
+                    admin.listen,
+                    tls.listen,
+                    "server.tls.listen",
+                );
             }
         }
     }
@@ -584,6 +598,33 @@ impl Cx {
         self.unique(names.iter().map(|(p, n)| (p.clone(), n.as_str())), "limit");
     }
 
+    /// Bounds the arithmetic of the buckets can hold: a token interval of at least 1 ns, and a
+    /// refill time (burst × interval) governor can represent (2^62 ns, 146 years) — the Redis
+    /// script's exact range is 2^53 ns (104 days).
+    fn bucket_bounds(&mut self, at: &str, rate: Rate, burst: u32, scope: Scope) {
+        let interval = rate.per.duration().as_nanos() / u128::from(rate.count.get());
+        let refill = interval * u128::from(burst);
+        let (max_refill, max_text): (u128, _) = match scope {
+            Scope::Global => (1 << 53, "104 days with scope: global"),
+            Scope::Local => (1 << 62, "146 years"),
+        };
+        if interval == 0 {
+            self.error(
+                &join(at, "rate"),
+                format!("{rate} is more than one token per nanosecond"),
+            );
+        } else if refill > max_refill {
+            let took = Duration::from_nanos(u64::try_from(refill).unwrap_or(u64::MAX));
+            self.error(
+                &join(at, "burst"),
+                format!(
+                    "burst {burst} at {rate} takes {} to refill; at most {max_text} is supported",
+                    humantime::format_duration(took)
+                ),
+            );
+        }
+    }
+
     fn matcher(&mut self, at: &str, raw: &RawMatch) -> Option<RouteMatch> {
         let host = raw.host.as_deref().map(|h| self.host(&join(at, "host"), h));
         let prefix = raw.path_prefix.as_deref().map(|p| {
@@ -649,38 +690,8 @@ impl Cx {
             &[("local", Scope::Local), ("global", Scope::Global)],
             Scope::Local,
         );
-        // Bounds the arithmetic of the buckets can hold: a token interval of at least 1 ns, and
-        // a refill time (burst × interval) governor can represent (2^62 ns, 146 years) — the
-        // Redis script's exact range is 2^53 ns (104 days).
-        if let (Some(rate), Some(burst)) = (rate, burst) {
-            let interval = rate.per.duration().as_nanos() / u128::from(rate.count.get());
-            let refill = interval * u128::from(burst);
-            let max_refill: u128 = if scope == Some(Scope::Global) {
-                1 << 53
-            } else {
-                1 << 62
-            };
-            if interval == 0 {
-                self.error(
-                    &join(at, "rate"),
-                    format!("{rate} is more than one token per nanosecond"),
-                );
-            } else if refill > max_refill {
-                self.error(
-                    &join(at, "burst"),
-                    format!(
-                        "burst {burst} at {rate} takes {} to refill; at most {} is supported",
-                        humantime::format_duration(Duration::from_nanos(
-                            u64::try_from(refill).unwrap_or(u64::MAX)
-                        )),
-                        if scope == Some(Scope::Global) {
-                            "104 days with scope: global"
-                        } else {
-                            "146 years"
-                        }
-                    ),
-                );
-            }
+        if let (Some(rate), Some(burst), Some(scope)) = (rate, burst, scope) {
+            self.bucket_bounds(at, rate, burst, scope);
         }
         if scope == Some(Scope::Global) && !has_store {
             self.error(

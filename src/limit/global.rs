@@ -1,7 +1,7 @@
 //! Rate limits with `scope: global`: one bucket per key shared by every sluice instance, kept in
 //! Redis (`store.redis`).
 //!
-//! Sits in the rate limit stage of [`crate::pipeline`], in place of the local bucket of
+//! Sits in the rate limit stage of `crate::pipeline`, in place of the local bucket of
 //! [`super::rate`] for the limits that say `scope: global`; local limits of the same route stay on
 //! their synchronous path. A route without global limits never reaches this module.
 //!
@@ -57,7 +57,7 @@
 //! script is a few microseconds), so a hot key costs Redis CPU, not queueing in sluice.
 //!
 //! A client hammering one key past its limit does not cost a round trip per request: a denial
-//! is remembered locally ([`GlobalLimit`]'s `denied` map) until its `retry_after` has passed,
+//! is remembered locally (`GlobalLimit`'s `denied` map) until its `retry_after` has passed,
 //! and requests of that key are denied from memory until then. This is exact, not a heuristic: a
 //! GCRA denial at `now` means `TAT − τ > now`, and a TAT only grows (requests push it forward,
 //! time does not move it), so no request of that key can be admitted before `now + retry_after`
@@ -81,10 +81,10 @@
 //!   contract's reasons; `type` `about:blank`, as it is not a capacity decision).
 //!
 //! A failure opens a small circuit breaker: while Redis is failing, requests apply `on_error` at
-//! once, without waiting, and one request per [`PROBE_INTERVAL`] per instance is let through to
+//! once, without waiting, and one request per `PROBE_INTERVAL` per instance is let through to
 //! try Redis (bounded by `timeout` as always); its success closes the breaker. Reconnecting
 //! happens in the background (the connection manager reconnects on a connection error; the first
-//! connection is made by a task that retries every [`CONNECT_RETRY`]), so sluice starts while
+//! connection is made by a task that retries every `CONNECT_RETRY`), so sluice starts while
 //! Redis is down — with a warning — and global limiting resumes when it comes back. Failed and
 //! timed-out calls (and failed connection attempts) count in `sluice_store_errors_total`; the
 //! log gets one line per change of state (failing, reachable again), never one per request.

@@ -1,8 +1,8 @@
 //! Who a request counts against: the client address and the bucket key of each rate limit.
 //!
-//! Sits at the top of the per-route limit stage: the server hands over the socket peer and the
-//! request headers, [`KeyExtractor::client_ip`] works out the client once per request, and
-//! [`KeyExtractor::key`] turns it (or a header) into a [`LimitKey`] for each configured limit.
+//! Used at the top of the pipeline's rate-limit stage: from the socket peer and the request
+//! headers, [`KeyExtractor::client_ip`] works out the client once per request, and
+//! [`KeyExtractor::key`] turns it (or a header) into a [`LimitKey`] for each limit of the route.
 //!
 //! Nothing here allocates: keys are `Copy` values (an address or a keyed 64-bit hash), so the
 //! hot path never builds a `String` per request.

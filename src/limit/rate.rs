@@ -1,9 +1,10 @@
 //! One token bucket per configured rate limit: `rate_limits[]` of a route.
 //!
-//! Sits in the per-route stack right after routing and before the concurrency caps: for each
-//! limit the route's service calls [`RateLimit::check`] with the request's [`LimitKey`] and
-//! rejects with 429 on the first [`Decision::Denied`]. A check takes one token or none and never
-//! waits (style rule 19); the decisions also feed the `RateLimit` header field.
+//! Used by the rate-limit stage of the pipeline (`pipeline/rate.rs`), right after routing and
+//! before the concurrency caps: for each limit of the route the stage calls
+//! [`RateLimit::check`] with the request's [`LimitKey`] and rejects with 429 on the first
+//! [`Decision::Denied`]. A check takes one token or none and never waits; the decisions also
+//! feed the `RateLimit` header field.
 //!
 //! The buckets are governor's GCRA: per key one `AtomicU64`, the *theoretical arrival time* (TAT)
 //! of the next request, updated with a CAS loop. A bucket of size `burst` refilling one token per

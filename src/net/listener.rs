@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
-use super::http::Protocol;
+use super::http::{HttpBuilder, Protocol};
 use super::server;
 use super::tls::Acceptor;
 use crate::net::Origin;
@@ -100,93 +100,27 @@ impl Listener {
         mut shutdown: ShutdownWatch,
     ) {
         let graceful = GracefulShutdown::new();
-        loop {
-            let permit = tokio::select! {
-                permit = self.connections.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break, // the semaphore is never closed
-                },
-                () = shutdown.wait() => break,
-            };
-            let (tcp, peer) = tokio::select! {
-                accepted = self.tcp.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(err) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.wait() => break,
-            };
-            let watcher = graceful.watcher();
-            let shared = shared.clone();
+        while let Some((tcp, peer, permit)) = self.accept(&mut shutdown).await {
             // HTTP settings and the certificate come from the current runtime, so a reload
             // applies to new connections and leaves established ones as they are.
             let runtime = shared.runtime();
-            let builder = runtime.http.clone();
-            let header_read_timeout = runtime.config.server.header_read_timeout;
             let tls = self.tls.as_ref().map(|started_with| {
-                runtime
-                    .config
-                    .server
-                    .tls
-                    .as_ref()
-                    .map_or(started_with, |t| &t.acceptor)
-                    .acceptor()
+                let current = runtime.config.server.tls.as_ref();
+                current.map_or(started_with, |t| &t.acceptor).acceptor()
             });
+            let accepted = Accepted {
+                tcp,
+                peer,
+                _permit: permit,
+                tls,
+                builder: runtime.http.clone(),
+                header_read_timeout: runtime.config.server.header_read_timeout,
+                shared: shared.clone(),
+                watcher: graceful.watcher(),
+                stopping: shutdown.clone(),
+            };
             drop(runtime);
-            let mut stopping = shutdown.clone();
-            // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d; upstreams, keys
-            // and logs should see a.b.c.d.
-            let client = peer.ip().to_canonical();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ = tcp.set_nodelay(true);
-                match tls {
-                    None => {
-                        // A connection that has not sent a byte yet holds no request: shutdown
-                        // need not wait for it.
-                        let waited = tokio::select! {
-                            waited = first_byte(tcp, peer, header_read_timeout) => waited,
-                            () = stopping.wait() => None,
-                        };
-                        let Some((tcp, first)) = waited else { return };
-                        let origin = Origin {
-                            peer: client,
-                            https: false,
-                        };
-                        // The HTTP/2 preface starts with `P`; anything else is HTTP/1.
-                        let maybe_h2 = first == b'P';
-                        server::serve(
-                            tcp,
-                            origin,
-                            Protocol::Detect,
-                            maybe_h2,
-                            shared,
-                            builder,
-                            watcher,
-                        )
-                        .await;
-                    }
-                    Some(acceptor) => {
-                        let handshaken = tokio::select! {
-                            tls = handshake(tcp, peer, acceptor, header_read_timeout, &shared) => tls,
-                            () = stopping.wait() => None,
-                        };
-                        let Some(tls) = handshaken else { return };
-                        let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
-                        let origin = Origin {
-                            peer: client,
-                            https: true,
-                        };
-                        let maybe_h2 = protocol != Protocol::Http1;
-                        server::serve(tls, origin, protocol, maybe_h2, shared, builder, watcher)
-                            .await;
-                    }
-                }
-            });
+            tokio::spawn(accepted.serve());
         }
         drop(self.tcp);
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
@@ -194,6 +128,106 @@ impl Listener {
             .is_err()
         {
             tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace expired; closing connections with requests in flight");
+        }
+    }
+
+    /// The next connection, with its slot of the connection cap; `None` once shutdown fires.
+    async fn accept(
+        &self,
+        shutdown: &mut ShutdownWatch,
+    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        loop {
+            let permit = tokio::select! {
+                permit = self.connections.clone().acquire_owned() => permit.ok()?,
+                () = shutdown.wait() => return None,
+            };
+            tokio::select! {
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((tcp, peer)) => return Some((tcp, peer, permit)),
+                    Err(err) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = shutdown.wait() => return None,
+            }
+        }
+    }
+}
+
+/// One accepted connection, with everything its task needs.
+struct Accepted {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    /// Its slot of `max_connections`, held until the connection closes.
+    _permit: OwnedSemaphorePermit,
+    /// The TLS listener's handshake driver; `None` on the plain listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: HttpBuilder,
+    header_read_timeout: Duration,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+    /// Shutdown need not wait for a connection that has not sent a request yet.
+    stopping: ShutdownWatch,
+}
+
+impl Accepted {
+    /// Waits for the first byte (plain) or the handshake (TLS), then serves HTTP.
+    async fn serve(mut self) {
+        let _ = self.tcp.set_nodelay(true);
+        // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d; upstreams, keys
+        // and logs should see a.b.c.d.
+        let client = self.peer.ip().to_canonical();
+        match self.tls.take() {
+            None => {
+                let waited = tokio::select! {
+                    waited = first_byte(self.tcp, self.peer, self.header_read_timeout) => waited,
+                    () = self.stopping.wait() => None,
+                };
+                let Some((tcp, first)) = waited else { return };
+                let origin = Origin {
+                    peer: client,
+                    https: false,
+                };
+                // The HTTP/2 preface starts with `P`; anything else is HTTP/1.
+                let maybe_h2 = first == b'P';
+                let (shared, builder) = (self.shared, self.builder);
+                server::serve(
+                    tcp,
+                    origin,
+                    Protocol::Detect,
+                    maybe_h2,
+                    shared,
+                    builder,
+                    self.watcher,
+                )
+                .await;
+            }
+            Some(acceptor) => {
+                let handshaken = tokio::select! {
+                    tls = handshake(self.tcp, self.peer, acceptor, self.header_read_timeout, &self.shared) => tls,
+                    () = self.stopping.wait() => None,
+                };
+                let Some(tls) = handshaken else { return };
+                let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
+                let origin = Origin {
+                    peer: client,
+                    https: true,
+                };
+                let maybe_h2 = protocol != Protocol::Http1;
+                let (shared, builder) = (self.shared, self.builder);
+                server::serve(
+                    tls,
+                    origin,
+                    protocol,
+                    maybe_h2,
+                    shared,
+                    builder,
+                    self.watcher,
+                )
+                .await;
+            }
         }
     }
 }
