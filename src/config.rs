@@ -102,6 +102,62 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// One log line per request. Default false.
     pub access_log: bool,
+    /// What one client may hold: head and body sizes, buffers, timeouts, connections (the
+    /// same `server:` mapping in the file).
+    #[serde(flatten)]
+    pub client: ClientLimits,
+}
+
+/// `server:` fields that bound what one client can hold of sluice's capacity.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientLimits {
+    /// Request line plus headers at most (HTTP/1 read buffer, HTTP/2 header list); larger: 431.
+    /// Default 64 KiB.
+    pub max_header_bytes: ByteSize,
+    /// Request bodies larger than this get 413 `body-too-large`. Default 16 MiB.
+    pub max_request_body: ByteSize,
+    /// Request bodies up to this size are read whole before the request waits for a slot or
+    /// reaches the upstream; larger ones stream. Default 1 MiB.
+    pub request_buffer: ByteSize,
+    /// Time to receive a buffered body, or the longest pause in a streamed one (408
+    /// `body-timeout`). Default 30 s.
+    #[serde(serialize_with = "effective::duration")]
+    pub request_body_timeout: Duration,
+    /// Upstream responses up to this size are read whole as fast as the upstream sends them,
+    /// freeing their slots and connection however slowly the client reads. Default 1 MiB.
+    pub response_buffer: ByteSize,
+    /// A response the client accepts no bytes of for this long is aborted. Default 30 s.
+    #[serde(serialize_with = "effective::duration")]
+    pub send_timeout: Duration,
+    /// All request and response buffering together; past it, bodies stream. Default 256 MiB.
+    pub max_buffered_bytes: ByteSize,
+    /// Open connections per client address (IPv6: per `ipv6_key_prefix`); 0 = no cap.
+    pub max_connections_per_ip: usize,
+}
+
+/// A number of bytes. Written `512`, `64KiB`, `16MiB`, `1GiB` in the file (binary units; `KB`,
+/// `MB`, `GB` are the same units, as NGINX reads them); serialised as a plain number of bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The size as a `usize` (saturating: validation bounds every size far below it).
+    pub fn get(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for (unit, name) in UNITS {
+            if self.0 >= unit && self.0 % unit == 0 {
+                return write!(f, "{}{name}", self.0 / unit);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
 }
 
 /// `server.tls:` — the HTTPS listener.

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::de::{self, MapAccess, Unexpected, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::error::{ConfigError, FieldError};
@@ -55,6 +55,22 @@ pub(crate) struct RawServer {
     pub(crate) max_concurrent_streams: Option<Int>,
     /// One log line per request.
     pub(crate) access_log: Option<bool>,
+    /// A size: request line + headers.
+    pub(crate) max_header_bytes: Option<Size>,
+    /// A size.
+    pub(crate) max_request_body: Option<Size>,
+    /// A size.
+    pub(crate) request_buffer: Option<Size>,
+    /// A duration.
+    pub(crate) request_body_timeout: Option<String>,
+    /// A size.
+    pub(crate) response_buffer: Option<Size>,
+    /// A duration.
+    pub(crate) send_timeout: Option<String>,
+    /// A size.
+    pub(crate) max_buffered_bytes: Option<Size>,
+    /// A count ≥ 0.
+    pub(crate) max_connections_per_ip: Option<Int>,
 }
 
 /// `server.tls:`.
@@ -183,6 +199,16 @@ pub(crate) struct RawRateLimit {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Int(pub(crate) i64);
 
+/// A size: a whole number of bytes, or text with a unit (`512`, `64KiB`, `16MiB`, `1GiB`);
+/// `validate` parses the text.
+#[derive(Clone, Debug)]
+pub(crate) enum Size {
+    /// A bare number: bytes.
+    Bytes(i64),
+    /// Text, unit included.
+    Text(String),
+}
+
 /// Deserializes `text` into a [`RawConfig`]; `path` only names the file in errors.
 ///
 /// # Errors
@@ -255,6 +281,12 @@ fn field_error(error: &serde_path_to_error::Error<serde_yaml::Error>) -> FieldEr
             message = tail.to_owned();
         }
     }
+    // A number beyond 64 bits fails in serde_yaml's own `Value` before any field sees it.
+    if let Some(rest) = message.strip_prefix("invalid type: integer `") {
+        if let Some((number, "as u128, expected any YAML value")) = rest.split_once("` ") {
+            message = format!("{number} is far too large for any field");
+        }
+    }
     FieldError {
         line: location.as_ref().map(serde_yaml::Location::line),
         column: location.as_ref().map(serde_yaml::Location::column),
@@ -307,12 +339,57 @@ impl<'de> Deserialize<'de> for Int {
             }
 
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int, E> {
-                i64::try_from(v)
-                    .map(Int)
-                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+                i64::try_from(v).map(Int).map_err(|_| too_large(v))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Int, E> {
+                Err(too_large(v))
+            }
+
+            fn visit_i128<E: de::Error>(self, v: i128) -> Result<Int, E> {
+                i64::try_from(v).map(Int).map_err(|_| too_large(v))
             }
         }
 
         deserializer.deserialize_i64(Whole)
+    }
+}
+
+/// The error for a number beyond `i64`: every bound in the schema is far below it.
+fn too_large<E: de::Error>(v: impl std::fmt::Display) -> E {
+    E::custom(format_args!("{v} is far too large for any field"))
+}
+
+// === impl Size ===
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size like 512, 64KiB, 16MiB or 1GiB")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                i64::try_from(v).map(Size::Bytes).map_err(|_| too_large(v))
+            }
+
+            fn visit_u128<E: de::Error>(self, v: u128) -> Result<Size, E> {
+                Err(too_large(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(SizeVisitor)
     }
 }

@@ -977,3 +977,89 @@ fn rates_beyond_what_buckets_can_hold_are_refused() {
     let e = one_error(&too_slow, "routes[1].rate_limits[0].burst");
     assert!(e.message.contains("to refill"), "{e}");
 }
+
+// === bounds and sizes (edge hardening) ===
+
+/// Pins: every number and duration has an upper bound that `check` enforces with the field
+/// path, so no value `check` accepts can make `run` fail later (the values of the issue: a
+/// semaphore of 2^63 permits and a timer of 300000000000 years aborted `run`).
+#[test]
+fn numbers_and_durations_are_bounded() {
+    let server = |line: &str| BASE.replace("server:\n", &format!("server:\n  {line}\n"));
+    for (line, path, says) in [
+        (
+            "max_connections: 9223372036854775807",
+            "server.max_connections",
+            "at most 10000000",
+        ),
+        (
+            "header_read_timeout: 300000000000y",
+            "server.header_read_timeout",
+            "at most 24h",
+        ),
+        (
+            "shutdown_grace: 25h",
+            "server.shutdown_grace",
+            "at most 24h",
+        ),
+        ("workers: 5000", "server.workers", "at most 1024"),
+        (
+            "max_connections_per_ip: -1",
+            "server.max_connections_per_ip",
+            "at least 0",
+        ),
+        (
+            "max_request_body: 2GiB",
+            "server.max_request_body",
+            "at most 1GiB",
+        ),
+        (
+            "max_header_bytes: 1KiB",
+            "server.max_header_bytes",
+            "at least 8KiB",
+        ),
+        (
+            "request_buffer: 12XB",
+            "server.request_buffer",
+            "expected a size",
+        ),
+        ("send_timeout: 0s", "server.send_timeout", "greater than 0"),
+    ] {
+        let e = one_error(&server(line), path);
+        assert!(e.message.contains(says), "{line}: {e}");
+    }
+    let huge = errors(&server("max_connections: 99999999999999999999"));
+    assert!(
+        huge.iter().any(|e| e.message.contains("far too large")),
+        "{huge:?}"
+    );
+}
+
+/// Pins: sizes take a bare number of bytes or a binary unit, and the edge defaults are the
+/// contract's.
+#[test]
+fn sizes_and_edge_defaults() {
+    let c = load(BASE);
+    let l = &c.server.client;
+    assert_eq!(l.max_header_bytes, ByteSize(64 << 10));
+    assert_eq!(l.max_request_body, ByteSize(16 << 20));
+    assert_eq!(l.request_buffer, ByteSize(1 << 20));
+    assert_eq!(l.response_buffer, ByteSize(1 << 20));
+    assert_eq!(l.max_buffered_bytes, ByteSize(256 << 20));
+    assert_eq!(l.request_body_timeout, Duration::from_secs(30));
+    assert_eq!(l.send_timeout, Duration::from_secs(30));
+    assert_eq!(l.max_connections_per_ip, 0);
+    for (text, bytes) in [
+        ("512", 512),
+        ("64KiB", 64 << 10),
+        ("16MiB", 16 << 20),
+        ("1GiB", 1 << 30),
+        ("8K", 8 << 10),
+        ("2MB", 2 << 20),
+    ] {
+        let c = load(&BASE.replace("server:\n", &format!("server:\n  request_buffer: {text}\n")));
+        assert_eq!(c.server.client.request_buffer, ByteSize(bytes), "{text}");
+    }
+    assert_eq!(ByteSize(64 << 10).to_string(), "64KiB");
+    assert_eq!(ByteSize(1000).to_string(), "1000");
+}

@@ -21,12 +21,12 @@ use super::error::{ConfigError, FieldError};
 use super::locate::Locator;
 use super::raw::{
     RawAdmin, RawConcurrency, RawConfig, RawMatch, RawRateLimit, RawRedis, RawRoute, RawServer,
-    RawStore, RawTls, RawUpstream,
+    RawStore, RawTls, RawUpstream, Size,
 };
 use super::{
-    AdminConfig, ConcurrencyConfig, Config, HostMatch, KeySpec, Mode, OnStoreError, PathMatch,
-    Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig,
-    StoreConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, ByteSize, ClientLimits, ConcurrencyConfig, Config, HostMatch, KeySpec, Mode,
+    OnStoreError, PathMatch, Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch,
+    Scope, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
 use crate::net::tls::Acceptor;
 
@@ -48,6 +48,32 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// `store.redis.timeout` when absent.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+/// `server.max_header_bytes` when absent: NGINX allows 4 × 8 KiB, HAProxy 16 KiB, Envoy 60 KiB.
+const MAX_HEADER_BYTES: u64 = 64 << 10;
+/// `server.max_request_body` when absent.
+const MAX_REQUEST_BODY: u64 = 16 << 20;
+/// `server.request_buffer` when absent.
+const REQUEST_BUFFER: u64 = 1 << 20;
+/// `server.request_body_timeout` when absent.
+const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `server.response_buffer` when absent.
+const RESPONSE_BUFFER: u64 = 1 << 20;
+/// `server.send_timeout` when absent (NGINX's `send_timeout` is 60 s).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// `server.max_buffered_bytes` when absent.
+const MAX_BUFFERED_BYTES: u64 = 256 << 20;
+
+/// The longest duration any field takes: no timer sluice arms can then overflow, and a day is
+/// more than any timeout needs.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The largest size any field takes (a body, a buffer, the buffering budget).
+const MAX_SIZE: u64 = 1 << 30;
+/// The largest count of connections, in-flight requests or queue places.
+const MAX_COUNT: i64 = 10_000_000;
+/// The most worker threads.
+const MAX_WORKERS: i64 = 1024;
+/// hyper reads a request head into a buffer of at least 8 KiB: a smaller limit cannot be kept.
+const MIN_HEADER_BYTES: u64 = 8 << 10;
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
 ///
@@ -302,9 +328,10 @@ impl Cx {
             SHUTDOWN_GRACE,
             true,
         );
-        let workers = raw
-            .workers
-            .map(|n| self.nonzero_usize(&join(at, "workers"), n.0));
+        let workers = raw.workers.map(|n| {
+            self.number::<usize>(&join(at, "workers"), n.0, 1, MAX_WORKERS)
+                .and_then(NonZeroUsize::new)
+        });
         let max_concurrent_streams = self.number::<u32>(
             &join(at, "max_concurrent_streams"),
             raw.max_concurrent_streams
@@ -312,6 +339,7 @@ impl Cx {
             1,
             i64::from(u32::MAX),
         );
+        let client = self.client_limits(raw);
         Some(ServerConfig {
             listen: listen?,
             tls: present(tls)?,
@@ -324,6 +352,79 @@ impl Cx {
             workers: present(workers)?,
             max_concurrent_streams: max_concurrent_streams?,
             access_log: raw.access_log.unwrap_or(false),
+            client: client?,
+        })
+    }
+
+    /// The `server` fields that bound what one client can hold: head and body sizes, buffers,
+    /// body and send timeouts, connections per address.
+    fn client_limits(&mut self, raw: &RawServer) -> Option<ClientLimits> {
+        let at = "server";
+        let size = |cx: &mut Self, field: &str, raw: &Option<Size>, default: u64, min: u64| {
+            cx.size(&join(at, field), raw.as_ref(), default, min, MAX_SIZE)
+        };
+        let max_header_bytes = size(
+            self,
+            "max_header_bytes",
+            &raw.max_header_bytes,
+            MAX_HEADER_BYTES,
+            MIN_HEADER_BYTES,
+        );
+        let max_request_body = size(
+            self,
+            "max_request_body",
+            &raw.max_request_body,
+            MAX_REQUEST_BODY,
+            0,
+        );
+        let request_buffer = size(
+            self,
+            "request_buffer",
+            &raw.request_buffer,
+            REQUEST_BUFFER,
+            0,
+        );
+        let response_buffer = size(
+            self,
+            "response_buffer",
+            &raw.response_buffer,
+            RESPONSE_BUFFER,
+            0,
+        );
+        let max_buffered_bytes = size(
+            self,
+            "max_buffered_bytes",
+            &raw.max_buffered_bytes,
+            MAX_BUFFERED_BYTES,
+            0,
+        );
+        let request_body_timeout = self.duration(
+            &join(at, "request_body_timeout"),
+            raw.request_body_timeout.as_deref(),
+            REQUEST_BODY_TIMEOUT,
+            false,
+        );
+        let send_timeout = self.duration(
+            &join(at, "send_timeout"),
+            raw.send_timeout.as_deref(),
+            SEND_TIMEOUT,
+            false,
+        );
+        let max_connections_per_ip = self.number::<usize>(
+            &join(at, "max_connections_per_ip"),
+            raw.max_connections_per_ip.map_or(0, |n| n.0),
+            0,
+            MAX_COUNT,
+        );
+        Some(ClientLimits {
+            max_header_bytes: max_header_bytes?,
+            max_request_body: max_request_body?,
+            request_buffer: request_buffer?,
+            request_body_timeout: request_body_timeout?,
+            response_buffer: response_buffer?,
+            send_timeout: send_timeout?,
+            max_buffered_bytes: max_buffered_bytes?,
+            max_connections_per_ip: max_connections_per_ip?,
         })
     }
 
@@ -495,7 +596,7 @@ impl Cx {
             &join(at, "queue"),
             raw.queue.map_or(0, |n| n.0),
             0,
-            i64::MAX,
+            MAX_COUNT,
         );
         let queue_timeout = self.duration(
             &join(at, "queue_timeout"),
@@ -749,6 +850,9 @@ impl Cx {
             Ok(d) if d.is_zero() && !zero_ok => {
                 self.fail(at, format!("must be greater than 0, found {raw:?}"))
             }
+            Ok(d) if d > MAX_DURATION => {
+                self.fail(at, format!("must be at most 24h, found {raw:?}"))
+            }
             Ok(d) => Some(d),
             Err(_) => self.fail(
                 at,
@@ -768,10 +872,50 @@ impl Cx {
         }
     }
 
-    /// A count that must be at least 1.
+    /// A count that must be at least 1 (and at most [`MAX_COUNT`]).
     fn nonzero_usize(&mut self, at: &str, raw: i64) -> Option<NonZeroUsize> {
-        self.number::<usize>(at, raw, 1, i64::MAX)
+        self.number::<usize>(at, raw, 1, MAX_COUNT)
             .and_then(NonZeroUsize::new)
+    }
+
+    /// A size in `min..=max` bytes: a bare number of bytes, or a number with a unit (`B`, `KiB`
+    /// `MiB`, `GiB`; `K`/`KB`, `M`/`MB`, `G`/`GB` mean the same binary units).
+    fn size(
+        &mut self,
+        at: &str,
+        raw: Option<&Size>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Option<ByteSize> {
+        let bytes = match raw {
+            None => return Some(ByteSize(default)),
+            Some(Size::Bytes(n)) => u64::try_from(*n).ok(),
+            Some(Size::Text(text)) => parse_size(text),
+        };
+        let shown = |raw: Option<&Size>| match raw {
+            Some(Size::Bytes(n)) => n.to_string(),
+            Some(Size::Text(t)) => format!("{t:?}"),
+            None => String::new(),
+        };
+        match bytes {
+            None => self.fail(
+                at,
+                format!(
+                    "expected a size like 512, 64KiB, 16MiB or 1GiB, found {}",
+                    shown(raw)
+                ),
+            ),
+            Some(n) if n < min => self.fail(
+                at,
+                format!("must be at least {}, found {}", ByteSize(min), shown(raw)),
+            ),
+            Some(n) if n > max => self.fail(
+                at,
+                format!("must be at most {}, found {}", ByteSize(max), shown(raw)),
+            ),
+            Some(n) => Some(ByteSize(n)),
+        }
     }
 
     /// One of a fixed set of words; `None` in → `default`.
@@ -1002,6 +1146,25 @@ impl Cx {
             },
         }
     }
+}
+
+/// `64KiB` → 65536. `None` for anything that is not a whole number with a known unit, or that
+/// overflows.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KB" | "KiB" | "k" => 10,
+        "M" | "MB" | "MiB" | "m" => 20,
+        "G" | "GB" | "GiB" | "g" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// A prefix without its trailing slash (`/orders/` matches as `/orders`), except `/` itself.
