@@ -52,6 +52,7 @@
 mod admin;
 pub mod app;
 pub mod body;
+mod budget;
 mod clock;
 pub mod config;
 pub mod demo;

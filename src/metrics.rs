@@ -47,11 +47,18 @@ pub(crate) enum Outcome {
     /// The client went away before its response head (NGINX logs these as 499): queued, or
     /// waiting for the upstream. Nothing was sent, so no `sluice_responses_total` code.
     ClientClosed,
+    /// 400: the request was malformed (its body's framing, its path, its Host, a repeated
+    /// key header) — the client's fault, never an upstream error.
+    BadRequest,
+    /// 413: the body is larger than `max_request_body`.
+    BodyTooLarge,
+    /// 408: the body did not arrive within `request_body_timeout`.
+    BodyTimeout,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub(crate) const ALL: [Outcome; 10] = [
+    pub(crate) const ALL: [Outcome; 13] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -62,6 +69,9 @@ impl Outcome {
         Outcome::NoRoute,
         Outcome::StoreUnavailable,
         Outcome::ClientClosed,
+        Outcome::BadRequest,
+        Outcome::BodyTooLarge,
+        Outcome::BodyTimeout,
     ];
 
     /// The label value.
@@ -77,6 +87,9 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::ClientClosed => "client_closed",
+            Outcome::BadRequest => "bad_request",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::BodyTimeout => "body_timeout",
         }
     }
 
@@ -164,6 +177,16 @@ impl EncodeLabelSet for UpstreamLabel {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ResultLabel(&'static str);
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ReasonLabel(&'static str);
+
+impl EncodeLabelSet for ReasonLabel {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("reason", self.0).encode(encoder.encode_label())
+    }
+}
+
 impl EncodeLabelSet for ResultLabel {
     fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
@@ -200,6 +223,14 @@ const UTILIZATION: Help = (
 );
 const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracked now");
 const RELOADS: Help = ("sluice_config_reloads", "Config reloads by result");
+const BUFFERED_BYTES: Help = (
+    "sluice_buffered_bytes",
+    "Request and response body bytes buffered now (bounded by server.max_buffered_bytes)",
+);
+const CONNECTIONS_REFUSED: Help = (
+    "sluice_connections_refused",
+    "Client connections closed at accept, by reason (per_ip: server.max_connections_per_ip)",
+);
 const STORE_ERRORS: Help = (
     "sluice_store_errors",
     "Redis calls that failed or timed out",
@@ -233,6 +264,9 @@ pub(crate) struct Metrics {
     rate_limit_keys: Family<LimitLabels, Gauge>,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
+    buffered_bytes: Gauge,
+    /// `sluice_connections_refused_total{reason="per_ip"}`.
+    refused_per_ip: Counter,
     tls_handshake_failures: Counter,
     /// `sluice_requests_total{route="",outcome="no_route"}`, created once: unmatched requests
     /// only increment it.
@@ -296,6 +330,10 @@ impl Metrics {
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let reloads = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
+        let buffered_bytes = register(&mut r, BUFFERED_BYTES, Gauge::default());
+        let refused: Family<ReasonLabel, Counter> =
+            register(&mut r, CONNECTIONS_REFUSED, Family::default());
+        let refused_per_ip = refused.get_or_create(&ReasonLabel("per_ip")).clone();
         let tls_handshake_failures = register(&mut r, TLS_HANDSHAKE_FAILURES, Counter::default());
         let registry = r;
         let no_route_requests = requests
@@ -325,6 +363,8 @@ impl Metrics {
             rate_limit_keys,
             reloads,
             store_errors,
+            buffered_bytes,
+            refused_per_ip,
             tls_handshake_failures,
         }
     }
@@ -407,6 +447,18 @@ impl Metrics {
     /// Sets a cap's queue depth gauge (read at scrape time).
     pub(crate) fn set_queue_depth(&self, scope: &Scope, depth: usize) {
         self.queue_depth.get_or_create(scope).set(depth as i64);
+    }
+
+    /// Sets the buffered-bytes gauge (read at scrape time).
+    pub(crate) fn set_buffered_bytes(&self, bytes: u64) {
+        self.buffered_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a connection closed at accept because its address had
+    /// `server.max_connections_per_ip` open already.
+    pub(crate) fn refused_per_ip(&self) {
+        self.refused_per_ip.inc();
     }
 
     /// Sets an upstream's utilisation gauge (read at scrape time).

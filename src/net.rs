@@ -7,7 +7,9 @@
 
 pub(crate) mod http;
 pub(crate) mod idle;
+pub(crate) mod io;
 pub(crate) mod listener;
+pub(crate) mod per_ip;
 pub(crate) mod server;
 pub(crate) mod tls;
 

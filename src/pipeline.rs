@@ -3,14 +3,17 @@
 //! 1. **route**: the first matching route, or 404 `no-route`;
 //! 2. **rate limits** ([`rate`]): every limit of the route must admit the request (never
 //!    waits), or 429;
-//! 3. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
+//! 3. **body** ([`body`]): the client's body is read (up to `request_buffer`) before the request
+//!    may wait for a slot, or 413/408/400;
+//! 4. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
 //!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
-//! 4. **forward**: the upstream's response streams back carrying the slots, or 502/504.
+//! 5. **forward**: the upstream's response streams back carrying the slots, or 502/504.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
 //! stage only counts and logs what it would have rejected, and lets the request go on.
 
+mod body;
 mod caps;
 mod rate;
 
@@ -20,11 +23,12 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::body::{Drain, ProxyBody};
 use crate::config::Mode;
 use crate::limit::Slots;
 use crate::metrics::Outcome;
 use crate::net::Origin;
+use crate::proxy::body::UpstreamBody;
 use crate::proxy::forward;
 use crate::rescue::{self, Rejection};
 use crate::router::Target;
@@ -105,18 +109,37 @@ async fn admit_and_forward(
     fields: &mut Fields,
 ) -> Result<Response<ProxyBody>, Rejection> {
     rate::check(rt, route, origin, req.headers(), fields).await?;
+    let (parts, body) = req.into_parts();
+    let body = body::read(rt, body).await?;
     let slots = caps::admit(route).await?;
-    forward(route, origin, req, slots).await
+    let drain = Drain::new(
+        rt.config.server.client.response_buffer.0,
+        rt.config.server.client.send_timeout,
+        rt.budget.clone(),
+    );
+    forward(
+        route,
+        origin,
+        Request::from_parts(parts, body),
+        slots,
+        drain,
+    )
+    .await
 }
 
 /// Sends the request upstream; the response body carries `slots` until it ends.
 async fn forward(
     route: &Route,
     origin: Origin,
-    mut req: Request<Incoming>,
+    mut req: Request<UpstreamBody>,
     slots: Slots,
+    drain: Drain,
 ) -> Result<Response<ProxyBody>, Rejection> {
     forward::request(&mut req, origin);
+    let fault = match req.body() {
+        UpstreamBody::Client(body) => body.fault(),
+        UpstreamBody::Empty => None,
+    };
     let sent = Instant::now();
     // Boxed: the upstream exchange is by far the largest part of this future, and hyper moves
     // the service future around; boxing it here keeps rejections (which never get this far)
@@ -129,9 +152,16 @@ async fn forward(
     match result {
         Ok((mut res, conn)) => {
             forward::response(&mut res);
-            Ok(res.map(|body| ProxyBody::upstream(body, Some(slots), conn)))
+            let (parts, body) = res.into_parts();
+            let body = ProxyBody::upstream(body, slots, conn, drain).await;
+            Ok(Response::from_parts(parts, body))
         }
         Err(err) => {
+            // A streamed body that broke a rule (or the client's framing) broke the exchange:
+            // the client's fault, answered as such and not logged as an upstream failure.
+            if let Some(fault) = fault.and_then(|f| f.get()) {
+                return Err(Rejection::from(fault));
+            }
             route.upstream.warn_failure(&err);
             Err(Rejection::from(&err))
         }

@@ -23,9 +23,11 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::config::ByteSize;
 use crate::limit::headers::{retry_after_secs, RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Rejected;
 use crate::metrics::Outcome;
+use crate::proxy::body::BodyFault;
 use crate::proxy::UpstreamError;
 
 /// Why sluice answered a request itself instead of forwarding it. Indices refer to the route's
@@ -61,6 +63,19 @@ pub(crate) enum Rejection {
     UpstreamBroken,
     /// The upstream did not answer within its `timeout`: 504 `upstream-timeout`.
     UpstreamTimeout,
+    /// The request is malformed: 400 `bad-request`.
+    BadRequest(BadRequest),
+    /// The body is larger than `max_request_body`: 413 `body-too-large`.
+    BodyTooLarge,
+    /// The body did not arrive within `request_body_timeout`: 408 `body-timeout`.
+    BodyTimeout,
+}
+
+/// What was malformed about a request (the `detail` of its 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadRequest {
+    /// The body's framing (chunked encoding) is broken, or the client left mid-body.
+    MalformedBody,
 }
 
 /// Whose concurrency cap refused a request.
@@ -96,6 +111,9 @@ impl Rejection {
             Rejection::Capacity { rejected, .. } => rejected.reason(),
             Rejection::UpstreamUnreachable | Rejection::UpstreamBroken => "upstream-unavailable",
             Rejection::UpstreamTimeout => "upstream-timeout",
+            Rejection::BadRequest(_) => "bad-request",
+            Rejection::BodyTooLarge => "body-too-large",
+            Rejection::BodyTimeout => "body-timeout",
         }
     }
 
@@ -112,6 +130,19 @@ impl Rejection {
             },
             Rejection::UpstreamUnreachable | Rejection::UpstreamBroken => Outcome::UpstreamError,
             Rejection::UpstreamTimeout => Outcome::UpstreamTimeout,
+            Rejection::BadRequest(_) => Outcome::BadRequest,
+            Rejection::BodyTooLarge => Outcome::BodyTooLarge,
+            Rejection::BodyTimeout => Outcome::BodyTimeout,
+        }
+    }
+}
+
+impl From<BodyFault> for Rejection {
+    fn from(fault: BodyFault) -> Self {
+        match fault {
+            BodyFault::TooLarge => Rejection::BodyTooLarge,
+            BodyFault::Timeout => Rejection::BodyTimeout,
+            BodyFault::Client => Rejection::BadRequest(BadRequest::MalformedBody),
         }
     }
 }
@@ -162,6 +193,12 @@ pub(crate) struct RouteProblems {
     broken: Bytes,
     /// 504.
     timeout: Bytes,
+    /// 400 for a malformed body.
+    malformed_body: Bytes,
+    /// 413.
+    too_large: Bytes,
+    /// 408.
+    body_timeout: Bytes,
 }
 
 /// What a route's problems are rendered from.
@@ -178,6 +215,10 @@ pub(crate) struct ProblemSource<'a> {
     /// The route's `RateLimit-Policy`, which its 429s carry; `None` when the route sends no
     /// `RateLimit` fields.
     pub policy: Option<HeaderValue>,
+    /// `server.max_request_body`, for the 413's detail.
+    pub max_request_body: ByteSize,
+    /// `server.request_body_timeout`, for the 408's detail.
+    pub request_body_timeout: Duration,
 }
 
 // === impl RouteProblems ===
@@ -219,7 +260,37 @@ impl RouteProblems {
             ))
         };
         let upstream = source.upstream;
+        let client = |status, reason, detail: &str| {
+            Bytes::from(problem_json(
+                ABOUT_BLANK,
+                status,
+                reason,
+                detail,
+                Some(route),
+            ))
+        };
         RouteProblems {
+            malformed_body: client(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "the request body is malformed (broken chunked framing) or ended early",
+            ),
+            too_large: client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                &format!(
+                    "the request body is larger than {} (server.max_request_body)",
+                    source.max_request_body
+                ),
+            ),
+            body_timeout: client(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                &format!(
+                    "the request body did not arrive within {} (server.request_body_timeout)",
+                    humantime::format_duration(source.request_body_timeout)
+                ),
+            ),
             limits,
             route_cap: CapTemplate::new(route, "route", route),
             upstream_cap: CapTemplate::new(route, "upstream", upstream),
@@ -274,6 +345,18 @@ impl RouteProblems {
             Rejection::UpstreamTimeout => problem(
                 StatusCode::GATEWAY_TIMEOUT,
                 ProxyBody::full(self.timeout.clone()),
+            ),
+            Rejection::BadRequest(BadRequest::MalformedBody) => problem(
+                StatusCode::BAD_REQUEST,
+                ProxyBody::full(self.malformed_body.clone()),
+            ),
+            Rejection::BodyTooLarge => problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ProxyBody::full(self.too_large.clone()),
+            ),
+            Rejection::BodyTimeout => problem(
+                StatusCode::REQUEST_TIMEOUT,
+                ProxyBody::full(self.body_timeout.clone()),
             ),
         }
     }

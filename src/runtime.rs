@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::budget::Budget;
 use crate::config::{Config, Mode, Priority, RateLimitConfig, RouteConfig, UpstreamConfig};
 #[cfg(feature = "redis")]
 use crate::limit::global::{GlobalLimit, Store};
@@ -44,6 +45,9 @@ pub struct Runtime {
     pub(crate) http: HttpBuilder,
     /// Process-wide metric families.
     pub(crate) metrics: Arc<Metrics>,
+    /// `server.max_buffered_bytes`: what request and response buffering may hold together.
+    /// Kept by the next runtime while the maximum is unchanged.
+    pub(crate) budget: Arc<Budget>,
     /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
     /// the next runtime while `store.redis.url` is unchanged.
     #[cfg(feature = "redis")]
@@ -141,6 +145,15 @@ impl Runtime {
                 None => keys,
             },
             http: http_builder(&config.server),
+            budget: match previous {
+                Some(p)
+                    if p.config.server.client.max_buffered_bytes
+                        == config.server.client.max_buffered_bytes =>
+                {
+                    p.budget.clone()
+                }
+                _ => Budget::new(config.server.client.max_buffered_bytes.0),
+            },
             metrics,
             #[cfg(feature = "redis")]
             store: carry.store,
@@ -172,6 +185,7 @@ impl Runtime {
     /// called when `/metrics` is scraped.
     pub(crate) fn refresh_gauges(&self) {
         self.metrics.clear_limiter_gauges();
+        self.metrics.set_buffered_bytes(self.budget.used());
         for route in &self.routes {
             if let Some(cap) = &route.concurrency {
                 self.metrics
@@ -335,6 +349,8 @@ impl<'a> Carry<'a> {
                 .map(|l| (l.name.clone(), format!("{}, burst {}", l.rate, l.burst)))
                 .collect(),
             policy: policy.clone(),
+            max_request_body: config.server.client.max_request_body,
+            request_body_timeout: config.server.client.request_body_timeout,
         });
         Route {
             metrics: metrics.route(&r.name),
@@ -418,7 +434,7 @@ mod tests {
         let rt = Runtime::build(config, None, Arc::new(Metrics::new()));
         let upstream = &rt.upstreams[0];
         let (res, conn) = upstream
-            .send_upstream(get())
+            .send(get())
             .await
             .expect("the test upstream answers");
         assert_eq!(text(res).await, "ok");

@@ -220,7 +220,7 @@ const RSS_LIMIT_KIB: u64 = 128 * 1024;
 /// response head) on two workers.
 fn streaming_proxy(upstream: SocketAddr) -> (Sluice, ConfigFile) {
     let config = ConfigFile::new(&format!(
-        "server:\n  listen: 127.0.0.1:0\n  workers: 2\nupstreams:\n  a:\n    endpoints: [http://{upstream}]\n    timeout: 600s\nroutes:\n  - name: r\n    upstream: a\n"
+        "server:\n  listen: 127.0.0.1:0\n  workers: 2\n  max_request_body: 1GiB\nupstreams:\n  a:\n    endpoints: [http://{upstream}]\n    timeout: 600s\nroutes:\n  - name: r\n    upstream: a\n"
     ));
     (run(&config), config)
 }

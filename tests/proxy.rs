@@ -340,7 +340,11 @@ async fn large_bodies_stream_both_ways() {
         }
     })
     .await;
-    let proxy = start_proxy(&one_route(&up.endpoint(), "")).await;
+    let yaml = one_route(&up.endpoint(), "").replace(
+        "  listen: 127.0.0.1:0\n",
+        "  listen: 127.0.0.1:0\n  max_request_body: 64MiB\n",
+    );
+    let proxy = start_proxy(&yaml).await;
     let cl = client();
     let got = send(
         &cl,

@@ -145,14 +145,20 @@ impl KeyExtractor {
     }
 
     fn ip_key(&self, ip: IpAddr) -> LimitKey {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => LimitKey::Ip(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => LimitKey::Ip(IpAddr::V6(mask_v6(v6, self.ipv6_prefix))),
-        }
+        LimitKey::Ip(client_group(ip, self.ipv6_prefix))
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The address that stands for a client: IPv4 as is, IPv6 cut to its first `ipv6_prefix`
+/// bits (a client owns a whole prefix, so single addresses would let it multiply itself).
+pub(crate) fn client_group(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, ipv6_prefix)),
     }
 }
 

@@ -16,6 +16,14 @@ use hyper_util::server::conn::auto;
 
 use crate::config::ServerConfig;
 
+/// HTTP/2 flow-control window of one stream: what a client may send on it before sluice reads
+/// (Envoy's default is 256 KiB too).
+const H2_STREAM_WINDOW: u32 = 256 << 10;
+/// HTTP/2 flow-control window of one connection, all streams together: the most unread body one
+/// connection can make sluice hold. Buffered bodies beyond it are counted in
+/// `max_buffered_bytes`.
+const H2_CONNECTION_WINDOW: u32 = 1 << 20;
+
 /// The HTTP settings of one config version, shared by the connections accepted under it.
 pub(crate) type HttpBuilder = Arc<Http>;
 
@@ -70,18 +78,29 @@ impl Protocol {
 
 /// Builds the HTTP/1.1 + HTTP/2 server settings from `server:`.
 pub(crate) fn http_builder(server: &ServerConfig) -> HttpBuilder {
+    let limits = &server.client;
+    let head = limits.max_header_bytes.get();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         // Slowloris: a client that dribbles its request head is cut after this.
         .header_read_timeout(server.header_read_timeout)
+        // hyper answers 431 when a request head does not fit its read buffer.
+        .max_buf_size(head)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         // Advertised in SETTINGS; streams beyond it are refused by h2, not queued by sluice.
-        .max_concurrent_streams(server.max_concurrent_streams);
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        // What one connection can make sluice hold of body bytes it has not read: at most
+        // H2_CONNECTION_WINDOW, whatever its streams do (hyper's default is 1 MiB per stream
+        // with an adaptive connection window that grows).
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .adaptive_window(false);
     Arc::new(Http {
         http1: builder.clone().http1_only(),
         http2: builder.clone().http2_only(),

@@ -16,10 +16,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 use super::http::{HttpBuilder, Protocol};
+use super::io::SendTimeout;
+use super::per_ip::{IpSlot, PerIp};
 use super::server;
 use super::tls::Acceptor;
+use crate::limit::key::client_group;
 use crate::net::Origin;
-use crate::runtime::Shared;
+use crate::runtime::{Runtime, Shared};
 use crate::shutdown::ShutdownWatch;
 
 /// A bound listener, not yet accepting.
@@ -29,6 +32,9 @@ pub(crate) struct Listener {
     /// Bounds open connections: beyond it, new ones wait in the kernel's accept backlog.
     /// Shared by the plain and the TLS listener.
     connections: Arc<Semaphore>,
+    /// Open connections per client address (`server.max_connections_per_ip`); shared by the
+    /// plain and the TLS listener, like `connections`.
+    per_ip: Arc<PerIp>,
     /// `Some` on the TLS listener: the certificate it started with. Each connection uses the
     /// current runtime's certificate (so a reload applies to new handshakes); this one is only
     /// used if a reload removed `server.tls` (which needs a restart to take effect).
@@ -61,6 +67,7 @@ impl Listener {
         Ok(Listener {
             tcp,
             connections: Arc::new(Semaphore::new(max_connections)),
+            per_ip: Arc::default(),
             tls: None,
         })
     }
@@ -79,6 +86,7 @@ impl Listener {
         Ok(Listener {
             tcp,
             connections: beside.connections.clone(),
+            per_ip: beside.per_ip.clone(),
             tls: Some(acceptor),
         })
     }
@@ -104,6 +112,14 @@ impl Listener {
             // HTTP settings and the certificate come from the current runtime, so a reload
             // applies to new connections and leaves established ones as they are.
             let runtime = shared.runtime();
+            let ip_slot = match self.per_ip_slot(&runtime, peer) {
+                Ok(slot) => slot,
+                Err(()) => {
+                    runtime.metrics.refused_per_ip();
+                    tracing::debug!(%peer, "max_connections_per_ip reached; closing at accept");
+                    continue;
+                }
+            };
             let tls = self.tls.as_ref().map(|started_with| {
                 let current = runtime.config.server.tls.as_ref();
                 current.map_or(started_with, |t| &t.acceptor).acceptor()
@@ -112,9 +128,11 @@ impl Listener {
                 tcp,
                 peer,
                 _permit: permit,
+                _ip_slot: ip_slot,
                 tls,
                 builder: runtime.http.clone(),
                 header_read_timeout: runtime.config.server.header_read_timeout,
+                send_timeout: runtime.config.server.client.send_timeout,
                 shared: shared.clone(),
                 watcher: graceful.watcher(),
                 stopping: shutdown.clone(),
@@ -129,6 +147,18 @@ impl Listener {
         {
             tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace expired; closing connections with requests in flight");
         }
+    }
+
+    /// The per-address slot of a connection from `peer`: `Ok(None)` without a per-IP cap,
+    /// `Err` when its address has the cap's worth open (the connection is then closed).
+    fn per_ip_slot(&self, runtime: &Runtime, peer: SocketAddr) -> Result<Option<IpSlot>, ()> {
+        let server = &runtime.config.server;
+        let cap = server.client.max_connections_per_ip;
+        if cap == 0 {
+            return Ok(None);
+        }
+        let client = client_group(peer.ip(), server.ipv6_key_prefix);
+        self.per_ip.enter(client, cap).map(Some).ok_or(())
     }
 
     /// The next connection, with its slot of the connection cap; `None` once shutdown fires.
@@ -162,10 +192,13 @@ struct Accepted {
     peer: SocketAddr,
     /// Its slot of `max_connections`, held until the connection closes.
     _permit: OwnedSemaphorePermit,
+    /// Its address's count of `max_connections_per_ip`, when that is set.
+    _ip_slot: Option<IpSlot>,
     /// The TLS listener's handshake driver; `None` on the plain listener.
     tls: Option<tokio_rustls::TlsAcceptor>,
     builder: HttpBuilder,
     header_read_timeout: Duration,
+    send_timeout: Duration,
     shared: Arc<Shared>,
     watcher: Watcher,
     /// Shutdown need not wait for a connection that has not sent a request yet.
@@ -194,7 +227,7 @@ impl Accepted {
                 let maybe_h2 = first == b'P';
                 let (shared, builder) = (self.shared, self.builder);
                 server::serve(
-                    tcp,
+                    SendTimeout::new(tcp, self.send_timeout),
                     origin,
                     Protocol::Detect,
                     maybe_h2,
@@ -218,7 +251,7 @@ impl Accepted {
                 let maybe_h2 = protocol != Protocol::Http1;
                 let (shared, builder) = (self.shared, self.builder);
                 server::serve(
-                    tls,
+                    SendTimeout::new(tls, self.send_timeout),
                     origin,
                     protocol,
                     maybe_h2,

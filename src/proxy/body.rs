@@ -1,46 +1,254 @@
-//! The body of every request sent upstream: the client's body, streamed.
+//! The body of every request sent upstream.
+//!
+//! The pipeline's body stage reads a client's body before the request waits for a slot (see
+//! `pipeline/body.rs`): a body of up to `server.request_buffer` is read whole, so a slow upload
+//! costs a connection, not upstream capacity; a longer one has its first bytes read ahead and
+//! the rest streams, each pause bounded by `server.request_body_timeout` and the whole by
+//! `server.max_request_body`. A streamed body that breaks one of those rules fails the upstream
+//! exchange and records why in its [`Fault`], so the pipeline answers the client's fault (400,
+//! 408, 413), not an upstream error.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::budget::Reservation;
 
 /// The body of every request sent upstream.
 #[derive(Debug)]
 pub(crate) enum UpstreamBody {
-    /// No body (GET, or a body that is already known to be empty).
+    /// No body.
     Empty,
-    /// The client's body, streamed.
-    Stream(Incoming),
+    /// The client's body: read ahead, then (if longer) streamed.
+    Client(ClientBody),
+}
+
+/// A client's body as sluice forwards it.
+#[derive(Debug)]
+pub(crate) struct ClientBody {
+    /// Bytes read ahead, sent first.
+    ahead: VecDeque<Bytes>,
+    /// The budget the bytes ahead take; shrinks as they are sent.
+    held: Option<Reservation>,
+    /// The rest of the body, still with the client; `None` when it was read whole.
+    rest: Option<Rest>,
+}
+
+/// The part of a body that streams from the client.
+#[derive(Debug)]
+pub(crate) struct Rest {
+    incoming: Incoming,
+    /// Bytes that may still come before the body exceeds `max_request_body`.
+    left: u64,
+    /// `request_body_timeout`: the longest pause allowed.
+    pause: Duration,
+    /// Armed while the client sends nothing; reset in place, never re-boxed.
+    timer: Pin<Box<Sleep>>,
+    /// Whether `timer` runs for the current pause.
+    armed: bool,
+    /// Where a broken rule is recorded for the pipeline.
+    fault: Arc<Fault>,
+}
+
+/// Why a streamed body failed, shared with the pipeline: the upstream exchange only says that
+/// the body broke.
+#[derive(Debug, Default)]
+pub(crate) struct Fault(AtomicU8);
+
+/// The rules a streamed body can break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFault {
+    /// More than `max_request_body` bytes.
+    TooLarge,
+    /// A pause longer than `request_body_timeout`.
+    Timeout,
+    /// The client's framing was malformed, or it went away mid-body.
+    Client,
+}
+
+/// The error a [`ClientBody`] fails with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    /// A rule of sluice's was broken.
+    #[error("request body: {0:?}")]
+    Rule(BodyFault),
+    /// Reading from the client failed.
+    #[error("request body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+// === impl ClientBody ===
+
+impl ClientBody {
+    /// A body read whole.
+    pub(crate) fn whole(chunks: VecDeque<Bytes>, held: Option<Reservation>) -> Self {
+        ClientBody {
+            ahead: chunks,
+            held,
+            rest: None,
+        }
+    }
+
+    /// A body whose first `ahead` chunks were read; the rest streams from `incoming`, at most
+    /// `left` more bytes, pauses of at most `pause`.
+    pub(crate) fn streamed(
+        ahead: VecDeque<Bytes>,
+        held: Option<Reservation>,
+        incoming: Incoming,
+        left: u64,
+        pause: Duration,
+    ) -> Self {
+        ClientBody {
+            ahead,
+            held,
+            rest: Some(Rest {
+                incoming,
+                left,
+                pause,
+                timer: Box::pin(tokio::time::sleep(pause)),
+                armed: false,
+                fault: Arc::default(),
+            }),
+        }
+    }
+
+    /// Where a streamed body records why it failed; `None` for a body read whole.
+    pub(crate) fn fault(&self) -> Option<Arc<Fault>> {
+        self.rest.as_ref().map(|rest| rest.fault.clone())
+    }
+}
+
+// === impl Rest ===
+
+impl Rest {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.armed = false;
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match self.left.checked_sub(len) {
+                    Some(left) => {
+                        self.left = left;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    None => Poll::Ready(Some(Err(self.fault.record(BodyFault::TooLarge)))),
+                }
+            }
+            Poll::Ready(Some(Err(err))) => {
+                self.fault.set(BodyFault::Client);
+                Poll::Ready(Some(Err(BodyError::Client(err))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if !self.armed {
+                    self.armed = true;
+                    self.timer.as_mut().reset(Instant::now() + self.pause);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(self.fault.record(BodyFault::Timeout))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+// === impl Fault ===
+
+impl Fault {
+    /// The rule broken, if any.
+    pub(crate) fn get(&self) -> Option<BodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(BodyFault::TooLarge),
+            2 => Some(BodyFault::Timeout),
+            3 => Some(BodyFault::Client),
+            _ => None,
+        }
+    }
+
+    fn set(&self, fault: BodyFault) {
+        let code = match fault {
+            BodyFault::TooLarge => 1,
+            BodyFault::Timeout => 2,
+            BodyFault::Client => 3,
+        };
+        self.0.store(code, Ordering::Release);
+    }
+
+    fn record(&self, fault: BodyFault) -> BodyError {
+        self.set(fault);
+        BodyError::Rule(fault)
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Stream(body) => Pin::new(body).poll_frame(cx),
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let UpstreamBody::Client(body) = self.get_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(chunk) = body.ahead.pop_front() {
+            if let Some(held) = &mut body.held {
+                held.shrink(chunk.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match &mut body.rest {
+            Some(rest) => rest.poll_frame(cx),
+            None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Empty => true,
-            UpstreamBody::Stream(body) => body.is_end_stream(),
+            UpstreamBody::Client(body) => {
+                body.ahead.is_empty()
+                    && body
+                        .rest
+                        .as_ref()
+                        .is_none_or(|r| r.incoming.is_end_stream())
+            }
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Stream(body) => body.size_hint(),
+            UpstreamBody::Client(body) => {
+                let ahead: u64 = body.ahead.iter().map(|c| c.len() as u64).sum();
+                match &body.rest {
+                    None => SizeHint::with_exact(ahead),
+                    Some(rest) => {
+                        let more = rest.incoming.size_hint();
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(ahead + more.lower());
+                        if let Some(upper) = more.upper() {
+                            hint.set_upper(ahead + upper);
+                        }
+                        hint
+                    }
+                }
+            }
         }
     }
 }

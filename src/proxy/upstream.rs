@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HOST;
 use http::uri::Uri;
-use http::{Request, Response};
-use http_body::Body as _;
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -157,7 +157,7 @@ impl Upstream {
     /// after `timeout`, [`UpstreamError::Failed`] when the exchange broke.
     pub(crate) async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let (mut parts, body) = req.into_parts();
         // Origin-form on the wire: the Host header (kept from the client) names the site.
@@ -166,23 +166,7 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .map_or_else(|| Uri::from_static("/"), Uri::from);
-        let body = if body.is_end_stream() {
-            UpstreamBody::Empty
-        } else {
-            UpstreamBody::Stream(body)
-        };
-        self.send_upstream(Request::from_parts(parts, body)).await
-    }
-
-    /// [`Upstream::send`] once the request is in its upstream form; tests start here, since a
-    /// client's body (`Incoming`) can only come from a real server connection.
-    ///
-    /// # Errors
-    /// As [`Upstream::send`].
-    pub(crate) async fn send_upstream(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+        let req = Request::from_parts(parts, body);
         match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
@@ -194,7 +178,7 @@ impl Upstream {
 
     async fn send_with_retry(
         &self,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
         let tries = self.endpoints.len();
         let first = self.pick();
@@ -218,6 +202,12 @@ impl Upstream {
                 }
             };
             endpoint.down_until_ms.store(0, Ordering::Relaxed);
+            if !req.headers().contains_key(HOST) {
+                // HTTP/1.0 may omit Host; an HTTP/1.1 upstream needs one: name the endpoint.
+                if let Ok(host) = HeaderValue::from_str(endpoint.pool.authority.as_str()) {
+                    req.headers_mut().insert(HOST, host);
+                }
+            }
             match conn.sender.try_send_request(req).await {
                 Ok(res) => return Ok((res, conn)),
                 Err(mut err) => match err.take_message() {

@@ -28,6 +28,8 @@ fn problems() -> RouteProblems {
         upstream_timeout: Duration::from_secs(30),
         limits: vec![(Arc::from("per-client"), "100/s, burst 200".to_owned())],
         policy: Some(HeaderValue::from_static("\"per-client\";q=200;w=2")),
+        max_request_body: ByteSize(16 << 20),
+        request_body_timeout: Duration::from_secs(30),
     })
 }
 

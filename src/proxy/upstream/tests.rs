@@ -23,7 +23,7 @@ fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
 /// One `GET /` through `upstream`, body read whole; the connection is not released yet.
 async fn exchange(upstream: &Upstream) -> Conn {
     let (res, conn) = upstream
-        .send_upstream(get())
+        .send(get())
         .await
         .expect("the test upstream answers");
     assert_eq!(res.status(), http::StatusCode::OK);
@@ -53,7 +53,7 @@ async fn request_given_back_by_a_closing_connection_is_sent_on_a_fresh_one() {
     upstream.endpoints[0].pool.put(sender);
     assert_eq!(upstream.idle(), 1);
 
-    let mut send = pin!(upstream.send_upstream(get()));
+    let mut send = pin!(upstream.send(get()));
     assert!(
         poll_once(send.as_mut()).is_pending(),
         "the request waits on the stale connection"
