@@ -169,6 +169,51 @@ fn run_serves_and_exits_0_on_sigterm() {
     assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
 }
 
+/// Pins the bounds: a config with every number and duration at the largest value `check`
+/// accepts runs and serves (before, `max_connections: 9223372036854775807` aborted `run` on a
+/// semaphore assertion, and a huge `header_read_timeout` on hyper's timer).
+#[test]
+fn largest_accepted_values_run_and_serve() {
+    let config = ConfigFile::new(
+        "server:
+  listen: 127.0.0.1:0
+  max_connections: 10000000
+  header_read_timeout: 24h
+  shutdown_grace: 24h
+  max_concurrent_streams: 4294967295
+  ipv6_key_prefix: 128
+  max_header_bytes: 1GiB
+  max_request_body: 1GiB
+  request_buffer: 1GiB
+  request_body_timeout: 24h
+  response_buffer: 1GiB
+  send_timeout: 24h
+  max_buffered_bytes: 1GiB
+  max_connections_per_ip: 10000000
+upstreams:
+  a:
+    endpoints: [http://127.0.0.1:1]
+    connect_timeout: 24h
+    timeout: 24h
+    concurrency: {max_inflight: 10000000, queue: 10000000, queue_timeout: 24h}
+routes:
+  - name: r
+    match: { path_prefix: /only }
+    upstream: a
+    concurrency: {max_inflight: 10000000, queue: 10000000, queue_timeout: 24h}
+    rate_limits:
+      - {key: client_ip, rate: 1000000000/s, burst: 4294967295}
+",
+    );
+    let checked = finish(bin::command().args(["check", "-c"]).arg(&config.path));
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    let mut sluice = run(&config);
+    let got = http_get(sluice.http, "/nothing");
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
+}
+
 /// `sluice demo` starts its sample upstream and the proxy, prints the commands (with the
 /// proxy's address), and the demo shows 200 and then 429 once the per-client burst is spent.
 #[test]
