@@ -119,13 +119,14 @@ async fn zero_window_http2_client_holds_no_slot() {
     proxy.stop().await;
 }
 
-/// Pins the second attack: HTTP/1 clients with a 4 KiB receive buffer asking for a response and
-/// never reading held the upstream's slots for as long as they liked. A response that fits
-/// `response_buffer` is taken off the upstream at once.
+/// Pins the second attack: 4 HTTP/1 clients with a 4 KiB receive buffer asking for 8 MB and
+/// never reading held the upstream's slots for as long as they liked (the kernel's buffers hold
+/// far less than 8 MB). A response that fits `response_buffer` is taken off the upstream at once.
 #[tokio::test]
 async fn clients_that_never_read_hold_no_slot() {
-    let up = sized_upstream(512 << 10).await;
-    let proxy = start_proxy(&capped(&up.endpoint(), "", 4)).await;
+    let up = sized_upstream(8 << 20).await;
+    let server = "  response_buffer: 16MiB\n";
+    let proxy = start_proxy(&capped(&up.endpoint(), server, 4)).await;
     let mut attackers = Vec::new();
     for _ in 0..4 {
         let tcp = never_reading(proxy.addr, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -296,8 +297,9 @@ async fn oversized_head_gets_431() {
     let proxy = start_proxy(&capped(&up.endpoint(), "", 4)).await;
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let mut request = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
-    for i in 0..380 {
-        request.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "f".repeat(1000)).as_bytes());
+    // 38 fields of 10 KB: few enough fields for any parser, 380 KB in all.
+    for i in 0..38 {
+        request.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "f".repeat(10_000)).as_bytes());
     }
     request.extend_from_slice(b"\r\n");
     // Written in the background: sluice may answer and close before it has read it all.
