@@ -5,7 +5,9 @@
 //!    waits), or 429;
 //! 3. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
 //!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
-//! 4. **forward**: the upstream's response streams back carrying the slots, or 502/504.
+//! 4. **forward**: the upstream's response streams back carrying the slots, or 502/504. The
+//!    time the upstream took to answer (or that it did not) is handed to the slots' caps, which
+//!    an adaptive cap learns from.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
@@ -16,13 +18,13 @@ mod rate;
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::config::Mode;
-use crate::limit::Slots;
+use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
 use crate::net::Origin;
 use crate::proxy::forward;
@@ -114,7 +116,7 @@ async fn forward(
     route: &Route,
     origin: Origin,
     mut req: Request<Incoming>,
-    slots: Slots,
+    mut slots: Slots,
 ) -> Result<Response<ProxyBody>, Rejection> {
     forward::request(&mut req, origin);
     let sent = Instant::now();
@@ -122,10 +124,13 @@ async fn forward(
     // the service future around; boxing it here keeps rejections (which never get this far)
     // small and cheap to move.
     let result = Box::pin(route.upstream.send(req)).await;
-    route
-        .metrics
-        .upstream_duration
-        .observe(sent.elapsed().as_secs_f64());
+    let took = sent.elapsed();
+    route.metrics.upstream_duration.observe(took.as_secs_f64());
+    slots.record(match &result {
+        // A 503 is the upstream saying it is overloaded: a drop, like a timeout.
+        Ok((res, _)) if res.status() != StatusCode::SERVICE_UNAVAILABLE => Sample::Answered(took),
+        _ => Sample::Dropped,
+    });
     match result {
         Ok((mut res, conn)) => {
             forward::response(&mut res);
