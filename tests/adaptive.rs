@@ -35,8 +35,11 @@ fn ms(d: Duration) -> f64 {
 struct Seen {
     /// The cap in force: 10th percentile, median and 90th percentile of the samples.
     cap: (usize, usize, usize),
-    /// The 90th percentile of admitted requests' latency (queueing at sluice included), ms.
-    p90_ms: f64,
+    /// The 90th percentile of admitted requests' latency (queueing at sluice included), ms, per
+    /// half second.
+    p90_ms: Vec<f64>,
+    /// The most a timer of the test process was late, ms, per half second.
+    late_ms: Vec<f64>,
     /// Admitted requests per second.
     rate: f64,
 }
@@ -44,30 +47,50 @@ struct Seen {
 /// The phase `from..to` of `trace`, printed for the log.
 fn seen(trace: &Trace, name: &str, from: Duration, to: Duration) -> Seen {
     let caps = trace.caps_in(from, to);
-    let latencies = trace.latencies_in(from, to);
     let q = |q| quantile(&caps, q).unwrap_or(0);
     let seen = Seen {
         cap: (q(0.1), q(0.5), q(0.9)),
-        p90_ms: quantile(&latencies, 0.9).map_or(f64::INFINITY, ms),
-        rate: latencies.len() as f64 / (to - from).as_secs_f64(),
+        p90_ms: trace
+            .p90s(from, to, Duration::from_millis(500))
+            .into_iter()
+            .map(ms)
+            .collect(),
+        late_ms: (0..)
+            .map(|i| from + Duration::from_millis(500) * i)
+            .take_while(|&t| t + Duration::from_millis(500) <= to)
+            .map(|t| ms(trace.lateness_in(t, t + Duration::from_millis(500))))
+            .collect(),
+        rate: trace.latencies_in(from, to).len() as f64 / (to - from).as_secs_f64(),
     };
     eprintln!("{name}: {seen:?}");
     seen
 }
 
-/// Checks a settled phase against an upstream of `k` workers: the cap's median in
-/// `k - 1..=2k + 2`, its 10th percentile at least `k / 2` and its 90th at most `2k + 2`;
-/// admitted p90 within `service_times` service times; at least 40% of the upstream's capacity
-/// admitted (a cap pinned at `min_inflight` would admit 2 / k of it).
-fn check(seen: &Seen, k: usize, service_times: f64) {
+/// Checks a settled phase against an upstream of `k` workers:
+///
+/// - the cap's median in `k - 1..=2k + 2`, its 10th percentile at least `k / 2` and its 90th
+///   at most `2k + 4`;
+/// - admitted p90 within 4 service times, plus twice what the test process itself was late
+///   (a request passes through the client, sluice and the upstream, all in this process: when
+///   the shared machine starves it of CPU, every hop is late by about as much, whatever the
+///   cap does), in at least two thirds of the half seconds;
+/// - at least 40% of the upstream's capacity admitted (a cap pinned at `min_inflight` would
+///   admit 2 / k of it).
+fn check(seen: &Seen, k: usize) {
     let (p10, p50, p90) = seen.cap;
     assert!(
-        p10 >= k / 2 && (k - 1..=2 * k + 2).contains(&p50) && p90 <= 2 * k + 2,
+        p10 >= k / 2 && (k - 1..=2 * k + 2).contains(&p50) && p90 <= 2 * k + 4,
         "K = {k}: {seen:?}"
     );
+    let within = seen
+        .p90_ms
+        .iter()
+        .zip(&seen.late_ms)
+        .filter(|&(&p90, &late)| p90 <= 4.0 * ms(SERVICE) + 2.0 * late)
+        .count();
     assert!(
-        seen.p90_ms <= service_times * ms(SERVICE),
-        "K = {k}: admitted p90 above {service_times} service times: {seen:?}"
+        !seen.p90_ms.is_empty() && within * 3 >= seen.p90_ms.len() * 2,
+        "K = {k}: admitted p90 above 4 service times (+ 2 × lateness) too often: {seen:?}"
     );
     let capacity = k as f64 / SERVICE.as_secs_f64();
     assert!(
@@ -85,12 +108,16 @@ fn check(seen: &Seen, k: usize, service_times: f64) {
 /// around it by a growth step (√cap) and a halved excess; on this machine, in a debug build,
 /// the measured no-load latency is a few ms above 20 ms, which moves it up by 1 or 2. The test
 /// allows the median K − 1 ..= 2K + 2 (below K the upstream would idle, above 2K its latency
-/// would double) with room for a loaded 2-core machine, where scheduling delays read as latency.
+/// would double), and 80% of the samples within K / 2 ..= 2K + 4: room for a loaded 2-core
+/// machine, where scheduling delays read as latency (typically the samples stay within ±2).
 ///
 /// Latency: an admitted request takes the upstream's time (≈ 1.2–1.5 service times) plus its
 /// wait in sluice's queue of 2 (2 answers of the upstream: 5 ms at K = 8, 20 ms at K = 2);
-/// typically 2–2.5 service times at K = 8 and 3.5 at K = 2. The bounds, 5 and 8, leave room
-/// for a loaded machine. The cap must follow the drop within 3 s (typically 0.4 s).
+/// typically 2–2.5 service times at K = 8 and 3.5 at K = 2 at the 90th percentile, where a
+/// fixed cap of 8 would give 5.5–7 at K = 2. The bound is 4, per half second, allowing for
+/// the test machine's stalls (see [`check`]).
+///
+/// The cap must be at most 6 within 3 s of the drop (typically 0.4–0.8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_settles_near_the_upstreams_capacity_and_follows_it() {
     let workers = Workers::start(8, SERVICE).await;
@@ -124,19 +151,16 @@ async fn the_cap_settles_near_the_upstreams_capacity_and_follows_it() {
     eprintln!(
         "{} admitted, {} rejected, {} errors; the upstream held {} at most",
         trace.admitted.len(),
-        trace.rejected,
+        trace.rejected.len(),
         trace.errors,
         workers.peak_inside()
     );
     assert_eq!(trace.errors, 0, "only 200s and 503s");
+    eprintln!("{:?}", proxy.shared.runtime().upstream_cap("api"));
     let switch = trace.phase_starts[1];
 
     // K = 8, after 2 s of learning (a probe, then growth from 2).
-    check(
-        &seen(&trace, "K = 8", Duration::from_secs(2), switch),
-        8,
-        5.0,
-    );
+    check(&seen(&trace, "K = 8", Duration::from_secs(2), switch), 8);
     // K = 2: the cap follows within seconds, then settles.
     let followed = trace
         .first_at_most(switch, 2 * 2 + 2)
@@ -146,7 +170,7 @@ async fn the_cap_settles_near_the_upstreams_capacity_and_follows_it() {
     assert!(followed <= Duration::from_secs(3), "took {followed:?}");
     let settled = switch + Duration::from_secs(3);
     let end = switch + phases[1].length;
-    check(&seen(&trace, "K = 2", settled, end), 2, 8.0);
+    check(&seen(&trace, "K = 2", settled, end), 2);
     proxy.stop().await;
 }
 

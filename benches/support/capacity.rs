@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the cap in force is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// How often the stall monitor's timer is set.
+pub const MONITOR_EVERY: Duration = Duration::from_millis(5);
 
 /// An upstream of `k` workers: each request takes a worker for `service`, in arrival order;
 /// requests beyond `k` wait inside it (a FIFO semaphore), as a thread pool's queue would.
@@ -148,12 +150,16 @@ pub struct Trace {
     /// Every admitted (200) request: when its answer was complete, and how long it took the
     /// client (queueing at sluice included).
     pub admitted: Vec<(Duration, Duration)>,
-    /// 503s.
-    pub rejected: usize,
+    /// When each 503 arrived.
+    pub rejected: Vec<Duration>,
     /// Other statuses, failures and requests over the deadline.
     pub errors: usize,
     /// When each phase began.
     pub phase_starts: Vec<Duration>,
+    /// How late a timer of this process fired, every [`MONITOR_EVERY`]: when the machine gives
+    /// the process too little CPU, everything in it — clients, sluice, the upstream — is late
+    /// by about as much, whatever the cap does.
+    pub lateness: Vec<(Duration, Duration)>,
 }
 
 /// Runs `phases` against `workers` through the proxy at `url` with `load`, sampling the cap in
@@ -179,6 +185,16 @@ pub async fn drive(
         })
         .collect();
 
+    let monitor = tokio::spawn(async move {
+        let mut lateness = Vec::new();
+        while Instant::now() < end {
+            let before = Instant::now();
+            tokio::time::sleep(MONITOR_EVERY).await;
+            let late = before.elapsed().saturating_sub(MONITOR_EVERY);
+            lateness.push((before.duration_since(started), late));
+        }
+        lateness
+    });
     let mut phase_starts = Vec::new();
     let mut caps = Vec::new();
     for phase in phases {
@@ -195,6 +211,7 @@ pub async fn drive(
         client.await.expect("client task");
     }
     let mut trace = std::mem::take(&mut *shared.lock().expect("trace lock"));
+    trace.lateness = monitor.await.expect("monitor task");
     trace.caps = caps;
     trace.phase_starts = phase_starts;
     trace
@@ -230,7 +247,7 @@ async fn client_loop(
                     false
                 }
                 Ok(Some(StatusCode::SERVICE_UNAVAILABLE)) => {
-                    t.rejected += 1;
+                    t.rejected.push(done - started);
                     true
                 }
                 _ => {
@@ -268,6 +285,37 @@ impl Trace {
             .collect();
         l.sort_unstable();
         l
+    }
+
+    /// The p90 latency of the requests admitted in each `bucket` of `from..to` (buckets with
+    /// no admitted request are left out).
+    pub fn p90s(&self, from: Duration, to: Duration, bucket: Duration) -> Vec<Duration> {
+        let mut p90s = Vec::new();
+        let mut start = from;
+        while start + bucket <= to {
+            let latencies = self.latencies_in(start, start + bucket);
+            p90s.extend(quantile(&latencies, 0.9));
+            start += bucket;
+        }
+        p90s
+    }
+
+    /// The most a timer of the process was late in `from..to` (see [`Trace::lateness`]).
+    pub fn lateness_in(&self, from: Duration, to: Duration) -> Duration {
+        self.lateness
+            .iter()
+            .filter(|(t, _)| (from..to).contains(t))
+            .map(|&(_, late)| late)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The 503s that arrived in `from..to`.
+    pub fn rejected_in(&self, from: Duration, to: Duration) -> usize {
+        self.rejected
+            .iter()
+            .filter(|t| (from..to).contains(t))
+            .count()
     }
 
     /// The first time at or after `from` at which the cap was at most `cap`.

@@ -578,6 +578,13 @@ fn adaptive_caps_take_bounds_with_defaults() {
     let up = c.upstreams[0].concurrency.unwrap();
     assert_eq!((up.size, up.queue), (adaptive(4, 1_000_000), 8));
     assert_eq!(c.routes[0].concurrency.unwrap().size, adaptive(2, 256));
+    // `/config` shows the file's form, defaults filled in, and loads back to itself.
+    let e = serde_json::to_value(&c).unwrap();
+    let route_cap = &e["routes"][0]["concurrency"];
+    assert_eq!(route_cap["adaptive"]["min_inflight"], 2);
+    assert_eq!(route_cap["adaptive"]["max_inflight"], 256);
+    assert!(route_cap.get("max_inflight").is_none(), "{route_cap}");
+    assert_eq!(serde_json::to_value(load(&e.to_string())).unwrap(), e);
     let c = load(&format!(
         "{BASE}    concurrency: {{adaptive: {{max_inflight: 2}}}}\n"
     ));

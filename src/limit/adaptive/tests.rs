@@ -53,17 +53,17 @@ async fn windows(a: &mut Adaptive, latency: Duration, max: usize) -> usize {
     a.limit()
 }
 
-/// A new cap starts at `min_inflight` and probes: the median of the first 16 answers is the
-/// no-load latency (a stalled answer does not move it), and then the cap tracks, from where it
-/// was: `min_inflight`.
+/// A new cap starts at `min_inflight` and probes: the mean of the fastest 29 of the first 32
+/// answers is the no-load latency (3 stalled answers do not move it), and then the cap tracks,
+/// from where it was: `min_inflight`.
 #[tokio::test(start_paused = true)]
 async fn starts_at_min_inflight_and_learns_no_load_from_a_probe() {
     let mut a = Adaptive::new(bounds(3, 100), Instant::now());
     assert!(a.probing());
     assert_eq!(a.limit(), 3);
-    answers(&mut a, 2, Duration::from_secs(2), 3);
-    answers(&mut a, 7, ms(19), 3);
-    answers(&mut a, 6, ms(21), 3);
+    answers(&mut a, 3, Duration::from_secs(2), 3);
+    answers(&mut a, 14, ms(19), 3);
+    answers(&mut a, 14, ms(21), 3);
     assert!(a.probing(), "one answer short");
     answers(&mut a, 1, ms(20), 3);
     assert!(!a.probing());
@@ -181,6 +181,63 @@ async fn a_window_needs_its_time_and_its_samples() {
     assert_eq!(a.limit(), 6);
 }
 
+/// A window's latency is the mean of the fastest nine tenths of its last 64 answers: a stalled
+/// answer in ten does not make it queueing, and answers from early in the window (admitted
+/// under the limit before) are forgotten once 64 newer ones are in.
+#[tokio::test(start_paused = true)]
+async fn a_window_is_judged_on_its_last_answers_without_the_slowest_tenth() {
+    let mut a = tracking(4, 100, ms(20));
+    answers(&mut a, 1, Duration::from_secs(10), 4);
+    answers(&mut a, 8, ms(20), 4);
+    advance(WINDOW_MIN).await;
+    answers(&mut a, 1, ms(20), 4);
+    assert_eq!(a.limit(), 6, "grown despite a stall in 10");
+
+    answers(&mut a, 200, ms(60), 6);
+    answers(&mut a, WINDOW_KEEP as u32 - 1, ms(20), 6);
+    advance(WINDOW_MIN).await;
+    answers(&mut a, 1, ms(20), 6);
+    assert_eq!(a.limit(), 8, "the last 64 answers were fast");
+
+    // A third of the last 64 queued for a service time: the mean sees it (a median would not)
+    // and the cap does not grow (it would have to 11).
+    let before = a.limit;
+    answers(&mut a, 200, ms(20), 8);
+    answers(&mut a, 42, ms(20), 8);
+    answers(&mut a, 21, ms(40), 8);
+    advance(WINDOW_MIN).await;
+    answers(&mut a, 1, ms(40), 8);
+    assert!(a.limit < before + 1.0, "{} after {before}", a.limit);
+}
+
+/// A probe that met a stall (here: every answer 400 ms) sets a yardstick under which any
+/// latency looks fine; three windows much faster than it (below no-load / 1.5) and the cap
+/// measures again, before its growth has gone far.
+#[tokio::test(start_paused = true)]
+async fn a_no_load_latency_far_above_what_windows_see_is_measured_again() {
+    let mut a = tracking(2, 256, ms(400));
+    for _ in 0..STALE_WINDOWS {
+        assert!(!a.probing());
+        // Windows last twice the no-load latency: 800 ms.
+        let inflight = a.limit();
+        answers(&mut a, WINDOW_SAMPLES - 1, ms(20), inflight);
+        advance(ms(800)).await;
+        answers(&mut a, 1, ms(20), inflight);
+    }
+    assert!(a.probing(), "3 windows at 20 ms against 400 ms");
+    assert!(a.limit < 12.0, "grew to {}", a.limit);
+    answers(&mut a, PROBE_SAMPLES as u32, ms(20), 2);
+    assert_eq!(a.no_load(), ms(20));
+
+    // Windows a little faster than no-load (noise) do not trigger it.
+    let mut a = tracking(2, 256, ms(20));
+    for _ in 0..20 {
+        let inflight = a.limit();
+        window(&mut a, ms(14), inflight).await;
+        assert!(!a.probing());
+    }
+}
+
 /// Drops (timeouts, failed connections, 503s) are left out of the mean; a window with at least
 /// 1 drop in 20 samples counts as maximal queueing (gradient 0.5), fewer are ignored.
 #[tokio::test(start_paused = true)]
@@ -220,7 +277,7 @@ async fn drops_count_as_maximal_queueing() {
 #[tokio::test(start_paused = true)]
 async fn stays_within_its_bounds() {
     let mut a = tracking(3, 12, ms(20));
-    assert_eq!(windows(&mut a, Duration::ZERO, 20).await, 12);
+    assert_eq!(windows(&mut a, ms(20), 20).await, 12);
     for _ in 0..(AT_MIN_WINDOWS * 3) {
         window(&mut a, Duration::from_secs(10), 12).await;
         assert!(a.limit() >= 3);

@@ -701,7 +701,7 @@ fn adaptive(min: usize, max: usize, queue: usize) -> ConcurrencyLimit {
         queue_timeout: HOUR,
     });
     assert_eq!(lim.limit(), min, "a new cap probes at min_inflight");
-    feed(&lim, ms(20), 16);
+    feed(&lim, ms(20), crate::limit::adaptive::PROBE_SAMPLES);
     assert_eq!(lim.limit(), min);
     lim
 }
