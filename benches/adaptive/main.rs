@@ -143,8 +143,10 @@ fn cap_of(shared: Arc<Shared>) -> impl Fn() -> usize {
 
 /// The settled part of each phase (its first 2 s left out), per run, as a Markdown table.
 fn print_table(traces: &[(&str, Trace)]) {
-    println!("| cap | phase | cap in force (median) | admitted p50 / p90 | admitted | 503s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| cap | phase | cap in force (median) | admitted p50 / p90 | admitted | 503s | process stalls (max timer lateness) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (name, trace) in traces {
         for (i, phase) in PHASES.iter().enumerate() {
             let start = trace.phase_starts[i];
@@ -155,7 +157,7 @@ fn print_table(traces: &[(&str, Trace)]) {
                 |q| quantile(&latencies, q).map_or(f64::NAN, |d: Duration| d.as_secs_f64() * 1e3);
             let seconds = (to - from).as_secs_f64();
             println!(
-                "| {name} | K = {} | {} | {:.0} / {:.0} ms | {:.0}/s (capacity {:.0}/s) | {:.0}/s |",
+                "| {name} | K = {} | {} | {:.0} / {:.0} ms | {:.0}/s (capacity {:.0}/s) | {:.0}/s | {:.0} ms |",
                 phase.workers,
                 quantile(&caps, 0.5).unwrap_or(0),
                 ms(0.5),
@@ -163,6 +165,7 @@ fn print_table(traces: &[(&str, Trace)]) {
                 latencies.len() as f64 / seconds,
                 phase.workers as f64 / SERVICE.as_secs_f64(),
                 trace.rejected_in(from, to) as f64 / seconds,
+                trace.lateness_in(from, to).as_secs_f64() * 1e3,
             );
         }
     }
