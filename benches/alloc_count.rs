@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use sluice::config::{
-    ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate, RateLimitConfig,
-    RouteMatch, Scope,
+    CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate,
+    RateLimitConfig, RouteMatch, Scope,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
 use sluice::limit::{ConcurrencyLimit, Decision, KeyExtractor, LimitKey, RateLimit, Rejected};
@@ -317,7 +317,7 @@ fn main() {
 
     // --- The 503s: a full cap refusing at once, and the bodies of all three reasons.
     let cap = ConcurrencyLimit::new(ConcurrencyConfig {
-        max_inflight: NonZeroUsize::MIN,
+        size: CapSize::Fixed(NonZeroUsize::MIN),
         queue: 0,
         queue_timeout: Duration::from_secs(1),
     });

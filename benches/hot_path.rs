@@ -11,8 +11,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use sluice::config::{
-    ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate, RateLimitConfig,
-    RouteMatch, Scope,
+    CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate,
+    RateLimitConfig, RouteMatch, Scope,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
 use sluice::limit::{ConcurrencyLimit, KeyExtractor, LimitKey, RateLimit, Rejected};
@@ -143,7 +143,7 @@ fn concurrency_slots(c: &mut Criterion) {
         .build()
         .unwrap();
     let cap = ConcurrencyLimit::new(ConcurrencyConfig {
-        max_inflight: NonZeroUsize::new(64).unwrap(),
+        size: CapSize::Fixed(NonZeroUsize::new(64).unwrap()),
         queue: 1000,
         queue_timeout: Duration::from_secs(10),
     });
@@ -153,7 +153,7 @@ fn concurrency_slots(c: &mut Criterion) {
 
     // 1,000 waiters queued behind one slot: each release hands the slot to the next waiter.
     let one = ConcurrencyLimit::new(ConcurrencyConfig {
-        max_inflight: NonZeroUsize::new(1).unwrap(),
+        size: CapSize::Fixed(NonZeroUsize::new(1).unwrap()),
         queue: 1000,
         queue_timeout: Duration::from_secs(60),
     });

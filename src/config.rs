@@ -265,13 +265,37 @@ pub struct UpstreamConfig {
 /// `concurrency:` on a route or an upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ConcurrencyConfig {
-    /// Requests in flight at most.
-    pub max_inflight: NonZeroUsize,
+    /// How many requests may be in flight at once: a fixed number, or a cap that follows the
+    /// upstream's latency. Serialised as the file has it: `max_inflight: N` or `adaptive: {…}`.
+    #[serde(flatten)]
+    pub size: CapSize,
     /// Requests that may wait for a slot; 0 = reject at once.
     pub queue: usize,
     /// A waiter older than this gets 503 `queue-timeout`.
     #[serde(serialize_with = "effective::duration")]
     pub queue_timeout: Duration,
+}
+
+/// The size of a concurrency cap: `max_inflight` or `adaptive` (exactly one of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CapSize {
+    /// `max_inflight: N`: requests in flight at most, always.
+    #[serde(rename = "max_inflight")]
+    Fixed(NonZeroUsize),
+    /// `adaptive: {min_inflight, max_inflight}`: the cap follows the upstream's latency
+    /// between these bounds (see `crate::limit::adaptive`).
+    #[serde(rename = "adaptive")]
+    Adaptive(AdaptiveConfig),
+}
+
+/// `concurrency.adaptive:` — the bounds of an adaptive cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct AdaptiveConfig {
+    /// The lowest cap the algorithm may set, and the concurrency at which it measures the
+    /// upstream's no-load latency. Default 2; 1..=`max_inflight`.
+    pub min_inflight: NonZeroUsize,
+    /// The highest cap the algorithm may set. Default 256; at most 1000000.
+    pub max_inflight: NonZeroUsize,
 }
 
 /// `routes[]`.
@@ -606,10 +630,17 @@ struct DisplayCap<'a>(&'a ConcurrencyConfig);
 
 impl fmt::Display for DisplayCap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.size {
+            CapSize::Fixed(max) => write!(f, "concurrency {max} in flight")?,
+            CapSize::Adaptive(a) => write!(
+                f,
+                "concurrency adaptive {}..{} in flight",
+                a.min_inflight, a.max_inflight
+            )?,
+        }
         write!(
             f,
-            "concurrency {} in flight, queue {}, queue_timeout {}",
-            self.0.max_inflight,
+            ", queue {}, queue_timeout {}",
             self.0.queue,
             humantime::format_duration(self.0.queue_timeout)
         )

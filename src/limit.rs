@@ -9,9 +9,11 @@
 //! - [`rate`]: token buckets (GCRA, governor) and their housekeeping.
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`concurrency`]: caps with bounded priority queues and shedding.
+//! - [`adaptive`]: the size of an `adaptive:` cap, from the upstream's latency.
 //! - `global` (cargo feature `redis`): rate limits with `scope: global`, whose buckets live in
 //!   Redis and are shared by every instance.
 
+pub mod adaptive;
 pub mod concurrency;
 #[cfg(feature = "redis")]
 pub mod global;
@@ -19,6 +21,7 @@ pub mod headers;
 pub mod key;
 pub mod rate;
 
+pub use self::adaptive::Sample;
 pub use self::concurrency::{ConcurrencyLimit, Permit, Rejected};
 pub use self::key::{KeyExtractor, LimitKey};
 pub use self::rate::{Decision, RateLimit};
@@ -47,4 +50,17 @@ pub(crate) struct Slots {
     pub(crate) route_gauge: Option<InflightGuard>,
     /// `sluice_inflight{upstream}`.
     pub(crate) upstream_gauge: Option<InflightGuard>,
+}
+
+// === impl Slots ===
+
+impl Slots {
+    /// Tells both caps what the upstream did with the request (see [`Permit::record`]): both
+    /// learn the upstream's own latency, not the time spent queued at either cap, which is
+    /// sluice's doing.
+    pub(crate) fn record(&mut self, sample: Sample) {
+        for permit in [&mut self.route, &mut self.upstream].into_iter().flatten() {
+            permit.record(sample);
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //! Families live for the whole process (in [`Metrics`]), so series survive reloads. Each
 //! runtime builds per-route and per-upstream *handles* ([`RouteMetrics`], [`ScopeMetrics`])
 //! when it is built: the request path only increments atomics — no label hashing, no string
-//! keys, no allocation. Gauges that are a property of a limiter (queue depth, utilisation,
-//! tracked keys) are read from the current runtime when `/metrics` is scraped.
+//! keys, no allocation. Gauges that are a property of a limiter (queue depth, the cap in force,
+//! utilisation, tracked keys) are read from the current runtime when `/metrics` is scraped.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -217,9 +217,13 @@ const UPSTREAM_DURATION: Help = (
     "sluice_upstream_duration_seconds",
     "Time from sending a request upstream until its response head",
 );
+const CONCURRENCY_LIMIT: Help = (
+    "sluice_concurrency_limit",
+    "The concurrency cap in force, fixed or adaptive",
+);
 const UTILIZATION: Help = (
     "sluice_utilization",
-    "Upstream in-flight requests / max_inflight",
+    "Upstream in-flight requests / the cap in force",
 );
 const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracked now");
 const RELOADS: Help = ("sluice_config_reloads", "Config reloads by result");
@@ -260,6 +264,7 @@ pub(crate) struct Metrics {
     queue_depth: Family<Scope, Gauge>,
     queue_wait: HistogramFamily<Scope>,
     upstream_duration: HistogramFamily<Scope>,
+    concurrency_limit: Family<Scope, Gauge>,
     utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -326,6 +331,7 @@ impl Metrics {
             UPSTREAM_DURATION,
             Family::new_with_constructor(histogram as fn() -> Histogram),
         );
+        let concurrency_limit = register(&mut r, CONCURRENCY_LIMIT, Family::default());
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let reloads = register(&mut r, RELOADS, Family::default());
@@ -359,6 +365,7 @@ impl Metrics {
             queue_depth,
             queue_wait,
             upstream_duration,
+            concurrency_limit,
             utilization,
             rate_limit_keys,
             reloads,
@@ -440,6 +447,7 @@ impl Metrics {
     /// ones again right after.
     pub(crate) fn clear_limiter_gauges(&self) {
         self.queue_depth.clear();
+        self.concurrency_limit.clear();
         self.utilization.clear();
         self.rate_limit_keys.clear();
     }
@@ -459,6 +467,13 @@ impl Metrics {
     /// `server.max_connections_per_ip` open already.
     pub(crate) fn refused_per_ip(&self) {
         self.refused_per_ip.inc();
+    }
+
+    /// Sets a cap's limit gauge, the cap in force (read at scrape time).
+    pub(crate) fn set_concurrency_limit(&self, scope: &Scope, limit: usize) {
+        self.concurrency_limit
+            .get_or_create(scope)
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 
     /// Sets an upstream's utilisation gauge (read at scrape time).

@@ -7,7 +7,9 @@
 //!    may wait for a slot, or 413/408/400;
 //! 4. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
 //!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
-//! 5. **forward**: the upstream's response streams back carrying the slots, or 502/504.
+//! 5. **forward**: the upstream's response streams back carrying the slots, or 502/504. The
+//!    time the upstream took to answer (or that it did not) is handed to the slots' caps, which
+//!    an adaptive cap learns from.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
@@ -19,13 +21,13 @@ mod rate;
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{Drain, ProxyBody};
 use crate::config::Mode;
-use crate::limit::Slots;
+use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
 use crate::net::Origin;
 use crate::proxy::body::UpstreamBody;
@@ -132,7 +134,7 @@ async fn forward(
     route: &Route,
     origin: Origin,
     mut req: Request<UpstreamBody>,
-    slots: Slots,
+    mut slots: Slots,
     drain: Drain,
 ) -> Result<Response<ProxyBody>, Rejection> {
     forward::request(&mut req, origin);
@@ -145,10 +147,18 @@ async fn forward(
     // the service future around; boxing it here keeps rejections (which never get this far)
     // small and cheap to move.
     let result = Box::pin(route.upstream.send(req)).await;
-    route
-        .metrics
-        .upstream_duration
-        .observe(sent.elapsed().as_secs_f64());
+    let took = sent.elapsed();
+    route.metrics.upstream_duration.observe(took.as_secs_f64());
+    let client_fault = fault.as_ref().and_then(|f| f.get());
+    if client_fault.is_none() {
+        slots.record(match &result {
+            // A 503 is the upstream saying it is overloaded: a drop, like a timeout.
+            Ok((res, _)) if res.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                Sample::Answered(took)
+            }
+            _ => Sample::Dropped,
+        });
+    }
     match result {
         Ok((mut res, conn)) => {
             forward::response(&mut res);
@@ -159,7 +169,7 @@ async fn forward(
         Err(err) => {
             // A streamed body that broke a rule (or the client's framing) broke the exchange:
             // the client's fault, answered as such and not logged as an upstream failure.
-            if let Some(fault) = fault.and_then(|f| f.get()) {
+            if let Some(fault) = client_fault {
                 return Err(Rejection::from(fault));
             }
             route.upstream.warn_failure(&err);

@@ -181,15 +181,16 @@ impl Runtime {
         self.store.as_ref()
     }
 
-    /// Sets the gauges that are properties of limiters (queue depth, utilisation, tracked keys);
-    /// called when `/metrics` is scraped.
+    /// Sets the gauges that are properties of limiters (queue depth, the cap in force,
+    /// utilisation, tracked keys); called when `/metrics` is scraped.
     pub(crate) fn refresh_gauges(&self) {
         self.metrics.clear_limiter_gauges();
         self.metrics.set_buffered_bytes(self.budget.used());
         for route in &self.routes {
             if let Some(cap) = &route.concurrency {
-                self.metrics
-                    .set_queue_depth(&Scope::Route(route.name.clone()), cap.queue_depth());
+                let scope = Scope::Route(route.name.clone());
+                self.metrics.set_queue_depth(&scope, cap.queue_depth());
+                self.metrics.set_concurrency_limit(&scope, cap.limit());
             }
             for limit in &route.limits {
                 self.metrics.set_rate_limit_keys(
@@ -201,11 +202,13 @@ impl Runtime {
         }
         for up in &self.upstreams {
             if let Some(cap) = &up.concurrency {
+                let scope = Scope::Upstream(up.name.clone());
+                self.metrics.set_queue_depth(&scope, cap.queue_depth());
+                // One read of the two, so that in flight and the limit belong together.
+                let (inflight, limit) = cap.inflight_and_limit();
+                self.metrics.set_concurrency_limit(&scope, limit);
                 self.metrics
-                    .set_queue_depth(&Scope::Upstream(up.name.clone()), cap.queue_depth());
-                let max = cap.config().max_inflight.get() as f64;
-                self.metrics
-                    .set_utilization(&up.name, cap.inflight() as f64 / max);
+                    .set_utilization(&up.name, inflight as f64 / limit.max(1) as f64);
             }
         }
     }
@@ -416,6 +419,61 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::proxy::pool::IDLE_TIMEOUT;
     use crate::proxy::test_util::{get, text, TestUpstream};
+
+    /// Builds a runtime from `yaml` (a test config), after `previous` if given.
+    fn build(yaml: &str, previous: Option<&Runtime>) -> Runtime {
+        let config = crate::config::from_yaml(yaml, Path::new("test.yaml"))
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        Runtime::build(config, previous, Arc::new(Metrics::new()))
+    }
+
+    /// Feeds `cap` answers of 20 ms, two requests at a time, for `windows` windows of 100 ms:
+    /// after its probe it grows from `min_inflight`.
+    async fn teach(cap: &crate::limit::ConcurrencyLimit, windows: usize) {
+        use crate::config::Priority;
+        use crate::limit::Sample;
+        for _ in 0..windows * 10 {
+            let mut a = cap.acquire(Priority::Normal).await.expect("a free slot");
+            let mut b = cap.acquire(Priority::Normal).await.expect("a free slot");
+            a.record(Sample::Answered(Duration::from_millis(20)));
+            b.record(Sample::Answered(Duration::from_millis(20)));
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A reload keeps an adaptive cap's learnt limit when its config (route or upstream) is
+    /// unchanged, even when other settings of the upstream change; a changed `adaptive` starts
+    /// over at `min_inflight`.
+    #[tokio::test(start_paused = true)]
+    async fn reload_keeps_what_an_unchanged_adaptive_cap_has_learnt() {
+        let yaml = "server: { listen: 127.0.0.1:0 }\n\
+             upstreams: { api: { endpoints: [http://127.0.0.1:9], timeout: 5s, concurrency: { adaptive: { min_inflight: 2 } } } }\n\
+             routes: [{ name: all, upstream: api, concurrency: { adaptive: {}, queue: 1 } }]\n";
+        let rt = build(yaml, None);
+        let (up, route) = (
+            rt.upstream_cap("api").expect("upstream cap"),
+            rt.route_cap("all").expect("route cap"),
+        );
+        teach(&up, 4).await;
+        teach(&route, 4).await;
+        let (up_learnt, route_learnt) = (up.limit(), route.limit());
+        assert!(
+            up_learnt > 2 && route_learnt > 2,
+            "{up_learnt} {route_learnt}"
+        );
+
+        let changed_timeout = yaml.replace("timeout: 5s", "timeout: 6s");
+        let rt = build(&changed_timeout, Some(&rt));
+        assert_eq!(rt.upstream_cap("api").map(|c| c.limit()), Some(up_learnt));
+        assert_eq!(rt.route_cap("all").map(|c| c.limit()), Some(route_learnt));
+
+        let changed_caps = changed_timeout
+            .replace("min_inflight: 2", "min_inflight: 3")
+            .replace("queue: 1", "queue: 2");
+        let rt = build(&changed_caps, Some(&rt));
+        assert_eq!(rt.upstream_cap("api").map(|c| c.limit()), Some(3));
+        assert_eq!(rt.route_cap("all").map(|c| c.limit()), Some(2));
+    }
 
     /// The housekeeping pass reaches the upstream pools: an idle connection stays until it has
     /// been idle for 60 s and is closed by the first pass after that (the README's "closed after

@@ -452,9 +452,14 @@ fn smallest_limit(config: &Config) -> Option<f64> {
 /// `api: 300/s burst 50; sample: 8 in flight + 16 queued (500ms)`.
 fn policy(config: &Config) -> String {
     let cap = |c: &sluice::config::ConcurrencyConfig| {
+        let size = match c.size {
+            sluice::config::CapSize::Fixed(max) => max.to_string(),
+            sluice::config::CapSize::Adaptive(a) => {
+                format!("adaptive {}..{}", a.min_inflight, a.max_inflight)
+            }
+        };
         format!(
-            "{} in flight + {} queued ({})",
-            c.max_inflight,
+            "{size} in flight + {} queued ({})",
             c.queue,
             humantime::format_duration(c.queue_timeout)
         )

@@ -137,10 +137,22 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawConcurrency {
     /// A count ≥ 1.
     pub(crate) max_inflight: Option<Int>,
+    /// `adaptive:`, instead of `max_inflight`.
+    pub(crate) adaptive: Option<RawAdaptive>,
     /// A count ≥ 0.
     pub(crate) queue: Option<Int>,
     /// A duration.
     pub(crate) queue_timeout: Option<String>,
+}
+
+/// `concurrency.adaptive:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdaptive {
+    /// A count ≥ 1.
+    pub(crate) min_inflight: Option<Int>,
+    /// A count ≥ `min_inflight`.
+    pub(crate) max_inflight: Option<Int>,
 }
 
 /// `routes[]`.

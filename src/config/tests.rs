@@ -41,6 +41,19 @@ fn one_error(yaml: &str, path: &str) -> FieldError {
     errors.into_iter().next().unwrap()
 }
 
+/// A fixed cap size.
+fn fixed(max: usize) -> CapSize {
+    CapSize::Fixed(NonZeroUsize::new(max).unwrap())
+}
+
+/// An adaptive cap size.
+fn adaptive(min: usize, max: usize) -> CapSize {
+    CapSize::Adaptive(AdaptiveConfig {
+        min_inflight: NonZeroUsize::new(min).unwrap(),
+        max_inflight: NonZeroUsize::new(max).unwrap(),
+    })
+}
+
 /// BASE with `route` (indented as a list item's fields) as an extra route `x`.
 fn with_route(route: &str) -> String {
     format!("{BASE}  - name: x\n    upstream: orders\n{route}")
@@ -156,8 +169,8 @@ fn full_example_parses_to_expected_values() {
     assert_eq!(orders.timeout, Duration::from_secs(2));
     let cap = orders.concurrency.unwrap();
     assert_eq!(
-        (cap.max_inflight.get(), cap.queue, cap.queue_timeout),
-        (64, 256, Duration::from_secs(2))
+        (cap.size, cap.queue, cap.queue_timeout),
+        (fixed(64), 256, Duration::from_secs(2))
     );
 
     let r = &c.routes[0];
@@ -198,8 +211,8 @@ fn full_example_parses_to_expected_values() {
     assert_eq!(l1.burst.get(), 20, "burst defaults to the rate's count");
     let cap = r.concurrency.unwrap();
     assert_eq!(
-        (cap.max_inflight.get(), cap.queue, cap.queue_timeout),
-        (16, 32, Duration::from_millis(500))
+        (cap.size, cap.queue, cap.queue_timeout),
+        (fixed(16), 32, Duration::from_millis(500))
     );
 
     let r = &c.routes[1];
@@ -550,6 +563,73 @@ fn numbers_are_range_checked() {
             "routes[0].concurrency.max_inflight",
             "routes[0].concurrency.queue",
         ]
+    );
+}
+
+#[test]
+fn adaptive_caps_take_bounds_with_defaults() {
+    // Pins: `adaptive:` on an upstream or a route instead of `max_inflight`; an absent bound is
+    // 2 (min_inflight) or 256 (max_inflight), the contract example's values.
+    let yaml = BASE.replace(
+        "    endpoints: [http://127.0.0.1:3000]\n",
+        "    endpoints: [http://127.0.0.1:3000]\n    concurrency: {adaptive: {min_inflight: 4, max_inflight: 1000000}, queue: 8}\n",
+    ) + "    concurrency:\n      adaptive: {}\n";
+    let c = load(&yaml);
+    let up = c.upstreams[0].concurrency.unwrap();
+    assert_eq!((up.size, up.queue), (adaptive(4, 1_000_000), 8));
+    assert_eq!(c.routes[0].concurrency.unwrap().size, adaptive(2, 256));
+    // `/config` shows the file's form, defaults filled in, and loads back to itself.
+    let e = serde_json::to_value(&c).unwrap();
+    let route_cap = &e["routes"][0]["concurrency"];
+    assert_eq!(route_cap["adaptive"]["min_inflight"], 2);
+    assert_eq!(route_cap["adaptive"]["max_inflight"], 256);
+    assert!(route_cap.get("max_inflight").is_none(), "{route_cap}");
+    assert_eq!(serde_json::to_value(load(&e.to_string())).unwrap(), e);
+    let c = load(&format!(
+        "{BASE}    concurrency: {{adaptive: {{max_inflight: 2}}}}\n"
+    ));
+    assert_eq!(c.routes[0].concurrency.unwrap().size, adaptive(2, 2));
+}
+
+#[test]
+fn adaptive_cap_errors_name_their_field() {
+    // Pins: exactly one of max_inflight and adaptive; bounds in 1..=1000000 with
+    // min_inflight <= max_inflight, the defaults included; unknown fields refused.
+    let at = |c: &str| format!("{BASE}    concurrency: {c}\n");
+    let e = one_error(
+        &at("{max_inflight: 8, adaptive: {}}"),
+        "routes[0].concurrency",
+    );
+    assert!(e.message.contains("mutually exclusive"), "{e}");
+    let e = one_error(&at("{queue: 8}"), "routes[0].concurrency.max_inflight");
+    assert!(e.message.contains("adaptive"), "{e}");
+    let paths: Vec<String> = errors(&at("{adaptive: {min_inflight: 0, max_inflight: 1000001}}"))
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].concurrency.adaptive.min_inflight",
+            "routes[0].concurrency.adaptive.max_inflight"
+        ]
+    );
+    let e = one_error(
+        &at("{adaptive: {min_inflight: 9, max_inflight: 8}}"),
+        "routes[0].concurrency.adaptive.min_inflight",
+    );
+    assert!(e.message.contains("9 > max_inflight 8"), "{e}");
+    let e = one_error(
+        &at("{adaptive: {max_inflight: 1}}"),
+        "routes[0].concurrency.adaptive.min_inflight",
+    );
+    assert!(
+        e.message.contains("2 (the default) > max_inflight 1"),
+        "{e}"
+    );
+    one_error(
+        &at("{adaptive: {min: 2}}"),
+        "routes[0].concurrency.adaptive.min",
     );
 }
 

@@ -20,13 +20,14 @@ use ipnet::IpNet;
 use super::error::{ConfigError, FieldError};
 use super::locate::Locator;
 use super::raw::{
-    RawAdmin, RawConcurrency, RawConfig, RawMatch, RawRateLimit, RawRedis, RawRoute, RawServer,
-    RawStore, RawTls, RawUpstream, Size,
+    Int, RawAdaptive, RawAdmin, RawConcurrency, RawConfig, RawMatch, RawRateLimit, RawRedis,
+    RawRoute, RawServer, RawStore, RawTls, RawUpstream, Size,
 };
 use super::{
-    AdminConfig, ByteSize, ClientLimits, ConcurrencyConfig, Config, HostMatch, KeySpec, Mode,
-    OnStoreError, PathMatch, Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch,
-    Scope, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
+    AdaptiveConfig, AdminConfig, ByteSize, CapSize, ClientLimits, ConcurrencyConfig, Config,
+    HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate, RateLimitConfig,
+    RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig, StoreConfig, TlsConfig,
+    UpstreamConfig,
 };
 use crate::net::tls::Acceptor;
 
@@ -46,6 +47,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// `concurrency.queue_timeout` when absent.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// `concurrency.adaptive.min_inflight` when absent (the contract's example).
+const ADAPTIVE_MIN_INFLIGHT: i64 = 2;
+/// `concurrency.adaptive.max_inflight` when absent (the contract's example).
+const ADAPTIVE_MAX_INFLIGHT: i64 = 256;
+/// Upper bound of both `concurrency.adaptive` bounds.
+const ADAPTIVE_INFLIGHT_MAX: i64 = 1_000_000;
 /// `store.redis.timeout` when absent.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(20);
 /// `server.max_header_bytes` when absent: NGINX allows 4 × 8 KiB, HAProxy 16 KiB, Envoy 60 KiB.
@@ -169,6 +176,15 @@ fn present<T>(section: Option<Option<T>>) -> Option<Option<T>> {
     match section {
         None => Some(None),
         Some(value) => value.map(Some),
+    }
+}
+
+/// A value for an error message, marked when it is a default rather than the file's.
+fn shown(value: NonZeroUsize, defaulted: bool) -> String {
+    if defaulted {
+        format!("{value} (the default)")
+    } else {
+        value.to_string()
     }
 }
 
@@ -585,11 +601,20 @@ impl Cx {
     }
 
     fn concurrency(&mut self, at: &str, raw: &RawConcurrency) -> Option<ConcurrencyConfig> {
-        let max_inflight = match raw.max_inflight {
-            Some(n) => self.nonzero_usize(&join(at, "max_inflight"), n.0),
-            None => self.missing(
+        let size = match (raw.max_inflight, &raw.adaptive) {
+            (Some(n), None) => self
+                .nonzero_usize(&join(at, "max_inflight"), n.0)
+                .map(CapSize::Fixed),
+            (None, Some(adaptive)) => self
+                .adaptive(&join(at, "adaptive"), adaptive)
+                .map(CapSize::Adaptive),
+            (Some(_), Some(_)) => self.fail(
+                at,
+                "max_inflight and adaptive are mutually exclusive; keep one",
+            ),
+            (None, None) => self.missing(
                 &join(at, "max_inflight"),
-                "a number of requests, at least 1",
+                "a number of requests, at least 1 (or `adaptive:` for a cap that follows the upstream's latency)",
             ),
         };
         let queue = self.number::<usize>(
@@ -605,9 +630,36 @@ impl Cx {
             false,
         );
         Some(ConcurrencyConfig {
-            max_inflight: max_inflight?,
+            size: size?,
             queue: queue?,
             queue_timeout: queue_timeout?,
+        })
+    }
+
+    /// `adaptive:` — each bound in 1..=1000000, defaults 2 and 256, `min_inflight` ≤
+    /// `max_inflight`.
+    fn adaptive(&mut self, at: &str, raw: &RawAdaptive) -> Option<AdaptiveConfig> {
+        let mut bound = |field: &str, value: Option<Int>, default: i64| {
+            let n = value.map_or(default, |n| n.0);
+            self.number::<usize>(&join(at, field), n, 1, ADAPTIVE_INFLIGHT_MAX)
+                .and_then(NonZeroUsize::new)
+        };
+        let min_inflight = bound("min_inflight", raw.min_inflight, ADAPTIVE_MIN_INFLIGHT);
+        let max_inflight = bound("max_inflight", raw.max_inflight, ADAPTIVE_MAX_INFLIGHT);
+        let (min_inflight, max_inflight) = (min_inflight?, max_inflight?);
+        if min_inflight > max_inflight {
+            let (min_shown, max_shown) = (
+                shown(min_inflight, raw.min_inflight.is_none()),
+                shown(max_inflight, raw.max_inflight.is_none()),
+            );
+            return self.fail(
+                &join(at, "min_inflight"),
+                format!("must be at most max_inflight; found min_inflight {min_shown} > max_inflight {max_shown}"),
+            );
+        }
+        Some(AdaptiveConfig {
+            min_inflight,
+            max_inflight,
         })
     }
 

@@ -1,5 +1,6 @@
-//! Concurrency caps: at most `max_inflight` requests at once, and a bounded, priority-ordered
-//! wait queue in front of them.
+//! Concurrency caps: at most `limit` requests at once, and a bounded, priority-ordered wait
+//! queue in front of them. The limit is `max_inflight`, or, for `adaptive:` caps, what
+//! [`super::adaptive`] makes of the upstream's latency.
 //!
 //! Where it sits: after the rate limits, a request passes its route's cap, then its upstream's
 //! (contract, "How sluice pushes back"). One [`ConcurrencyLimit`] exists per route cap and one per
@@ -21,6 +22,12 @@
 //!   lock. If the slot was already sent to it, the permit sits in its channel and is dropped with
 //!   it, and that drop hands the slot to the next waiter. Timeouts resolve the same race under the
 //!   lock: a waiter whose entry is already gone takes whatever was sent to it (see [`Rejected`]).
+//! - **Adaptive limit**: an adaptive cap learns from the [`Sample`] its permit is given by the
+//!   pipeline ([`Permit::record`]), under the same lock. When the limit *grows*, waiters are
+//!   admitted at once, best first, until the new limit is reached. When it *shrinks*, nothing in
+//!   flight is cancelled: a release then frees its slot instead of handing it over, until fewer
+//!   than the new limit are in flight; only then do waiters get slots again. Queue, priority,
+//!   shedding and `Retry-After` work as with a fixed cap.
 //! - **Shedding**: when the queue is full, an arrival of strictly higher priority than the
 //!   lowest-priority waiter evicts the *most recently arrived* of the lowest-priority waiters; it
 //!   has waited least, so evicting it wastes the least queueing already done and keeps FIFO
@@ -49,8 +56,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::adaptive::{Adaptive, Sample};
 use crate::clock::ceil_secs;
-use crate::config::{ConcurrencyConfig, Priority};
+use crate::config::{CapSize, ConcurrencyConfig, Priority};
 
 /// A concurrency cap with a bounded, priority-ordered wait queue.
 ///
@@ -74,6 +82,11 @@ pub struct Permit {
     waited: Duration,
     /// A shadow-mode permit: counted in `State::shadow`, never a real slot.
     shadow: bool,
+    /// The adaptive cap's epoch when the slot was granted (0 for a fixed cap): tells a probe
+    /// which requests were admitted under its low limit.
+    epoch: u64,
+    /// A sample was given already; later ones are ignored (one request, one sample).
+    recorded: bool,
 }
 
 /// Why a [`ConcurrencyLimit`] did not admit a request; all three become a 503 with
@@ -116,11 +129,18 @@ struct Shared {
 
 /// Mutable state of a limit.
 ///
-/// Invariant: if `queue` is not empty then `inflight == max_inflight`. Waiters only join a full
-/// cap, and a release hands its slot to a waiter instead of decrementing `inflight`.
+/// Invariant: if `queue` is not empty then `inflight >= limit` — equal for a fixed cap, and
+/// greater only while an adaptive limit has shrunk below the requests already in flight. Waiters
+/// only join a full cap, a release hands its slot to a waiter instead of decrementing
+/// `inflight` (unless `inflight` is above the limit), and a limit that grows admits waiters until
+/// it is reached or the queue is empty.
 struct State {
     /// Slots taken: permits alive, including ones sent to a waiter not yet polled.
     inflight: usize,
+    /// The cap in force: `max_inflight`, or the adaptive limit (see `adaptive`).
+    limit: usize,
+    /// The adaptive cap's state; `None` for a fixed cap.
+    adaptive: Option<Adaptive>,
     /// Requests waiting for a slot.
     queue: WaitQueue,
     /// Arrival number of the next waiter; orders waiters of one priority and identifies them for
@@ -201,11 +221,20 @@ enum Enqueue<'a> {
 impl ConcurrencyLimit {
     /// A limit with no slot taken and an empty queue.
     pub fn new(config: ConcurrencyConfig) -> Self {
+        let (limit, adaptive) = match config.size {
+            CapSize::Fixed(max) => (max.get(), None),
+            CapSize::Adaptive(bounds) => {
+                let adaptive = Adaptive::new(bounds, Instant::now());
+                (adaptive.limit(), Some(adaptive))
+            }
+        };
         ConcurrencyLimit {
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(State {
                     inflight: 0,
+                    limit,
+                    adaptive,
                     queue: WaitQueue::new(),
                     next_seq: 0,
                     drain: DrainRate::new(),
@@ -243,14 +272,14 @@ impl ConcurrencyLimit {
 
     /// Admits a request of a shadow-mode route: it never waits and is never refused, but is
     /// counted, and the verdict says whether the cap would have refused it — `QueueFull` when
-    /// the requests in flight (enforced and shadow) already fill `max_inflight + queue`.
+    /// the requests in flight (enforced and shadow) already fill the limit in force + `queue`.
     /// Shadow permits do not take real slots: enforced admission ignores them, so trying a cap
     /// in shadow mode never makes enforcing routes wait.
     pub(crate) fn admit_shadow(&self) -> (Permit, Result<(), Rejected>) {
         let mut state = self.shared.lock();
         let config = &self.shared.config;
         let occupied = state.inflight + state.shadow;
-        let verdict = if occupied < config.max_inflight.get().saturating_add(config.queue) {
+        let verdict = if occupied < state.limit.saturating_add(config.queue) {
             Ok(())
         } else {
             Err(Rejected::QueueFull {
@@ -262,13 +291,28 @@ impl ConcurrencyLimit {
             shared: Some(Arc::clone(&self.shared)),
             waited: Duration::ZERO,
             shadow: true,
+            epoch: 0,
+            recorded: false,
         };
         (permit, verdict)
+    }
+
+    /// The cap in force now (the `sluice_concurrency_limit` gauge): `max_inflight` for a fixed
+    /// cap; for an adaptive one, what it has learnt (`min_inflight` while it measures the
+    /// upstream's no-load latency).
+    pub fn limit(&self) -> usize {
+        self.shared.lock().limit
     }
 
     /// Slots taken now (the `sluice_inflight` gauge).
     pub fn inflight(&self) -> usize {
         self.shared.lock().inflight
+    }
+
+    /// Slots taken and the cap in force, read together (the `sluice_utilization` gauge).
+    pub(crate) fn inflight_and_limit(&self) -> (usize, usize) {
+        let state = self.shared.lock();
+        (state.inflight, state.limit)
     }
 
     /// Requests waiting now (the `sluice_queue_depth` gauge).
@@ -290,7 +334,9 @@ impl fmt::Debug for ConcurrencyLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.shared.lock();
         f.debug_struct("ConcurrencyLimit")
-            .field("max_inflight", &self.shared.config.max_inflight)
+            .field("size", &self.shared.config.size)
+            .field("limit", &state.limit)
+            .field("adaptive", &state.adaptive)
             .field("queue", &self.shared.config.queue)
             .field("queue_timeout", &self.shared.config.queue_timeout)
             .field("inflight", &state.inflight)
@@ -313,22 +359,17 @@ impl Shared {
     fn enqueue(self: &Arc<Self>, priority: Priority) -> Enqueue<'_> {
         let mut state = self.lock();
         let state = &mut *state;
-        let max = self.config.max_inflight.get();
 
         // Fast path: no allocation, and no clock read unless the cap was idle.
-        if state.inflight < max && state.queue.len == 0 {
+        if state.inflight < state.limit && state.queue.len == 0 {
             if state.inflight == 0 {
                 state.drain.on_busy(Instant::now());
             }
             state.inflight += 1;
-            return Enqueue::Done(Ok(Permit {
-                shared: Some(Arc::clone(self)),
-                waited: Duration::ZERO,
-                shadow: false,
-            }));
+            return Enqueue::Done(Ok(self.permit(state, Duration::ZERO)));
         }
-        debug_assert_eq!(
-            state.inflight, max,
+        debug_assert!(
+            state.inflight >= state.limit,
             "waiters exist only while the cap is full"
         );
 
@@ -371,34 +412,63 @@ impl Shared {
         })
     }
 
-    /// Gives a slot back: hands it to the best live waiter, or frees it if nobody waits.
+    /// A permit for a slot just taken (`inflight` already counts it).
+    fn permit(self: &Arc<Self>, state: &State, waited: Duration) -> Permit {
+        Permit {
+            shared: Some(Arc::clone(self)),
+            waited,
+            shadow: false,
+            epoch: state.adaptive.as_ref().map_or(0, Adaptive::epoch),
+            recorded: false,
+        }
+    }
+
+    /// Gives a slot back: hands it to the best live waiter, or frees it if nobody waits or an
+    /// adaptive limit has shrunk below the requests in flight.
     fn release(self: &Arc<Self>) {
         let mut state = self.lock();
         let now = Instant::now();
-        loop {
-            let Some(waiter) = state.queue.pop_best() else {
-                state.inflight = state.inflight.saturating_sub(1);
-                let inflight = state.inflight;
-                state.drain.on_release(now, inflight);
-                return;
-            };
-            let permit = Permit {
-                shared: Some(Arc::clone(self)),
-                waited: now.saturating_duration_since(waiter.enqueued_at),
-                shadow: false,
-            };
+        if state.inflight > state.limit || !self.hand_over(&mut state, now) {
+            state.inflight = state.inflight.saturating_sub(1);
+        }
+        let inflight = state.inflight;
+        state.drain.on_release(now, inflight);
+    }
+
+    /// Sends a slot already counted in `inflight` to the best live waiter; `false` if nobody
+    /// waits (the slot is still the caller's).
+    fn hand_over(self: &Arc<Self>, state: &mut State, now: Instant) -> bool {
+        while let Some(waiter) = state.queue.pop_best() {
+            let permit = self.permit(state, now.saturating_duration_since(waiter.enqueued_at));
             match waiter.tx.send(Ok(permit)) {
-                // The slot now belongs to the waiter; `inflight` is unchanged.
-                Ok(()) => {
-                    let inflight = state.inflight;
-                    state.drain.on_release(now, inflight);
-                    return;
-                }
+                // The slot now belongs to the waiter.
+                Ok(()) => return true,
                 // The waiter's receiver is gone (it cannot be, as a waiter removes its entry
                 // before dropping it, but if it were): the slot is still ours, try the next one.
                 // The undelivered permit must not run its `Drop` under this lock.
                 Err(Ok(mut undelivered)) => undelivered.shared = None,
                 Err(Err(_)) => {}
+            }
+        }
+        false
+    }
+
+    /// Feeds an adaptive cap a sample of a request admitted in `epoch`, and admits waiters at
+    /// once if the limit grew.
+    fn record(self: &Arc<Self>, sample: Sample, epoch: u64) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(adaptive) = state.adaptive.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        adaptive.on_sample(now, sample, epoch, state.inflight);
+        state.limit = adaptive.limit();
+        // Waiters exist only while the cap is full: a grown limit has room for some of them.
+        while state.inflight < state.limit && state.queue.len > 0 {
+            state.inflight += 1;
+            if !self.hand_over(state, now) {
+                state.inflight -= 1;
             }
         }
     }
@@ -631,6 +701,22 @@ impl Permit {
     /// Time spent queued; zero if the request was admitted at once.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// Tells the cap what became of the request (the pipeline calls it when the upstream's
+    /// response head arrives, or the exchange failed). An adaptive cap learns from it (see
+    /// [`super::adaptive`]); a fixed cap, a shadow permit, or a second call ignores it. Takes
+    /// the cap's lock only for an adaptive cap.
+    pub fn record(&mut self, sample: Sample) {
+        if self.recorded || self.shadow {
+            return;
+        }
+        self.recorded = true;
+        if let Some(shared) = &self.shared {
+            if matches!(shared.config.size, CapSize::Adaptive(_)) {
+                shared.record(sample, self.epoch);
+            }
+        }
     }
 }
 

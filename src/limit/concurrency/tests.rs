@@ -12,7 +12,7 @@ use crate::config::Priority::{Critical, High, Low, Normal};
 /// A limit with a long queue timeout unless the test is about timeouts.
 fn limit(max: usize, queue: usize, queue_timeout: Duration) -> ConcurrencyLimit {
     ConcurrencyLimit::new(ConcurrencyConfig {
-        max_inflight: NonZeroUsize::new(max).expect("tests use max_inflight >= 1"),
+        size: CapSize::Fixed(NonZeroUsize::new(max).expect("tests use max_inflight >= 1")),
         queue,
         queue_timeout,
     })
@@ -684,5 +684,179 @@ async fn public_types_are_send_and_debug() {
     assert_eq!(lim.config().queue, 1);
 
     drop(permit);
+    assert_idle(&lim);
+}
+
+// === adaptive limits ===
+
+/// An adaptive cap (`min..=max`, queue `queue`) whose first probe has measured 20 ms, so that
+/// it tracks from `min`.
+fn adaptive(min: usize, max: usize, queue: usize) -> ConcurrencyLimit {
+    let lim = ConcurrencyLimit::new(ConcurrencyConfig {
+        size: CapSize::Adaptive(crate::config::AdaptiveConfig {
+            min_inflight: NonZeroUsize::new(min).expect("tests use min >= 1"),
+            max_inflight: NonZeroUsize::new(max).expect("tests use max >= 1"),
+        }),
+        queue,
+        queue_timeout: HOUR,
+    });
+    assert_eq!(lim.limit(), min, "a new cap probes at min_inflight");
+    feed(&lim, ms(20), crate::limit::adaptive::PROBE_SAMPLES);
+    assert_eq!(lim.limit(), min);
+    lim
+}
+
+/// `n` samples of `latency`, as if from permits admitted now (without holding them).
+fn feed(lim: &ConcurrencyLimit, latency: Duration, n: usize) {
+    for _ in 0..n {
+        let epoch = lim
+            .shared
+            .lock()
+            .adaptive
+            .as_ref()
+            .map_or(0, Adaptive::epoch);
+        lim.shared.record(Sample::Answered(latency), epoch);
+    }
+}
+
+/// One window of 10 samples of `latency` closed 100 ms after the last one.
+async fn window(lim: &ConcurrencyLimit, latency: Duration) {
+    feed(lim, latency, 9);
+    advance(ms(100)).await;
+    feed(lim, latency, 1);
+}
+
+/// When the adaptive limit grows, waiters get the new slots at once — best first — without
+/// waiting for a release; those left wait on.
+#[tokio::test(start_paused = true)]
+async fn a_growing_limit_admits_waiters_at_once() {
+    let lim = adaptive(2, 64, 8);
+    let held: Vec<Permit> = (0..2)
+        .map(|_| lim.shared.enqueue(Normal))
+        .map(|e| match e {
+            Enqueue::Done(Ok(p)) => p,
+            _ => panic!("2 free slots"),
+        })
+        .collect();
+    let mut low = Box::pin(lim.acquire(Low));
+    let mut normal = Box::pin(lim.acquire(Normal));
+    let mut critical = Box::pin(lim.acquire(Critical));
+    assert_pending!(low);
+    assert_pending!(normal);
+    assert_pending!(critical);
+
+    window(&lim, ms(20)).await; // 2 + √2 = 3.4
+    assert_eq!(lim.limit(), 3);
+    let c = assert_ready!(critical).expect("admitted by the growth");
+    assert_pending!(normal);
+    assert_eq!((lim.inflight(), lim.queue_depth()), (3, 2));
+
+    window(&lim, ms(20)).await; // 3.4 + 1.8 = 5.3
+    assert_eq!(lim.limit(), 5);
+    let n = assert_ready!(normal).expect("admitted");
+    let l = assert_ready!(low).expect("admitted");
+    assert_eq!((lim.inflight(), lim.queue_depth()), (5, 0));
+
+    // With the queue empty, the next request takes a free slot of the grown cap at once.
+    window(&lim, ms(20)).await;
+    let extra = assert_ready!(Box::pin(lim.acquire(Low))).expect("a free slot");
+    drop((held, c, n, l, extra));
+    assert_idle(&lim);
+}
+
+/// When the adaptive limit shrinks, nothing in flight is cancelled: releases free their slots
+/// instead of handing them over until fewer than the new limit are in flight, and only then
+/// does the best waiter get a slot. Queueing, order and the queue bound work as before.
+#[tokio::test(start_paused = true)]
+async fn a_shrinking_limit_cancels_nothing_and_admits_below_it() {
+    let lim = adaptive(2, 64, 2);
+    let mut held = Vec::new();
+    while lim.limit() < 10 {
+        while lim.inflight() < lim.limit() {
+            held.push(assert_ready!(Box::pin(lim.acquire(Normal))).expect("a free slot"));
+        }
+        window(&lim, ms(20)).await;
+    }
+    while lim.inflight() < lim.limit() {
+        held.push(assert_ready!(Box::pin(lim.acquire(Normal))).expect("a free slot"));
+    }
+    let before = lim.limit();
+    assert_eq!(held.len(), before);
+    let mut low = Box::pin(lim.acquire(Low));
+    let mut high = Box::pin(lim.acquire(High));
+    assert_pending!(low);
+    assert_pending!(high);
+    let full = assert_ready!(Box::pin(lim.acquire(Low))).expect_err("queue full");
+    assert_eq!(full.reason(), "queue-full");
+
+    // Latency tripled: gradient 0.5, the limit moves to ¾ of itself + ½.
+    window(&lim, ms(60)).await;
+    let after = lim.limit();
+    assert!(after < before, "{after} < {before}");
+    assert_eq!(lim.inflight(), before, "nothing cancelled");
+
+    // Releases above the new limit free their slots; the waiters still wait.
+    while lim.inflight() > after {
+        drop(held.pop());
+        assert_pending!(high);
+        assert_pending!(low);
+    }
+    // At the limit, a release hands its slot to the best waiter.
+    drop(held.pop());
+    let h = assert_ready!(high).expect("handed over");
+    assert_pending!(low);
+    assert_eq!((lim.inflight(), lim.queue_depth()), (after, 1));
+    drop(held.pop());
+    let l = assert_ready!(low).expect("handed over");
+    drop((held, h, l));
+    assert_idle(&lim);
+}
+
+/// A fixed cap ignores samples, and so does a shadow permit of an adaptive cap; the limit of a
+/// fixed cap is `max_inflight`.
+#[tokio::test(start_paused = true)]
+async fn samples_move_only_enforced_adaptive_caps() {
+    let fixed = limit(3, 0, HOUR);
+    let mut p = assert_ready!(Box::pin(fixed.acquire(Normal))).expect("free");
+    p.record(Sample::Dropped);
+    assert_eq!(fixed.limit(), 3);
+    drop(p);
+    assert_idle(&fixed);
+
+    let lim = adaptive(2, 64, 0);
+    let before = lim.shared.lock().adaptive.as_ref().map(Adaptive::epoch);
+    for _ in 0..100 {
+        let (mut permit, verdict) = lim.admit_shadow();
+        assert!(verdict.is_ok());
+        permit.record(Sample::Answered(ms(20)));
+        advance(ms(10)).await;
+    }
+    assert_eq!(lim.limit(), 2);
+    assert_eq!(
+        lim.shared.lock().adaptive.as_ref().map(Adaptive::epoch),
+        before
+    );
+    // An enforced permit records once, however often it is told.
+    let mut p = assert_ready!(Box::pin(lim.acquire(Normal))).expect("free");
+    for _ in 0..20 {
+        p.record(Sample::Answered(ms(20)));
+        advance(ms(10)).await;
+    }
+    assert_eq!(lim.limit(), 2, "one sample, no window");
+    drop(p);
+    assert_idle(&lim);
+}
+
+/// A shadow verdict counts against the limit in force, not `max_inflight`.
+#[tokio::test(start_paused = true)]
+async fn shadow_verdicts_use_the_adaptive_limit() {
+    let lim = adaptive(2, 64, 1);
+    let (a, va) = lim.admit_shadow();
+    let (b, vb) = lim.admit_shadow();
+    let (c, vc) = lim.admit_shadow();
+    let (d, vd) = lim.admit_shadow();
+    assert!(va.is_ok() && vb.is_ok() && vc.is_ok(), "2 slots + 1 queued");
+    assert_eq!(vd.map_err(|r| r.reason()), Err("queue-full"));
+    drop((a, b, c, d));
     assert_idle(&lim);
 }
