@@ -45,7 +45,7 @@ pub struct Runtime {
     /// Process-wide metric families.
     pub(crate) metrics: Arc<Metrics>,
     /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
-    /// the next runtime while `store.redis.url` is unchanged.
+    /// the next runtime while `store.redis` names the same server or cluster (and `ca`).
     #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
     /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
@@ -253,7 +253,7 @@ impl Shared {
 /// What a new runtime takes over from the previous one, and builds what it cannot.
 struct Carry<'a> {
     previous: Option<&'a Runtime>,
-    /// One Redis connection for every global limit; an unchanged URL keeps the running one.
+    /// One Redis connection for every global limit; an unchanged target keeps the running one.
     #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
     #[cfg(feature = "redis")]
@@ -360,15 +360,26 @@ impl<'a> Carry<'a> {
         l: &RateLimitConfig,
         config: &Config,
     ) -> Limit {
-        let kept = old
-            .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
-            .map(|ol| ol.rate.clone());
-        let rate = kept.unwrap_or_else(|| Arc::new(RateLimit::new(l)));
+        let kept = old.and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l));
+        let rate = kept.map_or_else(|| Arc::new(RateLimit::new(l)), |ol| ol.rate.clone());
         #[cfg(feature = "redis")]
         let global = match (&self.store, &config.store) {
-            (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => Some(Arc::new(
-                GlobalLimit::new(route, l, &sc.redis, store.clone(), rate.clone()),
-            )),
+            (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => {
+                // Unchanged: keep its remembered denials and leased tokens (dropping leased
+                // tokens would not overshoot, but would waste them).
+                let same = kept
+                    .and_then(|ol| ol.global.as_ref())
+                    .filter(|g| g.keeps(l, &sc.redis, store));
+                Some(same.cloned().unwrap_or_else(|| {
+                    Arc::new(GlobalLimit::new(
+                        route,
+                        l,
+                        &sc.redis,
+                        store.clone(),
+                        rate.clone(),
+                    ))
+                }))
+            }
             _ => None,
         };
         #[cfg(not(feature = "redis"))]
