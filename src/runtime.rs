@@ -445,4 +445,33 @@ mod tests {
         rt.housekeeping();
         assert_eq!(upstream.idle(), 0, "kept after 60 s idle");
     }
+
+    /// Pins: a reload keeps a global limit (with its leased tokens and remembered denials) while
+    /// it and its store are unchanged, and builds it anew when its parameters or the store change.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn reload_keeps_unchanged_global_limits() {
+        let yaml = |url: &str, lease: u32| {
+            format!(
+                "server: {{ listen: 127.0.0.1:0 }}\n\
+                 store: {{ redis: {{ url: \"{url}\" }} }}\n\
+                 upstreams: {{ api: {{ endpoints: [http://127.0.0.1:1] }} }}\n\
+                 routes: [{{ name: all, upstream: api, rate_limits: [{{ key: global, rate: 100/s, scope: global, lease: {lease} }}] }}]\n"
+            )
+        };
+        let build = |text: String, previous: Option<&Runtime>| {
+            let config = crate::config::from_yaml(&text, Path::new("test.yaml"))
+                .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+            Runtime::build(config, previous, Arc::new(Metrics::new()))
+        };
+        let global = |rt: &Runtime| rt.routes[0].limits[0].global.clone().unwrap();
+        // Nothing listens on port 1: these runtimes never reach Redis, which is not needed.
+        let first = build(yaml("redis://127.0.0.1:1", 10), None);
+        let same = build(yaml("redis://127.0.0.1:1", 10), Some(&first));
+        assert!(Arc::ptr_eq(&global(&first), &global(&same)));
+        let other_lease = build(yaml("redis://127.0.0.1:1", 20), Some(&same));
+        assert!(!Arc::ptr_eq(&global(&same), &global(&other_lease)));
+        let other_store = build(yaml("redis://127.0.0.2:1", 20), Some(&other_lease));
+        assert!(!Arc::ptr_eq(&global(&other_lease), &global(&other_store)));
+    }
 }

@@ -302,6 +302,48 @@ async fn a_dead_cluster_node_fails_only_its_keys_and_recovers() {
     proxy.stop().await;
 }
 
+/// Pins: sluice started while a cluster node is down connects through the other seeds: keys on
+/// the live nodes are limited through Redis, keys of the dead node's slots apply `on_error` at
+/// once, and they join in when the node comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_a_cluster_node_is_down() {
+    let mut cluster = RedisCluster::start(3).await;
+    let up = ok_upstream().await;
+    let [(dead_route, dead_node), (live_route, _)] = routes_on_two_nodes(&cluster).await;
+    cluster.nodes[dead_node].kill();
+    let limit = "{name: g, key: global, rate: 1000/s, burst: 1000, scope: global}";
+    let routes = route(&dead_route, "/dead", limit) + &route(&live_route, "/live", limit);
+    let store = format!("cluster: {}", cluster.seeds_yaml());
+    let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
+    let proxy = start_proxy(&config(&store, &timeout, "deny", &up.endpoint(), &routes)).await;
+    until(
+        "the live nodes' keys to be limited through Redis",
+        Duration::from_secs(30),
+        || async {
+            let got = get(&proxy.url("/live")).await;
+            got.status == StatusCode::OK && got.header("ratelimit").is_some()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let dead = get(&proxy.url("/dead")).await;
+    assert_eq!(dead.status, StatusCode::SERVICE_UNAVAILABLE, "{dead:?}");
+    assert!(started.elapsed() < FAULT_TIMEOUT + MARGIN);
+
+    cluster.nodes[dead_node].restart().await;
+    cluster.wait_ok().await;
+    until(
+        "the restarted node's keys to be limited through Redis",
+        Duration::from_secs(30),
+        || async {
+            let got = get(&proxy.url("/dead")).await;
+            got.status == StatusCode::OK && got.header("ratelimit").is_some()
+        },
+    )
+    .await;
+    proxy.stop().await;
+}
+
 /// `CLUSTER MYID` of a node.
 async fn node_id(node: &RedisServer) -> String {
     let mut conn = node.connection(None).await;

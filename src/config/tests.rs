@@ -667,6 +667,12 @@ fn a_bad_redis_url_is_refused_redacted() {
         "store.redis.url",
     );
     assert!(!e.message.contains("hunter2"), "{e}");
+    let e = one_error(
+        &with_store("url: \"rediss://u:hunter2@h#insecure\""),
+        "store.redis.url",
+    );
+    assert!(e.message.contains("store.redis.ca"), "{e}");
+    assert!(!e.message.contains("hunter2"), "{e}");
     one_error(
         &with_store("url: \"redis://h\", timeout: 0ms"),
         "store.redis.timeout",

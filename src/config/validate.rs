@@ -459,6 +459,17 @@ impl Cx {
                 ),
             );
         }
+        if url.contains('#') {
+            // redis-rs reads `#insecure` as "skip certificate checks", which this build cannot
+            // do (the connection would fail at every attempt): say so now.
+            return self.fail(
+                at,
+                format!(
+                    "a URL fragment is not supported, found {:?}: sluice always verifies a rediss:// server (trust a private CA with store.redis.ca)",
+                    super::redact_url(url)
+                ),
+            );
+        }
         #[cfg(feature = "redis")]
         if redis::Client::open(url).is_err() {
             return self.fail(
