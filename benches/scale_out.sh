@@ -7,23 +7,27 @@
 # What it does, all on 127.0.0.1, everything it starts stopped by PID on exit:
 #   1. an NGINX upstream (`return 200`), one redis-server, and a 3-master Redis Cluster (three
 #      redis-server --cluster-enabled yes + redis-cli --cluster create) in a temp dir;
-#   2. latency: one sluice (`server.workers: 1`) per store, routes /local, /global, /lease with
-#      the same generous limit (key: client_ip, 100000/s, burst 100000: nothing is rejected),
-#      scope local, global, and global with `lease: LEASE`; per route a 2 s warm-up, then
-#      `wrk -t1 -c32 -d10s --latency` and `wrk -t1 -c1 -d5s --latency`;
-#   3. accuracy: three sluice instances per store, one `key: global` limit (ACC_RATE/s, burst
-#      ACC_BURST) without and with `lease: ACC_LEASE`; three wrk (-t1 -c16 -d10s), one per
-#      instance, at once; admitted = the increase of sluice_requests_total{outcome="forwarded"}
-#      summed over the three; expected = ACC_RATE × seconds + ACC_BURST, where seconds is the
-#      wall time from before the first wrk started to after the last one ended.
+#   2. latency: one sluice (`server.workers: 1`, `timeout: 20ms`, `on_error: local`) per store,
+#      routes /local, /global, /lease with the same generous limit (key: client_ip, 100000/s,
+#      burst 100000: nothing is rejected), scope local, global, and global with `lease: LEASE`;
+#      per route a 2 s warm-up, then ROUNDS rounds of `wrk -t1 -c32 -d5s --latency` and
+#      `wrk -t1 -c1 -d5s --latency` on each route in turn (interleaved, so that the load other
+#      programs put on the machine falls on every route alike); the medians are printed last;
+#   3. accuracy: three sluice instances per store (`timeout: 250ms`, `on_error: deny`: a slow
+#      answer on a loaded machine shows as a 503, counted, instead of a local admission), one
+#      `key: global` limit (ACC_RATE/s, burst ACC_BURST) without and with `lease: ACC_LEASE`;
+#      three wrk (-t1 -c16 -d10s), one per instance, at once; admitted = the increase of
+#      sluice_requests_total{outcome="forwarded"} summed over the three; expected = ACC_RATE ×
+#      seconds + ACC_BURST, where seconds is the wall time from before the first wrk started to
+#      after the last one ended.
 #
-# Knobs (defaults): LEASE=100 ACC_RATE=1000 ACC_BURST=100 ACC_LEASE=20 BUILD=0
-# SLUICE_BIN=target/release/sluice. Needs nginx, wrk, curl, redis-server, redis-cli, python3.
+# Knobs (defaults): LEASE=100 ROUNDS=3 ACC_RATE=1000 ACC_BURST=100 ACC_LEASE=20
+# STORES="single cluster" PARTS="latency accuracy" BUILD=0 SLUICE_BIN=target/release/sluice. Needs nginx, wrk, curl, redis-server, redis-cli, python3.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-LEASE=${LEASE:-100}; ACC_RATE=${ACC_RATE:-1000}; ACC_BURST=${ACC_BURST:-100}
-ACC_LEASE=${ACC_LEASE:-20}
+LEASE=${LEASE:-100}; ROUNDS=${ROUNDS:-3}; ACC_RATE=${ACC_RATE:-1000}; ACC_BURST=${ACC_BURST:-100}
+ACC_LEASE=${ACC_LEASE:-20}; STORES=${STORES:-single cluster}; PARTS=${PARTS:-latency accuracy}
 BIN=${SLUICE_BIN:-target/release/sluice}
 
 source benches/lib.sh
@@ -56,7 +60,15 @@ for _ in 1 2 3; do
   CLUSTER_PORTS+=("$port")
   redis "$port" --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$WORK/cluster"
 done
-sleep 0.5
+for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}"; do
+  up=0
+  for _ in $(seq 100); do
+    [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && { up=1; break; }
+    sleep 0.1
+  done
+  # A free port can be taken by another program between the check and redis-server's bind.
+  [[ $up == 1 ]] || { echo "scale_out.sh: redis-server on port $port did not start; run again" >&2; exit 1; }
+done
 redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$WORK/cluster.log"
 for _ in $(seq 100); do
   ok=1
@@ -72,7 +84,7 @@ STORE_single="url: \"redis://127.0.0.1:$REDIS_PORT\""
 seeds=$(printf '"redis://127.0.0.1:%s", ' "${CLUSTER_PORTS[@]}")
 STORE_cluster="cluster: [${seeds%, }]"
 
-# sluice_config FILE STORE HTTP_PORT ADMIN_PORT — the config of one instance.
+# sluice_config FILE STORE HTTP_PORT ADMIN_PORT TIMEOUT ON_ERROR — the config of one instance.
 sluice_config() {
   cat >"$1" <<EOF
 server:
@@ -82,7 +94,7 @@ server:
 admin:
   listen: 127.0.0.1:$4
 store:
-  redis: {$2, timeout: 20ms, on_error: local}
+  redis: {$2, timeout: $5, on_error: $6}
 upstreams:
   nginx: {endpoints: [http://127.0.0.1:$UP_PORT]}
 routes:
@@ -109,10 +121,10 @@ routes:
 EOF
 }
 
-# start_sluice NAME STORE — starts one instance; sets HTTP and ADMIN to its ports.
+# start_sluice NAME STORE TIMEOUT ON_ERROR — starts one instance; sets HTTP and ADMIN to its ports.
 start_sluice() {
   HTTP=$(free_port); ADMIN=$(free_port)
-  sluice_config "$WORK/$1.yaml" "$2" "$HTTP" "$ADMIN"
+  sluice_config "$WORK/$1.yaml" "$2" "$HTTP" "$ADMIN" "$3" "$4"
   RUST_LOG=warn "$BIN" run -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
   PIDS+=($!)
   for _ in $(seq 100); do
@@ -122,44 +134,67 @@ start_sluice() {
   echo "scale_out.sh: sluice $1 did not come up:" >&2; cat "$WORK/$1.log" >&2; exit 1
 }
 
-# forwarded ADMIN_PORT ROUTE — the route's forwarded count.
-forwarded() {
+# outcome ADMIN_PORT ROUTE OUTCOME — the route's count of that outcome.
+outcome() {
   curl -sf "http://127.0.0.1:$1/metrics" |
-    awk -v m="sluice_requests_total{route=\"$2\",outcome=\"forwarded\"}" '$1 == m { n = $2 } END { print n + 0 }'
+    awk -v m="sluice_requests_total{route=\"$2\",outcome=\"$3\"}" '$1 == m { n = $2 } END { print n + 0 }'
 }
 
 summary() { grep -E "Requests/sec|^ +50%|^ +99%|Non-2xx|Socket errors" | tr -s ' ' | tr '\n' ' '; echo; }
 
+if [[ " $PARTS " == *" latency "* ]]; then
 echo "== latency (wrk against one instance, workers: 1; limits 100000/s: nothing rejected)"
-for store in single cluster; do
+for store in $STORES; do
   var=STORE_$store
-  start_sluice "lat-$store" "${!var}"
+  start_sluice "lat-$store" "${!var}" 20ms local
   for path in local global lease; do
     wrk -t1 -c32 -d2s "http://127.0.0.1:$HTTP/$path" >/dev/null
   done
-  for path in local global lease; do
-    printf '%-8s %-7s c32: ' "$store" "/$path"
-    wrk -t1 -c32 -d10s --latency "http://127.0.0.1:$HTTP/$path" | summary
-  done
-  for path in local global lease; do
-    printf '%-8s %-7s c1:  ' "$store" "/$path"
-    wrk -t1 -c1 -d5s --latency "http://127.0.0.1:$HTTP/$path" | summary
-  done
-  grep -iE "warn|error" "$WORK/lat-$store.log" || echo "$store: no warning in sluice's log"
+  for round in $(seq "$ROUNDS"); do
+    for conns in 32 1; do
+      for path in local global lease; do
+        printf 'LAT %s %s c%s round%s: ' "$store" "$path" "$conns" "$round"
+        wrk -t1 -c"$conns" -d5s --latency "http://127.0.0.1:$HTTP/$path" | summary
+      done
+    done
+  done | tee -a "$WORK/latency.txt"
+  echo "$store: $(grep -ciE "warn|error" "$WORK/lat-$store.log" || true) warning lines in sluice's log (a Redis call over 20 ms)"
 done
-
+echo
+echo "== medians of $ROUNDS rounds (p50 and p99 in ms; added = minus /local's median)"
+python3 - "$WORK/latency.txt" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"LAT (\S+) (\S+) c(\d+) round\d+: +50% ([\d.]+)(us|ms|s) +99% ([\d.]+)(us|ms|s) .*?Requests/sec: ([\d.]+)", line)
+    if not m:
+        continue
+    store, path, conns, p50, u50, p99, u99, rps = m.groups()
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    runs.setdefault((store, conns, path), []).append((float(p50) * scale[u50], float(p99) * scale[u99], float(rps)))
+for (store, conns, path), values in sorted(runs.items(), key=lambda kv: (kv[0][0], -int(kv[0][1]), ["local", "global", "lease"].index(kv[0][2]))):
+    p50, p99, rps = (statistics.median(v[i] for v in values) for i in range(3))
+    base = runs[(store, conns, "local")]
+    b50, b99, brps = (statistics.median(v[i] for v in base) for i in range(3))
+    print(f"{store:8} c{conns:<3} /{path:<7} p50 {p50:7.3f}  p99 {p99:7.2f}  req/s {rps:8.0f}   added p50 {p50 - b50:+.3f}  p99 {p99 - b99:+.2f}  throughput x{rps / brps:.2f}")
+PY
+fi
+[[ " $PARTS " == *" accuracy "* ]] || exit 0
 echo
 echo "== accuracy: 3 instances, one limit (key: global, $ACC_RATE/s, burst $ACC_BURST)"
-for store in single cluster; do
+for store in $STORES; do
   var=STORE_$store
   admins=(); https=()
   for i in 1 2 3; do
-    start_sluice "acc-$store-$i" "${!var}"
+    start_sluice "acc-$store-$i" "${!var}" 250ms deny
     admins+=("$ADMIN"); https+=("$HTTP")
   done
   for route in acc0 acclease; do
-    before=0
-    for a in "${admins[@]}"; do before=$((before + $(forwarded "$a" "$route"))); done
+    before=0; failed_before=0
+    for a in "${admins[@]}"; do
+      before=$((before + $(outcome "$a" "$route" forwarded)))
+      failed_before=$((failed_before + $(outcome "$a" "$route" store_unavailable)))
+    done
     t0=$(date +%s.%N)
     wrks=()
     for h in "${https[@]}"; do
@@ -168,15 +203,19 @@ for store in single cluster; do
     done
     wait "${wrks[@]}"
     t1=$(date +%s.%N)
-    after=0
-    for a in "${admins[@]}"; do after=$((after + $(forwarded "$a" "$route"))); done
+    after=0; failed=0
+    for a in "${admins[@]}"; do
+      after=$((after + $(outcome "$a" "$route" forwarded)))
+      failed=$((failed + $(outcome "$a" "$route" store_unavailable)))
+    done
     requests=$(cat "$WORK"/wrk-"$store"-"$route"-*.out | awk '/requests in/ { n += $1 } END { print n }')
     lease=$([[ $route == acc0 ]] && echo 0 || echo "$ACC_LEASE")
     awk -v store="$store" -v lease="$lease" -v rate="$ACC_RATE" -v burst="$ACC_BURST" \
-      -v admitted=$((after - before)) -v t0="$t0" -v t1="$t1" -v requests="$requests" 'BEGIN {
+      -v admitted=$((after - before)) -v failed=$((failed - failed_before)) -v t0="$t0" -v t1="$t1" \
+      -v requests="$requests" 'BEGIN {
       secs = t1 - t0; expected = rate * secs + burst
-      printf "%-8s lease %-3d admitted %6d  expected %6.0f (%d/s x %.3f s + %d)  ratio %.4f  offered %.0f req/s\n",
-        store, lease, admitted, expected, rate, secs, burst, admitted / expected, requests / secs
+      printf "%-8s lease %-3d admitted %6d  expected %6.0f (%d/s x %.3f s + %d)  ratio %.4f  offered %.0f req/s  503 store-unavailable %d\n",
+        store, lease, admitted, expected, rate, secs, burst, admitted / expected, requests / secs, failed
     }'
   done
 done
