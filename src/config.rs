@@ -145,6 +145,7 @@ pub struct RedisConfig {
     /// The certificates read from `ca` when the config was loaded, checked to parse: what
     /// connections trust, so a file changed after loading changes nothing until a reload.
     #[serde(skip)]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) ca_pem: Option<Arc<[u8]>>,
     /// Per call; after it, `on_error` applies. Default 20 ms.
     #[serde(serialize_with = "effective::duration")]

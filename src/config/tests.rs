@@ -747,8 +747,10 @@ fn cluster_seeds_are_an_alternative_to_url() {
 }
 
 /// A file in the temp directory holding `contents`, removed when dropped.
+#[cfg(feature = "redis")]
 struct TempFile(std::path::PathBuf);
 
+#[cfg(feature = "redis")]
 impl TempFile {
     fn new(contents: &[u8]) -> TempFile {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -762,6 +764,7 @@ impl TempFile {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
