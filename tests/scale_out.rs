@@ -183,7 +183,7 @@ async fn three_instances_on_a_cluster_admit_the_limit() {
 
 /// Pins: a lease takes its tokens from the bucket in one call (Redis' TTL shows the bucket 4
 /// tokens down after one request) while the response's `RateLimit` field is the same as
-/// without a lease; then two instances spending leases never admit more than the burst.
+/// without a lease; then two instances spending leases admit the burst, never more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_takes_tokens_ahead_and_never_exceeds_the_bucket() {
     let redis = RedisServer::start().await;
@@ -200,6 +200,7 @@ async fn a_lease_takes_tokens_ahead_and_never_exceeds_the_bucket() {
     let a = start_proxy(&yaml).await;
     let b = start_proxy(&yaml).await;
 
+    let first_at = Instant::now();
     let first = get(&a.url("/")).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("ratelimit"), Some("\"g\";r=9;t=6"));
@@ -226,9 +227,12 @@ async fn a_lease_takes_tokens_ahead_and_never_exceeds_the_bucket() {
         admitted <= 10,
         "never more than the bucket holds: {statuses:?}"
     );
-    // Each instance holds at most 4 tokens and spends them (unless they expired, on a very
-    // slow machine): nearly the whole bucket is admitted.
-    assert!(admitted >= 6, "{statuses:?}");
+    // Each instance holds at most 4 tokens and spends them: the whole bucket is admitted —
+    // unless leased tokens expired unspent (they live 1 s here: 16 × 4 × 6 s, capped), which
+    // only a very slow machine gives them time to.
+    if first_at.elapsed() < Duration::from_millis(900) {
+        assert_eq!(admitted, 10, "{statuses:?}");
+    }
     a.stop().await;
     b.stop().await;
 }
