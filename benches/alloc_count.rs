@@ -150,6 +150,7 @@ fn limit(name: &str, key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
         },
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Local,
+        lease: 0,
     }
 }
 

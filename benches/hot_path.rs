@@ -64,6 +64,7 @@ fn limit(key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
         },
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Local,
+        lease: 0,
     }
 }
 

@@ -193,9 +193,16 @@ pub struct StoreConfig {
 /// `store.redis:`.
 #[derive(Clone, Serialize)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL; may hold a password, so it is never printed.
-    #[serde(serialize_with = "effective::redacted")]
-    pub url: String,
+    /// One server (`url`) or a Redis Cluster (`cluster`); exactly one of the two.
+    #[serde(flatten)]
+    pub target: RedisTarget,
+    /// `ca`: a PEM file of CA certificates trusted for `rediss://` besides the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The certificates read from `ca` when the config was loaded, checked to parse: what
+    /// connections trust, so a file changed after loading changes nothing until a reload.
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) ca_pem: Option<Arc<[u8]>>,
     /// Per call; after it, `on_error` applies. Default 20 ms.
     #[serde(serialize_with = "effective::duration")]
     pub timeout: Duration,
@@ -203,10 +210,53 @@ pub struct RedisConfig {
     pub on_error: OnStoreError,
 }
 
+/// `store.redis.url` or `store.redis.cluster`: where the buckets live. The URLs may hold a
+/// password, so they are never printed whole.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub enum RedisTarget {
+    /// `url`: one `redis://` or `rediss://` server (or a primary with replicas behind one address).
+    #[serde(rename = "url", serialize_with = "effective::redacted")]
+    Server(String),
+    /// `cluster`: seed nodes of a Redis Cluster, all `redis://` or all `rediss://`; the client
+    /// discovers the other nodes and the slot map from them.
+    #[serde(rename = "cluster", serialize_with = "effective::redacted_list")]
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// True when the connections use TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            RedisTarget::Server(url) => url.starts_with("rediss://"),
+            RedisTarget::Cluster(seeds) => seeds.iter().any(|u| u.starts_with("rediss://")),
+        }
+    }
+}
+
+impl fmt::Display for RedisTarget {
+    /// Redacted: `redis://:***@host:6379`, or `cluster [seed, seed]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisTarget::Server(url) => f.write_str(&redact_url(url)),
+            RedisTarget::Cluster(seeds) => {
+                let seeds: Vec<String> = seeds.iter().map(|u| redact_url(u)).collect();
+                write!(f, "cluster [{}]", seeds.join(", "))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact_url(&self.url))
+            .field("target", &self.target)
+            .field("ca", &self.ca)
             .field("timeout", &self.timeout)
             .field("on_error", &self.on_error)
             .finish()
@@ -417,6 +467,9 @@ pub struct RateLimitConfig {
     pub burst: NonZeroU32,
     /// Local bucket, or shared through the store.
     pub scope: Scope,
+    /// `scope: global`: tokens one instance takes from Redis per call for a key and spends
+    /// locally (`0`: every request asks Redis). At most `burst` and 1,000,000. Default 0.
+    pub lease: u32,
 }
 
 /// `rate_limits[].key`.
@@ -570,10 +623,14 @@ impl Config {
                 OnStoreError::Allow => "allow",
                 OnStoreError::Deny => "deny",
             };
+            let ca = match &store.redis.ca {
+                Some(ca) => format!(", ca {}", ca.display()),
+                None => String::new(),
+            };
             writeln!(
                 f,
-                "store:\n  redis  {} (timeout {}, on_error {on_error})",
-                redact_url(&store.redis.url),
+                "store:\n  redis  {} (timeout {}, on_error {on_error}{ca})",
+                store.redis.target,
                 humantime::format_duration(store.redis.timeout)
             )?;
         }
@@ -609,10 +666,10 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
         r.priority.as_str(),
     )?;
     for l in &r.rate_limits {
-        let scope = if l.scope == Scope::Global {
-            ", scope global"
-        } else {
-            ""
+        let scope = match (l.scope, l.lease) {
+            (Scope::Global, 0) => ", scope global".to_owned(),
+            (Scope::Global, lease) => format!(", scope global, lease {lease}"),
+            (Scope::Local, _) => String::new(),
         };
         writeln!(
             f,

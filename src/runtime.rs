@@ -49,7 +49,7 @@ pub struct Runtime {
     /// Kept by the next runtime while the maximum is unchanged.
     pub(crate) budget: Arc<Budget>,
     /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
-    /// the next runtime while `store.redis.url` is unchanged.
+    /// the next runtime while `store.redis` names the same server or cluster (and `ca`).
     #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
     /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
@@ -270,7 +270,7 @@ impl Shared {
 /// What a new runtime takes over from the previous one, and builds what it cannot.
 struct Carry<'a> {
     previous: Option<&'a Runtime>,
-    /// One Redis connection for every global limit; an unchanged URL keeps the running one.
+    /// One Redis connection for every global limit; an unchanged target keeps the running one.
     #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
     #[cfg(feature = "redis")]
@@ -379,15 +379,26 @@ impl<'a> Carry<'a> {
         l: &RateLimitConfig,
         config: &Config,
     ) -> Limit {
-        let kept = old
-            .and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l))
-            .map(|ol| ol.rate.clone());
-        let rate = kept.unwrap_or_else(|| Arc::new(RateLimit::new(l)));
+        let kept = old.and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l));
+        let rate = kept.map_or_else(|| Arc::new(RateLimit::new(l)), |ol| ol.rate.clone());
         #[cfg(feature = "redis")]
         let global = match (&self.store, &config.store) {
-            (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => Some(Arc::new(
-                GlobalLimit::new(route, l, &sc.redis, store.clone(), rate.clone()),
-            )),
+            (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => {
+                // Unchanged: keep its remembered denials and leased tokens (dropping leased
+                // tokens would not overshoot, but would waste them).
+                let same = kept
+                    .and_then(|ol| ol.global.as_ref())
+                    .filter(|g| g.keeps(l, &sc.redis, store));
+                Some(same.cloned().unwrap_or_else(|| {
+                    Arc::new(GlobalLimit::new(
+                        route,
+                        l,
+                        &sc.redis,
+                        store.clone(),
+                        rate.clone(),
+                    ))
+                }))
+            }
             _ => None,
         };
         #[cfg(not(feature = "redis"))]
@@ -507,5 +518,34 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         rt.housekeeping();
         assert_eq!(upstream.idle(), 0, "kept after 60 s idle");
+    }
+
+    /// Pins: a reload keeps a global limit (with its leased tokens and remembered denials) while
+    /// it and its store are unchanged, and builds it anew when its parameters or the store change.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn reload_keeps_unchanged_global_limits() {
+        let yaml = |url: &str, lease: u32| {
+            format!(
+                "server: {{ listen: 127.0.0.1:0 }}\n\
+                 store: {{ redis: {{ url: \"{url}\" }} }}\n\
+                 upstreams: {{ api: {{ endpoints: [http://127.0.0.1:1] }} }}\n\
+                 routes: [{{ name: all, upstream: api, rate_limits: [{{ key: global, rate: 100/s, scope: global, lease: {lease} }}] }}]\n"
+            )
+        };
+        let build = |text: String, previous: Option<&Runtime>| {
+            let config = crate::config::from_yaml(&text, Path::new("test.yaml"))
+                .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+            Runtime::build(config, previous, Arc::new(Metrics::new()))
+        };
+        let global = |rt: &Runtime| rt.routes[0].limits[0].global.clone().unwrap();
+        // Nothing listens on port 1: these runtimes never reach Redis, which is not needed.
+        let first = build(yaml("redis://127.0.0.1:1", 10), None);
+        let same = build(yaml("redis://127.0.0.1:1", 10), Some(&first));
+        assert!(Arc::ptr_eq(&global(&first), &global(&same)));
+        let other_lease = build(yaml("redis://127.0.0.1:1", 20), Some(&same));
+        assert!(!Arc::ptr_eq(&global(&same), &global(&other_lease)));
+        let other_store = build(yaml("redis://127.0.0.2:1", 20), Some(&other_lease));
+        assert!(!Arc::ptr_eq(&global(&other_lease), &global(&other_store)));
     }
 }

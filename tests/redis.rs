@@ -227,7 +227,7 @@ async fn global_headers_agree_with_the_local_algorithm() {
     proxy.stop().await;
 }
 
-/// Pins: bucket keys are `sluice:<route>:<limit>:<key>`, expire (PTTL > 0) no later than the
+/// Pins: bucket keys are `sluice:{<route>:<limit>:<key>}`, expire (PTTL > 0) no later than the
 /// bucket's refill time, and a header key holds a hash, not the header's value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_expire_within_the_refill_time() {
@@ -248,10 +248,10 @@ async fn keys_expire_within_the_refill_time() {
     let keys = sluice_keys(&mut conn).await;
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().all(|k| !k.contains("k-123")), "{keys:?}");
-    let ip_key = "sluice:r:per-client:ip:127.0.0.1";
+    let ip_key = "sluice:{r:per-client:ip:127.0.0.1}";
     let header_key = keys
         .iter()
-        .find(|k| k.starts_with("sluice:r:per-key:h:"))
+        .find(|k| k.starts_with("sluice:{r:per-key:h:"))
         .unwrap_or_else(|| panic!("{keys:?}"));
     assert!(keys.contains(&ip_key.to_owned()), "{keys:?}");
     // (key, refill time = burst × T, less than the TTL after 3 quick requests (≈ 3 T): T)
@@ -513,7 +513,7 @@ async fn password_urls_work_and_are_redacted() {
         StatusCode::TOO_MANY_REQUESTS
     );
     let mut conn = redis.connection(Some("s3cret-pw")).await;
-    assert_eq!(sluice_keys(&mut conn).await, ["sluice:r:limit-0:global"]);
+    assert_eq!(sluice_keys(&mut conn).await, ["sluice:{r:limit-0:global}"]);
     let config = get(&proxy.admin_url("/config")).await.text();
     assert!(!config.contains("s3cret-pw"), "{config}");
     assert!(config.contains(":***@127.0.0.1"), "{config}");
@@ -594,6 +594,6 @@ async fn reload_keeps_or_replaces_the_connection() {
         "a fresh bucket"
     );
     let mut conn = second.connection(None).await;
-    assert_eq!(sluice_keys(&mut conn).await, ["sluice:r:limit-0:global"]);
+    assert_eq!(sluice_keys(&mut conn).await, ["sluice:{r:limit-0:global}"]);
     proxy.stop().await;
 }

@@ -85,6 +85,7 @@ pub fn run(allocator: &str, release: Option<(&str, fn())>) {
         },
         burst: NonZeroU32::new(100).unwrap(),
         scope: Scope::Local,
+        lease: 0,
     };
     // Full again after burst × T = 1 s at the latest; governor then keeps a key for one more
     // emission interval T (10 ms). 1.2 s after the last check every key is evictable.

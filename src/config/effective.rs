@@ -38,6 +38,11 @@ pub(super) fn redacted<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&super::redact_url(url))
 }
 
+/// URLs with their passwords replaced by `***`.
+pub(super) fn redacted_list<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|url| super::redact_url(url)))
+}
+
 /// `http://host:port`, as the file names endpoints.
 pub(super) fn endpoints<S: Serializer>(list: &[Authority], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(list.iter().map(|a| format!("http://{a}")))

@@ -107,6 +107,10 @@ pub(crate) struct RawStore {
 pub(crate) struct RawRedis {
     /// `redis://` or `rediss://` URL.
     pub(crate) url: Option<String>,
+    /// Redis Cluster seed URLs.
+    pub(crate) cluster: Option<Vec<String>>,
+    /// Path of a PEM file of CA certificates.
+    pub(crate) ca: Option<String>,
     /// A duration.
     pub(crate) timeout: Option<String>,
     /// `local` | `allow` | `deny`.
@@ -204,6 +208,8 @@ pub(crate) struct RawRateLimit {
     pub(crate) burst: Option<Int>,
     /// `local` | `global`.
     pub(crate) scope: Option<String>,
+    /// A count ≥ 0.
+    pub(crate) lease: Option<Int>,
 }
 
 /// A whole number (possibly negative, so that `validate` can say "must be at least 1"); its own

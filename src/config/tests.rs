@@ -698,7 +698,10 @@ fn store_and_global_scope_are_accepted() {
     // Pins: store.redis with its defaults (timeout 20ms, on_error local) and scope: global.
     let c = load(&with_store("url: \"redis://u:secret@h:6379\""));
     let redis = &c.store.as_ref().unwrap().redis;
-    assert_eq!(redis.url, "redis://u:secret@h:6379");
+    assert_eq!(
+        redis.target,
+        RedisTarget::Server("redis://u:secret@h:6379".into())
+    );
     assert_eq!(redis.timeout, Duration::from_millis(20));
     assert_eq!(redis.on_error, OnStoreError::Local);
     assert_eq!(c.routes[0].rate_limits[0].scope, Scope::Global);
@@ -744,6 +747,12 @@ fn a_bad_redis_url_is_refused_redacted() {
         "store.redis.url",
     );
     assert!(!e.message.contains("hunter2"), "{e}");
+    let e = one_error(
+        &with_store("url: \"rediss://u:hunter2@h#insecure\""),
+        "store.redis.url",
+    );
+    assert!(e.message.contains("store.redis.ca"), "{e}");
+    assert!(!e.message.contains("hunter2"), "{e}");
     one_error(
         &with_store("url: \"redis://h\", timeout: 0ms"),
         "store.redis.timeout",
@@ -767,6 +776,170 @@ fn check_summary_shows_the_store_redacted() {
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn cluster_seeds_are_an_alternative_to_url() {
+    // Pins: `cluster` lists seed URLs (each checked, redacted in messages), exclusive with
+    // `url`; one of the two is required; seeds do not mix TLS and plain.
+    let c = load(&with_store(
+        "cluster: [\"redis://:pw@10.0.0.1:7000\", \"redis://:pw@10.0.0.2:7000\"]",
+    ));
+    let redis = &c.store.as_ref().unwrap().redis;
+    assert_eq!(
+        redis.target,
+        RedisTarget::Cluster(vec![
+            "redis://:pw@10.0.0.1:7000".into(),
+            "redis://:pw@10.0.0.2:7000".into()
+        ])
+    );
+    let text = c.to_string();
+    assert!(
+        text.contains("redis  cluster [redis://:***@10.0.0.1:7000, redis://:***@10.0.0.2:7000]"),
+        "{text}"
+    );
+    let e = one_error(
+        &with_store("url: \"redis://h\", cluster: [\"redis://h:7000\"]"),
+        "store.redis",
+    );
+    assert!(e.message.contains("mutually exclusive"), "{e}");
+    let e = one_error(&with_store("timeout: 5ms"), "store.redis.url");
+    assert!(e.message.contains("cluster"), "{e}");
+    one_error(&with_store("cluster: []"), "store.redis.cluster");
+    let e = one_error(
+        &with_store("cluster: [\"redis://h:7000\", \"redis://:hunter2@h:port\"]"),
+        "store.redis.cluster[1]",
+    );
+    assert!(!e.message.contains("hunter2"), "{e}");
+    let e = one_error(
+        &with_store("cluster: [\"redis://h:7000\", \"rediss://h:7001\"]"),
+        "store.redis.cluster",
+    );
+    assert!(e.message.contains("mix"), "{e}");
+    let many: Vec<String> = (0..65)
+        .map(|i| format!("\"redis://h:{}\"", 7000 + i))
+        .collect();
+    one_error(
+        &with_store(&format!("cluster: [{}]", many.join(", "))),
+        "store.redis.cluster",
+    );
+}
+
+/// A file in the temp directory holding `contents`, removed when dropped.
+#[cfg(feature = "redis")]
+struct TempFile(std::path::PathBuf);
+
+#[cfg(feature = "redis")]
+impl TempFile {
+    fn new(contents: &[u8]) -> TempFile {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "sluice-config-test-{}-{}.pem",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn the_redis_ca_is_read_and_checked_at_load() {
+    // Pins: `store.redis.ca` is read when the config is loaded (its certificates kept for the
+    // connections); a missing file, a file without certificates, a broken PEM and a ca without
+    // TLS are errors at `store.redis.ca`.
+    let ca = rcgen::generate_simple_self_signed(vec!["redis.test".to_owned()]).unwrap();
+    let good = TempFile::new(ca.cert.pem().as_bytes());
+    let c = load(&with_store(&format!(
+        "url: \"rediss://h:6380\", ca: \"{}\"",
+        good.0.display()
+    )));
+    let redis = &c.store.as_ref().unwrap().redis;
+    assert_eq!(redis.ca.as_deref(), Some(good.0.as_path()));
+    assert_eq!(redis.ca_pem.as_deref(), Some(ca.cert.pem().as_bytes()));
+    assert!(c.to_string().contains(", ca "), "{c}");
+
+    let e = one_error(
+        &with_store("url: \"rediss://h\", ca: /nonexistent/ca.pem"),
+        "store.redis.ca",
+    );
+    assert!(
+        e.message.starts_with("cannot read /nonexistent/ca.pem"),
+        "{e}"
+    );
+    let empty = TempFile::new(b"no certificate here\n");
+    let e = one_error(
+        &with_store(&format!(
+            "url: \"rediss://h\", ca: \"{}\"",
+            empty.0.display()
+        )),
+        "store.redis.ca",
+    );
+    assert!(e.message.contains("no certificate"), "{e}");
+    let broken = TempFile::new(b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n");
+    let e = one_error(
+        &with_store(&format!(
+            "url: \"rediss://h\", ca: \"{}\"",
+            broken.0.display()
+        )),
+        "store.redis.ca",
+    );
+    assert!(e.message.contains("not a valid PEM"), "{e}");
+    let e = one_error(
+        &with_store(&format!("url: \"redis://h\", ca: \"{}\"", good.0.display())),
+        "store.redis.ca",
+    );
+    assert!(e.message.contains("rediss://"), "{e}");
+}
+
+#[test]
+fn a_lease_needs_a_global_limit_and_fits_its_burst() {
+    // Pins: `lease` defaults to 0; it is refused on a local limit, above the burst, above
+    // 1,000,000 and below 0, each at its field.
+    let limit = |fields: &str| {
+        format!(
+            "{}store:\n  redis: {{url: \"redis://h\"}}\n{}    rate_limits: [{{key: global, {fields}}}]\n",
+            BASE.split("upstreams:").next().unwrap(),
+            &BASE[BASE.find("upstreams:").unwrap()..]
+        )
+    };
+    #[cfg(feature = "redis")]
+    {
+        let c = load(&limit("rate: 100/s, scope: global"));
+        assert_eq!(c.routes[0].rate_limits[0].lease, 0);
+        let c = load(&limit("rate: 100/s, burst: 50, scope: global, lease: 50"));
+        assert_eq!(c.routes[0].rate_limits[0].lease, 50);
+        assert!(c.to_string().contains("scope global, lease 50"), "{c}");
+        let e = one_error(
+            &limit("rate: 100/s, burst: 50, scope: global, lease: 51"),
+            "routes[0].rate_limits[0].lease",
+        );
+        assert!(e.message.contains("burst (50)"), "{e}");
+        let e = one_error(
+            &limit("rate: 2000000/s, scope: global, lease: 1000001"),
+            "routes[0].rate_limits[0].lease",
+        );
+        assert!(e.message.contains("at most 1000000"), "{e}");
+        one_error(
+            &limit("rate: 100/s, scope: global, lease: -1"),
+            "routes[0].rate_limits[0].lease",
+        );
+    }
+    let e = one_error(
+        &limit("rate: 100/s, lease: 10"),
+        "routes[0].rate_limits[0].lease",
+    );
+    assert!(e.message.contains("scope: global"), "{e}");
+    load(&limit("rate: 100/s, lease: 0"));
 }
 
 #[test]
@@ -1018,7 +1191,9 @@ fn effective_config_redacts_the_redis_password() {
     let mut c = load(BASE);
     c.store = Some(StoreConfig {
         redis: RedisConfig {
-            url: "redis://user:hunter2@cache:6379/0".into(),
+            target: RedisTarget::Server("redis://user:hunter2@cache:6379/0".into()),
+            ca: None,
+            ca_pem: None,
             timeout: Duration::from_millis(20),
             on_error: OnStoreError::Deny,
         },
@@ -1026,6 +1201,21 @@ fn effective_config_redacts_the_redis_password() {
     let e = serde_json::to_value(&c).unwrap();
     assert_eq!(e["store"]["redis"]["url"], "redis://user:***@cache:6379/0");
     assert_eq!(e["store"]["redis"]["on_error"], "deny");
+    assert!(e["store"]["redis"].get("cluster").is_none(), "{e}");
+    assert!(!e.to_string().contains("hunter2"));
+
+    // A cluster: every seed redacted, no `url`.
+    let store = c.store.as_mut().unwrap();
+    store.redis.target = RedisTarget::Cluster(vec![
+        "redis://:hunter2@10.0.0.1:7000".into(),
+        "redis://:hunter2@10.0.0.2:7000".into(),
+    ]);
+    let e = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        e["store"]["redis"]["cluster"],
+        serde_json::json!(["redis://:***@10.0.0.1:7000", "redis://:***@10.0.0.2:7000"])
+    );
+    assert!(e["store"]["redis"].get("url").is_none(), "{e}");
     assert!(!e.to_string().contains("hunter2"));
 }
 

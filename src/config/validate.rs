@@ -26,7 +26,7 @@ use super::raw::{
 use super::{
     AdaptiveConfig, AdminConfig, ByteSize, CapSize, ClientLimits, ConcurrencyConfig, Config,
     HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate, RateLimitConfig,
-    RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig, StoreConfig, TlsConfig,
+    RedisConfig, RedisTarget, RouteConfig, RouteMatch, Scope, ServerConfig, StoreConfig, TlsConfig,
     UpstreamConfig,
 };
 use crate::net::tls::Acceptor;
@@ -81,6 +81,10 @@ const MAX_COUNT: i64 = 10_000_000;
 const MAX_WORKERS: i64 = 1024;
 /// hyper reads a request head into a buffer of at least 8 KiB: a smaller limit cannot be kept.
 const MIN_HEADER_BYTES: u64 = 8 << 10;
+/// Most seed nodes `store.redis.cluster` may list: a bound, not a need (a few are enough).
+const MAX_CLUSTER_SEEDS: usize = 64;
+/// Largest `rate_limits[].lease` (it is also at most the limit's burst).
+const MAX_LEASE: u32 = 1_000_000;
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
 ///
@@ -501,19 +505,38 @@ impl Cx {
 
     fn redis(&mut self, raw: &RawRedis) -> Option<RedisConfig> {
         let at = "store.redis";
-        let url = match raw.url.as_deref().map(str::trim) {
-            None => self.missing(&join(at, "url"), "a URL like redis://127.0.0.1:6379"),
-            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                self.redis_url(&join(at, "url"), url)
-            }
-            // Print the URL redacted: it may hold a password.
-            Some(url) => self.fail(
-                &join(at, "url"),
-                format!(
-                    "expected a redis:// or rediss:// URL, found {:?}",
-                    super::redact_url(url)
-                ),
+        let target = match (raw.url.as_deref().map(str::trim), &raw.cluster) {
+            (Some(_), Some(_)) => self.fail(
+                at,
+                "url and cluster are mutually exclusive: url names one server, cluster the seed nodes of a Redis Cluster; keep one",
             ),
+            (None, None) => self.missing(
+                &join(at, "url"),
+                "a URL like redis://127.0.0.1:6379 (or `cluster`: a list of Redis Cluster seed URLs)",
+            ),
+            (Some(url), None) => self
+                .redis_url(&join(at, "url"), url)
+                .map(RedisTarget::Server),
+            (None, Some(seeds)) => self.cluster(&join(at, "cluster"), seeds),
+        };
+        let (ca, ca_pem) = match raw.ca.as_deref() {
+            None => (Some(None), None),
+            Some(path) => {
+                let at = join(at, "ca");
+                let file = self.file(&at, Some(path), "the path of a PEM file of CA certificates");
+                let pem = file.as_deref().and_then(|file| self.ca_file(&at, file));
+                if let Some(target) = target.as_ref().filter(|t| !t.is_tls()) {
+                    let (field, example) = match target {
+                        RedisTarget::Server(_) => ("url", "rediss://"),
+                        RedisTarget::Cluster(_) => ("cluster", "rediss:// seeds"),
+                    };
+                    self.error(
+                        &at,
+                        format!("ca is used only by TLS connections, and store.redis.{field} does not ask for TLS (use {example}, or remove ca)"),
+                    );
+                }
+                (file.map(Some), pem)
+            }
         };
         let timeout = self.duration(
             &join(at, "timeout"),
@@ -532,18 +555,40 @@ impl Cx {
             OnStoreError::Local,
         );
         Some(RedisConfig {
-            url: url?,
+            target: target?,
+            ca: ca?,
+            ca_pem,
             timeout: timeout?,
             on_error: on_error?,
         })
     }
 
-    /// A `redis://` / `rediss://` URL that the Redis client accepts (host, port, database,
-    /// user and password), so that a typo is a config error rather than a Redis outage.
+    /// `store.redis.url`, or one seed of `store.redis.cluster`: a `redis://` / `rediss://` URL
+    /// that the Redis client accepts (host, port, database, user and password), so that a typo
+    /// is a config error rather than a Redis outage. Printed redacted: it may hold a password.
     fn redis_url(&mut self, at: &str, url: &str) -> Option<String> {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return self.fail(
+                at,
+                format!(
+                    "expected a redis:// or rediss:// URL, found {:?}",
+                    super::redact_url(url)
+                ),
+            );
+        }
+        if url.contains('#') {
+            // redis-rs reads `#insecure` as "skip certificate checks", which this build cannot
+            // do (the connection would fail at every attempt): say so now.
+            return self.fail(
+                at,
+                format!(
+                    "a URL fragment is not supported, found {:?}: sluice always verifies a rediss:// server (trust a private CA with store.redis.ca)",
+                    super::redact_url(url)
+                ),
+            );
+        }
         #[cfg(feature = "redis")]
         if redis::Client::open(url).is_err() {
-            // Printed redacted: it may hold a password.
             return self.fail(
                 at,
                 format!(
@@ -555,6 +600,82 @@ impl Cx {
         #[cfg(not(feature = "redis"))]
         let _ = at;
         Some(url.to_owned())
+    }
+
+    /// `store.redis.cluster`: 1 to [`MAX_CLUSTER_SEEDS`] seed URLs, all with TLS or all without
+    /// (the cluster client uses one mode for every node).
+    fn cluster(&mut self, at: &str, raw: &[String]) -> Option<RedisTarget> {
+        if raw.is_empty() {
+            return self.fail(
+                at,
+                "must list at least one seed node, like [redis://10.0.0.1:6379, redis://10.0.0.2:6379]",
+            );
+        }
+        if raw.len() > MAX_CLUSTER_SEEDS {
+            return self.fail(
+                at,
+                format!(
+                    "at most {MAX_CLUSTER_SEEDS} seed nodes, found {}; a few are enough: the client discovers the others",
+                    raw.len()
+                ),
+            );
+        }
+        let seeds: Vec<Option<String>> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, url)| self.redis_url(&format!("{at}[{i}]"), url.trim()))
+            .collect();
+        let seeds: Vec<String> = seeds.into_iter().collect::<Option<_>>()?;
+        let tls = seeds.iter().filter(|u| u.starts_with("rediss://")).count();
+        if tls != 0 && tls != seeds.len() {
+            return self.fail(
+                at,
+                "seed nodes mix redis:// and rediss://; a cluster is reached with TLS on every node or on none",
+            );
+        }
+        #[cfg(feature = "redis")]
+        if let Err(err) = redis::cluster::ClusterClient::new(seeds.iter().map(String::as_str)) {
+            // The client's own checks (e.g. different passwords among the seeds); its message
+            // names no password.
+            return self.fail(at, format!("not a usable list of seed nodes: {err}"));
+        }
+        Some(RedisTarget::Cluster(seeds))
+    }
+
+    /// The PEM file of `store.redis.ca`, read now (so that `sluice check` and a reload catch a
+    /// bad file): at least one certificate, and nothing that fails to parse.
+    fn ca_file(&mut self, at: &str, path: &Path) -> Option<Arc<[u8]>> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+
+        let pem = match std::fs::read(path) {
+            Ok(pem) => pem,
+            Err(err) => {
+                return self.fail(at, format!("cannot read {}: {err}", path.display()));
+            }
+        };
+        let mut certs = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            match cert {
+                Ok(_) => certs += 1,
+                Err(err) => {
+                    return self.fail(
+                        at,
+                        format!("{} is not a valid PEM file: {err}", path.display()),
+                    );
+                }
+            }
+        }
+        if certs == 0 {
+            return self.fail(
+                at,
+                format!(
+                    "{} holds no certificate (expected PEM blocks -----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ),
+            );
+        }
+        Some(Arc::from(pem))
     }
 
     fn upstream(&mut self, name: &str, raw: &RawUpstream) -> Option<UpstreamConfig> {
@@ -852,13 +973,47 @@ impl Cx {
                 "scope: global needs store.redis, which is not configured",
             );
         }
+        let lease = self.lease(&join(at, "lease"), raw.lease, burst, scope);
         Some(RateLimitConfig {
             name: name?,
             key: key?,
             rate: rate?,
             burst: NonZeroU32::new(burst?)?,
             scope: scope?,
+            lease: lease?,
         })
+    }
+
+    /// `rate_limits[].lease`: 0 (default) … min(burst, [`MAX_LEASE`]), and only with
+    /// `scope: global` — a local limit makes no Redis call to save, so a lease there is a
+    /// mistake worth saying rather than a value to ignore.
+    fn lease(
+        &mut self,
+        at: &str,
+        raw: Option<Int>,
+        burst: Option<u32>,
+        scope: Option<Scope>,
+    ) -> Option<u32> {
+        let Some(raw) = raw else {
+            return Some(0);
+        };
+        let lease = self.number::<u32>(at, raw.0, 0, i64::from(MAX_LEASE))?;
+        if lease == 0 {
+            return Some(0);
+        }
+        if scope == Some(Scope::Local) {
+            return self.fail(
+                at,
+                "lease is for scope: global limits (tokens taken from Redis ahead of use); a local limit has no Redis call to save: remove lease or set scope: global",
+            );
+        }
+        match burst {
+            Some(burst) if lease > burst => self.fail(
+                at,
+                format!("must be at most the limit's burst ({burst}), found {lease}: a lease is taken from the bucket, which never holds more"),
+            ),
+            _ => Some(lease),
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! Rate limits with `scope: global`: one bucket per key shared by every sluice instance, kept in
-//! Redis (`store.redis`).
+//! Redis (`store.redis`: one server, or a Redis Cluster).
 //!
 //! Sits in the rate limit stage of `crate::pipeline`, in place of the local bucket of
 //! [`super::rate`] for the limits that say `scope: global`; local limits of the same route stay on
-//! their synchronous path. A route without global limits never reaches this module.
+//! their synchronous path. A route without global limits never reaches this module. The
+//! connection and its circuit breakers are [`store`]'s; what an instance remembers between
+//! calls (denials, leased tokens) is [`memo`]'s.
 //!
 //! # The algorithm: governor's GCRA, in one Lua script
 //!
@@ -14,10 +16,17 @@
 //! (`gcra.rs`), step for step, with emission interval `T` and tolerance `τ = (burst − 1)·T`:
 //! with `d = TAT − now` (0 for a missing key), a request is denied iff `d > τ`, and then
 //! `retry_after = d − τ`; otherwise the new TAT is `now + max(d, 0) + T`. The script returns
-//! `TAT − now` after an admission and `GlobalLimit::admitted` derives `remaining` and `reset`
+//! `TAT − now` after an admission and `GlobalLimit::decision` derives `remaining` and `reset`
 //! from it exactly as [`super::rate`] does from governor's state, so the same sequence of requests
 //! yields the same [`Decision`]s, hence the same `Retry-After` and `RateLimit` fields, as a local
 //! limit with the same parameters.
+//!
+//! **Several tokens at once** (leases, below): the script is asked for up to `want` tokens and
+//! grants `k = min(want, ⌊(τ + T − max(d, 0)) / T⌋)`, the whole tokens the bucket holds, setting
+//! the TAT to `now + max(d, 0) + k·T`: `k` requests in a row would have left the same TAT, so a
+//! lease never takes a token the bucket does not have. (The quotient is a double: when it rounds
+//! up to the next whole number, the script steps back, checking `k·T ≤ room` exactly.) `want = 1`
+//! is the step above.
 //!
 //! **Clock**: the script takes `now` from Redis' own `TIME`, not from the instance. Every
 //! instance then measures the bucket against one clock, so clock skew between sluice hosts
@@ -32,39 +41,50 @@
 //!
 //! # Keys and memory
 //!
-//! `sluice:<route>:<limit>:<key>`, where `<route>` and `<limit>` are the config names with `%` and
-//! `:` percent-escaped (so that no two pairs of names map to the same prefix) and `<key>` is
+//! `sluice:{<route>:<limit>:<key>}`, where `<route>` and `<limit>` are the config names with `%`
+//! and `:` percent-escaped (so that no two pairs of names map to the same prefix) and `<key>` is
 //! `global`, `ip:<address>` (IPv6 cut to `ipv6_key_prefix`, as locally) or `h:<32 hex digits>`:
-//! the first 128 bits of SHA-256 over the header's value(s). The local limiter's header key is a
-//! SipHash keyed with a random per-process key — right for one process, useless across
-//! instances. The raw value would be stable too, but header keys are typically API keys, which
-//! should not sit in Redis in clear (visible to `SCAN`, `MONITOR`, dumps), and a client-chosen
-//! value would set the key's size. A cryptographic hash is stable, fixed-size and reveals
-//! nothing; clients cannot choose values that collide. The route and limit names, not the
-//! parameters, name the bucket: a reload that changes a limit's rate keeps its Redis state (the
-//! TAT is valid under any rate), and so does a fleet half-way through a rolling config change.
+//! the first 128 bits of SHA-256 over the header's value(s). The braces are Redis Cluster's hash
+//! tag: only the text between them picks the key's slot, so everything a bucket ever stores sits
+//! on one slot (one node) whatever is added to the key later, and distinct buckets spread over
+//! the cluster's slots. A single server ignores them.
+//!
+//! The local limiter's header key is a SipHash keyed with a random per-process key — right for
+//! one process, useless across instances. The raw value would be stable too, but header keys are
+//! typically API keys, which should not sit in Redis in clear (visible to `SCAN`, `MONITOR`,
+//! dumps), and a client-chosen value would set the key's size. A cryptographic hash is stable,
+//! fixed-size and reveals nothing; clients cannot choose values that collide. The route and limit
+//! names, not the parameters, name the bucket: a reload that changes a limit's rate keeps its
+//! Redis state (the TAT is valid under any rate), and so does a fleet half-way through a rolling
+//! config change.
 //!
 //! Every write sets the key's TTL (`SET … PX`) to `TAT − now`, the time until the bucket is full
 //! again: a key that expires is indistinguishable from a full bucket, so Redis memory follows
 //! the clients active within one refill time, like the local limiter's housekeeping.
 //!
-//! # Cost, and the hot key
+//! # Cost, the hot key, and leases
 //!
-//! Every instance keeps one [`Store`]: one redis-rs `ConnectionManager`, i.e. one multiplexed
-//! connection. Concurrent requests' scripts are pipelined on it: each request writes its command
-//! and awaits its own reply, no request waits for another's round trip, and no connection pool
-//! or per-request connect is involved. What does serialize is Redis itself (single-threaded; the
+//! Every instance keeps one [`Store`]: one multiplexed connection (per node, for a cluster).
+//! Concurrent requests' scripts are pipelined on it: each request writes its command and awaits
+//! its own reply, no request waits for another's round trip, and no connection pool or
+//! per-request connect is involved. What does serialize is Redis itself (single-threaded; the
 //! script is a few microseconds), so a hot key costs Redis CPU, not queueing in sluice.
 //!
 //! A client hammering one key past its limit does not cost a round trip per request: a denial
-//! is remembered locally (`GlobalLimit`'s `denied` map) until its `retry_after` has passed,
-//! and requests of that key are denied from memory until then. This is exact, not a heuristic: a
-//! GCRA denial at `now` means `TAT − τ > now`, and a TAT only grows (requests push it forward,
-//! time does not move it), so no request of that key can be admitted before `now + retry_after`
-//! by any instance. (It errs late by at most one round trip, the time the answer took to
-//! arrive.) So while a key is over its limit each instance asks Redis about it about once per
-//! `retry_after`; admitted requests always take one round trip, since admitting is what must be
-//! counted globally.
+//! is remembered locally ([`memo`]) until its `retry_after` has passed, and requests of that key
+//! are denied from memory until then. This is exact, not a heuristic: a GCRA denial at `now`
+//! means `TAT − τ > now`, and a TAT only grows (requests push it forward, time does not move
+//! it), so no request of that key can be admitted before `now + retry_after` by any instance.
+//! (It errs late by at most one round trip, the time the answer took to arrive.) So while a key
+//! is over its limit each instance asks Redis about it about once per `retry_after`.
+//!
+//! Without a lease, every admission takes one round trip: admitting is what must be counted
+//! globally. With `lease: N`, one call takes up to N tokens for a key and the instance spends
+//! them locally ([`memo`] has the rules: one call per key in flight, a refill in the background
+//! at a quarter left, expiry after `lease_ttl`). An instance holds at most N tokens of a key, so
+//! a fleet of `n` instances admits at most `n × N` more than the bucket alone would (the tokens
+//! held, unspent, when it runs dry), and a key under steady load costs one round trip per about
+//! `3N/4` requests instead of one per request.
 //!
 //! # Failure: fail open or closed is the operator's choice
 //!
@@ -80,59 +100,64 @@
 //! - `deny` (*fail closed*): 503 with `reason: "store-unavailable"` (an extension of the
 //!   contract's reasons; `type` `about:blank`, as it is not a capacity decision).
 //!
-//! A failure opens a small circuit breaker: while Redis is failing, requests apply `on_error` at
-//! once, without waiting, and one request per `PROBE_INTERVAL` per instance is let through to
-//! try Redis (bounded by `timeout` as always); its success closes the breaker. Reconnecting
-//! happens in the background (the connection manager reconnects on a connection error; the first
+//! Tokens already leased are spent whatever Redis does: they were granted.
+//!
+//! A failure opens a small circuit breaker ([`store`]: one for a server, one per 64 hash slots
+//! for a cluster, so a dead node fails only its own keys): while it is open, requests apply
+//! `on_error` at once, without waiting, and one request per `PROBE_INTERVAL` per instance is let
+//! through to try Redis (bounded by `timeout` as always); its success closes the breaker.
+//! Reconnecting happens in the background (redis-rs reconnects on a connection error, to a
+//! server or to a cluster node, and follows MOVED/ASK to the slot's current node; the first
 //! connection is made by a task that retries every `CONNECT_RETRY`), so sluice starts while
 //! Redis is down — with a warning — and global limiting resumes when it comes back. Failed and
 //! timed-out calls (and failed connection attempts) count in `sluice_store_errors_total`; the
 //! log gets one line per change of state (failing, reachable again), never one per request.
+//!
+//! # TLS
+//!
+//! `rediss://` connections verify the server against the system's roots (rustls-native-certs:
+//! the platform store, or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set), plus the certificates of
+//! `store.redis.ca` when given — read and checked when the config is loaded, like the
+//! listener's certificate.
 
 use std::fmt::{self, Write as _};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use http::HeaderMap;
-use prometheus_client::metrics::counter::Counter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use sha2::{Digest, Sha256};
-use tokio::runtime::Handle;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
+use self::memo::{Memos, Settle, Taken, MEMO_CAP};
+use self::store::Conn;
+pub use self::store::Store;
 use super::key::LimitKey;
 use super::rate::{Decision, RateLimit};
 use super::StoreUnavailable;
-use crate::config::{
-    redact_url, Config, KeySpec, OnStoreError, RateLimitConfig, RedisConfig, Scope,
-};
+use crate::config::{KeySpec, OnStoreError, RateLimitConfig, RedisConfig};
 
-/// While Redis is failing, one request per interval (per instance) tries it; the others apply
-/// `on_error` without waiting.
-pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Pause between attempts at the first connection (later reconnections are the connection
-/// manager's, driven by the probes).
-pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(500);
-
-/// Bound on establishing one connection (TCP, TLS, AUTH), separate from the per-call timeout: it
-/// happens in the background, no request waits for it longer than `timeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+mod memo;
+mod store;
 
 /// Largest refill time (burst × T) that the script computes exactly: its numbers are doubles.
 const MAX_REFILL_NANOS: u64 = 1 << 53;
 
-/// The GCRA step; see the module docs. `KEYS[1]` the bucket, `ARGV[1]` T (ns), `ARGV[2]` τ (ns).
-/// Returns `{1, TAT − now}` (ns) after an admission, `{0, retry_after}` (ns) after a denial.
+/// Leased tokens live for this many times the time the bucket takes to refill a lease
+/// (`lease × T`), within [`LEASE_TTL_BOUNDS`]. 16: an instance that gets a sixteenth of a key's
+/// traffic at exactly the limit still spends a lease before it expires (see `lease_ttl`).
+const LEASE_TTL_INTERVALS: u32 = 16;
+
+/// The shortest and longest life of leased tokens.
+const LEASE_TTL_BOUNDS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
+
+/// The GCRA step for up to `want` tokens; see the module docs. `KEYS[1]` the bucket, `ARGV[1]`
+/// T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ 1). Returns `{k, TAT − now}` (ns) after granting
+/// `k ≥ 1` tokens, `{0, retry_after}` (ns) after a denial.
 const SCRIPT_SOURCE: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now_s = tonumber(clock[1])
 local now_ns = tonumber(clock[2]) * 1000
@@ -148,56 +173,21 @@ if d > tau then
   return {0, d - tau}
 end
 if d < 0 then d = 0 end
-local ahead = d + t
+local room = tau + t - d
+local k = math.floor(room / t)
+if k * t > room then k = k - 1 end
+if k > want then k = want end
+local ahead = d + k * t
 local at = now_ns + ahead
 local frac = math.fmod(at, 1000000000)
 local secs = now_s + (at - frac) / 1000000000
 redis.call('SET', KEYS[1], string.format('%d.%09d', secs, frac),
   'PX', string.format('%d', math.ceil(ahead / 1000000)))
-return {1, ahead}
+return {k, ahead}
 ";
 
 /// The script, hashed once (`EVALSHA` needs its SHA-1).
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
-
-/// [`Health`] states.
-const CONNECTING: u8 = 0;
-const HEALTHY: u8 = 1;
-const FAILING: u8 = 2;
-
-/// The connection to `store.redis` shared by every global limit of a runtime, and kept by the
-/// next runtime while `store.redis.url` is unchanged. Dropping it stops the connecting task.
-pub struct Store {
-    /// Connection, health and counters, shared with the connecting task.
-    inner: Arc<Inner>,
-    /// The task making the first connection (done once it has).
-    connector: JoinHandle<()>,
-}
-
-struct Inner {
-    /// `store.redis.url`, to tell whether a reload may keep this store. Never printed.
-    url: String,
-    /// The same, password replaced by `***`: what logs show.
-    redacted: String,
-    /// Set once by the connecting task; the manager reconnects by itself from then on.
-    conn: OnceLock<ConnectionManager>,
-    /// The circuit breaker and the once-per-change logging.
-    health: Health,
-    /// Wakes requests waiting for the first connection attempt to end.
-    connected: Notify,
-    /// `sluice_store_errors_total`.
-    errors: Counter,
-}
-
-/// Healthy / failing, and when the next probe may go while failing.
-struct Health {
-    /// [`CONNECTING`] until the first attempt ends, then [`HEALTHY`] or [`FAILING`].
-    state: AtomicU8,
-    /// While failing: no probe before this, in ns since `epoch`.
-    next_probe: AtomicU64,
-    /// The origin of `next_probe`.
-    epoch: Instant,
-}
 
 /// One `scope: global` rate limit of one route.
 pub(crate) struct GlobalLimit {
@@ -206,7 +196,7 @@ pub(crate) struct GlobalLimit {
     /// This instance's own bucket for the limit: used when Redis fails and `on_error: local`.
     /// The same `Arc` as the route's `Limit::rate`, so it is kept across reloads with it.
     local: Arc<RateLimit>,
-    /// `sluice:<route>:<limit>:`, escaped.
+    /// `sluice:{<route>:<limit>:`, escaped; a key ends with `<key>}`.
     prefix: Box<[u8]>,
     /// `T`, ns.
     emission_nanos: u64,
@@ -218,210 +208,20 @@ pub(crate) struct GlobalLimit {
     timeout: Duration,
     /// `store.redis.on_error`.
     on_error: OnStoreError,
-    /// Keys that Redis denied, until when: denied locally without a round trip until then.
-    /// Process-local, so the per-process `LimitKey` hash is fine here. Pruned by
-    /// [`GlobalLimit::housekeeping`].
-    denied: DashMap<LimitKey, Instant>,
+    /// Denials (until when) and leased tokens, per key. Pruned by [`GlobalLimit::housekeeping`]
+    /// and bounded by [`MEMO_CAP`].
+    memos: Memos,
 }
 
-// === impl Store ===
-
-impl Store {
-    /// The store for `config`: `None` when no limit has `scope: global`; the `previous` one when
-    /// its URL is unchanged (the connection and its health carry over a reload); else a new one
-    /// whose first connection is made by a task spawned on `spawner` (the proxy's runtime: a
-    /// reload may run on the admin thread).
-    ///
-    /// # Panics
-    /// When a new store is needed and `spawner` is `None` (a runtime built outside tokio).
-    pub(crate) fn for_config(
-        config: &Config,
-        previous: Option<&Arc<Store>>,
-        spawner: Option<&Handle>,
-        errors: &Counter,
-    ) -> Option<Arc<Store>> {
-        let uses_store = config
-            .routes
-            .iter()
-            .flat_map(|r| &r.rate_limits)
-            .any(|l| l.scope == Scope::Global);
-        let redis = &config.store.as_ref()?.redis;
-        if !uses_store {
-            return None;
-        }
-        if let Some(previous) = previous.filter(|p| p.inner.url == redis.url) {
-            return Some(previous.clone());
-        }
-        let spawner = spawner.expect("a runtime with global limits is built inside tokio");
-        Some(Arc::new(Store::connect(redis, spawner, errors)))
-    }
-
-    /// Starts connecting to `redis` in the background; usable at once (requests apply
-    /// `on_error` until a connection is up, after waiting at most `timeout` for the first
-    /// attempt).
-    pub(crate) fn connect(redis: &RedisConfig, spawner: &Handle, errors: &Counter) -> Store {
-        let inner = Arc::new(Inner {
-            url: redis.url.clone(),
-            redacted: redact_url(&redis.url),
-            conn: OnceLock::new(),
-            health: Health {
-                state: AtomicU8::new(CONNECTING),
-                next_probe: AtomicU64::new(0),
-                epoch: Instant::now(),
-            },
-            connected: Notify::new(),
-            errors: errors.clone(),
-        });
-        let connector = match redis::Client::open(redis.url.as_str()) {
-            Ok(client) => spawner.spawn(connect(inner.clone(), client)),
-            Err(err) => {
-                // Validation parses the URL with the same function; this is only a guard.
-                inner.failed(&err);
-                inner.connected.notify_waiters();
-                spawner.spawn(async {})
-            }
-        };
-        Store { inner, connector }
-    }
-
-    /// True while the last call (or connection attempt) succeeded.
-    pub(crate) fn is_healthy(&self) -> bool {
-        self.inner.health.state.load(Ordering::Acquire) == HEALTHY
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.connector.abort();
-    }
-}
-
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("url", &self.inner.redacted)
-            .field("healthy", &self.is_healthy())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Makes the first connection, retrying every [`CONNECT_RETRY`] until it succeeds.
-async fn connect(inner: Arc<Inner>, client: redis::Client) {
-    // No retries inside the manager: a failed reconnection surfaces at once as an error, and the
-    // next probe starts another. `connection_timeout` bounds each attempt, TLS and AUTH included.
-    let config = ConnectionManagerConfig::new()
-        .set_number_of_retries(0)
-        .set_connection_timeout(CONNECT_TIMEOUT);
-    loop {
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), config.clone()),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(conn)) => {
-                // Only this task sets it.
-                let _ = inner.conn.set(conn);
-                inner.succeeded();
-                inner.connected.notify_waiters();
-                return;
-            }
-            Ok(Err(err)) => inner.failed(&err),
-            Err(_) => inner.failed(&format_args!("no connection within {CONNECT_TIMEOUT:?}")),
-        }
-        inner.connected.notify_waiters();
-        tokio::time::sleep(CONNECT_RETRY).await;
-    }
-}
-
-// === impl Inner ===
-
-impl Inner {
-    /// A connection to call Redis on, or `None` to apply `on_error` now: not connected yet (the
-    /// connecting task is on it), or failing and it is not this request's turn to probe. Waits
-    /// only for the end of the very first connection attempt (the caller bounds the wait).
-    async fn connection(&self) -> Option<ConnectionManager> {
-        match self.health.state.load(Ordering::Acquire) {
-            HEALTHY => self.conn.get().cloned(),
-            FAILING => {
-                let conn = self.conn.get()?;
-                self.health.claim_probe().then(|| conn.clone())
-            }
-            _ => {
-                let notified = self.connected.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.health.state.load(Ordering::Acquire) == CONNECTING {
-                    notified.await;
-                }
-                match self.health.state.load(Ordering::Acquire) {
-                    HEALTHY => self.conn.get().cloned(),
-                    _ => None,
-                }
-            }
-        }
-    }
-
-    /// A call or connection attempt failed: count it, hold the probes back, log if this is news.
-    fn failed(&self, error: &dyn fmt::Display) {
-        self.errors.inc();
-        let now = self.health.nanos_since_epoch(Instant::now());
-        let next = now.saturating_add(PROBE_INTERVAL.as_nanos() as u64);
-        self.health.next_probe.store(next, Ordering::Release);
-        match self.health.state.swap(FAILING, Ordering::AcqRel) {
-            FAILING => {}
-            CONNECTING => tracing::warn!(
-                redis = %self.redacted,
-                %error,
-                "Redis is unreachable: global rate limits apply store.redis.on_error until it answers (retrying in the background)"
-            ),
-            _ => tracing::warn!(
-                redis = %self.redacted,
-                %error,
-                "Redis is failing: global rate limits apply store.redis.on_error until it answers again"
-            ),
-        }
-    }
-
-    /// A call or connection attempt succeeded: close the breaker, log if this is news.
-    fn succeeded(&self) {
-        if self.health.state.load(Ordering::Relaxed) == HEALTHY {
-            return;
-        }
-        match self.health.state.swap(HEALTHY, Ordering::AcqRel) {
-            HEALTHY => {}
-            CONNECTING => {
-                tracing::info!(redis = %self.redacted, "connected to Redis for global rate limits")
-            }
-            _ => {
-                tracing::info!(redis = %self.redacted, "Redis answers again: global rate limits use it")
-            }
-        }
-    }
-}
-
-// === impl Health ===
-
-impl Health {
-    fn nanos_since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// True for the one caller that may probe now (at most one per [`PROBE_INTERVAL`]).
-    fn claim_probe(&self) -> bool {
-        let now = self.nanos_since_epoch(Instant::now());
-        let next = self.next_probe.load(Ordering::Acquire);
-        now >= next
-            && self
-                .next_probe
-                .compare_exchange(
-                    next,
-                    now.saturating_add(PROBE_INTERVAL.as_nanos() as u64),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
+/// What Redis answered to one call, or that it did not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// `tokens ≥ 1` granted; the bucket is now `ahead` ns from full.
+    Granted { tokens: u32, ahead: u64 },
+    /// Nothing granted; the first token comes in `retry_after`.
+    Denied { retry_after: Duration },
+    /// No answer within `timeout` (or none asked: breaker open, not connected).
+    Failed,
 }
 
 // === impl GlobalLimit ===
@@ -447,12 +247,13 @@ impl GlobalLimit {
                 "global limit's burst cut: the bucket would take over 104 days to refill"
             );
         }
-        let mut prefix = b"sluice:".to_vec();
+        let mut prefix = b"sluice:{".to_vec();
         escape_into(&mut prefix, route);
         prefix.push(b':');
         escape_into(&mut prefix, &config.name);
         prefix.push(b':');
         let tau = emission_nanos * u64::from(burst - 1);
+        let lease = config.lease.min(burst);
         GlobalLimit {
             store,
             local,
@@ -462,7 +263,7 @@ impl GlobalLimit {
             argv: [emission_nanos.to_string().into(), tau.to_string().into()],
             timeout: redis.timeout,
             on_error: redis.on_error,
-            denied: DashMap::new(),
+            memos: Memos::new(lease, lease_ttl(lease, emission), MEMO_CAP),
         }
     }
 
@@ -471,8 +272,23 @@ impl GlobalLimit {
         self.local.config()
     }
 
-    /// Takes one token from `key`'s bucket in Redis if it has one. `headers` are the request's
-    /// (a `header:` key is hashed from them again: `key` holds a per-process hash).
+    /// True when a reload may keep this limit (with its denials and leased tokens) for `config`
+    /// of the same route: same limit, same store, same call settings.
+    pub(crate) fn keeps(
+        &self,
+        config: &RateLimitConfig,
+        redis: &RedisConfig,
+        store: &Arc<Store>,
+    ) -> bool {
+        self.config() == config
+            && Arc::ptr_eq(&self.store, store)
+            && self.timeout == redis.timeout
+            && self.on_error == redis.on_error
+    }
+
+    /// Takes one token from `key`'s bucket — from this instance's lease when it holds one,
+    /// else from Redis. `headers` are the request's (a `header:` key is hashed from them again:
+    /// `key` holds a per-process hash).
     ///
     /// Waits at most `store.redis.timeout`; when Redis fails, answers as `on_error` says:
     /// `local` decides with this instance's bucket, `allow` answers `Ok(None)` (the request
@@ -481,62 +297,111 @@ impl GlobalLimit {
     /// # Errors
     /// [`StoreUnavailable`] when Redis failed and `on_error` is `deny`.
     pub(crate) async fn check(
-        &self,
+        self: &Arc<Self>,
         key: &LimitKey,
         headers: &HeaderMap,
     ) -> Result<Option<Decision>, StoreUnavailable> {
-        if let Some(retry_after) = self.still_denied(key) {
-            return Ok(Some(Decision::Denied { retry_after }));
+        let (want, refill) = match self.memos.take(key) {
+            Taken::Denied(retry_after) => return Ok(Some(Decision::Denied { retry_after })),
+            Taken::Leased {
+                left,
+                ahead,
+                refill,
+            } => {
+                if let Some(want) = refill {
+                    self.refill_later(*key, self.redis_key(key, headers), want);
+                }
+                return Ok(Some(self.decision(ahead, left)));
+            }
+            Taken::Ask { want, refill } => (want, refill),
+        };
+        let guard = refill.then(|| self.memos.refill(*key));
+        let answer = self.ask(&self.redis_key(key, headers), want).await;
+        let settle = match answer {
+            Answer::Granted { tokens, ahead } => Settle::Granted {
+                left: tokens - 1,
+                ahead,
+            },
+            Answer::Denied { retry_after } => Settle::Denied(retry_after),
+            Answer::Failed => Settle::Failed,
+        };
+        match guard {
+            Some(guard) => guard.settle(settle),
+            None => self.memos.settle(key, false, settle),
         }
+        match answer {
+            Answer::Granted { tokens, ahead } => Ok(Some(self.decision(ahead, tokens - 1))),
+            Answer::Denied { retry_after } => Ok(Some(Decision::Denied { retry_after })),
+            Answer::Failed => self.fallback(key),
+        }
+    }
+
+    /// Forgets denials and leases that have run out. Call it from the housekeeping task.
+    pub(crate) fn housekeeping(&self) {
+        self.memos.housekeeping();
+    }
+
+    /// Asks Redis for `want` more tokens of `key` in a task of its own: the request that
+    /// noticed the lease running low is already decided.
+    fn refill_later(self: &Arc<Self>, key: LimitKey, redis_key: Vec<u8>, want: u32) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let guard = this.memos.refill(key);
+            let settle = match this.ask(&redis_key, want).await {
+                Answer::Granted { tokens, ahead } => Settle::Granted {
+                    left: tokens,
+                    ahead,
+                },
+                Answer::Denied { retry_after } => Settle::Denied(retry_after),
+                Answer::Failed => Settle::Failed,
+            };
+            guard.settle(settle);
+        });
+    }
+
+    /// One script call for up to `want` tokens of the bucket `redis_key`, bounded by `timeout`;
+    /// failures feed the breaker of the key's slot.
+    async fn ask(&self, redis_key: &[u8], want: u32) -> Answer {
+        let inner = &self.store.inner;
+        let breaker = self.store.breaker_of(slot_of(redis_key));
         let call = async {
-            let mut conn = self.store.inner.connection().await.ok_or(Failed::Skipped)?;
-            let redis_key = self.redis_key(key, headers);
-            SCRIPT
-                .key(redis_key)
-                .arg(&*self.argv[0])
-                .arg(&*self.argv[1])
-                .invoke_async::<(i64, i64)>(&mut conn)
-                .await
-                .map_err(Failed::Redis)
+            let Some(conn) = inner.connection(breaker).await else {
+                return Ok(None);
+            };
+            let mut invocation = SCRIPT.key(redis_key);
+            invocation.arg(&*self.argv[0]).arg(&*self.argv[1]).arg(want);
+            let answer = match conn {
+                Conn::Server(mut conn) => invocation.invoke_async::<(i64, i64)>(&mut conn).await,
+                Conn::Cluster(mut conn) => invocation.invoke_async::<(i64, i64)>(&mut conn).await,
+            };
+            answer.map(Some)
         };
         let answer = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(Failed::Skipped)) => return self.fallback(key),
-            Ok(Err(Failed::Redis(err))) => {
-                self.store.inner.failed(&err);
-                return self.fallback(key);
+            Ok(Ok(Some(answer))) => answer,
+            // Not asked: not connected, or the breaker is open. Not an error of its own.
+            Ok(Ok(None)) => return Answer::Failed,
+            Ok(Err(err)) => {
+                inner.failed(breaker, &err);
+                return Answer::Failed;
             }
             Err(_) => {
-                self.store
-                    .inner
-                    .failed(&format_args!("no answer within {:?}", self.timeout));
-                return self.fallback(key);
+                inner.failed(
+                    breaker,
+                    &format_args!("no answer within {:?}", self.timeout),
+                );
+                return Answer::Failed;
             }
         };
-        self.store.inner.succeeded();
+        inner.succeeded(breaker);
         match answer {
-            (1, ahead) => Ok(Some(self.admitted(u64::try_from(ahead).unwrap_or(0)))),
-            (_, wait) => {
-                let retry_after = Duration::from_nanos(u64::try_from(wait).unwrap_or(0));
-                // Exact: nobody can be admitted on this key before then (module docs).
-                self.denied.insert(*key, Instant::now() + retry_after);
-                Ok(Some(Decision::Denied { retry_after }))
-            }
+            (tokens @ 1.., ahead) => Answer::Granted {
+                tokens: u32::try_from(tokens).unwrap_or(1).min(want),
+                ahead: u64::try_from(ahead).unwrap_or(0),
+            },
+            (_, wait) => Answer::Denied {
+                retry_after: Duration::from_nanos(u64::try_from(wait).unwrap_or(0)),
+            },
         }
-    }
-
-    /// Forgets denials that have run out. Call it from the housekeeping task.
-    pub(crate) fn housekeeping(&self) {
-        let now = Instant::now();
-        self.denied.retain(|_, until| *until > now);
-        self.denied.shrink_to_fit();
-    }
-
-    /// `retry_after` of a denial Redis made earlier that still holds.
-    fn still_denied(&self, key: &LimitKey) -> Option<Duration> {
-        let until = *self.denied.get(key)?;
-        let left = until.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
     }
 
     /// The answer when Redis could not decide.
@@ -548,15 +413,24 @@ impl GlobalLimit {
         }
     }
 
-    /// The decision for an admission whose new TAT is `ahead` ns from now: the bucket then
-    /// holds `burst·T − ahead` ns of refill, as in [`super::rate`].
-    fn admitted(&self, ahead: u64) -> Decision {
+    /// The decision for an admission after which the bucket in Redis is `ahead` ns from full
+    /// and this instance holds `left` leased tokens of the key: the bucket then holds
+    /// `burst·T − ahead` ns of refill, as in [`super::rate`], and the lease `left` whole tokens
+    /// more. Right after a grant this is exactly what a limit without lease reports; for a
+    /// leased admission later, `ahead` is the value at the grant less the time since (the
+    /// refill this instance knows of; what other instances took since, it does not know).
+    fn decision(&self, ahead: u64, left: u32) -> Decision {
         let t = self.emission_nanos;
         let capacity = t * u64::from(self.burst);
-        Decision::admitted(capacity.saturating_sub(ahead), t, self.burst)
+        let level = capacity
+            .saturating_sub(ahead)
+            .saturating_add(u64::from(left) * t)
+            // A request has just taken a token: the bucket is not full.
+            .min(capacity - 1);
+        Decision::admitted(level, t, self.burst)
     }
 
-    /// `sluice:<route>:<limit>:<key>` (see the module docs).
+    /// `sluice:{<route>:<limit>:<key>}` (see the module docs).
     fn redis_key(&self, key: &LimitKey, headers: &HeaderMap) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.prefix.len() + 48);
         out.extend_from_slice(&self.prefix);
@@ -581,6 +455,7 @@ impl GlobalLimit {
                 }
             }
         }
+        out.push(b'}');
         out
     }
 }
@@ -590,18 +465,40 @@ impl fmt::Debug for GlobalLimit {
         f.debug_struct("GlobalLimit")
             .field("prefix", &String::from_utf8_lossy(&self.prefix))
             .field("burst", &self.burst)
+            .field("lease", &self.config().lease)
             .field("timeout", &self.timeout)
             .field("on_error", &self.on_error)
             .finish_non_exhaustive()
     }
 }
 
-/// Why a call gave no answer.
-enum Failed {
-    /// Not tried: no connection yet, or the breaker is open. Not an error of its own.
-    Skipped,
-    /// Redis or the connection failed.
-    Redis(redis::RedisError),
+/// How long leased tokens may be spent: [`LEASE_TTL_INTERVALS`] × `lease` × T, within
+/// [`LEASE_TTL_BOUNDS`]. `lease × T` is the time the shared bucket takes to refill one lease;
+/// an instance that gets a share `s` of a key's traffic at exactly the limit spends a lease in
+/// `lease × T / s`, so up to 16 instances sharing a key evenly spend their leases before they
+/// expire (under overload, faster still). The floor keeps a lease useful at very high rates,
+/// the ceiling keeps an idle instance from sitting on tokens of a slow limit for long.
+fn lease_ttl(lease: u32, emission: Duration) -> Duration {
+    let ttl = emission
+        .saturating_mul(lease)
+        .saturating_mul(LEASE_TTL_INTERVALS);
+    ttl.clamp(LEASE_TTL_BOUNDS.0, LEASE_TTL_BOUNDS.1)
+}
+
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag — the text between the
+/// first `{` and the next `}` — modulo 16384. Every sluice key has a tag (the whole bucket
+/// name), so each bucket maps to one slot of its own, whichever node holds it.
+fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
 }
 
 /// `fmt::Write` into a byte buffer (the key's address or hex digits).

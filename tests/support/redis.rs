@@ -1,9 +1,16 @@
 //! A real `redis-server` for tests: started on a free loopback port with persistence off,
-//! stopped (SIGKILL) when dropped. `.ci/run` installs redis-server when it is missing.
+//! stopped (SIGKILL) when dropped; a server speaking only TLS with a certificate from a test CA
+//! made at test time ([`TestPki`]); and a Redis Cluster of such servers in the test's own
+//! temporary directory ([`RedisCluster`], made with `redis-cli --cluster create`). `.ci/run`
+//! installs redis-server and redis-cli when they are missing.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use crate::support::until;
 
@@ -12,6 +19,9 @@ pub struct RedisServer {
     pub port: u16,
     /// Extra arguments (e.g. `--requirepass`), kept for restarts.
     args: Vec<String>,
+    /// For a TLS-only server: the CA certificate (PEM) its certificate is signed by, to check
+    /// that it answers.
+    tls_ca: Option<Vec<u8>>,
     child: Option<Child>,
 }
 
@@ -33,8 +43,52 @@ impl RedisServer {
         RedisServer {
             port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            tls_ca: None,
             child: None,
         }
+    }
+
+    /// Starts a redis-server that speaks only TLS (`--port 0 --tls-port`) with the server
+    /// certificate of `pki`, not asking clients for certificates; waits until it answers PING
+    /// over TLS.
+    pub async fn start_tls(pki: &TestPki) -> Self {
+        let port = free_port();
+        let port_text = port.to_string();
+        let (cert, key, ca) = (
+            pki.cert.display().to_string(),
+            pki.key.display().to_string(),
+            pki.ca.display().to_string(),
+        );
+        let mut server = Self::stopped_on(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
+        server.tls_ca = Some(pki.ca_pem.as_bytes().to_vec());
+        server.restart().await;
+        server
+    }
+
+    /// `rediss://127.0.0.1:port` (the test certificate names 127.0.0.1 and localhost).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `redis://127.0.0.1:port`.
@@ -95,11 +149,23 @@ impl RedisServer {
     }
 
     async fn ping(&self) -> bool {
-        let url = match self.password() {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => self.url(),
+        let client = match &self.tls_ca {
+            Some(ca) => redis::Client::build_with_tls(
+                self.tls_url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => {
+                let url = match self.password() {
+                    Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+                    None => self.url(),
+                };
+                redis::Client::open(url)
+            }
         };
-        let Ok(client) = redis::Client::open(url) else {
+        let Ok(client) = client else {
             return false;
         };
         let attempt = async {
@@ -126,4 +192,207 @@ impl Drop for RedisServer {
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A fresh directory under the system's temporary directory, for one test.
+fn temp_dir(what: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A test CA made at test time and a server certificate it signed for `127.0.0.1` and
+/// `localhost`, as PEM files in a directory of their own (removed when dropped).
+pub struct TestPki {
+    dir: PathBuf,
+    /// The CA certificate: what a client must trust.
+    pub ca: PathBuf,
+    /// The same, as text.
+    pub ca_pem: String,
+    /// The server's certificate and key (PKCS#8).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = temp_dir("pki");
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sluice test Redis CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        TestPki {
+            ca: write("ca.pem", &ca.pem()),
+            ca_pem: ca.pem(),
+            cert: write("redis.pem", &leaf.pem()),
+            key: write("redis.key", &key.serialize_pem()),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of masters without replicas, each a redis-server on a free port with its
+/// `nodes.conf` in a directory of the test's own (so that a killed node restarted on its port
+/// rejoins with its slots, empty). `cluster-require-full-coverage no`: while a node is down,
+/// the others keep serving their slots (the default would refuse every key once the node is
+/// judged failed, which a production cluster avoids with replicas).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes, joins them with `redis-cli --cluster create` and waits until
+    /// every node says `cluster_state:ok`.
+    pub async fn start(masters: usize) -> RedisCluster {
+        let dir = temp_dir("redis-cluster");
+        let mut nodes = Vec::new();
+        for _ in 0..masters {
+            let port = free_port();
+            let conf = format!("nodes-{port}.conf");
+            let dir_text = dir.display().to_string();
+            let mut node = RedisServer::stopped_on(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--dir",
+                    &dir_text,
+                ],
+            );
+            node.restart().await;
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}); install it: apt-get install -y redis-tools")
+            });
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Waits (bounded) until every running node says `cluster_state:ok`.
+    pub async fn wait_ok(&self) {
+        until(
+            "the cluster to be ok on every node",
+            Duration::from_secs(30),
+            || async {
+                for node in self.nodes.iter().filter(|n| n.is_running()) {
+                    let mut conn = node.connection(None).await;
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !info.contains("cluster_state:ok") {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
+    /// The seed list for `store.redis.cluster`, as YAML: `["redis://127.0.0.1:p", …]`.
+    pub fn seeds_yaml(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("[{}]", seeds.join(", "))
+    }
+
+    /// The index of the node serving `key`'s slot (asked of a running node).
+    pub async fn node_of(&self, key: &str) -> usize {
+        let asked = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running node");
+        let mut conn = asked.connection(None).await;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ranges: Vec<(i64, i64, (String, i64))> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|range| redis::from_redis_value(range).unwrap())
+            .map(|(start, end, master): (i64, i64, Vec<redis::Value>)| {
+                let (host, port): (String, i64) =
+                    redis::from_redis_value(redis::Value::Array(master[..2].to_vec())).unwrap();
+                (start, end, (host, port))
+            })
+            .collect();
+        let (_, _, (_, port)) = ranges
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .unwrap_or_else(|| panic!("no node serves slot {slot}: {ranges:?}"));
+        self.nodes
+            .iter()
+            .position(|n| i64::from(n.port) == *port)
+            .unwrap()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

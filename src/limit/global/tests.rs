@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::runtime::Handle;
+use tokio::time::Instant;
 
+use super::memo::Memos;
 use super::*;
-use crate::config::{Per, Rate};
+use crate::config::{Per, Rate, RedisTarget, Scope};
+use prometheus_client::metrics::counter::Counter;
 
 fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
@@ -23,13 +27,16 @@ fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> R
         },
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Global,
+        lease: 0,
     }
 }
 
 fn redis_config() -> RedisConfig {
     RedisConfig {
         // Nothing listens on port 1: the store never connects, which these tests do not need.
-        url: "redis://user:secret@127.0.0.1:1".into(),
+        target: RedisTarget::Server("redis://user:secret@127.0.0.1:1".into()),
+        ca: None,
+        ca_pem: None,
         timeout: Duration::from_millis(20),
         on_error: OnStoreError::Local,
     }
@@ -81,7 +88,7 @@ async fn admitted_and_denied_match_the_local_limiter() {
         clock.advance(Duration::from_millis(pause));
         let expected = local.check(&LimitKey::Global);
         let got = match step(&mut tat, now, t, tau) {
-            Ok(ahead) => g.admitted(ahead),
+            Ok(ahead) => g.decision(ahead, 0),
             Err(wait) => Decision::Denied {
                 retry_after: Duration::from_nanos(wait),
             },
@@ -90,7 +97,7 @@ async fn admitted_and_denied_match_the_local_limiter() {
     }
 }
 
-/// Pins: the key layout `sluice:<route>:<limit>:<key>`, with `%` and `:` escaped in names so
+/// Pins: the key layout `sluice:{<route>:<limit>:<key>}` (the braces: Redis Cluster's hash tag), with `%` and `:` escaped in names so
 /// that different (route, limit) pairs never share a prefix.
 #[tokio::test]
 async fn keys_name_route_limit_and_key() {
@@ -101,12 +108,12 @@ async fn keys_name_route_limit_and_key() {
     );
     assert_eq!(
         g.redis_key(&LimitKey::Global, &headers),
-        b"sluice:orders:total:global"
+        b"sluice:{orders:total:global}"
     );
     let ip: IpAddr = "2001:db8::".parse().unwrap();
     assert_eq!(
         g.redis_key(&LimitKey::Ip(ip), &headers),
-        b"sluice:orders:total:ip:2001:db8::"
+        b"sluice:{orders:total:ip:2001:db8::}"
     );
     let a = global(
         "a:b",
@@ -116,13 +123,13 @@ async fn keys_name_route_limit_and_key() {
         "a",
         &limit_config("b:c", KeySpec::Global, 1, Per::Second, 1),
     );
-    assert_eq!(&*a.prefix, b"sluice:a%3Ab:c:");
-    assert_eq!(&*b.prefix, b"sluice:a:b%3Ac:");
+    assert_eq!(&*a.prefix, b"sluice:{a%3Ab:c:");
+    assert_eq!(&*b.prefix, b"sluice:{a:b%3Ac:");
     let pct = global(
         "50%",
         &limit_config("x", KeySpec::Global, 1, Per::Second, 1),
     );
-    assert_eq!(&*pct.prefix, b"sluice:50%25:x:");
+    assert_eq!(&*pct.prefix, b"sluice:{50%25:x:");
 }
 
 /// Pins: a `header:` key is a stable SHA-256 prefix of the value (the same in every process, not
@@ -139,8 +146,9 @@ async fn header_keys_are_stable_hashes_not_values() {
     one.insert(&name, HeaderValue::from_static("secret-key-123"));
     let key = g.redis_key(&LimitKey::Header(7), &one);
     let text = String::from_utf8(key.clone()).unwrap();
-    assert!(text.starts_with("sluice:r:l:h:"), "{text}");
-    assert_eq!(text.len(), "sluice:r:l:h:".len() + 32, "{text}");
+    assert!(text.starts_with("sluice:{r:l:h:"), "{text}");
+    assert!(text.ends_with('}'), "{text}");
+    assert_eq!(text.len(), "sluice:{r:l:h:}".len() + 32, "{text}");
     assert!(!text.contains("secret"), "{text}");
     // The per-process hash in LimitKey plays no part.
     assert_eq!(g.redis_key(&LimitKey::Header(8), &one), key);
@@ -174,13 +182,13 @@ async fn on_error_applies_without_redis() {
         };
         let errors = Counter::default();
         let store = Arc::new(Store::connect(&redis, &Handle::current(), &errors));
-        let g = GlobalLimit::new(
+        let g = Arc::new(GlobalLimit::new(
             "r",
             &config,
             &redis,
             store,
             Arc::new(RateLimit::new(&config)),
-        );
+        ));
         let started = Instant::now();
         let verdict = g.check(&LimitKey::Global, &headers).await;
         assert!(started.elapsed() < Duration::from_millis(500));
@@ -192,5 +200,353 @@ async fn on_error_applies_without_redis() {
             ) => assert_eq!(remaining, r),
             (got, expect) => assert_eq!(got, expect, "{on_error:?}"),
         }
+    }
+}
+
+// === leases ===
+
+/// The script's grant of up to `want` tokens, in the script's own arithmetic (doubles, as
+/// Redis' Lua numbers are): `Ok((k, ahead))` or `Err(retry_after)`.
+fn lua_grant(d: i64, t: u64, tau: u64, want: u64) -> Result<(u64, u64), u64> {
+    let (d, t, tau, want) = (d as f64, t as f64, tau as f64, want as f64);
+    if d > tau {
+        return Err((d - tau) as u64);
+    }
+    let d = d.max(0.0);
+    let room = tau + t - d;
+    let mut k = (room / t).floor();
+    if k * t > room {
+        k -= 1.0;
+    }
+    let k = k.min(want);
+    Ok((k as u64, (d + k * t) as u64))
+}
+
+/// Pins: a grant of k tokens leaves the TAT that k single requests in a row would have left and
+/// is never more than the whole tokens the bucket holds; the script's double arithmetic (with
+/// its step back after a quotient rounded up) counts them exactly within validated bounds.
+#[test]
+fn a_lease_never_takes_more_than_the_bucket_holds() {
+    let (t, burst) = (1_000_000u64, 10u64);
+    let tau = t * (burst - 1);
+    for d in [
+        -5 * t as i64,
+        0,
+        1,
+        (t / 2) as i64,
+        (3 * t) as i64,
+        tau as i64,
+        tau as i64 + 1,
+    ] {
+        for want in 1..=12 {
+            // `tat − now = d`, both unsigned.
+            let now = u64::try_from(-d.min(0)).unwrap_or(0) + 1;
+            let mut tat = Some(u64::try_from(now as i64 + d).unwrap());
+            let granted = lua_grant(d, t, tau, want);
+            let mut singles = 0;
+            let mut last = None;
+            while singles < want {
+                match step(&mut tat, now, t, tau) {
+                    Ok(ahead) => {
+                        singles += 1;
+                        last = Some(ahead);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match granted {
+                Ok((k, ahead)) => {
+                    assert_eq!((k, Some(ahead)), (singles, last), "d {d}, want {want}");
+                    assert!(k >= 1 && k <= want);
+                }
+                Err(_) => assert_eq!(singles, 0, "d {d}, want {want}"),
+            }
+        }
+    }
+    // Within the bounds validation enforces (burst × T ≤ 2^53 ns, so room ≤ 2^53), the
+    // script's double arithmetic gives the exact whole number of tokens, the step back
+    // included: checked over a spread of intervals and rooms, near the top of the range too.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..200_000 {
+        // xorshift: a fixed, spread sequence.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let t = 1 + (x >> 11) % (1 << (x % 40));
+        let max_n = (1u64 << 53) / t;
+        let n = 1 + (x >> 3) % max_n;
+        let room = (n * t).saturating_sub(x % t.clamp(1, 3)).max(t);
+        let tau = room - t;
+        let (k, ahead) = lua_grant(0, t, tau, u64::MAX).unwrap();
+        assert_eq!(k, room / t, "t {t}, room {room}");
+        assert_eq!(ahead, k * t);
+    }
+}
+
+/// Pins: the `RateLimit` fields of a lease: right after a grant of k tokens (the request used
+/// one, k − 1 are held) they are exactly those of a limit without lease after one request; each
+/// leased admission then shows one token fewer; refill since the grant is counted.
+#[tokio::test]
+async fn leased_fields_count_the_bucket_and_the_lease() {
+    let mut config = limit_config("l", KeySpec::Global, 10, Per::Second, 20);
+    config.lease = 5;
+    let g = global("r", &config);
+    let t = g.emission_nanos;
+    for d in [0, t / 3, 7 * t] {
+        assert_eq!(g.decision(d + 5 * t, 4), g.decision(d + t, 0), "d {d}");
+    }
+    let first = g.decision(5 * t, 4);
+    let Decision::Admitted { remaining, .. } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(remaining, 19);
+    let next = g.decision(5 * t, 3);
+    assert_eq!(
+        next,
+        Decision::Admitted {
+            remaining: 18,
+            reset: Duration::from_nanos(t)
+        }
+    );
+    // Half a token of refill later: same count, half the wait.
+    assert_eq!(
+        g.decision(5 * t - t / 2, 3),
+        Decision::Admitted {
+            remaining: 18,
+            reset: Duration::from_nanos(t / 2)
+        }
+    );
+    // Never "full" after a request, however stale the grant.
+    let Decision::Admitted { remaining, reset } = g.decision(0, 19) else {
+        panic!()
+    };
+    assert_eq!(remaining, 19);
+    assert!(reset > Duration::ZERO);
+}
+
+/// Pins: lease expiry is 16 × lease × T within 1 ms … 1 s.
+#[test]
+fn leased_tokens_live_sixteen_lease_refills_within_bounds() {
+    let ms = Duration::from_millis;
+    assert_eq!(lease_ttl(10, ms(1)), ms(160));
+    assert_eq!(
+        lease_ttl(100, Duration::from_micros(1)),
+        Duration::from_micros(1600)
+    );
+    assert_eq!(lease_ttl(1, Duration::from_nanos(10)), ms(1));
+    assert_eq!(lease_ttl(5, ms(6000)), Duration::from_secs(1));
+    assert_eq!(
+        lease_ttl(u32::MAX, Duration::from_secs(3600)),
+        Duration::from_secs(1)
+    );
+}
+
+/// Pins: the cluster hash slot of a key is CRC16 of its hash tag modulo 16384 (the examples of
+/// the Redis Cluster specification), and every sluice key has its whole bucket name as tag.
+#[tokio::test]
+async fn keys_hash_to_the_slot_of_their_tag() {
+    assert_eq!(slot_of(b"123456789"), 0x31C3);
+    assert_eq!(slot_of(b"foo"), 12182);
+    assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+    // An empty tag does not count: the whole key is hashed.
+    assert_eq!(
+        slot_of(b"foo{}{bar}"),
+        crc16::State::<crc16::XMODEM>::calculate(b"foo{}{bar}") % 16384
+    );
+    assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
+    assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+    let g = global("r", &limit_config("l", KeySpec::Global, 1, Per::Second, 1));
+    let key = g.redis_key(&LimitKey::Global, &HeaderMap::new());
+    assert_eq!(slot_of(&key), slot_of(b"r:l:global"));
+}
+
+/// A table with `lease` tokens per refill, leases living 100 ms.
+fn memos(lease: u32, cap: usize) -> Memos {
+    Memos::new(lease, Duration::from_millis(100), cap)
+}
+
+/// Pins: the life of a lease in the table: the first request refills inline (N asked), others
+/// ask for one token while it is in flight; the tokens are then spent locally, one refill of
+/// `N − left` starts at a quarter left and is the only one in flight, and the tokens held
+/// never exceed N.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_spent_locally_and_refilled_once_at_a_quarter() {
+    let m = memos(8, 16);
+    let key = LimitKey::Global;
+    assert_eq!(
+        m.take(&key),
+        Taken::Ask {
+            want: 8,
+            refill: true
+        }
+    );
+    assert_eq!(
+        m.take(&key),
+        Taken::Ask {
+            want: 1,
+            refill: false
+        }
+    );
+    m.settle(
+        &key,
+        true,
+        Settle::Granted {
+            left: 7,
+            ahead: 8_000,
+        },
+    );
+    let mut refills = Vec::new();
+    for expect_left in (0..7).rev() {
+        match m.take(&key) {
+            Taken::Leased { left, refill, .. } => {
+                assert_eq!(left, expect_left);
+                refills.extend(refill);
+                assert!(m.held(&key) <= 8);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // At 2 left (8 / 4): one refill of 6; none while it is in flight.
+    assert_eq!(refills, [6]);
+    assert_eq!(
+        m.take(&key),
+        Taken::Ask {
+            want: 1,
+            refill: false
+        }
+    );
+    m.settle(
+        &key,
+        true,
+        Settle::Granted {
+            left: 6,
+            ahead: 8_000,
+        },
+    );
+    assert_eq!(m.held(&key), 6);
+    assert!(matches!(
+        m.take(&key),
+        Taken::Leased {
+            left: 5,
+            refill: None,
+            ..
+        }
+    ));
+}
+
+/// Pins: leased tokens expire (dropped, and the next request refills), a denial is spent
+/// after the lease (no refill while Redis is known to deny), and a refill dropped unsettled
+/// (its request went away) does not leave the key refilling for good.
+#[tokio::test(start_paused = true)]
+async fn leases_expire_denials_hold_and_dropped_refills_clear() {
+    let m = memos(4, 16);
+    let key = LimitKey::Header(7);
+    assert!(matches!(
+        m.take(&key),
+        Taken::Ask {
+            want: 4,
+            refill: true
+        }
+    ));
+    m.settle(&key, true, Settle::Granted { left: 3, ahead: 0 });
+    tokio::time::advance(Duration::from_millis(101)).await;
+    assert_eq!(m.held(&key), 0);
+    assert_eq!(
+        m.take(&key),
+        Taken::Ask {
+            want: 4,
+            refill: true
+        }
+    );
+
+    m.settle(&key, true, Settle::Granted { left: 2, ahead: 0 });
+    m.settle(&key, false, Settle::Denied(Duration::from_secs(3)));
+    // Two leased tokens first, without a refill (it would be denied), then the denial.
+    assert!(matches!(
+        m.take(&key),
+        Taken::Leased {
+            left: 1,
+            refill: None,
+            ..
+        }
+    ));
+    assert!(matches!(
+        m.take(&key),
+        Taken::Leased {
+            left: 0,
+            refill: None,
+            ..
+        }
+    ));
+    match m.take(&key) {
+        Taken::Denied(left) => {
+            assert!(left <= Duration::from_secs(3) && left > Duration::from_secs(2))
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::advance(Duration::from_secs(3)).await;
+    {
+        let Taken::Ask {
+            want: 4,
+            refill: true,
+        } = m.take(&key)
+        else {
+            panic!()
+        };
+        let _guard = m.refill(key);
+        // Dropped here without an answer.
+    }
+    assert_eq!(
+        m.take(&key),
+        Taken::Ask {
+            want: 4,
+            refill: true
+        }
+    );
+}
+
+/// Pins: the table holds at most `cap` keys; when full, what has run out goes first, then the
+/// entries ending soonest, and the key being added is kept.
+#[tokio::test(start_paused = true)]
+async fn the_table_is_bounded_and_evicts_the_oldest() {
+    let m = memos(0, 8);
+    for i in 0..8u64 {
+        m.settle(
+            &LimitKey::Header(i),
+            false,
+            Settle::Denied(Duration::from_secs(10 + i)),
+        );
+    }
+    assert_eq!(m.len(), 8);
+    m.settle(
+        &LimitKey::Header(100),
+        false,
+        Settle::Denied(Duration::from_secs(60)),
+    );
+    assert!(m.len() <= 8, "{}", m.len());
+    assert!(matches!(m.take(&LimitKey::Header(100)), Taken::Denied(_)));
+    // The soonest-ending denial was evicted: that key asks Redis again.
+    assert_eq!(
+        m.take(&LimitKey::Header(0)),
+        Taken::Ask {
+            want: 1,
+            refill: false
+        }
+    );
+    // Expired entries make room first.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    for i in 200..207u64 {
+        m.settle(
+            &LimitKey::Header(i),
+            false,
+            Settle::Denied(Duration::from_secs(5)),
+        );
+    }
+    assert_eq!(m.len(), 8);
+    for i in 200..207u64 {
+        assert!(
+            matches!(m.take(&LimitKey::Header(i)), Taken::Denied(_)),
+            "{i}"
+        );
     }
 }

@@ -12,6 +12,7 @@ fn limit(name: &str, rate: &str, burst: u32) -> RateLimitConfig {
         rate: rate.parse().expect("test rate"),
         burst: NonZeroU32::new(burst).expect("test burst"),
         scope: Scope::Local,
+        lease: 0,
     }
 }
 

@@ -16,6 +16,7 @@ fn config(key: KeySpec, rate: &str, burst: u32) -> RateLimitConfig {
         rate: rate.parse().expect("test rate"),
         burst: NonZeroU32::new(burst).expect("test burst"),
         scope: Scope::Local,
+        lease: 0,
     }
 }
 

@@ -1,0 +1,538 @@
+//! The connection of the global limits to `store.redis` — one server or a Redis Cluster — and
+//! its circuit breakers. See the parent module's docs for the policy; this is the mechanism.
+//!
+//! One [`Store`] per runtime (kept by the next one while `store.redis` is unchanged): one redis-rs
+//! `ConnectionManager` (one multiplexed connection) for a server, or one async
+//! `ClusterConnection` (one multiplexed connection per node, slot routing, MOVED/ASK and
+//! reconnection handled by redis-rs) for a cluster. The first connection is made by a task, so
+//! sluice starts while Redis is down.
+//!
+//! # Breakers per slot range
+//!
+//! A server has one breaker. A cluster has one per [`SLOTS_PER_BREAKER`] hash slots: when a node
+//! is down, the keys of its slots apply `on_error` at once (one probe per [`PROBE_INTERVAL`] per
+//! range), while the keys served by the other nodes keep using Redis. Nodes own contiguous slot
+//! ranges (`redis-cli --cluster create` and resharding move ranges), so a range of 64 slots
+//! belongs to one node except at the few boundaries between two nodes' ranges. A finer breaker
+//! (per slot) would let up to 16384 probes per interval through to a dead node; a coarser one
+//! (per store) would fail the healthy nodes' keys with the dead one's.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisResult, TlsCertificates};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{Config, RedisConfig, RedisTarget, Scope};
+
+/// While a breaker is open, one request per interval (per instance and breaker) tries Redis;
+/// the others apply `on_error` without waiting.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Pause between attempts at the first connection (later reconnections are redis-rs', driven
+/// by the probes).
+pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(500);
+
+/// Bound on establishing one connection (TCP, TLS, AUTH; for a cluster, each node's), separate
+/// from the per-call timeout: it happens in the background, no request waits for it longer
+/// than `timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Hash slots of Redis Cluster.
+pub(crate) const CLUSTER_SLOTS: usize = 16384;
+
+/// Slots that share a breaker (see the module docs): 256 breakers per cluster.
+pub(crate) const SLOTS_PER_BREAKER: usize = 64;
+
+/// Retries of one call inside the cluster client (a MOVED or ASK redirection is one, a
+/// reconnection another). Few: every call is bounded by `timeout` anyway, and a request whose
+/// answer is no longer awaited is dropped by the client.
+const CLUSTER_RETRIES: u32 = 3;
+
+/// Bounds (ms) of the cluster client's wait between retries (its default grows to minutes).
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (1, 50);
+
+/// [`Health`] states.
+const CONNECTING: u8 = 0;
+const HEALTHY: u8 = 1;
+const FAILING: u8 = 2;
+
+/// The connection to `store.redis` shared by every global limit of a runtime, and kept by the
+/// next runtime while `store.redis` (`url` or `cluster`, and `ca`) is unchanged. Dropping it
+/// stops the connecting task.
+pub struct Store {
+    /// Connection, health and counters, shared with the connecting task.
+    pub(super) inner: Arc<Inner>,
+    /// The task making the first connection (done once it has).
+    connector: JoinHandle<()>,
+}
+
+pub(super) struct Inner {
+    /// `store.redis.url` or `.cluster`, to tell whether a reload may keep this store.
+    target: RedisTarget,
+    /// The certificates of `store.redis.ca`, for the same reason.
+    ca: Option<Arc<[u8]>>,
+    /// The target, passwords replaced by `***`: what logs show.
+    redacted: String,
+    /// Set once by the connecting task; redis-rs reconnects by itself from then on.
+    conn: OnceLock<Conn>,
+    /// The circuit breakers and the once-per-change logging.
+    health: Health,
+    /// Wakes requests waiting for the first connection attempt to end.
+    connected: Notify,
+    /// `sluice_store_errors_total`.
+    errors: Counter,
+}
+
+/// A connection to call scripts on: cheap to clone (shared handles to the multiplexed
+/// connections).
+#[derive(Clone)]
+pub(super) enum Conn {
+    /// `store.redis.url`.
+    Server(ConnectionManager),
+    /// `store.redis.cluster`.
+    Cluster(ClusterConnection),
+}
+
+/// Connected or not, and the breakers.
+struct Health {
+    /// [`CONNECTING`] until the first attempt ends; then [`HEALTHY`] while no breaker is open,
+    /// else [`FAILING`].
+    state: AtomicU8,
+    /// Per breaker: 0 while closed; while open, the time (ns since `epoch`, at least 1) before
+    /// which no probe goes.
+    breakers: Box<[AtomicU64]>,
+    /// Breakers open, to log the first failure and the last recovery once.
+    open: AtomicUsize,
+    /// The origin of the breakers' times.
+    epoch: Instant,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// The store for `config`: `None` when no limit has `scope: global`; the `previous` one when
+    /// `store.redis` still names the same server or cluster with the same `ca` (the connection
+    /// and its health carry over a reload); else a new one whose first connection is made by a
+    /// task spawned on `spawner` (the proxy's runtime: a reload may run on the admin thread).
+    ///
+    /// # Panics
+    /// When a new store is needed and `spawner` is `None` (a runtime built outside tokio).
+    pub(crate) fn for_config(
+        config: &Config,
+        previous: Option<&Arc<Store>>,
+        spawner: Option<&Handle>,
+        errors: &Counter,
+    ) -> Option<Arc<Store>> {
+        let uses_store = config
+            .routes
+            .iter()
+            .flat_map(|r| &r.rate_limits)
+            .any(|l| l.scope == Scope::Global);
+        let redis = &config.store.as_ref()?.redis;
+        if !uses_store {
+            return None;
+        }
+        if let Some(previous) = previous.filter(|p| p.serves(redis)) {
+            return Some(previous.clone());
+        }
+        let spawner = spawner.expect("a runtime with global limits is built inside tokio");
+        Some(Arc::new(Store::connect(redis, spawner, errors)))
+    }
+
+    /// Starts connecting to `redis` in the background; usable at once (requests apply
+    /// `on_error` until a connection is up, after waiting at most `timeout` for the first
+    /// attempt).
+    pub(crate) fn connect(redis: &RedisConfig, spawner: &Handle, errors: &Counter) -> Store {
+        let breakers = match redis.target {
+            RedisTarget::Server(_) => 1,
+            RedisTarget::Cluster(_) => CLUSTER_SLOTS / SLOTS_PER_BREAKER,
+        };
+        let inner = Arc::new(Inner {
+            target: redis.target.clone(),
+            ca: redis.ca_pem.clone(),
+            redacted: redis.target.to_string(),
+            conn: OnceLock::new(),
+            health: Health {
+                state: AtomicU8::new(CONNECTING),
+                breakers: (0..breakers).map(|_| AtomicU64::new(0)).collect(),
+                open: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            },
+            connected: Notify::new(),
+            errors: errors.clone(),
+        });
+        let connector = spawner.spawn(connect(inner.clone(), redis.timeout));
+        Store { inner, connector }
+    }
+
+    /// True once connected and while no call is failing.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.inner.health.state.load(Ordering::Acquire) == HEALTHY
+    }
+
+    /// True when this store connects where `redis` says, trusting the same certificates.
+    pub(super) fn serves(&self, redis: &RedisConfig) -> bool {
+        self.inner.target == redis.target && self.inner.ca == redis.ca_pem
+    }
+
+    /// The breaker of a key whose cluster hash slot is `slot` (always 0 for a server).
+    pub(super) fn breaker_of(&self, slot: u16) -> usize {
+        match self.inner.target {
+            RedisTarget::Server(_) => 0,
+            RedisTarget::Cluster(_) => usize::from(slot) % CLUSTER_SLOTS / SLOTS_PER_BREAKER,
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.connector.abort();
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("redis", &self.inner.redacted)
+            .field("healthy", &self.is_healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes the first connection, retrying every [`CONNECT_RETRY`] until it succeeds.
+async fn connect(inner: Arc<Inner>, timeout: Duration) {
+    // Read once: loading the system's roots reads files.
+    let roots = inner
+        .ca
+        .as_deref()
+        .map(|ca| roots_with(ca, &inner.redacted));
+    loop {
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            open(&inner.target, roots.as_deref(), timeout),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(conn)) => {
+                // Only this task sets it.
+                let _ = inner.conn.set(conn);
+                inner.connected_now();
+                inner.connected.notify_waiters();
+                return;
+            }
+            Ok(Err(err)) => inner.connect_failed(&err),
+            Err(_) => {
+                inner.connect_failed(&format_args!("no connection within {CONNECT_TIMEOUT:?}"))
+            }
+        }
+        inner.connected.notify_waiters();
+        tokio::time::sleep(CONNECT_RETRY).await;
+    }
+}
+
+/// One attempt at connecting to `target`, trusting `roots` (PEM) for TLS when given (else
+/// redis-rs' default: the system's roots).
+async fn open(target: &RedisTarget, roots: Option<&[u8]>, timeout: Duration) -> RedisResult<Conn> {
+    let certs = || TlsCertificates {
+        client_tls: None,
+        root_cert: roots.map(<[u8]>::to_vec),
+    };
+    match target {
+        RedisTarget::Server(url) => {
+            let client = match roots {
+                Some(_) => redis::Client::build_with_tls(url.as_str(), certs())?,
+                None => redis::Client::open(url.as_str())?,
+            };
+            // No retries inside the manager: a failed reconnection surfaces at once as an
+            // error, and the next probe starts another. No response timeout either: every
+            // call is bounded by `store.redis.timeout` around it.
+            let config = ConnectionManagerConfig::new()
+                .set_number_of_retries(0)
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(None);
+            Ok(Conn::Server(
+                ConnectionManager::new_with_config(client, config).await?,
+            ))
+        }
+        RedisTarget::Cluster(seeds) => {
+            let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(timeout)
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+                .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1);
+            if roots.is_some() {
+                builder = builder.certs(certs());
+            }
+            let client = builder.build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}
+
+/// The certificates a `rediss://` server is checked against when `store.redis.ca` is given:
+/// the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set, as rustls-native-certs
+/// reads them) plus `ca`, as one PEM text. redis-rs replaces the system's roots with the
+/// certificates it is given, so both are given.
+fn roots_with(ca: &[u8], redacted: &str) -> Vec<u8> {
+    let system = rustls_native_certs::load_native_certs();
+    if let Some(error) = system.errors.first() {
+        tracing::warn!(
+            redis = %redacted,
+            %error,
+            loaded = system.certs.len(),
+            "some of the system's root certificates could not be read; Redis over TLS trusts the others and store.redis.ca"
+        );
+    }
+    let mut pem = Vec::with_capacity(system.certs.len() * 2048 + ca.len() + 1);
+    for cert in &system.certs {
+        pem_block(&mut pem, cert);
+    }
+    pem.extend_from_slice(ca);
+    pem.push(b'\n');
+    pem
+}
+
+/// Appends one certificate (DER) as a PEM block: base64 in lines of 64 characters.
+fn pem_block(out: &mut Vec<u8>, der: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+    let mut line = 0;
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            let digit = if i <= chunk.len() {
+                ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]
+            } else {
+                b'='
+            };
+            out.push(digit);
+        }
+        line += 4;
+        if line == 64 {
+            out.push(b'\n');
+            line = 0;
+        }
+    }
+    if line != 0 {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// A connection to call Redis on for a key behind `breaker`, or `None` to apply `on_error`
+    /// now: not connected yet (the connecting task is on it), or the breaker is open and it is
+    /// not this request's turn to probe. Waits only for the end of the very first connection
+    /// attempt (the caller bounds the wait).
+    pub(super) async fn connection(&self, breaker: usize) -> Option<Conn> {
+        let conn = match self.conn.get() {
+            Some(conn) => conn,
+            None => {
+                let notified = self.connected.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.health.state.load(Ordering::Acquire) == CONNECTING {
+                    notified.await;
+                }
+                self.conn.get()?
+            }
+        };
+        self.health.may_call(breaker).then(|| conn.clone())
+    }
+
+    /// A call for a key behind `breaker` failed: count it, hold that breaker's probes back, log
+    /// if this is news.
+    pub(super) fn failed(&self, breaker: usize, error: &dyn fmt::Display) {
+        self.errors.inc();
+        if self.health.open_breaker(breaker) {
+            self.health.state.store(FAILING, Ordering::Release);
+            match self.target {
+                RedisTarget::Server(_) => tracing::warn!(
+                    redis = %self.redacted,
+                    %error,
+                    "Redis is failing: global rate limits apply store.redis.on_error until it answers again"
+                ),
+                RedisTarget::Cluster(_) => tracing::warn!(
+                    redis = %self.redacted,
+                    %error,
+                    first_slot = breaker * SLOTS_PER_BREAKER,
+                    "Redis Cluster is failing for some slots: their keys apply store.redis.on_error until their node answers again"
+                ),
+            }
+        }
+    }
+
+    /// A call for a key behind `breaker` succeeded: close that breaker, log if it was the last
+    /// one open.
+    pub(super) fn succeeded(&self, breaker: usize) {
+        if self.health.close_breaker(breaker) {
+            self.health.state.store(HEALTHY, Ordering::Release);
+            tracing::info!(redis = %self.redacted, "Redis answers again: global rate limits use it");
+        }
+    }
+
+    /// A connection attempt failed: count it, log if this is news.
+    fn connect_failed(&self, error: &dyn fmt::Display) {
+        self.errors.inc();
+        if self.health.state.swap(FAILING, Ordering::AcqRel) == CONNECTING {
+            tracing::warn!(
+                redis = %self.redacted,
+                %error,
+                "Redis is unreachable: global rate limits apply store.redis.on_error until it answers (retrying in the background)"
+            );
+        }
+    }
+
+    /// The first connection is up.
+    fn connected_now(&self) {
+        self.health.state.store(HEALTHY, Ordering::Release);
+        tracing::info!(redis = %self.redacted, "connected to Redis for global rate limits");
+    }
+}
+
+// === impl Health ===
+
+impl Health {
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// True when `breaker` is closed, or open and this caller is the one that may probe now (at
+    /// most one per [`PROBE_INTERVAL`]).
+    fn may_call(&self, breaker: usize) -> bool {
+        let Some(slot) = self.breakers.get(breaker) else {
+            return true;
+        };
+        let next = slot.load(Ordering::Acquire);
+        if next == 0 {
+            return true;
+        }
+        let now = self.nanos_since_epoch(Instant::now());
+        now >= next
+            && slot
+                .compare_exchange(
+                    next,
+                    self.probe_after(now),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Opens `breaker` (or holds its next probe back); true when it was the first one open.
+    fn open_breaker(&self, breaker: usize) -> bool {
+        let Some(slot) = self.breakers.get(breaker) else {
+            return false;
+        };
+        let next = self.probe_after(self.nanos_since_epoch(Instant::now()));
+        slot.swap(next, Ordering::AcqRel) == 0 && self.open.fetch_add(1, Ordering::AcqRel) == 0
+    }
+
+    /// Closes `breaker`; true when it was the last one open.
+    fn close_breaker(&self, breaker: usize) -> bool {
+        let Some(slot) = self.breakers.get(breaker) else {
+            return false;
+        };
+        // The common case, a closed breaker, costs one load.
+        slot.load(Ordering::Relaxed) != 0
+            && slot.swap(0, Ordering::AcqRel) != 0
+            && self.open.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    /// The time of the next probe after a failure at `now`: never 0, which means closed.
+    fn probe_after(&self, now: u64) -> u64 {
+        now.saturating_add(PROBE_INTERVAL.as_nanos() as u64).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins: a cluster's breakers cover 64 slots each, independently: a failure behind one
+    /// holds back that range's calls (one probe per interval), not the others'; a success
+    /// closes it; the store is healthy again only when no breaker is open.
+    #[tokio::test(start_paused = true)]
+    async fn cluster_breakers_open_per_slot_range() {
+        let redis = RedisConfig {
+            // Nothing listens on port 1: the store never connects, which this test does not need.
+            target: RedisTarget::Cluster(vec!["redis://127.0.0.1:1".into()]),
+            ca: None,
+            ca_pem: None,
+            timeout: Duration::from_millis(20),
+            on_error: crate::config::OnStoreError::Local,
+        };
+        let store = Store::connect(&redis, &Handle::current(), &Counter::default());
+        assert_eq!(store.inner.health.breakers.len(), 256);
+        assert_eq!(store.breaker_of(0), 0);
+        assert_eq!(store.breaker_of(63), 0);
+        assert_eq!(store.breaker_of(64), 1);
+        assert_eq!(store.breaker_of(16383), 255);
+        let health = &store.inner.health;
+        health.state.store(HEALTHY, Ordering::Release);
+
+        store.inner.failed(3, &"down");
+        store.inner.failed(7, &"down");
+        assert!(!store.is_healthy());
+        assert!(!health.may_call(3) && !health.may_call(7));
+        assert!(health.may_call(4), "other ranges still call Redis");
+        tokio::time::advance(PROBE_INTERVAL).await;
+        assert!(health.may_call(3), "one probe after the interval");
+        assert!(!health.may_call(3), "only one");
+        store.inner.succeeded(3);
+        assert!(health.may_call(3));
+        assert!(!store.is_healthy(), "range 7 is still open");
+        store.inner.succeeded(7);
+        assert!(store.is_healthy());
+        assert_eq!(health.open.load(Ordering::Acquire), 0);
+    }
+
+    /// Pins: the PEM writer's base64 (RFC 4648 test vectors, padding) and its 64-column lines,
+    /// checked by reading the block back with the parser rustls uses.
+    #[test]
+    fn pem_blocks_encode_base64_in_lines_of_64() {
+        for (der, b64) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ] {
+            let mut out = Vec::new();
+            pem_block(&mut out, der);
+            let text = String::from_utf8(out).unwrap();
+            let body = text
+                .strip_prefix("-----BEGIN CERTIFICATE-----\n")
+                .and_then(|t| t.strip_suffix("-----END CERTIFICATE-----\n"))
+                .unwrap();
+            assert_eq!(body.trim_end(), b64, "{der:?}");
+        }
+        use rustls_pki_types::pem::PemObject;
+        let der: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let mut out = Vec::new();
+        pem_block(&mut out, &der);
+        assert!(String::from_utf8_lossy(&out)
+            .lines()
+            .all(|l| l.len() <= 64 || l.starts_with("-----")));
+        let back = rustls_pki_types::CertificateDer::from_pem_slice(&out).unwrap();
+        assert_eq!(back.as_ref(), &der[..]);
+    }
+}
