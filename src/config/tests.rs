@@ -977,3 +977,115 @@ fn rates_beyond_what_buckets_can_hold_are_refused() {
     let e = one_error(&too_slow, "routes[1].rate_limits[0].burst");
     assert!(e.message.contains("to refill"), "{e}");
 }
+
+// === admin access control ===
+
+/// A file holding `text` in a fresh temporary directory, removed with it when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-config-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn with_admin(admin: &str) -> String {
+    format!("{BASE}admin:\n  listen: 127.0.0.1:9901\n{admin}")
+}
+
+#[test]
+fn admin_token_file_is_read_trimmed_and_never_shown() {
+    // Pins: the token file is read at load with surrounding whitespace trimmed; allowed_hosts
+    // are lower-cased without a trailing dot; `/config` and `Debug` show the file, never the
+    // token.
+    let file = TempFile::new("admin.token", b"\n  s3cret-Token_42 \r\n");
+    let yaml = with_admin(&format!(
+        "  allowed_hosts: [Sluice.Internal., admin-1.example.com]\n  token_file: {}\n",
+        file.0.display()
+    ));
+    let config = load(&yaml);
+    let admin = config.admin.as_ref().unwrap();
+    assert_eq!(
+        admin.allowed_hosts,
+        ["sluice.internal", "admin-1.example.com"]
+    );
+    assert_eq!(admin.token.as_ref().unwrap().as_bytes(), b"s3cret-Token_42");
+    let shown = serde_json::to_value(&config).unwrap();
+    assert_eq!(shown["admin"]["token_file"], file.0.display().to_string());
+    assert_eq!(shown["admin"]["allowed_hosts"][0], "sluice.internal");
+    assert!(!shown.to_string().contains("s3cret"), "{shown}");
+    assert!(!format!("{config:?}").contains("s3cret"));
+    assert!(
+        config.to_string().contains("(bearer token from "),
+        "{config}"
+    );
+    // Without the fields: no token, no extra hosts.
+    let plain = load(&with_admin(""));
+    let admin = plain.admin.as_ref().unwrap();
+    assert!(admin.token.is_none() && admin.token_file.is_none() && admin.allowed_hosts.is_empty());
+}
+
+#[test]
+fn admin_token_file_errors_name_the_field() {
+    // Pins: a missing, empty, oversized or unusable token file is a config error at
+    // admin.token_file naming the file (never quoting its content); so is a bad allowed host.
+    let empty = TempFile::new("empty", b" \n\t\n");
+    let spaced = TempFile::new("spaced", b"two words");
+    let big = TempFile::new("big", &[b'a'; 5000]);
+    let binary = TempFile::new("binary", &[0xff, 0xfe, b'a']);
+    for (path, message) in [
+        (
+            "/nonexistent/admin.token".to_owned(),
+            "cannot read /nonexistent/admin.token: ",
+        ),
+        (empty.0.display().to_string(), "is empty"),
+        (
+            spaced.0.display().to_string(),
+            "printable ASCII without spaces",
+        ),
+        (big.0.display().to_string(), "larger than 4096 bytes"),
+        (binary.0.display().to_string(), "is not UTF-8 text"),
+    ] {
+        let e = one_error(
+            &with_admin(&format!("  token_file: {path}\n")),
+            "admin.token_file",
+        );
+        assert!(e.message.contains(message), "{e}");
+        assert!(e.message.contains(&path), "{e}");
+        assert!(!e.message.contains("two words"), "{e}");
+    }
+    let e = one_error(&with_admin("  token_file: \"\"\n"), "admin.token_file");
+    assert!(e.message.contains("must not be empty"), "{e}");
+    let errors = errors(&with_admin(
+        "  allowed_hosts: [\"http://a\", \"a:80\", \"\", \"a/b\", \"[::1]\", ok.example]\n",
+    ));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "admin.allowed_hosts[0]",
+            "admin.allowed_hosts[1]",
+            "admin.allowed_hosts[2]",
+            "admin.allowed_hosts[3]",
+            "admin.allowed_hosts[4]"
+        ]
+    );
+}
