@@ -148,9 +148,15 @@ impl App {
 
         // The admin listener outlives the drain, so /readyz can say 503 while it happens.
         let admin_stop = Shutdown::new();
-        let admin = match (self.admin, self.admin_addr) {
-            (Some(listener), Some(addr)) => {
-                match crate::admin::spawn(listener, self.shared.clone(), admin_stop.clone()) {
+        let admin = match (self.admin, self.admin_addr, config.admin.clone()) {
+            (Some(listener), Some(addr), Some(admin_config)) => {
+                let spawned = crate::admin::spawn(
+                    listener,
+                    admin_config,
+                    self.shared.clone(),
+                    admin_stop.clone(),
+                );
+                match spawned {
                     Ok(thread) => {
                         tracing::info!(listen = %addr, "admin listener up (/metrics /healthz /readyz /config /reload)");
                         Some(thread)
