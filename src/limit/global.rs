@@ -462,7 +462,7 @@ impl GlobalLimit {
             argv: [emission_nanos.to_string().into(), tau.to_string().into()],
             timeout: redis.timeout,
             on_error: redis.on_error,
-            denied: DashMap::new(),
+            denied: DashMap::with_shard_amount(super::KEY_TABLE_SHARDS),
         }
     }
 
