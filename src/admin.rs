@@ -3,35 +3,97 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
-//! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 once listeners are up; 503 while shutting down |
+//! | `GET /metrics` | Prometheus metrics: text format 0.0.4, or OpenMetrics when `Accept` asks for it |
+//! | `GET /healthz` | 200 while the process runs (no token needed) |
+//! | `GET /readyz` | 200 once listeners are up; 503 while shutting down (no token needed) |
 //! | `GET /config` | the effective config as JSON, secrets redacted |
 //! | `POST /reload` | reloads the config like SIGHUP: 200 with a JSON result, or 422 with the errors |
 //!
-//! Anything else is 404 (405 for a known path with the wrong method).
+//! `HEAD` works wherever `GET` does. Anything else is 404 (405 for a known path with the wrong
+//! method).
+//!
+//! Every request goes through one function, [`gate::check`] — `Host`, `Origin`, bearer token —
+//! before its path is even looked at, so a path added to [`Endpoint`] is guarded without a line
+//! of its own; and every response leaves through [`finish`] (`Cache-Control: no-store`,
+//! `Content-Length`, no body for `HEAD`). The listener bounds connections and their heads
+//! (`listener`). A reload reads files and builds a runtime: it runs on a blocking thread, so a
+//! slow one never holds up `/healthz` or `/metrics`, nor the proxy's workers.
+
+mod gate;
+mod listener;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
+use self::gate::Denied;
 use crate::body::ProxyBody;
+use crate::config::AdminConfig;
+use crate::metrics::Format;
 use crate::reload;
 use crate::runtime::Shared;
 use crate::shutdown::Shutdown;
 
-/// Serves the admin endpoints on `listener` from a dedicated thread until `stop` fires.
+/// How long the admin thread waits, once stopped, for work still on its blocking threads (a
+/// reload stuck reading a file) before it lets the process exit anyway.
+const BLOCKING_WAIT_AT_EXIT: Duration = Duration::from_secs(1);
+
+/// The paths the admin listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Metrics,
+    Healthz,
+    Readyz,
+    Config,
+    Reload,
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    fn of(path: &str) -> Option<Endpoint> {
+        Some(match path {
+            "/metrics" => Endpoint::Metrics,
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/config" => Endpoint::Config,
+            "/reload" => Endpoint::Reload,
+            _ => return None,
+        })
+    }
+
+    /// The method it answers (`GET` also answers `HEAD`).
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Reload => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    /// Health checks need no token: probes that cannot carry one (a load balancer's, a
+    /// kubelet's) must still see whether the process is up. Every other path, including those
+    /// added later, needs it.
+    fn open(self) -> bool {
+        matches!(self, Endpoint::Healthz | Endpoint::Readyz)
+    }
+}
+
+/// Serves the admin endpoints on `listener` from a dedicated thread until `stop` fires. `admin`
+/// is the admin config the process started with: the gate uses it while the current config
+/// has no `admin` section (removing it needs a restart).
 ///
 /// # Errors
 /// The OS error if the thread or its runtime cannot be created.
 pub(crate) fn spawn(
     listener: std::net::TcpListener,
+    admin: AdminConfig,
     shared: Arc<Shared>,
     stop: Shutdown,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -39,109 +101,186 @@ pub(crate) fn spawn(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let started_with = Arc::new(admin);
     std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
+                    Ok(l) => listener::Listener::new(l),
                     Err(err) => {
                         tracing::error!(error = %err, "admin listener failed");
                         return;
                     }
                 };
                 let mut stopped = stop.watch();
-                loop {
-                    let tcp = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((tcp, _)) => tcp,
-                            Err(_) => continue,
-                        },
-                        () = stopped.wait() => break,
-                    };
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(answer(&shared, &req)) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .await;
+                while let Some((tcp, slot)) = listener.accept(&mut stopped).await {
+                    let (shared, started_with) = (shared.clone(), started_with.clone());
+                    let service = service_fn(move |req| {
+                        let (shared, started_with) = (shared.clone(), started_with.clone());
+                        async move { Ok::<_, Infallible>(answer(shared, &started_with, req).await) }
                     });
+                    tokio::spawn(listener::serve_connection(tcp, service, slot));
                 }
             });
+            // A reload stuck reading a file (a FIFO, a hung network mount) must not hold up the
+            // process's exit: its blocking thread is left behind.
+            runtime.shutdown_timeout(BLOCKING_WAIT_AT_EXIT);
         })
 }
 
-fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
-    let path = req.uri().path();
-    let method = req.method();
-    match (path, method) {
-        ("/metrics", &Method::GET) => {
+/// Answers one request: the gate first, then the endpoint, then [`finish`].
+async fn answer(
+    shared: Arc<Shared>,
+    started_with: &AdminConfig,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let head = req.method() == Method::HEAD;
+    let endpoint = Endpoint::of(req.uri().path());
+    let checked = {
+        // The current config's rules, so that a reload applies them (a new token included).
+        let runtime = shared.runtime();
+        let admin = runtime.config.admin.as_ref().unwrap_or(started_with);
+        gate::check(admin, &req, endpoint.is_some_and(Endpoint::open))
+    };
+    let res = match checked {
+        Err(denied) => refuse(denied),
+        Ok(()) => match endpoint {
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+            Some(e) if *req.method() == e.method() || (head && e.method() == Method::GET) => {
+                serve(e, shared, &req).await
+            }
+            Some(e) => {
+                let allow = match e.method() {
+                    Method::POST => "POST",
+                    _ => "GET, HEAD",
+                };
+                let mut res = reply(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    "method not allowed\n",
+                );
+                res.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+                res
+            }
+        },
+    };
+    finish(res, head)
+}
+
+/// What an endpoint answers to a request the gate let through.
+async fn serve(
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    match endpoint {
+        Endpoint::Metrics => {
             shared.runtime().refresh_gauges();
-            reply(
+            let format = Format::negotiate(req.headers());
+            let mut res = reply(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                shared.metrics.encode(),
-            )
+                format.content_type(),
+                shared.metrics.encode(format),
+            );
+            // The answer depends on `Accept`: a cache between scraper and sluice must know.
+            res.headers_mut()
+                .insert(VARY, HeaderValue::from_static("Accept"));
+            res
         }
-        ("/healthz", &Method::GET) => reply(StatusCode::OK, "text/plain", "ok\n"),
-        ("/readyz", &Method::GET) => {
+        Endpoint::Healthz => reply(StatusCode::OK, "text/plain", "ok\n"),
+        Endpoint::Readyz => {
             if shared.is_ready() {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        ("/config", &Method::GET) => {
+        Endpoint::Config => {
             let config = shared.runtime().config.clone();
             let body = serde_json::to_string_pretty(&*config).unwrap_or_else(|_| "{}".to_owned());
             reply(StatusCode::OK, "application/json", body)
         }
-        ("/reload", &Method::POST) => match reload::reload(shared) {
-            Ok(report) => {
-                let body = serde_json::json!({
-                    "result": "success",
-                    "routes": report.routes,
-                    "restart_required": report.restart_required,
-                });
-                reply(StatusCode::OK, "application/json", body.to_string())
-            }
-            Err(err) => {
-                // One error per line, each `file:line:column: field.path: message`.
-                let message = err.to_string();
-                let errors: Vec<&str> = message.lines().filter(|l| !l.trim().is_empty()).collect();
-                let body = serde_json::json!({ "result": "failure", "errors": errors });
-                reply(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "application/json",
-                    body.to_string(),
-                )
-            }
-        },
-        ("/metrics" | "/healthz" | "/readyz" | "/config", _) => {
-            let mut res = reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n",
-            );
-            res.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET"));
-            res
-        }
-        ("/reload", _) => {
-            let mut res = reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n",
-            );
-            res.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            res
-        }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        Endpoint::Reload => reload(shared).await,
     }
+}
+
+/// `POST /reload`: reads, parses and builds on a blocking thread (file reads, YAML parsing and
+/// building a runtime must not run on a thread that serves requests), then reports.
+async fn reload(shared: Arc<Shared>) -> Response<ProxyBody> {
+    let done = tokio::task::spawn_blocking(move || reload::reload(&shared)).await;
+    match done {
+        Ok(Ok(report)) => {
+            let body = serde_json::json!({
+                "result": "success",
+                "routes": report.routes,
+                "restart_required": report.restart_required,
+            });
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        Ok(Err(err)) => {
+            // One error per line, each `file:line:column: field.path: message`.
+            let message = err.to_string();
+            let errors: Vec<&str> = message.lines().filter(|l| !l.trim().is_empty()).collect();
+            let body = serde_json::json!({ "result": "failure", "errors": errors });
+            reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "application/json",
+                body.to_string(),
+            )
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the reload task failed");
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "reload failed; see the log\n",
+            )
+        }
+    }
+}
+
+/// The answer to a request the gate refused.
+fn refuse(denied: Denied) -> Response<ProxyBody> {
+    match denied {
+        Denied::Host => reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "forbidden: Host is not an IP address, localhost or in admin.allowed_hosts\n",
+        ),
+        Denied::Origin => reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "forbidden: Origin is not an allowed host\n",
+        ),
+        Denied::Token => {
+            let mut res = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "unauthorized: send Authorization: Bearer <token from admin.token_file>\n",
+            );
+            res.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
+        }
+    }
+}
+
+/// What every admin response gets on its way out: `Cache-Control: no-store` (metrics, config
+/// and errors must not be kept by a browser or proxy), an explicit `Content-Length`, and for
+/// `HEAD` the same head with no body.
+fn finish(mut res: Response<ProxyBody>, head: bool) -> Response<ProxyBody> {
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(len) = res.body().size_hint().exact() {
+        res.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if head {
+        *res.body_mut() = ProxyBody::empty();
+    }
+    res
 }
 
 fn reply(

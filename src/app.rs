@@ -135,22 +135,19 @@ impl App {
             tracing::info!(route = %route.name, upstream = %config.upstreams[route.upstream].name, limits = route.rate_limits.len(), "route");
         }
 
-        let housekeeping = {
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-                loop {
-                    tick.tick().await;
-                    shared.runtime().housekeeping();
-                }
-            })
-        };
+        let housekeeping = spawn_housekeeping(self.shared.clone());
 
         // The admin listener outlives the drain, so /readyz can say 503 while it happens.
         let admin_stop = Shutdown::new();
-        let admin = match (self.admin, self.admin_addr) {
-            (Some(listener), Some(addr)) => {
-                match crate::admin::spawn(listener, self.shared.clone(), admin_stop.clone()) {
+        let admin = match (self.admin, self.admin_addr, config.admin.clone()) {
+            (Some(listener), Some(addr), Some(admin_config)) => {
+                let spawned = crate::admin::spawn(
+                    listener,
+                    admin_config,
+                    self.shared.clone(),
+                    admin_stop.clone(),
+                );
+                match spawned {
                     Ok(thread) => {
                         tracing::info!(listen = %addr, "admin listener up (/metrics /healthz /readyz /config /reload)");
                         Some(thread)
@@ -196,6 +193,31 @@ impl App {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Runs the housekeeping pass (`Runtime::housekeeping`) every [`HOUSEKEEPING_INTERVAL`] on a
+/// blocking thread: a pass over a key table of a million keys takes 10–20 ms of CPU, which on a
+/// worker thread would stall every request of that worker (all of them with `workers: 1`).
+/// Passes never overlap: the next tick waits for the pass in progress.
+fn spawn_housekeeping(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        // After a long pass, the next starts a whole interval later rather than at once.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let runtime = shared.runtime();
+            let pass = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                runtime.housekeeping();
+                started.elapsed()
+            });
+            match pass.await {
+                Ok(took) => tracing::debug!(?took, "housekeeping pass done"),
+                Err(err) => tracing::error!(error = %err, "housekeeping pass failed"),
+            }
+        }
+    })
 }
 
 /// Reloads the config on every SIGHUP. The handler is registered before this returns.

@@ -181,7 +181,22 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     /// Address of the admin listener (keep it on loopback or a private network).
     pub listen: SocketAddr,
+    /// Host names a request's `Host` may name besides IP literals and `localhost`, with any
+    /// port: lower case, without a trailing dot. Against DNS rebinding, where a page an
+    /// operator opens resolves its own name to the admin address. Default: none.
+    pub allowed_hosts: Vec<String>,
+    /// The file the bearer token was read from; `None` = no token needed.
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` when the config was loaded (surrounding whitespace
+    /// trimmed): what requests are checked against until the next reload reads the file again.
+    /// Never serialised or printed.
+    #[serde(skip)]
+    pub(crate) token: Option<AdminToken>,
 }
+
+/// The admin bearer token. Its `Debug` does not show it, so neither do logs nor `/config`.
+#[derive(Clone)]
+pub(crate) struct AdminToken(Arc<[u8]>);
 
 /// `store:` — shared state for global limits.
 #[derive(Clone, Debug, Serialize)]
@@ -584,6 +599,26 @@ impl fmt::Display for HostMatch {
     }
 }
 
+// === impl AdminToken ===
+
+impl AdminToken {
+    /// The token as read (trimmed); at least one byte, printable ASCII without spaces.
+    pub(crate) fn new(token: &str) -> Self {
+        AdminToken(Arc::from(token.as_bytes()))
+    }
+
+    /// The token's bytes, for the constant-time comparison in the admin gate.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
 impl fmt::Display for Config {
     /// The one-screen summary printed by `sluice check`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -615,7 +650,11 @@ impl Config {
             writeln!(f, "  https  {} (cert {})", tls.listen, tls.cert.display())?;
         }
         if let Some(admin) = &self.admin {
-            writeln!(f, "  admin  {}", admin.listen)?;
+            write!(f, "  admin  {}", admin.listen)?;
+            if let Some(file) = &admin.token_file {
+                write!(f, " (bearer token from {})", file.display())?;
+            }
+            writeln!(f)?;
         }
         if let Some(store) = &self.store {
             let on_error = match store.redis.on_error {

@@ -17,6 +17,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
+mod exposition;
+
+pub(crate) use exposition::Format;
+
 /// Histogram buckets for an edge proxy: 100 µs … 30 s.
 pub(crate) const BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -355,6 +359,10 @@ impl Metrics {
                 code: 404,
             })
             .clone();
+        // Both results exist from the start, at 0: `increase()` then sees the first failure.
+        for result in ["success", "failure"] {
+            let _ = reloads.get_or_create(&ResultLabel(result));
+        }
         Metrics {
             no_route_requests,
             no_route_responses,
@@ -493,12 +501,15 @@ impl Metrics {
             .set(keys as i64);
     }
 
-    /// The Prometheus text exposition of every family.
-    pub(crate) fn encode(&self) -> String {
+    /// The text exposition of every family in `format`.
+    pub(crate) fn encode(&self, format: Format) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => exposition::prometheus_text(&out),
+        }
     }
 }
 
@@ -550,6 +561,20 @@ impl Drop for InflightGuard {
 mod tests {
     use super::*;
 
+    /// Both `result` series of `sluice_config_reloads_total` exist before any reload, at 0, in
+    /// both formats (so `increase()` sees the first failure).
+    #[test]
+    fn reload_series_exist_from_the_start() {
+        let m = Metrics::new();
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = m.encode(format);
+            for result in ["success", "failure"] {
+                let series = format!("sluice_config_reloads_total{{result=\"{result}\"}} 0\n");
+                assert!(text.contains(&series), "{format:?}: {text}");
+            }
+        }
+    }
+
     /// Names, labels and the shadow label come out as the contract fixes them.
     #[test]
     fn exposition_names_and_labels() {
@@ -562,7 +587,7 @@ mod tests {
         r.response(999); // out of range: ignored, no panic
         m.reload(false);
         m.set_utilization(&Arc::from("api"), 0.5);
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         assert!(
             text.contains("sluice_requests_total{route=\"orders\",outcome=\"forwarded\"} 1"),
             "{text}"

@@ -1,5 +1,8 @@
 //! Hot reload: SIGHUP or `POST /reload` reads the config file again.
 //!
+//! [`reload`] blocks (file reads, YAML parsing, building the runtime): both callers run it on a
+//! blocking thread, never on a thread that serves requests or admin endpoints.
+//!
 //! A valid config becomes a new [`Runtime`] published at once for new requests; requests in
 //! flight finish under the runtime they started with; connections are untouched. Limiter state
 //! whose route name, limit name and parameters are unchanged is carried over, and so are caps

@@ -42,7 +42,9 @@ async fn admin_endpoints() {
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
     let metrics = get(&proxy.admin_url("/metrics")).await;
     assert!(
-        metrics.text().contains("# TYPE sluice_requests counter"),
+        metrics
+            .text()
+            .contains("# TYPE sluice_requests_total counter"),
         "{}",
         metrics.text()
     );
@@ -503,4 +505,355 @@ async fn readyz_flips_during_shutdown() {
         .await
         .expect("sluice stopped within 10 s of the drain")
         .expect("the app task ended without a panic");
+}
+
+/// Regression (issue 12: `POST /reload` read and parsed the file and built the runtime on the
+/// admin listener's only thread): a reload stuck reading its config file — a FIFO that nobody
+/// writes yet — holds up neither the proxy, served here by a single thread as with
+/// `workers: 1`, nor the admin listener's other endpoints; it completes once the file comes.
+#[cfg(unix)]
+#[tokio::test]
+async fn reload_runs_off_the_admin_and_request_threads() {
+    use tokio::io::AsyncWriteExt;
+
+    let up = ok_upstream().await;
+    let yaml = admin_config(&up.endpoint(), "  - { name: all, upstream: api }\n");
+    let file = ConfigFile::new(&yaml);
+    let proxy = start_proxy_file(&file).await;
+    // The config file becomes a FIFO: reading it blocks until the test writes the YAML.
+    std::fs::remove_file(&file.path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file.path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let reload = tokio::spawn({
+        let url = proxy.admin_url("/reload");
+        async move { send(&client(), post(&url)).await }
+    });
+    // Opening the FIFO's write end without blocking succeeds only once a reader has it open:
+    // then the reload is inside its read, and stays there until the YAML is written.
+    let path = file.path.clone();
+    let mut writer = until(
+        "the reload to open the config file",
+        Duration::from_secs(10),
+        || {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .open_sender(&path)
+                .ok()
+        },
+    )
+    .await;
+
+    let proxied = tokio::time::timeout(Duration::from_secs(5), get(&proxy.url("/x"))).await;
+    let health =
+        tokio::time::timeout(Duration::from_secs(5), get(&proxy.admin_url("/healthz"))).await;
+    // Release the reload before asserting, so that a failure does not leave it stuck.
+    writer.write_all(yaml.as_bytes()).await.unwrap();
+    drop(writer);
+    assert_eq!(
+        proxied
+            .expect("the proxy answered while a reload was reading")
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        health
+            .expect("/healthz answered while a reload was reading")
+            .status,
+        StatusCode::OK
+    );
+    let done = tokio::time::timeout(Duration::from_secs(10), reload)
+        .await
+        .expect("the reload finished once its file was written")
+        .unwrap();
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    proxy.stop().await;
+}
+
+/// A config with traffic of every kind of series: a rate limit (429s, a keys gauge), a capped
+/// upstream (queue depth, utilisation, queue wait) and an unmatched path (`route=""`).
+async fn metrics_fixture() -> (Upstream, Proxy) {
+    let up = ok_upstream().await;
+    let yaml = format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+admin: {{ listen: 127.0.0.1:0 }}
+upstreams:
+  api:
+    endpoints: [{ep}]
+    concurrency: {{ max_inflight: 4, queue: 2, queue_timeout: 1s }}
+routes:
+  - name: limited
+    match: {{ path_prefix: /limited }}
+    upstream: api
+    rate_limits: [{{ name: per-client, key: client_ip, rate: 1/h, burst: 1 }}]
+  - name: open
+    match: {{ path_prefix: /open }}
+    upstream: api
+"#,
+        ep = up.endpoint()
+    );
+    let proxy = start_proxy(&yaml).await;
+    for path in ["/limited", "/limited", "/open", "/nowhere"] {
+        get(&proxy.url(path)).await;
+    }
+    (up, proxy)
+}
+
+/// Runs promtool (Debian's `prometheus` package; `.ci/run` installs it) with `args`, `stdin`
+/// on its standard input; returns its exit status and its output.
+fn promtool(args: &[&str], stdin: &str) -> (std::process::ExitStatus, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}); install it: apt-get install -y prometheus")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status, text)
+}
+
+/// Regression (issue 13: `/metrics` spoke OpenMetrics whatever the `Accept`, and
+/// `promtool check metrics` failed on it with "no help text" for every counter): by default
+/// `/metrics` is Prometheus text 0.0.4, which promtool passes without a remark.
+#[tokio::test]
+async fn default_metrics_pass_promtool_check() {
+    let (_up, proxy) = metrics_fixture().await;
+    for accept in [None, Some("text/plain"), Some("*/*")] {
+        let mut req = Request::get(proxy.admin_url("/metrics"));
+        if let Some(accept) = accept {
+            req = req.header("accept", accept);
+        }
+        let got = send(&client(), req.body(Full::new(Bytes::new())).unwrap()).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(
+            got.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "Accept: {accept:?}"
+        );
+        let text = got.text();
+        assert!(
+            text.contains("# TYPE sluice_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        let (status, output) = promtool(&["check", "metrics"], &text);
+        assert!(
+            status.success() && output.trim().is_empty(),
+            "promtool check metrics: {status}\n{output}\n---\n{text}"
+        );
+    }
+    proxy.stop().await;
+}
+
+/// Checks the structure of an OpenMetrics 1.0 text exposition as its specification states it:
+/// metadata of a family before its samples and each family in one block, sample names made of
+/// the family name and the suffixes its type allows, label sets and values that parse,
+/// histograms with cumulative buckets ending at `+Inf` equal to `_count`, and `# EOF` last.
+fn assert_openmetrics(text: &str) {
+    use std::collections::{HashMap, HashSet};
+    let lines: Vec<&str> = text.split_terminator('\n').collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "must end with # EOF");
+    assert!(text.ends_with("# EOF\n"), "one newline after # EOF");
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut current: Option<&str> = None;
+    // Histogram buckets by family and label set (without `le`): (le, count) in order.
+    let mut buckets: HashMap<(String, String), Vec<(f64, f64)>> = HashMap::new();
+    let mut counts: HashMap<(String, String), f64> = HashMap::new();
+    for line in &lines[..lines.len() - 1] {
+        assert!(!line.is_empty(), "blank line");
+        if let Some(meta) = line.strip_prefix("# ") {
+            let mut parts = meta.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap(), parts.next().expect("a family name"));
+            if current != Some(name) {
+                if let Some(previous) = current {
+                    done.insert(previous);
+                }
+                assert!(!done.contains(name), "family {name} split in two blocks");
+                current = Some(name);
+            }
+            match kind {
+                "TYPE" => {
+                    let t = parts.next().expect("a type");
+                    assert!(
+                        ["counter", "gauge", "histogram", "info", "unknown"].contains(&t),
+                        "{line}"
+                    );
+                    assert!(types.insert(name, t).is_none(), "second TYPE: {line}");
+                }
+                "HELP" | "UNIT" => {}
+                _ => panic!("unknown metadata line: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').expect("label set closed")),
+            None => (series, ""),
+        };
+        let mut le = None;
+        let mut others = Vec::new();
+        for pair in labels.split_terminator(',') {
+            let (k, v) = pair.split_once('=').expect("label=value");
+            assert!(
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "label name in {line}"
+            );
+            assert!(
+                v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                "{line}"
+            );
+            if k == "le" {
+                le = Some(v.trim_matches('"').to_owned());
+            } else {
+                others.push(pair);
+            }
+        }
+        let family = current.expect("a sample before any metadata");
+        let t = types
+            .get(family)
+            .copied()
+            .expect("a sample of a family without TYPE");
+        let suffix = name
+            .strip_prefix(family)
+            .unwrap_or_else(|| panic!("sample {name} outside family {family}"));
+        let allowed: &[&str] = match t {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_count", "_sum", "_created"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        assert!(allowed.contains(&suffix), "{name} in a {t} family");
+        let key = (family.to_owned(), others.join(","));
+        match suffix {
+            "_bucket" => {
+                let le = le.expect("a bucket without le");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                buckets.entry(key).or_default().push((le, value));
+            }
+            "_count" => {
+                counts.insert(key, value);
+            }
+            _ => assert!(le.is_none(), "le outside a bucket: {line}"),
+        }
+    }
+    assert!(!buckets.is_empty(), "no histogram bucket in:\n{text}");
+    for (key, list) in &buckets {
+        assert!(
+            list.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{key:?}"
+        );
+        let last = list.last().unwrap();
+        assert_eq!(last.0, f64::INFINITY, "{key:?} has no +Inf bucket");
+        assert_eq!(
+            Some(&last.1),
+            counts.get(key),
+            "{key:?}: +Inf bucket != _count"
+        );
+    }
+}
+
+/// OpenMetrics when `Accept` asks for it (as Prometheus does): its content type, a structure
+/// that follows the specification, and Prometheus' own OpenMetrics parser (promtool's backfill
+/// reads OpenMetrics strictly; it needs a timestamp on every sample, so one is added) accepts it.
+#[tokio::test]
+async fn openmetrics_when_accept_asks_for_it() {
+    let (_up, proxy) = metrics_fixture().await;
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let req = Request::get(proxy.admin_url("/metrics"))
+        .header("accept", accept)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = send(&client(), req).await;
+    assert_eq!(
+        got.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert_eq!(got.header("vary"), Some("Accept"));
+    let text = got.text();
+    assert!(text.contains("# TYPE sluice_requests counter\n"), "{text}");
+    assert_openmetrics(&text);
+
+    let stamped: String = text
+        .lines()
+        .map(|l| match l.starts_with('#') {
+            true => format!("{l}\n"),
+            false => format!("{l} 1700000000\n"),
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("sluice-openmetrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("metrics.om");
+    std::fs::write(&input, &stamped).unwrap();
+    let (status, output) = promtool(
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            input.to_str().unwrap(),
+            dir.join("blocks").to_str().unwrap(),
+        ],
+        "",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        status.success(),
+        "promtool's OpenMetrics parser: {status}\n{output}\n---\n{text}"
+    );
+    proxy.stop().await;
+}
+
+/// Regression (issue 13: `sluice_config_reloads_total` had no series until the first reload,
+/// so `increase()` could not see the first failure): both results are there at 0 from the
+/// start, in both formats.
+#[tokio::test]
+async fn reload_series_exist_at_zero_from_the_start() {
+    let up = ok_upstream().await;
+    let proxy = start_proxy(&admin_config(
+        &up.endpoint(),
+        "  - { name: all, upstream: api }\n",
+    ))
+    .await;
+    for result in ["success", "failure"] {
+        let series = format!("sluice_config_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(proxy.metric(&series).await, 0.0);
+    }
+    let req = Request::get(proxy.admin_url("/metrics"))
+        .header("accept", "application/openmetrics-text")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let text = send(&client(), req).await.text();
+    assert_eq!(
+        metric_value(&text, "sluice_config_reloads_total{result=\"failure\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    proxy.stop().await;
 }

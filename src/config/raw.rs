@@ -91,6 +91,10 @@ pub(crate) struct RawTls {
 pub(crate) struct RawAdmin {
     /// `ip:port` of the admin listener.
     pub(crate) listen: Option<String>,
+    /// Host names accepted in `Host` besides IP literals and `localhost`.
+    pub(crate) allowed_hosts: Option<Vec<String>>,
+    /// Path of the file holding the bearer token.
+    pub(crate) token_file: Option<String>,
 }
 
 /// `store:`.

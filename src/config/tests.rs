@@ -826,31 +826,6 @@ fn cluster_seeds_are_an_alternative_to_url() {
     );
 }
 
-/// A file in the temp directory holding `contents`, removed when dropped.
-#[cfg(feature = "redis")]
-struct TempFile(std::path::PathBuf);
-
-#[cfg(feature = "redis")]
-impl TempFile {
-    fn new(contents: &[u8]) -> TempFile {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "sluice-config-test-{}-{}.pem",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
-    }
-}
-
-#[cfg(feature = "redis")]
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[cfg(feature = "redis")]
 #[test]
 fn the_redis_ca_is_read_and_checked_at_load() {
@@ -858,7 +833,7 @@ fn the_redis_ca_is_read_and_checked_at_load() {
     // connections); a missing file, a file without certificates, a broken PEM and a ca without
     // TLS are errors at `store.redis.ca`.
     let ca = rcgen::generate_simple_self_signed(vec!["redis.test".to_owned()]).unwrap();
-    let good = TempFile::new(ca.cert.pem().as_bytes());
+    let good = TempFile::new("ca.pem", ca.cert.pem().as_bytes());
     let c = load(&with_store(&format!(
         "url: \"rediss://h:6380\", ca: \"{}\"",
         good.0.display()
@@ -876,7 +851,7 @@ fn the_redis_ca_is_read_and_checked_at_load() {
         e.message.starts_with("cannot read /nonexistent/ca.pem"),
         "{e}"
     );
-    let empty = TempFile::new(b"no certificate here\n");
+    let empty = TempFile::new("ca.pem", b"no certificate here\n");
     let e = one_error(
         &with_store(&format!(
             "url: \"rediss://h\", ca: \"{}\"",
@@ -885,7 +860,10 @@ fn the_redis_ca_is_read_and_checked_at_load() {
         "store.redis.ca",
     );
     assert!(e.message.contains("no certificate"), "{e}");
-    let broken = TempFile::new(b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n");
+    let broken = TempFile::new(
+        "ca.pem",
+        b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n",
+    );
     let e = one_error(
         &with_store(&format!(
             "url: \"rediss://h\", ca: \"{}\"",
@@ -1332,4 +1310,116 @@ fn sizes_and_edge_defaults() {
     }
     assert_eq!(ByteSize(64 << 10).to_string(), "64KiB");
     assert_eq!(ByteSize(1000).to_string(), "1000");
+}
+
+// === admin access control ===
+
+/// A file holding `text` in a fresh temporary directory, removed with it when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-config-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn with_admin(admin: &str) -> String {
+    format!("{BASE}admin:\n  listen: 127.0.0.1:9901\n{admin}")
+}
+
+#[test]
+fn admin_token_file_is_read_trimmed_and_never_shown() {
+    // Pins: the token file is read at load with surrounding whitespace trimmed; allowed_hosts
+    // are lower-cased without a trailing dot; `/config` and `Debug` show the file, never the
+    // token.
+    let file = TempFile::new("admin.token", b"\n  s3cret-Token_42 \r\n");
+    let yaml = with_admin(&format!(
+        "  allowed_hosts: [Sluice.Internal., admin-1.example.com]\n  token_file: {}\n",
+        file.0.display()
+    ));
+    let config = load(&yaml);
+    let admin = config.admin.as_ref().unwrap();
+    assert_eq!(
+        admin.allowed_hosts,
+        ["sluice.internal", "admin-1.example.com"]
+    );
+    assert_eq!(admin.token.as_ref().unwrap().as_bytes(), b"s3cret-Token_42");
+    let shown = serde_json::to_value(&config).unwrap();
+    assert_eq!(shown["admin"]["token_file"], file.0.display().to_string());
+    assert_eq!(shown["admin"]["allowed_hosts"][0], "sluice.internal");
+    assert!(!shown.to_string().contains("s3cret"), "{shown}");
+    assert!(!format!("{config:?}").contains("s3cret"));
+    assert!(
+        config.to_string().contains("(bearer token from "),
+        "{config}"
+    );
+    // Without the fields: no token, no extra hosts.
+    let plain = load(&with_admin(""));
+    let admin = plain.admin.as_ref().unwrap();
+    assert!(admin.token.is_none() && admin.token_file.is_none() && admin.allowed_hosts.is_empty());
+}
+
+#[test]
+fn admin_token_file_errors_name_the_field() {
+    // Pins: a missing, empty, oversized or unusable token file is a config error at
+    // admin.token_file naming the file (never quoting its content); so is a bad allowed host.
+    let empty = TempFile::new("empty", b" \n\t\n");
+    let spaced = TempFile::new("spaced", b"two words");
+    let big = TempFile::new("big", &[b'a'; 5000]);
+    let binary = TempFile::new("binary", &[0xff, 0xfe, b'a']);
+    for (path, message) in [
+        (
+            "/nonexistent/admin.token".to_owned(),
+            "cannot read /nonexistent/admin.token: ",
+        ),
+        (empty.0.display().to_string(), "is empty"),
+        (
+            spaced.0.display().to_string(),
+            "printable ASCII without spaces",
+        ),
+        (big.0.display().to_string(), "larger than 4096 bytes"),
+        (binary.0.display().to_string(), "is not UTF-8 text"),
+    ] {
+        let e = one_error(
+            &with_admin(&format!("  token_file: {path}\n")),
+            "admin.token_file",
+        );
+        assert!(e.message.contains(message), "{e}");
+        assert!(e.message.contains(&path), "{e}");
+        assert!(!e.message.contains("two words"), "{e}");
+    }
+    let e = one_error(&with_admin("  token_file: \"\"\n"), "admin.token_file");
+    assert!(e.message.contains("must not be empty"), "{e}");
+    let errors = errors(&with_admin(
+        "  allowed_hosts: [\"http://a\", \"a:80\", \"\", \"a/b\", \"[::1]\", ok.example]\n",
+    ));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "admin.allowed_hosts[0]",
+            "admin.allowed_hosts[1]",
+            "admin.allowed_hosts[2]",
+            "admin.allowed_hosts[3]",
+            "admin.allowed_hosts[4]"
+        ]
+    );
 }

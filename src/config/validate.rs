@@ -24,8 +24,8 @@ use super::raw::{
     RawRoute, RawServer, RawStore, RawTls, RawUpstream, Size,
 };
 use super::{
-    AdaptiveConfig, AdminConfig, ByteSize, CapSize, ClientLimits, ConcurrencyConfig, Config,
-    HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate, RateLimitConfig,
+    AdaptiveConfig, AdminConfig, AdminToken, ByteSize, CapSize, ClientLimits, ConcurrencyConfig,
+    Config, HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate, RateLimitConfig,
     RedisConfig, RedisTarget, RouteConfig, RouteMatch, Scope, ServerConfig, StoreConfig, TlsConfig,
     UpstreamConfig,
 };
@@ -85,6 +85,10 @@ const MIN_HEADER_BYTES: u64 = 8 << 10;
 const MAX_CLUSTER_SEEDS: usize = 64;
 /// Largest `rate_limits[].lease` (it is also at most the limit's burst).
 const MAX_LEASE: u32 = 1_000_000;
+/// The longest `admin.token_file` read: a token is tens of bytes.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+/// The longest host name (RFC 1035), for `admin.allowed_hosts`.
+const MAX_HOST_NAME: usize = 253;
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
 ///
@@ -491,7 +495,96 @@ impl Cx {
             Some(listen) => self.socket_addr("admin.listen", listen),
             None => self.missing("admin.listen", "an address like 127.0.0.1:9901"),
         };
-        Some(AdminConfig { listen: listen? })
+        let allowed_hosts: Vec<Option<String>> = raw
+            .allowed_hosts
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, host)| self.allowed_host(&format!("admin.allowed_hosts[{i}]"), host))
+            .collect();
+        let at = "admin.token_file";
+        let token_file = match raw.token_file.as_deref() {
+            None => Some(None),
+            Some(path) => self
+                .file(
+                    at,
+                    Some(path),
+                    "the path of a file holding the bearer token",
+                )
+                .map(Some),
+        };
+        // Read now, like the TLS files: `sluice check` and a reload catch a missing or empty
+        // file, and a reload is what makes a new token count.
+        let token = match &token_file {
+            Some(Some(path)) => self.token(at, path).map(Some),
+            _ => Some(None),
+        };
+        Some(AdminConfig {
+            listen: listen?,
+            allowed_hosts: allowed_hosts.into_iter().collect::<Option<_>>()?,
+            token_file: token_file?,
+            token: token?,
+        })
+    }
+
+    /// An `admin.allowed_hosts` entry: a host name, lower-cased, one trailing dot dropped.
+    fn allowed_host(&mut self, at: &str, raw: &str) -> Option<String> {
+        let host = raw.trim().to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if host.len() > MAX_HOST_NAME || !host.split('.').all(label_ok) {
+            return self.fail(
+                at,
+                format!(
+                    "expected a host name like sluice.internal, without scheme, port or path (IP literals and localhost are always allowed), found {raw:?}"
+                ),
+            );
+        }
+        Some(host.to_owned())
+    }
+
+    /// The bearer token in the file at `path` (`at` = its field): text, surrounding whitespace
+    /// trimmed, not empty, printable ASCII without spaces (it travels in a header field). The
+    /// messages never quote the file's content.
+    fn token(&mut self, at: &str, path: &Path) -> Option<AdminToken> {
+        use std::io::Read as _;
+        let mut text = Vec::new();
+        // One byte past the bound tells a file that is too long from one that fits; the bound
+        // also keeps a mistaken path (a device, a huge file) from being read whole.
+        let read = std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut text));
+        let shown = path.display();
+        if let Err(err) = read {
+            return self.fail(at, format!("cannot read {shown}: {err}"));
+        }
+        if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+            return self.fail(
+                at,
+                format!("{shown} is larger than {MAX_TOKEN_FILE_BYTES} bytes; expected a file holding only the token"),
+            );
+        }
+        let Ok(text) = std::str::from_utf8(&text) else {
+            return self.fail(at, format!("{shown} is not UTF-8 text"));
+        };
+        let token = text.trim();
+        if token.is_empty() {
+            return self.fail(
+                at,
+                format!("{shown} is empty; expected a file holding the bearer token"),
+            );
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return self.fail(
+                at,
+                format!("the token in {shown} must be printable ASCII without spaces or control characters (it is sent as `Authorization: Bearer <token>`)"),
+            );
+        }
+        Some(AdminToken::new(token))
     }
 
     fn store(&mut self, raw: &RawStore) -> Option<StoreConfig> {

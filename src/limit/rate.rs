@@ -145,7 +145,9 @@ impl<C: Clock> RateLimit<C> {
             .allow_burst(burst.try_into().expect("burst is at least 1"));
         let buckets = match config.key {
             KeySpec::Global => Buckets::One(InMemoryState::default()),
-            KeySpec::ClientIp | KeySpec::Header(_) => Buckets::PerKey(DashMapStateStore::default()),
+            KeySpec::ClientIp | KeySpec::Header(_) => Buckets::PerKey(
+                DashMapStateStore::with_shard_amount(super::KEY_TABLE_SHARDS),
+            ),
         };
         RateLimit {
             config: config.clone(),
@@ -182,7 +184,8 @@ impl<C: Clock> RateLimit<C> {
     /// `retain_recent`), then gives the freed map capacity back (`shrink_to_fit`). A forgotten
     /// key behaves exactly like a new one, so this changes no decision: it bounds memory by the
     /// keys active within about one refill time (burst × emission interval). Takes each map
-    /// shard's write lock in turn; call it from a housekeeping task, not per request.
+    /// shard's write lock in turn (the map has [`super::KEY_TABLE_SHARDS`] small shards, so
+    /// each is held briefly); call it from a housekeeping thread, not per request.
     pub fn housekeeping(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();

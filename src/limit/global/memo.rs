@@ -118,7 +118,7 @@ impl Memos {
     /// The table of a limit with `lease` (0: none) whose leased tokens live for `ttl`.
     pub(super) fn new(lease: u32, ttl: Duration, cap: usize) -> Memos {
         Memos {
-            map: DashMap::new(),
+            map: DashMap::with_shard_amount(crate::limit::KEY_TABLE_SHARDS),
             epoch: Instant::now(),
             lease,
             low_water: lease / 4,
