@@ -32,6 +32,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use self::error::{ConfigError, FieldError};
+pub use crate::canonical::EscapedSlashes;
 
 /// Reads, parses and validates the config file at `path`.
 ///
@@ -102,6 +103,9 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// One log line per request. Default false.
     pub access_log: bool,
+    /// What a path holding `%2F` or `%5C` (or a raw `\`) gets: 400, or forwarded with them
+    /// encoded. Default reject.
+    pub escaped_slashes: EscapedSlashes,
 }
 
 /// `server.tls:` — the HTTPS listener.
@@ -337,6 +341,9 @@ pub struct RateLimitConfig {
     pub burst: NonZeroU32,
     /// Local bucket, or shared through the store.
     pub scope: Scope,
+    /// Keys the limit's table holds at most (and its denial cache, for `scope: global`); the
+    /// least recently used goes when a new one comes. Default 1,000,000.
+    pub max_keys: NonZeroUsize,
 }
 
 /// `rate_limits[].key`.

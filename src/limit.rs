@@ -7,6 +7,7 @@
 //!
 //! - [`key`]: which bucket a request counts against (global, client IP, header value).
 //! - [`rate`]: token buckets (GCRA, governor) and their housekeeping.
+//! - `table`: the bounded per-key tables of keyed limits (`max_keys`, sampled LRU).
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`concurrency`]: caps with bounded priority queues and shedding.
 //! - `global` (cargo feature `redis`): rate limits with `scope: global`, whose buckets live in
@@ -18,6 +19,7 @@ pub mod global;
 pub mod headers;
 pub mod key;
 pub mod rate;
+mod table;
 
 pub use self::concurrency::{ConcurrencyLimit, Permit, Rejected};
 pub use self::key::{KeyExtractor, LimitKey};

@@ -47,11 +47,13 @@ pub(crate) enum Outcome {
     /// The client went away before its response head (NGINX logs these as 499): queued, or
     /// waiting for the upstream. Nothing was sent, so no `sluice_responses_total` code.
     ClientClosed,
+    /// 400: no canonical form (path, host), or a rate-limit key header sent twice.
+    BadRequest,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub(crate) const ALL: [Outcome; 10] = [
+    pub(crate) const ALL: [Outcome; 11] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -62,6 +64,7 @@ impl Outcome {
         Outcome::NoRoute,
         Outcome::StoreUnavailable,
         Outcome::ClientClosed,
+        Outcome::BadRequest,
     ];
 
     /// The label value.
@@ -77,6 +80,7 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::ClientClosed => "client_closed",
+            Outcome::BadRequest => "bad_request",
         }
     }
 
@@ -199,6 +203,10 @@ const UTILIZATION: Help = (
     "Upstream in-flight requests / max_inflight",
 );
 const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracked now");
+const RATE_LIMIT_EVICTIONS: Help = (
+    "sluice_rate_limit_evictions",
+    "Keys evicted because the limit's table was full (max_keys)",
+);
 const RELOADS: Help = ("sluice_config_reloads", "Config reloads by result");
 const STORE_ERRORS: Help = (
     "sluice_store_errors",
@@ -231,6 +239,7 @@ pub(crate) struct Metrics {
     upstream_duration: HistogramFamily<Scope>,
     utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
+    rate_limit_evictions: Family<LimitLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     tls_handshake_failures: Counter,
@@ -239,6 +248,11 @@ pub(crate) struct Metrics {
     no_route_requests: Counter,
     /// `sluice_responses_total{route="",code="404"}`.
     no_route_responses: Counter,
+    /// `sluice_requests_total{route="",outcome="bad_request"}`: requests refused before
+    /// routing (no canonical form).
+    bad_request_requests: Counter,
+    /// `sluice_responses_total{route="",code="400"}`.
+    bad_request_responses: Counter,
 }
 
 /// Per-route handles, built with the route.
@@ -294,26 +308,34 @@ impl Metrics {
         );
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
+        let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
         let reloads = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
         let tls_handshake_failures = register(&mut r, TLS_HANDSHAKE_FAILURES, Counter::default());
         let registry = r;
-        let no_route_requests = requests
-            .get_or_create(&RequestLabels {
-                route: Arc::from(""),
-                outcome: Outcome::NoRoute,
-                shadow: false,
-            })
-            .clone();
-        let no_route_responses = responses
-            .get_or_create(&ResponseLabels {
-                route: Arc::from(""),
-                code: 404,
-            })
-            .clone();
+        let unrouted = |outcome, code| {
+            let requests = requests
+                .get_or_create(&RequestLabels {
+                    route: Arc::from(""),
+                    outcome,
+                    shadow: false,
+                })
+                .clone();
+            let responses = responses
+                .get_or_create(&ResponseLabels {
+                    route: Arc::from(""),
+                    code,
+                })
+                .clone();
+            (requests, responses)
+        };
+        let (no_route_requests, no_route_responses) = unrouted(Outcome::NoRoute, 404);
+        let (bad_request_requests, bad_request_responses) = unrouted(Outcome::BadRequest, 400);
         Metrics {
             no_route_requests,
             no_route_responses,
+            bad_request_requests,
+            bad_request_responses,
             registry,
             requests,
             responses,
@@ -323,6 +345,7 @@ impl Metrics {
             upstream_duration,
             utilization,
             rate_limit_keys,
+            rate_limit_evictions,
             reloads,
             store_errors,
             tls_handshake_failures,
@@ -371,11 +394,30 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a request that ended before it had a route (`route=""`).
+    /// Counts a request that ended before it had a route (`route=""`): no route matched
+    /// (404), or the request had no canonical form (400).
     pub(crate) fn unrouted(&self, outcome: Outcome) {
-        debug_assert_eq!(outcome, Outcome::NoRoute);
-        self.no_route_requests.inc();
-        self.no_route_responses.inc();
+        debug_assert!(
+            matches!(outcome, Outcome::NoRoute | Outcome::BadRequest),
+            "only canonicalisation and routing answer before a route: {outcome:?}"
+        );
+        let (requests, responses) = match outcome {
+            Outcome::BadRequest => (&self.bad_request_requests, &self.bad_request_responses),
+            _ => (&self.no_route_requests, &self.no_route_responses),
+        };
+        requests.inc();
+        responses.inc();
+    }
+
+    /// `sluice_rate_limit_evictions_total{route,limit}`: handed to the limit's key tables when
+    /// the route is built (the series is shared with earlier runtimes of the same names).
+    pub(crate) fn rate_limit_evictions(&self, route: &Arc<str>, limit: &Arc<str>) -> Counter {
+        self.rate_limit_evictions
+            .get_or_create(&LimitLabels {
+                route: route.clone(),
+                limit: limit.clone(),
+            })
+            .clone()
     }
 
     /// Counts a reload.

@@ -1,8 +1,11 @@
 //! One request's path through sluice, in the contract's order:
 //!
+//! 0. **canonical** ([`canonical`]): one valid `Host`; the path in canonical form, which
+//!    routing matches and the upstream receives; or 400 `bad-request`;
 //! 1. **route**: the first matching route, or 404 `no-route`;
-//! 2. **rate limits** ([`rate`]): every limit of the route must admit the request (never
-//!    waits), or 429;
+//! 2. **rate limits** ([`rate`]): a header the route's limits key on must come once (else
+//!    400 `bad-request`, before any bucket is charged); every limit of the route must admit
+//!    the request (never waits), or 429;
 //! 3. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
 //!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
 //! 4. **forward**: the upstream's response streams back carrying the slots, or 502/504.
@@ -11,6 +14,7 @@
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
 //! stage only counts and logs what it would have rejected, and lets the request go on.
 
+mod canonical;
 mod caps;
 mod rate;
 
@@ -21,12 +25,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::canonical::match_path;
 use crate::config::Mode;
 use crate::limit::Slots;
 use crate::metrics::Outcome;
 use crate::net::Origin;
 use crate::proxy::forward;
-use crate::rescue::{self, Rejection};
+use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
 use crate::runtime::{Route, Runtime};
 
@@ -36,11 +41,14 @@ use self::rate::Fields;
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let line = AccessLine::of(&rt, &req);
-    let index = match route(&rt, &req) {
+    let routed = canonical::check(&mut req, rt.config.server.escaped_slashes)
+        .map_err(|cause| Rejection::BadRequest(BadRequest::Canonical(cause)))
+        .and_then(|()| route(&rt, &req));
+    let index = match routed {
         Ok(index) => index,
         Err(rejection) => {
             tracing::debug!(client = %origin.peer, host = ?Target::of(&req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
@@ -68,9 +76,21 @@ pub(crate) async fn handle(
     res
 }
 
-/// The route stage: the first route that matches.
-fn route(rt: &Runtime, req: &Request<Incoming>) -> Result<usize, Rejection> {
-    rt.router.find(&Target::of(req)).ok_or(Rejection::NoRoute)
+/// The route stage: the first route that matches the (canonical) request. Paths are matched
+/// without their `;` parameters (`crate::canonical::match_path`); an empty path as `/`.
+fn route<B>(rt: &Runtime, req: &Request<B>) -> Result<usize, Rejection> {
+    let target = Target::of(req);
+    let path = match_path(if target.path.is_empty() {
+        "/"
+    } else {
+        target.path
+    });
+    rt.router
+        .find(&Target {
+            path: &path,
+            ..target
+        })
+        .ok_or(Rejection::NoRoute)
 }
 
 /// The stages after routing, and the response for their result.
@@ -106,17 +126,20 @@ async fn admit_and_forward(
 ) -> Result<Response<ProxyBody>, Rejection> {
     rate::check(rt, route, origin, req.headers(), fields).await?;
     let slots = caps::admit(route).await?;
-    forward(route, origin, req, slots).await
+    let trusted = rt.keys.is_trusted_peer(origin.peer);
+    forward(route, origin, trusted, req, slots).await
 }
 
-/// Sends the request upstream; the response body carries `slots` until it ends.
+/// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the
+/// peer is one of `trusted_proxies` (its `Forwarded` and `X-Real-IP` are passed on).
 async fn forward(
     route: &Route,
     origin: Origin,
+    trusted: bool,
     mut req: Request<Incoming>,
     slots: Slots,
 ) -> Result<Response<ProxyBody>, Rejection> {
-    forward::request(&mut req, origin);
+    forward::request(&mut req, origin, trusted);
     let sent = Instant::now();
     // Boxed: the upstream exchange is by far the largest part of this future, and hyper moves
     // the service future around; boxing it here keeps rejections (which never get this far)

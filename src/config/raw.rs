@@ -55,6 +55,8 @@ pub(crate) struct RawServer {
     pub(crate) max_concurrent_streams: Option<Int>,
     /// One log line per request.
     pub(crate) access_log: Option<bool>,
+    /// `reject` | `keep`.
+    pub(crate) escaped_slashes: Option<String>,
 }
 
 /// `server.tls:`.
@@ -176,6 +178,8 @@ pub(crate) struct RawRateLimit {
     pub(crate) burst: Option<Int>,
     /// `local` | `global`.
     pub(crate) scope: Option<String>,
+    /// A count in 1..=100,000,000.
+    pub(crate) max_keys: Option<Int>,
 }
 
 /// A whole number (possibly negative, so that `validate` can say "must be at least 1"); its own

@@ -24,10 +24,11 @@ use super::raw::{
     RawStore, RawTls, RawUpstream,
 };
 use super::{
-    AdminConfig, ConcurrencyConfig, Config, HostMatch, KeySpec, Mode, OnStoreError, PathMatch,
-    Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch, Scope, ServerConfig,
-    StoreConfig, TlsConfig, UpstreamConfig,
+    AdminConfig, ConcurrencyConfig, Config, EscapedSlashes, HostMatch, KeySpec, Mode, OnStoreError,
+    PathMatch, Priority, Rate, RateLimitConfig, RedisConfig, RouteConfig, RouteMatch, Scope,
+    ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
+use crate::canonical;
 use crate::net::tls::Acceptor;
 
 /// `server.header_read_timeout` when absent.
@@ -48,6 +49,10 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// `store.redis.timeout` when absent.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+/// `rate_limits[].max_keys` when absent.
+const MAX_KEYS: i64 = 1_000_000;
+/// Largest `rate_limits[].max_keys`: about 5 GB of keys for one limit (~50 bytes a key).
+const MAX_KEYS_BOUND: i64 = 100_000_000;
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
 ///
@@ -57,6 +62,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     let mut cx = Cx {
         locator: Locator::new(text),
         errors: Vec::new(),
+        escaped_slashes: EscapedSlashes::default(),
     };
     reject_unbuilt(&raw, &mut cx);
 
@@ -64,6 +70,10 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         Some(server) => cx.server(server),
         None => cx.missing("server", "a mapping with at least `listen`"),
     };
+    if let Some(server) = &server {
+        // Route paths are put in the form requests are matched in, under the same setting.
+        cx.escaped_slashes = server.escaped_slashes;
+    }
     let admin = raw.admin.as_ref().map(|admin| cx.admin(admin));
     let store = raw.store.as_ref().map(|store| cx.store(store));
 
@@ -159,6 +169,8 @@ fn join(parent: &str, key: &str) -> String {
 struct Cx {
     locator: Locator,
     errors: Vec<FieldError>,
+    /// `server.escaped_slashes` once read: route paths are normalised under it.
+    escaped_slashes: EscapedSlashes,
 }
 
 // === impl Cx: errors ===
@@ -312,6 +324,15 @@ impl Cx {
             1,
             i64::from(u32::MAX),
         );
+        let escaped_slashes = self.choice(
+            &join(at, "escaped_slashes"),
+            raw.escaped_slashes.as_deref(),
+            &[
+                ("reject", EscapedSlashes::Reject),
+                ("keep", EscapedSlashes::Keep),
+            ],
+            EscapedSlashes::Reject,
+        );
         Some(ServerConfig {
             listen: listen?,
             tls: present(tls)?,
@@ -324,6 +345,7 @@ impl Cx {
             workers: present(workers)?,
             max_concurrent_streams: max_concurrent_streams?,
             access_log: raw.access_log.unwrap_or(false),
+            escaped_slashes: escaped_slashes?,
         })
     }
 
@@ -699,12 +721,21 @@ impl Cx {
                 "scope: global needs store.redis, which is not configured",
             );
         }
+        let max_keys = self
+            .number::<usize>(
+                &join(at, "max_keys"),
+                raw.max_keys.map_or(MAX_KEYS, |n| n.0),
+                1,
+                MAX_KEYS_BOUND,
+            )
+            .and_then(NonZeroUsize::new);
         Some(RateLimitConfig {
             name: name?,
             key: key?,
             rate: rate?,
             burst: NonZeroU32::new(burst?)?,
             scope: scope?,
+            max_keys: max_keys?,
         })
     }
 }
@@ -929,7 +960,9 @@ impl Cx {
         })
     }
 
-    /// A path to match: starts with `/`, no query, no spaces.
+    /// A path to match: starts with `/`, no query, no spaces, no `;` parameters (requests are
+    /// matched without theirs); returned in canonical form, the form requests are matched in
+    /// (`/%6cogin` → `/login`, `/café` → `/caf%C3%A9`).
     fn path(&mut self, at: &str, raw: &str) -> Option<String> {
         if !raw.starts_with('/') {
             return self.fail(at, format!("a path must start with /, found {raw:?}"));
@@ -946,7 +979,27 @@ impl Cx {
                 format!("a path must not contain spaces or control characters, found {raw:?}"),
             );
         }
-        Some(raw.to_owned())
+        if raw.contains(';') {
+            return self.fail(
+                at,
+                format!("a path must not contain ; parameters (requests are matched without theirs), found {raw:?}"),
+            );
+        }
+        match canonical::path(raw, self.escaped_slashes) {
+            Ok(path) => Some(path.into_owned()),
+            Err(err) => {
+                let hint = match err {
+                    canonical::BadRequest::EscapedSlash => {
+                        " (server.escaped_slashes: keep would allow them)"
+                    }
+                    _ => "",
+                };
+                self.fail(
+                    at,
+                    format!("{err}, so no request can match it{hint}: {raw:?}"),
+                )
+            }
+        }
     }
 
     fn methods(&mut self, at: &str, raw: &[String]) -> Option<Vec<Method>> {

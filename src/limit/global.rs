@@ -57,7 +57,9 @@
 //! script is a few microseconds), so a hot key costs Redis CPU, not queueing in sluice.
 //!
 //! A client hammering one key past its limit does not cost a round trip per request: a denial
-//! is remembered locally (`GlobalLimit`'s `denied` map) until its `retry_after` has passed,
+//! is remembered locally (`GlobalLimit`'s `denied` table, bounded by the limit's `max_keys`
+//! like a local limit's keys, least recently used evicted first) until its `retry_after` has
+//! passed,
 //! and requests of that key are denied from memory until then. This is exact, not a heuristic: a
 //! GCRA denial at `now` means `TAT − τ > now`, and a TAT only grows (requests push it forward,
 //! time does not move it), so no request of that key can be admitted before `now + retry_after`
@@ -94,7 +96,6 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use http::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -107,6 +108,7 @@ use tokio::time::Instant;
 
 use super::key::LimitKey;
 use super::rate::{Decision, RateLimit};
+use super::table::KeyTable;
 use super::StoreUnavailable;
 use crate::config::{
     redact_url, Config, KeySpec, OnStoreError, RateLimitConfig, RedisConfig, Scope,
@@ -218,10 +220,13 @@ pub(crate) struct GlobalLimit {
     timeout: Duration,
     /// `store.redis.on_error`.
     on_error: OnStoreError,
-    /// Keys that Redis denied, until when: denied locally without a round trip until then.
-    /// Process-local, so the per-process `LimitKey` hash is fine here. Pruned by
+    /// Keys that Redis denied, until when (ns since `epoch`): denied locally without a round
+    /// trip until then. Process-local, so the per-process `LimitKey` hash is fine here. At most
+    /// `max_keys` keys (an evicted denial only costs a round trip later); pruned by
     /// [`GlobalLimit::housekeeping`].
-    denied: DashMap<LimitKey, Instant>,
+    denied: KeyTable,
+    /// The origin of `denied`'s times.
+    epoch: Instant,
 }
 
 // === impl Store ===
@@ -429,12 +434,15 @@ impl Health {
 impl GlobalLimit {
     /// The global limit `config` of route `route` on `store`, falling back to `local` (this
     /// instance's bucket for the same config) as `redis.on_error` says.
+    /// Evictions from its denial cache count in `evictions`, the limit's
+    /// `sluice_rate_limit_evictions_total` series.
     pub(crate) fn new(
         route: &str,
         config: &RateLimitConfig,
         redis: &RedisConfig,
         store: Arc<Store>,
         local: Arc<RateLimit>,
+        evictions: Counter,
     ) -> GlobalLimit {
         let (emission, burst) = crate::limit::rate::bucket_shape(config, MAX_REFILL_NANOS);
         let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
@@ -462,7 +470,8 @@ impl GlobalLimit {
             argv: [emission_nanos.to_string().into(), tau.to_string().into()],
             timeout: redis.timeout,
             on_error: redis.on_error,
-            denied: DashMap::new(),
+            denied: KeyTable::new(config.max_keys, evictions),
+            epoch: Instant::now(),
         }
     }
 
@@ -518,8 +527,7 @@ impl GlobalLimit {
             (1, ahead) => Ok(Some(self.admitted(u64::try_from(ahead).unwrap_or(0)))),
             (_, wait) => {
                 let retry_after = Duration::from_nanos(u64::try_from(wait).unwrap_or(0));
-                // Exact: nobody can be admitted on this key before then (module docs).
-                self.denied.insert(*key, Instant::now() + retry_after);
+                self.remember_denial(key, retry_after);
                 Ok(Some(Decision::Denied { retry_after }))
             }
         }
@@ -527,16 +535,35 @@ impl GlobalLimit {
 
     /// Forgets denials that have run out. Call it from the housekeeping task.
     pub(crate) fn housekeeping(&self) {
-        let now = Instant::now();
-        self.denied.retain(|_, until| *until > now);
+        let now = self.now();
+        self.denied.retain(|until| until > now);
         self.denied.shrink_to_fit();
+    }
+
+    /// Denials remembered now.
+    #[cfg(test)]
+    pub(crate) fn denials(&self) -> usize {
+        self.denied.len()
+    }
+
+    /// Denies `key` locally for `retry_after`, Redis' answer. Exact: nobody can be admitted on
+    /// this key before then (module docs).
+    fn remember_denial(&self, key: &LimitKey, retry_after: Duration) {
+        let now = self.now();
+        let wait = u64::try_from(retry_after.as_nanos()).unwrap_or(u64::MAX);
+        self.denied.set(key, now.saturating_add(wait), now);
     }
 
     /// `retry_after` of a denial Redis made earlier that still holds.
     fn still_denied(&self, key: &LimitKey) -> Option<Duration> {
-        let until = *self.denied.get(key)?;
-        let left = until.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
+        let now = self.now();
+        let until = self.denied.get(key, now)?;
+        (until > now).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// Nanoseconds since `epoch`: the time of `denied`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The answer when Redis could not decide.

@@ -3,7 +3,9 @@
 //! What a reverse proxy owes both sides (RFC 9110 §7.6.1, and what NGINX and Envoy do):
 //! hop-by-hop headers — the fixed list plus any named in `Connection` — are removed in both
 //! directions; the client's `Host` is kept; `X-Forwarded-For` gets the peer appended and
-//! `X-Forwarded-Proto` / `X-Forwarded-Host` are set.
+//! `X-Forwarded-Proto` / `X-Forwarded-Host` are set. From a peer outside `trusted_proxies`,
+//! `Forwarded` and `X-Real-IP` are removed: upstreams (Spring's `ForwardedHeaderFilter`, NGINX's
+//! `real_ip` module) take the client's address from them, and a client must not pick its own.
 
 use std::net::IpAddr;
 
@@ -27,10 +29,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Rewrites `req` in place for the upstream (see the module docs). The request is sent as
-/// HTTP/1.1 whatever the client spoke.
-pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin) {
+/// HTTP/1.1 whatever the client spoke. `trusted`: the peer is in `trusted_proxies`.
+pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin, trusted: bool) {
     // The authority of an HTTP/2 (or absolute-form) request becomes the Host header upstream.
     let authority_host = req
         .uri()
@@ -39,6 +42,10 @@ pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin) {
     let headers = req.headers_mut();
     // Includes `Upgrade`: sluice does not tunnel upgraded connections.
     strip_hop_by_hop(headers);
+    if !trusted {
+        headers.remove(header::FORWARDED);
+        headers.remove(X_REAL_IP);
+    }
     if let Some(host) = authority_host {
         headers.insert(header::HOST, host);
     }
@@ -183,7 +190,7 @@ mod tests {
             .header("x-kept", "yes")
             .body(())
             .unwrap();
-        request(&mut req, origin());
+        request(&mut req, origin(), false);
         let h = req.headers();
         assert!(h.get("connection").is_none());
         assert!(h.get("x-secret").is_none());
@@ -205,7 +212,7 @@ mod tests {
             .header("x-forwarded-for", "3.3.3.3")
             .body(())
             .unwrap();
-        request(&mut req, origin());
+        request(&mut req, origin(), false);
         let all: Vec<_> = req.headers().get_all("x-forwarded-for").iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
@@ -246,6 +253,27 @@ mod tests {
         assert!(h.contains_key("x-a"));
     }
 
+    /// `Forwarded` and `X-Real-IP` (every line) reach the upstream only from a trusted peer.
+    #[test]
+    fn forwarded_and_real_ip_only_from_trusted_peers() {
+        for trusted in [false, true] {
+            let mut req = Request::builder()
+                .uri("/")
+                .header("forwarded", "for=1.2.3.4")
+                .header("forwarded", "for=5.6.7.8")
+                .header("x-real-ip", "1.2.3.4")
+                .body(())
+                .unwrap();
+            request(&mut req, origin(), trusted);
+            let h = req.headers();
+            assert_eq!(
+                h.get_all("forwarded").iter().count(),
+                if trusted { 2 } else { 0 }
+            );
+            assert_eq!(h.contains_key("x-real-ip"), trusted);
+        }
+    }
+
     /// An HTTP/2 request's authority becomes the upstream Host; the request goes out as HTTP/1.1.
     #[test]
     fn h2_authority_becomes_host() {
@@ -260,6 +288,7 @@ mod tests {
                 https: true,
                 ..origin()
             },
+            false,
         );
         assert_eq!(req.headers()["host"], "api.example.com");
         assert_eq!(req.headers()["x-forwarded-proto"], "https");

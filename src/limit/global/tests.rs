@@ -3,7 +3,7 @@
 //! `tests/redis.rs`.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> R
         },
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Global,
+        max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }
 }
 
@@ -48,6 +49,7 @@ fn global(route: &str, config: &RateLimitConfig) -> GlobalLimit {
         &redis,
         store,
         Arc::new(RateLimit::new(config)),
+        Counter::default(),
     )
 }
 
@@ -70,7 +72,7 @@ async fn admitted_and_denied_match_the_local_limiter() {
     let config = limit_config("l", KeySpec::Global, 3, Per::Second, 4);
     let g = global("r", &config);
     let clock = FakeRelativeClock::default();
-    let local = RateLimit::with_clock(&config, clock.clone());
+    let local = RateLimit::with_clock(&config, clock.clone(), Counter::default());
     let t = g.emission_nanos;
     let tau = t * 3;
     let mut tat = None;
@@ -180,6 +182,7 @@ async fn on_error_applies_without_redis() {
             &redis,
             store,
             Arc::new(RateLimit::new(&config)),
+            Counter::default(),
         );
         let started = Instant::now();
         let verdict = g.check(&LimitKey::Global, &headers).await;
@@ -193,4 +196,27 @@ async fn on_error_applies_without_redis() {
             (got, expect) => assert_eq!(got, expect, "{on_error:?}"),
         }
     }
+}
+
+/// The local denial cache holds at most `max_keys` keys: a flood of denied keys evicts the
+/// least recently used denials (counted), and a fresh denial still holds.
+#[tokio::test]
+async fn denial_cache_is_bounded() {
+    let mut config = limit_config("l", KeySpec::ClientIp, 1, Per::Hour, 1);
+    config.max_keys = NonZeroUsize::new(16).unwrap();
+    let g = global("r", &config);
+    let key = |i: u32| LimitKey::Ip(IpAddr::from(std::net::Ipv4Addr::from(i)));
+    for i in 0..100 {
+        g.remember_denial(&key(i), Duration::from_secs(60));
+        assert!(g.denials() <= 16);
+    }
+    assert_eq!(g.denials(), 16);
+    assert_eq!(g.denied.evictions(), 84);
+    assert!(g
+        .still_denied(&key(99))
+        .is_some_and(|left| left <= Duration::from_secs(60)));
+    assert!(
+        g.still_denied(&key(0)).is_none(),
+        "the oldest denial was evicted"
+    );
 }
