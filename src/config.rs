@@ -273,7 +273,8 @@ pub enum HostMatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathMatch {
-    /// Segment-aware prefix: `/orders` matches `/orders` and `/orders/1`, not `/ordersfoo`.
+    /// Segment-aware prefix: `/orders` matches `/orders`, `/orders/1` and `/orders.csv` (a `.`
+    /// suffix: many upstreams serve `/orders.csv` as `/orders`), not `/ordersfoo`.
     /// Stored without a trailing slash, except `/` itself.
     #[serde(rename = "path_prefix")]
     Prefix(String),

@@ -6,6 +6,9 @@
 //! `X-Forwarded-Proto` / `X-Forwarded-Host` are set. From a peer outside `trusted_proxies`,
 //! `Forwarded` and `X-Real-IP` are removed: upstreams (Spring's `ForwardedHeaderFilter`, NGINX's
 //! `real_ip` module) take the client's address from them, and a client must not pick its own.
+//! So are `X-Original-URL` and `X-Rewrite-URL`, which some upstreams (IIS rewrites, Symfony and
+//! Zend before 2018) route by instead of the path: a client could name `/login` there while
+//! sluice routed `/anything` under another route's limits.
 
 use std::net::IpAddr;
 
@@ -29,7 +32,13 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Request headers only a trusted proxy may send: they name the client or the path.
+const FROM_TRUSTED_ONLY: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
 
 /// Rewrites `req` in place for the upstream (see the module docs). The request is sent as
 /// HTTP/1.1 whatever the client spoke. `trusted`: the peer is in `trusted_proxies`.
@@ -43,8 +52,9 @@ pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin, trusted: bool) {
     // Includes `Upgrade`: sluice does not tunnel upgraded connections.
     strip_hop_by_hop(headers);
     if !trusted {
-        headers.remove(header::FORWARDED);
-        headers.remove(X_REAL_IP);
+        for name in &FROM_TRUSTED_ONLY {
+            headers.remove(name);
+        }
     }
     if let Some(host) = authority_host {
         headers.insert(header::HOST, host);
@@ -253,15 +263,18 @@ mod tests {
         assert!(h.contains_key("x-a"));
     }
 
-    /// `Forwarded` and `X-Real-IP` (every line) reach the upstream only from a trusted peer.
+    /// `Forwarded`, `X-Real-IP`, `X-Original-URL` and `X-Rewrite-URL` (every line) reach the
+    /// upstream only from a trusted peer.
     #[test]
-    fn forwarded_and_real_ip_only_from_trusted_peers() {
+    fn origin_and_rewrite_headers_only_from_trusted_peers() {
         for trusted in [false, true] {
             let mut req = Request::builder()
                 .uri("/")
                 .header("forwarded", "for=1.2.3.4")
                 .header("forwarded", "for=5.6.7.8")
                 .header("x-real-ip", "1.2.3.4")
+                .header("x-original-url", "/login")
+                .header("x-rewrite-url", "/login")
                 .body(())
                 .unwrap();
             request(&mut req, origin(), trusted);
@@ -270,7 +283,9 @@ mod tests {
                 h.get_all("forwarded").iter().count(),
                 if trusted { 2 } else { 0 }
             );
-            assert_eq!(h.contains_key("x-real-ip"), trusted);
+            for name in ["x-real-ip", "x-original-url", "x-rewrite-url"] {
+                assert_eq!(h.contains_key(name), trusted, "{name}");
+            }
         }
     }
 

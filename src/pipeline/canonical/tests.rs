@@ -144,6 +144,8 @@ fn spellings_route_to_login() {
         "/login;jsessionid=1",
         "/;x/login",
         "/login/",
+        "/login.json",
+        "/login.",
     ] {
         assert_eq!(route_of(&r, p), Some(Some(0)), "{p}");
     }
