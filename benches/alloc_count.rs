@@ -317,14 +317,17 @@ fn main() {
     );
 
     // A table full at max_keys (10,000, filled with 30,000 keys, so evicting): checks of keys
-    // it holds allocate nothing either. The checked keys are touched once more first, so they
-    // are the most recently used and none is evicted meanwhile (asserted: no eviction and no
-    // new key during the counted checks).
+    // it holds allocate nothing either. 1/h: every key stays live (a stale key would be dropped
+    // first, uncounted), so any new key during the counted checks would show as an eviction.
+    // The checked keys are touched once more first, so they are the most recently used and none
+    // is evicted meanwhile (asserted: no eviction during the counted checks).
     const FULL: u32 = 10_000;
-    let mut full_config = limit("per-client", KeySpec::ClientIp, 1_000_000, 1_000_000);
+    let mut full_config = limit("per-client", KeySpec::ClientIp, 1, 1_000_000);
+    full_config.rate.per = Per::Hour;
     full_config.max_keys = NonZeroUsize::new(FULL as usize).unwrap();
     let full = RateLimit::new(&full_config);
     let mut denied_config = limit("per-client", KeySpec::ClientIp, 1, 1);
+    denied_config.rate.per = Per::Hour;
     denied_config.max_keys = full_config.max_keys;
     let full_out = RateLimit::new(&denied_config);
     let late = |i: u64| LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0c00_0000 + (i as u32 % 1000))));

@@ -10,9 +10,9 @@
 //! of the next request, updated with a CAS loop. A bucket of size `burst` refilling one token per
 //! emission interval `T` admits a request at time `now` iff `TAT - (burst - 1)·T <= now`.
 //!
-//! Keyed limits keep one state per key in a bounded table ([`super::table`]): at most
-//! `max_keys` keys, the least recently used evicted (sampled LRU, stale keys first) when a new
-//! one comes to a full table, each eviction counted in `sluice_rate_limit_evictions_total`.
+//! Keyed limits keep one state per key in a bounded table (`super::table`): at most `max_keys`
+//! keys; when a new one comes to a full table, a key whose bucket is full again goes, else the
+//! least recently used (sampled LRU), which counts in `sluice_rate_limit_evictions_total`.
 //! [`RateLimit::housekeeping`] (an interval task) drops the keys whose bucket is full again,
 //! which are indistinguishable from new ones, so that memory also follows the active keys.
 //!
@@ -218,8 +218,8 @@ impl<C: Clock> RateLimit<C> {
         self.limiter.len()
     }
 
-    /// Keys evicted because the table was full: the limit's eviction counter (0 for a `global`
-    /// limit).
+    /// Keys still refilling that were evicted because the table was full: the limit's eviction
+    /// counter (0 for a `global` limit).
     pub fn evictions(&self) -> u64 {
         self.evictions.get()
     }

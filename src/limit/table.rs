@@ -32,9 +32,10 @@
 //!    only if every sampled slot was used more recently than it; for a key used more recently
 //!    than half of the shard, that is 2^-15 per eviction.
 //!
-//! Each eviction counts in `sluice_rate_limit_evictions_total{route,limit}`. An evicted key
-//! that comes back starts afresh (a full bucket), so `max_keys` should exceed the keys active
-//! within one refill time.
+//! Each eviction of a live key (step 2) counts in `sluice_rate_limit_evictions_total{route,limit}`:
+//! state was lost because the table is too small. A stale entry taken in step 1 is not counted,
+//! as housekeeping's drops are not: nothing was lost. An evicted key that comes back starts
+//! afresh (a full bucket), so `max_keys` should exceed the keys active within one refill time.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -62,7 +63,7 @@ pub(crate) struct KeyTable {
     /// Keyed SipHash: clients choose keys, so they must not be able to choose shards or
     /// collisions.
     hasher: RandomState,
-    /// `sluice_rate_limit_evictions_total` of the limit.
+    /// `sluice_rate_limit_evictions_total` of the limit: evictions of live keys.
     evictions: Counter,
 }
 
@@ -179,7 +180,7 @@ impl KeyTable {
         self.shards.iter().map(|s| read(s).slots.len()).sum()
     }
 
-    /// Keys evicted since the table was built.
+    /// Live keys evicted since the table was built.
     pub(crate) fn evictions(&self) -> u64 {
         self.evictions.get()
     }
@@ -260,13 +261,15 @@ impl Shard {
             self.slots.push(fresh);
             self.slots.len() - 1
         } else {
-            let at = self.victim(now);
+            let (at, stale) = self.victim(now);
             let old = hasher.hash_one(self.slots[at].key);
             if let Ok(entry) = self.index.find_entry(old, |&i| i as usize == at) {
                 entry.remove();
             }
             self.slots[at] = fresh;
-            evictions.inc();
+            if !stale {
+                evictions.inc();
+            }
             at
         };
         let Shard { index, slots, .. } = self;
@@ -275,9 +278,10 @@ impl Shard {
         at
     }
 
-    /// The slot to reuse in a full shard: a stale one, else the least recently used of
-    /// [`SAMPLES`] picked at random (of all when there are no more).
-    fn victim(&mut self, now: u64) -> usize {
+    /// The slot to reuse in a full shard, and whether it is stale: a stale one if the sample
+    /// holds one, else the least recently used of [`SAMPLES`] picked at random (of all when
+    /// there are no more).
+    fn victim(&mut self, now: u64) -> (usize, bool) {
         let n = self.slots.len();
         let mut best = 0;
         let mut best_used = u64::MAX;
@@ -289,7 +293,7 @@ impl Shard {
             };
             let slot = &self.slots[at];
             if slot.state.load(Ordering::Relaxed) <= now {
-                return at;
+                return (at, true);
             }
             let used = slot.used.load(Ordering::Relaxed);
             if used < best_used {
@@ -297,7 +301,7 @@ impl Shard {
                 best_used = used;
             }
         }
-        best
+        (best, false)
     }
 
     fn next_random(&mut self) -> u64 {

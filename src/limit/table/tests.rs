@@ -72,7 +72,8 @@ fn small_table_is_exact_lru() {
     assert_eq!(t.evictions(), 1);
 }
 
-/// A stale entry (state in the past) is reused before any live one, however recent.
+/// A stale entry (state in the past) is reused before any live one, however recent, and its
+/// drop is not counted as an eviction (nothing was lost).
 #[test]
 fn stale_entry_goes_first() {
     let t = table(3);
@@ -85,6 +86,12 @@ fn stale_entry_goes_first() {
         "the LRU key survives: 2 was stale"
     );
     assert_eq!(t.get(&key(2), 11), None);
+    assert_eq!(t.evictions(), 0);
+    put(&t, 5, 100, 12);
+    // 1 was read at 11, 4 written at 10: 3 (written at 3) is the least recently used.
+    assert_eq!(t.get(&key(3), 13), None, "the LRU live key is evicted");
+    assert!(t.get(&key(1), 13).is_some() && t.get(&key(4), 13).is_some());
+    assert_eq!(t.evictions(), 1);
 }
 
 /// `update` runs governor's step on the stored state: `None` for a new key, then what was
