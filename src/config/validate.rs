@@ -51,7 +51,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 const REDIS_TIMEOUT: Duration = Duration::from_millis(20);
 /// `rate_limits[].max_keys` when absent.
 const MAX_KEYS: i64 = 1_000_000;
-/// Largest `rate_limits[].max_keys`: about 5 GB of keys for one limit (~50 bytes a key).
+/// Largest `rate_limits[].max_keys`: 5 to 8.5 GB of keys for one limit (50 to 85 bytes a key).
 const MAX_KEYS_BOUND: i64 = 100_000_000;
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
