@@ -6,13 +6,16 @@
 //! clock's calibration), then `ROUNDS` times with the counter on; the figure is allocations per
 //! operation (`alloc` + `alloc_zeroed` + `realloc`; frees are not counted).
 //!
-//! The bench **panics** if any of these allocates at all: route matching, key extraction, a
-//! rate-limit check of a key the limiter already tracks (admitted or denied), a full
-//! concurrency cap refusing at once, and the bodies of the 429 and of the three 503s
-//! (queue-full, queue-timeout, shed). Those are the rejection paths up to the response: under
-//! overload they run for every request.
+//! The bench **panics** if any of these allocates at all: canonicalising a path that is
+//! already canonical and checking a `Host`, route matching, key extraction, a rate-limit check
+//! of a key the limiter already tracks (admitted or denied, also in a table full at
+//! `max_keys`), a full concurrency cap refusing at once, and the bodies of the 429 and of the
+//! three 503s (queue-full, queue-timeout, shed). Those are the rejection paths up to the
+//! response: under overload they run for every request.
 //!
-//! The rest is printed, not asserted: a key seen for the first time needs its map entry; the
+//! The rest is printed, not asserted: a path that is not canonical is rebuilt (one `String`,
+//! and the URI around it in the pipeline); a key seen for the first time needs its table slot
+//! (none once the table is full: an evicted key's slot is reused); the
 //! `RateLimit` field value of a 200 is one `HeaderValue` (its own buffer); and a 429 or 503
 //! response is an `http::Response`, whose `HeaderMap` allocates its tables on the first insert —
 //! with hyper's types that cannot be zero, and the 429 and the 503s make the same two. The counts are a regression check: a change that adds an
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use sluice::canonical::{self, EscapedSlashes};
 use sluice::config::{
     CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate,
     RateLimitConfig, RouteMatch, Scope,
@@ -151,6 +155,7 @@ fn limit(name: &str, key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Local,
         lease: 0,
+        max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }
 }
 
@@ -174,7 +179,33 @@ fn main() {
         failures: Vec::new(),
     };
 
-    // --- Route matching: what the pipeline does first, `Router::find(&Target::of(&req))`.
+    // --- Canonicalisation: what the pipeline does first, before routing.
+    report.zero("canonical::path, already canonical (5 segments)", |_| {
+        let p = canonical::path(
+            black_box("/api/v1/service9/items/42"),
+            EscapedSlashes::Reject,
+        );
+        assert!(matches!(p, Ok(std::borrow::Cow::Borrowed(_))));
+        p.map(|p| p.len())
+    });
+    report.zero("canonical::match_path, no ; parameters", |_| {
+        canonical::match_path(black_box("/api/v1/service9/items/42")).len()
+    });
+    report.zero("canonical::host, name with port", |_| {
+        canonical::host(black_box(b"svc9.example.com:8080")).map(|h| h.name.len())
+    });
+    report.show(
+        "canonical::path, rebuilt (/api/%761/./service9//items/42)",
+        |_| {
+            canonical::path(
+                black_box("/api/%761/./service9//items/42"),
+                EscapedSlashes::Reject,
+            )
+            .map(|p| p.len())
+        },
+    );
+
+    // --- Route matching: `Router::find(&Target::of(&req))`.
     let router = router();
     let req = Request::builder()
         .method(Method::GET)
@@ -286,10 +317,63 @@ fn main() {
         "no key was added by the counted checks"
     );
 
-    // A key never seen: its map entry (plus, now and then, the map shard's growth).
+    // A table full at max_keys (10,000, filled with 30,000 keys, so evicting): checks of keys
+    // it holds allocate nothing either. 1/h: every key stays live (a stale key would be dropped
+    // first, uncounted), so any new key during the counted checks would show as an eviction.
+    // The checked keys are touched once more first, so they are the most recently used and none
+    // is evicted meanwhile (asserted: no eviction during the counted checks).
+    const FULL: u32 = 10_000;
+    let mut full_config = limit("per-client", KeySpec::ClientIp, 1, 1_000_000);
+    full_config.rate.per = Per::Hour;
+    full_config.max_keys = NonZeroUsize::new(FULL as usize).unwrap();
+    let full = RateLimit::new(&full_config);
+    let mut denied_config = limit("per-client", KeySpec::ClientIp, 1, 1);
+    denied_config.rate.per = Per::Hour;
+    denied_config.max_keys = full_config.max_keys;
+    let full_out = RateLimit::new(&denied_config);
+    let late = |i: u64| LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0c00_0000 + (i as u32 % 1000))));
+    for i in 0..3 * FULL {
+        let k = LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0d00_0000 + i)));
+        let _ = full.check(&k);
+        let _ = full_out.check(&k);
+    }
+    for i in 0..1000 {
+        let _ = full.check(&late(i));
+        let _ = full_out.check(&late(i));
+    }
+    assert_eq!(full.len(), FULL as usize, "the table is full");
+    let before = (full.evictions(), full_out.evictions());
+    report.zero(
+        "RateLimit::check, full table (max_keys), existing key, admitted",
+        |i| {
+            let d = full.check(&late(i));
+            assert!(matches!(d, Decision::Admitted { .. }));
+            d
+        },
+    );
+    report.zero(
+        "RateLimit::check, full table (max_keys), existing key, denied",
+        |i| {
+            let d = full_out.check(&late(i));
+            assert!(matches!(d, Decision::Denied { .. }));
+            d
+        },
+    );
+    assert_eq!(
+        (full.evictions(), full_out.evictions()),
+        before,
+        "the counted checks found every key"
+    );
+
+    // A key never seen: its table slot (plus, now and then, the table's growth).
     let fresh = RateLimit::new(&limit("per-client", KeySpec::ClientIp, 100, 100));
     report.show("RateLimit::check, client_ip, new key (amortised)", |i| {
         fresh.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(i as u32))))
+    });
+    report.show("RateLimit::check, full table, new key (evicts one)", |i| {
+        full.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(
+            0x0e00_0000 + i as u32,
+        ))))
     });
 
     // --- Header fields and the 429.
@@ -383,5 +467,5 @@ fn main() {
             report.failures.join("\n  ")
         );
     }
-    println!("\nzero-allocation checks passed (route matching, key extraction, limiter checks on existing keys, cap refusal, 429 and 503 bodies)");
+    println!("\nzero-allocation checks passed (canonical path and host, route matching, key extraction, limiter checks on existing keys, full tables included, cap refusal, 429 and 503 bodies)");
 }

@@ -1,5 +1,6 @@
-//! Criterion benches of the per-request hot path: route matching, key extraction, limiter
-//! checks, concurrency slots, header formatting and the rejection response.
+//! Criterion benches of the per-request hot path: path canonicalisation, route matching, key
+//! extraction, limiter checks (also in tables full at `max_keys`), concurrency slots, header
+//! formatting and the rejection response.
 //! Run: `cargo bench --bench hot_path` (add a filter, e.g. `-- rate_check`).
 
 use std::hint::black_box;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
+use sluice::canonical::{self, EscapedSlashes};
 use sluice::config::{
     CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate,
     RateLimitConfig, RouteMatch, Scope,
@@ -54,6 +56,28 @@ fn route_matching(c: &mut Criterion) {
     group.finish();
 }
 
+fn canonicalisation(c: &mut Criterion) {
+    c.bench_function("canonical/path_already_canonical", |b| {
+        b.iter(|| {
+            black_box(canonical::path(
+                black_box("/api/v1/service9/items/42"),
+                EscapedSlashes::Reject,
+            ))
+        })
+    });
+    c.bench_function("canonical/path_rebuilt", |b| {
+        b.iter(|| {
+            black_box(canonical::path(
+                black_box("/api/%761/./service9//items/42"),
+                EscapedSlashes::Reject,
+            ))
+        })
+    });
+    c.bench_function("canonical/host", |b| {
+        b.iter(|| black_box(canonical::host(black_box(b"svc9.example.com:8080"))))
+    });
+}
+
 fn limit(key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
         name: Arc::from("bench"),
@@ -65,6 +89,7 @@ fn limit(key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Local,
         lease: 0,
+        max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }
 }
 
@@ -105,6 +130,37 @@ fn rate_check(c: &mut Criterion) {
             black_box(per_ip.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(i)))))
         })
     });
+
+    // A table full at max_keys (1M): 2M distinct keys went in, 1M were evicted. 1/h with a
+    // burst of 1M: every key stays live (its bucket is nowhere near full again), so an eviction
+    // has no stale entry to take and compares all 16 samples — the worst case. Checks of keys
+    // it holds (the last 500,000, touched again so they are the most recent), and of new keys,
+    // each of which evicts one.
+    let mut hourly = limit(KeySpec::ClientIp, 1, 1_000_000);
+    hourly.rate.per = Per::Hour;
+    let full = RateLimit::new(&hourly);
+    for i in 0..2_000_000u32 {
+        let _ = full.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x1000_0000 + i))));
+    }
+    for i in 1_500_000..2_000_000u32 {
+        let _ = full.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x1000_0000 + i))));
+    }
+    let mut i = 0u32;
+    c.bench_function("rate_check/client_ip_full_1M_existing_key", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 500_000;
+            let key = LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x1000_0000 + 1_500_000 + i)));
+            black_box(full.check(&key))
+        })
+    });
+    let mut next = 0x2000_0000u32;
+    c.bench_function("rate_check/client_ip_full_1M_new_key_evicts", |b| {
+        b.iter(|| {
+            next = next.wrapping_add(1);
+            black_box(full.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(next)))))
+        })
+    });
+    assert_eq!(full.len(), 1_000_000);
 
     // Denied: the rejection path's limiter cost.
     let exhausted = RateLimit::new(&limit(KeySpec::Global, 1, 1));
@@ -223,6 +279,7 @@ fn rejection_response(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    canonicalisation,
     route_matching,
     key_extraction,
     rate_check,

@@ -32,6 +32,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use self::error::{ConfigError, FieldError};
+pub use crate::canonical::EscapedSlashes;
 
 /// Reads, parses and validates the config file at `path`.
 ///
@@ -102,6 +103,9 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// One log line per request. Default false.
     pub access_log: bool,
+    /// What a path holding `%2F` or `%5C` (or a raw `\`) gets: 400, or forwarded with them
+    /// encoded. Default reject.
+    pub escaped_slashes: EscapedSlashes,
     /// What one client may hold: head and body sizes, buffers, timeouts, connections (the
     /// same `server:` mapping in the file).
     #[serde(flatten)]
@@ -414,7 +418,8 @@ pub enum HostMatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathMatch {
-    /// Segment-aware prefix: `/orders` matches `/orders` and `/orders/1`, not `/ordersfoo`.
+    /// Segment-aware prefix: `/orders` matches `/orders`, `/orders/1` and `/orders.csv` (a `.`
+    /// suffix: many upstreams serve `/orders.csv` as `/orders`), not `/ordersfoo`.
     /// Stored without a trailing slash, except `/` itself.
     #[serde(rename = "path_prefix")]
     Prefix(String),
@@ -485,6 +490,9 @@ pub struct RateLimitConfig {
     /// `scope: global`: tokens one instance takes from Redis per call for a key and spends
     /// locally (`0`: every request asks Redis). At most `burst` and 1,000,000. Default 0.
     pub lease: u32,
+    /// Keys the limit's table holds at most (and its denial cache, for `scope: global`); the
+    /// least recently used goes when a new one comes. Default 1,000,000.
+    pub max_keys: NonZeroUsize,
 }
 
 /// `rate_limits[].key`.

@@ -10,10 +10,10 @@
 //!
 //! ```text
 //! net::listener ──▶ net::server ──▶ pipeline::handle
-//! (accept, conn      (hyper h1/h2,    route ──▶ rate ──▶ caps ──▶ forward ──▶ proxy::upstream
-//!  cap, TLS by        one task per    (router)  (limit::  (limit::   (proxy::    (pool, 502/504)
-//!  net::tls)          connection)               rate,     concur-    forward)
-//!                                               global)   rency)
+//! (accept, conn      (hyper h1/h2,    canonical ──▶ route ──▶ rate ──▶ caps ──▶ forward ──▶ proxy::upstream
+//!  cap, TLS by        one task per    (path, host)  (router)  (limit::  (limit::   (proxy::    (pool, 502/504)
+//!  net::tls)          connection)                             rate,     concur-    forward)
+//!                                                             global)   rency)
 //!                                        │ Err(Rejection) from any stage
 //!                                        ▼
 //!                                     rescue (every response sluice makes itself)
@@ -27,7 +27,9 @@
 //!   housekeeping of key tables and pools.
 //! - `net`: accepting connections (`listener`), TLS (`tls`), serving HTTP/1.1 and HTTP/2
 //!   (`server`, with the settings of `http` and the HTTP/2 idle watchdog `idle`).
-//! - `pipeline`: the stages one request goes through, in the contract's order.
+//! - `pipeline`: the stages one request goes through, in the contract's order; the first,
+//!   `canonical`, puts the path and host in the one form routes match and upstreams receive
+//!   (the pure functions are [`canonical`]).
 //! - [`router`], [`limit`], `proxy`: route matching, limits, forwarding.
 //! - [`rescue`]: every response sluice makes itself; [`body`]: the response body type.
 //! - `metrics`, `admin`: Prometheus metrics and the admin listener (`/metrics`, `/healthz`,
@@ -53,6 +55,7 @@ mod admin;
 pub mod app;
 pub mod body;
 mod budget;
+pub mod canonical;
 mod clock;
 pub mod config;
 pub mod demo;

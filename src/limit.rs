@@ -7,6 +7,7 @@
 //!
 //! - [`key`]: which bucket a request counts against (global, client IP, header value).
 //! - [`rate`]: token buckets (GCRA, governor) and their housekeeping.
+//! - `table`: the bounded per-key tables of keyed limits (`max_keys`, sampled LRU).
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`concurrency`]: caps with bounded priority queues and shedding.
 //! - [`adaptive`]: the size of an `adaptive:` cap, from the upstream's latency.
@@ -20,6 +21,7 @@ pub mod global;
 pub mod headers;
 pub mod key;
 pub mod rate;
+mod table;
 
 pub use self::adaptive::Sample;
 pub use self::concurrency::{ConcurrencyLimit, Permit, Rejected};

@@ -230,6 +230,10 @@ const UTILIZATION: Help = (
     "Upstream in-flight requests / the cap in force",
 );
 const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracked now");
+const RATE_LIMIT_EVICTIONS: Help = (
+    "sluice_rate_limit_evictions",
+    "Keys evicted because the limit's table was full (max_keys)",
+);
 const RELOADS: Help = ("sluice_config_reloads", "Config reloads by result");
 const BUFFERED_BYTES: Help = (
     "sluice_buffered_bytes",
@@ -271,6 +275,7 @@ pub(crate) struct Metrics {
     concurrency_limit: Family<Scope, Gauge>,
     utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
+    rate_limit_evictions: Family<LimitLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     buffered_bytes: Gauge,
@@ -282,6 +287,11 @@ pub(crate) struct Metrics {
     no_route_requests: Counter,
     /// `sluice_responses_total{route="",code="404"}`.
     no_route_responses: Counter,
+    /// `sluice_requests_total{route="",outcome="bad_request"}`: requests refused before
+    /// routing (no canonical form).
+    bad_request_requests: Counter,
+    /// `sluice_responses_total{route="",code="400"}`.
+    bad_request_responses: Counter,
 }
 
 /// Per-route handles, built with the route.
@@ -338,6 +348,7 @@ impl Metrics {
         let concurrency_limit = register(&mut r, CONCURRENCY_LIMIT, Family::default());
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
+        let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
         let reloads = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
         let buffered_bytes = register(&mut r, BUFFERED_BYTES, Gauge::default());
@@ -346,19 +357,24 @@ impl Metrics {
         let refused_per_ip = refused.get_or_create(&ReasonLabel("per_ip")).clone();
         let tls_handshake_failures = register(&mut r, TLS_HANDSHAKE_FAILURES, Counter::default());
         let registry = r;
-        let no_route_requests = requests
-            .get_or_create(&RequestLabels {
-                route: Arc::from(""),
-                outcome: Outcome::NoRoute,
-                shadow: false,
-            })
-            .clone();
-        let no_route_responses = responses
-            .get_or_create(&ResponseLabels {
-                route: Arc::from(""),
-                code: 404,
-            })
-            .clone();
+        let unrouted = |outcome, code| {
+            let requests = requests
+                .get_or_create(&RequestLabels {
+                    route: Arc::from(""),
+                    outcome,
+                    shadow: false,
+                })
+                .clone();
+            let responses = responses
+                .get_or_create(&ResponseLabels {
+                    route: Arc::from(""),
+                    code,
+                })
+                .clone();
+            (requests, responses)
+        };
+        let (no_route_requests, no_route_responses) = unrouted(Outcome::NoRoute, 404);
+        let (bad_request_requests, bad_request_responses) = unrouted(Outcome::BadRequest, 400);
         // Both results exist from the start, at 0: `increase()` then sees the first failure.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabel(result));
@@ -366,6 +382,8 @@ impl Metrics {
         Metrics {
             no_route_requests,
             no_route_responses,
+            bad_request_requests,
+            bad_request_responses,
             registry,
             requests,
             responses,
@@ -376,6 +394,7 @@ impl Metrics {
             concurrency_limit,
             utilization,
             rate_limit_keys,
+            rate_limit_evictions,
             reloads,
             store_errors,
             buffered_bytes,
@@ -426,11 +445,30 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a request that ended before it had a route (`route=""`).
+    /// Counts a request that ended before it had a route (`route=""`): no route matched
+    /// (404), or the request had no canonical form (400).
     pub(crate) fn unrouted(&self, outcome: Outcome) {
-        debug_assert_eq!(outcome, Outcome::NoRoute);
-        self.no_route_requests.inc();
-        self.no_route_responses.inc();
+        debug_assert!(
+            matches!(outcome, Outcome::NoRoute | Outcome::BadRequest),
+            "only canonicalisation and routing answer before a route: {outcome:?}"
+        );
+        let (requests, responses) = match outcome {
+            Outcome::BadRequest => (&self.bad_request_requests, &self.bad_request_responses),
+            _ => (&self.no_route_requests, &self.no_route_responses),
+        };
+        requests.inc();
+        responses.inc();
+    }
+
+    /// `sluice_rate_limit_evictions_total{route,limit}`: handed to the limit's key tables when
+    /// the route is built (the series is shared with earlier runtimes of the same names).
+    pub(crate) fn rate_limit_evictions(&self, route: &Arc<str>, limit: &Arc<str>) -> Counter {
+        self.rate_limit_evictions
+            .get_or_create(&LimitLabels {
+                route: route.clone(),
+                limit: limit.clone(),
+            })
+            .clone()
     }
 
     /// Counts a reload.

@@ -1,8 +1,11 @@
 //! One request's path through sluice, in the contract's order:
 //!
+//! 0. **canonical** ([`canonical`]): one valid `Host`; the path in canonical form, which
+//!    routing matches and the upstream receives; or 400 `bad-request`;
 //! 1. **route**: the first matching route, or 404 `no-route`;
-//! 2. **rate limits** ([`rate`]): every limit of the route must admit the request (never
-//!    waits), or 429;
+//! 2. **rate limits** ([`rate`]): a header the route's limits key on must come once (else
+//!    400 `bad-request`, before any bucket is charged); every limit of the route must admit
+//!    the request (never waits), or 429;
 //! 3. **body** ([`body`]): the client's body is read (up to `request_buffer`) before the request
 //!    may wait for a slot, or 413/408/400;
 //! 4. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
@@ -16,6 +19,7 @@
 //! stage only counts and logs what it would have rejected, and lets the request go on.
 
 mod body;
+mod canonical;
 mod caps;
 mod rate;
 
@@ -26,13 +30,14 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{Drain, ProxyBody};
+use crate::canonical::match_path;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
 use crate::net::Origin;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::forward;
-use crate::rescue::{self, Rejection};
+use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
 use crate::runtime::{Route, Runtime};
 
@@ -42,11 +47,14 @@ use self::rate::Fields;
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let line = AccessLine::of(&rt, &req);
-    let index = match route(&rt, &req) {
+    let routed = canonical::check(&mut req, rt.config.server.escaped_slashes)
+        .map_err(|cause| Rejection::BadRequest(BadRequest::Canonical(cause)))
+        .and_then(|()| route(&rt, &req));
+    let index = match routed {
         Ok(index) => index,
         Err(rejection) => {
             tracing::debug!(client = %origin.peer, host = ?Target::of(&req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
@@ -74,9 +82,21 @@ pub(crate) async fn handle(
     res
 }
 
-/// The route stage: the first route that matches.
-fn route(rt: &Runtime, req: &Request<Incoming>) -> Result<usize, Rejection> {
-    rt.router.find(&Target::of(req)).ok_or(Rejection::NoRoute)
+/// The route stage: the first route that matches the (canonical) request. Paths are matched
+/// without their `;` parameters (`crate::canonical::match_path`); an empty path as `/`.
+fn route<B>(rt: &Runtime, req: &Request<B>) -> Result<usize, Rejection> {
+    let target = Target::of(req);
+    let path = match_path(if target.path.is_empty() {
+        "/"
+    } else {
+        target.path
+    });
+    rt.router
+        .find(&Target {
+            path: &path,
+            ..target
+        })
+        .ok_or(Rejection::NoRoute)
 }
 
 /// The stages after routing, and the response for their result.
@@ -119,25 +139,22 @@ async fn admit_and_forward(
         rt.config.server.client.send_timeout,
         rt.budget.clone(),
     );
-    forward(
-        route,
-        origin,
-        Request::from_parts(parts, body),
-        slots,
-        drain,
-    )
-    .await
+    let trusted = rt.keys.is_trusted_peer(origin.peer);
+    let req = Request::from_parts(parts, body);
+    forward(route, origin, trusted, req, slots, drain).await
 }
 
-/// Sends the request upstream; the response body carries `slots` until it ends.
+/// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the
+/// peer is one of `trusted_proxies` (its `Forwarded` and `X-Real-IP` are passed on).
 async fn forward(
     route: &Route,
     origin: Origin,
+    trusted: bool,
     mut req: Request<UpstreamBody>,
     mut slots: Slots,
     drain: Drain,
 ) -> Result<Response<ProxyBody>, Rejection> {
-    forward::request(&mut req, origin);
+    forward::request(&mut req, origin, trusted);
     let fault = match req.body() {
         UpstreamBody::Client(body) => body.fault(),
         UpstreamBody::Empty => None,

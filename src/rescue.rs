@@ -23,6 +23,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::canonical;
 use crate::config::ByteSize;
 use crate::limit::headers::{retry_after_secs, RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Rejected;
@@ -76,6 +77,14 @@ pub(crate) enum Rejection {
 pub(crate) enum BadRequest {
     /// The body's framing (chunked encoding) is broken, or the client left mid-body.
     MalformedBody,
+    /// The path or the host has no canonical form: refused before routing.
+    Canonical(canonical::BadRequest),
+    /// The header that rate limit `limit` of the route keys on came more than once: refused
+    /// before any bucket is charged.
+    RepeatedKey {
+        /// Which limit.
+        limit: usize,
+    },
 }
 
 /// Whose concurrency cap refused a request.
@@ -98,6 +107,47 @@ const NO_ROUTE_BODY: &str = concat!(
     r#"{"type":"about:blank","title":"Not Found","status":404,"reason":"no-route","#,
     r#""detail":"no route matches this request"}"#
 );
+
+/// A 400 body, rendered at compile time; `$detail` is the cause's `Display` (a test checks).
+macro_rules! bad_request_body {
+    ($detail:literal) => {
+        concat!(
+            r#"{"type":"about:blank","title":"Bad Request","status":400,"reason":"bad-request","detail":""#,
+            $detail,
+            r#""}"#
+        )
+    };
+}
+
+/// The body of a 400 before routing: one per cause, none formatted per request.
+fn bad_request_body(cause: canonical::BadRequest) -> &'static str {
+    use canonical::BadRequest;
+    match cause {
+        BadRequest::PercentEncoding => {
+            bad_request_body!("the path has a % that is not followed by two hex digits")
+        }
+        BadRequest::Nul => bad_request_body!("the path contains %00"),
+        BadRequest::EscapedSlash => {
+            bad_request_body!(r"the path contains an escaped slash or a backslash (%2F, %5C or \\)")
+        }
+        BadRequest::AboveRoot => {
+            bad_request_body!("the path has a .. segment that climbs above the root")
+        }
+        BadRequest::DotParameters => {
+            bad_request_body!("the path has a . or .. segment with ; parameters")
+        }
+        BadRequest::NotAPath => bad_request_body!("the request target is not a path"),
+        BadRequest::PathTooLong => bad_request_body!("the path is too long once normalised"),
+        BadRequest::HostMissing => bad_request_body!("the request has no Host"),
+        BadRequest::HostRepeated => bad_request_body!("the request has more than one Host"),
+        BadRequest::HostInvalid => {
+            bad_request_body!("the Host is not a valid host name or address")
+        }
+        BadRequest::HostMismatch => {
+            bad_request_body!("the Host differs from the authority of the request target")
+        }
+    }
+}
 
 // === impl Rejection ===
 
@@ -157,15 +207,29 @@ impl From<&UpstreamError> for Rejection {
     }
 }
 
-/// The response to a request rejected before it had a route. Its body names no route, so it
-/// is the same for every request: rendered at compile time.
+/// The response to a request rejected before it had a route: 400 (no canonical form) or 404.
+/// Its body names no route, so it is the same for every request of a cause: rendered at
+/// compile time.
 pub(crate) fn unrouted(rejection: Rejection) -> Response<ProxyBody> {
-    debug_assert_eq!(
-        rejection,
-        Rejection::NoRoute,
-        "only routing rejects before a route"
-    );
-    not_found()
+    match rejection {
+        Rejection::BadRequest(BadRequest::Canonical(cause)) => not_canonical(cause),
+        other => {
+            debug_assert_eq!(
+                other,
+                Rejection::NoRoute,
+                "only canonicalisation and routing reject before a route"
+            );
+            not_found()
+        }
+    }
+}
+
+/// The 400 of a request with no canonical form.
+fn not_canonical(cause: canonical::BadRequest) -> Response<ProxyBody> {
+    problem(
+        StatusCode::BAD_REQUEST,
+        ProxyBody::full(Bytes::from_static(bad_request_body(cause).as_bytes())),
+    )
 }
 
 /// The 404 of a request no route matches.
@@ -183,6 +247,9 @@ fn not_found() -> Response<ProxyBody> {
 pub(crate) struct RouteProblems {
     /// Per rate limit, in config order: its 429 and its `store-unavailable` 503.
     limits: Vec<(RateLimitedTemplate, Bytes)>,
+    /// Per rate limit, in config order: the 400 of a request whose key header it keys on came
+    /// more than once (rendered for `header:` limits only; empty for the others).
+    repeated_keys: Vec<Bytes>,
     /// The 503s of the route's cap.
     route_cap: CapTemplate,
     /// The 503s of the upstream's cap.
@@ -212,6 +279,8 @@ pub(crate) struct ProblemSource<'a> {
     pub upstream_timeout: Duration,
     /// Per rate limit: its name and what its 429 says about it (`100/s, burst 200`).
     pub limits: Vec<(Arc<str>, String)>,
+    /// Per rate limit: the header it keys on, for `key: header:<Name>` limits.
+    pub key_headers: Vec<Option<String>>,
     /// The route's `RateLimit-Policy`, which its 429s carry; `None` when the route sends no
     /// `RateLimit` fields.
     pub policy: Option<HeaderValue>,
@@ -259,6 +328,21 @@ impl RouteProblems {
                 Some(route),
             ))
         };
+        let repeated_keys = source
+            .limits
+            .iter()
+            .zip(&source.key_headers)
+            .map(|((name, _), header)| match header {
+                Some(header) => Bytes::from(problem_json(
+                    ABOUT_BLANK,
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    &format!("header {header}, the key of limit {name} of route {route}, came more than once"),
+                    Some(route),
+                )),
+                None => Bytes::new(),
+            })
+            .collect();
         let upstream = source.upstream;
         let client = |status, reason, detail: &str| {
             Bytes::from(problem_json(
@@ -292,6 +376,7 @@ impl RouteProblems {
                 ),
             ),
             limits,
+            repeated_keys,
             route_cap: CapTemplate::new(route, "route", route),
             upstream_cap: CapTemplate::new(route, "upstream", upstream),
             unreachable: gateway(
@@ -350,6 +435,15 @@ impl RouteProblems {
                 StatusCode::BAD_REQUEST,
                 ProxyBody::full(self.malformed_body.clone()),
             ),
+            Rejection::BadRequest(BadRequest::Canonical(cause)) => not_canonical(cause),
+            Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => {
+                match self.repeated_keys.get(limit) {
+                    Some(body) if !body.is_empty() => {
+                        problem(StatusCode::BAD_REQUEST, ProxyBody::full(body.clone()))
+                    }
+                    _ => self.missing(limit),
+                }
+            }
             Rejection::BodyTooLarge => problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyBody::full(self.too_large.clone()),

@@ -100,14 +100,18 @@ fn matches(m: &RouteMatch, t: &Target<'_>) -> bool {
     }
 }
 
-/// Segment-aware prefix match: `/orders` matches `/orders`, `/orders/` and `/orders/1`, not
-/// `/ordersfoo`. `prefix` has no trailing slash except for `/` itself.
+/// Segment-aware prefix match: `/orders` matches `/orders`, `/orders/`, `/orders/1` and
+/// `/orders.csv`, not `/ordersfoo`. A `.` ends the name as a `/` does: many upstreams serve
+/// `/login.json` (Rails' `(.:format)`, Spring MVC's suffix patterns before 5.3) or `/login.`
+/// (Windows drops trailing dots) as `/login`, so a route's limits must cover those spellings
+/// too. (`;` parameters are gone already: routes see `crate::canonical::match_path`.) `prefix`
+/// has no trailing slash except for `/` itself.
 fn path_has_prefix(path: &str, prefix: &str) -> bool {
     if prefix == "/" {
         return true;
     }
     match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => rest.is_empty() || rest.starts_with(['/', '.']),
         None => false,
     }
 }
@@ -128,13 +132,17 @@ mod tests {
         Target { host, path, method }
     }
 
-    /// Prefixes match whole segments only.
+    /// Prefixes match whole segments only, a `.` suffix included (`/orders.csv`).
     #[test]
     fn prefix_is_segment_aware() {
         assert!(path_has_prefix("/orders", "/orders"));
         assert!(path_has_prefix("/orders/", "/orders"));
         assert!(path_has_prefix("/orders/1", "/orders"));
         assert!(!path_has_prefix("/ordersfoo", "/orders"));
+        assert!(!path_has_prefix("/orders-v2", "/orders"));
+        assert!(path_has_prefix("/orders.csv", "/orders"));
+        assert!(path_has_prefix("/orders.", "/orders"));
+        assert!(path_has_prefix("/orders.v1/x", "/orders"));
         assert!(!path_has_prefix("/order", "/orders"));
         assert!(path_has_prefix("/anything", "/"));
     }

@@ -15,7 +15,9 @@ use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::budget::Budget;
-use crate::config::{Config, Mode, Priority, RateLimitConfig, RouteConfig, UpstreamConfig};
+use crate::config::{
+    Config, KeySpec, Mode, Priority, RateLimitConfig, RouteConfig, UpstreamConfig,
+};
 #[cfg(feature = "redis")]
 use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
@@ -332,7 +334,7 @@ impl<'a> Carry<'a> {
         let limits = r
             .rate_limits
             .iter()
-            .map(|l| self.limit(old, &r.name, l, config))
+            .map(|l| self.limit(old, &r.name, l, config, metrics))
             .collect();
         let policy = (config.server.rate_limit_headers && !r.rate_limits.is_empty())
             .then(|| headers::policy_value(&r.rate_limits.iter().collect::<Vec<_>>()));
@@ -350,6 +352,14 @@ impl<'a> Carry<'a> {
                 .rate_limits
                 .iter()
                 .map(|l| (l.name.clone(), format!("{}, burst {}", l.rate, l.burst)))
+                .collect(),
+            key_headers: r
+                .rate_limits
+                .iter()
+                .map(|l| match &l.key {
+                    KeySpec::Header(name) => Some(name.to_string()),
+                    _ => None,
+                })
                 .collect(),
             policy: policy.clone(),
             max_request_body: config.server.client.max_request_body,
@@ -375,12 +385,18 @@ impl<'a> Carry<'a> {
     fn limit(
         &self,
         old: Option<&Route>,
-        route: &str,
+        route: &Arc<str>,
         l: &RateLimitConfig,
         config: &Config,
+        metrics: &Metrics,
     ) -> Limit {
+        // The same series for a carried-over table: same route and limit names.
+        let evictions = metrics.rate_limit_evictions(route, &l.name);
         let kept = old.and_then(|o| o.limits.iter().find(|ol| ol.rate.config() == l));
-        let rate = kept.map_or_else(|| Arc::new(RateLimit::new(l)), |ol| ol.rate.clone());
+        let rate = kept.map_or_else(
+            || Arc::new(RateLimit::counting(l, evictions.clone())),
+            |ol| ol.rate.clone(),
+        );
         #[cfg(feature = "redis")]
         let global = match (&self.store, &config.store) {
             (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => {
@@ -396,13 +412,14 @@ impl<'a> Carry<'a> {
                         &sc.redis,
                         store.clone(),
                         rate.clone(),
+                        evictions,
                     ))
                 }))
             }
             _ => None,
         };
         #[cfg(not(feature = "redis"))]
-        let _ = (route, config);
+        let _ = (config, evictions);
         Limit {
             rate,
             #[cfg(feature = "redis")]

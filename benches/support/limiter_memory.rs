@@ -2,21 +2,24 @@
 //! `limiter_memory_mimalloc`, the allocator the `sluice` binary uses). Each bench file sets its
 //! global allocator and calls [`run`]. See docs/benchmarks.md.
 //!
-//! One `client_ip` limit (100/s, burst 100), then:
+//! One `client_ip` limit (100/s, burst 100, `max_keys` = `LIMITER_KEYS`), then:
 //! 1. baseline RSS;
 //! 2. `LIMITER_KEYS` (default 1,000,000) distinct IPv4 keys, each checked once → RSS, `len()`;
-//! 3. wait until every key's bucket is full again and has been for one emission interval
+//!    the table is then full (a shard that gets more than its share evicts the surplus);
+//! 3. as many new keys again, into the full table → RSS, `len()`, evictions: memory stays
+//!    where it was;
+//! 4. wait until every key's bucket is full again and has been for one emission interval
 //!    (governor's eviction rule; refill time 1 s + margin), `housekeeping()` → RSS, `len()`;
-//! 4. half a second of ordinary small allocations (a server keeps allocating; some allocators
+//! 5. half a second of ordinary small allocations (a server keeps allocating; some allocators
 //!    only return freed memory to the OS from inside later calls) → RSS;
-//! 5. the allocator's own release call (`release`, e.g. glibc `malloc_trim(0)`) → RSS;
-//! 6. another `LIMITER_KEYS` keys, none seen before → RSS: memory freed by eviction is reused,
+//! 6. the allocator's own release call (`release`, e.g. glibc `malloc_trim(0)`) → RSS;
+//! 7. another `LIMITER_KEYS` keys, none seen before → RSS: memory freed by eviction is reused,
 //!    not added to.
 //!
 //! RSS is `VmRSS` of /proc/self/status (Linux only); the peak is `VmHWM`.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +89,7 @@ pub fn run(allocator: &str, release: Option<(&str, fn())>) {
         burst: NonZeroU32::new(100).unwrap(),
         scope: Scope::Local,
         lease: 0,
+        max_keys: NonZeroUsize::new(n as usize).unwrap(),
     };
     // Full again after burst × T = 1 s at the latest; governor then keeps a key for one more
     // emission interval T (10 ms). 1.2 s after the last check every key is evictable.
@@ -106,7 +110,16 @@ pub fn run(allocator: &str, release: Option<(&str, fn())>) {
         Some(secs),
     );
     let growth = filled - base;
+
+    let secs = check_range(&limit, 2 * n, n);
+    let full = line(
+        &format!("after {n} more new keys, table full"),
+        limit.len(),
+        base,
+        Some(secs),
+    );
     let keys_before = limit.len();
+    let evictions = limit.evictions();
 
     std::thread::sleep(idle);
     let start = Instant::now();
@@ -146,6 +159,17 @@ pub fn run(allocator: &str, release: Option<(&str, fn())>) {
         if growth < GROWTH_TARGET_MB { "met" } else { "MISSED" }
     );
     println!(
+        "table full at max_keys {n}: {keys_before} keys, {evictions} evictions; RSS +{:.1} MiB \
+         over baseline ({:+.1} MiB from the first fill): {}",
+        full - base,
+        full - filled,
+        if keys_before <= n as usize && full - filled < 0.1 * growth.max(1.0) {
+            "bounded"
+        } else {
+            "NOT bounded"
+        }
+    );
+    println!(
         "keys tracked: {keys_before} before housekeeping, {keys_after} after: {}",
         if keys_after == 0 {
             "all evicted"
@@ -170,7 +194,7 @@ pub fn run(allocator: &str, release: Option<(&str, fn())>) {
         if again - base < 2.0 * growth { "yes" } else { "NO" },
         2.0 * growth
     );
-    if growth >= GROWTH_TARGET_MB || keys_after != 0 {
+    if growth >= GROWTH_TARGET_MB || keys_after != 0 || keys_before > n as usize {
         std::process::exit(1);
     }
 }

@@ -71,6 +71,8 @@ pub(crate) struct RawServer {
     pub(crate) max_buffered_bytes: Option<Size>,
     /// A count ≥ 0.
     pub(crate) max_connections_per_ip: Option<Int>,
+    /// `reject` | `keep`.
+    pub(crate) escaped_slashes: Option<String>,
 }
 
 /// `server.tls:`.
@@ -214,6 +216,8 @@ pub(crate) struct RawRateLimit {
     pub(crate) scope: Option<String>,
     /// A count ≥ 0.
     pub(crate) lease: Option<Int>,
+    /// A count in 1..=100,000,000.
+    pub(crate) max_keys: Option<Int>,
 }
 
 /// A whole number (possibly negative, so that `validate` can say "must be at least 1"); its own

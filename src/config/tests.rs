@@ -1423,3 +1423,66 @@ fn admin_token_file_errors_name_the_field() {
         ]
     );
 }
+
+// === canonical request and bounded key tables (issue 13) ===
+
+/// `escaped_slashes` defaults to `reject`, accepts `keep`, refuses anything else.
+#[test]
+fn escaped_slashes_values() {
+    assert_eq!(load(BASE).server.escaped_slashes, EscapedSlashes::Reject);
+    let keep = BASE.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 127.0.0.1:8080\n  escaped_slashes: keep",
+    );
+    assert_eq!(load(&keep).server.escaped_slashes, EscapedSlashes::Keep);
+    let bad = BASE.replace(
+        "listen: 127.0.0.1:8080",
+        "listen: 127.0.0.1:8080\n  escaped_slashes: decode",
+    );
+    let e = one_error(&bad, "server.escaped_slashes");
+    assert!(e.message.contains("reject, keep"), "{}", e.message);
+}
+
+/// `max_keys` defaults to 1,000,000 and must be within 1..=100,000,000.
+#[test]
+fn max_keys_bounds() {
+    let limit = |max_keys: &str| {
+        with_route(&format!(
+            "    rate_limits: [{{ key: client_ip, rate: 1/s{max_keys} }}]\n"
+        ))
+    };
+    let config = load(&limit(""));
+    assert_eq!(config.routes[1].rate_limits[0].max_keys.get(), 1_000_000);
+    let config = load(&limit(", max_keys: 100000000"));
+    assert_eq!(config.routes[1].rate_limits[0].max_keys.get(), 100_000_000);
+    let e = one_error(&limit(", max_keys: 0"), "routes[1].rate_limits[0].max_keys");
+    assert!(e.message.contains("at least 1"), "{}", e.message);
+    let e = one_error(
+        &limit(", max_keys: 100000001"),
+        "routes[1].rate_limits[0].max_keys",
+    );
+    assert!(e.message.contains("at most 100000000"), "{}", e.message);
+}
+
+/// Match paths are put in the canonical form requests are matched in; one that no request
+/// could match is an error that says why.
+#[test]
+fn match_paths_are_canonical() {
+    let prefix = |p: &str| with_route(&format!("    match: {{ path_prefix: \"{p}\" }}\n"));
+    let config = load(&prefix("/%6cogin/./x/../"));
+    assert_eq!(
+        config.routes[1].matcher.path,
+        PathMatch::Prefix("/login".into())
+    );
+    let config = load(&prefix("/caf\u{e9}"));
+    assert_eq!(
+        config.routes[1].matcher.path,
+        PathMatch::Prefix("/caf%C3%A9".into())
+    );
+    let e = one_error(&prefix("/a%2Fb"), "routes[1].match.path_prefix");
+    assert!(e.message.contains("escaped_slashes: keep"), "{}", e.message);
+    let e = one_error(&prefix("/../a"), "routes[1].match.path_prefix");
+    assert!(e.message.contains("above the root"), "{}", e.message);
+    let e = one_error(&prefix("/a;b"), "routes[1].match.path_prefix");
+    assert!(e.message.contains("parameters"), "{}", e.message);
+}

@@ -25,10 +25,11 @@ use super::raw::{
 };
 use super::{
     AdaptiveConfig, AdminConfig, AdminToken, ByteSize, CapSize, ClientLimits, ConcurrencyConfig,
-    Config, HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate, RateLimitConfig,
-    RedisConfig, RedisTarget, RouteConfig, RouteMatch, Scope, ServerConfig, StoreConfig, TlsConfig,
-    UpstreamConfig,
+    Config, EscapedSlashes, HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate,
+    RateLimitConfig, RedisConfig, RedisTarget, RouteConfig, RouteMatch, Scope, ServerConfig,
+    StoreConfig, TlsConfig, UpstreamConfig,
 };
+use crate::canonical;
 use crate::net::tls::Acceptor;
 
 /// `server.header_read_timeout` when absent.
@@ -89,6 +90,10 @@ const MAX_LEASE: u32 = 1_000_000;
 const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 /// The longest host name (RFC 1035), for `admin.allowed_hosts`.
 const MAX_HOST_NAME: usize = 253;
+/// `rate_limits[].max_keys` when absent.
+const MAX_KEYS: i64 = 1_000_000;
+/// Largest `rate_limits[].max_keys`: 5 to 8.5 GB of keys for one limit (50 to 85 bytes a key).
+const MAX_KEYS_BOUND: i64 = 100_000_000;
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
 ///
@@ -98,6 +103,7 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
     let mut cx = Cx {
         locator: Locator::new(text),
         errors: Vec::new(),
+        escaped_slashes: EscapedSlashes::default(),
     };
     reject_unbuilt(&raw, &mut cx);
 
@@ -105,6 +111,10 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         Some(server) => cx.server(server),
         None => cx.missing("server", "a mapping with at least `listen`"),
     };
+    if let Some(server) = &server {
+        // Route paths are put in the form requests are matched in, under the same setting.
+        cx.escaped_slashes = server.escaped_slashes;
+    }
     let admin = raw.admin.as_ref().map(|admin| cx.admin(admin));
     let store = raw.store.as_ref().map(|store| cx.store(store));
 
@@ -209,6 +219,8 @@ fn join(parent: &str, key: &str) -> String {
 struct Cx {
     locator: Locator,
     errors: Vec<FieldError>,
+    /// `server.escaped_slashes` once read: route paths are normalised under it.
+    escaped_slashes: EscapedSlashes,
 }
 
 // === impl Cx: errors ===
@@ -363,6 +375,15 @@ impl Cx {
             1,
             i64::from(u32::MAX),
         );
+        let escaped_slashes = self.choice(
+            &join(at, "escaped_slashes"),
+            raw.escaped_slashes.as_deref(),
+            &[
+                ("reject", EscapedSlashes::Reject),
+                ("keep", EscapedSlashes::Keep),
+            ],
+            EscapedSlashes::Reject,
+        );
         let client = self.client_limits(raw);
         Some(ServerConfig {
             listen: listen?,
@@ -376,6 +397,7 @@ impl Cx {
             workers: present(workers)?,
             max_concurrent_streams: max_concurrent_streams?,
             access_log: raw.access_log.unwrap_or(false),
+            escaped_slashes: escaped_slashes?,
             client: client?,
         })
     }
@@ -1067,6 +1089,14 @@ impl Cx {
             );
         }
         let lease = self.lease(&join(at, "lease"), raw.lease, burst, scope);
+        let max_keys = self
+            .number::<usize>(
+                &join(at, "max_keys"),
+                raw.max_keys.map_or(MAX_KEYS, |n| n.0),
+                1,
+                MAX_KEYS_BOUND,
+            )
+            .and_then(NonZeroUsize::new);
         Some(RateLimitConfig {
             name: name?,
             key: key?,
@@ -1074,6 +1104,7 @@ impl Cx {
             burst: NonZeroU32::new(burst?)?,
             scope: scope?,
             lease: lease?,
+            max_keys: max_keys?,
         })
     }
 
@@ -1373,7 +1404,9 @@ impl Cx {
         })
     }
 
-    /// A path to match: starts with `/`, no query, no spaces.
+    /// A path to match: starts with `/`, no query, no spaces, no `;` parameters (requests are
+    /// matched without theirs); returned in canonical form, the form requests are matched in
+    /// (`/%6cogin` → `/login`, `/café` → `/caf%C3%A9`).
     fn path(&mut self, at: &str, raw: &str) -> Option<String> {
         if !raw.starts_with('/') {
             return self.fail(at, format!("a path must start with /, found {raw:?}"));
@@ -1390,7 +1423,27 @@ impl Cx {
                 format!("a path must not contain spaces or control characters, found {raw:?}"),
             );
         }
-        Some(raw.to_owned())
+        if raw.contains(';') {
+            return self.fail(
+                at,
+                format!("a path must not contain ; parameters (requests are matched without theirs), found {raw:?}"),
+            );
+        }
+        match canonical::path(raw, self.escaped_slashes) {
+            Ok(path) => Some(path.into_owned()),
+            Err(err) => {
+                let hint = match err {
+                    canonical::BadRequest::EscapedSlash => {
+                        " (server.escaped_slashes: keep would allow them)"
+                    }
+                    _ => "",
+                };
+                self.fail(
+                    at,
+                    format!("{err}, so no request can match it{hint}: {raw:?}"),
+                )
+            }
+        }
     }
 
     fn methods(&mut self, at: &str, raw: &[String]) -> Option<Vec<Method>> {

@@ -71,7 +71,7 @@
 //! script is a few microseconds), so a hot key costs Redis CPU, not queueing in sluice.
 //!
 //! A client hammering one key past its limit does not cost a round trip per request: a denial
-//! is remembered locally ([`memo`]) until its `retry_after` has passed, and requests of that key
+//! is remembered locally ([`memo`], at most the limit's `max_keys` keys) until its `retry_after` has passed, and requests of that key
 //! are denied from memory until then. This is exact, not a heuristic: a GCRA denial at `now`
 //! means `TAT − τ > now`, and a TAT only grows (requests push it forward, time does not move
 //! it), so no request of that key can be admitted before `now + retry_after` by any instance.
@@ -125,10 +125,11 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-use self::memo::{Memos, Settle, Taken, MEMO_CAP};
+use self::memo::{Memos, Settle, Taken};
 use self::store::Conn;
 pub use self::store::Store;
 use super::key::LimitKey;
@@ -209,7 +210,7 @@ pub(crate) struct GlobalLimit {
     /// `store.redis.on_error`.
     on_error: OnStoreError,
     /// Denials (until when) and leased tokens, per key. Pruned by [`GlobalLimit::housekeeping`]
-    /// and bounded by [`MEMO_CAP`].
+    /// and bounded by the limit's `max_keys`.
     memos: Memos,
 }
 
@@ -229,12 +230,15 @@ enum Answer {
 impl GlobalLimit {
     /// The global limit `config` of route `route` on `store`, falling back to `local` (this
     /// instance's bucket for the same config) as `redis.on_error` says.
+    /// Evictions from its denial cache count in `evictions`, the limit's
+    /// `sluice_rate_limit_evictions_total` series.
     pub(crate) fn new(
         route: &str,
         config: &RateLimitConfig,
         redis: &RedisConfig,
         store: Arc<Store>,
         local: Arc<RateLimit>,
+        evictions: Counter,
     ) -> GlobalLimit {
         let (emission, burst) = crate::limit::rate::bucket_shape(config, MAX_REFILL_NANOS);
         let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
@@ -263,7 +267,12 @@ impl GlobalLimit {
             argv: [emission_nanos.to_string().into(), tau.to_string().into()],
             timeout: redis.timeout,
             on_error: redis.on_error,
-            memos: Memos::new(lease, lease_ttl(lease, emission), MEMO_CAP),
+            memos: Memos::new(
+                lease,
+                lease_ttl(lease, emission),
+                config.max_keys.get(),
+                evictions,
+            ),
         }
     }
 

@@ -122,7 +122,10 @@ impl KeyExtractor {
     /// - `header:<Name>`: a keyed 64-bit hash of the header's value; when the header appears on
     ///   several lines, of all of them in order (length-prefixed, so `a`,`b` ≠ `ab`). A missing
     ///   header falls back to the `client_ip` key. Header keys are chosen by the client: they are
-    ///   only meaningful when the upstream authenticates that header (an API key, say).
+    ///   only meaningful when the upstream authenticates that header (an API key, say). The
+    ///   rate stage refuses a request with several lines of a key header before this is called
+    ///   (an upstream reads the first line, so hashing them all would let a client pick its
+    ///   bucket with a second line).
     ///
     /// Does not allocate.
     pub fn key(&self, spec: &KeySpec, client_ip: IpAddr, headers: &HeaderMap) -> LimitKey {
@@ -146,6 +149,12 @@ impl KeyExtractor {
 
     fn ip_key(&self, ip: IpAddr) -> LimitKey {
         LimitKey::Ip(client_group(ip, self.ipv6_prefix))
+    }
+
+    /// True when the socket peer `peer` is in `trusted_proxies`: what it says about the
+    /// client (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`) may be believed and passed on.
+    pub(crate) fn is_trusted_peer(&self, peer: IpAddr) -> bool {
+        self.is_trusted(peer.to_canonical())
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {

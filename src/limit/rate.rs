@@ -10,9 +10,11 @@
 //! of the next request, updated with a CAS loop. A bucket of size `burst` refilling one token per
 //! emission interval `T` admits a request at time `now` iff `TAT - (burst - 1)·T <= now`.
 //!
-//! Keyed limits keep one state per key in governor's `DashMap` store, so memory follows the
-//! number of keys seen; [`RateLimit::housekeeping`] (an interval task) drops the keys whose
-//! bucket is full again, which are indistinguishable from new ones.
+//! Keyed limits keep one state per key in a bounded table (`super::table`): at most `max_keys`
+//! keys; when a new one comes to a full table, a key whose bucket is full again goes, else the
+//! least recently used (sampled LRU), which counts in `sluice_rate_limit_evictions_total`.
+//! [`RateLimit::housekeeping`] (an interval task) drops the keys whose bucket is full again,
+//! which are indistinguishable from new ones, so that memory also follows the active keys.
 //!
 //! # `reset`: the exact time to the next token
 //!
@@ -31,11 +33,13 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
+use prometheus_client::metrics::counter::Counter;
 
 use super::key::LimitKey;
+use super::table::KeyTable;
 use crate::config::{KeySpec, RateLimitConfig};
 
 /// Largest bucket, as the time an empty bucket takes to refill (2^62 ns ≈ 146 years). Governor
@@ -57,6 +61,8 @@ pub struct RateLimit<C: Clock = DefaultClock> {
     emission_nanos: u64,
     /// Bucket size in tokens (`config.burst`, unless cut to [`MAX_REFILL_NANOS`]).
     burst: u32,
+    /// `sluice_rate_limit_evictions_total{route,limit}` (shared with the key table).
+    evictions: Counter,
 }
 
 /// The outcome of one [`RateLimit::check`].
@@ -81,14 +87,20 @@ pub enum Decision {
     },
 }
 
-/// The state store handed to governor: governor's own stores, plus recording into the [`Probe`]
-/// (see the module docs).
+/// The state store handed to governor: governor's direct state or our bounded key table, plus
+/// recording into the [`Probe`] (see the module docs).
 enum Buckets {
     /// `key: global`: a single atomic, governor's direct state. Cheaper than a map entry (no shard
     /// lock on the one key every request hits) and never evicted.
     One(InMemoryState),
-    /// `key: client_ip` / `header:…`: governor's `DashMap` store, one state per key.
-    PerKey(DashMapStateStore<LimitKey>),
+    /// `key: client_ip` / `header:…`: one state per key, at most `max_keys`.
+    PerKey {
+        /// The states.
+        table: KeyTable,
+        /// The emission interval `T` (ns): governor's fresh TAT is `now + T`, which is how the
+        /// table learns `now` (for LRU stamps and stale entries) without reading the clock.
+        emission_nanos: u64,
+    },
 }
 
 /// The key governor passes through to [`Buckets`] on a check: the bucket key plus two cells the
@@ -118,9 +130,16 @@ pub(crate) fn bucket_shape(config: &RateLimitConfig, max_refill_nanos: u64) -> (
 
 impl RateLimit {
     /// The bucket(s) for `config`, on governor's default clock (quanta; not tokio's, so
-    /// `tokio::time::pause` does not affect it).
+    /// `tokio::time::pause` does not affect it). Evictions are counted in a counter of its own
+    /// ([`RateLimit::evictions`]).
     pub fn new(config: &RateLimitConfig) -> Self {
-        Self::with_clock(config, DefaultClock::default())
+        Self::counting(config, Counter::default())
+    }
+
+    /// As [`RateLimit::new`], counting evictions in `evictions` (the route's
+    /// `sluice_rate_limit_evictions_total` series).
+    pub(crate) fn counting(config: &RateLimitConfig, evictions: Counter) -> Self {
+        Self::with_clock(config, DefaultClock::default(), evictions)
     }
 }
 
@@ -129,7 +148,7 @@ impl<C: Clock> RateLimit<C> {
     ///
     /// A quota: one token per `rate.emission_interval()` (at least 1 ns), `burst` tokens at most.
     /// `scope: global` limits get a local bucket here; sharing it is another layer's job.
-    pub(crate) fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+    pub(crate) fn with_clock(config: &RateLimitConfig, clock: C, evictions: Counter) -> Self {
         let (emission, burst) = bucket_shape(config, MAX_REFILL_NANOS);
         let emission_nanos = u64::try_from(emission.as_nanos()).unwrap_or(u64::MAX);
         if burst < config.burst.get() {
@@ -145,15 +164,17 @@ impl<C: Clock> RateLimit<C> {
             .allow_burst(burst.try_into().expect("burst is at least 1"));
         let buckets = match config.key {
             KeySpec::Global => Buckets::One(InMemoryState::default()),
-            KeySpec::ClientIp | KeySpec::Header(_) => Buckets::PerKey(
-                DashMapStateStore::with_shard_amount(super::KEY_TABLE_SHARDS),
-            ),
+            KeySpec::ClientIp | KeySpec::Header(_) => Buckets::PerKey {
+                table: KeyTable::new(config.max_keys, evictions.clone()),
+                emission_nanos,
+            },
         };
         RateLimit {
             config: config.clone(),
             limiter: RateLimiter::new(quota, buckets, clock),
             emission_nanos,
             burst,
+            evictions,
         }
     }
 
@@ -163,7 +184,7 @@ impl<C: Clock> RateLimit<C> {
     }
 
     /// Takes one token from `key`'s bucket if it has one. Never waits, never allocates (except
-    /// the map entry of a key seen for the first time).
+    /// the table slot of a key seen for the first time, until the table is full).
     ///
     /// A `global` limit has one bucket and ignores `key`.
     pub fn check(&self, key: &LimitKey) -> Decision {
@@ -181,20 +202,26 @@ impl<C: Clock> RateLimit<C> {
     }
 
     /// Forgets the keys whose bucket has been full for at least one emission interval (governor's
-    /// `retain_recent`), then gives the freed map capacity back (`shrink_to_fit`). A forgotten
-    /// key behaves exactly like a new one, so this changes no decision: it bounds memory by the
-    /// keys active within about one refill time (burst × emission interval). Takes each map
-    /// shard's write lock in turn (the map has [`super::KEY_TABLE_SHARDS`] small shards, so
-    /// each is held briefly); call it from a housekeeping thread, not per request.
+    /// `retain_recent`), then gives the freed table capacity back (`shrink_to_fit`). A forgotten
+    /// key behaves exactly like a new one, so this changes no decision: memory follows the keys
+    /// active within about one refill time (burst × emission interval), and never exceeds
+    /// `max_keys`. Takes each table shard's write lock in turn; call it from a housekeeping
+    /// task, not per request.
     pub fn housekeeping(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
 
-    /// Keys tracked now: the `sluice_rate_limit_keys` gauge. Always 1 for a `global` limit (its
-    /// single bucket).
+    /// Keys tracked now: the `sluice_rate_limit_keys` gauge, at most `max_keys`. Always 1 for a
+    /// `global` limit (its single bucket).
     pub fn len(&self) -> usize {
         self.limiter.len()
+    }
+
+    /// Keys still refilling that were evicted because the table was full: the limit's eviction
+    /// counter (0 for a `global` limit).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.get()
     }
 
     /// No key tracked (never true for a `global` limit).
@@ -273,17 +300,24 @@ impl StateStore for Buckets {
             }
             decision
         };
+        // `f` is pure (it captured governor's clock reading; the middleware only builds a
+        // snapshot). On a fresh bucket (`None`) it admits and returns `now + T`: that is how
+        // we learn the `now` governor decided at without reading the clock again.
+        let fresh = f(None).ok().map(|(_, fresh)| fresh);
         let outcome = match self {
             Buckets::One(state) => state.measure_and_replace(&NotKeyed::NonKey, record),
-            Buckets::PerKey(map) => map.measure_and_replace(&probe.key, record),
-        };
-        if outcome.is_ok() {
-            // `f` is pure (it captured governor's clock reading; the middleware only builds a
-            // snapshot). On a fresh bucket (`None`) it admits and returns `now + T`: that is how
-            // we learn the `now` governor decided at without reading the clock again.
-            if let Ok((_, fresh)) = f(None) {
-                probe.fresh_tat.set(fresh);
+            Buckets::PerKey {
+                table,
+                emission_nanos,
+            } => {
+                // A fresh bucket always admits one request, so `fresh` is there; were it not,
+                // 0 would only make this key look old to the LRU.
+                let now = fresh.map_or(0, |f| f.as_u64().saturating_sub(*emission_nanos));
+                table.update(&probe.key, now, record)
             }
+        };
+        if let (true, Some(fresh)) = (outcome.is_ok(), fresh) {
+            probe.fresh_tat.set(fresh);
         }
         outcome
     }
@@ -291,21 +325,22 @@ impl StateStore for Buckets {
 
 impl ShrinkableKeyedStateStore<Probe> for Buckets {
     fn retain_recent(&self, drop_below: Nanos) {
-        if let Buckets::PerKey(map) = self {
-            ShrinkableKeyedStateStore::retain_recent(map, drop_below);
+        if let Buckets::PerKey { table, .. } = self {
+            // governor's rule: a state at or below `drop_below` is a full bucket.
+            table.retain(|tat| tat > drop_below.as_u64());
         }
     }
 
     fn shrink_to_fit(&self) {
-        if let Buckets::PerKey(map) = self {
-            map.shrink_to_fit();
+        if let Buckets::PerKey { table, .. } = self {
+            table.shrink_to_fit();
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Buckets::One(_) => 1,
-            Buckets::PerKey(map) => map.len(),
+            Buckets::PerKey { table, .. } => table.len(),
         }
     }
 

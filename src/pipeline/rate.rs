@@ -2,8 +2,15 @@
 //! Cheap and never waiting — except a `scope: global` limit, which asks Redis within
 //! `store.redis.timeout`. The first limit that denies decides, and the ones after it are not
 //! charged. The decisions also make the `RateLimit` field every response of the route carries.
+//!
+//! First of all, a header that one of the limits keys on (`header:<Name>`) must come at most
+//! once: upstreams authenticate the first line (Go's `Header.Get`, Java's `getHeader`), so a
+//! key hashed from all lines would let a client pick a fresh bucket with a second line. Such a
+//! request gets 400 `bad-request` before any bucket is charged.
 
 use http::{HeaderMap, Response};
+
+use crate::config::KeySpec;
 
 use super::shadowed;
 use crate::body::ProxyBody;
@@ -11,7 +18,7 @@ use crate::config::Mode;
 use crate::limit::headers::{RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::{Decision, LimitKey, StoreUnavailable};
 use crate::net::Origin;
-use crate::rescue::Rejection;
+use crate::rescue::{BadRequest, Rejection};
 use crate::runtime::{Limit, Route, Runtime};
 
 /// The `RateLimit` items of the limits that decided, for the response.
@@ -28,6 +35,7 @@ pub(super) async fn check(
     if route.limits.is_empty() {
         return Ok(());
     }
+    repeated_keys(route, headers)?;
     let client_ip = rt.keys.client_ip(origin.peer, headers);
     for (index, limit) in route.limits.iter().enumerate() {
         let config = limit.rate.config();
@@ -51,6 +59,26 @@ pub(super) async fn check(
             Err(StoreUnavailable) => Rejection::StoreUnavailable { limit: index },
         };
         tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = rejection.reason(), "limit denies");
+        match route.mode {
+            Mode::Shadow => shadowed(route, &rejection),
+            Mode::Enforce => return Err(rejection),
+        }
+    }
+    Ok(())
+}
+
+/// 400 when a header a limit keys on came more than once (see the module docs); in shadow mode
+/// only counted (the key then hashes every line, as before).
+fn repeated_keys(route: &Route, headers: &HeaderMap) -> Result<(), Rejection> {
+    for (limit, l) in route.limits.iter().enumerate() {
+        let KeySpec::Header(name) = &l.rate.config().key else {
+            continue;
+        };
+        if headers.get_all(name).iter().nth(1).is_none() {
+            continue;
+        }
+        let rejection = Rejection::BadRequest(BadRequest::RepeatedKey { limit });
+        tracing::debug!(route = %route.name, header = %name, reason = rejection.reason(), "key header repeated");
         match route.mode {
             Mode::Shadow => shadowed(route, &rejection),
             Mode::Enforce => return Err(rejection),

@@ -3,7 +3,12 @@
 //! What a reverse proxy owes both sides (RFC 9110 §7.6.1, and what NGINX and Envoy do):
 //! hop-by-hop headers — the fixed list plus any named in `Connection` — are removed in both
 //! directions; the client's `Host` is kept; `X-Forwarded-For` gets the peer appended and
-//! `X-Forwarded-Proto` / `X-Forwarded-Host` are set.
+//! `X-Forwarded-Proto` / `X-Forwarded-Host` are set. From a peer outside `trusted_proxies`,
+//! `Forwarded` and `X-Real-IP` are removed: upstreams (Spring's `ForwardedHeaderFilter`, NGINX's
+//! `real_ip` module) take the client's address from them, and a client must not pick its own.
+//! So are `X-Original-URL` and `X-Rewrite-URL`, which some upstreams (IIS rewrites, Symfony and
+//! Zend before 2018) route by instead of the path: a client could name `/login` there while
+//! sluice routed `/anything` under another route's limits.
 
 use std::net::IpAddr;
 
@@ -27,10 +32,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Request headers only a trusted proxy may send: they name the client or the path.
+const FROM_TRUSTED_ONLY: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
 
 /// Rewrites `req` in place for the upstream (see the module docs). The request is sent as
-/// HTTP/1.1 whatever the client spoke.
-pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin) {
+/// HTTP/1.1 whatever the client spoke. `trusted`: the peer is in `trusted_proxies`.
+pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin, trusted: bool) {
     // The authority of an HTTP/2 (or absolute-form) request becomes the Host header upstream.
     let authority_host = req
         .uri()
@@ -39,6 +51,11 @@ pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin) {
     let headers = req.headers_mut();
     // Includes `Upgrade`: sluice does not tunnel upgraded connections.
     strip_hop_by_hop(headers);
+    if !trusted {
+        for name in &FROM_TRUSTED_ONLY {
+            headers.remove(name);
+        }
+    }
     if let Some(host) = authority_host {
         headers.insert(header::HOST, host);
     }
@@ -183,7 +200,7 @@ mod tests {
             .header("x-kept", "yes")
             .body(())
             .unwrap();
-        request(&mut req, origin());
+        request(&mut req, origin(), false);
         let h = req.headers();
         assert!(h.get("connection").is_none());
         assert!(h.get("x-secret").is_none());
@@ -205,7 +222,7 @@ mod tests {
             .header("x-forwarded-for", "3.3.3.3")
             .body(())
             .unwrap();
-        request(&mut req, origin());
+        request(&mut req, origin(), false);
         let all: Vec<_> = req.headers().get_all("x-forwarded-for").iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
@@ -246,6 +263,32 @@ mod tests {
         assert!(h.contains_key("x-a"));
     }
 
+    /// `Forwarded`, `X-Real-IP`, `X-Original-URL` and `X-Rewrite-URL` (every line) reach the
+    /// upstream only from a trusted peer.
+    #[test]
+    fn origin_and_rewrite_headers_only_from_trusted_peers() {
+        for trusted in [false, true] {
+            let mut req = Request::builder()
+                .uri("/")
+                .header("forwarded", "for=1.2.3.4")
+                .header("forwarded", "for=5.6.7.8")
+                .header("x-real-ip", "1.2.3.4")
+                .header("x-original-url", "/login")
+                .header("x-rewrite-url", "/login")
+                .body(())
+                .unwrap();
+            request(&mut req, origin(), trusted);
+            let h = req.headers();
+            assert_eq!(
+                h.get_all("forwarded").iter().count(),
+                if trusted { 2 } else { 0 }
+            );
+            for name in ["x-real-ip", "x-original-url", "x-rewrite-url"] {
+                assert_eq!(h.contains_key(name), trusted, "{name}");
+            }
+        }
+    }
+
     /// An HTTP/2 request's authority becomes the upstream Host; the request goes out as HTTP/1.1.
     #[test]
     fn h2_authority_becomes_host() {
@@ -260,6 +303,7 @@ mod tests {
                 https: true,
                 ..origin()
             },
+            false,
         );
         assert_eq!(req.headers()["host"], "api.example.com");
         assert_eq!(req.headers()["x-forwarded-proto"], "https");

@@ -26,8 +26,14 @@ fn problems() -> RouteProblems {
         route: "orders",
         upstream: "api",
         upstream_timeout: Duration::from_secs(30),
-        limits: vec![(Arc::from("per-client"), "100/s, burst 200".to_owned())],
-        policy: Some(HeaderValue::from_static("\"per-client\";q=200;w=2")),
+        limits: vec![
+            (Arc::from("per-client"), "100/s, burst 200".to_owned()),
+            (Arc::from("per-key"), "10/s, burst 10".to_owned()),
+        ],
+        key_headers: vec![None, Some("x-api-key".to_owned())],
+        policy: Some(HeaderValue::from_static(
+            "\"per-client\";q=200;w=2, \"per-key\";q=10;w=1",
+        )),
         max_request_body: ByteSize(16 << 20),
         request_body_timeout: Duration::from_secs(30),
     })
@@ -47,6 +53,14 @@ fn every_rejection_has_its_status_reason_type_and_outcome() {
     let timeout = |d| Rejected::QueueTimeout { retry_after: d };
     let shed = |d| Rejected::Shed { retry_after: d };
     let cases = [
+        (
+            Rejection::BadRequest(BadRequest::RepeatedKey { limit: 1 }),
+            400,
+            "bad-request",
+            ABOUT_BLANK,
+            None,
+            Outcome::BadRequest,
+        ),
         (
             Rejection::NoRoute,
             404,
@@ -172,7 +186,10 @@ fn rate_limited_carries_its_fields() {
         });
         let secs = retry_after_secs(retry_after);
         assert_eq!(res.headers()[RETRY_AFTER], secs.to_string().as_str());
-        assert_eq!(res.headers()[RATELIMIT_POLICY], "\"per-client\";q=200;w=2");
+        assert_eq!(
+            res.headers()[RATELIMIT_POLICY],
+            "\"per-client\";q=200;w=2, \"per-key\";q=10;w=1"
+        );
         assert_eq!(
             res.headers()[RATELIMIT],
             format!("\"per-client\";r=0;t={secs}").as_str()
@@ -199,6 +216,44 @@ fn rate_limited_without_fields() {
     assert!(res.headers().get(RATELIMIT).is_none());
     assert!(res.headers().get(RATELIMIT_POLICY).is_none());
     assert_eq!(res.headers()[RETRY_AFTER], "2");
+}
+
+/// Every 400 before routing: valid problem JSON whose `detail` is the cause's message, with no
+/// route; counted as `bad_request` (the bodies are hand-written constants).
+#[test]
+fn bad_request_bodies_match_their_causes() {
+    for cause in canonical::BadRequest::ALL {
+        let rejection = Rejection::BadRequest(BadRequest::Canonical(cause));
+        assert_eq!(rejection.reason(), "bad-request");
+        assert_eq!(rejection.outcome(), Outcome::BadRequest);
+        for res in [unrouted(rejection), problems().respond(rejection)] {
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
+            assert!(res.headers().get(RETRY_AFTER).is_none());
+            let v: serde_json::Value =
+                serde_json::from_slice(&body_of(res)).unwrap_or_else(|e| panic!("{cause:?}: {e}"));
+            assert_eq!(v["type"], ABOUT_BLANK);
+            assert_eq!(v["title"], "Bad Request");
+            assert_eq!(v["status"], 400);
+            assert_eq!(v["reason"], "bad-request");
+            assert_eq!(v["detail"], cause.to_string(), "{cause:?}");
+            assert!(v.get("route").is_none());
+        }
+    }
+}
+
+/// The 400 of a repeated key header names the header, the limit and the route.
+#[test]
+fn repeated_key_names_header_and_limit() {
+    let v: serde_json::Value = serde_json::from_slice(&body_of(
+        problems().respond(Rejection::BadRequest(BadRequest::RepeatedKey { limit: 1 })),
+    ))
+    .unwrap();
+    assert_eq!(
+        v["detail"],
+        "header x-api-key, the key of limit per-key of route orders, came more than once"
+    );
+    assert_eq!(v["route"], "orders");
 }
 
 /// The 404 body is valid JSON (it is a hand-written constant).

@@ -1,6 +1,7 @@
 //! What one instance remembers of a global limit's keys between Redis calls: denials, which
 //! hold until their `retry_after` (exact, see the parent module), and leased tokens, spent
-//! locally until they run out or expire. At most `cap` keys per limit.
+//! locally until they run out or expire. At most the limit's `max_keys` keys; a live entry
+//! evicted to make room counts in `sluice_rate_limit_evictions_total`.
 //!
 //! # Leases
 //!
@@ -20,12 +21,10 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::LimitKey;
-
-/// Keys a limit remembers at most (denials and leases): about 5 MiB per limit when full.
-pub(super) const MEMO_CAP: usize = 65_536;
 
 /// What is remembered of one key. Times are ns since the table's epoch.
 #[derive(Clone, Copy, Debug, Default)]
@@ -55,8 +54,10 @@ pub(super) struct Memos {
     low_water: u32,
     /// How long leased tokens may be spent, ns.
     ttl: u64,
-    /// Keys at most; past it, the entries ending soonest are evicted.
+    /// Keys at most (`max_keys`); past it, the entries ending soonest are evicted.
     cap: usize,
+    /// `sluice_rate_limit_evictions_total` of the limit: live entries dropped for room.
+    evictions: Counter,
 }
 
 /// What a request does, decided from the table.
@@ -116,7 +117,7 @@ impl Memo {
 
 impl Memos {
     /// The table of a limit with `lease` (0: none) whose leased tokens live for `ttl`.
-    pub(super) fn new(lease: u32, ttl: Duration, cap: usize) -> Memos {
+    pub(super) fn new(lease: u32, ttl: Duration, cap: usize, evictions: Counter) -> Memos {
         Memos {
             map: DashMap::with_shard_amount(crate::limit::KEY_TABLE_SHARDS),
             epoch: Instant::now(),
@@ -124,6 +125,7 @@ impl Memos {
             low_water: lease / 4,
             ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
             cap: cap.max(1),
+            evictions,
         }
     }
 
@@ -294,7 +296,9 @@ impl Memos {
         let cut = ends.len() / 8;
         ends.select_nth_unstable_by_key(cut, |(end, _)| *end);
         for (_, key) in &ends[..=cut] {
-            self.map.remove(key);
+            if self.map.remove(key).is_some_and(|(_, memo)| memo.live(now)) {
+                self.evictions.inc();
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `tests/redis.rs`.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> R
         burst: NonZeroU32::new(burst).unwrap(),
         scope: Scope::Global,
         lease: 0,
+        max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }
 }
 
@@ -55,6 +56,7 @@ fn global(route: &str, config: &RateLimitConfig) -> GlobalLimit {
         &redis,
         store,
         Arc::new(RateLimit::new(config)),
+        Counter::default(),
     )
 }
 
@@ -77,7 +79,7 @@ async fn admitted_and_denied_match_the_local_limiter() {
     let config = limit_config("l", KeySpec::Global, 3, Per::Second, 4);
     let g = global("r", &config);
     let clock = FakeRelativeClock::default();
-    let local = RateLimit::with_clock(&config, clock.clone());
+    let local = RateLimit::with_clock(&config, clock.clone(), Counter::default());
     let t = g.emission_nanos;
     let tau = t * 3;
     let mut tat = None;
@@ -188,6 +190,7 @@ async fn on_error_applies_without_redis() {
             &redis,
             store,
             Arc::new(RateLimit::new(&config)),
+            Counter::default(),
         ));
         let started = Instant::now();
         let verdict = g.check(&LimitKey::Global, &headers).await;
@@ -362,7 +365,7 @@ async fn keys_hash_to_the_slot_of_their_tag() {
 
 /// A table with `lease` tokens per refill, leases living 100 ms.
 fn memos(lease: u32, cap: usize) -> Memos {
-    Memos::new(lease, Duration::from_millis(100), cap)
+    Memos::new(lease, Duration::from_millis(100), cap, Counter::default())
 }
 
 /// Pins: the life of a lease in the table: the first request refills inline (N asked), others
@@ -549,4 +552,22 @@ async fn the_table_is_bounded_and_evicts_the_oldest() {
             "{i}"
         );
     }
+}
+
+/// Pins: a global limit's memory of its keys (denials, leases) is bounded by the limit's
+/// `max_keys`, and a live entry dropped for room counts in the eviction counter.
+#[tokio::test(start_paused = true)]
+async fn evictions_from_a_full_table_are_counted() {
+    let evictions = Counter::default();
+    let m = Memos::new(0, Duration::from_millis(100), 16, evictions.clone());
+    for i in 0..100u64 {
+        m.settle(
+            &LimitKey::Header(i),
+            false,
+            Settle::Denied(Duration::from_secs(60 + i)),
+        );
+        assert!(m.len() <= 16, "{}", m.len());
+    }
+    assert!(evictions.get() >= 84, "{} evicted", evictions.get());
+    assert!(matches!(m.take(&LimitKey::Header(99)), Taken::Denied(_)));
 }

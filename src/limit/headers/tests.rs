@@ -1,4 +1,4 @@
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ fn limit(name: &str, rate: &str, burst: u32) -> RateLimitConfig {
         burst: NonZeroU32::new(burst).expect("test burst"),
         scope: Scope::Local,
         lease: 0,
+        max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
     }
 }
 

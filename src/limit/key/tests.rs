@@ -324,3 +324,48 @@ fn header_hash_is_keyed() {
     let (a, b) = (extractor(), extractor());
     assert_ne!(header_key(&a, &["secret-1"]), header_key(&b, &["secret-1"]));
 }
+
+/// Header lines made of arbitrary bytes (those a header value may hold), biased toward the
+/// characters the X-Forwarded-For walk looks at.
+fn header_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let byte = prop_oneof![
+        4 => any::<u8>(),
+        2 => prop::sample::select(b",:[]. 0123456789abcdef".to_vec()),
+    ];
+    proptest::collection::vec(byte, 0..48)
+}
+
+proptest::proptest! {
+    /// The X-Forwarded-For walk and key extraction never panic, whatever the lines hold.
+    #[test]
+    fn xff_and_keys_never_panic(
+        lines in proptest::collection::vec(header_line(), 0..4),
+        peer_bits in proptest::prelude::any::<u32>(),
+        v6 in proptest::prelude::any::<u128>(),
+    ) {
+        let mut headers = HeaderMap::new();
+        for line in &lines {
+            if let Ok(v) = HeaderValue::from_bytes(line) {
+                headers.append("x-forwarded-for", v.clone());
+                headers.append("x-api-key", v);
+            }
+        }
+        let keys = extractor();
+        for peer in [
+            IpAddr::from(std::net::Ipv4Addr::from(peer_bits)),
+            addr("10.1.2.3"),
+            IpAddr::from(std::net::Ipv6Addr::from(v6)),
+        ] {
+            let client = keys.client_ip(peer, &headers);
+            let _ = keys.key(&KeySpec::ClientIp, client, &headers);
+            let _ = keys.key(
+                &KeySpec::Header(HeaderName::from_static("x-api-key")),
+                client,
+                &headers,
+            );
+            let _ = keys.key(&KeySpec::Global, client, &headers);
+            let _ = keys.is_trusted_peer(peer);
+        }
+    }
+}

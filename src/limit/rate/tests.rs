@@ -1,9 +1,10 @@
-use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
+use prometheus_client::metrics::counter::Counter;
 
 use super::{Decision, RateLimit};
 use crate::config::{KeySpec, RateLimitConfig, Scope};
@@ -17,6 +18,7 @@ fn config(key: KeySpec, rate: &str, burst: u32) -> RateLimitConfig {
         burst: NonZeroU32::new(burst).expect("test burst"),
         scope: Scope::Local,
         lease: 0,
+        max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
     }
 }
 
@@ -27,7 +29,7 @@ fn limit(
 ) -> (RateLimit<FakeRelativeClock>, FakeRelativeClock) {
     let clock = FakeRelativeClock::default();
     (
-        RateLimit::with_clock(&config(key, rate, burst), clock.clone()),
+        RateLimit::with_clock(&config(key, rate, burst), clock.clone(), Counter::default()),
         clock,
     )
 }
@@ -326,4 +328,91 @@ fn real_clock_reset_within_one_interval() {
         Decision::Denied { retry_after } => assert!(retry_after <= Duration::from_secs(3600)),
         other => panic!("expected denial, got {other:?}"),
     }
+}
+
+/// A keyed limit with at most `max_keys` keys, on a fake clock.
+fn bounded(
+    rate: &str,
+    burst: u32,
+    max_keys: usize,
+) -> (RateLimit<FakeRelativeClock>, FakeRelativeClock) {
+    let mut c = config(KeySpec::ClientIp, rate, burst);
+    c.max_keys = NonZeroUsize::new(max_keys).expect("nonzero");
+    let clock = FakeRelativeClock::default();
+    (
+        RateLimit::with_clock(&c, clock.clone(), Counter::default()),
+        clock,
+    )
+}
+
+fn nth(i: u32) -> LimitKey {
+    LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)))
+}
+
+/// The flood: 120,000 distinct keys on a 1/h limit keep the table at `max_keys`, and
+/// every key past the bound is one eviction.
+#[test]
+fn flood_of_keys_stays_at_max_keys() {
+    let (lim, clock) = bounded("1/h", 1, 1000);
+    for i in 0..120_000 {
+        assert!(matches!(lim.check(&nth(i)), Decision::Admitted { .. }));
+        if i % 1000 == 0 {
+            clock.advance(ms(1));
+        }
+        assert!(lim.len() <= 1000);
+    }
+    assert_eq!(lim.len(), 1000);
+    assert_eq!(lim.evictions(), 119_000);
+}
+
+/// A key in active use survives a flood of new keys: its bucket stays empty (denied) all along,
+/// instead of being evicted and starting over full (what random eviction would do).
+#[test]
+fn active_key_survives_a_flood() {
+    let (lim, clock) = bounded("1/h", 1, 1000);
+    let active = ip("192.0.2.1");
+    assert!(matches!(lim.check(&active), Decision::Admitted { .. }));
+    for i in 0..120_000 {
+        clock.advance(Duration::from_micros(10));
+        let _ = lim.check(&nth(i));
+        if i % 50 == 0 {
+            assert!(
+                matches!(lim.check(&active), Decision::Denied { .. }),
+                "the active key was evicted after {i} new keys"
+            );
+        }
+    }
+    assert_eq!(lim.len(), 1000);
+}
+
+/// Keys whose bucket is full again are evicted before any key still refilling (forgetting them
+/// loses nothing, so it is not counted); after them, the least recently used.
+#[test]
+fn stale_keys_go_first() {
+    // 16 keys: one shard, no more slots than samples, so the choice is exact.
+    let (lim, clock) = bounded("10/s", 1, 16);
+    let idle = ip("192.0.2.1");
+    assert!(matches!(lim.check(&idle), Decision::Admitted { .. })); // full again at 100 ms
+    clock.advance(ms(50));
+    for i in 0..15 {
+        let _ = lim.check(&nth(i)); // full again at 150 ms
+    }
+    clock.advance(ms(70));
+    // At 120 ms, `idle` is the only stale key: the new key takes its slot, uncounted.
+    let _ = lim.check(&nth(100));
+    assert_eq!((lim.evictions(), lim.len()), (0, 16));
+    // Now nobody is stale: the next new key evicts the least recently used, nth(0), still
+    // refilling: counted.
+    let _ = lim.check(&nth(101));
+    assert_eq!((lim.evictions(), lim.len()), (1, 16));
+    for i in 1..15 {
+        assert!(
+            matches!(lim.check(&nth(i)), Decision::Denied { .. }),
+            "nth({i}) kept its state"
+        );
+    }
+    assert!(
+        matches!(lim.check(&nth(0)), Decision::Admitted { .. }),
+        "nth(0) was evicted and starts over"
+    );
 }
