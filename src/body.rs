@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 pub(crate) use self::pipe::Drain;
 pub use self::pipe::PipeError;
 use self::pipe::{Pipe, Reader};
+use crate::budget::Reservation;
 use crate::limit::Slots;
 use crate::net::idle::StreamGuard;
 use crate::proxy::pool::Conn;
@@ -46,16 +47,17 @@ enum Kind {
     /// rendered body can be completed with a few bytes without copying it. Empty chunks are
     /// skipped; `next` is the first chunk not sent yet.
     Full { parts: [Bytes; 3], next: usize },
-    /// An upstream body that was complete when its head arrived.
-    Collected(VecDeque<Frame<Bytes>>),
+    /// An upstream body that was complete when its head arrived, and the budget it takes until
+    /// the client has it.
+    Collected(VecDeque<Frame<Bytes>>, Reservation),
     /// An upstream body being drained by a task.
     Piped(Reader),
 }
 
 /// What the upstream's body was when its head arrived.
 enum Ready {
-    /// Complete: these frames are all of it.
-    Whole(VecDeque<Frame<Bytes>>),
+    /// Complete: these frames (`bytes` of data) are all of it.
+    Whole(VecDeque<Frame<Bytes>>, u64),
     /// These frames so far; more to come.
     Partly(VecDeque<Frame<Bytes>>, u64),
     /// Broken already.
@@ -93,10 +95,10 @@ impl ProxyBody {
         drain: Drain,
     ) -> Self {
         let kind = match ready_frames(&mut body, drain.window()).await {
-            Ready::Whole(frames) => {
+            Ready::Whole(frames, bytes) => {
                 conn.release();
                 drop(slots);
-                Kind::Collected(frames)
+                Kind::Collected(frames, drain.account(bytes))
             }
             // Nothing reusable: dropping the connection closes it; the client sees the body end
             // early (hyper aborts the message).
@@ -131,7 +133,7 @@ async fn ready_frames(body: &mut Incoming, limit: u64) -> Ready {
         let mut bytes = 0u64;
         loop {
             if body.is_end_stream() {
-                return Poll::Ready(Ready::Whole(frames));
+                return Poll::Ready(Ready::Whole(frames, bytes));
             }
             if bytes > limit {
                 return Poll::Ready(Ready::Partly(frames, bytes));
@@ -141,7 +143,7 @@ async fn ready_frames(body: &mut Incoming, limit: u64) -> Ready {
                     bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
                     frames.push_back(frame);
                 }
-                Poll::Ready(None) => return Poll::Ready(Ready::Whole(frames)),
+                Poll::Ready(None) => return Poll::Ready(Ready::Whole(frames, bytes)),
                 Poll::Ready(Some(Err(_))) => return Poll::Ready(Ready::Broken),
                 Poll::Pending => return Poll::Ready(Ready::Partly(frames, bytes)),
             }
@@ -168,7 +170,13 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(None)
             }
-            Kind::Collected(frames) => Poll::Ready(frames.pop_front().map(Ok)),
+            Kind::Collected(frames, held) => {
+                let frame = frames.pop_front();
+                if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
+                    held.shrink(data.len() as u64);
+                }
+                Poll::Ready(frame.map(Ok))
+            }
             Kind::Piped(pipe) => pipe.poll_frame(cx),
         }
     }
@@ -176,7 +184,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
-            Kind::Collected(frames) => frames.is_empty(),
+            Kind::Collected(frames, _) => frames.is_empty(),
             Kind::Piped(pipe) => pipe.is_end_stream(),
         }
     }
@@ -186,7 +194,7 @@ impl Body for ProxyBody {
             Kind::Full { parts, next } => {
                 SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
             }
-            Kind::Collected(frames) => SizeHint::with_exact(
+            Kind::Collected(frames, _) => SizeHint::with_exact(
                 frames
                     .iter()
                     .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))

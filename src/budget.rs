@@ -44,6 +44,16 @@ impl Budget {
         })
     }
 
+    /// Counts `bytes` that are buffered already (read before they could be refused), even past
+    /// the maximum: the budget then shows them, and the next buffers stream instead.
+    pub(crate) fn account(self: &Arc<Self>, bytes: u64) -> Reservation {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Reservation {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
     /// Bytes buffered now.
     pub(crate) fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
@@ -114,5 +124,17 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// Pins: bytes read before they could be refused are counted even past the maximum, so
+    /// that the next reservations fail until they are given back.
+    #[test]
+    fn accounted_bytes_may_pass_the_maximum() {
+        let budget = Budget::new(100);
+        let held = budget.account(150);
+        assert_eq!(budget.used(), 150);
+        assert!(budget.reserve(1).is_none(), "spent");
+        drop(held);
+        assert!(budget.reserve(100).is_some());
     }
 }

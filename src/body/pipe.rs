@@ -131,6 +131,12 @@ impl Drain {
         self.window
     }
 
+    /// Counts `bytes` of a body read whole in the buffering budget (past it if need be: they are
+    /// read already), until the reservation is dropped or shrunk.
+    pub(super) fn account(&self, bytes: u64) -> Reservation {
+        self.budget.account(bytes)
+    }
+
     /// Starts draining `body`, of which `frames` (`bytes` of data) were read already.
     pub(super) fn start(
         self,
