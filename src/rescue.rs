@@ -296,70 +296,37 @@ impl RouteProblems {
     /// Renders every problem of a route.
     pub(crate) fn new(source: &ProblemSource<'_>) -> Self {
         let route = source.route;
-        let limits = source
-            .limits
-            .iter()
-            .map(|(name, quota)| {
-                let rate_limited = RateLimitedTemplate::new(
-                    route,
-                    name,
-                    &format!("limit {name} of route {route}: {quota}"),
-                    source.policy.clone(),
-                );
-                let detail = format!(
-                    "limit {name} of route {route} is shared through Redis, which did not answer in time (store.redis.on_error: deny)"
-                );
-                let unavailable = problem_json(
-                    ABOUT_BLANK,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    &detail,
-                    Some(route),
-                );
-                (rate_limited, Bytes::from(unavailable))
-            })
-            .collect();
-        let gateway = |status, reason, detail: String| {
-            Bytes::from(problem_json(
-                ABOUT_BLANK,
-                status,
-                reason,
-                &detail,
-                Some(route),
-            ))
-        };
-        let repeated_keys = source
-            .limits
-            .iter()
-            .zip(&source.key_headers)
-            .map(|((name, _), header)| match header {
-                Some(header) => Bytes::from(problem_json(
-                    ABOUT_BLANK,
-                    StatusCode::BAD_REQUEST,
-                    "bad-request",
-                    &format!("header {header}, the key of limit {name} of route {route}, came more than once"),
-                    Some(route),
-                )),
-                None => Bytes::new(),
-            })
-            .collect();
         let upstream = source.upstream;
-        let client = |status, reason, detail: &str| {
-            Bytes::from(problem_json(
-                ABOUT_BLANK,
-                status,
-                reason,
-                detail,
-                Some(route),
-            ))
-        };
+        let plain = |status, reason, detail: &str| about_blank(route, status, reason, detail);
         RouteProblems {
-            malformed_body: client(
+            limits: limit_problems(source),
+            repeated_keys: repeated_keys(source),
+            route_cap: CapTemplate::new(route, "route", route),
+            upstream_cap: CapTemplate::new(route, "upstream", upstream),
+            unreachable: plain(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                &format!("upstream {upstream} could not be reached"),
+            ),
+            broken: plain(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                &format!("upstream {upstream} closed or broke the exchange"),
+            ),
+            timeout: plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                &format!(
+                    "upstream {upstream} did not answer within {}",
+                    humantime::format_duration(source.upstream_timeout)
+                ),
+            ),
+            malformed_body: plain(
                 StatusCode::BAD_REQUEST,
                 "bad-request",
                 "the request body is malformed (broken chunked framing) or ended early",
             ),
-            too_large: client(
+            too_large: plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
                 &format!(
@@ -367,34 +334,12 @@ impl RouteProblems {
                     source.max_request_body
                 ),
             ),
-            body_timeout: client(
+            body_timeout: plain(
                 StatusCode::REQUEST_TIMEOUT,
                 "body-timeout",
                 &format!(
                     "the request body did not arrive within {} (server.request_body_timeout)",
                     humantime::format_duration(source.request_body_timeout)
-                ),
-            ),
-            limits,
-            repeated_keys,
-            route_cap: CapTemplate::new(route, "route", route),
-            upstream_cap: CapTemplate::new(route, "upstream", upstream),
-            unreachable: gateway(
-                StatusCode::BAD_GATEWAY,
-                "upstream-unavailable",
-                format!("upstream {upstream} could not be reached"),
-            ),
-            broken: gateway(
-                StatusCode::BAD_GATEWAY,
-                "upstream-unavailable",
-                format!("upstream {upstream} closed or broke the exchange"),
-            ),
-            timeout: gateway(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream-timeout",
-                format!(
-                    "upstream {upstream} did not answer within {}",
-                    humantime::format_duration(source.upstream_timeout)
                 ),
             ),
         }
@@ -635,6 +580,65 @@ impl WithRetry {
             .insert(RETRY_AFTER, retry_after_value(secs));
         res
     }
+}
+
+/// Per rate limit of a route: its 429 and its `store-unavailable` 503.
+fn limit_problems(source: &ProblemSource<'_>) -> Vec<(RateLimitedTemplate, Bytes)> {
+    let route = source.route;
+    source
+        .limits
+        .iter()
+        .map(|(name, quota)| {
+            let rate_limited = RateLimitedTemplate::new(
+                route,
+                name,
+                &format!("limit {name} of route {route}: {quota}"),
+                source.policy.clone(),
+            );
+            let unavailable = about_blank(
+                route,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                &format!(
+                    "limit {name} of route {route} is shared through Redis, which did not answer in time (store.redis.on_error: deny)"
+                ),
+            );
+            (rate_limited, unavailable)
+        })
+        .collect()
+}
+
+/// Per rate limit of a route: the 400 for its key header sent twice (empty for a limit that
+/// keys on no header).
+fn repeated_keys(source: &ProblemSource<'_>) -> Vec<Bytes> {
+    let route = source.route;
+    source
+        .limits
+        .iter()
+        .zip(&source.key_headers)
+        .map(|((name, _), header)| match header {
+            Some(header) => about_blank(
+                route,
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                &format!(
+                    "header {header}, the key of limit {name} of route {route}, came more than once"
+                ),
+            ),
+            None => Bytes::new(),
+        })
+        .collect()
+}
+
+/// A problem body of type `about:blank` for a request of `route`.
+fn about_blank(route: &str, status: StatusCode, reason: &str, detail: &str) -> Bytes {
+    Bytes::from(problem_json(
+        ABOUT_BLANK,
+        status,
+        reason,
+        detail,
+        Some(route),
+    ))
 }
 
 /// A response with `status`, `Content-Type: application/problem+json` and `body`.

@@ -143,6 +143,10 @@ mod store;
 /// Largest refill time (burst × T) that the script computes exactly: its numbers are doubles.
 const MAX_REFILL_NANOS: u64 = 1 << 53;
 
+/// Redis Cluster's hash tag: only the part of a key between these is hashed to pick its slot,
+/// so every key of one bucket lands on one node.
+const HASH_TAG: [u8; 2] = *b"{}";
+
 /// Leased tokens live for this many times the time the bucket takes to refill a lease
 /// (`lease × T`), within [`LEASE_TTL_BOUNDS`]. 16: an instance that gets a sixteenth of a key's
 /// traffic at exactly the limit still spends a lease before it expires (see `lease_ttl`).
@@ -251,7 +255,8 @@ impl GlobalLimit {
                 "global limit's burst cut: the bucket would take over 104 days to refill"
             );
         }
-        let mut prefix = b"sluice:{".to_vec();
+        let mut prefix = b"sluice:".to_vec();
+        prefix.push(HASH_TAG[0]);
         escape_into(&mut prefix, route);
         prefix.push(b':');
         escape_into(&mut prefix, &config.name);
@@ -464,7 +469,7 @@ impl GlobalLimit {
                 }
             }
         }
-        out.push(b'}');
+        out.push(HASH_TAG[1]);
         out
     }
 }
@@ -500,10 +505,10 @@ fn lease_ttl(lease: u32, emission: Duration) -> Duration {
 fn slot_of(key: &[u8]) -> u16 {
     let tagged = key
         .iter()
-        .position(|b| *b == b'{')
+        .position(|b| *b == HASH_TAG[0])
         .and_then(|open| {
             let rest = &key[open + 1..];
-            let close = rest.iter().position(|b| *b == b'}')?;
+            let close = rest.iter().position(|b| *b == HASH_TAG[1])?;
             (close > 0).then(|| &rest[..close])
         })
         .unwrap_or(key);
