@@ -66,6 +66,21 @@ async fn never_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
     tcp
 }
 
+/// Four clients that ask `/big` of the 4-slot upstream and never read, once all four requests
+/// have reached the upstream (so each holds a slot, as far as the upstream can tell).
+async fn four_that_never_read(proxy: &Proxy, up: &Upstream) -> Vec<TcpStream> {
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let tcp = never_reading(proxy.addr, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        attackers.push(tcp);
+    }
+    until("the 4 requests to reach the upstream", PATIENCE, || {
+        up.requests() >= 4
+    })
+    .await;
+    attackers
+}
+
 /// Reads a raw response's head (up to the blank line) from `tcp`.
 async fn response_head(tcp: &mut TcpStream) -> String {
     let read = async {
@@ -127,15 +142,7 @@ async fn clients_that_never_read_hold_no_slot() {
     let up = sized_upstream(8 << 20).await;
     let server = "  response_buffer: 16MiB\n";
     let proxy = start_proxy(&capped(&up.endpoint(), server, 4)).await;
-    let mut attackers = Vec::new();
-    for _ in 0..4 {
-        let tcp = never_reading(proxy.addr, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        attackers.push(tcp);
-    }
-    until("the 4 requests to reach the upstream", PATIENCE, || {
-        up.requests() >= 4
-    })
-    .await;
+    let attackers = four_that_never_read(&proxy, &up).await;
     served_while_attacked(&proxy, 0.0).await;
     drop(attackers);
     proxy.stop().await;
@@ -148,15 +155,7 @@ async fn large_response_to_a_reader_that_stops_is_cut_after_send_timeout() {
     let up = sized_upstream(8 << 20).await;
     let server = "  send_timeout: 1s\n  response_buffer: 256KiB\n";
     let proxy = start_proxy(&capped(&up.endpoint(), server, 4)).await;
-    let mut attackers = Vec::new();
-    for _ in 0..4 {
-        let tcp = never_reading(proxy.addr, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        attackers.push(tcp);
-    }
-    until("the 4 requests to reach the upstream", PATIENCE, || {
-        up.requests() >= 4
-    })
-    .await;
+    let attackers = four_that_never_read(&proxy, &up).await;
     served_while_attacked(&proxy, 0.0).await;
     // The attackers' connections were closed by sluice: reading them ends (after what the
     // kernel buffered).
