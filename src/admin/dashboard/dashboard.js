@@ -52,7 +52,7 @@
       ],
     },
     {
-      key: "concurrency", title: "in flight, cap and queue", fmt: fmtCount,
+      key: "concurrency", title: "in flight, cap and queue", fmt: fmtCount, whole: true,
       series: [
         { label: "in flight", color: COLOR.inflight, fill: "rgba(21,101,192,.12)", get: (s) => s.inflight },
         { label: "cap", color: COLOR.limit, dash: [5, 4], get: (s) => s.limit },
@@ -97,6 +97,8 @@
     if (v === null || v === undefined) return "–";
     return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2).replace(/\.?0+$/, "") || "0";
   }
+  // Axis ticks: as few digits as tell them apart.
+  function fmtTick(v) { return v === null ? "" : String(+v.toFixed(3)); }
   function fmtCount(v) { return v === null || v === undefined ? "–" : String(Math.round(v)); }
   function fmtMs(v) {
     if (v === null || v === undefined) return "–";
@@ -143,7 +145,9 @@
       axes: [
         { size: 22, font: "10px sans-serif", ticks: { size: 3 }, grid: { stroke: "#eef1f4" } },
         { size: 40, font: "10px sans-serif", ticks: { size: 3 }, grid: { stroke: "#eef1f4" },
-          values: (u, vals) => vals.map(spec.fmt) },
+          // Counts are whole: no tick between 0 and 1.
+          incrs: spec.whole ? [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 100000] : undefined,
+          values: (u, vals) => vals.map(fmtTick) },
       ],
       series: [{ label: "time" }].concat(spec.series.map((s) => ({
         label: s.label,
@@ -177,7 +181,8 @@
     const values = {};
     for (const [key, label] of [["admitted", "admitted"], ["rejected", "rejected"],
       ["inflight", "in flight / cap"], ["queue", "queued / room"], ["wait", "wait p99"],
-      ["latency", "upstream p99"], ["keys", "rate-limit keys"]]) {
+      ["latency", "upstream p99"],
+      kind === "route" ? ["keys", "rate-limit keys"] : ["keys", "utilization"]]) {
       figures.append(el("dt", "", label));
       values[key] = el("dd", "", "–");
       figures.append(values[key]);
@@ -229,7 +234,8 @@
       r.values.queue.classList.toggle("hot", s.queue_capacity !== null && s.queue_capacity > 0 && s.queue_depth >= s.queue_capacity);
       r.values.wait.textContent = withMs(s.queue_wait_seconds.p99);
       r.values.latency.textContent = withMs(s.upstream_latency_seconds.p99);
-      r.values.keys.textContent = kind === "route" ? String(s.rate_limit_keys) : "–";
+      r.values.keys.textContent = kind === "route" ? String(s.rate_limit_keys)
+        : s.utilization === null ? "no cap" : Math.round(100 * s.utilization) + " %";
       for (const chart of r.charts) {
         const data = chart.data;
         data[0].push(now);
