@@ -17,9 +17,11 @@
 //! Every request goes through one function, [`gate::check`] — `Host`, `Origin`, bearer token —
 //! before its path is even looked at, so a path added to [`Endpoint`] is guarded without a line
 //! of its own; and every response leaves through [`finish`] (`Cache-Control: no-store`,
-//! `X-Content-Type-Options: nosniff`, `Content-Length`, no body for `HEAD`). The listener bounds connections and their heads
-//! (`listener`). A reload reads files and builds a runtime: it runs on a blocking thread, so a
-//! slow one never holds up `/healthz` or `/metrics`, nor the proxy's workers.
+//! `X-Content-Type-Options: nosniff`, `Content-Length`, no body for `HEAD`). The listener
+//! bounds connections and their heads (`listener`). A reload reads files and builds a runtime:
+//! it runs on a blocking thread, so a slow one never holds up `/healthz` or `/metrics`, nor the
+//! proxy's workers. `/stats` reads its counters from a ring a task on this thread fills once a
+//! second (`stats`).
 
 mod dashboard;
 mod gate;
