@@ -3,6 +3,8 @@
 //!
 //! | path | answer |
 //! |---|---|
+//! | `GET /` | the dashboard: one self-contained HTML page that reads `/stats` (`dashboard`) |
+//! | `GET /stats` | the dashboard's figures as JSON: rates, caps, queues, quantiles (`stats`) |
 //! | `GET /metrics` | Prometheus metrics: text format 0.0.4, or OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | 200 while the process runs (no token needed) |
 //! | `GET /readyz` | 200 once listeners are up; 503 while shutting down (no token needed) |
@@ -15,25 +17,33 @@
 //! Every request goes through one function, [`gate::check`] — `Host`, `Origin`, bearer token —
 //! before its path is even looked at, so a path added to [`Endpoint`] is guarded without a line
 //! of its own; and every response leaves through [`finish`] (`Cache-Control: no-store`,
-//! `Content-Length`, no body for `HEAD`). The listener bounds connections and their heads
-//! (`listener`). A reload reads files and builds a runtime: it runs on a blocking thread, so a
-//! slow one never holds up `/healthz` or `/metrics`, nor the proxy's workers.
+//! `X-Content-Type-Options: nosniff`, `Content-Length`, no body for `HEAD`). The listener
+//! bounds connections and their heads (`listener`). A reload reads files and builds a runtime:
+//! it runs on a blocking thread, so a slow one never holds up `/healthz` or `/metrics`, nor the
+//! proxy's workers. `/stats` reads its counters from a ring a task on this thread fills once a
+//! second (`stats`).
 
+mod dashboard;
 mod gate;
 mod listener;
+mod stats;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, VARY, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 
 use self::gate::Denied;
+use self::stats::History;
 use crate::body::ProxyBody;
 use crate::config::AdminConfig;
 use crate::metrics::Format;
@@ -48,6 +58,8 @@ const BLOCKING_WAIT_AT_EXIT: Duration = Duration::from_secs(1);
 /// The paths the admin listener answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
+    Dashboard,
+    Stats,
     Metrics,
     Healthz,
     Readyz,
@@ -60,6 +72,8 @@ enum Endpoint {
 impl Endpoint {
     fn of(path: &str) -> Option<Endpoint> {
         Some(match path {
+            "/" => Endpoint::Dashboard,
+            "/stats" => Endpoint::Stats,
             "/metrics" => Endpoint::Metrics,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
@@ -102,6 +116,9 @@ pub(crate) fn spawn(
         .enable_all()
         .build()?;
     let started_with = Arc::new(admin);
+    // The first sample of `/stats`' ring, so that its rates have a base from the start.
+    let history = Arc::new(History::default());
+    history.sample(&shared.runtime());
     std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || {
@@ -113,12 +130,22 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
+                tokio::spawn(stats::run_sampler(
+                    shared.clone(),
+                    history.clone(),
+                    stop.watch(),
+                ));
                 let mut stopped = stop.watch();
                 while let Some((tcp, slot)) = listener.accept(&mut stopped).await {
                     let (shared, started_with) = (shared.clone(), started_with.clone());
+                    let history = history.clone();
                     let service = service_fn(move |req| {
                         let (shared, started_with) = (shared.clone(), started_with.clone());
-                        async move { Ok::<_, Infallible>(answer(shared, &started_with, req).await) }
+                        let history = history.clone();
+                        async move {
+                            let res = answer(shared, &started_with, &history, req).await;
+                            Ok::<_, Infallible>(res)
+                        }
                     });
                     tokio::spawn(listener::serve_connection(tcp, service, slot));
                 }
@@ -133,6 +160,7 @@ pub(crate) fn spawn(
 async fn answer(
     shared: Arc<Shared>,
     started_with: &AdminConfig,
+    history: &History,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let head = req.method() == Method::HEAD;
@@ -144,11 +172,11 @@ async fn answer(
         gate::check(admin, &req, endpoint.is_some_and(Endpoint::open))
     };
     let res = match checked {
-        Err(denied) => refuse(denied),
+        Err(denied) => refuse(denied, endpoint),
         Ok(()) => match endpoint {
             None => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
             Some(e) if *req.method() == e.method() || (head && e.method() == Method::GET) => {
-                serve(e, shared, &req).await
+                serve(e, shared, history, &req).await
             }
             Some(e) => {
                 let allow = match e.method() {
@@ -173,9 +201,16 @@ async fn answer(
 async fn serve(
     endpoint: Endpoint,
     shared: Arc<Shared>,
+    history: &History,
     req: &Request<Incoming>,
 ) -> Response<ProxyBody> {
     match endpoint {
+        Endpoint::Dashboard => html(StatusCode::OK, dashboard::PAGE),
+        Endpoint::Stats => reply(
+            StatusCode::OK,
+            "application/json",
+            stats::render(&shared, history),
+        ),
         Endpoint::Metrics => {
             shared.runtime().refresh_gauges();
             let format = Format::negotiate(req.headers());
@@ -241,9 +276,16 @@ async fn reload(shared: Arc<Shared>) -> Response<ProxyBody> {
     }
 }
 
-/// The answer to a request the gate refused.
-fn refuse(denied: Denied) -> Response<ProxyBody> {
+/// The answer to a request the gate refused. A browser opening the dashboard without the token
+/// gets the sign-in page with its 401 (see `dashboard`); every other refusal is plain text.
+fn refuse(denied: Denied, endpoint: Option<Endpoint>) -> Response<ProxyBody> {
     match denied {
+        Denied::Token if endpoint == Some(Endpoint::Dashboard) => {
+            let mut res = html(StatusCode::UNAUTHORIZED, dashboard::SIGN_IN);
+            res.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res
+        }
         Denied::Host => reply(
             StatusCode::FORBIDDEN,
             "text/plain",
@@ -273,6 +315,8 @@ fn refuse(denied: Denied) -> Response<ProxyBody> {
 fn finish(mut res: Response<ProxyBody>, head: bool) -> Response<ProxyBody> {
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Some(len) = res.body().size_hint().exact() {
         res.headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
@@ -280,6 +324,13 @@ fn finish(mut res: Response<ProxyBody>, head: bool) -> Response<ProxyBody> {
     if head {
         *res.body_mut() = ProxyBody::empty();
     }
+    res
+}
+
+/// An HTML page with the fields that hold the browser to it (`dashboard::headers`).
+fn html(status: StatusCode, page: &'static str) -> Response<ProxyBody> {
+    let mut res = reply(status, "text/html; charset=utf-8", page);
+    res.headers_mut().extend(dashboard::headers());
     res
 }
 

@@ -149,7 +149,7 @@ impl App {
                 );
                 match spawned {
                     Ok(thread) => {
-                        tracing::info!(listen = %addr, "admin listener up (/metrics /healthz /readyz /config /reload)");
+                        tracing::info!(listen = %addr, "admin listener up (/ /stats /metrics /healthz /readyz /config /reload)");
                         Some(thread)
                     }
                     Err(err) => {

@@ -94,8 +94,14 @@ async fn serve_sample(listener: TcpListener) {
     }
 }
 
-/// Prints the commands that show what sluice does.
-pub fn print_instructions(proxy: SocketAddr) {
+/// Prints the dashboard's address (when the admin listener is on, as in `config/demo.yaml`)
+/// and the commands that show what sluice does.
+pub fn print_instructions(proxy: SocketAddr, admin: Option<SocketAddr>) {
+    if let Some(admin) = admin {
+        println!(
+            "dashboard: http://{admin}/   (open it in a browser, then run the commands below and watch)"
+        );
+    }
     let p = format!("http://{proxy}");
     println!(
         r#"

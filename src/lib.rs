@@ -32,8 +32,8 @@
 //!   (the pure functions are [`canonical`]).
 //! - [`router`], [`limit`], `proxy`: route matching, limits, forwarding.
 //! - [`rescue`]: every response sluice makes itself; [`body`]: the response body type.
-//! - `metrics`, `admin`: Prometheus metrics and the admin listener (`/metrics`, `/healthz`,
-//!   `/readyz`, `/config`, `/reload`), on its own thread.
+//! - `metrics`, `admin`: Prometheus metrics and the admin listener (the dashboard `/` and its
+//!   `/stats`, `/metrics`, `/healthz`, `/readyz`, `/config`, `/reload`), on its own thread.
 //! - `reload`: SIGHUP / `POST /reload` build a new runtime and publish it.
 //! - [`shutdown`]: the drain signal shared by every listener; `clock`: atomic timestamps.
 //! - [`demo`]: the built-in sample upstream behind `sluice demo`.

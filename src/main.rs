@@ -137,7 +137,7 @@ fn serve(config: Config, demo: bool) -> ExitCode {
             }
         };
         if demo {
-            sluice::demo::print_instructions(app.http_addr());
+            sluice::demo::print_instructions(app.http_addr(), app.admin_addr());
         }
         app::spawn_signal_handlers(app.shutdown_handle());
         app.run().await;

@@ -27,6 +27,10 @@ pub(crate) const BUCKETS: [f64; 17] = [
     5.0, 10.0, 30.0,
 ];
 
+/// The cumulative counts of a histogram's buckets, as exposed: observations ≤ each bound of
+/// [`BUCKETS`], then all of them (`+Inf`).
+pub(crate) type Buckets = [u64; BUCKETS.len() + 1];
+
 /// How a request ended: the `outcome` label of `sluice_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Outcome {
@@ -471,6 +475,20 @@ impl Metrics {
             .clone()
     }
 
+    /// Reloads so far: (succeeded, failed).
+    pub(crate) fn reload_counts(&self) -> (u64, u64) {
+        let count = |result| self.reloads.get_or_create(&ResultLabel(result)).get();
+        (count("success"), count("failure"))
+    }
+
+    /// Requests that ended before a route so far: (no route matched, no canonical form).
+    pub(crate) fn unrouted_counts(&self) -> (u64, u64) {
+        (
+            self.no_route_requests.get(),
+            self.bad_request_requests.get(),
+        )
+    }
+
     /// Counts a reload.
     pub(crate) fn reload(&self, ok: bool) {
         self.reloads
@@ -560,6 +578,14 @@ impl RouteMetrics {
         counters[outcome.index()].inc();
     }
 
+    /// Requests of this route so far by outcome, in [`Outcome::ALL`] order: (enforced, shadow).
+    pub(crate) fn outcome_counts(&self) -> ([u64; Outcome::ALL.len()], [u64; Outcome::ALL.len()]) {
+        (
+            self.outcomes.each_ref().map(Counter::get),
+            self.shadow.each_ref().map(Counter::get),
+        )
+    }
+
     /// Counts a response status.
     pub(crate) fn response(&self, code: u16) {
         let Some(slot) = self.responses.get(usize::from(code).wrapping_sub(100)) else {
@@ -575,6 +601,48 @@ impl RouteMetrics {
         })
         .inc();
     }
+}
+
+/// Reads the bucket counts of `histograms`, in order.
+///
+/// prometheus-client keeps a histogram's buckets to its encoder, so they are read the way a
+/// scrape reads them: a scratch registry holding just these histograms (as `h0`, `h1`, …) is
+/// encoded to text and the `_bucket` lines parsed back. Each histogram's lock is held only while
+/// it is encoded, as during a scrape. Meant for the admin thread's once-a-second sampler
+/// (`/stats`), never for the request path.
+pub(crate) fn read_buckets(histograms: &[&Histogram]) -> Vec<Buckets> {
+    let mut registry = Registry::default();
+    for (i, histogram) in histograms.iter().enumerate() {
+        registry.register(format!("h{i}"), "", (*histogram).clone());
+    }
+    let mut text = String::with_capacity(histograms.len() * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    let mut out = vec![[0; BUCKETS.len() + 1]; histograms.len()];
+    for line in text.lines() {
+        // `h3_bucket{le="0.25"} 17`
+        let Some((index, rest)) = line
+            .strip_prefix('h')
+            .and_then(|l| l.split_once("_bucket{le=\""))
+        else {
+            continue;
+        };
+        let Some((le, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let slot = match le {
+            "+Inf" => Some(BUCKETS.len()),
+            bound => bound
+                .parse::<f64>()
+                .ok()
+                .and_then(|b| BUCKETS.iter().position(|&known| known == b)),
+        };
+        let counts = index.parse::<usize>().ok().and_then(|i| out.get_mut(i));
+        if let (Some(counts), Some(slot), Ok(count)) = (counts, slot, count.trim().parse()) {
+            counts[slot] = count;
+        }
+    }
+    out
 }
 
 /// Decrements a gauge when dropped: a request's presence in flight.
@@ -645,5 +713,31 @@ mod tests {
             )
         );
         assert!(text.contains("# TYPE sluice_store_errors counter"));
+    }
+
+    /// `read_buckets` reads back what was observed: cumulative counts per bound, `+Inf` last,
+    /// each histogram on its own (`h1` and `h10` kept apart).
+    #[test]
+    fn read_buckets_reads_cumulative_counts() {
+        let histograms: Vec<Histogram> = (0..12).map(|_| histogram()).collect();
+        histograms[1].observe(0.0002); // ≤ 0.00025
+        histograms[1].observe(0.3); // ≤ 0.5
+        histograms[1].observe(100.0); // only +Inf
+        histograms[10].observe(1.0); // ≤ 1 (bounds are inclusive)
+        let refs: Vec<&Histogram> = histograms.iter().collect();
+        let read = read_buckets(&refs);
+        assert_eq!(read.len(), 12);
+        assert_eq!(read[0], [0; BUCKETS.len() + 1]);
+        let at = |bound: f64| BUCKETS.iter().position(|&b| b == bound).unwrap();
+        assert_eq!(read[1][at(0.0001)], 0);
+        assert_eq!(read[1][at(0.00025)], 1);
+        assert_eq!(read[1][at(0.25)], 1);
+        assert_eq!(read[1][at(0.5)], 2);
+        assert_eq!(read[1][at(30.0)], 2);
+        assert_eq!(read[1][BUCKETS.len()], 3);
+        assert_eq!(read[10][at(0.5)], 0);
+        assert_eq!(read[10][at(1.0)], 1);
+        assert_eq!(read[10][BUCKETS.len()], 1);
+        assert_eq!(read[11][BUCKETS.len()], 0);
     }
 }

@@ -6,9 +6,9 @@
 //! [`ArcSwap`]: each request loads it once, so a reload applies to new requests at once while
 //! requests in flight finish under the runtime they started with.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -112,6 +112,15 @@ pub struct Shared {
     /// Serializes reloads (SIGHUP and `POST /reload` may race). std Mutex: a reload does no
     /// `.await` while holding it.
     pub(crate) reloading: std::sync::Mutex<()>,
+    /// The config generation: 1 for the config the process started with, plus one for each
+    /// runtime a reload published (`/stats` shows it, so an operator sees that a reload took).
+    generation: AtomicU64,
+    /// When the process started: Unix time in milliseconds.
+    started_at_ms: u64,
+    /// When the running config was published (the start for generation 1): Unix time in
+    /// milliseconds. Written before `generation`, so a reader of a generation sees at least
+    /// its time.
+    reloaded_at_ms: AtomicU64,
 }
 
 // === impl Runtime ===
@@ -240,11 +249,15 @@ impl Runtime {
 impl Shared {
     /// Wraps the first runtime.
     pub(crate) fn new(runtime: Runtime) -> Self {
+        let now = unix_ms(SystemTime::now());
         Shared {
             metrics: runtime.metrics.clone(),
             runtime: ArcSwap::from_pointee(runtime),
             ready: AtomicBool::new(false),
             reloading: std::sync::Mutex::new(()),
+            generation: AtomicU64::new(1),
+            started_at_ms: now,
+            reloaded_at_ms: AtomicU64::new(now),
         }
     }
 
@@ -256,6 +269,25 @@ impl Shared {
     /// Publishes a new runtime for new requests.
     pub(crate) fn swap(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
+        self.reloaded_at_ms
+            .store(unix_ms(SystemTime::now()), Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The config generation: 1 at start, plus one per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// When the running config was published (the process's start for generation 1), in
+    /// milliseconds since the Unix epoch.
+    pub fn reloaded_at_ms(&self) -> u64 {
+        self.reloaded_at_ms.load(Ordering::Acquire)
+    }
+
+    /// When the process started, in milliseconds since the Unix epoch.
+    pub fn started_at_ms(&self) -> u64 {
+        self.started_at_ms
     }
 
     /// True once listeners are up and until shutdown starts.
@@ -267,6 +299,12 @@ impl Shared {
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+}
+
+/// `t` in milliseconds since the Unix epoch (0 for a clock set before 1970).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What a new runtime takes over from the previous one, and builds what it cannot.

@@ -31,11 +31,20 @@ fn run(config: &ConfigFile) -> Sluice {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
+    get_with_host(addr, path, "demo")
+}
+
+/// GET on the admin listener, whose gate wants an IP literal or `localhost` as `Host`.
+fn admin_get(addr: SocketAddr, path: &str) -> String {
+    get_with_host(addr, path, &addr.to_string())
+}
+
+fn get_with_host(addr: SocketAddr, path: &str, host: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -214,13 +223,18 @@ routes:
     assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
 }
 
-/// `sluice demo` starts its sample upstream and the proxy, prints the commands (with the
-/// proxy's address), and the demo shows 200 and then 429 once the per-client burst is spent.
+/// `sluice demo` starts its sample upstream, the proxy and the admin listener, prints the
+/// dashboard's address first and then the commands (with the proxy's address), serves the
+/// dashboard, and shows 200 and then 429 once the per-client burst is spent.
 #[test]
 fn demo_shows_200_and_429() {
     let demo =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml")).unwrap();
-    assert!(demo.contains("127.0.0.1:8080") && demo.contains("127.0.0.1:9000"));
+    assert!(
+        demo.contains("127.0.0.1:8080")
+            && demo.contains("127.0.0.1:9000")
+            && demo.contains("127.0.0.1:9901")
+    );
     // The sample upstream's port is written in the config (its endpoint), so it comes from the
     // racy `free_port`: when another process takes it first, the demo exits at start-up, and
     // the attempt is repeated with another port (at most 3 times). The proxy listens on port 0.
@@ -229,6 +243,7 @@ fn demo_shows_200_and_429() {
         attempt += 1;
         let yaml = demo
             .replace("127.0.0.1:8080", "127.0.0.1:0")
+            .replace("127.0.0.1:9901", "127.0.0.1:0")
             .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", free_port()));
         let config = ConfigFile::new(&yaml);
         match Sluice::start(bin::command().args(["demo", "-c"]).arg(&config.path)) {
@@ -238,6 +253,10 @@ fn demo_shows_200_and_429() {
         }
     };
     let addr = sluice.http;
+    let admin = sluice.admin();
+    let page = admin_get(admin, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<title>sluice dashboard</title>"), "{page}");
     let first = http_get(addr, "/api/hello");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     let statuses: Vec<String> = (0..60)
@@ -250,6 +269,10 @@ fn demo_shows_200_and_429() {
     sluice.signal("TERM");
     assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
     let stdout = sluice.stdout(true);
+    assert!(
+        stdout.starts_with(&format!("dashboard: http://{admin}/")),
+        "the dashboard's address comes first: {stdout}"
+    );
     assert!(stdout.contains("wrk"), "{stdout}");
     assert!(stdout.contains("curl"), "{stdout}");
     assert!(stdout.contains(&format!("http://{addr}")), "{stdout}");
