@@ -29,6 +29,8 @@ pub struct Series {
     pub color: &'static str,
     /// SVG `stroke-dasharray`, `none` for a solid line.
     pub dash: &'static str,
+    /// Line width, px; the marker grows with it.
+    pub width: f64,
     pub marker: Marker,
     /// (offered load as a multiple of capacity, value).
     pub points: Vec<(f64, f64)>,
@@ -139,9 +141,9 @@ pub fn render(chart: &Chart) -> String {
             r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#777" stroke-width="1.2" stroke-dasharray="5 4"/>"##
         );
     }
-    // Drawn last to first, so that the first series (sluice's) stays visible where lines
-    // overlap.
-    for s in chart.series.iter().rev() {
+    // In order: a wide first line stays visible around the narrower ones drawn over it where
+    // they overlap.
+    for s in &chart.series {
         let points: Vec<String> = s
             .points
             .iter()
@@ -149,13 +151,14 @@ pub fn render(chart: &Chart) -> String {
             .collect();
         let _ = writeln!(
             svg,
-            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{}" stroke-linejoin="round"/>"#,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="{}" stroke-dasharray="{}" stroke-linejoin="round"/>"#,
             points.join(" "),
             s.color,
+            s.width,
             s.dash
         );
         for &(x, y) in &s.points {
-            marker(&mut svg, s.marker, px(x), py(y), s.color);
+            marker(&mut svg, s.marker, px(x), py(y), s.color, s.width / 2.0);
         }
     }
     // The legend, two columns under the axis label.
@@ -178,12 +181,13 @@ pub fn render(chart: &Chart) -> String {
         let draw = |svg: &mut String, x: f64, y: f64| {
             let _ = writeln!(
                 svg,
-                r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2" stroke-dasharray="{}"/>"#,
+                r#"<line x1="{x:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="{}" stroke-dasharray="{}"/>"#,
                 x + 28.0,
                 s.color,
+                s.width,
                 s.dash
             );
-            marker(svg, s.marker, x + 14.0, y, s.color);
+            marker(svg, s.marker, x + 14.0, y, s.color, s.width / 2.0);
         };
         place(&mut svg, &draw, &s.label);
     }
@@ -201,34 +205,38 @@ pub fn render(chart: &Chart) -> String {
     svg
 }
 
-fn marker(svg: &mut String, marker: Marker, x: f64, y: f64, color: &str) {
+/// A marker at (x, y), `scale` 1 for a 2 px line.
+fn marker(svg: &mut String, marker: Marker, x: f64, y: f64, color: &str, scale: f64) {
+    let r = 4.0 * scale;
     let _ = match marker {
         Marker::Circle => writeln!(
             svg,
-            r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{color}"/>"#
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="{color}"/>"#
         ),
         Marker::Square => writeln!(
             svg,
-            r#"<rect x="{:.1}" y="{:.1}" width="7" height="7" fill="{color}"/>"#,
-            x - 3.5,
-            y - 3.5
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
+            x - 0.9 * r,
+            y - 0.9 * r,
+            1.8 * r,
+            1.8 * r
         ),
         Marker::Triangle => writeln!(
             svg,
             r#"<polygon points="{x:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="{color}"/>"#,
-            y - 4.5,
-            x - 4.5,
-            y + 3.5,
-            x + 4.5,
-            y + 3.5
+            y - 1.1 * r,
+            x - 1.1 * r,
+            y + 0.9 * r,
+            x + 1.1 * r,
+            y + 0.9 * r
         ),
         Marker::Diamond => writeln!(
             svg,
             r#"<polygon points="{x:.1},{:.1} {:.1},{y:.1} {x:.1},{:.1} {:.1},{y:.1}" fill="{color}"/>"#,
-            y - 5.0,
-            x + 5.0,
-            y + 5.0,
-            x - 5.0
+            y - 1.25 * r,
+            x + 1.25 * r,
+            y + 1.25 * r,
+            x - 1.25 * r
         ),
     };
 }
