@@ -187,6 +187,13 @@ impl App {
                 .serve(self.shared.clone(), limits, self.shutdown.watch()),
             https
         );
+        // Deliverers of deferred tasks stop after the listeners: tasks not yet sent go back to
+        // Redis, deliveries under way finish.
+        #[cfg(feature = "redis")]
+        self.shared
+            .runtime()
+            .stop_deliveries(config.server.shutdown_grace)
+            .await;
         housekeeping.abort();
         sighup.abort();
         let _ = flip.await;

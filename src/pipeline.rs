@@ -6,10 +6,14 @@
 //! 3. **body** ([`body`]): the client's body is read (up to `request_buffer`) before the request
 //!    may wait for a slot, or 413/408/400;
 //! 4. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
-//!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
+//!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`). A route with
+//!    `defer:` ([`defer`]) writes the request to Redis and answers 202 instead: every request
+//!    before this stage (`when: always`), or those it refuses (`when: overflow`);
 //! 5. **forward**: the upstream's response streams back carrying the slots, or 502/504. The
 //!    time the upstream took to answer (or that it did not) is handed to the slots' caps, which
 //!    an adaptive cap learns from.
+//!
+//! `/_sluice/tasks/<id>` ([`tasks`]) is answered before routing.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
@@ -17,7 +21,10 @@
 
 mod body;
 mod caps;
+#[cfg(feature = "redis")]
+mod defer;
 mod rate;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -26,6 +33,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{Drain, ProxyBody};
+#[cfg(feature = "redis")]
+use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
@@ -44,6 +53,9 @@ pub(crate) async fn handle(
     origin: Origin,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if let Some(id) = req.uri().path().strip_prefix(rescue::TASKS_PATH) {
+        return tasks::answer(&rt, &req, id).await;
+    }
     let started = Instant::now();
     let line = AccessLine::of(&rt, &req);
     let index = match route(&rt, &req) {
@@ -111,9 +123,27 @@ async fn admit_and_forward(
     fields: &mut Fields,
 ) -> Result<Response<ProxyBody>, Rejection> {
     rate::check(rt, route, origin, req.headers(), fields).await?;
+    #[cfg(feature = "redis")]
+    let when = defer::when(route);
+    #[cfg(feature = "redis")]
+    if when == Some(DeferWhen::Always) {
+        defer::precheck(rt, route, req.body())?;
+    }
     let (parts, body) = req.into_parts();
     let body = body::read(rt, body).await?;
-    let slots = caps::admit(route).await?;
+    #[cfg(feature = "redis")]
+    if when == Some(DeferWhen::Always) {
+        return Err(Box::pin(defer::defer(route, origin, parts, body, None)).await);
+    }
+    let slots = match caps::admit(route).await {
+        Ok(slots) => slots,
+        #[cfg(feature = "redis")]
+        Err(refused) if when == Some(DeferWhen::Overflow) => {
+            // Boxed: keeps the Redis call's state out of the future of every request.
+            return Err(Box::pin(defer::defer(route, origin, parts, body, Some(refused))).await);
+        }
+        Err(rejection) => return Err(rejection),
+    };
     let drain = Drain::new(
         rt.config.server.client.response_buffer.0,
         rt.config.server.client.send_timeout,
