@@ -637,4 +637,32 @@ mod tests {
         let other_store = build(yaml("redis://127.0.0.2:1", 20), Some(&other_lease));
         assert!(!Arc::ptr_eq(&global(&other_lease), &global(&other_store)));
     }
+
+    /// Pins: a reload keeps a deferring route's deliverers (their consumer, the tasks they
+    /// hold) while the route keeps its name and the store its target, handing them the new
+    /// `defer:`; a changed store starts new ones.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn reload_keeps_the_deliverers_of_a_route() {
+        let yaml = |url: &str, attempts: u32| {
+            format!(
+                "server: {{ listen: 127.0.0.1:0 }}\n\
+                 store: {{ redis: {{ url: \"{url}\" }} }}\n\
+                 upstreams: {{ api: {{ endpoints: [http://127.0.0.1:1] }} }}\n\
+                 routes: [{{ name: hooks, upstream: api, defer: {{ attempts: {attempts} }} }}]\n"
+            )
+        };
+        let deliveries = |rt: &Runtime| {
+            let defer = rt.routes[0].defer.as_ref().expect("a deferring route");
+            (defer.deliveries.clone(), defer.config.attempts.get())
+        };
+        // Nothing listens on port 1: these runtimes never reach Redis, which is not needed.
+        let first = build(&yaml("redis://127.0.0.1:1", 4), None);
+        let same = build(&yaml("redis://127.0.0.1:1", 5), Some(&first));
+        let (a, b) = (deliveries(&first), deliveries(&same));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!((a.1, b.1), (4, 5));
+        let other = build(&yaml("redis://127.0.0.2:1", 5), Some(&same));
+        assert!(!Arc::ptr_eq(&b.0, &deliveries(&other).0));
+    }
 }

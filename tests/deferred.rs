@@ -40,11 +40,21 @@ async fn recording<F>(delay: Duration, answer: F) -> (Upstream, Log)
 where
     F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
 {
+    recording_with(move |_| delay, answer).await
+}
+
+/// [`recording`], with a delay that depends on the request.
+async fn recording_with<D, F>(delay: D, answer: F) -> (Upstream, Log)
+where
+    D: Fn(&Seen) -> Duration + Send + Sync + 'static,
+    F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
+{
     let log: Log = Arc::default();
     let answer = Arc::new(answer);
+    let delay = Arc::new(delay);
     let seen = log.clone();
     let up = upstream(move |req: Request<Incoming>| {
-        let (seen, answer) = (seen.clone(), answer.clone());
+        let (seen, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
         async move {
             let (parts, body) = req.into_parts();
             let body = body
@@ -75,7 +85,7 @@ where
                 log.push(request.clone());
                 before
             };
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay(&request)).await;
             let mut res = Response::new(TestBody::text("done"));
             *res.status_mut() = answer(&request, before);
             res
@@ -527,4 +537,148 @@ async fn tasks_of_a_killed_instance_are_delivered_by_another() {
         },
     )
     .await;
+}
+
+/// The number of entries of `stream` in its group's pending list, and its length.
+async fn pending_and_len(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> (i64, i64) {
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("sluice")
+        .query_async(conn)
+        .await
+        .unwrap_or(redis::Value::Nil);
+    let pending = match pending {
+        redis::Value::Array(p) => match p.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let len: i64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap();
+    (pending, len)
+}
+
+/// Pins: a reload that removes a deferring route stops its deliverers without losing a task:
+/// the one waiting for a slot goes back to the stream unsent (not left pending for a takeover);
+/// when the route comes back, its new deliverers deliver it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_route_puts_its_waiting_task_back() {
+    let redis = RedisServer::start().await;
+    let (up, log) = recording_with(
+        |seen| {
+            if seen.uri.starts_with("/x") {
+                Duration::from_secs(2)
+            } else {
+                Duration::ZERO
+            }
+        },
+        |_, _| StatusCode::OK,
+    )
+    .await;
+    let route = |name: &str| {
+        format!(
+            "  - name: {name}\n    match: {{path_prefix: /{name}}}\n    upstream: api\n    defer: {{when: always}}\n"
+        )
+    };
+    let yaml = |routes: &str| {
+        format!(
+            "server: {{listen: 127.0.0.1:0}}\nadmin: {{listen: 127.0.0.1:0}}\nstore: {{redis: {{url: \"{}\", timeout: 2s}}}}\nupstreams:\n  api:\n    endpoints: [{}]\n    timeout: 5s\n    concurrency: {{max_inflight: 1, queue: 0}}\nroutes:\n{routes}",
+            redis.url(),
+            up.endpoint()
+        )
+    };
+    let file = ConfigFile::new(&yaml(&(route("x") + &route("y"))));
+    let proxy = start_proxy_file(&file).await;
+    let reload = || async {
+        let got = send(
+            &client(),
+            Request::post(proxy.admin_url("/reload"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    };
+
+    // Task a holds the upstream's only slot for 2 s; task b waits for it.
+    accepted_id(&post(&proxy.url("/x/a"), "a").await);
+    until(
+        "task a to reach the upstream",
+        Duration::from_secs(10),
+        || up.inflight.load(std::sync::atomic::Ordering::SeqCst) == 1,
+    )
+    .await;
+    let b = accepted_id(&post(&proxy.url("/y/b"), "b").await);
+    let mut conn = redis.connection(None).await;
+    let stream = "sluice:defer:{y}:s";
+    until(
+        "task b to be held by a deliverer",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move { pending_and_len(&mut conn, stream).await == (1, 1) }
+        },
+    )
+    .await;
+
+    file.write(&yaml(&route("x")));
+    reload().await;
+    until(
+        "task b to be put back, unsent",
+        Duration::from_secs(5),
+        || {
+            let mut conn = conn.clone();
+            async move { pending_and_len(&mut conn, stream).await == (0, 1) }
+        },
+    )
+    .await;
+    let status: String = redis::cmd("HGET")
+        .arg(format!("sluice:defer:{{y}}:t:{b}"))
+        .arg("status")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(status, "queued");
+    assert!(log.lock().unwrap().iter().all(|s| !s.uri.starts_with("/y")));
+
+    file.write(&yaml(&(route("x") + &route("y"))));
+    reload().await;
+    let done = until_status(&proxy, &b, "delivered").await;
+    assert_eq!(done["attempts"], 1);
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|s| s.uri == "/y/b").count(),
+        1,
+        "{seen:?}"
+    );
+    proxy.stop().await;
+}
+
+/// Pins: on a Redis Cluster (the route's keys share one hash tag, so the scripts run on one
+/// node), tasks are accepted, delivered and their state read like on one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_delivery_on_a_redis_cluster() {
+    let cluster = redis_server::RedisCluster::start(3).await;
+    let (up, log) = recording(Duration::ZERO, |_, _| StatusCode::OK).await;
+    let yaml = config("redis://unused", &up.endpoint(), "", "{when: always}").replace(
+        "url: \"redis://unused\"",
+        &format!("cluster: {}", cluster.seeds_yaml()),
+    );
+    let proxy = start_proxy(&yaml).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(accepted_id(
+            &post(&proxy.url("/hooks/c"), format!("c{i}")).await,
+        ));
+    }
+    for id in &ids {
+        let done = until_status(&proxy, id, "delivered").await;
+        assert_eq!(done["response"]["status"], 200);
+    }
+    assert_eq!(log.lock().unwrap().len(), 5);
+    proxy.stop().await;
 }
