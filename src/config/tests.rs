@@ -942,6 +942,40 @@ fn a_lease_needs_a_global_limit_and_fits_its_burst() {
     load(&limit("rate: 100/s, lease: 0"));
 }
 
+#[cfg(feature = "redis")]
+#[test]
+fn the_commented_store_and_defer_examples_load() {
+    // Pins: the `store` and `defer` blocks config/sluice.yaml leaves commented (so that it runs
+    // without Redis) are valid once uncommented.
+    let text = include_str!("../../config/sluice.yaml");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("# store:") || line.starts_with("  # - name: hooks") {
+            inside = true;
+        } else if line.trim().is_empty() {
+            inside = false;
+        }
+        match line.find("# ") {
+            Some(at) if inside => {
+                out.push_str(&line[..at]);
+                out.push_str(&line[at + 2..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    let config = load(&out);
+    let hooks = config
+        .routes
+        .iter()
+        .find(|r| &*r.name == "hooks")
+        .expect("hooks");
+    let defer = hooks.defer.expect("defer");
+    assert_eq!((defer.when, defer.attempts.get()), (DeferWhen::Overflow, 4));
+    assert!(config.store.is_some());
+}
+
 #[test]
 fn defer_defaults_bounds_and_needs() {
     // Pins: `defer:` takes the contract's defaults; every number and duration is bounded at its

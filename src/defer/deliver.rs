@@ -109,6 +109,11 @@ const CONSUMER_SWEEP: Duration = Duration::from_secs(60);
 /// a longer answer closes the connection instead.
 const DRAIN_MAX: usize = 1 << 20;
 
+/// How long a delivered task's record is kept (at most until its deadline): long enough for a
+/// producer to see the outcome, short enough that a busy route's records do not fill Redis for
+/// a whole `ttl` (a dead task's record is kept until its deadline, for inspection).
+pub(crate) const DELIVERED_KEEP: Duration = Duration::from_secs(3600);
+
 /// Tries of a call that records an outcome (the upstream has answered: losing the record would
 /// mean delivering again).
 const SETTLE_TRIES: usize = 3;
@@ -815,10 +820,10 @@ impl Pool {
         id: &TaskId,
         (status, attempts, code, error): (&str, u32, Option<u16>, &str),
     ) -> Option<i64> {
-        let ended = if status == "dead" {
-            &self.keys.dead
+        let (ended, keep) = if status == "dead" {
+            (&self.keys.dead, Duration::ZERO)
         } else {
-            &self.keys.delivered
+            (&self.keys.delivered, DELIVERED_KEEP)
         };
         let task_key = self.keys.task(id);
         let mut invocation = scripts::FINISH.key(&task_key);
@@ -832,7 +837,8 @@ impl Pool {
             .arg(status)
             .arg(attempts)
             .arg(code.map_or_else(String::new, |c| c.to_string()))
-            .arg(error);
+            .arg(error)
+            .arg(keep.as_millis() as u64);
         let answer: (i64, i64) = self.settle(conn, &invocation).await?;
         match status {
             "dead" => target.metrics.dead.inc(),

@@ -61,8 +61,9 @@ return {3, now, f[2], f[3], f[4] or '0', f[5], f[6] or '/', f[7] or '', f[8] or 
 );
 
 /// A task has ended. `KEYS`: task, stream, sending set, the set of its end (`delivered` or
-/// `dead`), retry set. `ARGV`: id, entry id, status, attempts, code, error. Keeps the task's
-/// state and drops its request, acknowledges and deletes the entry. Returns `{now, accepted}`
+/// `dead`), retry set. `ARGV`: id, entry id, status, attempts, code, error, keep (ms; 0 = until
+/// the deadline). Keeps the task's state (and drops its request) until the deadline, or for
+/// `keep` when that is sooner; acknowledges and deletes the entry. Returns `{now, accepted}`
 /// (`accepted` 0 when the task is gone).
 pub(super) static FINISH: LazyLock<Script> = script!(
     r"
@@ -72,7 +73,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     'error', ARGV[6], 'ended', now)
   redis.call('HDEL', KEYS[1], 'method', 'target', 'headers', 'body', 'client')
   local d = redis.call('HMGET', KEYS[1], 'deadline', 'accepted')
-  if d[1] then redis.call('ZADD', KEYS[4], d[1], ARGV[1]) end
+  if d[1] then
+    local expires = tonumber(d[1])
+    local keep = tonumber(ARGV[7])
+    if keep > 0 and now + keep < expires then
+      expires = now + keep
+      redis.call('PEXPIREAT', KEYS[1], expires)
+    end
+    redis.call('ZADD', KEYS[4], expires, ARGV[1])
+  end
   accepted = tonumber(d[2]) or 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
