@@ -15,7 +15,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `…:t:<id>` | hash | the task: the request (`method`, `target`, `headers`, `body`, `client`) while it waits, and its state (`status`, `attempts`, `code`, `error`, `accepted`, `deadline`); expires at `deadline` (accepted + `ttl`) |
+//! | `…:t:<id>` | hash | the task: the request (`method`, `target`, `headers`, `body`, `client`) while it waits, and its state (`status`, `attempts`, `code`, `error`, `accepted`, `deadline`); expires at `deadline` (accepted + `ttl`), or an hour after delivery when that is sooner |
 //! | `…:s` | stream | one entry `id <id>` per delivery to make; consumer group `sluice` |
 //! | `…:r` | sorted set | tasks waiting to be retried, scored by when |
 //! | `…:sending`, `…:delivered`, `…:dead` | sorted sets | task ids by state, scored by deadline: the `sluice_deferred_tasks` gauge counts them |
@@ -40,7 +40,7 @@
 //!
 //! **Memory** is bounded on both sides. In Redis: a task's request lives in its hash while it
 //! waits and is removed when the task ends; the hash (then a few small fields) expires at the
-//! task's deadline; delivered stream entries are deleted (`XDEL`), older ones trimmed; the state
+//! task's deadline, or [`deliver::DELIVERED_KEEP`] after its delivery; delivered stream entries are deleted (`XDEL`), older ones trimmed; the state
 //! sets are trimmed by deadline. In sluice: at most [`deliver::MAX_DELIVERERS`] tasks per route
 //! are held by an instance at once, each body at most `max_body`.
 //!

@@ -17,7 +17,7 @@
 //!    a route that forwards and to one that defers (`when: always`; its deliveries run at the
 //!    same time), both to the same upstream answering at once.
 //! 4. **The spike**: an upstream of capacity 800/s (8 workers × 10 ms), a `when: overflow` route
-//!    behind an upstream cap of 8; an open-loop producer sends 300/s, then 2,000/s for 3 s, then
+//!    behind an upstream cap of 8 with a queue of 16; an open-loop producer sends 300/s, then 2,000/s for 3 s, then
 //!    300/s again. Sampled every 100 ms: offered, forwarded (200), deferred (202) and delivered
 //!    per second, and tasks queued in Redis. Written to `docs/deferred-spike.svg`.
 
@@ -188,12 +188,14 @@ fn config(redis: &str, endpoint: &str, upstream_extra: &str, route_extra: &str) 
     )
 }
 
-/// The spike's config: `/events` with `when: overflow` behind an upstream cap of 8, no queue.
+/// The spike's config: `/events` with `when: overflow` behind an upstream cap of 8 with a queue
+/// of 16 (200 ms): live requests wait there at `normal` priority ahead of deliveries (`low`),
+/// which then only take slots live traffic leaves idle.
 fn spike_config(redis: &str, endpoint: &str) -> String {
     format!(
         "server: {{listen: 127.0.0.1:0, workers: 2}}\n\
          store: {{redis: {{url: \"{redis}\", timeout: 1s}}}}\n\
-         upstreams:\n  api: {{endpoints: [{endpoint}], concurrency: {{max_inflight: 8, queue: 0}}}}\n\
+         upstreams:\n  api: {{endpoints: [{endpoint}], concurrency: {{max_inflight: 8, queue: 16, queue_timeout: 200ms}}}}\n\
          routes:\n\
          \x20 - {{name: events, match: {{path_prefix: /events}}, upstream: api, defer: {{when: overflow}}}}\n"
     )
@@ -374,9 +376,9 @@ fn figure(samples: &[Sample]) -> String {
     plot::render(
         "Deferred delivery absorbs a spike",
         &[
-            "Upstream: 8 workers × 10 ms (800/s), upstream cap 8, no queue; route defer: {when: overflow}.".into(),
+            "Upstream: 8 workers × 10 ms (800/s); upstream cap 8, queue 16 (200 ms); route defer: {when: overflow}.".into(),
             format!(
-                "Open-loop producer: 300/s, 2,000/s for 3 s, 300/s. Redis without persistence. sluice ({} build). benches/deferred",
+                "Open-loop producer: 300/s, 2,000/s for 3 s, 300/s; Redis without persistence; {} build.",
                 if cfg!(debug_assertions) { "debug" } else { "release" }
             ),
         ],
