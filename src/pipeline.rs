@@ -54,7 +54,8 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if let Some(id) = req.uri().path().strip_prefix(rescue::TASKS_PATH) {
-        return tasks::answer(&rt, &req, id).await;
+        // Boxed: keeps the Redis lookup's state out of the future of every request.
+        return Box::pin(tasks::answer(&rt, &req, id)).await;
     }
     let started = Instant::now();
     let line = AccessLine::of(&rt, &req);

@@ -685,3 +685,31 @@ async fn deferred_delivery_on_a_redis_cluster() {
     assert_eq!(log.lock().unwrap().len(), 5);
     proxy.stop().await;
 }
+
+/// Pins: a task whose next attempt would come after its `ttl` is `dead` at once (with the
+/// upstream's last status), and its record is gone (404) once the `ttl` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_ttl_a_task_is_dead_then_forgotten() {
+    let redis = RedisServer::start().await;
+    let (up, _log) = recording(Duration::ZERO, |_, _| StatusCode::BAD_GATEWAY).await;
+    let defer = "{when: always, attempts: 10, backoff: 10s, ttl: 3s}";
+    let proxy = start_proxy(&config(&redis.url(), &up.endpoint(), "", defer)).await;
+    let id = accepted_id(&post(&proxy.url("/hooks/late"), "late").await);
+    let dead = until_status(&proxy, &id, "dead").await;
+    assert_eq!(dead["attempts"], 1);
+    assert_eq!(dead["response"]["status"], 502);
+    let url = proxy.url(&format!("/_sluice/tasks/{id}"));
+    until(
+        "the record to expire with the ttl",
+        Duration::from_secs(10),
+        || async { get(&url).await.status == StatusCode::NOT_FOUND },
+    )
+    .await;
+    assert_eq!(
+        proxy
+            .metric(r#"sluice_deferred_total{route="hooks",result="dead"}"#)
+            .await,
+        1.0
+    );
+    proxy.stop().await;
+}

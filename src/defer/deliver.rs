@@ -217,8 +217,8 @@ enum Started {
     Gone,
     /// The task has ended already: this entry is a duplicate.
     Ended,
-    /// Its deadline has passed.
-    Expired,
+    /// Its deadline has passed, after these attempts (the last answered with `code`).
+    Expired { attempts: u32, code: Option<u16> },
     /// Here it is, marked `delivering`.
     Ready(Task),
 }
@@ -737,17 +737,30 @@ impl Pool {
                 self.ack(&conn, entry).await;
                 return;
             }
-            Some(Started::Gone) | None => {
+            Some(Started::Gone) => {
+                // Its record expired with its ttl: dead, nothing left to deliver.
                 drop(slots);
                 beating.abort();
                 target.metrics.dead.inc();
                 self.ack(&conn, entry).await;
                 return;
             }
-            Some(Started::Expired) => {
+            None => {
+                // Not a reply `START` gives: leave the entry pending (taken over later) rather
+                // than drop a task on a misread.
+                tracing::warn!(route = %self.route, task = %id, "unexpected reply from Redis to START; the task is left for a later attempt");
+                return;
+            }
+            Some(Started::Expired { attempts, code }) => {
                 drop(slots);
-                self.finish(&conn, &target, entry, &id, ("dead", 0, None, "expired"))
-                    .await;
+                self.finish(
+                    &conn,
+                    &target,
+                    entry,
+                    &id,
+                    ("dead", attempts, code, "expired"),
+                )
+                .await;
                 beating.abort();
                 return;
             }
@@ -1023,7 +1036,17 @@ impl Started {
         match items.first().and_then(int)? {
             0 => Some(Started::Gone),
             1 => Some(Started::Ended),
-            2 => Some(Started::Expired),
+            2 => Some(Started::Expired {
+                attempts: items
+                    .get(2)
+                    .and_then(int)
+                    .and_then(|a| u32::try_from(a).ok())
+                    .unwrap_or(0),
+                code: items
+                    .get(3)
+                    .and_then(int)
+                    .and_then(|c| u16::try_from(c).ok()),
+            }),
             3 => {
                 let mut rest = items.into_iter().skip(2);
                 let mut next = || rest.next();

@@ -44,16 +44,17 @@ return now
 
 /// A deliverer has the slots for a task and is about to send it. `KEYS`: task, sending set.
 /// `ARGV`: id. Returns `{0, now}` when the task is gone (expired), `{1, now}` when it has ended
-/// already (a duplicate entry after a crash), `{2, now}` when its deadline has passed, else marks
+/// already (a duplicate entry after a crash), `{2, now, attempts, code}` when its deadline has
+/// passed (with the attempts made and the last answer's status, to keep), else marks
 /// it `delivering` and returns `{3, now, attempts, deadline, accepted, method, target, headers,
 /// body}`.
 pub(super) static START: LazyLock<Script> = script!(
     r"
 local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'deadline', 'accepted',
-  'method', 'target', 'headers', 'body')
+  'method', 'target', 'headers', 'body', 'code')
 if not f[1] then return {0, now} end
 if f[1] ~= 'queued' and f[1] ~= 'delivering' then return {1, now} end
-if not f[3] or tonumber(f[3]) <= now or not f[5] then return {2, now} end
+if not f[3] or tonumber(f[3]) <= now or not f[5] then return {2, now, f[2] or '0', f[9] or ''} end
 redis.call('HSET', KEYS[1], 'status', 'delivering')
 redis.call('ZADD', KEYS[2], f[3], ARGV[1])
 return {3, now, f[2], f[3], f[4] or '0', f[5], f[6] or '/', f[7] or '', f[8] or ''}
