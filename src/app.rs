@@ -187,8 +187,7 @@ impl App {
                 .serve(self.shared.clone(), limits, self.shutdown.watch()),
             https
         );
-        // Deliverers of deferred tasks stop after the listeners: tasks not yet sent go back to
-        // Redis, deliveries under way finish.
+        // Then deferred deliveries: unsent tasks go back to Redis, those under way finish.
         #[cfg(feature = "redis")]
         self.shared
             .runtime()

@@ -381,6 +381,8 @@ impl RouteProblems {
                 Some(route),
             ))
         };
+        #[cfg(feature = "redis")]
+        let (defer_unavailable, defer_too_large) = defer_problems(source);
         RouteProblems {
             malformed_body: client(
                 StatusCode::BAD_REQUEST,
@@ -404,22 +406,9 @@ impl RouteProblems {
                 ),
             ),
             #[cfg(feature = "redis")]
-            defer_unavailable: gateway(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                format!(
-                    "route {route} defers requests to Redis, which could not take this one now"
-                ),
-            ),
+            defer_unavailable,
             #[cfg(feature = "redis")]
-            defer_too_large: client(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                &format!(
-                    "the request body is larger than {} (defer.max_body of route {route})",
-                    source.defer_max_body.unwrap_or(source.max_request_body)
-                ),
-            ),
+            defer_too_large,
             limits,
             route_cap: CapTemplate::new(route, "route", route),
             upstream_cap: CapTemplate::new(route, "upstream", upstream),
@@ -510,6 +499,29 @@ impl RouteProblems {
         *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         res
     }
+}
+
+/// The 503 and the 413 of a deferring route: Redis did not take the request; its body is over
+/// `defer.max_body`.
+#[cfg(feature = "redis")]
+fn defer_problems(source: &ProblemSource<'_>) -> (Bytes, Bytes) {
+    let route = source.route;
+    let unavailable = problem_json(
+        ABOUT_BLANK,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        &format!("route {route} defers requests to Redis, which could not take this one now"),
+        Some(route),
+    );
+    let max_body = source.defer_max_body.unwrap_or(source.max_request_body);
+    let too_large = problem_json(
+        ABOUT_BLANK,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        &format!("the request body is larger than {max_body} (defer.max_body of route {route})"),
+        Some(route),
+    );
+    (Bytes::from(unavailable), Bytes::from(too_large))
 }
 
 /// The 429 of one rate limit: status, `Retry-After`, the route's `RateLimit-Policy` and this

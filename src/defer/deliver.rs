@@ -705,68 +705,68 @@ impl Pool {
         let (beating, mut lost) = self.heartbeat(&conn, entry);
         // 1. Slots, at the lowest priority.
         let slots = tokio::select! {
-            slots = take_slots(&target) => Some(slots),
-            _ = &mut lost => {
-                // Another deliverer has taken the entry over: it is theirs now.
+            slots = take_slots(&target) => slots,
+            // Another deliverer has taken the entry over: it is theirs now.
+            _ = &mut lost => return,
+            () = stop.wait() => {
                 beating.abort();
+                let mut invocation = scripts::REQUEUE.key(&*self.keys.stream);
+                invocation.arg(id.to_string()).arg(entry);
+                self.call(conn.clone().invoke::<Value>(&invocation)).await;
                 return;
             }
-            () = stop.wait() => None,
-        };
-        let Some(slots) = slots else {
-            beating.abort();
-            let mut invocation = scripts::REQUEUE.key(&*self.keys.stream);
-            invocation.arg(id.to_string()).arg(entry);
-            self.call(conn.clone().invoke::<Value>(&invocation)).await;
-            return;
         };
         // 2. The task, marked `delivering`.
-        let task_key = self.keys.task(&id);
-        let mut invocation = scripts::START.key(&task_key);
-        invocation.key(&*self.keys.sending).arg(id.to_string());
-        let Some(started) = self.call(conn.clone().invoke::<Value>(&invocation)).await else {
-            // Redis failed: the entry stays pending, taken over later.
-            beating.abort();
+        let Some(task) = self.start(&conn, &target, entry, &id).await else {
             return;
         };
-        let task = match Started::from(started) {
-            Some(Started::Ready(task)) => task,
-            Some(Started::Ended) => {
-                drop(slots);
-                beating.abort();
-                self.ack(&conn, entry).await;
-                return;
-            }
+        // 3. The delivery, and its outcome.
+        let attempt = send(&target, &task, &id, slots).await;
+        self.record(&conn, &target, entry, &id, &task, attempt)
+            .await;
+        drop(beating);
+    }
+
+    /// Loads task `id` and marks it `delivering`; `None` when there is nothing to send — the
+    /// task is gone, ended or expired (recorded so), or Redis failed (the entry stays pending,
+    /// taken over later).
+    async fn start(&self, conn: &Conn, target: &Target, entry: &str, id: &TaskId) -> Option<Task> {
+        let task_key = self.keys.task(id);
+        let mut invocation = scripts::START.key(&task_key);
+        invocation.key(&*self.keys.sending).arg(id.to_string());
+        let started = self.call(conn.clone().invoke::<Value>(&invocation)).await?;
+        match Started::from(started) {
+            Some(Started::Ready(task)) => return Some(task),
+            // A duplicate entry of a task that has ended.
+            Some(Started::Ended) => self.ack(conn, entry).await,
             Some(Started::Gone) => {
                 // Its record expired with its ttl: dead, nothing left to deliver.
-                drop(slots);
-                beating.abort();
                 target.metrics.dead.inc();
-                self.ack(&conn, entry).await;
-                return;
+                self.ack(conn, entry).await;
+            }
+            Some(Started::Expired { attempts, code }) => {
+                let end = ("dead", attempts, code, "expired");
+                self.finish(conn, target, entry, id, end).await;
             }
             None => {
                 // Not a reply `START` gives: leave the entry pending (taken over later) rather
                 // than drop a task on a misread.
                 tracing::warn!(route = %self.route, task = %id, "unexpected reply from Redis to START; the task is left for a later attempt");
-                return;
             }
-            Some(Started::Expired { attempts, code }) => {
-                drop(slots);
-                self.finish(
-                    &conn,
-                    &target,
-                    entry,
-                    &id,
-                    ("dead", attempts, code, "expired"),
-                )
-                .await;
-                beating.abort();
-                return;
-            }
-        };
-        // 3. The delivery.
-        let attempt = send(&target, &task, &id, slots).await;
+        }
+        None
+    }
+
+    /// Records how the attempt at `task` went: delivered, dead, or a retry after the backoff.
+    async fn record(
+        &self,
+        conn: &Conn,
+        target: &Target,
+        entry: &str,
+        id: &TaskId,
+        task: &Task,
+        attempt: Attempt,
+    ) {
         let attempts = task.attempts.saturating_add(1);
         let (code, error) = match attempt {
             Attempt::Answered(code) => (Some(code.as_u16()), ""),
@@ -774,32 +774,22 @@ impl Pool {
         };
         match attempt {
             Attempt::Answered(status) if is_final(status) => {
-                let accepted = task.accepted_ms;
-                if let Some(now) = self
-                    .finish(
-                        &conn,
-                        &target,
-                        entry,
-                        &id,
-                        ("delivered", attempts, code, ""),
-                    )
-                    .await
-                {
-                    let took = (now - accepted).max(0) as f64 / 1000.0;
+                let end = ("delivered", attempts, code, "");
+                if let Some(now) = self.finish(conn, target, entry, id, end).await {
+                    let took = (now - task.accepted_ms).max(0) as f64 / 1000.0;
                     target.metrics.delivery.observe(took);
                 }
             }
             _ if attempts >= target.config.attempts.get() => {
-                self.finish(&conn, &target, entry, &id, ("dead", attempts, code, error))
-                    .await;
+                let end = ("dead", attempts, code, error);
+                self.finish(conn, target, entry, id, end).await;
             }
             _ => {
                 let wait = backoff(target.config.backoff, attempts);
-                self.retry(&conn, &target, entry, &id, attempts, code, error, wait)
-                    .await;
+                let outcome = (attempts, code, error, wait);
+                self.retry(conn, target, entry, id, outcome).await;
             }
         }
-        beating.abort();
     }
 
     /// Refreshes the claim on `entry` every [`HEARTBEAT`] in a task of its own (so that the
@@ -863,19 +853,15 @@ impl Pool {
         Some(answer.0)
     }
 
-    /// Schedules the next attempt after `wait` (or records the task dead when that would be
-    /// past its deadline).
-    #[allow(clippy::too_many_arguments)]
+    /// Schedules the next attempt after `wait` — `(attempts, code, error, wait)` — or records the
+    /// task dead when that would be past its deadline.
     async fn retry(
         &self,
         conn: &Conn,
         target: &Target,
         entry: &str,
         id: &TaskId,
-        attempts: u32,
-        code: Option<u16>,
-        error: &str,
-        wait: Duration,
+        (attempts, code, error, wait): (u32, Option<u16>, &str, Duration),
     ) {
         let task_key = self.keys.task(id);
         let mut invocation = scripts::RETRY.key(&task_key);
