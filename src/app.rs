@@ -184,6 +184,12 @@ impl App {
                 .serve(self.shared.clone(), limits, self.shutdown.watch()),
             https
         );
+        // Then deferred deliveries: unsent tasks go back to Redis, those under way finish.
+        #[cfg(feature = "redis")]
+        self.shared
+            .runtime()
+            .stop_deliveries(config.server.shutdown_grace)
+            .await;
         housekeeping.abort();
         sighup.abort();
         let _ = flip.await;

@@ -67,7 +67,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// The admin listener (metrics, health, reload); `None` = no admin listener.
     pub admin: Option<AdminConfig>,
-    /// The shared store used by `scope: global` limits.
+    /// The shared store used by `scope: global` limits and deferred delivery.
     pub store: Option<StoreConfig>,
     /// Upstreams in file order; routes refer to them by index.
     #[serde(serialize_with = "effective::by_name")]
@@ -389,6 +389,50 @@ pub struct RouteConfig {
     pub rate_limits: Vec<RateLimitConfig>,
     /// A cap on this route alone, checked before the upstream's.
     pub concurrency: Option<ConcurrencyConfig>,
+    /// Deferred delivery through Redis (needs `store.redis`); `None` = answer every request now.
+    pub defer: Option<DeferConfig>,
+}
+
+/// `routes[].defer:` — requests written to a Redis stream, answered `202 Accepted`, and
+/// delivered to the upstream when it has idle capacity (see `crate::defer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DeferConfig {
+    /// Which requests are deferred. Default `overflow`.
+    pub when: DeferWhen,
+    /// A deferred request's body may hold at most this many bytes (larger: 413). Default 1 MiB;
+    /// at most 1 GiB.
+    pub max_body: ByteSize,
+    /// Deliveries tried in all, 1..=100. Default 4.
+    pub attempts: NonZeroU32,
+    /// The wait before the second attempt; it doubles for each further one, at most 1 min.
+    /// Default 1 s; at most 1 min.
+    #[serde(serialize_with = "effective::duration")]
+    pub backoff: Duration,
+    /// A task not delivered this long after it was accepted is `dead`; its record is kept until
+    /// then. Default 24 h; 1 s ..= 7 days.
+    #[serde(serialize_with = "effective::duration")]
+    pub ttl: Duration,
+}
+
+/// `routes[].defer.when`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeferWhen {
+    /// Only requests the caps would answer with 503 (`queue-full`, `queue-timeout`, `shed`).
+    #[default]
+    Overflow,
+    /// Every request of the route, before the caps.
+    Always,
+}
+
+impl DeferWhen {
+    /// The name used in the YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferWhen::Overflow => "overflow",
+            DeferWhen::Always => "always",
+        }
+    }
 }
 
 /// `routes[].match`.
@@ -726,6 +770,17 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
     }
     if let Some(c) = &r.concurrency {
         writeln!(f, "      {}", DisplayCap(c))?;
+    }
+    if let Some(d) = &r.defer {
+        writeln!(
+            f,
+            "      defer {}: max_body {}, attempts {}, backoff {}, ttl {}",
+            d.when.as_str(),
+            d.max_body,
+            d.attempts,
+            humantime::format_duration(d.backoff),
+            humantime::format_duration(d.ttl)
+        )?;
     }
     Ok(())
 }

@@ -41,8 +41,9 @@
 //! Dependencies point down this list and never back: `runtime` knows the limits, pools and
 //! rendered problems but not the listeners, the pipeline or the app that use it.
 //!
-//! Global limits (`scope: global`) live in [`limit::global`], behind the default-on `redis`
-//! feature.
+//! Global limits (`scope: global`) live in [`limit::global`], deferred delivery (`defer:`
+//! routes, `GET /_sluice/tasks/<id>`) in `defer`, both behind the default-on `redis` feature;
+//! their connection to Redis is `store`'s.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -58,6 +59,8 @@ mod budget;
 pub mod canonical;
 mod clock;
 pub mod config;
+#[cfg(feature = "redis")]
+mod defer;
 pub mod demo;
 pub mod limit;
 mod metrics;
@@ -69,3 +72,5 @@ pub mod rescue;
 pub mod router;
 pub mod runtime;
 pub mod shutdown;
+#[cfg(feature = "redis")]
+mod store;

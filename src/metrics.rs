@@ -62,11 +62,13 @@ pub(crate) enum Outcome {
     BodyTooLarge,
     /// 408: the body did not arrive within `request_body_timeout`.
     BodyTimeout,
+    /// 202: written to Redis for deferred delivery.
+    Deferred,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub(crate) const ALL: [Outcome; 13] = [
+    pub(crate) const ALL: [Outcome; 14] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -80,6 +82,7 @@ impl Outcome {
         Outcome::BadRequest,
         Outcome::BodyTooLarge,
         Outcome::BodyTimeout,
+        Outcome::Deferred,
     ];
 
     /// The label value.
@@ -98,6 +101,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::BodyTimeout => "body_timeout",
+            Outcome::Deferred => "deferred",
         }
     }
 
@@ -185,6 +189,23 @@ impl EncodeLabelSet for UpstreamLabel {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ResultLabel(&'static str);
 
+/// `route`, and a `status` or `result` of deferred delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct DeferLabels {
+    route: Arc<str>,
+    /// `status` or `result`.
+    name: &'static str,
+    value: &'static str,
+}
+
+impl EncodeLabelSet for DeferLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("route", &*self.route).encode(encoder.encode_label())?;
+        (self.name, self.value).encode(encoder.encode_label())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ReasonLabel(&'static str);
 
@@ -251,6 +272,33 @@ const STORE_ERRORS: Help = (
     "sluice_store_errors",
     "Redis calls that failed or timed out",
 );
+const DEFERRED_TASKS: Help = (
+    "sluice_deferred_tasks",
+    "Deferred tasks by status now, in the whole fleet (read from Redis)",
+);
+const DEFERRED_TOTAL: Help = (
+    "sluice_deferred",
+    "Deferred tasks accepted, delivered, retried and given up (dead) by this instance",
+);
+const DEFERRED_OLDEST: Help = (
+    "sluice_deferred_oldest_age_seconds",
+    "Age of the oldest task waiting in a route's stream (read from Redis)",
+);
+const DEFERRED_DELIVERY: Help = (
+    "sluice_deferred_delivery_seconds",
+    "Time from accepting a deferred task to its delivery",
+);
+
+/// Buckets of `sluice_deferred_delivery_seconds`: deferred work waits from milliseconds (idle
+/// upstream) to hours (an outage), beyond [`BUCKETS`]' 30 s.
+pub(crate) const DELIVERY_BUCKETS: [f64; 15] = [
+    0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// The `status` values of `sluice_deferred_tasks`.
+#[cfg(feature = "redis")]
+const DEFER_STATUSES: [&str; 4] = ["queued", "delivering", "delivered", "dead"];
+
 const TLS_HANDSHAKE_FAILURES: Help = (
     "sluice_tls_handshake_failures",
     "TLS handshakes that failed or timed out",
@@ -264,6 +312,10 @@ fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Help, metr
 
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
+}
+
+fn delivery_histogram() -> Histogram {
+    Histogram::new(DELIVERY_BUCKETS)
 }
 
 /// Every metric family of the contract, registered once per process.
@@ -280,6 +332,12 @@ pub(crate) struct Metrics {
     utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
     rate_limit_evictions: Family<LimitLabels, Counter>,
+    deferred_tasks: Family<DeferLabels, Gauge>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    deferred_total: Family<DeferLabels, Counter>,
+    deferred_oldest: Family<Scope, Gauge<f64, AtomicU64>>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    deferred_delivery: HistogramFamily<Scope>,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     buffered_bytes: Gauge,
@@ -353,6 +411,14 @@ impl Metrics {
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
+        let deferred_tasks = register(&mut r, DEFERRED_TASKS, Family::default());
+        let deferred_total = register(&mut r, DEFERRED_TOTAL, Family::default());
+        let deferred_oldest = register(&mut r, DEFERRED_OLDEST, Family::default());
+        let deferred_delivery = register(
+            &mut r,
+            DEFERRED_DELIVERY,
+            Family::new_with_constructor(delivery_histogram as fn() -> Histogram),
+        );
         let reloads = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
         let buffered_bytes = register(&mut r, BUFFERED_BYTES, Gauge::default());
@@ -399,6 +465,10 @@ impl Metrics {
             utilization,
             rate_limit_keys,
             rate_limit_evictions,
+            deferred_tasks,
+            deferred_total,
+            deferred_oldest,
+            deferred_delivery,
             reloads,
             store_errors,
             buffered_bytes,
@@ -433,6 +503,54 @@ impl Metrics {
                 .get_or_create(&Scope::Route(route.clone()))
                 .clone(),
         }
+    }
+
+    /// Handles of a deferring route's counters and delivery histogram (series shared with
+    /// earlier runtimes of the same name).
+    #[cfg(feature = "redis")]
+    pub(crate) fn defer(&self, route: &Arc<str>) -> crate::defer::DeferMetrics {
+        let counter = |value| {
+            self.deferred_total
+                .get_or_create(&DeferLabels {
+                    route: route.clone(),
+                    name: "result",
+                    value,
+                })
+                .clone()
+        };
+        crate::defer::DeferMetrics {
+            accepted: counter("accepted"),
+            delivered: counter("delivered"),
+            retried: counter("retried"),
+            dead: counter("dead"),
+            delivery: self
+                .deferred_delivery
+                .get_or_create(&Scope::Route(route.clone()))
+                .clone(),
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    /// Sets a deferring route's `sluice_deferred_tasks` (queued, delivering, delivered, dead)
+    /// and `sluice_deferred_oldest_age_seconds` (read at scrape time).
+    pub(crate) fn set_deferred(
+        &self,
+        route: &Arc<str>,
+        tasks: [i64; 4],
+        oldest: std::time::Duration,
+    ) {
+        for (status, value) in DEFER_STATUSES.into_iter().zip(tasks) {
+            self.deferred_tasks
+                .get_or_create(&DeferLabels {
+                    route: route.clone(),
+                    name: "status",
+                    value: status,
+                })
+                .set(value);
+        }
+        self.deferred_oldest
+            .get_or_create(&Scope::Route(route.clone()))
+            .set(oldest.as_secs_f64());
     }
 
     /// Handles for a cap.
@@ -514,6 +632,8 @@ impl Metrics {
         self.concurrency_limit.clear();
         self.utilization.clear();
         self.rate_limit_keys.clear();
+        self.deferred_tasks.clear();
+        self.deferred_oldest.clear();
     }
 
     /// Sets a cap's queue depth gauge (read at scrape time).

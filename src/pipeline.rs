@@ -9,10 +9,14 @@
 //! 3. **body** ([`body`]): the client's body is read (up to `request_buffer`) before the request
 //!    may wait for a slot, or 413/408/400;
 //! 4. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
-//!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`);
+//!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`). A route with
+//!    `defer:` ([`defer`]) writes the request to Redis and answers 202 instead: every request
+//!    before this stage (`when: always`), or those it refuses (`when: overflow`);
 //! 5. **forward**: the upstream's response streams back carrying the slots, or 502/504. The
 //!    time the upstream took to answer (or that it did not) is handed to the slots' caps, which
 //!    an adaptive cap learns from.
+//!
+//! `/_sluice/tasks/<id>` ([`tasks`]) is answered before routing.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
@@ -21,7 +25,10 @@
 mod body;
 mod canonical;
 mod caps;
+#[cfg(feature = "redis")]
+mod defer;
 mod rate;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -31,6 +38,8 @@ use tokio::time::Instant;
 
 use crate::body::{Drain, ProxyBody};
 use crate::canonical::match_path;
+#[cfg(feature = "redis")]
+use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
@@ -51,24 +60,18 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let line = AccessLine::of(&rt, &req);
-    let routed = canonical::check(&mut req, rt.config.server.escaped_slashes)
-        .map_err(|cause| Rejection::BadRequest(BadRequest::Canonical(cause)))
-        .and_then(|()| route(&rt, &req));
-    let index = match routed {
+    if let Err(cause) = canonical::check(&mut req, rt.config.server.escaped_slashes) {
+        let rejection = Rejection::BadRequest(BadRequest::Canonical(cause));
+        return unrouted(&rt, origin, &req, rejection, &line, started);
+    }
+    // Deferred tasks' status, before any route (so no route can shadow it): by canonical path.
+    if let Some(id) = req.uri().path().strip_prefix(rescue::TASKS_PATH) {
+        // Boxed: keeps the Redis lookup's state out of the future of every request.
+        return Box::pin(tasks::answer(&rt, &req, id)).await;
+    }
+    let index = match route(&rt, &req) {
         Ok(index) => index,
-        Err(rejection) => {
-            tracing::debug!(client = %origin.peer, host = ?Target::of(&req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
-            rt.metrics.unrouted(rejection.outcome());
-            let res = rescue::unrouted(rejection);
-            line.log(
-                "",
-                origin,
-                res.status().as_u16(),
-                rejection.outcome(),
-                started,
-            );
-            return res;
-        }
+        Err(rejection) => return unrouted(&rt, origin, &req, rejection, &line, started),
     };
     let route = &rt.routes[index];
     // Counts the request as `client_closed` if this future is dropped before it ends: the
@@ -79,6 +82,23 @@ pub(crate) async fn handle(
     route.metrics.outcome(outcome, false);
     route.metrics.response(res.status().as_u16());
     line.log(&route.name, origin, res.status().as_u16(), outcome, started);
+    res
+}
+
+/// The answer to a request rejected before it had a route (counted with `route=""`).
+fn unrouted(
+    rt: &Runtime,
+    origin: Origin,
+    req: &Request<Incoming>,
+    rejection: Rejection,
+    line: &AccessLine,
+    started: Instant,
+) -> Response<ProxyBody> {
+    tracing::debug!(client = %origin.peer, host = ?Target::of(req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
+    rt.metrics.unrouted(rejection.outcome());
+    let res = rescue::unrouted(rejection);
+    let status = res.status().as_u16();
+    line.log("", origin, status, rejection.outcome(), started);
     res
 }
 
@@ -122,7 +142,7 @@ async fn serve(
     }
 }
 
-/// Rate limits, caps, forward: each stage may reject.
+/// Rate limits, body, caps (or deferral), forward: each stage may reject.
 async fn admit_and_forward(
     rt: &Runtime,
     route: &Route,
@@ -131,15 +151,35 @@ async fn admit_and_forward(
     fields: &mut Fields,
 ) -> Result<Response<ProxyBody>, Rejection> {
     rate::check(rt, route, origin, req.headers(), fields).await?;
+    // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
+    let trusted = rt.keys.is_trusted_peer(origin.peer);
+    #[cfg(feature = "redis")]
+    let when = defer::when(route);
+    #[cfg(feature = "redis")]
+    if when == Some(DeferWhen::Always) {
+        defer::precheck(rt, route, req.body())?;
+    }
     let (parts, body) = req.into_parts();
     let body = body::read(rt, body).await?;
-    let slots = caps::admit(route).await?;
+    #[cfg(feature = "redis")]
+    if when == Some(DeferWhen::Always) {
+        return Err(Box::pin(defer::defer(route, origin, trusted, parts, body, None)).await);
+    }
+    let slots = match caps::admit(route).await {
+        Ok(slots) => slots,
+        #[cfg(feature = "redis")]
+        Err(refused) if when == Some(DeferWhen::Overflow) => {
+            // Boxed: keeps the Redis call's state out of the future of every request.
+            let deferred = defer::defer(route, origin, trusted, parts, body, Some(refused));
+            return Err(Box::pin(deferred).await);
+        }
+        Err(rejection) => return Err(rejection),
+    };
     let drain = Drain::new(
         rt.config.server.client.response_buffer.0,
         rt.config.server.client.send_timeout,
         rt.budget.clone(),
     );
-    let trusted = rt.keys.is_trusted_peer(origin.peer);
     let req = Request::from_parts(parts, body);
     forward(route, origin, trusted, req, slots, drain).await
 }

@@ -19,12 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+#[cfg(feature = "redis")]
+use http::header::LOCATION;
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::canonical;
 use crate::config::ByteSize;
+#[cfg(feature = "redis")]
+use crate::defer::TaskId;
 use crate::limit::headers::{retry_after_secs, RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Rejected;
 use crate::metrics::Outcome;
@@ -70,6 +74,18 @@ pub(crate) enum Rejection {
     BodyTooLarge,
     /// The body did not arrive within `request_body_timeout`: 408 `body-timeout`.
     BodyTimeout,
+    /// The request was written to Redis for deferred delivery: 202 with `Location`. Not a
+    /// refusal, but a response sluice makes itself like the others.
+    #[cfg(feature = "redis")]
+    Deferred(TaskId),
+    /// The route defers this request but Redis could not take it: 503 `store-unavailable`
+    /// (never a 202 for work that is not stored).
+    #[cfg(feature = "redis")]
+    DeferUnavailable,
+    /// The body of a request the route defers is larger than `defer.max_body`: 413
+    /// `body-too-large`.
+    #[cfg(feature = "redis")]
+    DeferBodyTooLarge,
 }
 
 /// What was malformed about a request (the `detail` of its 400).
@@ -101,6 +117,8 @@ const REDUCED_CAPACITY: &str =
     "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 const ABOUT_BLANK: &str = "about:blank";
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+#[cfg(feature = "redis")]
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The 404 body: the same for every request, so rendered at compile time.
 const NO_ROUTE_BODY: &str = concat!(
@@ -164,6 +182,12 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad-request",
             Rejection::BodyTooLarge => "body-too-large",
             Rejection::BodyTimeout => "body-timeout",
+            #[cfg(feature = "redis")]
+            Rejection::Deferred(_) => "deferred",
+            #[cfg(feature = "redis")]
+            Rejection::DeferUnavailable => "store-unavailable",
+            #[cfg(feature = "redis")]
+            Rejection::DeferBodyTooLarge => "body-too-large",
         }
     }
 
@@ -183,6 +207,12 @@ impl Rejection {
             Rejection::BadRequest(_) => Outcome::BadRequest,
             Rejection::BodyTooLarge => Outcome::BodyTooLarge,
             Rejection::BodyTimeout => Outcome::BodyTimeout,
+            #[cfg(feature = "redis")]
+            Rejection::Deferred(_) => Outcome::Deferred,
+            #[cfg(feature = "redis")]
+            Rejection::DeferUnavailable => Outcome::StoreUnavailable,
+            #[cfg(feature = "redis")]
+            Rejection::DeferBodyTooLarge => Outcome::BodyTooLarge,
         }
     }
 }
@@ -240,6 +270,79 @@ fn not_found() -> Response<ProxyBody> {
     )
 }
 
+/// Where the state of deferred tasks is answered, on the proxy listener, before routing.
+pub(crate) const TASKS_PATH: &str = "/_sluice/tasks/";
+
+/// The 404 of `GET /_sluice/tasks/<id>` for an id Redis does not know.
+const UNKNOWN_TASK_BODY: &str = concat!(
+    r#"{"type":"about:blank","title":"Not Found","status":404,"reason":"unknown-task","#,
+    r#""detail":"no deferred task has this id (never accepted, or past its ttl)"}"#
+);
+
+/// The 503 of `GET /_sluice/tasks/<id>` when Redis did not answer.
+#[cfg(feature = "redis")]
+const TASK_STORE_UNAVAILABLE_BODY: &str = concat!(
+    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"#,
+    r#""reason":"store-unavailable","detail":"Redis, where deferred tasks are kept, did not answer in time"}"#
+);
+
+/// The 405 of `/_sluice/tasks/<id>` with a method other than GET or HEAD.
+const TASK_METHOD_BODY: &str = concat!(
+    r#"{"type":"about:blank","title":"Method Not Allowed","status":405,"#,
+    r#""reason":"method-not-allowed","detail":"the state of a deferred task is read with GET"}"#
+);
+
+/// `GET /_sluice/tasks/<id>`: the task's state (JSON, see `crate::defer`).
+#[cfg(feature = "redis")]
+pub(crate) fn task_status(json: String) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(json));
+    res.headers_mut().insert(CONTENT_TYPE, JSON);
+    res
+}
+
+/// `GET /_sluice/tasks/<id>` for an id that names no task (or is not an id).
+pub(crate) fn task_unknown() -> Response<ProxyBody> {
+    problem(
+        StatusCode::NOT_FOUND,
+        ProxyBody::full(Bytes::from_static(UNKNOWN_TASK_BODY.as_bytes())),
+    )
+}
+
+/// `GET /_sluice/tasks/<id>` while Redis does not answer.
+#[cfg(feature = "redis")]
+pub(crate) fn task_store_unavailable() -> Response<ProxyBody> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ProxyBody::full(Bytes::from_static(TASK_STORE_UNAVAILABLE_BODY.as_bytes())),
+    )
+}
+
+/// `/_sluice/tasks/<id>` with another method than GET or HEAD: 405 with `Allow`.
+pub(crate) fn task_method_not_allowed() -> Response<ProxyBody> {
+    let mut res = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ProxyBody::full(Bytes::from_static(TASK_METHOD_BODY.as_bytes())),
+    );
+    res.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    res
+}
+
+/// The 202 of a deferred request: `Location: /_sluice/tasks/<id>` and
+/// `{"id": "<id>", "status": "queued"}`. Formatted per request: the request has just made a
+/// Redis round trip, which costs far more.
+#[cfg(feature = "redis")]
+fn accepted(id: &TaskId) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(crate::defer::accepted_json(id)));
+    *res.status_mut() = StatusCode::ACCEPTED;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, JSON);
+    if let Ok(location) = HeaderValue::from_str(&format!("{TASKS_PATH}{id}")) {
+        headers.insert(LOCATION, location);
+    }
+    res
+}
+
 /// Every problem body of one route, rendered when the route is built. The `detail` members
 /// name the route, the limit or cap and its parameters; the error behind a 502 (addresses, OS
 /// errors) goes to the log, not to the client.
@@ -266,6 +369,12 @@ pub(crate) struct RouteProblems {
     too_large: Bytes,
     /// 408.
     body_timeout: Bytes,
+    /// 503 `store-unavailable`: a request to defer that Redis did not take.
+    #[cfg(feature = "redis")]
+    defer_unavailable: Bytes,
+    /// 413 for a request to defer over `defer.max_body`.
+    #[cfg(feature = "redis")]
+    defer_too_large: Bytes,
 }
 
 /// What a route's problems are rendered from.
@@ -288,6 +397,9 @@ pub(crate) struct ProblemSource<'a> {
     pub max_request_body: ByteSize,
     /// `server.request_body_timeout`, for the 408's detail.
     pub request_body_timeout: Duration,
+    /// `defer.max_body` of a deferring route, for its 413's detail.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub defer_max_body: Option<ByteSize>,
 }
 
 // === impl RouteProblems ===
@@ -298,6 +410,8 @@ impl RouteProblems {
         let route = source.route;
         let upstream = source.upstream;
         let plain = |status, reason, detail: &str| about_blank(route, status, reason, detail);
+        #[cfg(feature = "redis")]
+        let (defer_unavailable, defer_too_large) = defer_problems(source);
         RouteProblems {
             limits: limit_problems(source),
             repeated_keys: repeated_keys(source),
@@ -342,6 +456,10 @@ impl RouteProblems {
                     humantime::format_duration(source.request_body_timeout)
                 ),
             ),
+            #[cfg(feature = "redis")]
+            defer_unavailable,
+            #[cfg(feature = "redis")]
+            defer_too_large,
         }
     }
 
@@ -397,6 +515,18 @@ impl RouteProblems {
                 StatusCode::REQUEST_TIMEOUT,
                 ProxyBody::full(self.body_timeout.clone()),
             ),
+            #[cfg(feature = "redis")]
+            Rejection::Deferred(id) => accepted(&id),
+            #[cfg(feature = "redis")]
+            Rejection::DeferUnavailable => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ProxyBody::full(self.defer_unavailable.clone()),
+            ),
+            #[cfg(feature = "redis")]
+            Rejection::DeferBodyTooLarge => problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ProxyBody::full(self.defer_too_large.clone()),
+            ),
         }
     }
 
@@ -408,6 +538,29 @@ impl RouteProblems {
         *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         res
     }
+}
+
+/// The 503 and the 413 of a deferring route: Redis did not take the request; its body is over
+/// `defer.max_body`.
+#[cfg(feature = "redis")]
+fn defer_problems(source: &ProblemSource<'_>) -> (Bytes, Bytes) {
+    let route = source.route;
+    let unavailable = problem_json(
+        ABOUT_BLANK,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        &format!("route {route} defers requests to Redis, which could not take this one now"),
+        Some(route),
+    );
+    let max_body = source.defer_max_body.unwrap_or(source.max_request_body);
+    let too_large = problem_json(
+        ABOUT_BLANK,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        &format!("the request body is larger than {max_body} (defer.max_body of route {route})"),
+        Some(route),
+    );
+    (Bytes::from(unavailable), Bytes::from(too_large))
 }
 
 /// The 429 of one rate limit: status, `Retry-After`, the route's `RateLimit-Policy` and this

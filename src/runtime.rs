@@ -19,6 +19,8 @@ use crate::config::{
     Config, KeySpec, Mode, Priority, RateLimitConfig, RouteConfig, UpstreamConfig,
 };
 #[cfg(feature = "redis")]
+use crate::defer::{Deliveries, RouteDefer, Target};
+#[cfg(feature = "redis")]
 use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
@@ -89,6 +91,10 @@ pub(crate) struct Route {
     pub(crate) upstream_cap_metrics: ScopeMetrics,
     /// `sluice_inflight{upstream}`.
     pub(crate) upstream_inflight: Gauge,
+    /// `defer:`: how requests are deferred, and this instance's deliverers of the route (kept
+    /// by the next runtime while the route keeps its name and the store its target).
+    #[cfg(feature = "redis")]
+    pub(crate) defer: Option<RouteDefer>,
 }
 
 /// A rate limit of a route.
@@ -186,10 +192,25 @@ impl Runtime {
         upstream.concurrency.clone()
     }
 
-    /// The Redis store of the global limits, if any (for tests and inspection).
+    /// The Redis store of the global limits and deferred delivery, if any (for tests and
+    /// inspection).
     #[cfg(feature = "redis")]
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
+    }
+
+    /// Stops the deliverers of every deferring route (shutdown): no new task is taken, tasks
+    /// waiting for a slot go back to their stream, deliveries under way finish — within `grace`.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn stop_deliveries(&self, grace: Duration) {
+        let all = async {
+            for route in &self.routes {
+                if let Some(defer) = &route.defer {
+                    defer.deliveries.stop(grace).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(grace, all).await;
     }
 
     /// Sets the gauges that are properties of limiters (queue depth, the cap in force,
@@ -208,6 +229,19 @@ impl Runtime {
                     &route.name,
                     &limit.rate.config().name,
                     limit.rate.len(),
+                );
+            }
+            #[cfg(feature = "redis")]
+            if let Some(counts) = route.defer.as_ref().and_then(|d| d.deliveries.counts()) {
+                self.metrics.set_deferred(
+                    &route.name,
+                    [
+                        counts.queued,
+                        counts.delivering,
+                        counts.delivered,
+                        counts.dead,
+                    ],
+                    Duration::from_millis(u64::try_from(counts.oldest_ms).unwrap_or(0)),
                 );
             }
         }
@@ -402,12 +436,27 @@ impl<'a> Carry<'a> {
             policy: policy.clone(),
             max_request_body: config.server.client.max_request_body,
             request_body_timeout: config.server.client.request_body_timeout,
+            defer_max_body: r.defer.map(|d| d.max_body),
+        });
+        let route_metrics = metrics.route(&r.name);
+        let upstream_inflight = metrics.upstream_inflight(&upstream.name);
+        #[cfg(feature = "redis")]
+        let defer = self.defer(r, old, config, metrics, |defer| Target {
+            config: defer,
+            upstream: upstream.clone(),
+            route_cap: concurrency.clone(),
+            route_inflight: route_metrics.inflight.clone(),
+            upstream_inflight: upstream_inflight.clone(),
+            upstream_duration: route_metrics.upstream_duration.clone(),
+            metrics: metrics.defer(&r.name),
         });
         Route {
-            metrics: metrics.route(&r.name),
+            metrics: route_metrics,
             cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
             upstream_cap_metrics: metrics.scope(&Scope::Upstream(upstream.name.clone())),
-            upstream_inflight: metrics.upstream_inflight(&upstream.name),
+            upstream_inflight,
+            #[cfg(feature = "redis")]
+            defer,
             name: r.name.clone(),
             priority: r.priority,
             mode: r.mode,
@@ -417,6 +466,46 @@ impl<'a> Carry<'a> {
             concurrency,
             problems,
         }
+    }
+
+    /// The deferral of route `r`, if it has `defer:`: the deliverers of the route in the
+    /// previous runtime when it had them on the same store (handed the route as rebuilt),
+    /// else new ones.
+    #[cfg(feature = "redis")]
+    fn defer(
+        &self,
+        r: &RouteConfig,
+        old: Option<&Route>,
+        config: &Config,
+        metrics: &Metrics,
+        target: impl FnOnce(crate::config::DeferConfig) -> Target,
+    ) -> Option<RouteDefer> {
+        let (defer, store, sc) = (r.defer?, self.store.as_ref()?, config.store.as_ref()?);
+        let kept = old
+            .and_then(|o| o.defer.as_ref())
+            .filter(|od| Arc::ptr_eq(od.store(), store))
+            .map(|od| od.deliveries.clone());
+        let deliveries = match kept {
+            Some(deliveries) => {
+                deliveries.retarget(target(defer));
+                deliveries
+            }
+            None => {
+                let spawner = self
+                    .spawner
+                    .as_ref()
+                    .expect("a runtime using Redis is built inside tokio");
+                Arc::new(Deliveries::start(&r.name, store, target(defer), spawner))
+            }
+        };
+        Some(RouteDefer::new(
+            &r.name,
+            defer,
+            store.clone(),
+            sc.redis.timeout,
+            metrics.defer(&r.name),
+            deliveries,
+        ))
     }
 
     /// A limit of route `route`: its bucket carried over when the route had the same limit.
@@ -602,5 +691,33 @@ mod tests {
         assert!(!Arc::ptr_eq(&global(&same), &global(&other_lease)));
         let other_store = build(yaml("redis://127.0.0.2:1", 20), Some(&other_lease));
         assert!(!Arc::ptr_eq(&global(&other_lease), &global(&other_store)));
+    }
+
+    /// Pins: a reload keeps a deferring route's deliverers (their consumer, the tasks they
+    /// hold) while the route keeps its name and the store its target, handing them the new
+    /// `defer:`; a changed store starts new ones.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn reload_keeps_the_deliverers_of_a_route() {
+        let yaml = |url: &str, attempts: u32| {
+            format!(
+                "server: {{ listen: 127.0.0.1:0 }}\n\
+                 store: {{ redis: {{ url: \"{url}\" }} }}\n\
+                 upstreams: {{ api: {{ endpoints: [http://127.0.0.1:1] }} }}\n\
+                 routes: [{{ name: hooks, upstream: api, defer: {{ attempts: {attempts} }} }}]\n"
+            )
+        };
+        let deliveries = |rt: &Runtime| {
+            let defer = rt.routes[0].defer.as_ref().expect("a deferring route");
+            (defer.deliveries.clone(), defer.config.attempts.get())
+        };
+        // Nothing listens on port 1: these runtimes never reach Redis, which is not needed.
+        let first = build(&yaml("redis://127.0.0.1:1", 4), None);
+        let same = build(&yaml("redis://127.0.0.1:1", 5), Some(&first));
+        let (a, b) = (deliveries(&first), deliveries(&same));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!((a.1, b.1), (4, 5));
+        let other = build(&yaml("redis://127.0.0.2:1", 5), Some(&same));
+        assert!(!Arc::ptr_eq(&b.0, &deliveries(&other).0));
     }
 }

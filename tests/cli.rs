@@ -114,6 +114,12 @@ fn config_errors_exit_2_with_location() {
             ":8:",
         ),
         (
+            "defer-without-store",
+            "server:\n  listen: 127.0.0.1:0\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    upstream: a\n    defer: {when: always}\n",
+            "routes[0].defer",
+            ":9:",
+        ),
+        (
             "duplicate-route",
             "server:\n  listen: 127.0.0.1:0\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    upstream: a\n  - name: r\n    upstream: a\n",
             "routes[1].name",

@@ -79,7 +79,7 @@ fn num(v: &Value) -> f64 {
 }
 
 /// Every outcome label value: the keys of `requests_per_second` and `requests_total`.
-const OUTCOMES: [&str; 13] = [
+const OUTCOMES: [&str; 14] = [
     "forwarded",
     "rate_limited",
     "queue_full",
@@ -93,12 +93,13 @@ const OUTCOMES: [&str; 13] = [
     "bad_request",
     "body_too_large",
     "body_timeout",
+    "deferred",
 ];
 
 /// Members of a route and an upstream entry, and what each is: `n` a number, `n?` a number or
 /// null, `s` a string, `b` a boolean, `o` an object by outcome, `q` p50/p99 quantiles, `a` an
-/// array.
-const ROUTE_MEMBERS: [(&str, &str); 18] = [
+/// array, `d?` deferred task counts or null.
+const ROUTE_MEMBERS: [(&str, &str); 19] = [
     ("name", "s"),
     ("upstream", "s"),
     ("priority", "s"),
@@ -117,6 +118,7 @@ const ROUTE_MEMBERS: [(&str, &str); 18] = [
     ("upstream_latency_seconds", "q"),
     ("rate_limit_keys", "n"),
     ("rate_limits", "a"),
+    ("deferred", "d?"),
 ];
 const UPSTREAM_MEMBERS: [(&str, &str); 13] = [
     ("name", "s"),
@@ -160,6 +162,18 @@ fn check_members(what: &str, entry: &Value, members: &[(&str, &str)]) {
                 keys.len() == OUTCOMES.len()
                     && OUTCOMES.iter().all(|o| v[*o].is_number())
                     && keys.iter().all(|k| OUTCOMES.contains(k))
+            }
+            "d?" => {
+                v.is_null()
+                    || [
+                        "queued",
+                        "delivering",
+                        "delivered",
+                        "dead",
+                        "oldest_age_seconds",
+                    ]
+                    .iter()
+                    .all(|c| v[*c].is_number())
             }
             "q" => ["p50", "p99"]
                 .iter()

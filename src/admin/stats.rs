@@ -125,6 +125,19 @@ struct RouteStats<'a> {
     upstream_latency_seconds: Quantiles,
     rate_limit_keys: usize,
     rate_limits: Vec<LimitStats<'a>>,
+    /// A `defer:` route's tasks (the whole fleet's, as Redis last told); `null` otherwise, or
+    /// before the first count.
+    deferred: Option<DeferredStats>,
+}
+
+/// The tasks of a deferring route, by state.
+#[derive(Debug, Serialize)]
+struct DeferredStats {
+    queued: i64,
+    delivering: i64,
+    delivered: i64,
+    dead: i64,
+    oldest_age_seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -409,8 +422,28 @@ impl<'a> RouteStats<'a> {
             )),
             rate_limit_keys: rate_limits.iter().map(|l| l.keys).sum(),
             rate_limits,
+            deferred: deferred(route),
         }
     }
+}
+
+/// The task counts of a deferring route.
+#[cfg(feature = "redis")]
+fn deferred(route: &Route) -> Option<DeferredStats> {
+    let counts = route.defer.as_ref()?.deliveries.counts()?;
+    Some(DeferredStats {
+        queued: counts.queued,
+        delivering: counts.delivering,
+        delivered: counts.delivered,
+        dead: counts.dead,
+        oldest_age_seconds: counts.oldest_ms as f64 / 1000.0,
+    })
+}
+
+/// Without Redis support no route defers.
+#[cfg(not(feature = "redis"))]
+fn deferred(_: &Route) -> Option<DeferredStats> {
+    None
 }
 
 // === impl UpstreamStats ===

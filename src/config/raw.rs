@@ -184,6 +184,24 @@ pub(crate) struct RawRoute {
     pub(crate) rate_limits: Option<Vec<RawRateLimit>>,
     /// `concurrency:`.
     pub(crate) concurrency: Option<RawConcurrency>,
+    /// `defer:`.
+    pub(crate) defer: Option<RawDefer>,
+}
+
+/// `routes[].defer:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDefer {
+    /// `overflow` | `always`.
+    pub(crate) when: Option<String>,
+    /// A size.
+    pub(crate) max_body: Option<Size>,
+    /// A count ≥ 1.
+    pub(crate) attempts: Option<Int>,
+    /// A duration.
+    pub(crate) backoff: Option<String>,
+    /// A duration.
+    pub(crate) ttl: Option<String>,
 }
 
 /// `routes[].match:`.

@@ -920,6 +920,119 @@ fn a_lease_needs_a_global_limit_and_fits_its_burst() {
     load(&limit("rate: 100/s, lease: 0"));
 }
 
+#[cfg(feature = "redis")]
+#[test]
+fn the_commented_store_and_defer_examples_load() {
+    // Pins: the `store` and `defer` blocks config/sluice.yaml leaves commented (so that it runs
+    // without Redis) are valid once uncommented.
+    let text = include_str!("../../config/sluice.yaml");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("# store:") || line.starts_with("  # - name: hooks") {
+            inside = true;
+        } else if line.trim().is_empty() {
+            inside = false;
+        }
+        match line.find("# ") {
+            Some(at) if inside => {
+                out.push_str(&line[..at]);
+                out.push_str(&line[at + 2..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    let config = load(&out);
+    let hooks = config
+        .routes
+        .iter()
+        .find(|r| &*r.name == "hooks")
+        .expect("hooks");
+    let defer = hooks.defer.expect("defer");
+    assert_eq!((defer.when, defer.attempts.get()), (DeferWhen::Overflow, 4));
+    assert!(config.store.is_some());
+}
+
+#[test]
+fn defer_defaults_bounds_and_needs() {
+    // Pins: `defer:` takes the contract's defaults; every number and duration is bounded at its
+    // field; it needs store.redis and mode: enforce; `check` prints it; /config shows it.
+    let with_defer = |store: bool, fields: &str| {
+        let store = if store {
+            "store:\n  redis: {url: \"redis://h\"}\n"
+        } else {
+            ""
+        };
+        format!(
+            "{}{store}{}    defer: {{{fields}}}\n",
+            BASE.split("upstreams:").next().unwrap(),
+            &BASE[BASE.find("upstreams:").unwrap()..]
+        )
+    };
+    #[cfg(feature = "redis")]
+    {
+        let c = load(&with_defer(true, ""));
+        let d = c.routes[0].defer.expect("defer");
+        assert_eq!(d.when, DeferWhen::Overflow);
+        assert_eq!(d.max_body, ByteSize(1 << 20));
+        assert_eq!(d.attempts.get(), 4);
+        assert_eq!(d.backoff, Duration::from_secs(1));
+        assert_eq!(d.ttl, Duration::from_secs(24 * 3600));
+        assert!(
+            c.to_string()
+                .contains("defer overflow: max_body 1MiB, attempts 4, backoff 1s, ttl 1day"),
+            "{c}"
+        );
+        let e = serde_json::to_value(&c).unwrap();
+        assert_eq!(e["routes"][0]["defer"]["when"], "overflow");
+        assert_eq!(e["routes"][0]["defer"]["ttl"], "1day");
+        let c = load(&with_defer(
+            true,
+            "when: always, max_body: 1GiB, attempts: 100, backoff: 1m, ttl: 7d",
+        ));
+        let d = c.routes[0].defer.expect("defer");
+        assert_eq!(
+            (d.when, d.max_body.0, d.attempts.get()),
+            (DeferWhen::Always, 1 << 30, 100)
+        );
+        for (fields, field, says) in [
+            ("when: later", "when", "overflow, always"),
+            ("max_body: 2GiB", "max_body", "at most 1GiB"),
+            ("attempts: 0", "attempts", "at least 1"),
+            ("attempts: 101", "attempts", "at most 100"),
+            ("backoff: 61s", "backoff", "at most 1m"),
+            ("backoff: 0s", "backoff", "at least 1ms"),
+            ("ttl: 8d", "ttl", "at most 7days"),
+            ("ttl: 500ms", "ttl", "at least 1s"),
+        ] {
+            let e = one_error(
+                &with_defer(true, fields),
+                &format!("routes[0].defer.{field}"),
+            );
+            assert!(e.message.contains(says), "{fields}: {e}");
+        }
+        let shadow = with_defer(true, "").replace("    defer:", "    mode: shadow\n    defer:");
+        let e = one_error(&shadow, "routes[0].defer");
+        assert!(e.message.contains("mode: shadow"), "{e}");
+    }
+    #[cfg(feature = "redis")]
+    {
+        let e = one_error(&with_defer(false, "when: always"), "routes[0].defer");
+        assert!(e.message.contains("needs store.redis"), "{e}");
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let errors = errors(&with_defer(true, "when: always"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == "routes[0].defer" && e.message.contains("Redis support")),
+            "{errors:#?}"
+        );
+    }
+}
+
 #[test]
 fn global_scope_requires_a_store() {
     // Pins: scope: global without store.redis is an error of its own.

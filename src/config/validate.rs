@@ -20,14 +20,14 @@ use ipnet::IpNet;
 use super::error::{ConfigError, FieldError};
 use super::locate::Locator;
 use super::raw::{
-    Int, RawAdaptive, RawAdmin, RawConcurrency, RawConfig, RawMatch, RawRateLimit, RawRedis,
-    RawRoute, RawServer, RawStore, RawTls, RawUpstream, Size,
+    Int, RawAdaptive, RawAdmin, RawConcurrency, RawConfig, RawDefer, RawMatch, RawRateLimit,
+    RawRedis, RawRoute, RawServer, RawStore, RawTls, RawUpstream, Size,
 };
 use super::{
     AdaptiveConfig, AdminConfig, AdminToken, ByteSize, CapSize, ClientLimits, ConcurrencyConfig,
-    Config, EscapedSlashes, HostMatch, KeySpec, Mode, OnStoreError, PathMatch, Priority, Rate,
-    RateLimitConfig, RedisConfig, RedisTarget, RouteConfig, RouteMatch, Scope, ServerConfig,
-    StoreConfig, TlsConfig, UpstreamConfig,
+    Config, DeferConfig, DeferWhen, EscapedSlashes, HostMatch, KeySpec, Mode, OnStoreError,
+    PathMatch, Priority, Rate, RateLimitConfig, RedisConfig, RedisTarget, RouteConfig, RouteMatch,
+    Scope, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
 };
 use crate::canonical;
 use crate::net::tls::Acceptor;
@@ -94,6 +94,26 @@ const MAX_HOST_NAME: usize = 253;
 const MAX_KEYS: i64 = 1_000_000;
 /// Largest `rate_limits[].max_keys`: 5 to 8.5 GB of keys for one limit (50 to 85 bytes a key).
 const MAX_KEYS_BOUND: i64 = 100_000_000;
+/// `defer.max_body` when absent.
+const DEFER_MAX_BODY: u64 = 1 << 20;
+/// `defer.attempts` when absent.
+const DEFER_ATTEMPTS: i64 = 4;
+/// Most `defer.attempts`: with waits capped at a minute, 100 attempts retry for over an hour and
+/// a half; more is a task that should have been declared dead.
+const DEFER_MAX_ATTEMPTS: i64 = 100;
+/// `defer.backoff` when absent.
+const DEFER_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest `defer.backoff`: every wait between attempts is at most a minute (the contract), so a
+/// longer first wait could not be kept.
+const DEFER_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// `defer.ttl` when absent.
+const DEFER_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `defer.ttl`: a task must live long enough for one delivery.
+const DEFER_MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest `defer.ttl`, beyond the 24 h of other durations: work accepted before a weekend
+/// outage of the upstream should still be there on Monday. A week is the retention queue
+/// services default to (Kafka's `log.retention.hours`); Redis holds every queued body that long.
+const DEFER_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Converts `raw` into a [`Config`]. `text` is the file's YAML (to place errors), `path` its name.
 ///
@@ -170,11 +190,17 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
 }
 
 /// Refuses what the contract describes but this build cannot do. A build without the `redis`
-/// cargo feature has no Redis client: it refuses `scope: global` limits (`store` itself is
+/// cargo feature has no Redis client: it refuses `scope: global` limits and `defer` (`store` itself is
 /// validated and accepted, unused, so one config file serves both builds).
 fn reject_unbuilt(raw: &RawConfig, cx: &mut Cx) {
     #[cfg(not(feature = "redis"))]
     for (i, route) in raw.routes.iter().flatten().enumerate() {
+        if route.defer.is_some() {
+            cx.error(
+                &format!("routes[{i}].defer"),
+                "defer needs Redis support, which this build of sluice lacks (built without the cargo feature `redis`)",
+            );
+        }
         for (j, limit) in route.rate_limits.iter().flatten().enumerate() {
             if limit.scope.as_deref().map(str::trim) == Some("global") {
                 cx.error(
@@ -945,6 +971,10 @@ impl Cx {
             .concurrency
             .as_ref()
             .map(|c| self.concurrency(&join(at, "concurrency"), c));
+        let defer = raw
+            .defer
+            .as_ref()
+            .map(|d| self.defer(&join(at, "defer"), d, has_store, mode));
         Some(RouteConfig {
             name: name?,
             matcher: matcher?,
@@ -954,6 +984,73 @@ impl Cx {
             mode: mode?,
             rate_limits: limits.into_iter().collect::<Option<_>>()?,
             concurrency: present(concurrency)?,
+            defer: present(defer)?,
+        })
+    }
+
+    /// `routes[].defer`: needs `store.redis` (the tasks live there) and `mode: enforce` (a
+    /// shadow route forwards every request, so it has nothing to defer).
+    fn defer(
+        &mut self,
+        at: &str,
+        raw: &RawDefer,
+        has_store: bool,
+        mode: Option<Mode>,
+    ) -> Option<DeferConfig> {
+        if !has_store {
+            self.error(
+                at,
+                "defer needs store.redis, which is not configured: deferred requests are kept in Redis",
+            );
+        }
+        if mode == Some(Mode::Shadow) {
+            self.error(
+                at,
+                "defer does not combine with mode: shadow (a shadow route forwards every request); remove defer or use mode: enforce",
+            );
+        }
+        let when = self.choice(
+            &join(at, "when"),
+            raw.when.as_deref(),
+            &[
+                ("overflow", DeferWhen::Overflow),
+                ("always", DeferWhen::Always),
+            ],
+            DeferWhen::Overflow,
+        );
+        let max_body = self.size(
+            &join(at, "max_body"),
+            raw.max_body.as_ref(),
+            DEFER_MAX_BODY,
+            0,
+            MAX_SIZE,
+        );
+        let attempts = self
+            .number::<u32>(
+                &join(at, "attempts"),
+                raw.attempts.map_or(DEFER_ATTEMPTS, |n| n.0),
+                1,
+                DEFER_MAX_ATTEMPTS,
+            )
+            .and_then(NonZeroU32::new);
+        let backoff = self.duration_within(
+            &join(at, "backoff"),
+            raw.backoff.as_deref(),
+            DEFER_BACKOFF,
+            (Duration::from_millis(1), DEFER_MAX_BACKOFF),
+        );
+        let ttl = self.duration_within(
+            &join(at, "ttl"),
+            raw.ttl.as_deref(),
+            DEFER_TTL,
+            (DEFER_MIN_TTL, DEFER_MAX_TTL),
+        );
+        Some(DeferConfig {
+            when: when?,
+            max_body: max_body?,
+            attempts: attempts?,
+            backoff: backoff?,
+            ttl: ttl?,
         })
     }
 
@@ -1183,6 +1280,34 @@ impl Cx {
             }
             Ok(d) if d > MAX_DURATION => {
                 self.fail(at, format!("must be at most 24h, found {raw:?}"))
+            }
+            Ok(d) => Some(d),
+            Err(_) => self.fail(
+                at,
+                format!("expected a duration with a unit like 250ms, 2s, 1m or 1h, found {raw:?}"),
+            ),
+        }
+    }
+
+    /// A duration with a unit within `bounds` (both included), for fields whose range is not
+    /// the usual `> 0, ≤ 24h`.
+    fn duration_within(
+        &mut self,
+        at: &str,
+        raw: Option<&str>,
+        default: Duration,
+        (min, max): (Duration, Duration),
+    ) -> Option<Duration> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        match humantime::parse_duration(raw.trim()) {
+            Ok(d) if d < min => {
+                self.fail(at, format!("must be at least {}, found {raw:?}", show(min)))
+            }
+            Ok(d) if d > max => {
+                self.fail(at, format!("must be at most {}, found {raw:?}", show(max)))
             }
             Ok(d) => Some(d),
             Err(_) => self.fail(

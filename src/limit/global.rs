@@ -4,7 +4,7 @@
 //! Sits in the rate limit stage of `crate::pipeline`, in place of the local bucket of
 //! [`super::rate`] for the limits that say `scope: global`; local limits of the same route stay on
 //! their synchronous path. A route without global limits never reaches this module. The
-//! connection and its circuit breakers are [`store`]'s; what an instance remembers between
+//! connection and its circuit breakers are [`crate::store`]'s; what an instance remembers between
 //! calls (denials, leased tokens) is [`memo`]'s.
 //!
 //! # The algorithm: governor's GCRA, in one Lua script
@@ -130,15 +130,14 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use self::memo::{Memos, Settle, Taken};
-use self::store::Conn;
-pub use self::store::Store;
 use super::key::LimitKey;
 use super::rate::{Decision, RateLimit};
 use super::StoreUnavailable;
 use crate::config::{KeySpec, OnStoreError, RateLimitConfig, RedisConfig};
+pub use crate::store::Store;
+use crate::store::{escape_into, slot_of, ByteSink, Conn};
 
 mod memo;
-mod store;
 
 /// Largest refill time (burst × T) that the script computes exactly: its numbers are doubles.
 const MAX_REFILL_NANOS: u64 = 1 << 53;
@@ -497,44 +496,6 @@ fn lease_ttl(lease: u32, emission: Duration) -> Duration {
         .saturating_mul(lease)
         .saturating_mul(LEASE_TTL_INTERVALS);
     ttl.clamp(LEASE_TTL_BOUNDS.0, LEASE_TTL_BOUNDS.1)
-}
-
-/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag — the text between the
-/// first `{` and the next `}` — modulo 16384. Every sluice key has a tag (the whole bucket
-/// name), so each bucket maps to one slot of its own, whichever node holds it.
-fn slot_of(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|b| *b == HASH_TAG[0])
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|b| *b == HASH_TAG[1])?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
-}
-
-/// `fmt::Write` into a byte buffer (the key's address or hex digits).
-struct ByteSink<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for ByteSink<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Appends a config name with `%` and `:` percent-escaped: the names may hold both, and the key's
-/// parts are separated by `:`.
-fn escape_into(out: &mut Vec<u8>, name: &str) {
-    for b in name.bytes() {
-        match b {
-            b'%' => out.extend_from_slice(b"%25"),
-            b':' => out.extend_from_slice(b"%3A"),
-            b => out.push(b),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,18 @@ pub(crate) enum BodyFault {
     Client,
 }
 
+/// Why [`ClientBody::into_whole`] could not hold a body whole.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unheld {
+    /// It is longer than the maximum asked for.
+    TooLarge,
+    /// The buffering budget (`server.max_buffered_bytes`) is spent.
+    OverBudget,
+    /// It broke one of the streaming rules (or the client's framing).
+    Fault(BodyFault),
+}
+
 /// The error a [`ClientBody`] fails with.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
@@ -124,6 +136,58 @@ impl ClientBody {
     /// Where a streamed body records why it failed; `None` for a body read whole.
     pub(crate) fn fault(&self) -> Option<Arc<Fault>> {
         self.rest.as_ref().map(|rest| rest.fault.clone())
+    }
+
+    #[cfg(feature = "redis")]
+    /// The whole body in one buffer: the bytes read ahead and, for a streamed body, the rest
+    /// read now (each pause bounded as when streaming) — at most `max` bytes in all, every byte
+    /// within the buffering budget. The reservation that accounts for the bytes comes with them.
+    ///
+    /// # Errors
+    /// [`Unheld`]: longer than `max`, the budget is spent, or the body broke a rule.
+    pub(crate) async fn into_whole(
+        mut self,
+        max: u64,
+    ) -> Result<(Bytes, Option<Reservation>), Unheld> {
+        let mut total: u64 = self.ahead.iter().map(|c| c.len() as u64).sum();
+        if total > max {
+            return Err(Unheld::TooLarge);
+        }
+        if let Some(mut rest) = self.rest.take() {
+            while let Some(frame) = std::future::poll_fn(|cx| rest.poll_frame(cx)).await {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(BodyError::Rule(fault)) => return Err(Unheld::Fault(fault)),
+                    Err(BodyError::Client(_)) => return Err(Unheld::Fault(BodyFault::Client)),
+                };
+                // Trailers are dropped, as when forwarding.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                total += data.len() as u64;
+                if total > max {
+                    return Err(Unheld::TooLarge);
+                }
+                if !self
+                    .held
+                    .as_mut()
+                    .is_some_and(|held| held.grow(data.len() as u64))
+                {
+                    return Err(Unheld::OverBudget);
+                }
+                self.ahead.push_back(data);
+            }
+        }
+        let body = if self.ahead.len() == 1 {
+            self.ahead.pop_front().unwrap_or_default()
+        } else {
+            let mut whole = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+            for chunk in &self.ahead {
+                whole.extend_from_slice(chunk);
+            }
+            Bytes::from(whole)
+        };
+        Ok((body, self.held.take()))
     }
 }
 

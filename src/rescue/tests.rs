@@ -36,6 +36,7 @@ fn problems() -> RouteProblems {
         )),
         max_request_body: ByteSize(16 << 20),
         request_body_timeout: Duration::from_secs(30),
+        defer_max_body: Some(ByteSize(1 << 20)),
     })
 }
 
@@ -52,7 +53,8 @@ fn every_rejection_has_its_status_reason_type_and_outcome() {
     let full = |d| Rejected::QueueFull { retry_after: d };
     let timeout = |d| Rejected::QueueTimeout { retry_after: d };
     let shed = |d| Rejected::Shed { retry_after: d };
-    let cases = [
+    #[allow(unused_mut)]
+    let mut cases = vec![
         (
             Rejection::BadRequest(BadRequest::RepeatedKey { limit: 1 }),
             400,
@@ -146,6 +148,25 @@ fn every_rejection_has_its_status_reason_type_and_outcome() {
             Outcome::UpstreamTimeout,
         ),
     ];
+    #[cfg(feature = "redis")]
+    cases.extend([
+        (
+            Rejection::DeferUnavailable,
+            503,
+            "store-unavailable",
+            ABOUT_BLANK,
+            None,
+            Outcome::StoreUnavailable,
+        ),
+        (
+            Rejection::DeferBodyTooLarge,
+            413,
+            "body-too-large",
+            ABOUT_BLANK,
+            None,
+            Outcome::BodyTooLarge,
+        ),
+    ]);
     for (rejection, status, reason, kind, retry_after, outcome) in cases {
         let res = p.respond(rejection);
         assert_eq!(res.status().as_u16(), status, "{rejection:?}");
@@ -290,4 +311,41 @@ fn escapes_control_characters() {
         Some("r\u{7}"),
     );
     let _: serde_json::Value = serde_json::from_str(&body).unwrap();
+}
+
+/// Pins: a deferred request gets 202, `Location: /_sluice/tasks/<id>`, JSON `{"id", "status":
+/// "queued"}` and outcome `deferred`; the task endpoint's own answers are problem JSON with
+/// their status (405 with `Allow`).
+#[cfg(feature = "redis")]
+#[test]
+fn deferred_and_task_answers() {
+    let id = crate::defer::TaskId::random().unwrap();
+    let rejection = Rejection::Deferred(id);
+    assert_eq!(rejection.outcome(), Outcome::Deferred);
+    let res = problems().respond(rejection);
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
+    assert_eq!(
+        res.headers()[LOCATION],
+        format!("/_sluice/tasks/{id}").as_str()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body_of(res)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"id": id.to_string(), "status": "queued"})
+    );
+    for (res, status, reason) in [
+        (task_unknown(), 404, "unknown-task"),
+        (task_store_unavailable(), 503, "store-unavailable"),
+        (task_method_not_allowed(), 405, "method-not-allowed"),
+    ] {
+        assert_eq!(res.status().as_u16(), status);
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
+        if status == 405 {
+            assert_eq!(res.headers()[ALLOW], "GET, HEAD");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body_of(res)).unwrap();
+        assert_eq!(v["reason"], reason);
+        assert_eq!(v["status"], status);
+    }
 }

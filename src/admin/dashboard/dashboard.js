@@ -182,7 +182,8 @@
     for (const [key, label] of [["admitted", "admitted"], ["rejected", "rejected"],
       ["inflight", "in flight / cap"], ["queue", "queued / room"], ["wait", "wait p99"],
       ["latency", "upstream p99"],
-      kind === "route" ? ["keys", "rate-limit keys"] : ["keys", "utilization"]]) {
+      kind === "route" ? ["keys", "rate-limit keys"] : ["keys", "utilization"]]
+      .concat(kind === "route" ? [["deferred", "deferred tasks"]] : [])) {
       figures.append(el("dt", "", label));
       values[key] = el("dd", "", "–");
       figures.append(values[key]);
@@ -236,6 +237,13 @@
       r.values.latency.textContent = withMs(s.upstream_latency_seconds.p99);
       r.values.keys.textContent = kind === "route" ? String(s.rate_limit_keys)
         : s.utilization === null ? "no cap" : Math.round(100 * s.utilization) + " %";
+      if (kind === "route") {
+        const d = s.deferred;
+        r.values.deferred.textContent = !d ? "–"
+          : d.queued + " queued · " + d.delivering + " sending · " + d.dead + " dead" +
+            (d.queued > 0 ? " (oldest " + Math.round(d.oldest_age_seconds) + " s)" : "");
+        r.values.deferred.classList.toggle("hot", !!d && d.dead > 0);
+      }
       for (const chart of r.charts) {
         const data = chart.data;
         data[0].push(now);

@@ -1,11 +1,15 @@
-//! The connection of the global limits to `store.redis` — one server or a Redis Cluster — and
-//! its circuit breakers. See the parent module's docs for the policy; this is the mechanism.
+//! The connection to `store.redis` — one server or a Redis Cluster — and its circuit breakers,
+//! shared by what keeps state in Redis: the global rate limits (`crate::limit::global`, whose
+//! docs give the failure policy) and deferred delivery (`crate::defer`).
 //!
 //! One [`Store`] per runtime (kept by the next one while `store.redis` is unchanged): one redis-rs
 //! `ConnectionManager` (one multiplexed connection) for a server, or one async
 //! `ClusterConnection` (one multiplexed connection per node, slot routing, MOVED/ASK and
 //! reconnection handled by redis-rs) for a cluster. The first connection is made by a task, so
-//! sluice starts while Redis is down.
+//! sluice starts while Redis is down. Every call on it is short: nothing blocks on the shared
+//! connection, whose calls are pipelined — a blocking read (`XREADGROUP … BLOCK`) would hold up
+//! every request's call behind it. The deliverers of deferred delivery open connections of
+//! their own for those ([`open_dedicated`]).
 //!
 //! # Breakers per slot range
 //!
@@ -26,13 +30,28 @@ use prometheus_client::metrics::counter::Counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisResult, TlsCertificates};
+use redis::{FromRedisValue, RedisResult, ScriptInvocation, TlsCertificates};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{Config, RedisConfig, RedisTarget, Scope};
+
+/// Why a [`Store::call`] got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CallError {
+    /// Not asked: not connected, or the key's breaker is open and it is not this call's turn to
+    /// probe.
+    #[error("Redis is not reachable now")]
+    NotAsked,
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis call failed")]
+    Failed,
+    /// No answer within the call's timeout.
+    #[error("no answer from Redis in time")]
+    Timeout,
+}
 
 /// While a breaker is open, one request per interval (per instance and breaker) tries Redis;
 /// the others apply `on_error` without waiting.
@@ -71,12 +90,12 @@ const FAILING: u8 = 2;
 /// stops the connecting task.
 pub struct Store {
     /// Connection, health and counters, shared with the connecting task.
-    pub(super) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     /// The task making the first connection (done once it has).
     connector: JoinHandle<()>,
 }
 
-pub(super) struct Inner {
+pub(crate) struct Inner {
     /// `store.redis.url` or `.cluster`, to tell whether a reload may keep this store.
     target: RedisTarget,
     /// The certificates of `store.redis.ca`, for the same reason.
@@ -96,11 +115,34 @@ pub(super) struct Inner {
 /// A connection to call scripts on: cheap to clone (shared handles to the multiplexed
 /// connections).
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(crate) enum Conn {
     /// `store.redis.url`.
     Server(ConnectionManager),
     /// `store.redis.cluster`.
     Cluster(ClusterConnection),
+}
+
+// === impl Conn ===
+
+impl Conn {
+    /// Runs a script on this connection (`EVALSHA`, loading it on `NOSCRIPT`).
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Server(mut conn) => invocation.invoke_async(&mut conn).await,
+            Conn::Cluster(mut conn) => invocation.invoke_async(&mut conn).await,
+        }
+    }
+
+    /// Sends one command on this connection.
+    pub(crate) async fn query<T: FromRedisValue>(self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Server(mut conn) => cmd.query_async(&mut conn).await,
+            Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+        }
+    }
 }
 
 /// Connected or not, and the breakers.
@@ -120,7 +162,8 @@ struct Health {
 // === impl Store ===
 
 impl Store {
-    /// The store for `config`: `None` when no limit has `scope: global`; the `previous` one when
+    /// The store for `config`: `None` when no limit has `scope: global` and no route `defer`; the
+    /// `previous` one when
     /// `store.redis` still names the same server or cluster with the same `ca` (the connection
     /// and its health carry over a reload); else a new one whose first connection is made by a
     /// task spawned on `spawner` (the proxy's runtime: a reload may run on the admin thread).
@@ -136,8 +179,7 @@ impl Store {
         let uses_store = config
             .routes
             .iter()
-            .flat_map(|r| &r.rate_limits)
-            .any(|l| l.scope == Scope::Global);
+            .any(|r| r.defer.is_some() || r.rate_limits.iter().any(|l| l.scope == Scope::Global));
         let redis = &config.store.as_ref()?.redis;
         if !uses_store {
             return None;
@@ -145,7 +187,7 @@ impl Store {
         if let Some(previous) = previous.filter(|p| p.serves(redis)) {
             return Some(previous.clone());
         }
-        let spawner = spawner.expect("a runtime with global limits is built inside tokio");
+        let spawner = spawner.expect("a runtime using Redis is built inside tokio");
         Some(Arc::new(Store::connect(redis, spawner, errors)))
     }
 
@@ -181,15 +223,153 @@ impl Store {
     }
 
     /// True when this store connects where `redis` says, trusting the same certificates.
-    pub(super) fn serves(&self, redis: &RedisConfig) -> bool {
+    pub(crate) fn serves(&self, redis: &RedisConfig) -> bool {
         self.inner.target == redis.target && self.inner.ca == redis.ca_pem
     }
 
     /// The breaker of a key whose cluster hash slot is `slot` (always 0 for a server).
-    pub(super) fn breaker_of(&self, slot: u16) -> usize {
+    pub(crate) fn breaker_of(&self, slot: u16) -> usize {
         match self.inner.target {
             RedisTarget::Server(_) => 0,
             RedisTarget::Cluster(_) => usize::from(slot) % CLUSTER_SLOTS / SLOTS_PER_BREAKER,
+        }
+    }
+}
+
+impl Store {
+    /// Runs `call` on the connection serving `key`, bounded by `timeout` (the wait for the first
+    /// connection included); a failure or timeout feeds the breaker of the key's slot, a success
+    /// closes it.
+    ///
+    /// # Errors
+    /// [`CallError`]: not asked (not connected, breaker open), failed, or timed out.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let inner = &self.inner;
+        let breaker = self.breaker_of(slot_of(key));
+        let attempt = async {
+            let Some(conn) = inner.connection(breaker).await else {
+                return Err(CallError::NotAsked);
+            };
+            call(conn).await.map_err(|err| {
+                inner.failed(breaker, &err);
+                CallError::Failed
+            })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(answer)) => {
+                inner.succeeded(breaker);
+                Ok(answer)
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => {
+                inner.failed(breaker, &format_args!("no answer within {timeout:?}"));
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    /// Where this store connects, and the certificates it trusts: what a dedicated connection
+    /// to the same Redis needs ([`open_dedicated`]).
+    pub(crate) fn link(&self) -> Link {
+        Link {
+            target: self.inner.target.clone(),
+            ca: self.inner.ca.clone(),
+            redacted: self.inner.redacted.clone(),
+        }
+    }
+
+    /// `sluice_store_errors_total`, for calls made outside [`Store::call`].
+    pub(crate) fn errors(&self) -> &Counter {
+        &self.inner.errors
+    }
+}
+
+/// Where a store connects: enough to open more connections to the same server or cluster.
+#[derive(Clone)]
+pub(crate) struct Link {
+    /// `store.redis.url` or `.cluster`.
+    target: RedisTarget,
+    /// `store.redis.ca`, read when the config was loaded.
+    ca: Option<Arc<[u8]>>,
+    /// For logs.
+    pub(crate) redacted: String,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("redis", &self.redacted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a connection of its own to where `link` points, for calls that must not share the
+/// store's multiplexed connection (blocking reads). `response_timeout` bounds each call inside
+/// a cluster client (a server's calls are bounded by the caller); one attempt, bounded by twice
+/// the connect timeout.
+///
+/// # Errors
+/// The connection error, or a timeout error.
+pub(crate) async fn open_dedicated(link: &Link, response_timeout: Duration) -> RedisResult<Conn> {
+    let roots = link.ca.as_deref().map(|ca| roots_with(ca, &link.redacted));
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        open(&link.target, roots.as_deref(), response_timeout),
+    )
+    .await
+    {
+        Ok(conn) => conn,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no connection within the connect timeout",
+        ))),
+    }
+}
+
+/// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag — the text between the
+/// first `{` and the next `}` — modulo 16384. Every sluice key has a tag (the whole bucket
+/// name, or a deferring route's name), so each bucket or route maps to one slot of its own,
+/// whichever node holds it.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+}
+
+/// `fmt::Write` into a byte buffer (a key's address or hex digits).
+pub(crate) struct ByteSink<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl fmt::Write for ByteSink<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends a config name with `%` and `:` percent-escaped: the names may hold both, and a key's
+/// parts are separated by `:`.
+pub(crate) fn escape_into(out: &mut Vec<u8>, name: &str) {
+    for b in name.bytes() {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b':' => out.extend_from_slice(b"%3A"),
+            b => out.push(b),
         }
     }
 }
@@ -340,7 +520,7 @@ impl Inner {
     /// now: not connected yet (the connecting task is on it), or the breaker is open and it is
     /// not this request's turn to probe. Waits only for the end of the very first connection
     /// attempt (the caller bounds the wait).
-    pub(super) async fn connection(&self, breaker: usize) -> Option<Conn> {
+    pub(crate) async fn connection(&self, breaker: usize) -> Option<Conn> {
         let conn = match self.conn.get() {
             Some(conn) => conn,
             None => {
@@ -358,7 +538,7 @@ impl Inner {
 
     /// A call for a key behind `breaker` failed: count it, hold that breaker's probes back, log
     /// if this is news.
-    pub(super) fn failed(&self, breaker: usize, error: &dyn fmt::Display) {
+    pub(crate) fn failed(&self, breaker: usize, error: &dyn fmt::Display) {
         self.errors.inc();
         if self.health.open_breaker(breaker) {
             self.health.state.store(FAILING, Ordering::Release);
@@ -366,13 +546,13 @@ impl Inner {
                 RedisTarget::Server(_) => tracing::warn!(
                     redis = %self.redacted,
                     %error,
-                    "Redis is failing: global rate limits apply store.redis.on_error until it answers again"
+                    "Redis is failing: global rate limits apply store.redis.on_error (deferred requests get 503) until it answers again"
                 ),
                 RedisTarget::Cluster(_) => tracing::warn!(
                     redis = %self.redacted,
                     %error,
                     first_slot = breaker * SLOTS_PER_BREAKER,
-                    "Redis Cluster is failing for some slots: their keys apply store.redis.on_error until their node answers again"
+                    "Redis Cluster is failing for some slots: their keys apply store.redis.on_error (deferred requests get 503) until their node answers again"
                 ),
             }
         }
@@ -380,10 +560,10 @@ impl Inner {
 
     /// A call for a key behind `breaker` succeeded: close that breaker, log if it was the last
     /// one open.
-    pub(super) fn succeeded(&self, breaker: usize) {
+    pub(crate) fn succeeded(&self, breaker: usize) {
         if self.health.close_breaker(breaker) {
             self.health.state.store(HEALTHY, Ordering::Release);
-            tracing::info!(redis = %self.redacted, "Redis answers again: global rate limits use it");
+            tracing::info!(redis = %self.redacted, "Redis answers again: global rate limits and deferred delivery use it");
         }
     }
 
@@ -394,7 +574,7 @@ impl Inner {
             tracing::warn!(
                 redis = %self.redacted,
                 %error,
-                "Redis is unreachable: global rate limits apply store.redis.on_error until it answers (retrying in the background)"
+                "Redis is unreachable: global rate limits apply store.redis.on_error (deferred requests get 503) until it answers (retrying in the background)"
             );
         }
     }
@@ -402,7 +582,7 @@ impl Inner {
     /// The first connection is up.
     fn connected_now(&self) {
         self.health.state.store(HEALTHY, Ordering::Release);
-        tracing::info!(redis = %self.redacted, "connected to Redis for global rate limits");
+        tracing::info!(redis = %self.redacted, "connected to Redis (global rate limits, deferred delivery)");
     }
 }
 

@@ -1,0 +1,43 @@
+//! `GET /_sluice/tasks/<id>` on the proxy listener: the state of a deferred task, answered by
+//! sluice before any route is matched (`crate::defer`). The id is all a client needs: it is
+//! looked up among the tasks of every deferring route of the current config. Not counted in
+//! `sluice_requests_total` (it reaches no route).
+
+use http::{Method, Request};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::rescue;
+use crate::runtime::Runtime;
+
+/// The answer for `/_sluice/tasks/<rest>`.
+pub(super) async fn answer(
+    rt: &Runtime,
+    req: &Request<Incoming>,
+    rest: &str,
+) -> http::Response<ProxyBody> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return rescue::task_method_not_allowed();
+    }
+    #[cfg(feature = "redis")]
+    {
+        let Some(id) = crate::defer::TaskId::parse(rest) else {
+            return rescue::task_unknown();
+        };
+        let mut unanswered = false;
+        for defer in rt.routes.iter().filter_map(|r| r.defer.as_ref()) {
+            match defer.status(&id).await {
+                Ok(Some(status)) => return rescue::task_status(status.to_json()),
+                Ok(None) => {}
+                Err(_) => unanswered = true,
+            }
+        }
+        // Not found where Redis answered; where it did not, it may be.
+        if unanswered {
+            return rescue::task_store_unavailable();
+        }
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = (rt, rest);
+    rescue::task_unknown()
+}
