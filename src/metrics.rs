@@ -318,6 +318,33 @@ fn delivery_histogram() -> Histogram {
     Histogram::new(DELIVERY_BUCKETS)
 }
 
+/// The `sluice_deferred_*` families: a deferring route's tasks by state, its results, the age
+/// of its oldest task and its acceptance-to-delivery time.
+#[derive(Debug)]
+struct DeferredFamilies {
+    tasks: Family<DeferLabels, Gauge>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    total: Family<DeferLabels, Counter>,
+    oldest: Family<Scope, Gauge<f64, AtomicU64>>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    delivery: HistogramFamily<Scope>,
+}
+
+impl DeferredFamilies {
+    fn register(r: &mut Registry) -> Self {
+        DeferredFamilies {
+            tasks: register(r, DEFERRED_TASKS, Family::default()),
+            total: register(r, DEFERRED_TOTAL, Family::default()),
+            oldest: register(r, DEFERRED_OLDEST, Family::default()),
+            delivery: register(
+                r,
+                DEFERRED_DELIVERY,
+                Family::new_with_constructor(delivery_histogram as fn() -> Histogram),
+            ),
+        }
+    }
+}
+
 /// Every metric family of the contract, registered once per process.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -332,12 +359,7 @@ pub(crate) struct Metrics {
     utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
     rate_limit_evictions: Family<LimitLabels, Counter>,
-    deferred_tasks: Family<DeferLabels, Gauge>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    deferred_total: Family<DeferLabels, Counter>,
-    deferred_oldest: Family<Scope, Gauge<f64, AtomicU64>>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    deferred_delivery: HistogramFamily<Scope>,
+    deferred: DeferredFamilies,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     buffered_bytes: Gauge,
@@ -411,14 +433,7 @@ impl Metrics {
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
-        let deferred_tasks = register(&mut r, DEFERRED_TASKS, Family::default());
-        let deferred_total = register(&mut r, DEFERRED_TOTAL, Family::default());
-        let deferred_oldest = register(&mut r, DEFERRED_OLDEST, Family::default());
-        let deferred_delivery = register(
-            &mut r,
-            DEFERRED_DELIVERY,
-            Family::new_with_constructor(delivery_histogram as fn() -> Histogram),
-        );
+        let deferred = DeferredFamilies::register(&mut r);
         let reloads = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
         let buffered_bytes = register(&mut r, BUFFERED_BYTES, Gauge::default());
@@ -465,10 +480,7 @@ impl Metrics {
             utilization,
             rate_limit_keys,
             rate_limit_evictions,
-            deferred_tasks,
-            deferred_total,
-            deferred_oldest,
-            deferred_delivery,
+            deferred,
             reloads,
             store_errors,
             buffered_bytes,
@@ -510,7 +522,8 @@ impl Metrics {
     #[cfg(feature = "redis")]
     pub(crate) fn defer(&self, route: &Arc<str>) -> crate::defer::DeferMetrics {
         let counter = |value| {
-            self.deferred_total
+            self.deferred
+                .total
                 .get_or_create(&DeferLabels {
                     route: route.clone(),
                     name: "result",
@@ -524,7 +537,8 @@ impl Metrics {
             retried: counter("retried"),
             dead: counter("dead"),
             delivery: self
-                .deferred_delivery
+                .deferred
+                .delivery
                 .get_or_create(&Scope::Route(route.clone()))
                 .clone(),
         }
@@ -540,7 +554,8 @@ impl Metrics {
         oldest: std::time::Duration,
     ) {
         for (status, value) in DEFER_STATUSES.into_iter().zip(tasks) {
-            self.deferred_tasks
+            self.deferred
+                .tasks
                 .get_or_create(&DeferLabels {
                     route: route.clone(),
                     name: "status",
@@ -548,7 +563,8 @@ impl Metrics {
                 })
                 .set(value);
         }
-        self.deferred_oldest
+        self.deferred
+            .oldest
             .get_or_create(&Scope::Route(route.clone()))
             .set(oldest.as_secs_f64());
     }
@@ -632,8 +648,8 @@ impl Metrics {
         self.concurrency_limit.clear();
         self.utilization.clear();
         self.rate_limit_keys.clear();
-        self.deferred_tasks.clear();
-        self.deferred_oldest.clear();
+        self.deferred.tasks.clear();
+        self.deferred.oldest.clear();
     }
 
     /// Sets a cap's queue depth gauge (read at scrape time).
