@@ -337,51 +337,83 @@ fn upper_hex(c: u8) -> Option<u8> {
 
 // === host ===
 
-/// Checks one `Host` value or `:authority` (see the module docs).
+/// Checks one `Host` value or `:authority` (see the module docs). One pass over the bytes,
+/// no `str` pattern searches: it runs for every request.
 ///
 /// # Errors
 /// [`BadRequest::HostInvalid`] when it is anything else (user info, an empty or repeated dot,
 /// a bad port, bytes that are not ASCII).
 pub fn host(value: &[u8]) -> Result<Host<'_>, BadRequest> {
-    let value = std::str::from_utf8(value).map_err(|_| BadRequest::HostInvalid)?;
-    let (name, port) = if value.starts_with('[') {
-        let end = value.find(']').ok_or(BadRequest::HostInvalid)?;
-        value[1..end]
-            .parse::<Ipv6Addr>()
-            .map_err(|_| BadRequest::HostInvalid)?;
+    let (name, port) = if value.first() == Some(&b'[') {
+        let end = value
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(BadRequest::HostInvalid)?;
+        std::str::from_utf8(&value[1..end])
+            .ok()
+            .and_then(|inner| inner.parse::<Ipv6Addr>().ok())
+            .ok_or(BadRequest::HostInvalid)?;
         let port = match &value[end + 1..] {
-            "" => None,
-            rest => Some(rest.strip_prefix(':').ok_or(BadRequest::HostInvalid)?),
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return Err(BadRequest::HostInvalid),
         };
         (&value[..=end], port)
     } else {
-        let (name, port) = match value.split_once(':') {
-            Some((name, port)) => (name, Some(port)),
+        let (name, port) = match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
             None => (value, None),
         };
         (dns_name(name).ok_or(BadRequest::HostInvalid)?, port)
     };
     let port = match port {
-        None | Some("") => None,
-        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(p.parse::<u16>().map_err(|_| BadRequest::HostInvalid)?)
-        }
-        Some(_) => return Err(BadRequest::HostInvalid),
+        None | Some([]) => None,
+        Some(digits) => Some(port_number(digits).ok_or(BadRequest::HostInvalid)?),
     };
+    // Every byte of `name` was checked to be ASCII above.
+    let name = std::str::from_utf8(name).map_err(|_| BadRequest::HostInvalid)?;
     Ok(Host { name, port })
 }
 
 /// `name` without its one trailing dot, if it is a DNS name (or a dotted IPv4 address, which
-/// has the same shape).
-fn dns_name(name: &str) -> Option<&str> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    let label_ok = |label: &str| {
-        (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    (name.len() <= 253 && name.split('.').all(label_ok)).then_some(name)
+/// has the same shape): labels of 1 to 63 letters, digits, `-` or `_`, at most 253 bytes.
+fn dns_name(name: &[u8]) -> Option<&[u8]> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.len() > 253 {
+        return None;
+    }
+    let mut label = 0;
+    for &b in name {
+        if b == b'.' {
+            if label == 0 {
+                return None;
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return None;
+            }
+        } else {
+            return None;
+        }
+    }
+    (label > 0).then_some(name)
+}
+
+/// A port: 1 to 5 ASCII digits, at most 65535.
+fn port_number(digits: &[u8]) -> Option<u16> {
+    if digits.len() > 5 {
+        return None;
+    }
+    let mut port: u32 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        port = port * 10 + u32::from(b - b'0');
+    }
+    u16::try_from(port).ok()
 }
 
 // === impl Host ===

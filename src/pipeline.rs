@@ -30,6 +30,8 @@ mod defer;
 mod rate;
 mod tasks;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
@@ -46,6 +48,7 @@ use crate::metrics::Outcome;
 use crate::net::Origin;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::forward;
+use crate::proxy::upstream::Exchanged;
 use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
 use crate::runtime::{Route, Runtime};
@@ -66,8 +69,7 @@ pub(crate) async fn handle(
     }
     // Deferred tasks' status, before any route (so no route can shadow it): by canonical path.
     if let Some(id) = req.uri().path().strip_prefix(rescue::TASKS_PATH) {
-        // Boxed: keeps the Redis lookup's state out of the future of every request.
-        return Box::pin(tasks::answer(&rt, &req, id)).await;
+        return tasks::answer(&rt, &req, id).await;
     }
     let index = match route(&rt, &req) {
         Ok(index) => index,
@@ -77,7 +79,7 @@ pub(crate) async fn handle(
     // Counts the request as `client_closed` if this future is dropped before it ends: the
     // client went away while queued or while the upstream was answering.
     let mut unfinished = Unfinished(Some(route));
-    let (res, outcome) = serve(&rt, route, origin, req).await;
+    let (res, outcome) = boxed_serve(&rt, route, origin, req).await;
     unfinished.0 = None;
     route.metrics.outcome(outcome, false);
     route.metrics.response(res.status().as_u16());
@@ -117,6 +119,17 @@ fn route<B>(rt: &Runtime, req: &Request<B>) -> Result<usize, Rejection> {
             ..target
         })
         .ok_or(Rejection::NoRoute)
+}
+
+/// [`serve`], boxed outside any async body. Its state is several KiB (the nested stages'
+/// futures), and hyper moves each request's future: boxed, what moves is a pointer.
+fn boxed_serve<'a>(
+    rt: &'a Runtime,
+    route: &'a Route,
+    origin: Origin,
+    req: Request<Incoming>,
+) -> Boxed<'a, (Response<ProxyBody>, Outcome)> {
+    Box::pin(serve(rt, route, origin, req))
 }
 
 /// The stages after routing, and the response for their result.
@@ -163,15 +176,13 @@ async fn admit_and_forward(
     let body = body::read(rt, body).await?;
     #[cfg(feature = "redis")]
     if when == Some(DeferWhen::Always) {
-        return Err(Box::pin(defer::defer(route, origin, trusted, parts, body, None)).await);
+        return Err(defer::defer(route, origin, trusted, parts, body, None).await);
     }
     let slots = match caps::admit(route).await {
         Ok(slots) => slots,
         #[cfg(feature = "redis")]
         Err(refused) if when == Some(DeferWhen::Overflow) => {
-            // Boxed: keeps the Redis call's state out of the future of every request.
-            let deferred = defer::defer(route, origin, trusted, parts, body, Some(refused));
-            return Err(Box::pin(deferred).await);
+            return Err(defer::defer(route, origin, trusted, parts, body, Some(refused)).await);
         }
         Err(rejection) => return Err(rejection),
     };
@@ -200,10 +211,7 @@ async fn forward(
         UpstreamBody::Empty => None,
     };
     let sent = Instant::now();
-    // Boxed: the upstream exchange is by far the largest part of this future, and hyper moves
-    // the service future around; boxing it here keeps rejections (which never get this far)
-    // small and cheap to move.
-    let result = Box::pin(route.upstream.send(req)).await;
+    let result = exchange(route, req).await;
     let took = sent.elapsed();
     route.metrics.upstream_duration.observe(took.as_secs_f64());
     let client_fault = fault.as_ref().and_then(|f| f.get());
@@ -233,6 +241,17 @@ async fn forward(
             Err(Rejection::from(&err))
         }
     }
+}
+
+/// A future boxed by a plain function. Boxing inside an async body (`Box::pin(f()).await`) does
+/// not shrink it: the compiler keeps room for the unboxed temporary in its state, and hyper
+/// moves each request's future, so every byte of it is copied for every request.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The upstream exchange, boxed: by far the largest part of a forwarded request's state, and
+/// rejected requests (which never get this far) stay small and cheap to move.
+fn exchange(route: &Route, req: Request<UpstreamBody>) -> Boxed<'_, Exchanged> {
+    Box::pin(route.upstream.send(req))
 }
 
 /// Counts and logs what a shadow-mode stage would have rejected.

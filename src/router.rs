@@ -64,13 +64,27 @@ impl<'a> Target<'a> {
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`; a trailing dot is dropped too.
+/// Bytes, not `str` patterns: it runs for every request.
 fn strip_port(host: &str) -> &str {
-    let host = if host.starts_with('[') {
-        host.find(']').map_or(host, |end| &host[..=end])
+    let bytes = host.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
+        bytes
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(bytes.len(), |i| i + 1)
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+        bytes
+            .iter()
+            .rposition(|&b| b == b':')
+            .unwrap_or(bytes.len())
     };
-    host.strip_suffix('.').unwrap_or(host)
+    let end = if end > 0 && bytes[end - 1] == b'.' {
+        end - 1
+    } else {
+        end
+    };
+    // `end` is at an ASCII byte (`]`, `:`, `.`) or the end: a char boundary.
+    host.get(..end).unwrap_or(host)
 }
 
 fn matches(m: &RouteMatch, t: &Target<'_>) -> bool {

@@ -49,7 +49,22 @@ pub(super) fn precheck(rt: &Runtime, route: &Route, body: &Incoming) -> Result<(
 /// Writes the request to Redis: the 202's rejection ([`Rejection::Deferred`]), or why not.
 /// `refused` is the caps' answer for `when: overflow` (`None` for `always`): what a request that
 /// cannot be deferred gets. `trusted`: the peer is a trusted proxy (as for forwarding).
-pub(super) async fn defer(
+///
+/// Boxed, and built outside any async body: the Redis exchange's state stays out of the future
+/// of every request (a future boxed inside an async body still takes its size there).
+pub(super) fn defer(
+    route: &Route,
+    origin: Origin,
+    trusted: bool,
+    parts: Parts,
+    body: UpstreamBody,
+    refused: Option<Rejection>,
+) -> super::Boxed<'_, Rejection> {
+    Box::pin(write(route, origin, trusted, parts, body, refused))
+}
+
+/// [`defer`]'s work.
+async fn write(
     route: &Route,
     origin: Origin,
     trusted: bool,

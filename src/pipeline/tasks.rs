@@ -10,12 +10,18 @@ use crate::body::ProxyBody;
 use crate::rescue;
 use crate::runtime::Runtime;
 
-/// The answer for `/_sluice/tasks/<rest>`.
-pub(super) async fn answer(
-    rt: &Runtime,
-    req: &Request<Incoming>,
-    rest: &str,
-) -> http::Response<ProxyBody> {
+/// The answer for `/_sluice/tasks/<rest>`. Boxed, and built outside any async body: the Redis
+/// lookup's state stays out of the future of every request.
+pub(super) fn answer<'a>(
+    rt: &'a Runtime,
+    req: &'a Request<Incoming>,
+    rest: &'a str,
+) -> super::Boxed<'a, http::Response<ProxyBody>> {
+    Box::pin(look_up(rt, req, rest))
+}
+
+/// [`answer`]'s work.
+async fn look_up(rt: &Runtime, req: &Request<Incoming>, rest: &str) -> http::Response<ProxyBody> {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return rescue::task_method_not_allowed();
     }

@@ -65,6 +65,9 @@ struct Endpoint {
     down_until_ms: AtomicU64,
 }
 
+/// What [`Upstream::send`] gives back: the response head and the connection its body comes on.
+pub(crate) type Exchanged = Result<(Response<Incoming>, Conn), UpstreamError>;
+
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
@@ -155,10 +158,7 @@ impl Upstream {
     /// # Errors
     /// [`UpstreamError::Connect`] when no endpoint could be reached, [`UpstreamError::Timeout`]
     /// after `timeout`, [`UpstreamError::Failed`] when the exchange broke.
-    pub(crate) async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+    pub(crate) async fn send(&self, req: Request<UpstreamBody>) -> Exchanged {
         let (mut parts, body) = req.into_parts();
         // Origin-form on the wire: the Host header (kept from the client) names the site.
         parts.uri = parts
@@ -176,10 +176,7 @@ impl Upstream {
         }
     }
 
-    async fn send_with_retry(
-        &self,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+    async fn send_with_retry(&self, mut req: Request<UpstreamBody>) -> Exchanged {
         let tries = self.endpoints.len();
         let first = self.pick();
         let mut last_err = None;
