@@ -61,11 +61,10 @@ pub(crate) async fn handle(
     origin: Origin,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     let line = AccessLine::of(&rt, &req);
     if let Err(cause) = canonical::check(&mut req, rt.config.server.escaped_slashes) {
         let rejection = Rejection::BadRequest(BadRequest::Canonical(cause));
-        return unrouted(&rt, origin, &req, rejection, &line, started);
+        return unrouted(&rt, origin, &req, rejection, &line);
     }
     // Deferred tasks' status, before any route (so no route can shadow it): by canonical path.
     if let Some(id) = req.uri().path().strip_prefix(rescue::TASKS_PATH) {
@@ -73,7 +72,7 @@ pub(crate) async fn handle(
     }
     let index = match route(&rt, &req) {
         Ok(index) => index,
-        Err(rejection) => return unrouted(&rt, origin, &req, rejection, &line, started),
+        Err(rejection) => return unrouted(&rt, origin, &req, rejection, &line),
     };
     let route = &rt.routes[index];
     // Counts the request as `client_closed` if this future is dropped before it ends: the
@@ -83,7 +82,7 @@ pub(crate) async fn handle(
     unfinished.0 = None;
     route.metrics.outcome(outcome, false);
     route.metrics.response(res.status().as_u16());
-    line.log(&route.name, origin, res.status().as_u16(), outcome, started);
+    line.log(&route.name, origin, res.status().as_u16(), outcome);
     res
 }
 
@@ -94,13 +93,12 @@ fn unrouted(
     req: &Request<Incoming>,
     rejection: Rejection,
     line: &AccessLine,
-    started: Instant,
 ) -> Response<ProxyBody> {
     tracing::debug!(client = %origin.peer, host = ?Target::of(req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
     rt.metrics.unrouted(rejection.outcome());
     let res = rescue::unrouted(rejection);
     let status = res.status().as_u16();
-    line.log("", origin, status, rejection.outcome(), started);
+    line.log("", origin, status, rejection.outcome());
     res
 }
 
@@ -273,22 +271,24 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-/// What the access log needs of a request once it is gone: copied only when the log is on.
-struct AccessLine(Option<(Method, String)>);
+/// What the access log needs of a request once it is gone, and when it started: copied (and
+/// the clock read) only when the log is on.
+struct AccessLine(Option<(Method, String, Instant)>);
 
 impl AccessLine {
     fn of(rt: &Runtime, req: &Request<Incoming>) -> Self {
-        AccessLine(
-            rt.config
-                .server
-                .access_log
-                .then(|| (req.method().clone(), req.uri().path().to_owned())),
-        )
+        AccessLine(rt.config.server.access_log.then(|| {
+            (
+                req.method().clone(),
+                req.uri().path().to_owned(),
+                Instant::now(),
+            )
+        }))
     }
 
     /// One line per request (`server.access_log`), at info level on target `sluice::access`.
-    fn log(&self, route: &str, origin: Origin, status: u16, outcome: Outcome, started: Instant) {
-        let Some((method, path)) = &self.0 else {
+    fn log(&self, route: &str, origin: Origin, status: u16, outcome: Outcome) {
+        let Some((method, path, started)) = &self.0 else {
             return;
         };
         tracing::info!(

@@ -15,7 +15,7 @@
 //! response's own header map.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -707,6 +707,10 @@ impl CapTemplate {
 struct WithRetry {
     /// The body up to and including `"retry_after":`.
     head: Bytes,
+    /// Whole bodies by `retry_after` up to a minute, each rendered the first time it is sent
+    /// (so at most 61 per template, and only those used): one chunk costs hyper less to write
+    /// than three. Shared by the clones of a template.
+    whole: Arc<[OnceLock<Bytes>; SMALL.len()]>,
 }
 
 // === impl WithRetry ===
@@ -718,12 +722,26 @@ impl WithRetry {
         body.push_str(",\"retry_after\":");
         WithRetry {
             head: Bytes::from(body),
+            whole: Arc::new(std::array::from_fn(|_| OnceLock::new())),
         }
     }
 
-    /// The body completed with `secs`: three chunks, no copy, no allocation up to a minute.
+    /// The body completed with `secs`: one chunk, allocated once per template and wait of up
+    /// to a minute; past a minute three chunks (no copy).
     fn body(&self, secs: u64) -> ProxyBody {
-        ProxyBody::parts([self.head.clone(), seconds(secs), Bytes::from_static(b"}")])
+        let tail = Bytes::from_static(b"}");
+        match self.whole.get(secs as usize) {
+            Some(cell) => ProxyBody::full(
+                cell.get_or_init(|| {
+                    [&self.head, &seconds(secs), &tail]
+                        .map(|b| &b[..])
+                        .concat()
+                        .into()
+                })
+                .clone(),
+            ),
+            None => ProxyBody::parts([self.head.clone(), seconds(secs), tail]),
+        }
     }
 
     /// The response: `Retry-After: secs` and the body completed with `secs`.
