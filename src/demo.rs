@@ -5,6 +5,7 @@
 //! endpoint of the first upstream in `config/demo.yaml`.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,14 +97,20 @@ async fn serve_sample(listener: TcpListener) {
 
 /// Prints the dashboard's address (when the admin listener is on, as in `config/demo.yaml`)
 /// and the commands that show what sluice does.
+///
+/// Written, not `println!`ed: a closed stdout (`sluice demo | head`) must not panic the demo;
+/// what cannot be written is dropped.
 pub fn print_instructions(proxy: SocketAddr, admin: Option<SocketAddr>) {
+    let mut out = std::io::stdout().lock();
     if let Some(admin) = admin {
-        println!(
+        let _ = writeln!(
+            out,
             "dashboard: http://{admin}/   (open it in a browser, then run the commands below and watch)"
         );
     }
     let p = format!("http://{proxy}");
-    println!(
+    let _ = writeln!(
+        out,
         r#"
 sluice demo: a sample API ({CAPACITY} workers, {work} ms per request) behind sluice on {p}
 

@@ -2,6 +2,7 @@
 //! [`sluice::app`]. Exit status: 0 after a clean shutdown, 2 on a config error (nothing is
 //! started), 1 on any other start-up failure.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -68,7 +69,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(config) => {
-                print!("{config}");
+                // Not `print!`: a reader that stops early (`sluice check | head`) closes the
+                // pipe, and the config is valid all the same.
+                let _ = write!(std::io::stdout().lock(), "{config}");
                 ExitCode::SUCCESS
             }
             Err(err) => config_error(&err),

@@ -77,6 +77,26 @@ fn check_accepts_shipped_configs() {
     }
 }
 
+/// A reader that closes the pipe before `check` writes (`sluice check | head -0`) is no fault
+/// of the config: exit 0, no panic.
+#[test]
+fn check_survives_a_closed_stdout() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = bin::command()
+        .args(["check", "-c"])
+        .arg(format!("{root}/config/sluice.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed at once: the child is still starting, long before it has loaded the config.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 /// SLUICE_CONFIG names the config when -c is not given.
 #[test]
 fn check_reads_sluice_config_env() {
