@@ -946,7 +946,7 @@ async fn kubernetes_manifests_pass_schema_validation() {
     if !probe.is_some_and(|o| o.status.success()) {
         missing(
             "kubernetes-validate",
-            "python3 -m pip install kubernetes-validate",
+            "python3 -m pip install kubernetes-validate, or into a virtualenv first on PATH where the system Python refuses pip",
             true,
         );
         return;
