@@ -58,6 +58,9 @@ pub(super) struct Memos {
     cap: usize,
     /// `sluice_rate_limit_evictions_total` of the limit: live entries dropped for room.
     evictions: Counter,
+    /// Held by the one request that makes room; others meanwhile add their key without
+    /// scanning (the table passes `cap` by at most the requests in flight, for that moment).
+    making_room: std::sync::Mutex<()>,
 }
 
 /// What a request does, decided from the table.
@@ -126,6 +129,7 @@ impl Memos {
             ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
             cap: cap.max(1),
             evictions,
+            making_room: std::sync::Mutex::new(()),
         }
     }
 
@@ -275,17 +279,23 @@ impl Memos {
         change(self.map.entry(*key).or_default().value_mut());
     }
 
-    /// Before adding a key to a full table: drops what has run out, then, if it is still full,
-    /// the eighth of the entries that end soonest (the oldest leases, the nearest denials).
-    /// Evicting is safe either way: a forgotten denial means one more call to Redis, which
-    /// denies again; forgotten leased tokens are not spent (the fleet admits fewer, never
-    /// more). Costs a scan of the table once per `cap / 8` new keys at most.
+    /// Before adding a key to a full table: drops what has run out, then, if that did not free
+    /// an eighth of the table, the entries that end soonest (the oldest leases, the nearest
+    /// denials) down to seven eighths. Evicting is safe either way: a forgotten denial means
+    /// one more call to Redis, which denies again; forgotten leased tokens are not spent (the
+    /// fleet admits fewer, never more). One request scans at a time, once per `cap / 8` new
+    /// keys at most.
     fn make_room(&self, now: u64) {
         if self.map.len() < self.cap {
             return;
         }
+        let Ok(_scanning) = self.making_room.try_lock() else {
+            return;
+        };
+        // At least one below `cap`, so that the key being added fits.
+        let room = self.cap - (self.cap / 8).max(1);
         self.map.retain(|_, memo| memo.live(now));
-        if self.map.len() < self.cap {
+        if self.map.len() <= room {
             return;
         }
         let mut ends: Vec<(u64, LimitKey)> = self
@@ -293,9 +303,13 @@ impl Memos {
             .iter()
             .map(|e| (e.value().ends(), *e.key()))
             .collect();
-        let cut = ends.len() / 8;
-        ends.select_nth_unstable_by_key(cut, |(end, _)| *end);
-        for (_, key) in &ends[..=cut] {
+        // Other requests may have removed entries since `len()`: cut what is there.
+        let excess = ends.len().saturating_sub(room);
+        if excess == 0 {
+            return;
+        }
+        ends.select_nth_unstable_by_key(excess - 1, |(end, _)| *end);
+        for (_, key) in &ends[..excess] {
             if self.map.remove(key).is_some_and(|(_, memo)| memo.live(now)) {
                 self.evictions.inc();
             }

@@ -571,3 +571,42 @@ async fn evictions_from_a_full_table_are_counted() {
     assert!(evictions.get() >= 84, "{} evicted", evictions.get());
     assert!(matches!(m.take(&LimitKey::Header(99)), Taken::Denied(_)));
 }
+
+/// Pins: when what has run out frees less than an eighth of a full table, live entries are cut
+/// too, so the next new keys do not each rescan a full table; and a table of one key holds one.
+#[tokio::test(start_paused = true)]
+async fn a_full_table_is_cut_to_seven_eighths() {
+    let evictions = Counter::default();
+    let m = Memos::new(0, Duration::from_millis(100), 16, evictions.clone());
+    m.settle(
+        &LimitKey::Header(0),
+        false,
+        Settle::Denied(Duration::from_secs(1)),
+    );
+    for i in 1..16u64 {
+        m.settle(
+            &LimitKey::Header(i),
+            false,
+            Settle::Denied(Duration::from_secs(60 + i)),
+        );
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    m.settle(
+        &LimitKey::Header(100),
+        false,
+        Settle::Denied(Duration::from_secs(60)),
+    );
+    // The expired entry and one live one went: 14 kept, plus the new key.
+    assert_eq!(m.len(), 15);
+    assert_eq!(evictions.get(), 1);
+
+    let one = Memos::new(0, Duration::from_millis(100), 1, Counter::default());
+    for i in 0..3u64 {
+        one.settle(
+            &LimitKey::Header(i),
+            false,
+            Settle::Denied(Duration::from_secs(60)),
+        );
+        assert_eq!(one.len(), 1);
+    }
+}
