@@ -185,6 +185,10 @@ struct Pool {
     /// Entries this pool's workers hold: a takeover by the caretaker must not hand a worker an
     /// entry another worker of the same consumer still has. std Mutex: set operations only.
     held: Mutex<HashSet<String>>,
+    /// Where the next takeover scan of the pending entries starts (`XAUTOCLAIM`'s cursor):
+    /// Redis looks at a bounded number of entries per call, so always starting at `0-0` would
+    /// never get past the oldest entries while live deliverers hold them.
+    claim_from: Mutex<String>,
     /// See [`Counts`]; `known` false until first read.
     counts: [AtomicI64; 5],
     known: AtomicBool,
@@ -250,6 +254,7 @@ impl Deliveries {
             stop: Shutdown::new(),
             ops: tokio::sync::OnceCell::new(),
             held: Mutex::new(HashSet::new()),
+            claim_from: Mutex::new(String::from("0-0")),
             counts: Default::default(),
             known: AtomicBool::new(false),
             failing: AtomicBool::new(false),
@@ -596,19 +601,30 @@ impl Pool {
             }
         }
         let visibility = self.target.load().upstream.config().timeout + VISIBILITY_MARGIN;
+        let from = self
+            .claim_from
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |c| c.clone());
         let mut cmd = redis::cmd("XAUTOCLAIM");
         cmd.arg(&*self.keys.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(visibility.as_millis() as u64)
-            .arg("0-0")
+            .arg(from)
             .arg("COUNT")
             .arg(permits.len());
         let Some(value) = self.call(conn.clone().query::<Value>(&cmd)).await else {
             return;
         };
         let claimed = match &value {
-            Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
+            Value::Array(parts) => {
+                // Redis answers `0-0` once the scan has reached the end: the next starts over.
+                if let Some(next) = parts.first().and_then(text) {
+                    let mut from = self.claim_from.lock().unwrap_or_else(|e| e.into_inner());
+                    *from = next;
+                }
+                parts.get(1).map(entries).unwrap_or_default()
+            }
             _ => Vec::new(),
         };
         if !claimed.is_empty() {
