@@ -131,14 +131,15 @@ pub struct Host<'a> {
 
 /// The canonical form of `raw`, a request path without its query (see the module docs).
 /// Borrowed — no allocation — when `raw` is already canonical. `*` (`OPTIONS *`) is returned
-/// as is, and an empty path (an absolute-form target without one) as `/`.
+/// as is. An empty path is refused: `http` gives one only for an authority-form target
+/// (`CONNECT host:port`), which sluice does not tunnel (an absolute-form target without a path
+/// already reads as `/`).
 ///
 /// # Errors
 /// [`BadRequest`] for a path with no single meaning.
 pub fn path(raw: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, BadRequest> {
     match raw {
         "*" => return Ok(Cow::Borrowed(raw)),
-        "" => return Ok(Cow::Borrowed("/")),
         _ if !raw.starts_with('/') => return Err(BadRequest::NotAPath),
         _ => {}
     }

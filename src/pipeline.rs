@@ -103,14 +103,10 @@ fn unrouted(
 }
 
 /// The route stage: the first route that matches the (canonical) request. Paths are matched
-/// without their `;` parameters (`crate::canonical::match_path`); an empty path as `/`.
+/// without their `;` parameters (`crate::canonical::match_path`).
 fn route<B>(rt: &Runtime, req: &Request<B>) -> Result<usize, Rejection> {
     let target = Target::of(req);
-    let path = match_path(if target.path.is_empty() {
-        "/"
-    } else {
-        target.path
-    });
+    let path = match_path(target.path);
     rt.router
         .find(&Target {
             path: &path,

@@ -168,8 +168,8 @@ async fn upstream_receives_the_canonical_path() {
     assert_eq!(got.json()["uri"], "/login/a/c%3F?x=%6c&y=/../");
 }
 
-/// The other refusals: `..` above the root, bad escapes, `%00`, a backslash; each a 400 with
-/// problem JSON, none reaching the upstream.
+/// The other refusals: `..` above the root, bad escapes, `%00`, a backslash, a `CONNECT`
+/// target; each a 400 with problem JSON, none reaching the upstream.
 #[tokio::test]
 async fn paths_without_one_meaning_are_refused() {
     let up = ok_upstream().await;
@@ -196,6 +196,18 @@ async fn paths_without_one_meaning_are_refused() {
     assert_eq!(
         (status, reason(&body).as_deref()),
         (400, Some("bad-request"))
+    );
+    // An authority-form target (`CONNECT`) has no path: refused, not routed as `/` and sent
+    // upstream as `CONNECT /` (sluice does not tunnel).
+    let (status, body) = raw(
+        p.addr,
+        &format!("CONNECT {host} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_deref()),
+        (400, Some("bad-request")),
+        "CONNECT"
     );
     assert_eq!(up.requests(), 0);
 }

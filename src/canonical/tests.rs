@@ -57,7 +57,7 @@ fn encoding_rules() {
         assert_eq!(canon(raw).as_deref(), Ok(want), "{raw}");
     }
     assert_eq!(canon("*").as_deref(), Ok("*"));
-    assert_eq!(canon("").as_deref(), Ok("/"));
+    assert_eq!(canon(""), Err(BadRequest::NotAPath));
 }
 
 /// What has no single meaning is refused, each with its own cause.

@@ -22,8 +22,6 @@ use crate::canonical::{self, BadRequest, EscapedSlashes};
 pub(super) fn check<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
     host(req)?;
     let rebuilt = match canonical::path(req.uri().path(), escaped)? {
-        // An empty path (absolute-form target without one) comes back as `/`, borrowed: it is
-        // routed as `/` and sent upstream as `/` without rebuilding the URI.
         Cow::Borrowed(_) => return Ok(()),
         Cow::Owned(path) => path,
     };
