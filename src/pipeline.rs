@@ -209,14 +209,19 @@ async fn forward(
     let took = sent.elapsed();
     route.metrics.upstream_duration.observe(took.as_secs_f64());
     let client_fault = fault.as_ref().and_then(|f| f.get());
-    if client_fault.is_none() {
-        slots.record(match &result {
-            // A 503 is the upstream saying it is overloaded: a drop, like a timeout.
-            Ok((res, _)) if res.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                Sample::Answered(took)
-            }
-            _ => Sample::Dropped,
-        });
+    // A streamed body the client had not finished sending: a failure may be the client's doing
+    // (a trickle that outlasts the upstream's timeout) and says nothing of the upstream.
+    let body_sent = fault.as_ref().is_none_or(|f| f.complete());
+    let sample = match &result {
+        // A 503 is the upstream saying it is overloaded: a drop, like a timeout.
+        Ok((res, _)) if res.status() != StatusCode::SERVICE_UNAVAILABLE => {
+            Some(Sample::Answered(took))
+        }
+        _ if body_sent => Some(Sample::Dropped),
+        _ => None,
+    };
+    if let (None, Some(sample)) = (client_fault, sample) {
+        slots.record(sample);
     }
     match result {
         Ok((mut res, conn)) => {

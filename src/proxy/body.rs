@@ -59,8 +59,8 @@ pub(crate) struct Rest {
     fault: Arc<Fault>,
 }
 
-/// Why a streamed body failed, shared with the pipeline: the upstream exchange only says that
-/// the body broke.
+/// Why a streamed body failed — or that it reached its end — shared with the pipeline: the
+/// upstream exchange only says that the body broke.
 #[derive(Debug, Default)]
 pub(crate) struct Fault(AtomicU8);
 
@@ -214,7 +214,10 @@ impl Rest {
                 self.fault.set(BodyFault::Client);
                 Poll::Ready(Some(Err(BodyError::Client(err))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.fault.finish();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if !self.armed {
                     self.armed = true;
@@ -233,6 +236,9 @@ impl Rest {
 
 // === impl Fault ===
 
+/// [`Fault`]'s code for a body that reached its end.
+const COMPLETE: u8 = 4;
+
 impl Fault {
     /// The rule broken, if any.
     pub(crate) fn get(&self) -> Option<BodyFault> {
@@ -242,6 +248,18 @@ impl Fault {
             3 => Some(BodyFault::Client),
             _ => None,
         }
+    }
+
+    /// Whether the body reached its end: all of it was passed on.
+    pub(crate) fn complete(&self) -> bool {
+        self.0.load(Ordering::Acquire) == COMPLETE
+    }
+
+    /// Marks the body as passed on whole (unless it broke a rule first).
+    fn finish(&self) {
+        let _ = self
+            .0
+            .compare_exchange(0, COMPLETE, Ordering::AcqRel, Ordering::Acquire);
     }
 
     fn set(&self, fault: BodyFault) {
@@ -286,11 +304,18 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Client(body) => {
-                body.ahead.is_empty()
+                let end = body.ahead.is_empty()
                     && body
                         .rest
                         .as_ref()
-                        .is_none_or(|r| r.incoming.is_end_stream())
+                        .is_none_or(|r| r.incoming.is_end_stream());
+                // hyper may stop at this answer without polling for the end.
+                if end {
+                    if let Some(rest) = &body.rest {
+                        rest.fault.finish();
+                    }
+                }
+                end
             }
         }
     }
