@@ -1,5 +1,6 @@
-//! Bounded key tables: the per-key state of a keyed rate limit (the TAT of each bucket) and
-//! the local denial cache of a global limit, at most `max_keys` keys each.
+//! Bounded key tables: the per-key state of a keyed local rate limit (the TAT of each bucket),
+//! at most `max_keys` keys. (A global limit's memory of leases and denials is bounded by the
+//! same `max_keys`, in `limit/global/memo.rs`.)
 //!
 //! Keys are chosen by clients — an address in a /64 they own, an API key they make up — so an
 //! unbounded table is memory anyone can fill: 20k new keys a second on a limit of 1/h is 72M
