@@ -84,6 +84,18 @@ impl Reservation {
         taken
     }
 
+    /// Counts `bytes` more that are in memory already, past the maximum if need be (like
+    /// [`Budget::account`]); `false` when they did not fit, so that the caller stops reading
+    /// ahead.
+    pub(crate) fn grow_past(&mut self, bytes: u64) -> bool {
+        let within = self.budget.take(bytes);
+        if !within {
+            self.budget.used.fetch_add(bytes, Ordering::AcqRel);
+        }
+        self.bytes += bytes;
+        within
+    }
+
     /// Gives back `bytes` of the reservation (what was sent on already).
     pub(crate) fn shrink(&mut self, bytes: u64) {
         let bytes = bytes.min(self.bytes);
@@ -107,6 +119,20 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pins: bytes already in memory are counted past the maximum, say so, and come back in
+    /// full when dropped.
+    #[test]
+    fn grow_past_counts_what_does_not_fit() {
+        let budget = Budget::new(100);
+        let mut held = budget.account(0);
+        assert!(held.grow_past(80));
+        assert!(!held.grow_past(50), "80 + 50 > 100");
+        assert_eq!((held.bytes(), budget.used()), (130, 130));
+        assert!(budget.reserve(1).is_none(), "spent");
+        drop(held);
+        assert_eq!(budget.used(), 0);
+    }
 
     /// Pins: reservations never take the budget past its maximum, and every byte comes back
     /// when they are dropped or shrunk.

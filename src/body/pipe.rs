@@ -157,7 +157,8 @@ impl Drain {
                 reader: None,
                 closed: false,
                 last_taken: Instant::now(),
-                held: held.or_else(|| self.budget.reserve(0)),
+                // Read already: counted even past the maximum.
+                held: Some(held.unwrap_or_else(|| self.budget.account(bytes))),
                 remaining,
                 stream: None,
             }),
@@ -295,12 +296,12 @@ impl Pipe {
         self.room.notify_one();
     }
 
-    /// Adds a frame; `false` when its bytes did not fit the budget (they are kept anyway: they
-    /// were read already).
+    /// Adds a frame; `false` when its bytes did not fit the budget (they are kept, and counted,
+    /// anyway: they were read already).
     fn push(&self, frame: Frame<Bytes>) -> bool {
         let len = frame.data_ref().map_or(0, |d| d.len() as u64);
         let mut state = self.lock();
-        let within = state.held.as_mut().is_some_and(|held| held.grow(len));
+        let within = state.held.as_mut().is_some_and(|held| held.grow_past(len));
         state.frames.push_back(frame);
         state.bytes += len;
         let reader = state.reader.take();

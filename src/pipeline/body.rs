@@ -98,7 +98,7 @@ impl Ahead {
             bytes: 0,
             buffer,
             max: rt.config.server.client.max_request_body.0,
-            held: rt.budget.reserve(0),
+            held: Some(rt.budget.account(0)),
         }
     }
 
@@ -116,7 +116,8 @@ impl Ahead {
             if self.bytes + len > self.max {
                 return Ok(Filled::TooLarge);
             }
-            let within_budget = self.held.as_mut().is_some_and(|held| held.grow(len));
+            // Counted even past the maximum: the chunk is in memory.
+            let within_budget = self.held.as_mut().is_some_and(|held| held.grow_past(len));
             self.bytes += len;
             self.chunks.push_back(data);
             if !within_budget {
