@@ -494,9 +494,12 @@ impl<'a> UpstreamStats<'a> {
             admitted_per_second: round(sum_of(&rates, &ADMITTED), 1e3),
             rejected_per_second: round(sum_of(&rates, &REJECTED), 1e3),
             requests_per_second: ByOutcome(rates.map(|r| round(r, 1e3))),
-            utilization: cap
-                .limit
-                .map(|l| round(cap.inflight.max(0) as f64 / l.max(1) as f64, 1e3)),
+            // As `sluice_utilization`: the cap's own slots (shadow-mode requests, in the
+            // `inflight` gauge, hold none), in one read with its limit.
+            utilization: up.concurrency.as_ref().map(|c| {
+                let (inflight, limit) = c.inflight_and_limit();
+                round(inflight as f64 / limit.max(1) as f64, 1e3)
+            }),
             cap,
             queue_wait_seconds: Quantiles::of(&wait),
             upstream_latency_seconds: Quantiles::of(&latency),
