@@ -10,6 +10,15 @@ use crate::body::ProxyBody;
 use crate::rescue;
 use crate::runtime::Runtime;
 
+/// Lookups under way at most, in the whole process. Each costs a Redis call per deferring route
+/// on the connection global limits and deferrals share, and anyone can ask: a flood of lookups
+/// must not queue up there until those calls time out. Past it, 503 `store-unavailable` at once.
+#[cfg(feature = "redis")]
+const MAX_LOOKUPS: usize = 32;
+
+#[cfg(feature = "redis")]
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
+
 /// The answer for `/_sluice/tasks/<rest>`. Boxed, and built outside any async body: the Redis
 /// lookup's state stays out of the future of every request.
 pub(super) fn answer<'a>(
@@ -29,6 +38,9 @@ async fn look_up(rt: &Runtime, req: &Request<Incoming>, rest: &str) -> http::Res
     {
         let Some(id) = crate::defer::TaskId::parse(rest) else {
             return rescue::task_unknown();
+        };
+        let Ok(_lookup) = LOOKUPS.try_acquire() else {
+            return rescue::task_store_unavailable();
         };
         let mut unanswered = false;
         for defer in rt.routes.iter().filter_map(|r| r.defer.as_ref()) {
