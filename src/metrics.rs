@@ -361,6 +361,7 @@ pub(crate) struct Metrics {
     rate_limit_evictions: Family<LimitLabels, Counter>,
     deferred: DeferredFamilies,
     reloads: Family<ResultLabel, Counter>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     store_errors: Counter,
     buffered_bytes: Gauge,
     /// `sluice_connections_refused_total{reason="per_ip"}`.
@@ -631,6 +632,7 @@ impl Metrics {
     }
 
     /// `sluice_store_errors_total`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn store_errors(&self) -> &Counter {
         &self.store_errors
     }
