@@ -117,11 +117,11 @@ sluice demo: a sample API ({CAPACITY} workers, {work} ms per request) behind slu
   # 200, with RateLimit-Policy and RateLimit fields:
   curl -i {p}/api/hello
 
-  # 429 with Retry-After once the per-client burst (20, refilled at 10/s) is spent:
+  # 429 with Retry-After once the per-client burst is spent (20, refilled at 10/s, in config/demo.yaml):
   for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}} ' {p}/api/hello; done; echo
   wrk -t1 -c4 -d5s {p}/api/hello        # "Non-2xx or 3xx responses": the 429s
 
-  # 503 with Retry-After: the upstream cap (8 in flight, queue 16) pushes back under load:
+  # 503 with Retry-After: the upstream cap (8 in flight, queue 16, in config/demo.yaml) pushes back:
   wrk -t2 -c64 -d5s {p}/batch/report
   curl -i {p}/batch/report      # run while wrk is running
 
