@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
 use crate::net::{Origin, X_FORWARDED_FOR};
@@ -103,21 +103,24 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // `Connection` may name more headers. `keep-alive`, `close` and hop-by-hop names need
-        // no extra work; anything else is collected first (removing while borrowing is not
+        // `Connection` may name more headers. `close` names none, and a hop-by-hop name (most
+        // often `keep-alive`) is removed below if present: compared as text, neither costs a
+        // parse or a removal. Anything else is collected first (removing while borrowing is not
         // possible) — rare, so the allocation does not matter.
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
             let Ok(value) = value.to_str() else { continue };
             for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") || token.is_empty() {
+                let known = token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+                if known {
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    match hop_by_hop_index(&name) {
-                        Some(i) => present |= 1 << i,
-                        None => named.push(name),
-                    }
+                    named.push(name);
                 }
             }
         }
@@ -133,49 +136,71 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-For: <existing>, <peer>`, folded into one line so upstreams that read only the
-/// first line see the whole chain.
+/// first line see the whole chain. Without an existing line (most requests) the value is built on
+/// the stack: its one allocation is the header value's.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let mut value = String::with_capacity(64);
-    for (i, existing) in headers.get_all(&X_FORWARDED_FOR).iter().enumerate() {
-        if let Ok(s) = existing.to_str() {
-            if i > 0 {
-                value.push_str(", ");
+    let mut buf = [0u8; IP_TEXT_MAX];
+    let ip = ip_text(peer, &mut buf);
+    // One hash probe for the lookup and the write.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            if let Ok(line) = HeaderValue::from_bytes(ip) {
+                entry.insert(line);
             }
-            value.push_str(s.trim());
         }
-    }
-    if !value.is_empty() {
-        value.push_str(", ");
-    }
-    push_ip(&mut value, peer);
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
+        Entry::Occupied(mut entry) => {
+            let mut value = String::new();
+            for existing in entry.iter() {
+                match existing.to_str().map(str::trim) {
+                    Ok("") | Err(_) => {}
+                    Ok(s) => {
+                        value.push_str(s);
+                        value.push_str(", ");
+                    }
+                }
+            }
+            value.push_str(std::str::from_utf8(ip).unwrap_or_default());
+            if let Ok(line) = HeaderValue::from_str(&value) {
+                entry.insert(line);
+            }
+        }
     }
 }
 
-/// Appends `ip` in its usual text form. IPv4 — nearly every peer — is written by hand: the
-/// `Display` machinery costs more than the rest of the header rewrite together.
-fn push_ip(out: &mut String, ip: IpAddr) {
+/// The longest text form of an IP address (an IPv4-mapped IPv6 address).
+const IP_TEXT_MAX: usize = 45;
+
+/// `ip` in its usual text form, written into `buf`. IPv4 — nearly every peer — is written by
+/// hand: the `Display` machinery costs more than the rest of the header rewrite together.
+fn ip_text(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
+    let mut len = 0;
     match ip {
         IpAddr::V4(v4) => {
+            let mut put = |b: u8| {
+                buf[len] = b;
+                len += 1;
+            };
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    put(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    put(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + (octet / 10) % 10));
+                    put(b'0' + (octet / 10) % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                put(b'0' + octet % 10);
             }
         }
         IpAddr::V6(_) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{ip}");
+            use std::io::Write as _;
+            let mut rest = &mut buf[..];
+            let _ = write!(rest, "{ip}");
+            len = IP_TEXT_MAX - rest.len();
         }
     }
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -230,9 +255,9 @@ mod tests {
         assert_eq!(all[0], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
     }
 
-    /// IPv4 addresses are written exactly as `Display` writes them.
+    /// Addresses are written exactly as `Display` writes them, the longest IPv6 form included.
     #[test]
-    fn push_ip_matches_display() {
+    fn ip_text_matches_display() {
         for ip in [
             "0.0.0.0",
             "1.2.3.4",
@@ -241,11 +266,12 @@ mod tests {
             "255.255.255.255",
             "::1",
             "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::ffff:255.255.255.255",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
-            push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            let mut buf = [0; IP_TEXT_MAX];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
         }
     }
 
