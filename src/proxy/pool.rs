@@ -128,19 +128,13 @@ impl EndpointPool {
         }
     }
 
-    /// An idle connection ready for a request, or a new one.
-    ///
-    /// # Errors
-    /// [`ConnectError`] when a new connection cannot be made.
-    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Conn, ConnectError> {
-        if let Some(sender) = self.take_idle() {
-            return Ok(Conn {
-                sender,
-                pool: self.clone(),
-                reused: true,
-            });
-        }
-        self.connect().await
+    /// An idle connection ready for a request, if there is one.
+    pub(crate) fn idle_conn(self: &Arc<Self>) -> Option<Conn> {
+        self.take_idle().map(|sender| Conn {
+            sender,
+            pool: self.clone(),
+            reused: true,
+        })
     }
 
     /// Opens a new connection (not from the idle stack).

@@ -17,6 +17,8 @@
 //!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,7 +188,11 @@ impl Upstream {
                 continue;
             }
             let endpoint = &self.endpoints[index];
-            let mut conn = match endpoint.pool.checkout().await {
+            let conn = match endpoint.pool.idle_conn() {
+                Some(conn) => Ok(conn),
+                None => connect(&endpoint.pool).await,
+            };
+            let mut conn = match conn {
                 Ok(conn) => conn,
                 Err(source) => {
                     // Nothing was sent: the request, body included, is still ours.
@@ -205,27 +211,12 @@ impl Upstream {
                     req.headers_mut().insert(HOST, host);
                 }
             }
-            match conn.sender.try_send_request(req).await {
+            let unsent = match conn.sender.try_send_request(req).await {
                 Ok(res) => return Ok((res, conn)),
                 Err(mut err) => match err.take_message() {
                     // A reused connection closed before the request was written: send it again
                     // on a fresh one (what hyper-util's `retry_canceled_requests` does).
-                    Some(unsent) if conn.reused => {
-                        let mut fresh = endpoint.pool.connect().await.map_err(|source| {
-                            self.mark_down(index, &source);
-                            UpstreamError::Connect {
-                                upstream: self.name.clone(),
-                                source,
-                            }
-                        })?;
-                        return match fresh.sender.send_request(unsent).await {
-                            Ok(res) => Ok((res, fresh)),
-                            Err(source) => Err(UpstreamError::Failed {
-                                upstream: self.name.clone(),
-                                source,
-                            }),
-                        };
-                    }
+                    Some(unsent) if conn.reused => unsent,
                     _ => {
                         return Err(UpstreamError::Failed {
                             upstream: self.name.clone(),
@@ -233,12 +224,36 @@ impl Upstream {
                         })
                     }
                 },
-            }
+            };
+            return self.resend(index, unsent).await;
         }
         Err(last_err.unwrap_or_else(|| UpstreamError::Timeout {
             upstream: self.name.clone(),
             timeout: self.config.timeout,
         }))
+    }
+
+    /// Sends `req` again on a fresh connection to endpoint `index`. Boxed, and built outside any
+    /// async body: this rare path's state stays out of the future of every request.
+    fn resend(&self, index: usize, req: Request<UpstreamBody>) -> Boxed<'_, Exchanged> {
+        Box::pin(async move {
+            let mut fresh = connect(&self.endpoints[index].pool)
+                .await
+                .map_err(|source| {
+                    self.mark_down(index, &source);
+                    UpstreamError::Connect {
+                        upstream: self.name.clone(),
+                        source,
+                    }
+                })?;
+            match fresh.sender.send_request(req).await {
+                Ok(res) => Ok((res, fresh)),
+                Err(source) => Err(UpstreamError::Failed {
+                    upstream: self.name.clone(),
+                    source,
+                }),
+            }
+        })
     }
 
     /// Closes the expired idle connections of every endpoint and forgets those the upstream
@@ -310,6 +325,15 @@ impl Upstream {
         // +1 so that a healthy endpoint (0) is never "down until" the first millisecond.
         self.epoch.elapsed().as_millis() as u64 + 1
     }
+}
+
+/// A future boxed by a plain function, so that its state is not part of the caller's.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A new connection to `pool`'s endpoint, boxed: most requests take an idle one, and the
+/// connect and handshake state stays out of their futures.
+fn connect(pool: &Arc<EndpointPool>) -> Boxed<'_, Result<Conn, ConnectError>> {
+    Box::pin(pool.connect())
 }
 
 #[cfg(test)]
