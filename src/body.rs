@@ -19,7 +19,7 @@ mod pipe;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -49,17 +49,28 @@ enum Kind {
     Full { parts: [Bytes; 3], next: usize },
     /// An upstream body that was complete when its head arrived, and the budget it takes until
     /// the client has it.
-    Collected(VecDeque<Frame<Bytes>>, Reservation),
+    Collected(Frames, Reservation),
     /// An upstream body being drained by a task.
     Piped(Reader),
 }
 
+/// Frames taken off an upstream body, in order: the first data frame apart, so that a body of
+/// one frame (most small responses) needs no queue.
+#[derive(Debug, Default)]
+struct Frames {
+    /// The first frame, when it is data (empty: none).
+    first: Bytes,
+    rest: VecDeque<Frame<Bytes>>,
+    /// Bytes of data in all of them.
+    bytes: u64,
+}
+
 /// What the upstream's body was when its head arrived.
 enum Ready {
-    /// Complete: these frames (`bytes` of data) are all of it.
-    Whole(VecDeque<Frame<Bytes>>, u64),
+    /// Complete: these frames are all of it.
+    Whole(Frames),
     /// These frames so far; more to come.
-    Partly(VecDeque<Frame<Bytes>>, u64),
+    Partly(Frames),
     /// Broken already.
     Broken,
 }
@@ -88,17 +99,18 @@ impl ProxyBody {
     /// The body of an upstream response: what has arrived is taken now; if that is all of it,
     /// `slots` are freed and `conn` goes back to its pool before the response is sent, else a
     /// drain task takes over (see the module docs). Must be called on a tokio runtime.
-    pub(crate) async fn upstream(
+    pub(crate) fn upstream(
         mut body: Incoming,
         slots: Slots,
         conn: Conn,
         drain: Drain,
     ) -> Self {
-        let kind = match ready_frames(&mut body, drain.window()).await {
-            Ready::Whole(frames, bytes) => {
+        let kind = match ready_frames(&mut body, drain.window()) {
+            Ready::Whole(frames) => {
                 conn.release();
                 drop(slots);
-                Kind::Collected(frames, drain.account(bytes))
+                let held = drain.account(frames.bytes);
+                Kind::Collected(frames, held)
             }
             // Nothing reusable: dropping the connection closes it; the client sees the body end
             // early (hyper aborts the message).
@@ -106,8 +118,9 @@ impl ProxyBody {
                 drop((conn, slots));
                 Kind::Piped(Pipe::broken())
             }
-            Ready::Partly(frames, bytes) => {
-                Kind::Piped(drain.start(body, frames, bytes, slots, conn))
+            Ready::Partly(frames) => {
+                let bytes = frames.bytes;
+                Kind::Piped(drain.start(body, frames.into_queue(), bytes, slots, conn))
             }
         };
         ProxyBody { kind, stream: None }
@@ -126,30 +139,25 @@ impl ProxyBody {
 }
 
 /// Takes the frames of `body` that are ready now, without waiting: all of them if the body is
-/// complete, else up to `limit` bytes.
-async fn ready_frames(body: &mut Incoming, limit: u64) -> Ready {
-    std::future::poll_fn(|cx| {
-        let mut frames = VecDeque::new();
-        let mut bytes = 0u64;
-        loop {
-            if body.is_end_stream() {
-                return Poll::Ready(Ready::Whole(frames, bytes));
-            }
-            if bytes > limit {
-                return Poll::Ready(Ready::Partly(frames, bytes));
-            }
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
-                    frames.push_back(frame);
-                }
-                Poll::Ready(None) => return Poll::Ready(Ready::Whole(frames, bytes)),
-                Poll::Ready(Some(Err(_))) => return Poll::Ready(Ready::Broken),
-                Poll::Pending => return Poll::Ready(Ready::Partly(frames, bytes)),
-            }
+/// complete, else up to `limit` bytes. Polled with a waker that does nothing: whoever reads the
+/// rest (the drain task) polls again with its own.
+fn ready_frames(body: &mut Incoming, limit: u64) -> Ready {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut frames = Frames::default();
+    loop {
+        if body.is_end_stream() {
+            return Ready::Whole(frames);
         }
-    })
-    .await
+        if frames.bytes > limit {
+            return Ready::Partly(frames);
+        }
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frames.push(frame),
+            Poll::Ready(None) => return Ready::Whole(frames),
+            Poll::Ready(Some(Err(_))) => return Ready::Broken,
+            Poll::Pending => return Ready::Partly(frames),
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -171,7 +179,7 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Kind::Collected(frames, held) => {
-                let frame = frames.pop_front();
+                let frame = frames.pop();
                 if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
                     held.shrink(data.len() as u64);
                 }
@@ -184,7 +192,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { parts, next } => parts.iter().skip(*next).all(Bytes::is_empty),
-            Kind::Collected(frames, _) => frames.is_empty(),
+            Kind::Collected(frames, _) => frames.first.is_empty() && frames.rest.is_empty(),
             Kind::Piped(pipe) => pipe.is_end_stream(),
         }
     }
@@ -195,12 +203,50 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(parts.iter().skip(*next).map(|p| p.len() as u64).sum())
             }
             Kind::Collected(frames, _) => SizeHint::with_exact(
-                frames
-                    .iter()
-                    .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
-                    .sum(),
+                frames.first.len() as u64
+                    + frames
+                        .rest
+                        .iter()
+                        .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+                        .sum::<u64>(),
             ),
             Kind::Piped(pipe) => pipe.size_hint(),
         }
+    }
+}
+
+// === impl Frames ===
+
+impl Frames {
+    fn push(&mut self, frame: Frame<Bytes>) {
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                self.bytes += data.len() as u64;
+                if self.first.is_empty() && self.rest.is_empty() {
+                    self.first = data;
+                    return;
+                }
+                Frame::data(data)
+            }
+            Err(frame) => frame,
+        };
+        self.rest.push_back(frame);
+    }
+
+    fn pop(&mut self) -> Option<Frame<Bytes>> {
+        if self.first.is_empty() {
+            self.rest.pop_front()
+        } else {
+            Some(Frame::data(std::mem::take(&mut self.first)))
+        }
+    }
+
+    /// All of them in one queue, for the drain.
+    fn into_queue(self) -> VecDeque<Frame<Bytes>> {
+        let mut queue = self.rest;
+        if !self.first.is_empty() {
+            queue.push_front(Frame::data(self.first));
+        }
+        queue
     }
 }

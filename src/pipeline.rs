@@ -33,6 +33,7 @@ mod tasks;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -46,7 +47,7 @@ use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
 use crate::net::Origin;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::body::{Fault, UpstreamBody};
 use crate::proxy::forward;
 use crate::proxy::upstream::Exchanged;
 use crate::rescue::{self, BadRequest, Rejection};
@@ -62,23 +63,32 @@ pub(crate) async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let line = AccessLine::of(&rt, &req);
-    if let Err(cause) = canonical::check(&mut req, rt.config.server.escaped_slashes) {
-        let rejection = Rejection::BadRequest(BadRequest::Canonical(cause));
-        return unrouted(&rt, origin, &req, rejection, &line);
-    }
-    // Deferred tasks' status, before any route (so no route can shadow it): by canonical path.
-    if let Some(id) = req.uri().path().strip_prefix(rescue::TASKS_PATH) {
-        return tasks::answer(&rt, &req, id).await;
-    }
-    let index = match route(&rt, &req) {
-        Ok(index) => index,
+    let index = match admit_to_routing(&rt, &mut req) {
+        Ok(Routed::Route(index)) => index,
+        Ok(Routed::Tasks) => return tasks::answer(&rt, &req).await,
         Err(rejection) => return unrouted(&rt, origin, &req, rejection, &line),
     };
     let route = &rt.routes[index];
     // Counts the request as `client_closed` if this future is dropped before it ends: the
     // client went away while queued or while the upstream was answering.
     let mut unfinished = Unfinished(Some(route));
-    let (res, outcome) = boxed_serve(&rt, route, origin, req).await;
+    let mut fields = Fields::default();
+    // The rate stage waits only for a global limit's Redis call; a request rejected here (the
+    // hot path under a flood) never builds the state of the stages after it.
+    let rated = match rate::check(&rt, route, origin, req.headers(), &mut fields) {
+        #[cfg(feature = "redis")]
+        Ok(Some(at)) => rate::global(&rt, route, req.headers(), &mut fields, at).await,
+        Ok(_) => Ok(()),
+        Err(rejection) => Err(rejection),
+    };
+    let forwarded = match rated {
+        Ok(()) => boxed_admit_and_forward(&rt, route, origin, req).await,
+        Err(rejection) => Err(rejection),
+    };
+    let (res, outcome) = match forwarded {
+        Ok(res) => (fields.decorate(res, route), Outcome::Forwarded),
+        Err(rejection) => rejected(route, origin, rejection, fields),
+    };
     unfinished.0 = None;
     route.metrics.outcome(outcome, false);
     route.metrics.response(res.status().as_u16());
@@ -102,62 +112,71 @@ fn unrouted(
     res
 }
 
-/// The route stage: the first route that matches the (canonical) request. Paths are matched
-/// without their `;` parameters (`crate::canonical::match_path`).
-fn route<B>(rt: &Runtime, req: &Request<B>) -> Result<usize, Rejection> {
-    let target = Target::of(req);
-    let path = match_path(target.path);
+/// Where a canonical request goes.
+enum Routed {
+    /// The route of this index.
+    Route(usize),
+    /// `/_sluice/tasks/…`: deferred tasks' status, answered before any route (so that no route
+    /// can shadow it), by canonical path.
+    Tasks,
+}
+
+/// The canonical stage, then the route stage: the first route that matches the canonical
+/// request. Paths are matched without their `;` parameters (`crate::canonical::match_path`).
+fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rejection> {
+    let bad = |cause| Rejection::BadRequest(BadRequest::Canonical(cause));
+    canonical::path(req, rt.config.server.escaped_slashes).map_err(bad)?;
+    let host = canonical::host(req).map_err(bad)?;
+    let path = req.uri().path();
+    if path.starts_with(rescue::TASKS_PATH) {
+        return Ok(Routed::Tasks);
+    }
+    let path = match_path(path);
     rt.router
         .find(&Target {
+            host,
             path: &path,
-            ..target
+            method: req.method(),
         })
+        .map(Routed::Route)
         .ok_or(Rejection::NoRoute)
 }
 
-/// [`serve`], boxed outside any async body. Its state is several KiB (the nested stages'
-/// futures), and hyper moves each request's future: boxed, what moves is a pointer.
-fn boxed_serve<'a>(
+/// [`admit_and_forward`], boxed outside any async body. Its state is over a KiB (the nested
+/// stages' futures), and hyper moves each request's future: boxed, what moves is a pointer.
+fn boxed_admit_and_forward<'a>(
     rt: &'a Runtime,
     route: &'a Route,
     origin: Origin,
     req: Request<Incoming>,
-) -> Boxed<'a, (Response<ProxyBody>, Outcome)> {
-    Box::pin(serve(rt, route, origin, req))
+) -> Boxed<'a, Result<Response<ProxyBody>, Rejection>> {
+    Box::pin(admit_and_forward(rt, route, origin, req))
 }
 
-/// The stages after routing, and the response for their result.
-async fn serve(
-    rt: &Runtime,
+/// The response to a request of `route` that a stage rejected.
+fn rejected(
     route: &Route,
     origin: Origin,
-    req: Request<Incoming>,
+    rejection: Rejection,
+    fields: Fields,
 ) -> (Response<ProxyBody>, Outcome) {
-    let mut fields = Fields::of(route);
-    match admit_and_forward(rt, route, origin, req, &mut fields).await {
-        Ok(res) => (fields.decorate(res, route), Outcome::Forwarded),
-        Err(rejection) => {
-            tracing::debug!(route = %route.name, client = %origin.peer, reason = rejection.reason(), "rejected");
-            let res = route.problems.respond(rejection);
-            // A 429 carries its own fields: only the limit that rejected, with `r=0`.
-            let res = match rejection {
-                Rejection::RateLimited { .. } => res,
-                _ => fields.decorate(res, route),
-            };
-            (res, rejection.outcome())
-        }
-    }
+    tracing::debug!(route = %route.name, client = %origin.peer, reason = rejection.reason(), "rejected");
+    let res = route.problems.respond(rejection);
+    // A 429 carries its own fields: only the limit that rejected, with `r=0`.
+    let res = match rejection {
+        Rejection::RateLimited { .. } => res,
+        _ => fields.decorate(res, route),
+    };
+    (res, rejection.outcome())
 }
 
-/// Rate limits, body, caps (or deferral), forward: each stage may reject.
+/// Body, caps (or deferral), forward: each stage may reject.
 async fn admit_and_forward(
     rt: &Runtime,
     route: &Route,
     origin: Origin,
     req: Request<Incoming>,
-    fields: &mut Fields,
 ) -> Result<Response<ProxyBody>, Rejection> {
-    rate::check(rt, route, origin, req.headers(), fields).await?;
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
     #[cfg(feature = "redis")]
@@ -190,23 +209,39 @@ async fn admit_and_forward(
 }
 
 /// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the
-/// peer is one of `trusted_proxies` (its `Forwarded` and `X-Real-IP` are passed on).
-async fn forward(
+/// peer is one of `trusted_proxies` (its `Forwarded` and `X-Real-IP` are passed on). A plain
+/// function around one `await`: the request is handed to the (boxed) exchange before the
+/// returned future exists, so that future holds only what the answer needs.
+fn forward(
     route: &Route,
     origin: Origin,
     trusted: bool,
     mut req: Request<UpstreamBody>,
-    mut slots: Slots,
+    slots: Slots,
     drain: Drain,
-) -> Result<Response<ProxyBody>, Rejection> {
+) -> impl Future<Output = Result<Response<ProxyBody>, Rejection>> + Send + '_ {
     forward::request(&mut req, origin, trusted);
     let fault = match req.body() {
         UpstreamBody::Client(body) => body.fault(),
         UpstreamBody::Empty => None,
     };
     let sent = Instant::now();
-    let result = exchange(route, req).await;
-    let took = sent.elapsed();
+    let exchange = exchange(route, req);
+    async move {
+        let result = exchange.await;
+        answered(route, result, sent.elapsed(), fault, slots, drain)
+    }
+}
+
+/// What [`forward`] makes of the exchange's result, which took `took`.
+fn answered(
+    route: &Route,
+    result: Exchanged,
+    took: Duration,
+    fault: Option<Arc<Fault>>,
+    mut slots: Slots,
+    drain: Drain,
+) -> Result<Response<ProxyBody>, Rejection> {
     route.metrics.upstream_duration.observe(took.as_secs_f64());
     let client_fault = fault.as_ref().and_then(|f| f.get());
     // A streamed body the client had not finished sending: a failure may be the client's doing
@@ -227,7 +262,7 @@ async fn forward(
         Ok((mut res, conn)) => {
             forward::response(&mut res);
             let (parts, body) = res.into_parts();
-            let body = ProxyBody::upstream(body, slots, conn, drain).await;
+            let body = ProxyBody::upstream(body, slots, conn, drain);
             Ok(Response::from_parts(parts, body))
         }
         Err(err) => {

@@ -14,13 +14,11 @@ use http::{Request, Version};
 
 use crate::canonical::{self, BadRequest, EscapedSlashes};
 
-/// Checks `req`'s host and puts its path in canonical form.
+/// Puts `req`'s path in canonical form.
 ///
 /// # Errors
-/// The [`BadRequest`] cause: a path with no canonical form, a missing, repeated or invalid
-/// `Host`, or a `Host` and an authority that disagree.
-pub(super) fn check<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
-    host(req)?;
+/// The [`BadRequest`] cause of a path with no canonical form.
+pub(super) fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
     let rebuilt = match canonical::path(req.uri().path(), escaped)? {
         Cow::Borrowed(_) => return Ok(()),
         Cow::Owned(path) => path,
@@ -32,32 +30,35 @@ pub(super) fn check<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<
 /// Exactly one host, valid (RFC 9112 §3.2): the `Host` header, or the authority of an HTTP/2
 /// request (`:authority`) or of an absolute-form target; when both are present they must
 /// agree (RFC 9113 §8.3.1). HTTP/1.0 may come without any (it is forwarded with the endpoint's
-/// authority as `Host`).
-fn host<B>(req: &Request<B>) -> Result<(), BadRequest> {
+/// authority as `Host`). Returns the name that routes match: without port or trailing dot.
+///
+/// # Errors
+/// The [`BadRequest`] cause: a missing, repeated or invalid `Host`, or a `Host` and an
+/// authority that disagree.
+pub(super) fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
     let mut lines = req.headers().get_all(HOST).iter();
     let header = lines.next();
     if lines.next().is_some() {
         return Err(BadRequest::HostRepeated);
     }
+    let header = match header {
+        Some(value) => Some(value.to_str().map_err(|_| BadRequest::HostInvalid)?),
+        None => None,
+    };
     let authority = req.uri().authority().map(|a| a.as_str());
-    match (authority, header) {
-        (Some(authority), _) if authority.contains('@') => Err(BadRequest::HostInvalid),
+    let checked = match (authority, header) {
         (Some(authority), Some(header)) => {
-            let (a, h) = (
-                canonical::host(authority.as_bytes())?,
-                canonical::host(header.as_bytes())?,
-            );
-            if a.agrees(&h) {
-                Ok(())
-            } else {
-                Err(BadRequest::HostMismatch)
+            let (a, h) = (canonical::host(authority)?, canonical::host(header)?);
+            if !a.agrees(&h) {
+                return Err(BadRequest::HostMismatch);
             }
+            a
         }
-        (Some(authority), None) => canonical::host(authority.as_bytes()).map(drop),
-        (None, Some(header)) => canonical::host(header.as_bytes()).map(drop),
-        (None, None) if req.version() <= Version::HTTP_10 => Ok(()),
-        (None, None) => Err(BadRequest::HostMissing),
-    }
+        (Some(value), None) | (None, Some(value)) => canonical::host(value)?,
+        (None, None) if req.version() <= Version::HTTP_10 => return Ok(None),
+        (None, None) => return Err(BadRequest::HostMissing),
+    };
+    Ok(Some(checked.name))
 }
 
 /// `uri` with its path replaced by `path` and its query kept.

@@ -8,6 +8,9 @@
 //! key hashed from all lines would let a client pick a fresh bucket with a second line. Such a
 //! request gets 400 `bad-request` before any bucket is charged.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use http::{HeaderMap, Response};
 
 use crate::config::KeySpec;
@@ -19,52 +22,137 @@ use crate::limit::headers::{RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::{Decision, LimitKey, StoreUnavailable};
 use crate::net::Origin;
 use crate::rescue::{BadRequest, Rejection};
-use crate::runtime::{Limit, Route, Runtime};
+use crate::runtime::{Route, Runtime};
 
-/// The `RateLimit` items of the limits that decided, for the response.
-pub(super) struct Fields(Option<RateLimitField>);
+/// What each limit that decided said, for the response's `RateLimit` field: kept as numbers and
+/// formatted once the response is known (most requests' state holds no formatting buffer).
+#[derive(Default)]
+pub(super) struct Fields {
+    items: [Item; INLINE_ITEMS],
+    len: usize,
+    /// The items past `INLINE_ITEMS` (a route with that many limits is rare).
+    more: Vec<Item>,
+}
 
-/// Checks every limit of `route`, adding their items to `fields`.
-pub(super) async fn check(
+/// Items kept in [`Fields`] without an allocation.
+const INLINE_ITEMS: usize = 4;
+
+#[derive(Clone, Copy, Default)]
+struct Item {
+    /// The limit's index in its route.
+    limit: usize,
+    remaining: u32,
+    reset: Duration,
+}
+
+/// Where [`check`] stopped: at a global limit, whose decision is Redis'.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(super) struct AtGlobal {
+    index: usize,
+    client_ip: IpAddr,
+}
+
+/// Checks the limits of `route` in order up to its first global limit, adding their items to
+/// `fields`; for a route without global limits (nearly every route), all of them, and nothing
+/// waits. `Some` when a global limit comes next: [`global`] goes on from there.
+pub(super) fn check(
     rt: &Runtime,
     route: &Route,
     origin: Origin,
     headers: &HeaderMap,
     fields: &mut Fields,
-) -> Result<(), Rejection> {
+) -> Result<Option<AtGlobal>, Rejection> {
     if route.limits.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     repeated_keys(route, headers)?;
     let client_ip = rt.keys.client_ip(origin.peer, headers);
-    for (index, limit) in route.limits.iter().enumerate() {
-        let config = limit.rate.config();
-        let key = rt.keys.key(&config.key, client_ip, headers);
-        let rejection = match decide(limit, &key, headers).await {
-            Ok(Some(Decision::Admitted { remaining, reset })) => {
-                fields.push(&config.name, remaining, reset);
-                continue;
+    local_from(rt, route, client_ip, headers, fields, 0)
+}
+
+/// The rest of the rate stage from a global limit on. Boxed, and built outside any async body:
+/// the Redis call's state stays out of the future of every request.
+#[cfg(feature = "redis")]
+pub(super) fn global<'a>(
+    rt: &'a Runtime,
+    route: &'a Route,
+    headers: &'a HeaderMap,
+    fields: &'a mut Fields,
+    at: AtGlobal,
+) -> super::Boxed<'a, Result<(), Rejection>> {
+    Box::pin(async move {
+        let mut at = at;
+        loop {
+            let limit = &route.limits[at.index];
+            let key = rt.keys.key(&limit.rate.config().key, at.client_ip, headers);
+            let decision = match &limit.global {
+                Some(global) => global.check(&key, headers).await,
+                None => Ok(Some(limit.rate.check(&key))),
+            };
+            apply(route, at.index, &key, decision, fields)?;
+            match local_from(rt, route, at.client_ip, headers, fields, at.index + 1)? {
+                Some(next) => at = next,
+                None => return Ok(()),
             }
-            // Redis failed and `on_error: allow`: this limit passes and has no item.
-            Ok(None) => continue,
-            Ok(Some(Decision::Denied { retry_after })) => {
-                if route.mode == Mode::Shadow {
-                    fields.push(&config.name, 0, retry_after);
-                }
-                Rejection::RateLimited {
-                    limit: index,
-                    retry_after,
-                }
-            }
-            Err(StoreUnavailable) => Rejection::StoreUnavailable { limit: index },
-        };
-        tracing::debug!(route = %route.name, limit = %config.name, ?key, reason = rejection.reason(), "limit denies");
-        match route.mode {
-            Mode::Shadow => shadowed(route, &rejection),
-            Mode::Enforce => return Err(rejection),
         }
+    })
+}
+
+/// The local limits of `route` from index `from` on, up to the next global one.
+fn local_from(
+    rt: &Runtime,
+    route: &Route,
+    client_ip: IpAddr,
+    headers: &HeaderMap,
+    fields: &mut Fields,
+    from: usize,
+) -> Result<Option<AtGlobal>, Rejection> {
+    for (index, limit) in route.limits.iter().enumerate().skip(from) {
+        #[cfg(feature = "redis")]
+        if limit.global.is_some() {
+            return Ok(Some(AtGlobal { index, client_ip }));
+        }
+        let key = rt.keys.key(&limit.rate.config().key, client_ip, headers);
+        apply(route, index, &key, Ok(Some(limit.rate.check(&key))), fields)?;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Acts on the decision of limit `index`: its item, or its rejection (only counted in shadow
+/// mode). `Ok(None)`: Redis failed and `on_error: allow`, the limit passes and has no item.
+fn apply(
+    route: &Route,
+    index: usize,
+    key: &LimitKey,
+    decision: Result<Option<Decision>, StoreUnavailable>,
+    fields: &mut Fields,
+) -> Result<(), Rejection> {
+    let rejection = match decision {
+        Ok(Some(Decision::Admitted { remaining, reset })) => {
+            fields.push(index, remaining, reset);
+            return Ok(());
+        }
+        Ok(None) => return Ok(()),
+        Ok(Some(Decision::Denied { retry_after })) => {
+            if route.mode == Mode::Shadow {
+                fields.push(index, 0, retry_after);
+            }
+            Rejection::RateLimited {
+                limit: index,
+                retry_after,
+            }
+        }
+        Err(StoreUnavailable) => Rejection::StoreUnavailable { limit: index },
+    };
+    let limit = &route.limits[index].rate.config().name;
+    tracing::debug!(route = %route.name, %limit, ?key, reason = rejection.reason(), "limit denies");
+    match route.mode {
+        Mode::Shadow => {
+            shadowed(route, &rejection);
+            Ok(())
+        }
+        Mode::Enforce => Err(rejection),
+    }
 }
 
 /// 400 when a header a limit keys on came more than once (see the module docs); in shadow mode
@@ -87,34 +175,21 @@ fn repeated_keys(route: &Route, headers: &HeaderMap) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// One limit's decision: the local bucket, or Redis' for a global limit (`Ok(None)`: Redis
-/// failed and `on_error: allow`).
-async fn decide(
-    limit: &Limit,
-    key: &LimitKey,
-    headers: &HeaderMap,
-) -> Result<Option<Decision>, StoreUnavailable> {
-    #[cfg(feature = "redis")]
-    if let Some(global) = &limit.global {
-        // Boxed: keeps the Redis call's state out of the future of every request.
-        return Box::pin(global.check(key, headers)).await;
-    }
-    #[cfg(not(feature = "redis"))]
-    let _ = headers;
-    Ok(Some(limit.rate.check(key)))
-}
-
 // === impl Fields ===
 
 impl Fields {
-    /// An empty field for a route that sends `RateLimit` fields, else nothing.
-    pub(super) fn of(route: &Route) -> Self {
-        Fields(route.policy.is_some().then(RateLimitField::new))
-    }
-
-    fn push(&mut self, name: &str, remaining: u32, reset: std::time::Duration) {
-        if let Some(field) = &mut self.0 {
-            field.push(name, remaining, reset);
+    fn push(&mut self, limit: usize, remaining: u32, reset: Duration) {
+        let item = Item {
+            limit,
+            remaining,
+            reset,
+        };
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = item;
+                self.len += 1;
+            }
+            None => self.more.push(item),
         }
     }
 
@@ -125,11 +200,17 @@ impl Fields {
         mut res: Response<ProxyBody>,
         route: &Route,
     ) -> Response<ProxyBody> {
-        if let (Some(policy), Some(mut field)) = (&route.policy, self.0) {
-            res.headers_mut().insert(RATELIMIT_POLICY, policy.clone());
-            if !field.is_empty() {
-                res.headers_mut().insert(RATELIMIT, field.finish());
+        let Some(policy) = &route.policy else {
+            return res;
+        };
+        res.headers_mut().insert(RATELIMIT_POLICY, policy.clone());
+        if self.len > 0 {
+            let mut field = RateLimitField::new();
+            for item in self.items[..self.len].iter().chain(&self.more) {
+                let name = &route.limits[item.limit].rate.config().name;
+                field.push(name, item.remaining, item.reset);
             }
+            res.headers_mut().insert(RATELIMIT, field.finish());
         }
         res
     }

@@ -19,18 +19,22 @@ const MAX_LOOKUPS: usize = 32;
 #[cfg(feature = "redis")]
 static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
 
-/// The answer for `/_sluice/tasks/<rest>`. Boxed, and built outside any async body: the Redis
-/// lookup's state stays out of the future of every request.
+/// The answer for `/_sluice/tasks/<rest>` (`req`'s canonical path). Boxed, and built outside
+/// any async body: the Redis lookup's state stays out of the future of every request.
 pub(super) fn answer<'a>(
     rt: &'a Runtime,
     req: &'a Request<Incoming>,
-    rest: &'a str,
 ) -> super::Boxed<'a, http::Response<ProxyBody>> {
-    Box::pin(look_up(rt, req, rest))
+    Box::pin(look_up(rt, req))
 }
 
 /// [`answer`]'s work.
-async fn look_up(rt: &Runtime, req: &Request<Incoming>, rest: &str) -> http::Response<ProxyBody> {
+async fn look_up(rt: &Runtime, req: &Request<Incoming>) -> http::Response<ProxyBody> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(rescue::TASKS_PATH)
+        .unwrap_or_default();
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return rescue::task_method_not_allowed();
     }
