@@ -124,9 +124,8 @@ enum Routed {
 /// The canonical stage, then the route stage: the first route that matches the canonical
 /// request. Paths are matched without their `;` parameters (`crate::canonical::match_path`).
 fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rejection> {
-    let bad = |cause| Rejection::BadRequest(BadRequest::Canonical(cause));
-    canonical::path(req, rt.config.server.escaped_slashes).map_err(bad)?;
-    let host = canonical::host(req).map_err(bad)?;
+    let (req, host) = canonical::check(req, rt.config.server.escaped_slashes)
+        .map_err(|cause| Rejection::BadRequest(BadRequest::Canonical(cause)))?;
     let path = req.uri().path();
     if path.starts_with(rescue::TASKS_PATH) {
         return Ok(Routed::Tasks);

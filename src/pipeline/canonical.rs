@@ -14,11 +14,28 @@ use http::{Request, Version};
 
 use crate::canonical::{self, BadRequest, EscapedSlashes};
 
+/// The canonical stage: puts `req`'s path in canonical form and checks its host. Returns the
+/// request, read-only from here on, and the host name that routes match (see [`host`]).
+///
+/// # Errors
+/// The [`BadRequest`] cause; when both the host and the path are bad, the host's.
+pub(super) fn check<B>(
+    req: &mut Request<B>,
+    escaped: EscapedSlashes,
+) -> Result<(&Request<B>, Option<&str>), BadRequest> {
+    // `path` changes `req` only when it succeeds.
+    let path = path(req, escaped);
+    let req = &*req;
+    let host = host(req)?;
+    path?;
+    Ok((req, host))
+}
+
 /// Puts `req`'s path in canonical form.
 ///
 /// # Errors
 /// The [`BadRequest`] cause of a path with no canonical form.
-pub(super) fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
+fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
     let rebuilt = match canonical::path(req.uri().path(), escaped)? {
         Cow::Borrowed(_) => return Ok(()),
         Cow::Owned(path) => path,
@@ -35,7 +52,7 @@ pub(super) fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(
 /// # Errors
 /// The [`BadRequest`] cause: a missing, repeated or invalid `Host`, or a `Host` and an
 /// authority that disagree.
-pub(super) fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
+fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
     let mut lines = req.headers().get_all(HOST).iter();
     let header = lines.next();
     if lines.next().is_some() {

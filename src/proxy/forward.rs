@@ -255,6 +255,28 @@ mod tests {
         assert_eq!(all[0], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3");
     }
 
+    /// Empty and non-text lines add nothing to the chain (no stray `, `); with no chain at all
+    /// the peer alone is sent.
+    #[test]
+    fn forwarded_for_skips_empty_and_binary_lines() {
+        let cases: [(&[&[u8]], &str); 4] = [
+            (&[], "10.1.2.3"),
+            (&[b""], "10.1.2.3"),
+            (&[b"", b" 1.1.1.1 ", b"\xff"], "1.1.1.1, 10.1.2.3"),
+            (&[b"1.1.1.1", b""], "1.1.1.1, 10.1.2.3"),
+        ];
+        for (lines, want) in cases {
+            let mut req = Request::builder().uri("/").body(()).unwrap();
+            for line in lines {
+                let value = HeaderValue::from_bytes(line).unwrap();
+                req.headers_mut().append("x-forwarded-for", value);
+            }
+            request(&mut req, origin(), false);
+            let all: Vec<_> = req.headers().get_all("x-forwarded-for").iter().collect();
+            assert_eq!(all, [want], "{lines:?}");
+        }
+    }
+
     /// Addresses are written exactly as `Display` writes them, the longest IPv6 form included.
     #[test]
     fn ip_text_matches_display() {

@@ -14,14 +14,8 @@ fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
     b.body(()).expect("test request")
 }
 
-/// What the pipeline does before routing: the path, then the host.
-fn check(req: &mut Request<()>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
-    path(req, escaped)?;
-    host(req).map(drop)
-}
-
 fn checked(mut req: Request<()>) -> Result<String, BadRequest> {
-    check(&mut req, EscapedSlashes::Reject)?;
+    let (req, _) = check(&mut req, EscapedSlashes::Reject)?;
     Ok(req.uri().to_string())
 }
 
@@ -86,6 +80,33 @@ fn host_rules() {
     }
 }
 
+/// A request whose host and path are both bad is refused for its host, as before the checks
+/// were split; a bad path alone leaves the request as it came.
+#[test]
+fn host_fault_named_before_path_fault() {
+    let r = request(Version::HTTP_11, "/a/%00", &["bad host"]);
+    assert_eq!(checked(r).map(drop), Err(BadRequest::HostInvalid));
+    let mut r = request(Version::HTTP_11, "/a/%00", &["h"]);
+    assert_eq!(check(&mut r, EscapedSlashes::Reject).map(drop), Err(BadRequest::Nul));
+    assert_eq!(r.uri(), "/a/%00");
+}
+
+/// The host routes match: the authority's when there is one, else `Host`'s; no port, no
+/// trailing dot, case as sent; none for HTTP/1.0 without `Host`.
+#[test]
+fn routed_host() {
+    let cases = [
+        (request(Version::HTTP_11, "/", &["Admin.Example.com.:8080"]), Some("Admin.Example.com")),
+        (request(Version::HTTP_2, "https://a.example:443/", &["A.example"]), Some("a.example")),
+        (request(Version::HTTP_11, "http://[::1]:80/x", &[]), Some("[::1]")),
+        (request(Version::HTTP_10, "/", &[]), None),
+    ];
+    for (mut req, want) in cases {
+        let (_, host) = check(&mut req, EscapedSlashes::Reject).expect("valid");
+        assert_eq!(host, want);
+    }
+}
+
 /// Routes of the shape, plus a few that path tricks could aim at.
 fn router() -> Router {
     let route = |path: PathMatch, host: Option<&str>| RouteMatch {
@@ -106,10 +127,10 @@ fn router() -> Router {
 fn route_of(router: &Router, path: &str) -> Option<Option<usize>> {
     let mut req = request(Version::HTTP_11, "/", &["admin.example.com"]);
     *req.uri_mut() = format!("http://admin.example.com{path}").parse().ok()?;
-    check(&mut req, EscapedSlashes::Reject).ok()?;
+    let (req, host) = check(&mut req, EscapedSlashes::Reject).ok()?;
     let matched = match_path(req.uri().path());
     Some(router.find(&Target {
-        host: host(&req).ok()?,
+        host,
         path: &matched,
         method: &Method::GET,
     }))
