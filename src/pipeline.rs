@@ -30,6 +30,7 @@ mod defer;
 mod rate;
 mod tasks;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
+use crate::net::idle::StreamGuard;
 use crate::net::Origin;
 use crate::proxy::body::{Fault, UpstreamBody};
 use crate::proxy::forward;
@@ -57,43 +59,53 @@ use crate::runtime::{Route, Runtime};
 use self::rate::Fields;
 
 /// Answers one request: forwards it, or rejects it with the response the contract fixes.
+/// `stream`: an HTTP/2 stream's mark of activity, kept by the response body until it is done
+/// (see [`crate::net::idle`]). Never fails: the `Result` is hyper's service contract, taken
+/// here so that no wrapper future copies this one's state.
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
     mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
+    stream: Option<StreamGuard>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let line = AccessLine::of(&rt, &req);
-    let index = match admit_to_routing(&rt, &mut req) {
-        Ok(Routed::Route(index)) => index,
-        Ok(Routed::Tasks) => return tasks::answer(&rt, &req).await,
-        Err(rejection) => return unrouted(&rt, origin, &req, rejection, &line),
+    let res = 'answer: {
+        let index = match admit_to_routing(&rt, &mut req) {
+            Ok(Routed::Route(index)) => index,
+            Ok(Routed::Tasks) => break 'answer tasks::answer(&rt, &req).await,
+            Err(rejection) => break 'answer unrouted(&rt, origin, &req, rejection, &line),
+        };
+        let route = &rt.routes[index];
+        // Counts the request as `client_closed` if this future is dropped before it ends: the
+        // client went away while queued or while the upstream was answering.
+        let mut unfinished = Unfinished(Some(route));
+        let mut fields = Fields::default();
+        // The rate stage waits only for a global limit's Redis call; a request rejected here
+        // (the hot path under a flood) never builds the state of the stages after it.
+        let rated = match rate::check(&rt, route, origin, req.headers(), &mut fields) {
+            #[cfg(feature = "redis")]
+            Ok(Some(at)) => rate::global(&rt, route, req.headers(), &mut fields, at).await,
+            Ok(_) => Ok(()),
+            Err(rejection) => Err(rejection),
+        };
+        let forwarded = match rated {
+            Ok(()) => boxed_admit_and_forward(&rt, route, origin, req).await,
+            Err(rejection) => Err(rejection),
+        };
+        let (res, outcome) = match forwarded {
+            Ok(res) => (fields.decorate(res, route), Outcome::Forwarded),
+            Err(rejection) => rejected(route, origin, rejection, fields),
+        };
+        unfinished.0 = None;
+        route.metrics.outcome(outcome, false);
+        route.metrics.response(res.status().as_u16());
+        line.log(&route.name, origin, res.status().as_u16(), outcome);
+        res
     };
-    let route = &rt.routes[index];
-    // Counts the request as `client_closed` if this future is dropped before it ends: the
-    // client went away while queued or while the upstream was answering.
-    let mut unfinished = Unfinished(Some(route));
-    let mut fields = Fields::default();
-    // The rate stage waits only for a global limit's Redis call; a request rejected here (the
-    // hot path under a flood) never builds the state of the stages after it.
-    let rated = match rate::check(&rt, route, origin, req.headers(), &mut fields) {
-        #[cfg(feature = "redis")]
-        Ok(Some(at)) => rate::global(&rt, route, req.headers(), &mut fields, at).await,
-        Ok(_) => Ok(()),
-        Err(rejection) => Err(rejection),
-    };
-    let forwarded = match rated {
-        Ok(()) => boxed_admit_and_forward(&rt, route, origin, req).await,
-        Err(rejection) => Err(rejection),
-    };
-    let (res, outcome) = match forwarded {
-        Ok(res) => (fields.decorate(res, route), Outcome::Forwarded),
-        Err(rejection) => rejected(route, origin, rejection, fields),
-    };
-    unfinished.0 = None;
-    route.metrics.outcome(outcome, false);
-    route.metrics.response(res.status().as_u16());
-    line.log(&route.name, origin, res.status().as_u16(), outcome);
-    res
+    Ok(match stream {
+        Some(guard) => res.map(|body| body.with_stream_guard(guard)),
+        None => res,
+    })
 }
 
 /// The answer to a request rejected before it had a route (counted with `route=""`).

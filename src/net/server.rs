@@ -7,7 +7,6 @@
 //! (so read from the upstream) while the client's flow-control window has room, so a slow
 //! reader pushes back all the way to the upstream instead of making sluice buffer.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -45,15 +44,8 @@ pub(crate) async fn serve<I>(
     let activity = Arc::new(Activity::new());
     let streams = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let runtime = shared.runtime();
-        let guard = maybe_h2.then(|| StreamGuard::enter(&streams));
-        async move {
-            let res = pipeline::handle(runtime, origin, req).await;
-            Ok::<_, Infallible>(match guard {
-                Some(guard) => res.map(|body| body.with_stream_guard(guard)),
-                None => res,
-            })
-        }
+        let stream = maybe_h2.then(|| StreamGuard::enter(&streams));
+        pipeline::handle(shared.runtime(), origin, req, stream)
     });
     let conn = watcher.watch(
         builder
