@@ -99,12 +99,7 @@ impl ProxyBody {
     /// The body of an upstream response: what has arrived is taken now; if that is all of it,
     /// `slots` are freed and `conn` goes back to its pool before the response is sent, else a
     /// drain task takes over (see the module docs). Must be called on a tokio runtime.
-    pub(crate) fn upstream(
-        mut body: Incoming,
-        slots: Slots,
-        conn: Conn,
-        drain: Drain,
-    ) -> Self {
+    pub(crate) fn upstream(mut body: Incoming, slots: Slots, conn: Conn, drain: Drain) -> Self {
         let kind = match ready_frames(&mut body, drain.window()) {
             Ready::Whole(frames) => {
                 conn.release();

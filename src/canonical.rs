@@ -357,7 +357,11 @@ pub fn host(value: &str) -> Result<Host<'_>, BadRequest> {
         (end + 1, end + 1)
     } else {
         let end = dns_name(bytes).ok_or(BadRequest::HostInvalid)?;
-        let name_end = if end > 0 && bytes[end - 1] == b'.' { end - 1 } else { end };
+        let name_end = if end > 0 && bytes[end - 1] == b'.' {
+            end - 1
+        } else {
+            end
+        };
         (name_end, end)
     };
     let port = match &bytes[rest..] {

@@ -255,18 +255,9 @@ fn answered(
 ) -> Result<Response<ProxyBody>, Rejection> {
     route.metrics.upstream_duration.observe(took.as_secs_f64());
     let client_fault = fault.as_ref().and_then(|f| f.get());
-    // A streamed body the client had not finished sending: a failure may be the client's doing
-    // (a trickle that outlasts the upstream's timeout) and says nothing of the upstream.
     let body_sent = fault.as_ref().is_none_or(|f| f.complete());
-    let sample = match &result {
-        // A 503 is the upstream saying it is overloaded: a drop, like a timeout.
-        Ok((res, _)) if res.status() != StatusCode::SERVICE_UNAVAILABLE => {
-            Some(Sample::Answered(took))
-        }
-        _ if body_sent => Some(Sample::Dropped),
-        _ => None,
-    };
-    if let (None, Some(sample)) = (client_fault, sample) {
+    let status = result.as_ref().ok().map(|(res, _)| res.status());
+    if let Some(sample) = sample(status, took, client_fault.is_some(), body_sent) {
         slots.record(sample);
     }
     match result {
@@ -285,6 +276,25 @@ fn answered(
             route.upstream.warn_failure(&err);
             Err(Rejection::from(&err))
         }
+    }
+}
+
+/// What an exchange that took `took` tells the caps of its slots (an adaptive cap learns from
+/// it): the latency of an answer; a drop for a timeout, a failure or a 503 (the upstream saying
+/// it is overloaded); nothing when the client's streamed body broke a rule (`client_fault`), and
+/// nothing for a failure before the client had sent all of its body (`!body_sent`): a trickle
+/// that outlasts the upstream's timeout is the client's doing and says nothing of the upstream.
+fn sample(
+    status: Option<StatusCode>,
+    took: Duration,
+    client_fault: bool,
+    body_sent: bool,
+) -> Option<Sample> {
+    match status {
+        _ if client_fault => None,
+        Some(status) if status != StatusCode::SERVICE_UNAVAILABLE => Some(Sample::Answered(took)),
+        _ if body_sent => Some(Sample::Dropped),
+        _ => None,
     }
 }
 
@@ -348,5 +358,41 @@ impl AccessLine {
             outcome = outcome.as_str(),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers teach the latency, failures and 503s a drop; a client's broken or unfinished
+    /// upload teaches nothing (it would let a slow uploader halve an adaptive cap).
+    #[test]
+    fn what_an_exchange_teaches_the_caps() {
+        let took = Duration::from_millis(20);
+        let ok = Some(StatusCode::OK);
+        let busy = Some(StatusCode::SERVICE_UNAVAILABLE);
+        let cases = [
+            // (status, client_fault, body_sent) → sample
+            ((ok, false, true), Some(Sample::Answered(took))),
+            (
+                (Some(StatusCode::INTERNAL_SERVER_ERROR), false, true),
+                Some(Sample::Answered(took)),
+            ),
+            ((ok, false, false), Some(Sample::Answered(took))),
+            ((busy, false, true), Some(Sample::Dropped)),
+            ((None, false, true), Some(Sample::Dropped)),
+            ((None, false, false), None),
+            ((busy, false, false), None),
+            ((None, true, false), None),
+            ((ok, true, true), None),
+        ];
+        for ((status, fault, sent), want) in cases {
+            assert_eq!(
+                sample(status, took, fault, sent),
+                want,
+                "{status:?} {fault} {sent}"
+            );
+        }
     }
 }

@@ -177,11 +177,7 @@ fn hosts() {
         &"a".repeat(64),
         &format!("{}.com", "a.".repeat(130)),
     ] {
-        assert_eq!(
-            host(bad),
-            Err(BadRequest::HostInvalid),
-            "{bad:?}"
-        );
+        assert_eq!(host(bad), Err(BadRequest::HostInvalid), "{bad:?}");
     }
     assert_eq!(host("\u{e9}.example"), Err(BadRequest::HostInvalid));
 }

@@ -16,9 +16,9 @@
 //! - [`Upstream::housekeeping`] closes the idle connections of every endpoint that have expired
 //!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 

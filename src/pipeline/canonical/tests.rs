@@ -87,7 +87,10 @@ fn host_fault_named_before_path_fault() {
     let r = request(Version::HTTP_11, "/a/%00", &["bad host"]);
     assert_eq!(checked(r).map(drop), Err(BadRequest::HostInvalid));
     let mut r = request(Version::HTTP_11, "/a/%00", &["h"]);
-    assert_eq!(check(&mut r, EscapedSlashes::Reject).map(drop), Err(BadRequest::Nul));
+    assert_eq!(
+        check(&mut r, EscapedSlashes::Reject).map(drop),
+        Err(BadRequest::Nul)
+    );
     assert_eq!(r.uri(), "/a/%00");
 }
 
@@ -96,9 +99,18 @@ fn host_fault_named_before_path_fault() {
 #[test]
 fn routed_host() {
     let cases = [
-        (request(Version::HTTP_11, "/", &["Admin.Example.com.:8080"]), Some("Admin.Example.com")),
-        (request(Version::HTTP_2, "https://a.example:443/", &["A.example"]), Some("a.example")),
-        (request(Version::HTTP_11, "http://[::1]:80/x", &[]), Some("[::1]")),
+        (
+            request(Version::HTTP_11, "/", &["Admin.Example.com.:8080"]),
+            Some("Admin.Example.com"),
+        ),
+        (
+            request(Version::HTTP_2, "https://a.example:443/", &["A.example"]),
+            Some("a.example"),
+        ),
+        (
+            request(Version::HTTP_11, "http://[::1]:80/x", &[]),
+            Some("[::1]"),
+        ),
         (request(Version::HTTP_10, "/", &[]), None),
     ];
     for (mut req, want) in cases {
