@@ -136,7 +136,7 @@ pub(crate) fn spawn(
                     stop.watch(),
                 ));
                 let mut stopped = stop.watch();
-                while let Some((tcp, slot)) = listener.accept(&mut stopped).await {
+                while let Some((tcp, held)) = listener.accept(&mut stopped).await {
                     let (shared, started_with) = (shared.clone(), started_with.clone());
                     let history = history.clone();
                     let service = service_fn(move |req| {
@@ -147,7 +147,7 @@ pub(crate) fn spawn(
                             Ok::<_, Infallible>(res)
                         }
                     });
-                    tokio::spawn(listener::serve_connection(tcp, service, slot));
+                    tokio::spawn(listener::serve_connection(tcp, service, held));
                 }
             });
             // A reload stuck reading a file (a FIFO, a hung network mount) must not hold up the

@@ -13,11 +13,21 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The admin listener's fixed bounds (docs/reference.md, "Admin listener").
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+const ADMIN_MAX_PER_ADDRESS: usize = 16;
+
+/// A connection to `addr` from `127.0.0.<octet>` (all of 127/8 is loopback on Linux).
+async fn connect_from(octet: u8, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, octet], 0)))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
 
 /// A config with an admin listener; `admin` is added to its `admin:` section.
 fn config(endpoint: &str, admin: &str) -> String {
@@ -527,8 +537,10 @@ async fn admin_connections_are_capped() {
     let admin = proxy.admin.unwrap();
     let started = Instant::now();
     let mut held = Vec::new();
-    for _ in 0..ADMIN_MAX_CONNECTIONS {
-        let mut tcp = TcpStream::connect(admin).await.unwrap();
+    // From four addresses other than the probe's, each within its own cap.
+    for i in 0..ADMIN_MAX_CONNECTIONS {
+        let octet = 2 + (i / ADMIN_MAX_PER_ADDRESS) as u8;
+        let mut tcp = connect_from(octet, admin).await;
         tcp.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
         held.push(tcp);
     }
@@ -553,5 +565,41 @@ async fn admin_connections_are_capped() {
         get(&proxy.admin_url("/healthz")).await.status,
         StatusCode::OK
     );
+    proxy.stop().await;
+}
+
+/// One address cannot take every admin slot: past its 16 connections, more from it are closed
+/// at accept, and a probe from another address is answered at once, not after the header
+/// timeout.
+#[tokio::test]
+async fn one_address_cannot_take_every_admin_slot() {
+    let up = ok_upstream().await;
+    let proxy = start_proxy(&config(&up.endpoint(), "")).await;
+    let admin = proxy.admin.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..ADMIN_MAX_PER_ADDRESS {
+        let mut tcp = connect_from(2, admin).await;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(tcp);
+    }
+    // One more from the same address: closed without an answer, well before the timeout.
+    let started = Instant::now();
+    let mut extra = connect_from(2, admin).await;
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(ADMIN_HEADER_READ_TIMEOUT, extra.read_to_end(&mut bytes)).await;
+    assert!(read.is_ok(), "the extra connection was left open");
+    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    // Another address is served at once.
+    let answered = raw(admin, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1").await;
+    assert_eq!(answered.status, 200);
+    assert!(
+        started.elapsed() < ADMIN_HEADER_READ_TIMEOUT - Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    drop(held);
     proxy.stop().await;
 }

@@ -4,6 +4,8 @@
 //!
 //! - at most [`MAX_CONNECTIONS`] open at once; a slot is taken before `accept`, so further
 //!   connections wait in the kernel's backlog;
+//! - at most [`MAX_PER_ADDRESS`] of them from one client address: further ones are closed at
+//!   accept, so that one client cannot take every slot and starve the probes and scrapers;
 //! - a connection whose request head is not in within [`HEADER_READ_TIMEOUT`] is closed: one
 //!   that says nothing, one that dribbles its head, and an idle keep-alive connection alike
 //!   (hyper's header timer starts as soon as it waits for a head);
@@ -29,10 +31,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::ProxyBody;
+use crate::net::per_ip::{IpSlot, PerIp};
 use crate::shutdown::ShutdownWatch;
 
 /// Admin connections open at once, at most.
 pub(super) const MAX_CONNECTIONS: usize = 64;
+/// Admin connections open at once from one client address, at most (the proxy listener's
+/// `max_connections_per_ip`, fixed here).
+pub(super) const MAX_PER_ADDRESS: usize = 16;
 /// The time a connection has to send a whole request head (or, idle, its next one).
 pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The age after which a connection is asked to close.
@@ -48,6 +54,15 @@ pub(super) struct Listener {
     tcp: TcpListener,
     /// [`MAX_CONNECTIONS`] slots; each connection holds one until it closes.
     slots: Arc<Semaphore>,
+    /// Connections open per client address.
+    per_address: Arc<PerIp>,
+}
+
+/// What an admin connection holds until it closes: its slot and its address's count.
+#[derive(Debug)]
+pub(super) struct Held {
+    _slot: OwnedSemaphorePermit,
+    _address: IpSlot,
 }
 
 // === impl Listener ===
@@ -57,28 +72,38 @@ impl Listener {
         Listener {
             tcp,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            per_address: Arc::new(PerIp::default()),
         }
     }
 
-    /// The next connection with its slot; `None` once `stop` fires.
-    pub(super) async fn accept(
-        &self,
-        stop: &mut ShutdownWatch,
-    ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    /// The next connection with what it holds; `None` once `stop` fires. A connection from an
+    /// address that has [`MAX_PER_ADDRESS`] open already is closed at once.
+    pub(super) async fn accept(&self, stop: &mut ShutdownWatch) -> Option<(TcpStream, Held)> {
         let slot = tokio::select! {
             slot = self.slots.clone().acquire_owned() => slot.ok()?,
             () = stop.wait() => return None,
         };
-        tokio::select! {
-            (tcp, _peer) = accept_backing_off(|| self.tcp.accept()) => Some((tcp, slot)),
-            () = stop.wait() => None,
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = accept_backing_off(|| self.tcp.accept()) => accepted,
+                () = stop.wait() => return None,
+            };
+            let client = peer.ip().to_canonical();
+            if let Some(address) = self.per_address.enter(client, MAX_PER_ADDRESS) {
+                let held = Held {
+                    _slot: slot,
+                    _address: address,
+                };
+                return Some((tcp, held));
+            }
+            tracing::debug!(%client, "admin connection refused: too many open from this address");
         }
     }
 }
 
 /// Serves HTTP/1.1 on one admin connection with `service`, within the bounds of the module
-/// docs; `_slot` is released when it closes.
-pub(super) async fn serve_connection<S>(tcp: TcpStream, service: S, _slot: OwnedSemaphorePermit)
+/// docs; what it `_held` is released when it closes.
+pub(super) async fn serve_connection<S>(tcp: TcpStream, service: S, _held: Held)
 where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>>,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
