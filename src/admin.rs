@@ -10,6 +10,8 @@
 //! | `GET /readyz` | 200 once listeners are up; 503 while shutting down (no token needed) |
 //! | `GET /config` | the effective config as JSON, secrets redacted |
 //! | `POST /reload` | reloads the config like SIGHUP: 200 with a JSON result, or 422 with the errors |
+//! | `GET /tasks` | dead deferred tasks of a route (`?route=…&status=dead`), oldest first (`tasks`) |
+//! | `POST /tasks/requeue` | puts dead deferred tasks back in the queue: `{"requeued": N}` (`tasks`) |
 //!
 //! `HEAD` works wherever `GET` does. Anything else is 404 (405 for a known path with the wrong
 //! method).
@@ -27,6 +29,8 @@ mod dashboard;
 mod gate;
 mod listener;
 mod stats;
+#[cfg(feature = "redis")]
+mod tasks;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,6 +69,10 @@ enum Endpoint {
     Readyz,
     Config,
     Reload,
+    /// `GET /tasks`: dead deferred tasks.
+    Tasks,
+    /// `POST /tasks/requeue`.
+    Requeue,
 }
 
 // === impl Endpoint ===
@@ -79,6 +87,8 @@ impl Endpoint {
             "/readyz" => Endpoint::Readyz,
             "/config" => Endpoint::Config,
             "/reload" => Endpoint::Reload,
+            "/tasks" => Endpoint::Tasks,
+            "/tasks/requeue" => Endpoint::Requeue,
             _ => return None,
         })
     }
@@ -86,7 +96,7 @@ impl Endpoint {
     /// The method it answers (`GET` also answers `HEAD`).
     fn method(self) -> Method {
         match self {
-            Endpoint::Reload => Method::POST,
+            Endpoint::Reload | Endpoint::Requeue => Method::POST,
             _ => Method::GET,
         }
     }
@@ -176,7 +186,7 @@ async fn answer(
         Ok(()) => match endpoint {
             None => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
             Some(e) if *req.method() == e.method() || (head && e.method() == Method::GET) => {
-                serve(e, shared, history, &req).await
+                serve(e, shared, history, req).await
             }
             Some(e) => {
                 let allow = match e.method() {
@@ -202,7 +212,7 @@ async fn serve(
     endpoint: Endpoint,
     shared: Arc<Shared>,
     history: &History,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     match endpoint {
         Endpoint::Dashboard => html(StatusCode::OK, dashboard::PAGE),
@@ -238,6 +248,16 @@ async fn serve(
             reply(StatusCode::OK, "application/json", body)
         }
         Endpoint::Reload => reload(shared).await,
+        #[cfg(feature = "redis")]
+        Endpoint::Tasks => tasks::list(shared.runtime(), req.uri().query()).await,
+        #[cfg(feature = "redis")]
+        Endpoint::Requeue => tasks::requeue(shared.runtime(), req.into_body()).await,
+        #[cfg(not(feature = "redis"))]
+        Endpoint::Tasks | Endpoint::Requeue => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "deferred delivery is not in this build (cargo feature `redis`)\n",
+        ),
     }
 }
 

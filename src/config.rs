@@ -202,11 +202,41 @@ pub struct AdminConfig {
 #[derive(Clone)]
 pub(crate) struct AdminToken(Arc<[u8]>);
 
-/// `store:` — shared state for global limits.
+/// `store:` — shared state: the buckets of global limits and the tasks of deferred delivery.
 #[derive(Clone, Debug, Serialize)]
 pub struct StoreConfig {
-    /// The Redis server holding global buckets.
-    pub redis: RedisConfig,
+    /// The Redis server holding global buckets (and, unless `tasks` names another, tasks).
+    pub redis: Option<RedisConfig>,
+    /// Where deferred tasks live, on connections of their own: `store.tasks`, or `store.redis`'s
+    /// server with the default task timeout. `None` when neither is given.
+    pub tasks: Option<TaskStoreConfig>,
+}
+
+/// `store.tasks:` (or what it defaults to): the Redis server or cluster of deferred tasks.
+#[derive(Clone, Serialize)]
+pub struct TaskStoreConfig {
+    /// One server or a Redis Cluster.
+    #[serde(flatten)]
+    pub target: RedisTarget,
+    /// `ca`: as `store.redis.ca`.
+    pub ca: Option<PathBuf>,
+    /// The certificates read from `ca` when the config was loaded.
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) ca_pem: Option<Arc<[u8]>>,
+    /// Bound on one task write in all (every piece of its body). Default 2 s.
+    #[serde(serialize_with = "effective::duration")]
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for TaskStoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskStoreConfig")
+            .field("target", &self.target)
+            .field("ca", &self.ca)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// `store.redis:`.
@@ -400,7 +430,7 @@ pub struct DeferConfig {
     /// Which requests are deferred. Default `overflow`.
     pub when: DeferWhen,
     /// A deferred request's body may hold at most this many bytes (larger: 413). Default 1 MiB;
-    /// at most 1 GiB.
+    /// at most 64 MiB.
     pub max_body: ByteSize,
     /// Deliveries tried in all, 1..=100. Default 4.
     pub attempts: NonZeroU32,
@@ -412,6 +442,12 @@ pub struct DeferConfig {
     /// then. Default 24 h; 1 s ..= 7 days.
     #[serde(serialize_with = "effective::duration")]
     pub ttl: Duration,
+    /// Tasks of the route not delivered yet (queued, waiting, delivering, dead), all instances
+    /// together: past it, 503 `queue-full`. Default 100000.
+    pub max_tasks: u64,
+    /// The longest wait between two tries of a task. Default 5 min; at least `backoff`.
+    #[serde(serialize_with = "effective::duration")]
+    pub backoff_max: Duration,
 }
 
 /// `routes[].defer.when`.
@@ -708,21 +744,35 @@ impl Config {
             }
             writeln!(f)?;
         }
-        if let Some(store) = &self.store {
-            let on_error = match store.redis.on_error {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        writeln!(f, "store:")?;
+        let ca = |ca: &Option<PathBuf>| match ca {
+            Some(ca) => format!(", ca {}", ca.display()),
+            None => String::new(),
+        };
+        if let Some(redis) = &store.redis {
+            let on_error = match redis.on_error {
                 OnStoreError::Local => "local",
                 OnStoreError::Allow => "allow",
                 OnStoreError::Deny => "deny",
             };
-            let ca = match &store.redis.ca {
-                Some(ca) => format!(", ca {}", ca.display()),
-                None => String::new(),
-            };
             writeln!(
                 f,
-                "store:\n  redis  {} (timeout {}, on_error {on_error}{ca})",
-                store.redis.target,
-                humantime::format_duration(store.redis.timeout)
+                "  redis  {} (timeout {}, on_error {on_error}{})",
+                redis.target,
+                humantime::format_duration(redis.timeout),
+                ca(&redis.ca)
+            )?;
+        }
+        if let Some(tasks) = &store.tasks {
+            writeln!(
+                f,
+                "  tasks  {} (timeout {}{}, connections of their own)",
+                tasks.target,
+                humantime::format_duration(tasks.timeout),
+                ca(&tasks.ca)
             )?;
         }
         Ok(())
@@ -774,12 +824,14 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
     if let Some(d) = &r.defer {
         writeln!(
             f,
-            "      defer {}: max_body {}, attempts {}, backoff {}, ttl {}",
+            "      defer {}: max_body {}, attempts {}, backoff {}..{}, ttl {}, max_tasks {}",
             d.when.as_str(),
             d.max_body,
             d.attempts,
             humantime::format_duration(d.backoff),
-            humantime::format_duration(d.ttl)
+            humantime::format_duration(d.backoff_max),
+            humantime::format_duration(d.ttl),
+            d.max_tasks
         )?;
     }
     Ok(())

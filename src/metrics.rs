@@ -534,9 +534,11 @@ impl Metrics {
         };
         crate::defer::DeferMetrics {
             accepted: counter("accepted"),
+            duplicate: counter("duplicate"),
             delivered: counter("delivered"),
             retried: counter("retried"),
             dead: counter("dead"),
+            requeued: counter("requeued"),
             delivery: self
                 .deferred
                 .delivery

@@ -88,12 +88,14 @@ pub(crate) async fn handle(
             Ok(_) => Ok(()),
             Err(rejection) => Err(rejection),
         };
-        let forwarded = match rated {
+        let admitted = match rated {
             Ok(()) => boxed_admit_and_forward(&rt, route, origin, req).await,
             Err(rejection) => Err(rejection),
         };
-        let (res, outcome) = match forwarded {
-            Ok(res) => (fields.decorate(res, route), Outcome::Forwarded),
+        let (res, outcome) = match admitted {
+            Ok(Admitted::Forwarded(res)) => (fields.decorate(res, route), Outcome::Forwarded),
+            // A 202 carries the route's `RateLimit` fields like any answer of the route.
+            Ok(Admitted::Deferred(res)) => (fields.decorate(res, route), Outcome::Deferred),
             Err(rejection) => rejected(route, origin, rejection, fields),
         };
         unfinished.0 = None;
@@ -122,6 +124,14 @@ fn unrouted(
     let status = res.status().as_u16();
     line.log("", origin, status, rejection.outcome());
     res
+}
+
+/// What the stages after the rate limits made of a request that no stage refused.
+enum Admitted {
+    /// The upstream's answer.
+    Forwarded(Response<ProxyBody>),
+    /// A 202: the request is (or was already) a task of the route.
+    Deferred(Response<ProxyBody>),
 }
 
 /// Where a canonical request goes.
@@ -160,7 +170,7 @@ fn boxed_admit_and_forward<'a>(
     route: &'a Route,
     origin: Origin,
     req: Request<Incoming>,
-) -> Boxed<'a, Result<Response<ProxyBody>, Rejection>> {
+) -> Boxed<'a, Result<Admitted, Rejection>> {
     Box::pin(admit_and_forward(rt, route, origin, req))
 }
 
@@ -187,11 +197,13 @@ async fn admit_and_forward(
     route: &Route,
     origin: Origin,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Rejection> {
+) -> Result<Admitted, Rejection> {
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
     #[cfg(feature = "redis")]
     let when = defer::when(route);
+    #[cfg(feature = "redis")]
+    let key = defer::key(route, req.headers())?;
     #[cfg(feature = "redis")]
     if when == Some(DeferWhen::Always) {
         defer::precheck(rt, route, req.body())?;
@@ -199,14 +211,30 @@ async fn admit_and_forward(
     let (parts, body) = req.into_parts();
     let body = body::read(rt, body).await?;
     #[cfg(feature = "redis")]
-    if when == Some(DeferWhen::Always) {
-        return Err(defer::defer(route, origin, trusted, parts, body, None).await);
+    match (when, &key) {
+        (Some(DeferWhen::Always), _) => {
+            let written = defer::defer((rt, route), (origin, trusted), (parts, body, key), None);
+            return written.await.map(Admitted::Deferred);
+        }
+        // A repeat of a request deferred before is answered with its task, not forwarded.
+        (Some(DeferWhen::Overflow), Some(named)) => {
+            if let Some(res) = defer::named(route, named).await? {
+                return Ok(Admitted::Deferred(res));
+            }
+        }
+        _ => {}
     }
     let slots = match caps::admit(route).await {
         Ok(slots) => slots,
         #[cfg(feature = "redis")]
         Err(refused) if when == Some(DeferWhen::Overflow) => {
-            return Err(defer::defer(route, origin, trusted, parts, body, Some(refused)).await);
+            let written = defer::defer(
+                (rt, route),
+                (origin, trusted),
+                (parts, body, key),
+                Some(refused),
+            );
+            return written.await.map(Admitted::Deferred);
         }
         Err(rejection) => return Err(rejection),
     };
@@ -216,7 +244,9 @@ async fn admit_and_forward(
         rt.budget.clone(),
     );
     let req = Request::from_parts(parts, body);
-    forward(route, origin, trusted, req, slots, drain).await
+    forward(route, origin, trusted, req, slots, drain)
+        .await
+        .map(Admitted::Forwarded)
 }
 
 /// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the

@@ -74,14 +74,21 @@ pub(crate) enum Rejection {
     BodyTooLarge,
     /// The body did not arrive within `request_body_timeout`: 408 `body-timeout`.
     BodyTimeout,
-    /// The request was written to Redis for deferred delivery: 202 with `Location`. Not a
-    /// refusal, but a response sluice makes itself like the others.
-    #[cfg(feature = "redis")]
-    Deferred(TaskId),
-    /// The route defers this request but Redis could not take it: 503 `store-unavailable`
+    /// The route defers this request but Redis did not take it: 503 `store-unavailable`
     /// (never a 202 for work that is not stored).
     #[cfg(feature = "redis")]
     DeferUnavailable,
+    /// The route defers this request and the outcome of its write is unknown: 503
+    /// `store-unavailable` naming the task (`"task"`, `Location`), whose status tells.
+    #[cfg(feature = "redis")]
+    DeferUnknown(TaskId),
+    /// The route holds `defer.max_tasks` tasks: 503 `queue-full`, `Retry-After` its backoff.
+    #[cfg(feature = "redis")]
+    DeferFull,
+    /// The `Idempotency-Key` names a task of the route with another body: 422
+    /// `idempotency-key-reused`.
+    #[cfg(feature = "redis")]
+    KeyReused,
     /// The body of a request the route defers is larger than `defer.max_body`: 413
     /// `body-too-large`.
     #[cfg(feature = "redis")]
@@ -95,6 +102,9 @@ pub(crate) enum BadRequest {
     MalformedBody,
     /// The path or the host has no canonical form: refused before routing.
     Canonical(canonical::BadRequest),
+    /// The `Idempotency-Key` of a request to a deferring route cannot name a task.
+    #[cfg(feature = "redis")]
+    IdempotencyKey(crate::defer::BadIdempotencyKey),
     /// The header that rate limit `limit` of the route keys on came more than once: refused
     /// before any bucket is charged.
     RepeatedKey {
@@ -183,9 +193,11 @@ impl Rejection {
             Rejection::BodyTooLarge => "body-too-large",
             Rejection::BodyTimeout => "body-timeout",
             #[cfg(feature = "redis")]
-            Rejection::Deferred(_) => "deferred",
+            Rejection::DeferUnavailable | Rejection::DeferUnknown(_) => "store-unavailable",
             #[cfg(feature = "redis")]
-            Rejection::DeferUnavailable => "store-unavailable",
+            Rejection::DeferFull => "queue-full",
+            #[cfg(feature = "redis")]
+            Rejection::KeyReused => "idempotency-key-reused",
             #[cfg(feature = "redis")]
             Rejection::DeferBodyTooLarge => "body-too-large",
         }
@@ -208,9 +220,11 @@ impl Rejection {
             Rejection::BodyTooLarge => Outcome::BodyTooLarge,
             Rejection::BodyTimeout => Outcome::BodyTimeout,
             #[cfg(feature = "redis")]
-            Rejection::Deferred(_) => Outcome::Deferred,
+            Rejection::DeferUnavailable | Rejection::DeferUnknown(_) => Outcome::StoreUnavailable,
             #[cfg(feature = "redis")]
-            Rejection::DeferUnavailable => Outcome::StoreUnavailable,
+            Rejection::DeferFull => Outcome::QueueFull,
+            #[cfg(feature = "redis")]
+            Rejection::KeyReused => Outcome::BadRequest,
             #[cfg(feature = "redis")]
             Rejection::DeferBodyTooLarge => Outcome::BodyTooLarge,
         }
@@ -286,6 +300,13 @@ const TASK_STORE_UNAVAILABLE_BODY: &str = concat!(
     r#""reason":"store-unavailable","detail":"Redis, where deferred tasks are kept, did not answer in time"}"#
 );
 
+/// The 503 of `GET /_sluice/tasks/<id>` while the task's write may still be stored.
+#[cfg(feature = "redis")]
+const TASK_WRITING_BODY: &str = concat!(
+    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"#,
+    r#""reason":"store-unavailable","detail":"the task is still being written: whether it is stored is not known yet; ask again"}"#
+);
+
 /// The 405 of `/_sluice/tasks/<id>` with a method other than GET or HEAD.
 const TASK_METHOD_BODY: &str = concat!(
     r#"{"type":"about:blank","title":"Method Not Allowed","status":405,"#,
@@ -317,6 +338,19 @@ pub(crate) fn task_store_unavailable() -> Response<ProxyBody> {
     )
 }
 
+/// `GET /_sluice/tasks/<id>` for a task whose write's outcome is not known yet: 503 with
+/// `Retry-After: 1`.
+#[cfg(feature = "redis")]
+pub(crate) fn task_writing() -> Response<ProxyBody> {
+    let mut res = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ProxyBody::full(Bytes::from_static(TASK_WRITING_BODY.as_bytes())),
+    );
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    res
+}
+
 /// `/_sluice/tasks/<id>` with another method than GET or HEAD: 405 with `Allow`.
 pub(crate) fn task_method_not_allowed() -> Response<ProxyBody> {
     let mut res = problem(
@@ -332,8 +366,21 @@ pub(crate) fn task_method_not_allowed() -> Response<ProxyBody> {
 /// `{"id": "<id>", "status": "queued"}`. Formatted per request: the request has just made a
 /// Redis round trip, which costs far more.
 #[cfg(feature = "redis")]
-fn accepted(id: &TaskId) -> Response<ProxyBody> {
-    let mut res = Response::new(ProxyBody::full(crate::defer::accepted_json(id)));
+pub(crate) fn accepted(id: &TaskId) -> Response<ProxyBody> {
+    accepted_with(id, crate::defer::accepted_json(id))
+}
+
+/// The 202 of a request whose `Idempotency-Key` names a task stored before: that task's
+/// `Location` and its current state (the JSON of `GET /_sluice/tasks/<id>`).
+#[cfg(feature = "redis")]
+pub(crate) fn duplicate(status: &crate::defer::TaskStatus) -> Response<ProxyBody> {
+    accepted_with(&status.id, status.to_json())
+}
+
+/// A 202 for task `id` with `json`.
+#[cfg(feature = "redis")]
+fn accepted_with(id: &TaskId, json: String) -> Response<ProxyBody> {
+    let mut res = Response::new(ProxyBody::full(json));
     *res.status_mut() = StatusCode::ACCEPTED;
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, JSON);
@@ -375,6 +422,12 @@ pub(crate) struct RouteProblems {
     /// 413 for a request to defer over `defer.max_body`.
     #[cfg(feature = "redis")]
     defer_too_large: Bytes,
+    /// 503 `queue-full` of a route at `defer.max_tasks`, and its `Retry-After` (the backoff).
+    #[cfg(feature = "redis")]
+    defer_full: (WithRetry, u64),
+    /// 422 `idempotency-key-reused`.
+    #[cfg(feature = "redis")]
+    key_reused: Bytes,
 }
 
 /// What a route's problems are rendered from.
@@ -397,9 +450,9 @@ pub(crate) struct ProblemSource<'a> {
     pub max_request_body: ByteSize,
     /// `server.request_body_timeout`, for the 408's detail.
     pub request_body_timeout: Duration,
-    /// `defer.max_body` of a deferring route, for its 413's detail.
+    /// `defer:` of a deferring route, for its 413's and 503's details.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub defer_max_body: Option<ByteSize>,
+    pub defer: Option<crate::config::DeferConfig>,
 }
 
 // === impl RouteProblems ===
@@ -411,7 +464,12 @@ impl RouteProblems {
         let upstream = source.upstream;
         let plain = |status, reason, detail: &str| about_blank(route, status, reason, detail);
         #[cfg(feature = "redis")]
-        let (defer_unavailable, defer_too_large) = defer_problems(source);
+        let DeferProblems {
+            unavailable: defer_unavailable,
+            too_large: defer_too_large,
+            full: defer_full,
+            key_reused,
+        } = defer_problems(source);
         RouteProblems {
             limits: limit_problems(source),
             repeated_keys: repeated_keys(source),
@@ -460,6 +518,10 @@ impl RouteProblems {
             defer_unavailable,
             #[cfg(feature = "redis")]
             defer_too_large,
+            #[cfg(feature = "redis")]
+            defer_full,
+            #[cfg(feature = "redis")]
+            key_reused,
         }
     }
 
@@ -499,6 +561,8 @@ impl RouteProblems {
                 ProxyBody::full(self.malformed_body.clone()),
             ),
             Rejection::BadRequest(BadRequest::Canonical(cause)) => not_canonical(cause),
+            #[cfg(feature = "redis")]
+            Rejection::BadRequest(BadRequest::IdempotencyKey(bad)) => bad_idempotency_key(bad),
             Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => {
                 match self.repeated_keys.get(limit) {
                     Some(body) if !body.is_empty() => {
@@ -516,11 +580,21 @@ impl RouteProblems {
                 ProxyBody::full(self.body_timeout.clone()),
             ),
             #[cfg(feature = "redis")]
-            Rejection::Deferred(id) => accepted(&id),
-            #[cfg(feature = "redis")]
             Rejection::DeferUnavailable => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ProxyBody::full(self.defer_unavailable.clone()),
+            ),
+            #[cfg(feature = "redis")]
+            Rejection::DeferUnknown(id) => defer_unknown(&self.defer_unavailable, &id),
+            #[cfg(feature = "redis")]
+            Rejection::DeferFull => {
+                let (template, secs) = &self.defer_full;
+                template.respond(StatusCode::SERVICE_UNAVAILABLE, *secs)
+            }
+            #[cfg(feature = "redis")]
+            Rejection::KeyReused => problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ProxyBody::full(self.key_reused.clone()),
             ),
             #[cfg(feature = "redis")]
             Rejection::DeferBodyTooLarge => problem(
@@ -540,10 +614,22 @@ impl RouteProblems {
     }
 }
 
-/// The 503 and the 413 of a deferring route: Redis did not take the request; its body is over
-/// `defer.max_body`.
+/// The problems only a deferring route has.
 #[cfg(feature = "redis")]
-fn defer_problems(source: &ProblemSource<'_>) -> (Bytes, Bytes) {
+struct DeferProblems {
+    /// 503 `store-unavailable`: Redis did not take the request.
+    unavailable: Bytes,
+    /// 413: the body is over `defer.max_body`.
+    too_large: Bytes,
+    /// 503 `queue-full` at `defer.max_tasks`, and its `Retry-After` in seconds.
+    full: (WithRetry, u64),
+    /// 422: the `Idempotency-Key` names a task with another body.
+    key_reused: Bytes,
+}
+
+/// Renders [`DeferProblems`] for the route of `source`.
+#[cfg(feature = "redis")]
+fn defer_problems(source: &ProblemSource<'_>) -> DeferProblems {
     let route = source.route;
     let unavailable = problem_json(
         ABOUT_BLANK,
@@ -552,7 +638,9 @@ fn defer_problems(source: &ProblemSource<'_>) -> (Bytes, Bytes) {
         &format!("route {route} defers requests to Redis, which could not take this one now"),
         Some(route),
     );
-    let max_body = source.defer_max_body.unwrap_or(source.max_request_body);
+    let max_body = source.defer.map_or(source.max_request_body, |d| {
+        d.max_body.min(source.max_request_body)
+    });
     let too_large = problem_json(
         ABOUT_BLANK,
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -560,7 +648,61 @@ fn defer_problems(source: &ProblemSource<'_>) -> (Bytes, Bytes) {
         &format!("the request body is larger than {max_body} (defer.max_body of route {route})"),
         Some(route),
     );
-    (Bytes::from(unavailable), Bytes::from(too_large))
+    let (max_tasks, backoff) = source
+        .defer
+        .map_or((0, Duration::from_secs(1)), |d| (d.max_tasks, d.backoff));
+    let full = WithRetry::new(
+        REDUCED_CAPACITY,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "queue-full",
+        &format!("route {route} holds {max_tasks} deferred tasks (defer.max_tasks)"),
+        route,
+    );
+    let key_reused = problem_json(
+        ABOUT_BLANK,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+        &format!("this Idempotency-Key names a task of route {route} with another body"),
+        Some(route),
+    );
+    DeferProblems {
+        unavailable: Bytes::from(unavailable),
+        too_large: Bytes::from(too_large),
+        full: (full, retry_after_secs(backoff).clamp(1, 60)),
+        key_reused: Bytes::from(key_reused),
+    }
+}
+
+/// The 503 of a write whose outcome is unknown: the route's `store-unavailable` body with
+/// `"task"` added, and `Location`. Formatted per request: a rare answer.
+#[cfg(feature = "redis")]
+fn defer_unknown(unavailable: &Bytes, id: &TaskId) -> Response<ProxyBody> {
+    let text = String::from_utf8_lossy(unavailable);
+    let mut body = text.trim_end_matches('}').to_owned();
+    let _ = write!(body, ",\"task\":\"{id}\"}}");
+    let mut res = problem(StatusCode::SERVICE_UNAVAILABLE, ProxyBody::full(body));
+    if let Ok(location) = HeaderValue::from_str(&format!("{TASKS_PATH}{id}")) {
+        res.headers_mut().insert(LOCATION, location);
+    }
+    res
+}
+
+/// The 400 of a request to a deferring route whose `Idempotency-Key` cannot name a task.
+#[cfg(feature = "redis")]
+fn bad_idempotency_key(bad: crate::defer::BadIdempotencyKey) -> Response<ProxyBody> {
+    use crate::defer::BadIdempotencyKey;
+    let body = match bad {
+        BadIdempotencyKey::Repeated => {
+            bad_request_body!("the request has more than one Idempotency-Key")
+        }
+        BadIdempotencyKey::Malformed => {
+            bad_request_body!("the Idempotency-Key must be 1 to 255 visible ASCII characters")
+        }
+    };
+    problem(
+        StatusCode::BAD_REQUEST,
+        ProxyBody::full(Bytes::from_static(body.as_bytes())),
+    )
 }
 
 /// The 429 of one rate limit: status, `Retry-After`, the route's `RateLimit-Policy` and this

@@ -56,6 +56,11 @@ pub struct Runtime {
     /// the next runtime while `store.redis` names the same server or cluster (and `ca`).
     #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
+    /// The Redis connections of deferred tasks (`store.tasks`, by default `store.redis`'s
+    /// server on connections of its own, so that task writes never delay a limit's call).
+    /// `None` when no route defers; kept by the next runtime like `store`.
+    #[cfg(feature = "redis")]
+    tasks: Option<Arc<Store>>,
     /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
     /// the next runtime on the admin thread, whose own runtime is not for request work. `None`
     /// only when the first runtime was built outside tokio.
@@ -162,18 +167,12 @@ impl Runtime {
                 None => keys,
             },
             http: http_builder(&config.server),
-            budget: match previous {
-                Some(p)
-                    if p.config.server.client.max_buffered_bytes
-                        == config.server.client.max_buffered_bytes =>
-                {
-                    p.budget.clone()
-                }
-                _ => Budget::new(config.server.client.max_buffered_bytes.0),
-            },
+            budget: carry.budget.clone(),
             metrics,
             #[cfg(feature = "redis")]
             store: carry.store,
+            #[cfg(feature = "redis")]
+            tasks: carry.tasks,
             #[cfg(feature = "redis")]
             spawner: carry.spawner,
             config: Arc::new(config),
@@ -192,8 +191,7 @@ impl Runtime {
         upstream.concurrency.clone()
     }
 
-    /// The Redis store of the global limits and deferred delivery, if any (for tests and
-    /// inspection).
+    /// The Redis store of the global limits, if any (for tests and inspection).
     #[cfg(feature = "redis")]
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
@@ -344,37 +342,59 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
 /// What a new runtime takes over from the previous one, and builds what it cannot.
 struct Carry<'a> {
     previous: Option<&'a Runtime>,
+    /// `server.max_buffered_bytes`: the previous runtime's while the maximum is unchanged.
+    budget: Arc<Budget>,
     /// One Redis connection for every global limit; an unchanged target keeps the running one.
     #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
+    /// The connections of deferred tasks, likewise.
+    #[cfg(feature = "redis")]
+    tasks: Option<Arc<Store>>,
     #[cfg(feature = "redis")]
     spawner: Option<tokio::runtime::Handle>,
 }
 
 impl<'a> Carry<'a> {
     fn new(config: &Config, previous: Option<&'a Runtime>, metrics: &Metrics) -> Self {
+        let budget = match previous {
+            Some(p)
+                if p.config.server.client.max_buffered_bytes
+                    == config.server.client.max_buffered_bytes =>
+            {
+                p.budget.clone()
+            }
+            _ => Budget::new(config.server.client.max_buffered_bytes.0),
+        };
         #[cfg(feature = "redis")]
         {
             let spawner = match previous {
                 Some(p) => p.spawner.clone(),
                 None => tokio::runtime::Handle::try_current().ok(),
             };
-            let store = Store::for_config(
+            let store = Store::for_limits(
                 config,
                 previous.and_then(|p| p.store.as_ref()),
                 spawner.as_ref(),
                 metrics.store_errors(),
             );
+            let tasks = Store::for_tasks(
+                config,
+                previous.and_then(|p| p.tasks.as_ref()),
+                spawner.as_ref(),
+                metrics.store_errors(),
+            );
             Carry {
                 previous,
+                budget,
                 store,
+                tasks,
                 spawner,
             }
         }
         #[cfg(not(feature = "redis"))]
         {
             let _ = (config, metrics);
-            Carry { previous }
+            Carry { previous, budget }
         }
     }
 
@@ -436,7 +456,7 @@ impl<'a> Carry<'a> {
             policy: policy.clone(),
             max_request_body: config.server.client.max_request_body,
             request_body_timeout: config.server.client.request_body_timeout,
-            defer_max_body: r.defer.map(|d| d.max_body),
+            defer: r.defer,
         });
         let route_metrics = metrics.route(&r.name);
         let upstream_inflight = metrics.upstream_inflight(&upstream.name);
@@ -449,6 +469,7 @@ impl<'a> Carry<'a> {
             upstream_inflight: upstream_inflight.clone(),
             upstream_duration: route_metrics.upstream_duration.clone(),
             metrics: metrics.defer(&r.name),
+            budget: self.budget.clone(),
         });
         Route {
             metrics: route_metrics,
@@ -480,7 +501,8 @@ impl<'a> Carry<'a> {
         metrics: &Metrics,
         target: impl FnOnce(crate::config::DeferConfig) -> Target,
     ) -> Option<RouteDefer> {
-        let (defer, store, sc) = (r.defer?, self.store.as_ref()?, config.store.as_ref()?);
+        let (defer, store) = (r.defer?, self.tasks.as_ref()?);
+        let tasks = config.store.as_ref()?.tasks.as_ref()?;
         let kept = old
             .and_then(|o| o.defer.as_ref())
             .filter(|od| Arc::ptr_eq(od.store(), store))
@@ -501,8 +523,8 @@ impl<'a> Carry<'a> {
         Some(RouteDefer::new(
             &r.name,
             defer,
-            store.clone(),
-            sc.redis.timeout,
+            (store.clone(), tasks.timeout),
+            self.budget.clone(),
             metrics.defer(&r.name),
             deliveries,
         ))
@@ -525,18 +547,19 @@ impl<'a> Carry<'a> {
             |ol| ol.rate.clone(),
         );
         #[cfg(feature = "redis")]
-        let global = match (&self.store, &config.store) {
-            (Some(store), Some(sc)) if l.scope == crate::config::Scope::Global => {
+        let redis = config.store.as_ref().and_then(|s| s.redis.as_ref());
+        let global = match (&self.store, redis) {
+            (Some(store), Some(redis)) if l.scope == crate::config::Scope::Global => {
                 // Unchanged: keep its remembered denials and leased tokens (dropping leased
                 // tokens would not overshoot, but would waste them).
                 let same = kept
                     .and_then(|ol| ol.global.as_ref())
-                    .filter(|g| g.keeps(l, &sc.redis, store));
+                    .filter(|g| g.keeps(l, redis, store));
                 Some(same.cloned().unwrap_or_else(|| {
                     Arc::new(GlobalLimit::new(
                         route,
                         l,
-                        &sc.redis,
+                        redis,
                         store.clone(),
                         rate.clone(),
                         evictions,

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, RedisConfig, RedisTarget, Scope};
+use crate::config::{Config, RedisTarget, Scope};
 
 /// Why a [`Store::call`] got no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +45,11 @@ pub(crate) enum CallError {
     /// probe.
     #[error("Redis is not reachable now")]
     NotAsked,
-    /// Redis answered with an error, or the connection failed.
+    /// Redis answered with an error: the command did not run (sluice's scripts read before
+    /// they write, and Redis refuses a script only at its first write).
+    #[error("Redis refused the call")]
+    Refused,
+    /// The connection failed: the command may or may not have run.
     #[error("Redis call failed")]
     Failed,
     /// No answer within the call's timeout.
@@ -143,6 +147,18 @@ impl Conn {
             Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
         }
     }
+
+    /// Sends the commands of `pipe` back to back (each still a command of its own to Redis:
+    /// others' commands may run between them) and reads their replies.
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            Conn::Server(mut conn) => pipe.query_async(&mut conn).await,
+            Conn::Cluster(mut conn) => pipe.query_async(&mut conn).await,
+        }
+    }
 }
 
 /// Connected or not, and the breakers.
@@ -162,15 +178,15 @@ struct Health {
 // === impl Store ===
 
 impl Store {
-    /// The store for `config`: `None` when no limit has `scope: global` and no route `defer`; the
-    /// `previous` one when
-    /// `store.redis` still names the same server or cluster with the same `ca` (the connection
-    /// and its health carry over a reload); else a new one whose first connection is made by a
-    /// task spawned on `spawner` (the proxy's runtime: a reload may run on the admin thread).
+    /// The store of `config`'s global limits: `None` when no limit has `scope: global`; the
+    /// `previous` one when `store.redis` still names the same server or cluster with the same
+    /// `ca` (the connection and its health carry over a reload); else a new one whose first
+    /// connection is made by a task spawned on `spawner` (the proxy's runtime: a reload may run
+    /// on the admin thread).
     ///
     /// # Panics
     /// When a new store is needed and `spawner` is `None` (a runtime built outside tokio).
-    pub(crate) fn for_config(
+    pub(crate) fn for_limits(
         config: &Config,
         previous: Option<&Arc<Store>>,
         spawner: Option<&Handle>,
@@ -179,30 +195,81 @@ impl Store {
         let uses_store = config
             .routes
             .iter()
-            .any(|r| r.defer.is_some() || r.rate_limits.iter().any(|l| l.scope == Scope::Global));
-        let redis = &config.store.as_ref()?.redis;
+            .any(|r| r.rate_limits.iter().any(|l| l.scope == Scope::Global));
+        let redis = config.store.as_ref()?.redis.as_ref()?;
         if !uses_store {
             return None;
         }
-        if let Some(previous) = previous.filter(|p| p.serves(redis)) {
-            return Some(previous.clone());
-        }
-        let spawner = spawner.expect("a runtime using Redis is built inside tokio");
-        Some(Arc::new(Store::connect(redis, spawner, errors)))
+        Some(Store::keep_or_connect(
+            (&redis.target, redis.ca_pem.as_ref(), redis.timeout),
+            previous,
+            spawner,
+            errors,
+        ))
     }
 
-    /// Starts connecting to `redis` in the background; usable at once (requests apply
-    /// `on_error` until a connection is up, after waiting at most `timeout` for the first
-    /// attempt).
-    pub(crate) fn connect(redis: &RedisConfig, spawner: &Handle, errors: &Counter) -> Store {
-        let breakers = match redis.target {
+    /// The store of `config`'s deferred tasks (`store.tasks`, by default `store.redis`'s server
+    /// on connections of its own): `None` when no route defers; kept across a reload like
+    /// [`Store::for_limits`]'.
+    ///
+    /// # Panics
+    /// As [`Store::for_limits`].
+    pub(crate) fn for_tasks(
+        config: &Config,
+        previous: Option<&Arc<Store>>,
+        spawner: Option<&Handle>,
+        errors: &Counter,
+    ) -> Option<Arc<Store>> {
+        let tasks = config.store.as_ref()?.tasks.as_ref()?;
+        if !config.routes.iter().any(|r| r.defer.is_some()) {
+            return None;
+        }
+        Some(Store::keep_or_connect(
+            (&tasks.target, tasks.ca_pem.as_ref(), tasks.timeout),
+            previous,
+            spawner,
+            errors,
+        ))
+    }
+
+    /// `previous` if it connects to `target` trusting `ca`, else a new store.
+    fn keep_or_connect(
+        (target, ca, timeout): (&RedisTarget, Option<&Arc<[u8]>>, Duration),
+        previous: Option<&Arc<Store>>,
+        spawner: Option<&Handle>,
+        errors: &Counter,
+    ) -> Arc<Store> {
+        if let Some(previous) = previous.filter(|p| p.serves(target, ca)) {
+            return previous.clone();
+        }
+        let spawner = spawner.expect("a runtime using Redis is built inside tokio");
+        Arc::new(Store::connect(
+            target,
+            ca.cloned(),
+            timeout,
+            spawner,
+            errors,
+        ))
+    }
+
+    /// Starts connecting to `target` in the background; usable at once (requests apply
+    /// `on_error` until a connection is up, after waiting at most their timeout for the first
+    /// attempt). `timeout` bounds each call inside a cluster client.
+    pub(crate) fn connect(
+        target: &RedisTarget,
+        ca: Option<Arc<[u8]>>,
+        timeout: Duration,
+        spawner: &Handle,
+        errors: &Counter,
+    ) -> Store {
+        let breakers = match target {
             RedisTarget::Server(_) => 1,
             RedisTarget::Cluster(_) => CLUSTER_SLOTS / SLOTS_PER_BREAKER,
         };
         let inner = Arc::new(Inner {
-            target: redis.target.clone(),
-            ca: redis.ca_pem.clone(),
-            redacted: redis.target.to_string(),
+            target: target.clone(),
+            ca,
+            redacted: target.to_string(),
             conn: OnceLock::new(),
             health: Health {
                 state: AtomicU8::new(CONNECTING),
@@ -213,7 +280,7 @@ impl Store {
             connected: Notify::new(),
             errors: errors.clone(),
         });
-        let connector = spawner.spawn(connect(inner.clone(), redis.timeout));
+        let connector = spawner.spawn(connect(inner.clone(), timeout));
         Store { inner, connector }
     }
 
@@ -222,9 +289,9 @@ impl Store {
         self.inner.health.state.load(Ordering::Acquire) == HEALTHY
     }
 
-    /// True when this store connects where `redis` says, trusting the same certificates.
-    pub(crate) fn serves(&self, redis: &RedisConfig) -> bool {
-        self.inner.target == redis.target && self.inner.ca == redis.ca_pem
+    /// True when this store connects to `target`, trusting the certificates `ca`.
+    pub(crate) fn serves(&self, target: &RedisTarget, ca: Option<&Arc<[u8]>>) -> bool {
+        self.inner.target == *target && self.inner.ca.as_ref() == ca
     }
 
     /// The breaker of a key whose cluster hash slot is `slot` (always 0 for a server).
@@ -261,7 +328,11 @@ impl Store {
             };
             call(conn).await.map_err(|err| {
                 inner.failed(breaker, &err);
-                CallError::Failed
+                if is_refusal(&err) {
+                    CallError::Refused
+                } else {
+                    CallError::Failed
+                }
             })
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -291,6 +362,15 @@ impl Store {
     pub(crate) fn errors(&self) -> &Counter {
         &self.inner.errors
     }
+}
+
+/// True when `err` is Redis' own error reply (`-OOM`, `-ERR`, …): the command was refused, not
+/// lost on the way.
+pub(crate) fn is_refusal(err: &redis::RedisError) -> bool {
+    matches!(
+        err.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
 }
 
 /// Where a store connects: enough to open more connections to the same server or cluster.
@@ -650,15 +730,16 @@ mod tests {
     /// closes it; the store is healthy again only when no breaker is open.
     #[tokio::test(start_paused = true)]
     async fn cluster_breakers_open_per_slot_range() {
-        let redis = RedisConfig {
-            // Nothing listens on port 1: the store never connects, which this test does not need.
-            target: RedisTarget::Cluster(vec!["redis://127.0.0.1:1".into()]),
-            ca: None,
-            ca_pem: None,
-            timeout: Duration::from_millis(20),
-            on_error: crate::config::OnStoreError::Local,
-        };
-        let store = Store::connect(&redis, &Handle::current(), &Counter::default());
+        // Nothing listens on port 1: the store never connects, which this test does not need.
+        let target = RedisTarget::Cluster(vec!["redis://127.0.0.1:1".into()]);
+        let timeout = Duration::from_millis(20);
+        let store = Store::connect(
+            &target,
+            None,
+            timeout,
+            &Handle::current(),
+            &Counter::default(),
+        );
         assert_eq!(store.inner.health.breakers.len(), 256);
         assert_eq!(store.breaker_of(0), 0);
         assert_eq!(store.breaker_of(63), 0);

@@ -202,21 +202,27 @@ async fn deferred_request_is_delivered_as_sent_with_its_key() {
     // What Redis keeps of a delivered task: its state until the ttl, not its request.
     let mut conn = redis.connection(None).await;
     let key = format!("sluice:defer:{{hooks}}:t:{id}");
-    let body: Option<Vec<u8>> = redis::cmd("HGET")
-        .arg(&key)
-        .arg("body")
+    let body: i64 = redis::cmd("EXISTS")
+        .arg(format!("sluice:defer:{{hooks}}:b:{id}"))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(body, None, "the body is dropped once delivered");
+    assert_eq!(body, 0, "the body is dropped once delivered");
+    let request: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("headers")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(request, None, "the request is dropped once delivered");
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&key)
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(
-        ttl > 0 && ttl <= 3600 * 1000,
-        "kept an hour after delivery: {ttl}"
+        ttl > 3600 * 1000 && ttl <= 24 * 3600 * 1000,
+        "the state is kept until the task's ttl (24 h): {ttl}"
     );
     let entries: i64 = redis::cmd("XLEN")
         .arg("sluice:defer:{hooks}:s")
@@ -695,18 +701,22 @@ async fn deferred_delivery_on_a_redis_cluster() {
     proxy.stop().await;
 }
 
-/// Pins: a task whose next attempt would come after its `ttl` is `dead` at once (with the
-/// upstream's last status), and its record is gone (404) once the `ttl` has passed.
+/// Pins: a task whose next attempt would come after its `ttl` gets one last try shortly before
+/// the ttl ends instead (an upstream back by then still gets it), then is `dead` with error
+/// `expired` and the upstream's last status; its record is gone (404) once the `ttl` has
+/// passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_ttl_a_task_is_dead_then_forgotten() {
     let redis = RedisServer::start().await;
-    let (up, _log) = recording(Duration::ZERO, |_, _| StatusCode::BAD_GATEWAY).await;
+    let (up, log) = recording(Duration::ZERO, |_, _| StatusCode::BAD_GATEWAY).await;
     let defer = "{when: always, attempts: 10, backoff: 10s, ttl: 3s}";
     let proxy = start_proxy(&config(&redis.url(), &up.endpoint(), "", defer)).await;
     let id = accepted_id(&post(&proxy.url("/hooks/late"), "late").await);
     let dead = until_status(&proxy, &id, "dead").await;
-    assert_eq!(dead["attempts"], 1);
+    assert_eq!(dead["attempts"], 2, "{dead}");
     assert_eq!(dead["response"]["status"], 502);
+    assert_eq!(dead["error"], "expired");
+    assert_eq!(log.lock().unwrap().len(), 2, "the first try and the last");
     let url = proxy.url(&format!("/_sluice/tasks/{id}"));
     until(
         "the record to expire with the ttl",

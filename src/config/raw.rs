@@ -105,6 +105,22 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawStore {
     /// `store.redis:`.
     pub(crate) redis: Option<RawRedis>,
+    /// `store.tasks:`.
+    pub(crate) tasks: Option<RawTasks>,
+}
+
+/// `store.tasks:` — where deferred tasks live: `store.redis`'s fields but `on_error`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTasks {
+    /// `redis://` or `rediss://` URL.
+    pub(crate) url: Option<String>,
+    /// Redis Cluster seed URLs.
+    pub(crate) cluster: Option<Vec<String>>,
+    /// Path of a PEM file of CA certificates.
+    pub(crate) ca: Option<String>,
+    /// A duration: one task write in all.
+    pub(crate) timeout: Option<String>,
 }
 
 /// `store.redis:`.
@@ -202,6 +218,10 @@ pub(crate) struct RawDefer {
     pub(crate) backoff: Option<String>,
     /// A duration.
     pub(crate) ttl: Option<String>,
+    /// A count ≥ 1.
+    pub(crate) max_tasks: Option<Int>,
+    /// A duration.
+    pub(crate) backoff_max: Option<String>,
 }
 
 /// `routes[].match:`.

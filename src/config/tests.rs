@@ -697,7 +697,7 @@ fn with_store(redis: &str) -> String {
 fn store_and_global_scope_are_accepted() {
     // Pins: store.redis with its defaults (timeout 20ms, on_error local) and scope: global.
     let c = load(&with_store("url: \"redis://u:secret@h:6379\""));
-    let redis = &c.store.as_ref().unwrap().redis;
+    let redis = c.store.as_ref().unwrap().redis.as_ref().unwrap();
     assert_eq!(
         redis.target,
         RedisTarget::Server("redis://u:secret@h:6379".into())
@@ -708,7 +708,7 @@ fn store_and_global_scope_are_accepted() {
     let c = load(&with_store(
         "url: \"rediss://h\", timeout: 5ms, on_error: deny",
     ));
-    let redis = &c.store.as_ref().unwrap().redis;
+    let redis = c.store.as_ref().unwrap().redis.as_ref().unwrap();
     assert_eq!(
         (redis.timeout, redis.on_error),
         (Duration::from_millis(5), OnStoreError::Deny)
@@ -786,7 +786,7 @@ fn cluster_seeds_are_an_alternative_to_url() {
     let c = load(&with_store(
         "cluster: [\"redis://:pw@10.0.0.1:7000\", \"redis://:pw@10.0.0.2:7000\"]",
     ));
-    let redis = &c.store.as_ref().unwrap().redis;
+    let redis = c.store.as_ref().unwrap().redis.as_ref().unwrap();
     assert_eq!(
         redis.target,
         RedisTarget::Cluster(vec![
@@ -838,7 +838,7 @@ fn the_redis_ca_is_read_and_checked_at_load() {
         "url: \"rediss://h:6380\", ca: \"{}\"",
         good.0.display()
     )));
-    let redis = &c.store.as_ref().unwrap().redis;
+    let redis = c.store.as_ref().unwrap().redis.as_ref().unwrap();
     assert_eq!(redis.ca.as_deref(), Some(good.0.as_path()));
     assert_eq!(redis.ca_pem.as_deref(), Some(ca.cert.pem().as_bytes()));
     assert!(c.to_string().contains(", ca "), "{c}");
@@ -979,26 +979,45 @@ fn defer_defaults_bounds_and_needs() {
         assert_eq!(d.attempts.get(), 4);
         assert_eq!(d.backoff, Duration::from_secs(1));
         assert_eq!(d.ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(d.max_tasks, 100_000);
+        assert_eq!(d.backoff_max, Duration::from_secs(300));
         assert!(
-            c.to_string()
-                .contains("defer overflow: max_body 1MiB, attempts 4, backoff 1s, ttl 1day"),
+            c.to_string().contains(
+                "defer overflow: max_body 1MiB, attempts 4, backoff 1s..5m, ttl 1day, max_tasks 100000"
+            ),
             "{c}"
         );
+        // Tasks live on store.redis' server by default, with a task timeout of 2 s.
+        let tasks = c
+            .store
+            .as_ref()
+            .and_then(|s| s.tasks.as_ref())
+            .expect("tasks");
+        assert_eq!(tasks.target, RedisTarget::Server("redis://h".into()));
+        assert_eq!(tasks.timeout, Duration::from_secs(2));
         let e = serde_json::to_value(&c).unwrap();
         assert_eq!(e["routes"][0]["defer"]["when"], "overflow");
         assert_eq!(e["routes"][0]["defer"]["ttl"], "1day");
         let c = load(&with_defer(
             true,
-            "when: always, max_body: 1GiB, attempts: 100, backoff: 1m, ttl: 7d",
+            "when: always, max_body: 64MiB, attempts: 100, backoff: 1m, ttl: 7d, max_tasks: 7, backoff_max: 1h",
         ));
         let d = c.routes[0].defer.expect("defer");
         assert_eq!(
-            (d.when, d.max_body.0, d.attempts.get()),
-            (DeferWhen::Always, 1 << 30, 100)
+            (d.when, d.max_body.0, d.attempts.get(), d.max_tasks),
+            (DeferWhen::Always, 64 << 20, 100, 7)
         );
+        assert_eq!(d.backoff_max, Duration::from_secs(3600));
         for (fields, field, says) in [
             ("when: later", "when", "overflow, always"),
-            ("max_body: 2GiB", "max_body", "at most 1GiB"),
+            ("max_body: 65MiB", "max_body", "at most 64MiB"),
+            ("max_tasks: 0", "max_tasks", "at least 1"),
+            (
+                "backoff: 10s, backoff_max: 5s",
+                "backoff_max",
+                "at least backoff",
+            ),
+            ("backoff_max: 25h", "backoff_max", "at most 1day"),
             ("attempts: 0", "attempts", "at least 1"),
             ("attempts: 101", "attempts", "at most 100"),
             ("backoff: 61s", "backoff", "at most 1m"),
@@ -1020,6 +1039,47 @@ fn defer_defaults_bounds_and_needs() {
     {
         let e = one_error(&with_defer(false, "when: always"), "routes[0].defer");
         assert!(e.message.contains("needs store.redis"), "{e}");
+        // store.tasks alone is enough for deferral, with its own server and timeout; it is
+        // not for global limits.
+        let tasks_only = with_defer(false, "").replace(
+            "routes:",
+            "store:\n  tasks: {url: \"redis://t:6380\", timeout: 3s}\nroutes:",
+        );
+        let c = load(&tasks_only);
+        let tasks = c
+            .store
+            .as_ref()
+            .and_then(|s| s.tasks.as_ref())
+            .expect("tasks");
+        assert_eq!(tasks.target, RedisTarget::Server("redis://t:6380".into()));
+        assert_eq!(tasks.timeout, Duration::from_secs(3));
+        assert!(c.store.as_ref().is_some_and(|s| s.redis.is_none()));
+        assert!(
+            c.to_string().contains("tasks  redis://t:6380 (timeout 3s"),
+            "{c}"
+        );
+        // A timeout alone keeps store.redis' server; without store.redis it needs a url.
+        let inherit = with_defer(true, "").replace(
+            "  redis: {url: \"redis://h\"}\n",
+            "  redis: {url: \"redis://h\"}\n  tasks: {timeout: 5s}\n",
+        );
+        let c = load(&inherit);
+        let tasks = c
+            .store
+            .as_ref()
+            .and_then(|s| s.tasks.as_ref())
+            .expect("tasks");
+        assert_eq!(
+            (&tasks.target, tasks.timeout),
+            (
+                &RedisTarget::Server("redis://h".into()),
+                Duration::from_secs(5)
+            )
+        );
+        let orphan = tasks_only.replace("{url: \"redis://t:6380\", timeout: 3s}", "{timeout: 3s}");
+        one_error(&orphan, "store.tasks.url");
+        let unknown = tasks_only.replace("timeout: 3s}", "timeout: 3s, on_error: deny}");
+        assert!(!errors(&unknown).is_empty());
     }
     #[cfg(not(feature = "redis"))]
     {
@@ -1281,13 +1341,14 @@ fn effective_config_redacts_the_redis_password() {
     // Pins: the Redis URL's password never reaches `GET /config`.
     let mut c = load(BASE);
     c.store = Some(StoreConfig {
-        redis: RedisConfig {
+        redis: Some(RedisConfig {
             target: RedisTarget::Server("redis://user:hunter2@cache:6379/0".into()),
             ca: None,
             ca_pem: None,
             timeout: Duration::from_millis(20),
             on_error: OnStoreError::Deny,
-        },
+        }),
+        tasks: None,
     });
     let e = serde_json::to_value(&c).unwrap();
     assert_eq!(e["store"]["redis"]["url"], "redis://user:***@cache:6379/0");
@@ -1297,7 +1358,7 @@ fn effective_config_redacts_the_redis_password() {
 
     // A cluster: every seed redacted, no `url`.
     let store = c.store.as_mut().unwrap();
-    store.redis.target = RedisTarget::Cluster(vec![
+    store.redis.as_mut().unwrap().target = RedisTarget::Cluster(vec![
         "redis://:hunter2@10.0.0.1:7000".into(),
         "redis://:hunter2@10.0.0.2:7000".into(),
     ]);

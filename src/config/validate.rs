@@ -21,13 +21,13 @@ use super::error::{ConfigError, FieldError};
 use super::locate::Locator;
 use super::raw::{
     Int, RawAdaptive, RawAdmin, RawConcurrency, RawConfig, RawDefer, RawMatch, RawRateLimit,
-    RawRedis, RawRoute, RawServer, RawStore, RawTls, RawUpstream, Size,
+    RawRedis, RawRoute, RawServer, RawStore, RawTasks, RawTls, RawUpstream, Size,
 };
 use super::{
     AdaptiveConfig, AdminConfig, AdminToken, ByteSize, CapSize, ClientLimits, ConcurrencyConfig,
     Config, DeferConfig, DeferWhen, EscapedSlashes, HostMatch, KeySpec, Mode, OnStoreError,
     PathMatch, Priority, Rate, RateLimitConfig, RedisConfig, RedisTarget, RouteConfig, RouteMatch,
-    Scope, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig,
+    Scope, ServerConfig, StoreConfig, TaskStoreConfig, TlsConfig, UpstreamConfig,
 };
 use crate::canonical;
 use crate::net::tls::Acceptor;
@@ -56,6 +56,10 @@ const ADAPTIVE_MAX_INFLIGHT: i64 = 256;
 const ADAPTIVE_INFLIGHT_MAX: i64 = 1_000_000;
 /// `store.redis.timeout` when absent.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+/// `store.tasks.timeout` when absent (also when `store.tasks` is): one task write in all, every
+/// piece of its body. Far above a limit call's: a task is worth waiting for, a 202 is not sent
+/// before Redis has it, and its calls run on connections of their own.
+const TASKS_TIMEOUT: Duration = Duration::from_secs(2);
 /// `server.max_header_bytes` when absent: NGINX allows 4 × 8 KiB, HAProxy 16 KiB, Envoy 60 KiB.
 const MAX_HEADER_BYTES: u64 = 64 << 10;
 /// `server.max_request_body` when absent.
@@ -106,6 +110,14 @@ const DEFER_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest `defer.backoff`: every wait between attempts is at most a minute (the contract), so a
 /// longer first wait could not be kept.
 const DEFER_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Largest `defer.max_body`: a task's body goes to Redis in pieces and is held whole by a
+/// deliverer; 64 MiB bounds both.
+const DEFER_MAX_MAX_BODY: u64 = 64 << 20;
+/// `defer.max_tasks` when absent.
+const DEFER_MAX_TASKS: i64 = 100_000;
+/// `defer.backoff_max` when absent: a task keeps being tried at least every five minutes while
+/// the upstream is down.
+const DEFER_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// `defer.ttl` when absent.
 const DEFER_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest `defer.ttl`: a task must live long enough for one delivery.
@@ -149,7 +161,13 @@ pub(crate) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         .iter()
         .map(|(name, _)| name.as_str())
         .collect();
-    let has_store = raw.store.as_ref().is_some_and(|s| s.redis.is_some());
+    let has_store = Stores {
+        redis: raw.store.as_ref().is_some_and(|s| s.redis.is_some()),
+        tasks: raw
+            .store
+            .as_ref()
+            .is_some_and(|s| s.redis.is_some() || s.tasks.is_some()),
+    };
     let raw_routes = raw.routes.unwrap_or_default();
     let routes = cx.routes(&raw_routes, &names, has_store);
 
@@ -241,6 +259,24 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
+/// Which stores the file configures: global limits need `redis`, deferral `tasks` (given, or
+/// `redis`).
+#[derive(Clone, Copy)]
+struct Stores {
+    redis: bool,
+    tasks: bool,
+}
+
+/// What `store.tasks` said.
+enum TaskStore {
+    /// A server or cluster of its own.
+    Own(TaskStoreConfig),
+    /// Only a timeout: `store.redis`'s server, on connections of its own.
+    Inherit { timeout: Duration },
+    /// Broken (errors recorded).
+    Invalid,
+}
+
 /// The validation context: where errors go, and how they are placed in the file.
 struct Cx {
     locator: Locator,
@@ -298,7 +334,7 @@ impl Cx {
         &mut self,
         raw: &[RawRoute],
         upstreams: &[&str],
-        has_store: bool,
+        has_store: Stores,
     ) -> Vec<Option<RouteConfig>> {
         if raw.is_empty() {
             self.error(
@@ -636,49 +672,43 @@ impl Cx {
     }
 
     fn store(&mut self, raw: &RawStore) -> Option<StoreConfig> {
-        let Some(redis) = &raw.redis else {
-            return self.missing("store.redis", "a mapping with at least `url`");
+        if raw.redis.is_none() && raw.tasks.is_none() {
+            return self.missing(
+                "store.redis",
+                "a mapping with at least `url` (or store.tasks, for deferred tasks alone)",
+            );
+        }
+        let redis = raw.redis.as_ref().map(|redis| self.redis(redis));
+        let tasks = raw
+            .tasks
+            .as_ref()
+            .map(|tasks| self.tasks(tasks, raw.redis.is_some()));
+        let redis = redis.map_or(Some(None), |r| r.map(Some))?;
+        let inherited = |timeout| {
+            redis.as_ref().map(|r| TaskStoreConfig {
+                target: r.target.clone(),
+                ca: r.ca.clone(),
+                ca_pem: r.ca_pem.clone(),
+                timeout,
+            })
         };
-        Some(StoreConfig {
-            redis: self.redis(redis)?,
-        })
+        let tasks = match tasks {
+            None => inherited(TASKS_TIMEOUT),
+            Some(TaskStore::Own(tasks)) => Some(tasks),
+            Some(TaskStore::Inherit { timeout }) => inherited(timeout),
+            Some(TaskStore::Invalid) => return None,
+        };
+        Some(StoreConfig { redis, tasks })
     }
 
     fn redis(&mut self, raw: &RawRedis) -> Option<RedisConfig> {
         let at = "store.redis";
-        let target = match (raw.url.as_deref().map(str::trim), &raw.cluster) {
-            (Some(_), Some(_)) => self.fail(
-                at,
-                "url and cluster are mutually exclusive: url names one server, cluster the seed nodes of a Redis Cluster; keep one",
-            ),
-            (None, None) => self.missing(
-                &join(at, "url"),
-                "a URL like redis://127.0.0.1:6379 (or `cluster`: a list of Redis Cluster seed URLs)",
-            ),
-            (Some(url), None) => self
-                .redis_url(&join(at, "url"), url)
-                .map(RedisTarget::Server),
-            (None, Some(seeds)) => self.cluster(&join(at, "cluster"), seeds),
-        };
-        let (ca, ca_pem) = match raw.ca.as_deref() {
-            None => (Some(None), None),
-            Some(path) => {
-                let at = join(at, "ca");
-                let file = self.file(&at, Some(path), "the path of a PEM file of CA certificates");
-                let pem = file.as_deref().and_then(|file| self.ca_file(&at, file));
-                if let Some(target) = target.as_ref().filter(|t| !t.is_tls()) {
-                    let (field, example) = match target {
-                        RedisTarget::Server(_) => ("url", "rediss://"),
-                        RedisTarget::Cluster(_) => ("cluster", "rediss:// seeds"),
-                    };
-                    self.error(
-                        &at,
-                        format!("ca is used only by TLS connections, and store.redis.{field} does not ask for TLS (use {example}, or remove ca)"),
-                    );
-                }
-                (file.map(Some), pem)
-            }
-        };
+        let link = self.redis_link(
+            at,
+            raw.url.as_deref(),
+            raw.cluster.as_deref(),
+            raw.ca.as_deref(),
+        );
         let timeout = self.duration(
             &join(at, "timeout"),
             raw.timeout.as_deref(),
@@ -695,13 +725,108 @@ impl Cx {
             ],
             OnStoreError::Local,
         );
+        let (target, ca, ca_pem) = link?;
         Some(RedisConfig {
-            target: target?,
-            ca: ca?,
+            target,
+            ca,
             ca_pem,
             timeout: timeout?,
             on_error: on_error?,
         })
+    }
+
+    /// `store.tasks`: a server of its own, or `store.redis`'s (when it names none) with its own
+    /// timeout.
+    fn tasks(&mut self, raw: &RawTasks, has_redis: bool) -> TaskStore {
+        let at = "store.tasks";
+        let timeout = self.duration(
+            &join(at, "timeout"),
+            raw.timeout.as_deref(),
+            TASKS_TIMEOUT,
+            false,
+        );
+        if raw.url.is_none() && raw.cluster.is_none() {
+            if !has_redis {
+                self.error(
+                    &join(at, "url"),
+                    "expected a URL like redis://127.0.0.1:6380 (or `cluster`): store.redis, which tasks use by default, is not given",
+                );
+            }
+            if raw.ca.is_some() {
+                self.error(
+                    &join(at, "ca"),
+                    "ca is used only with store.tasks.url or .cluster; without them, tasks use store.redis and its ca",
+                );
+            }
+            return match timeout {
+                Some(timeout) if has_redis && raw.ca.is_none() => TaskStore::Inherit { timeout },
+                _ => TaskStore::Invalid,
+            };
+        }
+        let link = self.redis_link(
+            at,
+            raw.url.as_deref(),
+            raw.cluster.as_deref(),
+            raw.ca.as_deref(),
+        );
+        match (link, timeout) {
+            (Some((target, ca, ca_pem)), Some(timeout)) => TaskStore::Own(TaskStoreConfig {
+                target,
+                ca,
+                ca_pem,
+                timeout,
+            }),
+            _ => TaskStore::Invalid,
+        }
+    }
+
+    /// Where a store connects (`url` or `cluster`) and the certificates it trusts (`ca`), for
+    /// the section at `at`.
+    fn redis_link(
+        &mut self,
+        at: &str,
+        url: Option<&str>,
+        cluster: Option<&[String]>,
+        ca: Option<&str>,
+    ) -> Option<(RedisTarget, Option<PathBuf>, Option<Arc<[u8]>>)> {
+        let target = match (url.map(str::trim), cluster) {
+            (Some(_), Some(_)) => self.fail(
+                at,
+                "url and cluster are mutually exclusive: url names one server, cluster the seed nodes of a Redis Cluster; keep one",
+            ),
+            (None, None) => self.missing(
+                &join(at, "url"),
+                "a URL like redis://127.0.0.1:6379 (or `cluster`: a list of Redis Cluster seed URLs)",
+            ),
+            (Some(url), None) => self
+                .redis_url(&join(at, "url"), url)
+                .map(RedisTarget::Server),
+            (None, Some(seeds)) => self.cluster(&join(at, "cluster"), seeds),
+        };
+        let (ca, ca_pem) = match ca {
+            None => (Some(None), None),
+            Some(path) => {
+                let ca_at = join(at, "ca");
+                let file = self.file(
+                    &ca_at,
+                    Some(path),
+                    "the path of a PEM file of CA certificates",
+                );
+                let pem = file.as_deref().and_then(|file| self.ca_file(&ca_at, file));
+                if let Some(target) = target.as_ref().filter(|t| !t.is_tls()) {
+                    let (field, example) = match target {
+                        RedisTarget::Server(_) => ("url", "rediss://"),
+                        RedisTarget::Cluster(_) => ("cluster", "rediss:// seeds"),
+                    };
+                    self.error(
+                        &ca_at,
+                        format!("ca is used only by TLS connections, and {at}.{field} does not ask for TLS (use {example}, or remove ca)"),
+                    );
+                }
+                (file.map(Some), pem)
+            }
+        };
+        Some((target?, ca?, ca_pem))
     }
 
     /// `store.redis.url`, or one seed of `store.redis.cluster`: a `redis://` / `rediss://` URL
@@ -930,7 +1055,7 @@ impl Cx {
         at: &str,
         raw: &RawRoute,
         upstreams: &[&str],
-        has_store: bool,
+        has_store: Stores,
     ) -> Option<RouteConfig> {
         let name = match raw.name.as_deref() {
             Some(name) => self.name(&join(at, "name"), name),
@@ -963,7 +1088,7 @@ impl Cx {
             .iter()
             .enumerate()
             .map(|(i, limit)| {
-                self.rate_limit(&format!("{at}.rate_limits[{i}]"), i, limit, has_store)
+                self.rate_limit(&format!("{at}.rate_limits[{i}]"), i, limit, has_store.redis)
             })
             .collect();
         self.unique_limit_names(at, raw_limits);
@@ -974,7 +1099,7 @@ impl Cx {
         let defer = raw
             .defer
             .as_ref()
-            .map(|d| self.defer(&join(at, "defer"), d, has_store, mode));
+            .map(|d| self.defer(&join(at, "defer"), d, has_store.tasks, mode));
         Some(RouteConfig {
             name: name?,
             matcher: matcher?,
@@ -988,8 +1113,8 @@ impl Cx {
         })
     }
 
-    /// `routes[].defer`: needs `store.redis` (the tasks live there) and `mode: enforce` (a
-    /// shadow route forwards every request, so it has nothing to defer).
+    /// `routes[].defer`: needs `store.tasks` or `store.redis` (the tasks live there) and
+    /// `mode: enforce` (a shadow route forwards every request, so it has nothing to defer).
     fn defer(
         &mut self,
         at: &str,
@@ -1000,7 +1125,7 @@ impl Cx {
         if !has_store {
             self.error(
                 at,
-                "defer needs store.redis, which is not configured: deferred requests are kept in Redis",
+                "defer needs store.redis (or store.tasks), which is not configured: deferred requests are kept in Redis",
             );
         }
         if mode == Some(Mode::Shadow) {
@@ -1023,7 +1148,7 @@ impl Cx {
             raw.max_body.as_ref(),
             DEFER_MAX_BODY,
             0,
-            MAX_SIZE,
+            DEFER_MAX_MAX_BODY,
         );
         let attempts = self
             .number::<u32>(
@@ -1045,12 +1170,37 @@ impl Cx {
             DEFER_TTL,
             (DEFER_MIN_TTL, DEFER_MAX_TTL),
         );
+        let max_tasks = self.number::<u64>(
+            &join(at, "max_tasks"),
+            raw.max_tasks.map_or(DEFER_MAX_TASKS, |n| n.0),
+            1,
+            MAX_COUNT,
+        );
+        let backoff_max = self.duration_within(
+            &join(at, "backoff_max"),
+            raw.backoff_max.as_deref(),
+            DEFER_BACKOFF_MAX,
+            (Duration::from_millis(1), MAX_DURATION),
+        );
+        if let (Some(backoff), Some(backoff_max)) = (backoff, backoff_max) {
+            if backoff_max < backoff {
+                self.error(
+                    &join(at, "backoff_max"),
+                    format!(
+                        "must be at least backoff ({}): it is the longest of the waits that start at backoff",
+                        humantime::format_duration(backoff)
+                    ),
+                );
+            }
+        }
         Some(DeferConfig {
             when: when?,
             max_body: max_body?,
             attempts: attempts?,
             backoff: backoff?,
             ttl: ttl?,
+            max_tasks: max_tasks?,
+            backoff_max: backoff_max?,
         })
     }
 

@@ -11,8 +11,25 @@ use http::{Method, Request};
 use crate::net::Origin;
 use crate::proxy::forward;
 
-/// `Idempotency-Key`: the task's id, on every delivery of it.
+/// `Idempotency-Key`: the client's, or the task's id, on every delivery of a task.
 pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The longest `Idempotency-Key` a client may send (the contract's 255 characters).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters. Per route, it names at
+/// most one task for the task's `ttl`: a repeat is answered with that task, never stored again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IdempotencyKey(String);
+
+/// Why a request's `Idempotency-Key` cannot be used (400 `bad-request`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BadIdempotencyKey {
+    /// Sent on more than one line: which one would name the task?
+    Repeated,
+    /// Empty, longer than 255 characters, or not visible ASCII.
+    Malformed,
+}
 
 /// A task's id: 128 random bits, written as 32 lowercase hex digits. Only the client that got the
 /// 202 knows it: guessing one among the tasks kept is hopeless.
@@ -34,6 +51,8 @@ pub(crate) struct StoredRequest {
     pub(crate) body: Bytes,
     /// The client's address, kept for inspection.
     pub(crate) client: String,
+    /// The client's `Idempotency-Key`, if it sent one: delivered unchanged.
+    pub(crate) key: Option<IdempotencyKey>,
 }
 
 /// A task's state, as `GET /_sluice/tasks/<id>` shows it.
@@ -103,13 +122,53 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
+// === impl IdempotencyKey ===
+
+impl IdempotencyKey {
+    /// The key `headers` carry: `Ok(None)` without one.
+    ///
+    /// # Errors
+    /// [`BadIdempotencyKey`] when it is repeated, empty, too long or not visible ASCII.
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, BadIdempotencyKey> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(BadIdempotencyKey::Repeated);
+        }
+        let bytes = value.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > MAX_IDEMPOTENCY_KEY
+            || !bytes.iter().all(u8::is_ascii_graphic)
+        {
+            return Err(BadIdempotencyKey::Malformed);
+        }
+        // Visible ASCII: valid UTF-8.
+        Ok(std::str::from_utf8(bytes)
+            .ok()
+            .map(|text| IdempotencyKey(text.to_owned())))
+    }
+
+    /// The key as the client sent it.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 // === impl StoredRequest ===
 
 impl StoredRequest {
     /// The request of `parts` from `origin` with `body`, rewritten as forwarding would rewrite
     /// it (`crate::proxy::forward`; `trusted`: the peer is a trusted proxy): the delivery is then
     /// the request the upstream would have got at once.
-    pub(crate) fn new(parts: Parts, origin: Origin, trusted: bool, body: Bytes) -> StoredRequest {
+    pub(crate) fn new(
+        parts: Parts,
+        origin: Origin,
+        trusted: bool,
+        body: Bytes,
+        key: Option<IdempotencyKey>,
+    ) -> StoredRequest {
         let mut req = Request::from_parts(parts, ());
         forward::request(&mut req, origin, trusted);
         let (parts, ()) = req.into_parts();
@@ -124,6 +183,7 @@ impl StoredRequest {
             headers: encode_headers(&parts.headers),
             body,
             client: origin.peer.to_string(),
+            key,
         }
     }
 }
@@ -174,7 +234,8 @@ pub(crate) fn decode_headers(text: &[u8]) -> HeaderMap {
 
 impl TaskStatus {
     /// The state from the hash fields `status`, `attempts`, `code`, `error` (in that order);
-    /// `None` when there is no status (no such task).
+    /// `None` when there is no status (no such task). A task still being written is `writing`:
+    /// its outcome is not known yet.
     pub(crate) fn from_fields(
         id: TaskId,
         route: &str,

@@ -49,6 +49,8 @@ async fn look_up(rt: &Runtime, req: &Request<Incoming>) -> http::Response<ProxyB
         let mut unanswered = false;
         for defer in rt.routes.iter().filter_map(|r| r.defer.as_ref()) {
             match defer.status(&id).await {
+                // Its write's outcome is not known yet: ask again (see `crate::defer::accept`).
+                Ok(Some(status)) if status.status == "writing" => return rescue::task_writing(),
                 Ok(Some(status)) => return rescue::task_status(status.to_json()),
                 Ok(None) => {}
                 Err(_) => unanswered = true,

@@ -141,19 +141,39 @@ impl ClientBody {
     #[cfg(feature = "redis")]
     /// The whole body in one buffer: the bytes read ahead and, for a streamed body, the rest
     /// read now (each pause bounded as when streaming) — at most `max` bytes in all, every byte
-    /// within the buffering budget. The reservation that accounts for the bytes comes with them.
+    /// held within `budget` (the buffer is sized by the announced length when there is one, so
+    /// a body sent with `Content-Length` is copied once). The reservation that accounts for the
+    /// bytes comes with them.
     ///
     /// # Errors
     /// [`Unheld`]: longer than `max`, the budget is spent, or the body broke a rule.
     pub(crate) async fn into_whole(
         mut self,
         max: u64,
+        budget: &std::sync::Arc<crate::budget::Budget>,
     ) -> Result<(Bytes, Option<Reservation>), Unheld> {
-        let mut total: u64 = self.ahead.iter().map(|c| c.len() as u64).sum();
-        if total > max {
+        let ahead: u64 = self.ahead.iter().map(|c| c.len() as u64).sum();
+        if ahead > max {
             return Err(Unheld::TooLarge);
         }
-        if let Some(mut rest) = self.rest.take() {
+        let mut held = self.held.take().unwrap_or_else(|| budget.account(0));
+        let rest = self.rest.take();
+        if rest.is_none() && self.ahead.len() <= 1 {
+            return Ok((self.ahead.pop_front().unwrap_or_default(), Some(held)));
+        }
+        // One buffer for all of it, counted before it is filled.
+        let announced = rest.as_ref().map_or(0, |r| r.incoming.size_hint().lower());
+        let mut counted = ahead.saturating_add(announced).min(max);
+        if !held.grow(counted) {
+            return Err(Unheld::OverBudget);
+        }
+        let mut whole = bytes::BytesMut::with_capacity(usize::try_from(counted).unwrap_or(0));
+        for chunk in self.ahead.drain(..) {
+            whole.extend_from_slice(&chunk);
+            // That chunk is freed: its bytes are counted in the buffer now.
+            held.shrink(chunk.len() as u64);
+        }
+        if let Some(mut rest) = rest {
             while let Some(frame) = std::future::poll_fn(|cx| rest.poll_frame(cx)).await {
                 let frame = match frame {
                     Ok(frame) => frame,
@@ -164,30 +184,20 @@ impl ClientBody {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                total += data.len() as u64;
+                let total = (whole.len() + data.len()) as u64;
                 if total > max {
                     return Err(Unheld::TooLarge);
                 }
-                if !self
-                    .held
-                    .as_mut()
-                    .is_some_and(|held| held.grow(data.len() as u64))
-                {
-                    return Err(Unheld::OverBudget);
+                if total > counted {
+                    if !held.grow(total - counted) {
+                        return Err(Unheld::OverBudget);
+                    }
+                    counted = total;
                 }
-                self.ahead.push_back(data);
+                whole.extend_from_slice(&data);
             }
         }
-        let body = if self.ahead.len() == 1 {
-            self.ahead.pop_front().unwrap_or_default()
-        } else {
-            let mut whole = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-            for chunk in &self.ahead {
-                whole.extend_from_slice(chunk);
-            }
-            Bytes::from(whole)
-        };
-        Ok((body, self.held.take()))
+        Ok((whole.freeze(), Some(held)))
     }
 }
 

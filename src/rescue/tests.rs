@@ -36,7 +36,7 @@ fn problems() -> RouteProblems {
         )),
         max_request_body: ByteSize(16 << 20),
         request_body_timeout: Duration::from_secs(30),
-        defer_max_body: Some(ByteSize(1 << 20)),
+        defer: None,
     })
 }
 
@@ -313,16 +313,33 @@ fn escapes_control_characters() {
     let _: serde_json::Value = serde_json::from_str(&body).unwrap();
 }
 
-/// Pins: a deferred request gets 202, `Location: /_sluice/tasks/<id>`, JSON `{"id", "status":
-/// "queued"}` and outcome `deferred`; the task endpoint's own answers are problem JSON with
-/// their status (405 with `Allow`).
+/// Pins: a deferred request gets 202, `Location: /_sluice/tasks/<id>` and JSON `{"id",
+/// "status": "queued"}`; a write whose outcome is unknown gets 503 `store-unavailable` naming
+/// the task (`task`, `Location`); the task endpoint's own answers are problem JSON with their
+/// status (405 with `Allow`).
 #[cfg(feature = "redis")]
 #[test]
 fn deferred_and_task_answers() {
     let id = crate::defer::TaskId::random().unwrap();
-    let rejection = Rejection::Deferred(id);
-    assert_eq!(rejection.outcome(), Outcome::Deferred);
-    let res = problems().respond(rejection);
+    let unknown = problems().respond(Rejection::DeferUnknown(id));
+    assert_eq!(unknown.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        unknown.headers()[LOCATION],
+        format!("/_sluice/tasks/{id}").as_str()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body_of(unknown)).unwrap();
+    assert_eq!(
+        (&v["reason"], &v["task"]),
+        (
+            &serde_json::json!("store-unavailable"),
+            &serde_json::json!(id.to_string())
+        )
+    );
+    assert_eq!(
+        Rejection::DeferUnknown(id).outcome(),
+        Outcome::StoreUnavailable
+    );
+    let res = accepted(&id);
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
     assert_eq!(

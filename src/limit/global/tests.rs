@@ -46,7 +46,9 @@ fn redis_config() -> RedisConfig {
 fn global(route: &str, config: &RateLimitConfig) -> GlobalLimit {
     let redis = redis_config();
     let store = Arc::new(Store::connect(
-        &redis,
+        &redis.target,
+        None,
+        redis.timeout,
         &Handle::current(),
         &Counter::default(),
     ));
@@ -183,7 +185,13 @@ async fn on_error_applies_without_redis() {
             ..redis_config()
         };
         let errors = Counter::default();
-        let store = Arc::new(Store::connect(&redis, &Handle::current(), &errors));
+        let store = Arc::new(Store::connect(
+            &redis.target,
+            None,
+            redis.timeout,
+            &Handle::current(),
+            &errors,
+        ));
         let g = Arc::new(GlobalLimit::new(
             "r",
             &config,
