@@ -36,7 +36,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
+use http::header::RETRY_AFTER;
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -286,8 +287,13 @@ fn answered(
     route.metrics.upstream_duration.observe(took.as_secs_f64());
     let client_fault = fault.as_ref().and_then(|f| f.get());
     let body_sent = fault.as_ref().is_none_or(|f| f.complete());
-    let status = result.as_ref().ok().map(|(res, _)| res.status());
-    if let Some(sample) = sample(status, took, client_fault.is_some(), body_sent) {
+    let answer = result.as_ref().ok().map(|(res, _)| {
+        let status = res.status();
+        // Only a 5xx's is looked at: no lookup for the others.
+        let retry_after = status.is_server_error() && res.headers().contains_key(RETRY_AFTER);
+        Sample::answer(status, retry_after, took)
+    });
+    if let Some(sample) = sample(answer, client_fault.is_some(), body_sent) {
         slots.record(sample);
     }
     match result {
@@ -309,22 +315,19 @@ fn answered(
     }
 }
 
-/// What an exchange that took `took` tells the caps of its slots (an adaptive cap learns from
-/// it): the latency of an answer; a drop for a timeout, a failure or a 503 (the upstream saying
-/// it is overloaded); nothing when the client's streamed body broke a rule (`client_fault`), and
-/// nothing for a failure before the client had sent all of its body (`!body_sent`): a trickle
-/// that outlasts the upstream's timeout is the client's doing and says nothing of the upstream.
-fn sample(
-    status: Option<StatusCode>,
-    took: Duration,
-    client_fault: bool,
-    body_sent: bool,
-) -> Option<Sample> {
-    match status {
+/// What an exchange tells the caps of its slots (an adaptive cap learns from it): the
+/// upstream's `answer` (which the cap judges itself: see [`Sample`]); a drop when there was
+/// none (a timeout, a failure); nothing when the client's streamed body broke a rule
+/// (`client_fault`), and nothing for a failure or a 5xx before the client had sent all of its
+/// body (`!body_sent`): a trickle that outlasts the upstream's patience is the client's doing
+/// and says nothing of the upstream.
+fn sample(answer: Option<Sample>, client_fault: bool, body_sent: bool) -> Option<Sample> {
+    match answer {
         _ if client_fault => None,
-        Some(status) if status != StatusCode::SERVICE_UNAVAILABLE => Some(Sample::Answered(took)),
-        _ if body_sent => Some(Sample::Dropped),
-        _ => None,
+        Some(Sample::ServerError { .. }) if !body_sent => None,
+        Some(answer) => Some(answer),
+        None if body_sent => Some(Sample::Dropped),
+        None => None,
     }
 }
 
@@ -393,35 +396,41 @@ impl AccessLine {
 
 #[cfg(test)]
 mod tests {
+    use http::StatusCode;
+
     use super::*;
 
-    /// Answers teach the latency, failures and 503s a drop; a client's broken or unfinished
-    /// upload teaches nothing (it would let a slow uploader halve an adaptive cap).
+    /// The upstream's answer goes to the caps as it is (the cap judges it, see
+    /// `limit::adaptive`), a failure as a drop; a client's broken or unfinished upload teaches
+    /// nothing (it would let a slow uploader halve an adaptive cap), and neither does a 5xx that
+    /// came before the client had sent all of its body.
     #[test]
     fn what_an_exchange_teaches_the_caps() {
         let took = Duration::from_millis(20);
-        let ok = Some(StatusCode::OK);
-        let busy = Some(StatusCode::SERVICE_UNAVAILABLE);
+        let answer = |code: u16, retry_after: bool| {
+            let status = StatusCode::from_u16(code).expect("a valid status");
+            Some(Sample::answer(status, retry_after, took))
+        };
         let cases = [
-            // (status, client_fault, body_sent) → sample
-            ((ok, false, true), Some(Sample::Answered(took))),
-            (
-                (Some(StatusCode::INTERNAL_SERVER_ERROR), false, true),
-                Some(Sample::Answered(took)),
-            ),
-            ((ok, false, false), Some(Sample::Answered(took))),
-            ((busy, false, true), Some(Sample::Dropped)),
+            // (answer, client_fault, body_sent) → sample
+            ((answer(200, false), false, true), answer(200, false)),
+            ((answer(200, false), false, false), answer(200, false)),
+            ((answer(404, false), false, true), answer(404, false)),
+            ((answer(404, false), false, false), answer(404, false)),
+            ((answer(503, false), false, true), answer(503, false)),
+            ((answer(503, true), false, true), answer(503, true)),
             ((None, false, true), Some(Sample::Dropped)),
             ((None, false, false), None),
-            ((busy, false, false), None),
+            ((answer(503, true), false, false), None),
+            ((answer(500, false), false, false), None),
             ((None, true, false), None),
-            ((ok, true, true), None),
+            ((answer(200, false), true, true), None),
         ];
-        for ((status, fault, sent), want) in cases {
+        for ((answer, fault, sent), want) in cases {
             assert_eq!(
-                sample(status, took, fault, sent),
+                sample(answer, fault, sent),
                 want,
-                "{status:?} {fault} {sent}"
+                "{answer:?} {fault} {sent}"
             );
         }
     }

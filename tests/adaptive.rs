@@ -1,7 +1,9 @@
 //! Adaptive caps through real sockets: against an upstream that serves K requests at once
 //! (20 ms each) and queues the rest inside itself, under a steady overload, the cap settles
 //! near K, admitted requests stay within a few service times, and the cap follows when K drops;
-//! `sluice_concurrency_limit` shows the cap in force, fixed or adaptive.
+//! a client whose requests the upstream answers at once with 404 or 503 does not drag it down,
+//! while 503s with `Retry-After` do; `sluice_concurrency_limit` shows the cap in force, fixed or
+//! adaptive.
 
 mod support;
 
@@ -10,8 +12,15 @@ mod capacity;
 
 use std::time::Duration;
 
-use capacity::{drive, quantile, Load, Phase, Trace, Workers};
+use capacity::{
+    drive, quantile, Load, Phase, Trace, Workers, FAST_NOT_FOUND, FAST_RETRY_AFTER,
+    FAST_UNAVAILABLE,
+};
+use http::Request;
+use http_body_util::Full;
 use support::*;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// The upstream's service time.
 const SERVICE: Duration = Duration::from_millis(20);
@@ -28,6 +37,29 @@ fn config(endpoint: &str, concurrency: &str) -> String {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The load tests run one at a time: each measures the cap and latencies against the clock,
+/// and two at once on two cores would only measure each other.
+static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An upstream of 8 workers behind sluice, whose cap is adaptive (2..=64, queue 2); and a
+/// reading of the cap in force, for [`drive`].
+async fn adaptive_in_front_of_workers() -> (Workers, Proxy, impl Fn() -> usize) {
+    let workers = Workers::start(8, SERVICE).await;
+    let yaml = config(
+        &workers.endpoint(),
+        "{ adaptive: { min_inflight: 2, max_inflight: 64 }, queue: 2, queue_timeout: 1s }",
+    );
+    let proxy = start_proxy(&yaml).await;
+    let shared = proxy.shared.clone();
+    let cap = move || {
+        shared
+            .runtime()
+            .upstream_cap("api")
+            .map_or(0, |c| c.limit())
+    };
+    (workers, proxy, cap)
 }
 
 /// What one phase of a run looked like, once settled.
@@ -120,19 +152,8 @@ fn check(seen: &Seen, k: usize) {
 /// The cap must be at most 6 within 3 s of the drop (typically 0.4–0.8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_settles_near_the_upstreams_capacity_and_follows_it() {
-    let workers = Workers::start(8, SERVICE).await;
-    let yaml = config(
-        &workers.endpoint(),
-        "{ adaptive: { min_inflight: 2, max_inflight: 64 }, queue: 2, queue_timeout: 1s }",
-    );
-    let proxy = start_proxy(&yaml).await;
-    let shared = proxy.shared.clone();
-    let cap = move || {
-        shared
-            .runtime()
-            .upstream_cap("api")
-            .map_or(0, |c| c.limit())
-    };
+    let _alone = LOAD.lock().await;
+    let (workers, proxy, cap) = adaptive_in_front_of_workers().await;
     let phases = [
         Phase {
             length: Duration::from_secs(5),
@@ -172,6 +193,137 @@ async fn the_cap_settles_near_the_upstreams_capacity_and_follows_it() {
     let end = switch + phases[1].length;
     check(&seen(&trace, "K = 2", settled, end), 2);
     proxy.stop().await;
+}
+
+/// The most of the upstream's requests the attacker of [`attack`] sends: the contract's bound.
+const ATTACK_SHARE: f64 = 0.3;
+
+/// Issue 22, item 6 ("Controls no client steers"): with 16 legitimate clients holding the cap
+/// at C (K = 8, overloaded as above), one more client that sends 30% of the upstream's requests
+/// to a path it answers at once with 404, then to one it answers at once with 503 (no
+/// `Retry-After`), leaves the cap's median at least 0.7 × C: neither answer is a sample of the
+/// upstream's capacity. Before the fix every 503 was a drop, and 1 in 20 samples halved the
+/// cap. The flip side: the same client on a path answered 503 with `Retry-After` (the upstream
+/// saying it is overloaded) brings the cap below C / 2.
+///
+/// One run of four phases (7 s legitimate load alone, 7 s with the 404s, 7 s with the 503s,
+/// 4 s with the 503s with `Retry-After`), each judged after its first second (C after 2 s of
+/// learning); the attacker paces itself on what reaches the upstream (see [`attack`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_answered_fast_with_404_or_503_does_not_drag_the_cap_down() {
+    let _alone = LOAD.lock().await;
+    let (workers, proxy, cap) = adaptive_in_front_of_workers().await;
+    let attacks = [
+        (Duration::from_secs(7), None),
+        (Duration::from_secs(7), Some(FAST_NOT_FOUND)),
+        (Duration::from_secs(7), Some(FAST_UNAVAILABLE)),
+        (Duration::from_secs(4), Some(FAST_RETRY_AFTER)),
+    ];
+    let phases = attacks.map(|(length, _)| Phase { length, workers: 8 });
+    let load = Load {
+        clients: 16,
+        backoff: Duration::from_millis(50),
+    };
+    let attacker = async {
+        let mut shares = Vec::new();
+        for (length, path) in attacks {
+            shares.push(match path {
+                Some(path) => attack(&proxy.url(path), &workers, length).await,
+                None => {
+                    tokio::time::sleep(length).await;
+                    0.0
+                }
+            });
+        }
+        shares
+    };
+    let url = proxy.url("/");
+    let (trace, shares) = tokio::join!(drive(&url, &workers, load, &phases, cap), attacker);
+    eprintln!("the attacker's share of the upstream's requests, per phase: {shares:?}");
+    assert_eq!(trace.errors, 0, "legitimate clients get only 200s and 503s");
+    for (&share, (_, path)) in shares.iter().zip(attacks).skip(1) {
+        assert!(
+            (0.2..=ATTACK_SHARE + 0.01).contains(&share),
+            "{path:?}: the attacker sent {share:.2} of the upstream's requests"
+        );
+    }
+    let starts = &trace.phase_starts;
+    let phase = |i: usize, skip: Duration| {
+        let end = starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(starts[i] + phases[i].length);
+        seen(
+            &trace,
+            attacks[i].1.unwrap_or("legitimate load alone"),
+            starts[i] + skip,
+            end,
+        )
+    };
+    let alone = phase(0, Duration::from_secs(2)).cap.1;
+    let second = Duration::from_secs(1);
+    let not_found = phase(1, second).cap.1;
+    let unavailable = phase(2, second).cap.1;
+    let retry_after = phase(3, second).cap.1;
+    eprintln!(
+        "cap median: {alone} alone, {not_found} with fast 404s, {unavailable} with fast 503s, \
+         {retry_after} with 503s with Retry-After"
+    );
+    assert!(
+        alone >= 7,
+        "the legitimate load holds the cap near 1.2 × 8 + 1: {alone}"
+    );
+    let bound = 0.7 * alone as f64;
+    assert!(
+        not_found as f64 >= bound,
+        "fast 404s: {not_found} < 0.7 × {alone}"
+    );
+    assert!(
+        unavailable as f64 >= bound,
+        "fast 503s: {unavailable} < 0.7 × {alone}"
+    );
+    assert!(
+        retry_after * 2 <= alone,
+        "503s with Retry-After are overload: {retry_after} > {alone} / 2"
+    );
+    proxy.stop().await;
+}
+
+/// One client sending GETs to `url` for `length`, paced so that they make [`ATTACK_SHARE`] of
+/// the requests that reach `workers` meanwhile: it sends while they are fewer (those sluice
+/// refuses with 503 never reach it, and are made up for), at most 4 at once. Returns the share
+/// they made.
+async fn attack(url: &str, workers: &Workers, length: Duration) -> f64 {
+    let client = client();
+    let (worked_before, fast_before) = workers.arrived();
+    let reached = || {
+        let (worked, fast) = workers.arrived();
+        let fast = fast - fast_before;
+        (fast, worked - worked_before + fast)
+    };
+    let end = Instant::now() + length;
+    let mut sending = JoinSet::new();
+    while Instant::now() < end {
+        let (fast, all) = reached();
+        if sending.len() < 4 && (fast as f64) < ATTACK_SHARE * all as f64 {
+            let (client, url) = (client.clone(), url.to_owned());
+            sending.spawn(async move {
+                let req = Request::get(url)
+                    .body(Full::default())
+                    .expect("a valid request");
+                // 404, 503, or sluice's own 503: all the same to the attacker.
+                send(&client, req).await;
+            });
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        while let Some(done) = sending.try_join_next() {
+            done.expect("attacker request");
+        }
+    }
+    sending.join_all().await;
+    let (fast, all) = reached();
+    fast as f64 / all.max(1) as f64
 }
 
 /// `sluice_concurrency_limit` is the cap in force of every route and upstream cap: a fixed

@@ -1,7 +1,8 @@
 //! A workload for adaptive caps, shared by `tests/adaptive.rs` and `benches/adaptive.rs`: an
 //! upstream that serves `k` requests at once (each takes `service`) and queues the rest inside
-//! itself, whose `k` the caller changes mid-run; closed-loop clients that keep it overloaded
-//! through sluice; and a trace of the cap in force and of every admitted request's latency.
+//! itself, whose `k` the caller changes mid-run, and answers a few paths at once without work
+//! ([`FAST_NOT_FOUND`] …); closed-loop clients that keep it overloaded through sluice; and a
+//! trace of the cap in force and of every admitted request's latency.
 //!
 //! Everything runs on 127.0.0.1 in the calling process. Every wait is bounded: a request
 //! longer than [`REQUEST_DEADLINE`] counts as an error, and the clients stop at the end of the
@@ -32,19 +33,37 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How often the stall monitor's timer is set.
 pub const MONITOR_EVERY: Duration = Duration::from_millis(5);
+/// A path [`Workers`] answers with 404 at once, without a worker.
+pub const FAST_NOT_FOUND: &str = "/fast/404";
+/// A path [`Workers`] answers with 503 (no `Retry-After`) at once, without a worker.
+pub const FAST_UNAVAILABLE: &str = "/fast/503";
+/// A path [`Workers`] answers with 503 and `Retry-After: 1` at once, without a worker.
+pub const FAST_RETRY_AFTER: &str = "/fast/503-retry-after";
 
 /// An upstream of `k` workers: each request takes a worker for `service`, in arrival order;
 /// requests beyond `k` wait inside it (a FIFO semaphore), as a thread pool's queue would.
+/// Requests to [`FAST_NOT_FOUND`], [`FAST_UNAVAILABLE`] and [`FAST_RETRY_AFTER`] are answered
+/// at once instead, as an application answers a path it does not know or an error it does not
+/// work for.
 pub struct Workers {
     pub addr: SocketAddr,
     /// One permit per worker.
     workers: Arc<Semaphore>,
     /// Workers now (after the last `set`).
     k: AtomicUsize,
-    /// Requests inside the upstream now, and the most seen.
-    inside: Arc<AtomicUsize>,
-    peak_inside: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
     task: JoinHandle<()>,
+}
+
+/// What the upstream has seen, shared by its connections.
+#[derive(Default)]
+struct Counts {
+    /// Requests waiting for or holding a worker now, and the most seen.
+    inside: AtomicUsize,
+    peak_inside: AtomicUsize,
+    /// Requests that arrived for a worker, and for an answer at once, since the start.
+    worked: AtomicUsize,
+    fast: AtomicUsize,
 }
 
 impl Workers {
@@ -53,27 +72,31 @@ impl Workers {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let workers = Arc::new(Semaphore::new(k));
-        let inside = Arc::new(AtomicUsize::new(0));
-        let peak_inside = Arc::new(AtomicUsize::new(0));
-        let (w, i, p) = (workers.clone(), inside.clone(), peak_inside.clone());
+        let counts = Arc::new(Counts::default());
+        let (w, c) = (workers.clone(), counts.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (w, i, p) = (w.clone(), i.clone(), p.clone());
+                let (w, c) = (w.clone(), c.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<Incoming>| {
-                        let (w, i, p) = (w.clone(), i.clone(), p.clone());
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (w, c) = (w.clone(), c.clone());
                         async move {
-                            let now = i.fetch_add(1, Ordering::SeqCst) + 1;
-                            p.fetch_max(now, Ordering::SeqCst);
+                            if let Some(res) = fast_answer(req.uri().path()) {
+                                c.fast.fetch_add(1, Ordering::SeqCst);
+                                return Ok::<_, Infallible>(res);
+                            }
+                            c.worked.fetch_add(1, Ordering::SeqCst);
+                            let now = c.inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            c.peak_inside.fetch_max(now, Ordering::SeqCst);
                             // The semaphore is never closed, so acquiring only waits.
                             if let Ok(_worker) = w.acquire().await {
                                 tokio::time::sleep(service).await;
                             }
-                            i.fetch_sub(1, Ordering::SeqCst);
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                            c.inside.fetch_sub(1, Ordering::SeqCst);
+                            Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
                         }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -86,8 +109,7 @@ impl Workers {
             addr,
             workers,
             k: AtomicUsize::new(k),
-            inside,
-            peak_inside,
+            counts,
             task,
         }
     }
@@ -117,8 +139,35 @@ impl Workers {
 
     /// The most requests that were inside the upstream at once.
     pub fn peak_inside(&self) -> usize {
-        self.peak_inside.load(Ordering::SeqCst)
+        self.counts.peak_inside.load(Ordering::SeqCst)
     }
+
+    /// Requests that have arrived since the start: for a worker, and for an answer at once.
+    pub fn arrived(&self) -> (usize, usize) {
+        (
+            self.counts.worked.load(Ordering::SeqCst),
+            self.counts.fast.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// The answer to a request for `path` if it is one of the fast paths.
+fn fast_answer(path: &str) -> Option<Response<Full<Bytes>>> {
+    let (status, retry_after) = match path {
+        FAST_NOT_FOUND => (StatusCode::NOT_FOUND, false),
+        FAST_UNAVAILABLE => (StatusCode::SERVICE_UNAVAILABLE, false),
+        FAST_RETRY_AFTER => (StatusCode::SERVICE_UNAVAILABLE, true),
+        _ => return None,
+    };
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = status;
+    if retry_after {
+        res.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    Some(res)
 }
 
 impl Drop for Workers {

@@ -3,9 +3,10 @@
 //!
 //! Where it sits: inside a [`ConcurrencyLimit`](super::ConcurrencyLimit), under its lock. The
 //! limit asks [`Adaptive::limit`] for the cap in force, and feeds it one [`Sample`] per forwarded
-//! request (the time from sending the request upstream until its response head, or a drop),
-//! which `pipeline` hands to the request's permit. Nothing here runs on its own: no task, no
-//! timer; every decision is made when a sample arrives, so an idle cap costs nothing.
+//! request (the class of the upstream's answer and the time from sending the request until its
+//! head, or that no answer came), which `pipeline` hands to the request's permit. Nothing here
+//! runs on its own: no task, no timer; every decision is made when a sample arrives, so an idle
+//! cap costs nothing.
 //!
 //! # The algorithm: a gradient controller with a measured no-load latency
 //!
@@ -28,7 +29,7 @@
 //! about 1.2 × its no-load latency (plus one service time / K).
 //!
 //! A window's latency and the no-load latency are the same statistic, a **trimmed mean**: the
-//! mean of the fastest nine tenths of the answers. The mean is what Little's law speaks of, and
+//! mean of the fastest nine tenths of the latencies. The mean is what Little's law speaks of, and
 //! it sees queueing even when only some requests wait (a median is blind until half of them
 //! do); leaving out the slowest tenth keeps a few stalled requests (a GC pause, a busy core)
 //! from reading as queueing or from inflating the yardstick. Using one statistic for both
@@ -41,7 +42,7 @@
 //! queues a little, so the "minimum" is a loaded latency, so the cap grows, so it queues more),
 //! the trap Envoy's filter avoids by measuring it. So does this module: a **probe** pins the cap
 //! at `min_inflight`, waits for the requests already in flight to drain, and takes the trimmed
-//! mean latency of the first [`PROBE_SAMPLES`] answers to requests admitted during the probe (or of
+//! mean of the first [`PROBE_SAMPLES`] latencies of requests admitted during the probe (or of
 //! those it has after [`PROBE_MAX`], if at least one). Then the cap returns to where it was. A
 //! probe runs:
 //!
@@ -55,35 +56,75 @@
 //!   [`STALE_FACTOR`]: the last probe met a stall (of the machine, or of the upstream), or the
 //!   upstream became faster; either way its yardstick would let the cap grow to `max_inflight`.
 //!
-//! # Windows, drops
+//! # Windows
 //!
-//! A window closes with the first sample after it has lasted `max(100 ms, 2 × no-load)` and
-//! holds at least [`WINDOW_SAMPLES`] samples, so every window spans a few round trips of the
-//! requests it judges. Its latency is the trimmed mean of its last [`WINDOW_KEEP`] answers (the
-//! freshest: they reflect the limit set by the previous window best). A [`Sample::Dropped`]
-//! (upstream timeout, connection failure, or a 503 from the upstream) has no useful latency — a
-//! timeout's is the configured timeout, a refused connection's is nothing — so it is not one of
-//! them; a window in which drops are at least 1 in 20 of its samples is treated as maximal
-//! queueing (gradient 0.5). Other answers, 5xx included, are latency samples like any: an
-//! application error is not overload.
+//! A window closes with the first latency or drop after it has lasted `max(100 ms, 2 ×
+//! no-load)` and holds at least [`WINDOW_SAMPLES`] of them (answers that tell nothing, below,
+//! do not count), so every window spans a few round trips of the requests it judges. Its
+//! latency is the trimmed mean of its last [`WINDOW_KEEP`] latencies (the freshest: they
+//! reflect the limit set by the previous window best). A window in which at least 1 in 20 is a
+//! drop is treated as maximal queueing (gradient 0.5).
+//!
+//! # Which answers teach the cap
+//!
+//! The cap is shared by every client of the route or upstream, so no client may steer it with
+//! requests it chooses: a fast 404 or a fast 503 costs the upstream nothing, and says nothing
+//! about its capacity. [`judge`] makes each [`Sample`] one of three things, when it arrives
+//! (only the cap knows its no-load latency):
+//!
+//! - a **latency**: an answer of 1xx, 2xx or 3xx, the upstream doing its work;
+//! - a **drop**, overload without a usable latency (a timeout's is the configured timeout, a
+//!   refused connection's is nothing): no answer at all (timeout, connection failure, broken
+//!   exchange), or a 5xx that carries `Retry-After` (the upstream says it is overloaded) or took
+//!   at least the no-load latency (it did the work, or waited for it, and failed);
+//! - **nothing**: a 4xx (the client's doing: a wrong path, a bad request, its own rate limit),
+//!   and a 5xx without `Retry-After` faster than the no-load latency (an error the upstream
+//!   answers without working: overload makes answers slower, not faster).
+//!
+//! A probe takes latencies only: a drop has no latency to give it, and answers that tell
+//! nothing cannot shrink its yardstick (a probe that took mostly fast 404s would set a no-load
+//! latency under which every normal answer reads as queueing).
 
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
+use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::config::AdaptiveConfig;
 
-/// What one forwarded request tells an adaptive cap.
+/// What one forwarded request tells an adaptive cap: the upstream's answer, or that it gave
+/// none. Made with [`Sample::answer`] from what the upstream answered, or [`Sample::Dropped`];
+/// the cap judges it when it arrives ([`judge`], see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sample {
-    /// The upstream's response head arrived this long after the request was sent (any status
-    /// but 503).
+    /// An answer of 1xx, 2xx or 3xx, this long after the request was sent: a latency.
     Answered(Duration),
-    /// No usable answer: the upstream timed out, could not be reached, broke the exchange, or
-    /// answered 503. Counted as a sign of overload, without a latency.
+    /// An answer of 5xx, this long after the request was sent: a drop if it took at least the
+    /// no-load latency or carried `Retry-After`, else nothing.
+    ServerError {
+        /// From sending the request to the answer's head.
+        took: Duration,
+        /// The answer carried `Retry-After`: the upstream says it is overloaded.
+        retry_after: bool,
+    },
+    /// An answer of 4xx (or of a status no RFC defines, 600–999): the client's doing, nothing
+    /// about the upstream's capacity.
+    ClientError,
+    /// No answer: the upstream timed out, could not be reached, or broke the exchange. A drop.
     Dropped,
+}
+
+/// What a cap makes of a [`Sample`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The upstream's latency for a request it served.
+    Latency(Duration),
+    /// A sign of overload, without a usable latency.
+    Drop,
+    /// Nothing either way.
+    Ignore,
 }
 
 /// The state of one adaptive cap. Not synchronised: it lives under its limit's lock.
@@ -139,9 +180,9 @@ struct Window {
     /// The latencies of the last [`WINDOW_KEEP`] answers, a ring: answer `n` is at
     /// `n % WINDOW_KEEP`.
     recent: [Duration; WINDOW_KEEP],
-    /// Answered samples.
+    /// Latencies.
     answers: u32,
-    /// Dropped samples.
+    /// Drops.
     drops: u32,
     /// The most requests in flight seen at a sample: was the cap used at all?
     peak_inflight: usize,
@@ -178,6 +219,36 @@ pub(crate) const AT_MIN_WINDOWS: u32 = 5;
 const STALE_FACTOR: f64 = 1.5;
 /// Windows in a row much faster than the no-load latency after which it is measured again.
 pub(crate) const STALE_WINDOWS: u32 = 3;
+
+// === impl Sample ===
+
+impl Sample {
+    /// What an answer with `status` tells a cap: `retry_after` when it carried `Retry-After`,
+    /// `took` from sending the request to the answer's head. For the pipeline, and for the
+    /// deliverer of deferred tasks, which send requests through the same caps.
+    pub fn answer(status: StatusCode, retry_after: bool, took: Duration) -> Sample {
+        if status.is_server_error() {
+            Sample::ServerError { took, retry_after }
+        } else if status.is_informational() || status.is_success() || status.is_redirection() {
+            Sample::Answered(took)
+        } else {
+            Sample::ClientError
+        }
+    }
+}
+
+/// What a cap whose no-load latency is `no_load` makes of `sample` (see the module docs).
+fn judge(sample: Sample, no_load: Duration) -> Verdict {
+    match sample {
+        Sample::Answered(latency) => Verdict::Latency(latency),
+        Sample::ServerError { took, retry_after } if retry_after || took >= no_load => {
+            Verdict::Drop
+        }
+        // Faster than the upstream answers when it works without queueing: it did not work.
+        Sample::ServerError { .. } | Sample::ClientError => Verdict::Ignore,
+        Sample::Dropped => Verdict::Drop,
+    }
+}
 
 // === impl Adaptive ===
 
@@ -240,10 +311,15 @@ impl Adaptive {
         admitted: u64,
         inflight: usize,
     ) {
+        let verdict = judge(sample, self.no_load);
         match self.phase {
-            Phase::Probe { .. } => self.probe_sample(now, sample, admitted),
+            Phase::Probe { .. } => self.probe_sample(now, verdict, admitted),
             Phase::Track => {
-                self.window.add(sample, inflight);
+                // Not even a reason to close the window.
+                if verdict == Verdict::Ignore {
+                    return;
+                }
+                self.window.add(verdict, inflight);
                 if self.window.is_due(now, self.no_load) {
                     self.update(now);
                 }
@@ -251,12 +327,12 @@ impl Adaptive {
         }
     }
 
-    /// A sample while probing: only answers to requests admitted under the probe's cap count.
-    fn probe_sample(&mut self, now: Instant, sample: Sample, admitted: u64) {
+    /// A sample while probing: only latencies of requests admitted under the probe's cap count.
+    fn probe_sample(&mut self, now: Instant, verdict: Verdict, admitted: u64) {
         let Phase::Probe { since, resume } = self.phase else {
             return;
         };
-        if let (Sample::Answered(latency), true) = (sample, admitted == self.epoch) {
+        if let (Verdict::Latency(latency), true) = (verdict, admitted == self.epoch) {
             if let Some(slot) = self.probe.get_mut(self.probe_answers) {
                 *slot = latency;
                 self.probe_answers += 1;
@@ -371,13 +447,15 @@ impl Window {
         }
     }
 
-    fn add(&mut self, sample: Sample, inflight: usize) {
-        match sample {
-            Sample::Answered(latency) => {
+    fn add(&mut self, verdict: Verdict, inflight: usize) {
+        match verdict {
+            Verdict::Latency(latency) => {
                 self.recent[self.answers as usize % WINDOW_KEEP] = latency;
                 self.answers = self.answers.saturating_add(1);
             }
-            Sample::Dropped => self.drops = self.drops.saturating_add(1),
+            Verdict::Drop => self.drops = self.drops.saturating_add(1),
+            // Leaves no trace, not even in `peak_inflight`.
+            Verdict::Ignore => return,
         }
         self.peak_inflight = self.peak_inflight.max(inflight);
     }

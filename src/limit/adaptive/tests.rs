@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 
+use http::StatusCode;
 use tokio::time::advance;
 
 use super::*;
@@ -238,7 +239,7 @@ async fn a_no_load_latency_far_above_what_windows_see_is_measured_again() {
     }
 }
 
-/// Drops (timeouts, failed connections, 503s) are left out of the mean; a window with at least
+/// Drops (timeouts, failed connections) are left out of the mean; a window with at least
 /// 1 drop in 20 samples counts as maximal queueing (gradient 0.5), fewer are ignored.
 #[tokio::test(start_paused = true)]
 async fn drops_count_as_maximal_queueing() {
@@ -270,6 +271,165 @@ async fn drops_count_as_maximal_queueing() {
     a.on_sample(Instant::now(), Sample::Dropped, a.epoch(), 40);
     let l3 = (l2 + l2 * 0.5 + 1.0) / 2.0;
     assert!((a.limit - l3).abs() < 1e-9, "{} != {l3}", a.limit);
+}
+
+/// Which answers are latencies, which are drops and which tell nothing (issue 22, item 6: a
+/// client's own requests must not steer the cap). Against a no-load latency of 20 ms: 1xx–3xx
+/// are latencies, however fast; 4xx tell nothing, however slow; a 5xx is a drop when it carries
+/// `Retry-After` or took at least 20 ms, and tells nothing when it was faster without one.
+#[test]
+fn an_answer_is_judged_by_its_status_retry_after_and_latency() {
+    let no_load = ms(20);
+    let status = |code| StatusCode::from_u16(code).expect("a valid status");
+    let cases = [
+        // (status, Retry-After, took) → verdict
+        ((200, false, ms(1)), Verdict::Latency(ms(1))),
+        ((200, false, ms(900)), Verdict::Latency(ms(900))),
+        ((201, true, ms(30)), Verdict::Latency(ms(30))),
+        ((101, false, ms(2)), Verdict::Latency(ms(2))),
+        ((301, false, ms(1)), Verdict::Latency(ms(1))),
+        ((304, false, ms(1)), Verdict::Latency(ms(1))),
+        ((404, false, ms(1)), Verdict::Ignore),
+        ((404, false, ms(900)), Verdict::Ignore),
+        ((400, false, ms(20)), Verdict::Ignore),
+        ((408, false, ms(20)), Verdict::Ignore),
+        ((429, true, ms(1)), Verdict::Ignore),
+        ((503, false, ms(1)), Verdict::Ignore),
+        ((503, false, ms(19)), Verdict::Ignore),
+        ((500, false, ms(1)), Verdict::Ignore),
+        ((503, false, ms(20)), Verdict::Drop),
+        ((503, false, ms(900)), Verdict::Drop),
+        ((500, false, ms(25)), Verdict::Drop),
+        ((502, false, ms(20)), Verdict::Drop),
+        ((504, false, Duration::from_secs(30)), Verdict::Drop),
+        ((503, true, ms(1)), Verdict::Drop),
+        ((500, true, Duration::ZERO), Verdict::Drop),
+        ((599, false, ms(1)), Verdict::Ignore),
+        ((600, false, ms(20)), Verdict::Ignore),
+        ((999, false, ms(1)), Verdict::Ignore),
+    ];
+    for ((code, retry_after, took), want) in cases {
+        let sample = Sample::answer(status(code), retry_after, took);
+        assert_eq!(
+            judge(sample, no_load),
+            want,
+            "{code} {retry_after} {took:?}"
+        );
+    }
+    assert_eq!(judge(Sample::Dropped, no_load), Verdict::Drop, "no answer");
+}
+
+/// A fast 404 or a fast 503 (no `Retry-After`) leaves no trace: a cap that also sees them,
+/// one for every legitimate answer and at any moment of its windows (even the one that would
+/// close a window), moves exactly as a cap that sees only the legitimate answers — growing,
+/// then shrinking under queueing. Today's bug: every 503 was a drop, and 1 in 20 halved the cap.
+#[tokio::test(start_paused = true)]
+async fn fast_errors_and_client_errors_do_not_move_the_cap() {
+    let not_found = Sample::answer(StatusCode::NOT_FOUND, false, ms(1));
+    let unavailable = Sample::answer(StatusCode::SERVICE_UNAVAILABLE, false, ms(1));
+    let mut alone = tracking(2, 100, ms(20));
+    let mut steered = tracking(2, 100, ms(20));
+    let latencies = [20, 20, 20, 20, 20, 20, 40, 40, 30, 60, 20, 20];
+    for latency in latencies.map(ms) {
+        for i in 0..WINDOW_SAMPLES {
+            if i + 1 == WINDOW_SAMPLES {
+                advance(WINDOW_MIN).await;
+            }
+            let inflight = alone.limit();
+            for a in [&mut alone, &mut steered] {
+                a.on_sample(
+                    Instant::now(),
+                    Sample::Answered(latency),
+                    a.epoch(),
+                    inflight,
+                );
+            }
+            for attack in [not_found, unavailable] {
+                steered.on_sample(Instant::now(), attack, steered.epoch(), inflight + 2);
+            }
+        }
+        assert_eq!(alone.limit, steered.limit, "after a window of {latency:?}");
+    }
+    assert!(alone.limit > 10.0, "it grew: {}", alone.limit);
+}
+
+/// A probe takes latencies only: fast 404s, fast 503s, drops and 503s with `Retry-After` among
+/// its answers do not count, so an attacker's fast answers cannot set a tiny yardstick (under
+/// which every normal answer would read as queueing), nor end a probe without a latency.
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_not_poisoned_by_answers_that_are_not_latencies() {
+    let fast = [
+        Sample::answer(StatusCode::NOT_FOUND, false, ms(1)),
+        Sample::answer(StatusCode::SERVICE_UNAVAILABLE, false, ms(1)),
+        Sample::answer(StatusCode::SERVICE_UNAVAILABLE, true, ms(1)),
+        Sample::Dropped,
+    ];
+    let mut a = Adaptive::new(bounds(2, 100), Instant::now());
+    for _ in 0..PROBE_SAMPLES {
+        for attack in fast {
+            a.on_sample(Instant::now(), attack, a.epoch(), 2);
+        }
+    }
+    advance(PROBE_MAX).await;
+    for attack in fast {
+        a.on_sample(Instant::now(), attack, a.epoch(), 2);
+    }
+    assert!(a.probing(), "no latency yet, after {PROBE_MAX:?}");
+
+    // The first probe, then a periodic one (which knows a no-load latency to judge 5xx by).
+    let mut a = Adaptive::new(bounds(2, 100), Instant::now());
+    for probe in 0..2 {
+        assert!(a.probing());
+        for _ in 0..PROBE_SAMPLES {
+            answers(&mut a, 1, ms(20), 2);
+            for attack in fast {
+                a.on_sample(Instant::now(), attack, a.epoch(), 2);
+            }
+        }
+        assert!(!a.probing(), "probe {probe}: ended on its 32 latencies");
+        assert_eq!(a.no_load(), ms(20), "probe {probe}");
+        advance(PROBE_INTERVAL + PROBE_INTERVAL / 10).await;
+        answers(&mut a, WINDOW_SAMPLES, ms(20), 2);
+    }
+}
+
+/// The upstream's own overload signals still shrink the cap: a 5xx with `Retry-After`, however
+/// fast, or one that took at least the no-load latency is a drop, and 1 in 20 samples counts as
+/// maximal queueing; a 5xx just faster than no-load without `Retry-After` is not.
+#[tokio::test(start_paused = true)]
+async fn slow_server_errors_and_retry_after_count_as_drops() {
+    let unavailable =
+        |retry_after, took| Sample::answer(StatusCode::SERVICE_UNAVAILABLE, retry_after, took);
+    let cases = [
+        (unavailable(false, ms(20)), true),
+        (unavailable(false, ms(300)), true),
+        (unavailable(true, ms(1)), true),
+        (
+            Sample::answer(StatusCode::INTERNAL_SERVER_ERROR, false, ms(25)),
+            true,
+        ),
+        (unavailable(false, ms(19)), false),
+    ];
+    for (sample, drop) in cases {
+        let mut a = tracking(2, 100, ms(20));
+        windows(&mut a, ms(20), 6).await;
+        let l0 = a.limit;
+        answers(&mut a, WINDOW_SAMPLES + 9, ms(20), l0 as usize);
+        advance(WINDOW_MIN).await;
+        a.on_sample(Instant::now(), sample, a.epoch(), l0 as usize);
+        if drop {
+            let l1 = (l0 + l0 * 0.5 + 1.0) / 2.0;
+            assert!(
+                (a.limit - l1).abs() < 1e-9,
+                "{sample:?}: {} != {l1}",
+                a.limit
+            );
+        } else {
+            assert_eq!(a.limit, l0, "{sample:?}: the window is still open");
+            answers(&mut a, 1, ms(20), l0 as usize);
+            assert!(a.limit > l0, "{sample:?}: grew on its 20 latencies");
+        }
+    }
 }
 
 /// However high the latency, the cap never goes below `min_inflight`, and however fast, never
