@@ -441,9 +441,10 @@ async fn send(
     let result = target.upstream.send(req).await;
     let took = sent.elapsed();
     target.upstream_duration.observe(took.as_secs_f64());
+    // A delivery teaches an adaptive cap like any request (see `crate::limit::adaptive`).
     slots.record(match &result {
-        Ok((res, _)) if res.status() != StatusCode::SERVICE_UNAVAILABLE => Sample::Answered(took),
-        _ => Sample::Dropped,
+        Ok((res, _)) => Sample::answer(res.status(), res.headers().contains_key(RETRY_AFTER), took),
+        Err(_) => Sample::Dropped,
     });
     match result {
         Ok((res, conn)) => {
