@@ -65,7 +65,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use redis::Value;
 use sha2::{Digest, Sha256};
 
-pub(crate) use self::accept::{Deferred, Refused};
+pub(crate) use self::accept::{unknown_for, Deferred, Refused};
 pub(crate) use self::dead::LIST_MAX;
 pub(crate) use self::deliver::{Deliveries, Target};
 pub(crate) use self::task::{accepted_json, StoredRequest, TaskStatus};
@@ -109,6 +109,8 @@ pub(crate) struct RouteDefer {
     route: Arc<str>,
     /// Every body held while it is written counts here (`server.max_buffered_bytes`).
     budget: Arc<Budget>,
+    /// Redis' clock less this host's, in ms, as the last script's reply showed (0 until then).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
     /// `sluice_deferred_total{result="accepted"}` and the rest.
     pub(crate) metrics: DeferMetrics,
     /// This route's deliverers on this instance; kept across reloads (see
@@ -219,6 +221,7 @@ impl RouteDefer {
             timeout,
             route: route.clone(),
             budget,
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             metrics,
             deliveries,
         }

@@ -428,6 +428,9 @@ pub(crate) struct RouteProblems {
     /// 422 `idempotency-key-reused`.
     #[cfg(feature = "redis")]
     key_reused: Bytes,
+    /// The `Retry-After` of the 503 of an unknown outcome, in seconds.
+    #[cfg(feature = "redis")]
+    unknown_secs: u64,
 }
 
 /// What a route's problems are rendered from.
@@ -453,6 +456,10 @@ pub(crate) struct ProblemSource<'a> {
     /// `defer:` of a deferring route, for its 413's and 503's details.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub defer: Option<crate::config::DeferConfig>,
+    /// How long the outcome of a task write may stay unknown: the `Retry-After` of the 503
+    /// that says so.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub defer_unknown_for: Duration,
 }
 
 // === impl RouteProblems ===
@@ -522,6 +529,8 @@ impl RouteProblems {
             defer_full,
             #[cfg(feature = "redis")]
             key_reused,
+            #[cfg(feature = "redis")]
+            unknown_secs: retry_after_secs(source.defer_unknown_for).max(1),
         }
     }
 
@@ -585,7 +594,9 @@ impl RouteProblems {
                 ProxyBody::full(self.defer_unavailable.clone()),
             ),
             #[cfg(feature = "redis")]
-            Rejection::DeferUnknown(id) => defer_unknown(&self.defer_unavailable, &id),
+            Rejection::DeferUnknown(id) => {
+                defer_unknown(&self.defer_unavailable, &id, self.unknown_secs)
+            }
             #[cfg(feature = "redis")]
             Rejection::DeferFull => {
                 let (template, secs) = &self.defer_full;
@@ -674,9 +685,10 @@ fn defer_problems(source: &ProblemSource<'_>) -> DeferProblems {
 }
 
 /// The 503 of a write whose outcome is unknown: the route's `store-unavailable` body with
-/// `"task"` added, and `Location`. Formatted per request: a rare answer.
+/// `"task"` added, `Location`, and `Retry-After` the time after which the task's status is
+/// certain (`secs`). Formatted per request: a rare answer.
 #[cfg(feature = "redis")]
-fn defer_unknown(unavailable: &Bytes, id: &TaskId) -> Response<ProxyBody> {
+fn defer_unknown(unavailable: &Bytes, id: &TaskId, secs: u64) -> Response<ProxyBody> {
     let text = String::from_utf8_lossy(unavailable);
     let mut body = text.trim_end_matches('}').to_owned();
     let _ = write!(body, ",\"task\":\"{id}\"}}");
@@ -684,6 +696,8 @@ fn defer_unknown(unavailable: &Bytes, id: &TaskId) -> Response<ProxyBody> {
     if let Ok(location) = HeaderValue::from_str(&format!("{TASKS_PATH}{id}")) {
         res.headers_mut().insert(LOCATION, location);
     }
+    res.headers_mut()
+        .insert(RETRY_AFTER, retry_after_value(secs));
     res
 }
 

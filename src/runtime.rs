@@ -457,6 +457,7 @@ impl<'a> Carry<'a> {
             max_request_body: config.server.client.max_request_body,
             request_body_timeout: config.server.client.request_body_timeout,
             defer: r.defer,
+            defer_unknown_for: unknown_for(config),
         });
         let route_metrics = metrics.route(&r.name);
         let upstream_inflight = metrics.upstream_inflight(&upstream.name);
@@ -575,6 +576,19 @@ impl<'a> Carry<'a> {
             #[cfg(feature = "redis")]
             global,
         }
+    }
+}
+
+/// How long the outcome of a task write may stay unknown (see `crate::defer::unknown_for`).
+fn unknown_for(config: &Config) -> Duration {
+    #[cfg(feature = "redis")]
+    let tasks = config.store.as_ref().and_then(|s| s.tasks.as_ref());
+    #[cfg(feature = "redis")]
+    return tasks.map_or(Duration::ZERO, |t| crate::defer::unknown_for(t.timeout));
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = config;
+        Duration::ZERO
     }
 }
 

@@ -24,7 +24,8 @@
 //! [`COMMIT`]: super::scripts::COMMIT
 //! [`ABORT`]: super::scripts::ABORT
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use redis::Value;
@@ -40,14 +41,21 @@ use crate::store::CallError;
 /// between): 256 KiB in flight, which the write's reservation covers.
 pub(crate) const IN_FLIGHT: usize = 4;
 
-/// How long a `writing` record outlives the write's timeout: a commit still in flight when the
-/// timeout fired finds it and is stored, or finds it gone and is not; the status answers
-/// `writing` until then.
-const WINDOW_MARGIN: Duration = Duration::from_secs(5);
+/// How long past the write's timeout a script may still store the task (it waited in a queue
+/// on the way); later, it stores nothing. So the outcome of a write is known, everywhere, once
+/// the timeout and this have passed since it began: the 503 of an unknown outcome says so
+/// with its `Retry-After`, and a `writing` record expires then.
+pub(crate) const WINDOW_MARGIN: Duration = Duration::from_secs(5);
 
 /// Bodies longer than this are hashed on a blocking thread: SHA-256 of megabytes would hold a
 /// request thread for milliseconds.
 const HASH_INLINE: usize = 256 << 10;
+
+/// How long after a write to a task store of timeout `timeout` began its outcome may still be
+/// unknown: what the 503 of an unknown outcome asks the client to wait before its lookup.
+pub(crate) fn unknown_for(timeout: Duration) -> Duration {
+    timeout + WINDOW_MARGIN
+}
 
 /// A request the route deferred.
 #[derive(Debug)]
@@ -110,12 +118,14 @@ impl RouteDefer {
             Some(_) => digest(&request.body).await,
             None => String::new(),
         };
+        let window = i64::try_from(unknown_for(self.timeout).as_millis()).unwrap_or(i64::MAX);
         let write = Write {
             defer: self,
             id,
             request: &request,
             sha,
             until: Instant::now() + self.timeout,
+            not_after: self.redis_now_ms().saturating_add(window),
         };
         let written = if request.body.len() <= PIECE {
             write.whole().await
@@ -141,6 +151,9 @@ struct Write<'a> {
     sha: String,
     /// When the write's timeout ends.
     until: Instant,
+    /// Redis' time (ms, as this instance last saw Redis' clock) after which no script of this
+    /// write stores anything.
+    not_after: i64,
 }
 
 impl Write<'_> {
@@ -184,7 +197,8 @@ impl Write<'_> {
             .arg(self.key())
             .arg(&self.sha)
             .arg(&*self.request.body)
-            .arg(&*keys.prefix);
+            .arg(&*keys.prefix)
+            .arg(self.not_after);
         let reply = self
             .defer
             .store
@@ -238,7 +252,8 @@ impl Write<'_> {
             .arg(self.defer.config.max_tasks)
             .arg(millis(window))
             .arg(&*first)
-            .arg(&*keys.prefix);
+            .arg(&*keys.prefix)
+            .arg(self.not_after);
         let reply = self
             .defer
             .store
@@ -247,6 +262,7 @@ impl Write<'_> {
             })
             .await
             .map_err(drop)?;
+        self.defer.saw_redis_clock(&reply);
         match Reply::parse(&reply) {
             Some(Reply::Stored) => Ok(None),
             Some(reply) => Ok(Some(answer(self.defer, reply, Some(self.id)))),
@@ -307,7 +323,8 @@ impl Write<'_> {
             .arg(millis(self.defer.config.ttl))
             .arg(&*self.defer.route)
             .arg(self.key())
-            .arg(self.request.body.len());
+            .arg(self.request.body.len())
+            .arg(self.not_after);
         let reply = self
             .defer
             .store
@@ -327,6 +344,7 @@ impl Write<'_> {
 
     /// What a script's `reply` means for this write.
     fn answer(&self, reply: &Value) -> Result<Deferred, Refused> {
+        self.defer.saw_redis_clock(reply);
         match Reply::parse(reply) {
             Some(reply) => answer(self.defer, reply, Some(self.id)),
             // Not a reply these scripts give: whatever Redis did, it is not known to be stored.
@@ -357,6 +375,33 @@ impl Write<'_> {
                 .await;
         });
     }
+}
+
+impl RouteDefer {
+    /// Redis' clock now, as far as this instance knows it: this host's clock and the offset
+    /// between the two last seen.
+    fn redis_now_ms(&self) -> i64 {
+        local_ms().saturating_add(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Notes the offset between Redis' clock (the `now` of a script's `reply`) and this host's,
+    /// so that the next write's `not after` is on Redis' clock even when the two disagree (a
+    /// write refused as too late by a clock far ahead teaches the offset for the next).
+    fn saw_redis_clock(&self, reply: &Value) {
+        let Value::Array(items) = reply else {
+            return;
+        };
+        if let Some(now) = items.get(1).and_then(int) {
+            let offset = now.saturating_sub(local_ms());
+            self.clock_offset_ms.store(offset, Ordering::Relaxed);
+        }
+    }
+}
+
+/// This host's clock, ms since the epoch.
+fn local_ms() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH);
+    i64::try_from(since.map_or(0, |d| d.as_millis())).unwrap_or(i64::MAX)
 }
 
 /// The answer `reply` makes for a request of `defer`; `new` is the id the request's own task

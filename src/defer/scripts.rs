@@ -54,7 +54,9 @@ end
 /// A new task whose body fits in one piece, written whole. `KEYS`: stream, task, body, live
 /// set, idempotency record (the task's own key again when there is none). `ARGV`: id, method,
 /// target, headers, client, ttl (ms), route, max tasks, idempotency key (or empty), body SHA-256
-/// (hex, or empty), body, key prefix.
+/// (hex, or empty), body, key prefix, not after (ms: a script Redis runs later than this — it
+/// waited in a queue past the write's timeout — stores nothing, so that a client told "unknown"
+/// can learn the answer once that time has passed).
 ///
 /// Replies (the first item says which, the second is always now):
 /// - `{0, now}`: stored, `queued`;
@@ -63,9 +65,11 @@ end
 /// - `{2, now, id}`: the key names task `id`, whose write is still under way (or was abandoned
 ///   and has not expired yet): nothing written;
 /// - `{3, now}`: the key names a task with another body: nothing written;
-/// - `{4, now}`: the route has `max tasks` tasks already: nothing written.
+/// - `{4, now}`: the route has `max tasks` tasks already: nothing written;
+/// - `{5, now}`: too late (past `not after`): nothing written.
 pub(super) static ACCEPT: LazyLock<Script> = script!(
     r"
+if now > tonumber(ARGV[13]) then return {5, now} end
 if ARGV[9] ~= '' then
   local known = redis.call('GET', KEYS[5])
   if known then
@@ -92,9 +96,10 @@ return {0, now}
 /// its first piece, its idempotency record and its place in the live set, all expiring after
 /// `window` unless [`COMMIT`] comes first. `KEYS`: task, body, live set, idempotency record (or
 /// the task's key). `ARGV`: id, idempotency key, body SHA-256, max tasks, window (ms), first
-/// piece, key prefix. Replies as [`ACCEPT`]'s (`{0, now}`: begun).
+/// piece, key prefix, not after (ms). Replies as [`ACCEPT`]'s (`{0, now}`: begun).
 pub(super) static BEGIN: LazyLock<Script> = script!(
     r"
+if now > tonumber(ARGV[8]) then return {5, now} end
 if ARGV[2] ~= '' then
   local known = redis.call('GET', KEYS[4])
   if known then
@@ -131,11 +136,11 @@ return redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2])
 /// and idempotency record expire with it, and its stream entry is added — only if the record is
 /// still `writing` and the body has the length written. `KEYS`: stream, task, body, live set,
 /// idempotency record (or the task's key). `ARGV`: id, method, target, headers, client, ttl
-/// (ms), route, idempotency key, body length. Returns `{0, now}` when stored, `{5, now}` when
-/// the write had been abandoned (expired or aborted): nothing stored.
+/// (ms), route, idempotency key, body length, not after (ms). Returns `{0, now}` when stored,
+/// `{5, now}` when the write had been abandoned (expired, aborted, or too late): nothing stored.
 pub(super) static COMMIT: LazyLock<Script> = script!(
     r"
-if redis.call('HGET', KEYS[2], 'status') ~= 'writing'
+if now > tonumber(ARGV[10]) or redis.call('HGET', KEYS[2], 'status') ~= 'writing'
   or redis.call('STRLEN', KEYS[3]) ~= tonumber(ARGV[9]) then
   return {5, now}
 end

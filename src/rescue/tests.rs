@@ -37,6 +37,7 @@ fn problems() -> RouteProblems {
         max_request_body: ByteSize(16 << 20),
         request_body_timeout: Duration::from_secs(30),
         defer: None,
+        defer_unknown_for: Duration::from_secs(7),
     })
 }
 
