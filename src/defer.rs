@@ -19,8 +19,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `…:t:<id>` | hash | the task: the request (`method`, `target`, `headers`, `client`, the client's `ikey`) and its state (`status`, `attempts`, `tries`, `code`, `error`, `accepted`, `deadline`); expires at `deadline` (accepted + `ttl`) |
-//! | `…:b:<id>` | string | the task's body, until it is delivered (or its deadline) |
+//! | `…:t:<id>` | hash | the task: the request (`method`, `target`, `headers`, `client`, the client's `ikey`, the body's `size`) and its state (`status`, `attempts`, `tries`, `code`, `error`, `accepted`, `deadline`); expires at `deadline` (accepted + `ttl`) |
+//! | `…:b:<id>` | hash | the task's body in pieces of 64 KiB (fields `0`, `1`, …), until it is delivered (or its deadline) |
 //! | `…:i:<sha256 of the client's key>` | string | the id of the task an `Idempotency-Key` names, until that task's deadline |
 //! | `…:s` | stream | one entry `id <id>` per delivery to make; consumer group `sluice` |
 //! | `…:r` | sorted set | tasks waiting for their next try, scored by when |

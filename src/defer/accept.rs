@@ -273,12 +273,15 @@ impl Write<'_> {
     /// Every piece after the first, [`IN_FLIGHT`] at a time; `Err` as soon as one fails or
     /// finds the write abandoned.
     async fn pieces(&self, body: &Bytes) -> Result<(), ()> {
-        let key = self.defer.keys.body(&self.id);
+        let (key, task) = (
+            self.defer.keys.body(&self.id),
+            self.defer.keys.task(&self.id),
+        );
         let offsets: Vec<usize> = (PIECE..body.len()).step_by(PIECE).collect();
         for batch in offsets.chunks(IN_FLIGHT) {
             let sends = batch.iter().map(|&at| {
                 let piece = body.slice(at..(at + PIECE).min(body.len()));
-                self.piece(&key, at, piece)
+                self.piece((&key, &task), at / PIECE, piece)
             });
             for written in futures_util::future::join_all(sends).await {
                 written?;
@@ -287,10 +290,15 @@ impl Write<'_> {
         Ok(())
     }
 
-    /// One piece, at offset `at`.
-    async fn piece(&self, key: &[u8], at: usize, piece: Bytes) -> Result<(), ()> {
+    /// Piece number `index` into `key` under record `task`.
+    async fn piece(
+        &self,
+        (key, task): (&[u8], &[u8]),
+        index: usize,
+        piece: Bytes,
+    ) -> Result<(), ()> {
         let mut invocation = scripts::PIECE_GUARD.key(key);
-        invocation.arg(at).arg(&*piece);
+        invocation.key(task).arg(index).arg(&*piece);
         let written: i64 = self
             .defer
             .store
@@ -323,8 +331,9 @@ impl Write<'_> {
             .arg(millis(self.defer.config.ttl))
             .arg(&*self.defer.route)
             .arg(self.key())
-            .arg(self.request.body.len())
-            .arg(self.not_after);
+            .arg(self.request.body.len().div_ceil(PIECE))
+            .arg(self.not_after)
+            .arg(self.request.body.len());
         let reply = self
             .defer
             .store

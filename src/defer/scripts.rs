@@ -8,11 +8,13 @@
 //! most are passed in `KEYS`, and the few a script derives from an id (another task's hash) are
 //! built from the route's prefix in `ARGV` — the same slot, which Redis allows.
 //!
-//! **No script runs long.** A task's body never passes through a script: it is written with
-//! [`PIECE`]-sized `SETRANGE`s guarded by [`PIECE_GUARD`] and read with `GETRANGE`s of the same
-//! size, and every loop a script runs is bounded by a count its caller passes. Redis then never
-//! spends more than a fraction of a millisecond on one of sluice's commands, and a global limit's
-//! call never waits behind a task.
+//! **No command runs long.** A task's body is a hash of pieces of at most [`PIECE`] bytes
+//! (fields `0`, `1`, …): each piece is written by a command of its own ([`PIECE_GUARD`]) and
+//! read by one `HGET`, and no command copies or allocates the whole body (a string grown piece
+//! by piece would be reallocated and copied as it grows; one allocated at its full size costs
+//! milliseconds of page faults for a large body). Every loop a script runs is bounded by a count
+//! its caller passes. Redis then spends well under a millisecond on each of sluice's commands,
+//! and a global limit's call never waits behind a task.
 //!
 //! Redis refuses a script under `maxmemory` only at its first write (effects replication keeps
 //! a script atomic past that point), and every script here reads before it writes: a script that
@@ -82,9 +84,12 @@ if redis.call('ZCOUNT', KEYS[4], now, '+inf') >= tonumber(ARGV[8]) then return {
 local deadline = now + tonumber(ARGV[6])
 redis.call('HSET', KEYS[2], 'route', ARGV[7], 'method', ARGV[2], 'target', ARGV[3],
   'headers', ARGV[4], 'client', ARGV[5], 'ikey', ARGV[9], 'sha', ARGV[10], 'status', 'queued',
-  'attempts', 0, 'tries', 0, 'accepted', now, 'deadline', deadline)
+  'attempts', 0, 'tries', 0, 'accepted', now, 'deadline', deadline, 'size', string.len(ARGV[11]))
 redis.call('PEXPIREAT', KEYS[2], deadline)
-if ARGV[11] ~= '' then redis.call('SET', KEYS[3], ARGV[11], 'PXAT', deadline) end
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[3], '0', ARGV[11])
+  redis.call('PEXPIREAT', KEYS[3], deadline)
+end
 if ARGV[9] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'PXAT', deadline) end
 redis.call('ZADD', KEYS[4], deadline, ARGV[1])
 redis.call('XADD', KEYS[1], '*', 'id', ARGV[1])
@@ -93,10 +98,10 @@ return {0, now}
 );
 
 /// The start of a task whose body takes several pieces: the task's record in state `writing`,
-/// its first piece, its idempotency record and its place in the live set, all expiring after
-/// `window` unless [`COMMIT`] comes first. `KEYS`: task, body, live set, idempotency record (or
-/// the task's key). `ARGV`: id, idempotency key, body SHA-256, max tasks, window (ms), first
-/// piece, key prefix, not after (ms). Replies as [`ACCEPT`]'s (`{0, now}`: begun).
+/// the body's first piece, its idempotency record and its place in the live set, all expiring
+/// after `window` unless [`COMMIT`] comes first. `KEYS`: task, body, live set, idempotency
+/// record (or the task's key). `ARGV`: id, idempotency key, body SHA-256, max tasks, window
+/// (ms), first piece, key prefix, not after (ms). Replies as [`ACCEPT`]'s (`{0, now}`: begun).
 pub(super) static BEGIN: LazyLock<Script> = script!(
     r"
 if now > tonumber(ARGV[8]) then return {5, now} end
@@ -112,42 +117,47 @@ if redis.call('ZCOUNT', KEYS[3], now, '+inf') >= tonumber(ARGV[4]) then return {
 local window = tonumber(ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'writing', 'sha', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], window)
-redis.call('SET', KEYS[2], ARGV[6], 'PX', window)
+redis.call('HSET', KEYS[2], '0', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], window)
 if ARGV[2] ~= '' then redis.call('SET', KEYS[4], ARGV[1], 'PX', window) end
 redis.call('ZADD', KEYS[3], now + window, ARGV[1])
 return {0, now}
 "
 );
 
-/// One more piece of a body being written, at its offset (pieces may arrive in any order):
-/// written only while the write is still under way (a late piece of an abandoned write must not
-/// recreate the key without an expiry). `KEYS`: body. `ARGV`: offset, piece. Returns the body's
-/// length, or -1 when the write was abandoned.
+/// One more piece of a body being written (pieces may arrive in any order): written only while
+/// the write is still under way (a late piece of an abandoned write must not recreate the body
+/// without an expiry). `KEYS`: body, task. `ARGV`: the piece's index, the piece. Returns 1, or
+/// -1 when the write was abandoned.
 pub(super) static PIECE_GUARD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-return redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HGET', KEYS[2], 'status') ~= 'writing' or redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 ",
     )
 });
 
 /// The end of a write begun by [`BEGIN`]: the task becomes `queued` with its deadline, its body
 /// and idempotency record expire with it, and its stream entry is added — only if the record is
-/// still `writing` and the body has the length written. `KEYS`: stream, task, body, live set,
+/// still `writing` and every piece is there. `KEYS`: stream, task, body, live set,
 /// idempotency record (or the task's key). `ARGV`: id, method, target, headers, client, ttl
-/// (ms), route, idempotency key, body length, not after (ms). Returns `{0, now}` when stored,
-/// `{5, now}` when the write had been abandoned (expired, aborted, or too late): nothing stored.
+/// (ms), route, idempotency key, pieces, not after (ms), body size. Returns `{0, now}` when
+/// stored, `{5, now}` when the write had been abandoned (expired, aborted, or too late): nothing
+/// stored.
 pub(super) static COMMIT: LazyLock<Script> = script!(
     r"
 if now > tonumber(ARGV[10]) or redis.call('HGET', KEYS[2], 'status') ~= 'writing'
-  or redis.call('STRLEN', KEYS[3]) ~= tonumber(ARGV[9]) then
+  or redis.call('HLEN', KEYS[3]) ~= tonumber(ARGV[9]) then
   return {5, now}
 end
 local deadline = now + tonumber(ARGV[6])
 redis.call('HSET', KEYS[2], 'route', ARGV[7], 'method', ARGV[2], 'target', ARGV[3],
   'headers', ARGV[4], 'client', ARGV[5], 'ikey', ARGV[8], 'status', 'queued',
-  'attempts', 0, 'tries', 0, 'accepted', now, 'deadline', deadline)
+  'attempts', 0, 'tries', 0, 'accepted', now, 'deadline', deadline, 'size', ARGV[11])
 redis.call('PEXPIREAT', KEYS[2], deadline)
 redis.call('PEXPIREAT', KEYS[3], deadline)
 if ARGV[8] ~= '' then redis.call('PEXPIREAT', KEYS[5], deadline) end
@@ -181,18 +191,18 @@ return describe(ARGV[1], known, '') or {6, now}
 "
 );
 
-/// A deliverer has the slots for a task and is about to send it. `KEYS`: task, sending set,
-/// body. `ARGV`: id, visibility (ms). Replies:
+/// A deliverer has the slots for a task and is about to send it. `KEYS`: task, sending set.
+/// `ARGV`: id, visibility (ms). Replies:
 /// - `{0, now}`: the task is gone (expired);
 /// - `{1, now}`: it has ended already, or is being written (a duplicate entry);
 /// - `{2, now, attempts, code}`: its deadline has passed;
 /// - `{4, now}`: another deliverer started it less than `visibility` ago: not ours to send;
 /// - `{3, now, attempts, tries, deadline, accepted, method, target, headers, ikey, body length}`:
-///   marked `delivering`, to send.
+///   marked `delivering`, to send (the body is read piece by piece after).
 pub(super) static START: LazyLock<Script> = script!(
     r"
 local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'deadline', 'accepted',
-  'method', 'target', 'headers', 'code', 'tries', 'ikey', 'started')
+  'method', 'target', 'headers', 'code', 'tries', 'ikey', 'started', 'size')
 if not f[1] then return {0, now} end
 if f[1] ~= 'queued' and f[1] ~= 'delivering' then return {1, now} end
 if not f[3] or tonumber(f[3]) <= now or not f[5] then return {2, now, f[2] or '0', f[8] or ''} end
@@ -202,7 +212,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'delivering', 'started', now)
 redis.call('ZADD', KEYS[2], f[3], ARGV[1])
 return {3, now, f[2] or '0', f[9] or '0', f[3], f[4] or '0', f[5], f[6] or '/', f[7] or '',
-  f[10] or '', redis.call('STRLEN', KEYS[3])}
+  f[10] or '', f[12] or '0'}
 "
 );
 

@@ -139,11 +139,10 @@ impl Pool {
     /// task is gone, ended, expired (recorded so) or busy elsewhere, or Redis failed (the entry
     /// stays pending, taken over later).
     async fn start(&self, conn: &Conn, target: &Target, entry: &str, id: &TaskId) -> Option<Task> {
-        let (task_key, body_key) = (self.keys.task(id), self.keys.body(id));
+        let task_key = self.keys.task(id);
         let mut invocation = scripts::START.key(&task_key);
         invocation
             .key(&*self.keys.sending)
-            .key(&body_key)
             .arg(id.to_string())
             .arg(self.visibility().as_millis() as u64);
         let started = self.call(conn.clone().invoke::<Value>(&invocation)).await?;
@@ -211,11 +210,10 @@ impl Pool {
         }
         let key = self.keys.body(id);
         let mut body = BytesMut::with_capacity(len);
-        let offsets: Vec<usize> = (0..len).step_by(PIECE).collect();
-        for batch in offsets.chunks(READ_IN_FLIGHT) {
-            let reads = batch.iter().map(|&at| {
-                let cmd =
-                    redis::Cmd::getrange(&key, at as isize, ((at + PIECE).min(len) - 1) as isize);
+        let pieces: Vec<usize> = (0..len.div_ceil(PIECE)).collect();
+        for batch in pieces.chunks(READ_IN_FLIGHT) {
+            let reads = batch.iter().map(|&index| {
+                let cmd = redis::Cmd::hget(&key, index);
                 let conn = conn.clone();
                 async move { self.call(conn.query::<Vec<u8>>(&cmd)).await }
             });

@@ -1,0 +1,135 @@
+//! What the deferred-delivery tests share: an upstream that records what it saw of each
+//! request, and the 202's and the status endpoint's reading.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+/// What a test upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub key: Option<String>,
+    pub header: Option<String>,
+    pub body: Bytes,
+}
+
+/// Every request a recording upstream saw, in arrival order.
+pub type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// An upstream that records each request and answers what `answer` says for it — given the
+/// request and how many requests with the same `Idempotency-Key` came before it — after `delay`.
+pub async fn recording<F>(delay: Duration, answer: F) -> (Upstream, Log)
+where
+    F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
+{
+    recording_with(move |_| delay, answer).await
+}
+
+/// [`recording`], with a delay that depends on the request.
+pub async fn recording_with<D, F>(delay: D, answer: F) -> (Upstream, Log)
+where
+    D: Fn(&Seen) -> Duration + Send + Sync + 'static,
+    F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
+{
+    let log: Log = Arc::default();
+    let answer = Arc::new(answer);
+    let delay = Arc::new(delay);
+    let seen = log.clone();
+    let up = upstream(move |req: Request<Incoming>| {
+        let (seen, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let request = Seen {
+                method: parts.method.to_string(),
+                uri: parts.uri.to_string(),
+                key: text("idempotency-key"),
+                header: text("x-test"),
+                body,
+            };
+            let before = {
+                let mut log = seen.lock().unwrap();
+                let before = log
+                    .iter()
+                    .filter(|s| s.key.is_some() && s.key == request.key)
+                    .count();
+                log.push(request.clone());
+                before
+            };
+            tokio::time::sleep(delay(&request)).await;
+            let mut res = Response::new(TestBody::text("done"));
+            *res.status_mut() = answer(&request, before);
+            res
+        }
+    })
+    .await;
+    (up, log)
+}
+
+/// POST `body` to `url` with `X-Test: <test>`.
+pub async fn post(url: &str, body: impl Into<Bytes>) -> Got {
+    send(
+        &client(),
+        Request::post(url)
+            .header("x-test", "yes")
+            .body(Full::new(body.into()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// The task's state from the status endpoint once it has reached `status` (within 20 s).
+pub async fn until_status(proxy: &Proxy, id: &str, status: &str) -> serde_json::Value {
+    let url = proxy.url(&format!("/_sluice/tasks/{id}"));
+    until(
+        &format!("task {id} to be {status}"),
+        Duration::from_secs(20),
+        || async {
+            let got = get(&url).await;
+            assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+            let json = got.json();
+            (json["status"] == status).then_some(json)
+        },
+    )
+    .await
+}
+
+/// The id of a 202's task, checking the 202's form on the way.
+pub fn accepted_id(got: &Got) -> String {
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    let json = got.json();
+    let id = json["id"].as_str().expect("an id").to_owned();
+    assert_eq!(json["status"], "queued");
+    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(
+        got.header("location"),
+        Some(format!("/_sluice/tasks/{id}").as_str())
+    );
+    id
+}
+
+pub fn sha(body: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(body))
+}
