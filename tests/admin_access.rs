@@ -216,7 +216,6 @@ async fn foreign_origin_cannot_reload() {
     let port = proxy.admin.unwrap().port();
     for (i, origin) in [
         format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
         "https://sluice.internal".to_owned(),
     ]
     .iter()
@@ -230,6 +229,75 @@ async fn foreign_origin_cannot_reload() {
             got.text()
         );
         assert_eq!(proxy.metric(success).await, (i + 1) as f64);
+    }
+    proxy.stop().await;
+}
+
+/// Regression (issue 22: any IP-literal `Origin` passed the gate, so a page served from a bare
+/// IP such as `http://203.0.113.7` could make an operator's browser `POST /reload`): `POST` with
+/// an `Origin` reloads only when the Origin's host and port are the request's `Host` (a
+/// `Host` without a port is on 80) or its host is in `admin.allowed_hosts`; an IP literal or
+/// `localhost` naming another host, or the same host on another port, gets 403. Without
+/// `Origin` (curl, scripts) nothing changes.
+#[tokio::test]
+async fn origin_must_be_the_host_and_port_of_the_request() {
+    let up = ok_upstream().await;
+    let file = ConfigFile::new(&config(
+        &up.endpoint(),
+        "  allowed_hosts: [sluice.internal]\n",
+    ));
+    let proxy = start_proxy_file(&file).await;
+    let url = proxy.admin_url("/reload");
+    let port = proxy.admin.unwrap().port();
+    let own = format!("127.0.0.1:{port}");
+    let success = "sluice_config_reloads_total{result=\"success\"}";
+    for (host, origin) in [
+        (own.clone(), "http://203.0.113.7".to_owned()),
+        (own.clone(), format!("http://203.0.113.7:{port}")),
+        (own.clone(), format!("http://10.0.0.1:{port}")),
+        (own.clone(), format!("http://localhost:{port}")),
+        (
+            own.clone(),
+            format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        ),
+        (own.clone(), "http://127.0.0.1".to_owned()),
+        ("127.0.0.1".to_owned(), "https://127.0.0.1".to_owned()),
+        (own.clone(), "null".to_owned()),
+    ] {
+        let got = request(Method::POST, &url, &[("host", &host), ("origin", &origin)]).await;
+        assert_eq!(
+            got.status,
+            StatusCode::FORBIDDEN,
+            "Host: {host}, Origin: {origin}"
+        );
+    }
+    assert_eq!(
+        proxy.metric(success).await,
+        0.0,
+        "a refused reload happened"
+    );
+    let mut reloads = 0.0;
+    for (host, origin) in [
+        (own.clone(), Some(format!("http://{own}"))),
+        ("127.0.0.1".to_owned(), Some("http://127.0.0.1".to_owned())),
+        (
+            format!("localhost:{port}"),
+            Some(format!("http://localhost:{port}")),
+        ),
+        (own.clone(), Some("https://sluice.internal:8443".to_owned())),
+        (own.clone(), None),
+    ] {
+        let mut fields = vec![("host", host.as_str())];
+        fields.extend(origin.as_deref().map(|o| ("origin", o)));
+        let got = request(Method::POST, &url, &fields).await;
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "Host: {host}, Origin: {origin:?}: {}",
+            got.text()
+        );
+        reloads += 1.0;
+        assert_eq!(proxy.metric(success).await, reloads);
     }
     proxy.stop().await;
 }
