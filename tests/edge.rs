@@ -171,6 +171,63 @@ async fn large_response_to_a_reader_that_stops_is_cut_after_send_timeout() {
     proxy.stop().await;
 }
 
+/// Regression (issue 22): an HTTP/2 stream whose client kept its window at zero had its slot
+/// given back at `send_timeout`, but was never reset — hyper held a chunk waiting for a window
+/// and never polled the body again, so the stream stayed open at the client. It now gets
+/// `RST_STREAM` (CANCEL) at that moment, and the connection goes on serving other streams.
+#[tokio::test]
+async fn http2_stream_stalled_past_send_timeout_is_reset_with_cancel() {
+    let up = sized_upstream(8 << 20).await;
+    let send_timeout = Duration::from_secs(1);
+    let server = "  send_timeout: 1s\n  response_buffer: 256KiB\n";
+    let proxy = start_proxy(&capped(&up.endpoint(), server, 4)).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let sent = std::time::Instant::now();
+    let req = Request::get(proxy.url("/big")).body(()).unwrap();
+    let (response, _) = h2.send_request(req, true).unwrap();
+    let head = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("a head")
+        .expect("a response");
+    assert_eq!(head.status(), StatusCode::OK);
+    // No capacity is ever released: the window stays at zero, so no DATA can come, only a reset.
+    let mut body = head.into_body();
+    let bound = send_timeout + Duration::from_secs(5);
+    let end = tokio::time::timeout(bound, body.data())
+        .await
+        .expect("RST_STREAM within send_timeout + 5 s");
+    let reset = match end {
+        Some(Err(err)) => err,
+        other => panic!("a reset, not {other:?}"),
+    };
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    assert!(
+        sent.elapsed() >= send_timeout,
+        "reset after {:?}, before send_timeout",
+        sent.elapsed()
+    );
+    // Only the stream was reset: the same connection serves another request.
+    let mut h2 = h2.ready().await.expect("the connection is open");
+    let (response, _) = h2
+        .send_request(Request::get(proxy.url("/")).body(()).unwrap(), true)
+        .unwrap();
+    let head = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("a head")
+        .expect("a response");
+    assert_eq!(head.status(), StatusCode::OK);
+    served_while_attacked(&proxy, 0.0).await;
+    driver.abort();
+    proxy.stop().await;
+}
+
 /// Pins the third attack: POSTs announcing 1,000,000 bytes and sending one byte at a time held
 /// their slots until the upstream's `timeout`. Their bodies are now read before they may take a
 /// slot, so they hold none, and they get 408 `body-timeout` after `request_body_timeout`.
