@@ -188,59 +188,14 @@ async fn allowed_hosts_match_with_and_without_port() {
 }
 
 /// Regression (issue 13: `POST /reload` with `Origin: http://evil.example` answered 200, so any
-/// page an operator opened could reload the proxy): a foreign or `null` `Origin` gets 403 and
-/// nothing is reloaded; an allowed one reloads.
+/// page an operator opened could reload the proxy; issue 22: any IP-literal `Origin` still
+/// passed, so a page served from a bare IP such as `http://203.0.113.7` could): `POST` with an
+/// `Origin` reloads only when the Origin's host and port are the request's `Host` (a `Host`
+/// without a port is on 80) or its host is in `admin.allowed_hosts`; a foreign name, an IP
+/// literal or `localhost` naming another host, the same host on another port, or `null` gets
+/// 403 and nothing is reloaded. Without `Origin` (curl, scripts) nothing changes.
 #[tokio::test]
 async fn foreign_origin_cannot_reload() {
-    let up = ok_upstream().await;
-    let file = ConfigFile::new(&config(
-        &up.endpoint(),
-        "  allowed_hosts: [sluice.internal]\n",
-    ));
-    let proxy = start_proxy_file(&file).await;
-    let url = proxy.admin_url("/reload");
-    for origin in [
-        "http://evil.example",
-        "null",
-        "http://127.0.0.1.evil.example:9901",
-    ] {
-        let got = request(Method::POST, &url, &[("origin", origin)]).await;
-        assert_eq!(got.status, StatusCode::FORBIDDEN, "Origin: {origin}");
-    }
-    let success = "sluice_config_reloads_total{result=\"success\"}";
-    assert_eq!(
-        proxy.metric(success).await,
-        0.0,
-        "a refused reload happened"
-    );
-    let port = proxy.admin.unwrap().port();
-    for (i, origin) in [
-        format!("http://127.0.0.1:{port}"),
-        "https://sluice.internal".to_owned(),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let got = request(Method::POST, &url, &[("origin", origin)]).await;
-        assert_eq!(
-            got.status,
-            StatusCode::OK,
-            "Origin: {origin}: {}",
-            got.text()
-        );
-        assert_eq!(proxy.metric(success).await, (i + 1) as f64);
-    }
-    proxy.stop().await;
-}
-
-/// Regression (issue 22: any IP-literal `Origin` passed the gate, so a page served from a bare
-/// IP such as `http://203.0.113.7` could make an operator's browser `POST /reload`): `POST` with
-/// an `Origin` reloads only when the Origin's host and port are the request's `Host` (a
-/// `Host` without a port is on 80) or its host is in `admin.allowed_hosts`; an IP literal or
-/// `localhost` naming another host, or the same host on another port, gets 403. Without
-/// `Origin` (curl, scripts) nothing changes.
-#[tokio::test]
-async fn origin_must_be_the_host_and_port_of_the_request() {
     let up = ok_upstream().await;
     let file = ConfigFile::new(&config(
         &up.endpoint(),
@@ -252,6 +207,8 @@ async fn origin_must_be_the_host_and_port_of_the_request() {
     let own = format!("127.0.0.1:{port}");
     let success = "sluice_config_reloads_total{result=\"success\"}";
     for (host, origin) in [
+        (own.clone(), "http://evil.example".to_owned()),
+        (own.clone(), "http://127.0.0.1.evil.example:9901".to_owned()),
         (own.clone(), "http://203.0.113.7".to_owned()),
         (own.clone(), format!("http://203.0.113.7:{port}")),
         (own.clone(), format!("http://10.0.0.1:{port}")),

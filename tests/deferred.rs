@@ -821,13 +821,7 @@ async fn task_lookups_are_limited_per_client_address() {
     );
 
     // A reload keeps the buckets: after it, 127.0.0.1 gets back only what time refilled.
-    let reloaded = send(
-        &client(),
-        Request::post(proxy.admin_url("/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let reloaded = post(&proxy.admin_url("/reload"), "").await;
     assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
     let mut admitted = 0;
     while lookup(one.clone()).await.status != StatusCode::TOO_MANY_REQUESTS {

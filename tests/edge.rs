@@ -81,6 +81,24 @@ async fn four_that_never_read(proxy: &Proxy, up: &Upstream) -> Vec<TcpStream> {
     attackers
 }
 
+/// An HTTP/2 (h2c) connection to `addr` advertising a zero window for every stream and never
+/// releasing any, so no response DATA can reach it; the task drives the connection.
+async fn zero_window_h2(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    (h2.ready().await.unwrap(), driver)
+}
+
 /// Reads a raw response's head (up to the blank line) from `tcp`.
 async fn response_head(tcp: &mut TcpStream) -> String {
     let read = async {
@@ -106,14 +124,7 @@ async fn response_head(tcp: &mut TcpStream) -> String {
 async fn zero_window_http2_client_holds_no_slot() {
     let up = sized_upstream(200_000).await;
     let proxy = start_proxy(&capped(&up.endpoint(), "", 4)).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (h2, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2c handshake");
-    let driver = tokio::spawn(connection);
-    let mut h2 = h2.ready().await.unwrap();
+    let (mut h2, driver) = zero_window_h2(proxy.addr).await;
     let mut heads = Vec::new();
     for _ in 0..4 {
         let req = Request::get(proxy.url("/big")).body(()).unwrap();
@@ -181,14 +192,7 @@ async fn http2_stream_stalled_past_send_timeout_is_reset_with_cancel() {
     let send_timeout = Duration::from_secs(1);
     let server = "  send_timeout: 1s\n  response_buffer: 256KiB\n";
     let proxy = start_proxy(&capped(&up.endpoint(), server, 4)).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (h2, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2c handshake");
-    let driver = tokio::spawn(connection);
-    let mut h2 = h2.ready().await.unwrap();
+    let (mut h2, driver) = zero_window_h2(proxy.addr).await;
     let sent = std::time::Instant::now();
     let req = Request::get(proxy.url("/big")).body(()).unwrap();
     let (response, _) = h2.send_request(req, true).unwrap();
