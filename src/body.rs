@@ -13,7 +13,8 @@
 //!   that the client side reads from; past `response_buffer` (or when `max_buffered_bytes` is
 //!   spent) the drain waits for the client, holding the slots, as a streaming proxy does. A
 //!   client that accepts no bytes for `server.send_timeout` while data waits for it is cut off:
-//!   the slots, the upstream connection and the buffered bytes are freed at once.
+//!   the slots, the upstream connection and the buffered bytes are freed at once, and an HTTP/2
+//!   stream is reset (CANCEL) then too.
 
 mod pipe;
 
@@ -31,6 +32,7 @@ use self::pipe::{Pipe, Reader};
 use crate::budget::Reservation;
 use crate::limit::Slots;
 use crate::net::idle::StreamGuard;
+use crate::net::reset::StreamReset;
 use crate::proxy::pool::Conn;
 
 /// The body of every response sluice sends.
@@ -123,10 +125,11 @@ impl ProxyBody {
 
     /// Keeps `guard` until this body is done or dropped — or, for a drained body, until the
     /// drain gives up on the client, so that an HTTP/2 connection whose streams are all stuck
-    /// can be closed as idle.
+    /// can be closed as idle; the drain then resets the stream too. Called on the stream's own
+    /// task (the service's future runs there), where its [`StreamReset`] is found.
     pub(crate) fn with_stream_guard(mut self, guard: StreamGuard) -> Self {
         match &self.kind {
-            Kind::Piped(pipe) => pipe.hold(guard),
+            Kind::Piped(pipe) => pipe.hold(guard, StreamReset::current()),
             _ => self.stream = Some(guard),
         }
         self

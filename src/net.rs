@@ -3,13 +3,14 @@
 //! A connection's path: [`listener`] accepts it (connection cap, first-byte or handshake
 //! deadline) → [`tls`] terminates TLS on the HTTPS listener → [`server`] serves HTTP on it with
 //! the settings of [`http`], handing each request to [`crate::pipeline`]. [`idle`] closes HTTP/2
-//! connections that sit without streams.
+//! connections that sit without streams; [`reset`] resets one HTTP/2 stream sluice gives up on.
 
 pub(crate) mod http;
 pub(crate) mod idle;
 pub(crate) mod io;
 pub(crate) mod listener;
 pub(crate) mod per_ip;
+pub(crate) mod reset;
 pub(crate) mod server;
 pub(crate) mod tls;
 

@@ -73,7 +73,7 @@ pub(crate) async fn handle(
     let res = 'answer: {
         let index = match admit_to_routing(&rt, &mut req) {
             Ok(Routed::Route(index)) => index,
-            Ok(Routed::Tasks) => break 'answer tasks::answer(&rt, &req).await,
+            Ok(Routed::Tasks) => break 'answer tasks::answer(&rt, origin, &req).await,
             Err(rejection) => break 'answer unrouted(&rt, origin, &req, rejection, &line),
         };
         let route = &rt.routes[index];

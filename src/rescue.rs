@@ -743,6 +743,21 @@ impl RateLimitedTemplate {
     /// The 429 of `limit` of `route`, whose `detail` is `detail`; `policy` is the route's
     /// `RateLimit-Policy` when it sends `RateLimit` fields.
     pub fn new(route: &str, limit: &Arc<str>, detail: &str, policy: Option<HeaderValue>) -> Self {
+        Self::of(Some(route), limit, detail, policy)
+    }
+
+    /// As [`new`](Self::new), for a limit of no route (`/_sluice/tasks/` lookups): the body has
+    /// no `route` member.
+    pub(crate) fn unrouted(limit: &Arc<str>, detail: &str, policy: Option<HeaderValue>) -> Self {
+        Self::of(None, limit, detail, policy)
+    }
+
+    fn of(
+        route: Option<&str>,
+        limit: &Arc<str>,
+        detail: &str,
+        policy: Option<HeaderValue>,
+    ) -> Self {
         let fields = policy.is_some().then(|| {
             (0..=PRERENDERED_SECS)
                 .map(|secs| {
@@ -753,7 +768,7 @@ impl RateLimitedTemplate {
                 .collect()
         });
         RateLimitedTemplate {
-            body: WithRetry::new(
+            body: WithRetry::of(
                 QUOTA_EXCEEDED,
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
@@ -873,7 +888,12 @@ struct WithRetry {
 
 impl WithRetry {
     fn new(kind: &str, status: StatusCode, reason: &str, detail: &str, route: &str) -> Self {
-        let mut body = problem_json(kind, status, reason, detail, Some(route));
+        Self::of(kind, status, reason, detail, Some(route))
+    }
+
+    /// As [`new`](Self::new), with no `route` member when `route` is `None`.
+    fn of(kind: &str, status: StatusCode, reason: &str, detail: &str, route: Option<&str>) -> Self {
+        let mut body = problem_json(kind, status, reason, detail, route);
         body.pop(); // the closing brace
         body.push_str(",\"retry_after\":");
         WithRetry {

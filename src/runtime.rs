@@ -6,6 +6,7 @@
 //! [`ArcSwap`]: each request loads it once, so a reload applies to new requests at once while
 //! requests in flight finish under the runtime they started with.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::budget::Budget;
 use crate::config::{
-    Config, KeySpec, Mode, Priority, RateLimitConfig, RouteConfig, UpstreamConfig,
+    Config, KeySpec, Mode, Per, Priority, Rate, RateLimitConfig, RouteConfig, UpstreamConfig,
 };
 #[cfg(feature = "redis")]
 use crate::defer::{Deliveries, RouteDefer, Target};
@@ -26,7 +27,7 @@ use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
 use crate::net::http::{http_builder, HttpBuilder};
 use crate::proxy::Upstream;
-use crate::rescue::{ProblemSource, RouteProblems};
+use crate::rescue::{ProblemSource, RateLimitedTemplate, RouteProblems};
 use crate::router::Router;
 
 /// How often idle rate-limit keys are evicted and expired idle upstream connections closed.
@@ -52,6 +53,8 @@ pub struct Runtime {
     /// `server.max_buffered_bytes`: what request and response buffering may hold together.
     /// Kept by the next runtime while the maximum is unchanged.
     pub(crate) budget: Arc<Budget>,
+    /// `GET /_sluice/tasks/<id>`'s limit per client address.
+    pub(crate) task_lookups: TaskLookups,
     /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
     /// the next runtime while `store.redis` names the same server or cluster (and `ca`).
     #[cfg(feature = "redis")]
@@ -66,6 +69,22 @@ pub struct Runtime {
     /// only when the first runtime was built outside tokio.
     #[cfg(feature = "redis")]
     spawner: Option<tokio::runtime::Handle>,
+}
+
+/// `GET /_sluice/tasks/<id>` per client address: the contract's 20/s, burst 40. Checked before a
+/// lookup costs anything: each takes a Redis call per deferring route and one of the process's
+/// few lookup permits, and one client polling in a loop must not take them from everyone else.
+#[derive(Debug)]
+pub(crate) struct TaskLookups {
+    /// The buckets, keyed like every `client_ip` limit (after `trusted_proxies`, IPv6 by
+    /// `ipv6_key_prefix`). Built with the first runtime and handed to every next one, like
+    /// the buffering budget: a reload does not refill them. Per instance, not per process: the
+    /// contract's "per instance", and each sluice a process embeds (tests) keeps its own.
+    pub(crate) rate: Arc<RateLimit>,
+    /// `RateLimit-Policy` of the lookups' answers; `None` when `rate_limit_headers` is off.
+    pub(crate) policy: Option<HeaderValue>,
+    /// The 429 past the limit (with the `RateLimit` fields when `policy` is set).
+    pub(crate) rejected: RateLimitedTemplate,
 }
 
 /// One route, ready to serve.
@@ -168,6 +187,7 @@ impl Runtime {
             },
             http: http_builder(&config.server),
             budget: carry.budget.clone(),
+            task_lookups: TaskLookups::new(&config, previous.map(|p| &p.task_lookups)),
             metrics,
             #[cfg(feature = "redis")]
             store: carry.store,
@@ -268,10 +288,52 @@ impl Runtime {
                 }
             }
         }
+        self.task_lookups.rate.housekeeping();
         // Upstreams a reload dropped are not here: their pools close with the last request
         // that still holds the old runtime.
         for upstream in &self.upstreams {
             upstream.housekeeping();
+        }
+    }
+}
+
+// === impl TaskLookups ===
+
+impl TaskLookups {
+    /// Tokens per second and bucket size (the contract's numbers).
+    const RATE: NonZeroU32 = NonZeroU32::new(20).unwrap();
+    const BURST: NonZeroU32 = NonZeroU32::new(40).unwrap();
+    /// Client addresses tracked at most (a few MB); past it the table evicts stale buckets,
+    /// then the least recently used (`limit::table`), so memory stays bounded under a flood of
+    /// addresses.
+    const MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
+
+    /// The lookup limit for `config`: `previous`'s buckets when there is one.
+    fn new(config: &Config, previous: Option<&TaskLookups>) -> Self {
+        let limit = RateLimitConfig {
+            name: Arc::from("task-lookups"),
+            key: KeySpec::ClientIp,
+            rate: Rate {
+                count: Self::RATE,
+                per: Per::Second,
+            },
+            burst: Self::BURST,
+            scope: crate::config::Scope::Local,
+            lease: 0,
+            max_keys: Self::MAX_KEYS,
+        };
+        let policy = config
+            .server
+            .rate_limit_headers
+            .then(|| headers::policy_value(&[&limit]));
+        let detail = format!(
+            "lookups of deferred tasks from one client address: {}, burst {}",
+            limit.rate, limit.burst
+        );
+        TaskLookups {
+            rejected: RateLimitedTemplate::unrouted(&limit.name, &detail, policy.clone()),
+            policy,
+            rate: previous.map_or_else(|| Arc::new(RateLimit::new(&limit)), |p| p.rate.clone()),
         }
     }
 }

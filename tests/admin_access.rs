@@ -188,8 +188,12 @@ async fn allowed_hosts_match_with_and_without_port() {
 }
 
 /// Regression (issue 13: `POST /reload` with `Origin: http://evil.example` answered 200, so any
-/// page an operator opened could reload the proxy): a foreign or `null` `Origin` gets 403 and
-/// nothing is reloaded; an allowed one reloads.
+/// page an operator opened could reload the proxy; issue 22: any IP-literal `Origin` still
+/// passed, so a page served from a bare IP such as `http://203.0.113.7` could): `POST` with an
+/// `Origin` reloads only when the Origin's host and port are the request's `Host` (a `Host`
+/// without a port is on 80) or its host is in `admin.allowed_hosts`; a foreign name, an IP
+/// literal or `localhost` naming another host, the same host on another port, or `null` gets
+/// 403 and nothing is reloaded. Without `Origin` (curl, scripts) nothing changes.
 #[tokio::test]
 async fn foreign_origin_cannot_reload() {
     let up = ok_upstream().await;
@@ -199,37 +203,58 @@ async fn foreign_origin_cannot_reload() {
     ));
     let proxy = start_proxy_file(&file).await;
     let url = proxy.admin_url("/reload");
-    for origin in [
-        "http://evil.example",
-        "null",
-        "http://127.0.0.1.evil.example:9901",
-    ] {
-        let got = request(Method::POST, &url, &[("origin", origin)]).await;
-        assert_eq!(got.status, StatusCode::FORBIDDEN, "Origin: {origin}");
-    }
+    let port = proxy.admin.unwrap().port();
+    let own = format!("127.0.0.1:{port}");
     let success = "sluice_config_reloads_total{result=\"success\"}";
+    for (host, origin) in [
+        (own.clone(), "http://evil.example".to_owned()),
+        (own.clone(), "http://127.0.0.1.evil.example:9901".to_owned()),
+        (own.clone(), "http://203.0.113.7".to_owned()),
+        (own.clone(), format!("http://203.0.113.7:{port}")),
+        (own.clone(), format!("http://10.0.0.1:{port}")),
+        (own.clone(), format!("http://localhost:{port}")),
+        (
+            own.clone(),
+            format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        ),
+        (own.clone(), "http://127.0.0.1".to_owned()),
+        ("127.0.0.1".to_owned(), "https://127.0.0.1".to_owned()),
+        (own.clone(), "null".to_owned()),
+    ] {
+        let got = request(Method::POST, &url, &[("host", &host), ("origin", &origin)]).await;
+        assert_eq!(
+            got.status,
+            StatusCode::FORBIDDEN,
+            "Host: {host}, Origin: {origin}"
+        );
+    }
     assert_eq!(
         proxy.metric(success).await,
         0.0,
         "a refused reload happened"
     );
-    let port = proxy.admin.unwrap().port();
-    for (i, origin) in [
-        format!("http://127.0.0.1:{port}"),
-        format!("http://localhost:{port}"),
-        "https://sluice.internal".to_owned(),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let got = request(Method::POST, &url, &[("origin", origin)]).await;
+    let mut reloads = 0.0;
+    for (host, origin) in [
+        (own.clone(), Some(format!("http://{own}"))),
+        ("127.0.0.1".to_owned(), Some("http://127.0.0.1".to_owned())),
+        (
+            format!("localhost:{port}"),
+            Some(format!("http://localhost:{port}")),
+        ),
+        (own.clone(), Some("https://sluice.internal:8443".to_owned())),
+        (own.clone(), None),
+    ] {
+        let mut fields = vec![("host", host.as_str())];
+        fields.extend(origin.as_deref().map(|o| ("origin", o)));
+        let got = request(Method::POST, &url, &fields).await;
         assert_eq!(
             got.status,
             StatusCode::OK,
-            "Origin: {origin}: {}",
+            "Host: {host}, Origin: {origin:?}: {}",
             got.text()
         );
-        assert_eq!(proxy.metric(success).await, (i + 1) as f64);
+        reloads += 1.0;
+        assert_eq!(proxy.metric(success).await, reloads);
     }
     proxy.stop().await;
 }

@@ -621,3 +621,89 @@ async fn past_its_ttl_a_task_is_dead_then_forgotten() {
     );
     proxy.stop().await;
 }
+
+/// Regression (issue 22, item 7): task lookups had only a process-wide cap of 32 under way, so
+/// one client polling in a loop could starve everyone's lookups. `GET /_sluice/tasks/<id>` is
+/// limited per client address (20/s, burst 40), before Redis is asked (here nothing listens
+/// where it should be): past the burst, 429 `rate-limited` with `Retry-After` and the limit's
+/// `RateLimit` fields; another client address is not affected, and a reload refills nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_lookups_are_limited_per_client_address() {
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    let up = ok_upstream().await;
+    let file = ConfigFile::new(&config(
+        "redis://127.0.0.1:1",
+        &up.endpoint(),
+        "",
+        "{when: always}",
+    ));
+    let proxy = start_proxy_file(&file).await;
+    let url = proxy.url(&format!("/_sluice/tasks/{}", "0".repeat(32)));
+    let lookup = |client: Client<HttpConnector, Full<Bytes>>| {
+        let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+        async move { send(&client, req).await }
+    };
+    let from = |ip: [u8; 4]| {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(ip.into()));
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+    };
+    let (one, other) = (from([127, 0, 0, 1]), from([127, 0, 0, 2]));
+    let started = std::time::Instant::now();
+    let mut answers = Vec::new();
+    for _ in 0..60 {
+        answers.push(lookup(one.clone()).await);
+    }
+    let took = started.elapsed();
+    let limited: Vec<&Got> = answers
+        .iter()
+        .filter(|g| g.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    // The bucket gives back one lookup per 50 ms while the 60 are sent.
+    let refilled = (took.as_secs_f64() * 20.0).ceil() as usize + 1;
+    assert!(
+        !limited.is_empty() && limited.len() + refilled >= 20,
+        "{} of 60 lookups limited in {took:?}",
+        limited.len()
+    );
+    for (i, got) in answers.iter().take(40).enumerate() {
+        // Admitted, so looked up: Redis is not there.
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "lookup {i}");
+        assert_eq!(
+            got.header("ratelimit-policy"),
+            Some(r#""task-lookups";q=40;w=2"#)
+        );
+    }
+    for got in limited {
+        assert_eq!(got.header("retry-after"), Some("1"));
+        assert_eq!(got.header("ratelimit"), Some(r#""task-lookups";r=0;t=1"#));
+        let json = got.json();
+        assert_eq!(json["reason"], "rate-limited", "{json}");
+        assert_eq!(json["retry_after"], 1, "{json}");
+        assert_eq!(json.get("route"), None, "{json}");
+    }
+    let got = lookup(other).await;
+    assert_eq!(
+        got.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        got.text()
+    );
+    assert_eq!(
+        got.header("ratelimit")
+            .map(|r| r.starts_with(r#""task-lookups";r=39;"#)),
+        Some(true)
+    );
+
+    // A reload keeps the buckets: after it, 127.0.0.1 gets back only what time refilled.
+    let reloaded = post(&proxy.admin_url("/reload"), "").await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
+    let mut admitted = 0;
+    while lookup(one.clone()).await.status != StatusCode::TOO_MANY_REQUESTS {
+        admitted += 1;
+        assert!(admitted < 40, "the reload refilled the bucket");
+    }
+    let refilled = (started.elapsed().as_secs_f64() * 20.0).ceil() as usize + 1;
+    assert!(admitted <= refilled, "{admitted} admitted after the reload");
+    proxy.stop().await;
+}

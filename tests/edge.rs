@@ -81,6 +81,24 @@ async fn four_that_never_read(proxy: &Proxy, up: &Upstream) -> Vec<TcpStream> {
     attackers
 }
 
+/// An HTTP/2 (h2c) connection to `addr` advertising a zero window for every stream and never
+/// releasing any, so no response DATA can reach it; the task drives the connection.
+async fn zero_window_h2(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    (h2.ready().await.unwrap(), driver)
+}
+
 /// Reads a raw response's head (up to the blank line) from `tcp`.
 async fn response_head(tcp: &mut TcpStream) -> String {
     let read = async {
@@ -106,14 +124,7 @@ async fn response_head(tcp: &mut TcpStream) -> String {
 async fn zero_window_http2_client_holds_no_slot() {
     let up = sized_upstream(200_000).await;
     let proxy = start_proxy(&capped(&up.endpoint(), "", 4)).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let (h2, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("h2c handshake");
-    let driver = tokio::spawn(connection);
-    let mut h2 = h2.ready().await.unwrap();
+    let (mut h2, driver) = zero_window_h2(proxy.addr).await;
     let mut heads = Vec::new();
     for _ in 0..4 {
         let req = Request::get(proxy.url("/big")).body(()).unwrap();
@@ -168,6 +179,56 @@ async fn large_response_to_a_reader_that_stops_is_cut_after_send_timeout() {
             .await
             .expect("sluice closed the connection");
     }
+    proxy.stop().await;
+}
+
+/// Regression (issue 22): an HTTP/2 stream whose client kept its window at zero had its slot
+/// given back at `send_timeout`, but was never reset — hyper held a chunk waiting for a window
+/// and never polled the body again, so the stream stayed open at the client. It now gets
+/// `RST_STREAM` (CANCEL) at that moment, and the connection goes on serving other streams.
+#[tokio::test]
+async fn http2_stream_stalled_past_send_timeout_is_reset_with_cancel() {
+    let up = sized_upstream(8 << 20).await;
+    let send_timeout = Duration::from_secs(1);
+    let server = "  send_timeout: 1s\n  response_buffer: 256KiB\n";
+    let proxy = start_proxy(&capped(&up.endpoint(), server, 4)).await;
+    let (mut h2, driver) = zero_window_h2(proxy.addr).await;
+    let sent = std::time::Instant::now();
+    let req = Request::get(proxy.url("/big")).body(()).unwrap();
+    let (response, _) = h2.send_request(req, true).unwrap();
+    let head = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("a head")
+        .expect("a response");
+    assert_eq!(head.status(), StatusCode::OK);
+    // No capacity is ever released: the window stays at zero, so no DATA can come, only a reset.
+    let mut body = head.into_body();
+    let bound = send_timeout + Duration::from_secs(5);
+    let end = tokio::time::timeout(bound, body.data())
+        .await
+        .expect("RST_STREAM within send_timeout + 5 s");
+    let reset = match end {
+        Some(Err(err)) => err,
+        other => panic!("a reset, not {other:?}"),
+    };
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    assert!(
+        sent.elapsed() >= send_timeout,
+        "reset after {:?}, before send_timeout",
+        sent.elapsed()
+    );
+    // Only the stream was reset: the same connection serves another request.
+    let mut h2 = h2.ready().await.expect("the connection is open");
+    let (response, _) = h2
+        .send_request(Request::get(proxy.url("/")).body(()).unwrap(), true)
+        .unwrap();
+    let head = tokio::time::timeout(PATIENCE, response)
+        .await
+        .expect("a head")
+        .expect("a response");
+    assert_eq!(head.status(), StatusCode::OK);
+    served_while_attacked(&proxy, 0.0).await;
+    driver.abort();
     proxy.stop().await;
 }
 

@@ -8,10 +8,12 @@
 //!   `Host: attacker.example`, so the host of the request must be an IP literal, `localhost`
 //!   or a name the operator listed in `admin.allowed_hosts` (any port) — else 403.
 //! - **Cross-site requests** (CSRF): any page can make the browser send `POST /reload` without
-//!   reading the answer. Browsers mark such requests with `Origin`: a request whose `Origin`
-//!   names a host that would not be allowed as `Host` (or is `null`) gets 403, whatever its
-//!   method — the contract requires it for `POST /reload`, and no same-origin request a
-//!   browser makes to the admin listener carries a foreign `Origin`.
+//!   reading the answer. Browsers mark such requests with `Origin`: a request whose `Origin` is
+//!   not the request's own host and port, nor a host listed in `admin.allowed_hosts`, gets 403
+//!   (so does `null`), whatever its method — the contract requires it for `POST`, and no
+//!   same-origin request a browser makes to the admin listener carries a foreign `Origin`. An
+//!   IP literal is no exception: a page served from `http://203.0.113.7` is another site, and
+//!   so is one on another port of the same host.
 //! - **A shared network**: with `admin.token_file`, every path but `/healthz` and `/readyz`
 //!   needs `Authorization: Bearer <token>` — else 401.
 //!
@@ -24,6 +26,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use http::header::{AUTHORIZATION, HOST, ORIGIN};
+use http::uri::Scheme;
 use http::Request;
 use subtle::ConstantTimeEq;
 
@@ -43,11 +46,21 @@ pub(super) enum Denied {
 /// Admits `req` or says why not. `open`: the path needs no token (`/healthz`, `/readyz`);
 /// `Host` and `Origin` are checked on every path.
 pub(super) fn check<B>(admin: &AdminConfig, req: &Request<B>, open: bool) -> Result<(), Denied> {
-    let host = request_authority(req).and_then(host_part);
-    if !host.is_some_and(|h| allowed(h, &admin.allowed_hosts)) {
+    let Some((host, port)) = request_authority(req).and_then(split_authority) else {
+        return Err(Denied::Host);
+    };
+    if !allowed(host, &admin.allowed_hosts) {
         return Err(Denied::Host);
     }
-    if !origin_allowed(req, &admin.allowed_hosts) {
+    // The listener speaks plain HTTP: a host without a port is on 80, unless an absolute-form
+    // target said `https`.
+    let default_port = if req.uri().scheme() == Some(&Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let own = (host, port.unwrap_or(default_port));
+    if !origin_allowed(req, own, &admin.allowed_hosts) {
         return Err(Denied::Origin);
     }
     match &admin.token {
@@ -70,9 +83,10 @@ fn request_authority<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-/// The host of an authority `host[:port]` (an IPv6 address in brackets, kept with them), without
-/// the port; `None` when it is not of that form (user info, a stray `:`, a non-numeric port).
-fn host_part(authority: &str) -> Option<&str> {
+/// An authority `host[:port]` as its host (an IPv6 address in brackets, kept with them) and its
+/// port (`None` when absent or empty); `None` when it is not of that form (user info, a stray
+/// `:`, a port that is not a number up to 65535).
+fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(rest) => {
             let end = rest.find(']')?;
@@ -80,11 +94,13 @@ fn host_part(authority: &str) -> Option<&str> {
         }
         None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
     };
-    let port_ok = port.is_empty()
-        || port
-            .strip_prefix(':')
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
-    (port_ok && !host.is_empty() && !host.contains('@')).then_some(host)
+    let port = match port.strip_prefix(':') {
+        None if port.is_empty() => None,
+        Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits.parse().ok()?),
+        _ => return None,
+    };
+    (!host.is_empty() && !host.contains('@')).then_some((host, port))
 }
 
 /// An IP literal (`127.0.0.1`, `[::1]`), `localhost`, or an entry of `allowed_hosts` (stored
@@ -97,24 +113,49 @@ fn allowed(host: &str, allowed_hosts: &[String]) -> bool {
     if host.parse::<Ipv4Addr>().is_ok() {
         return true;
     }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    name.eq_ignore_ascii_case("localhost")
-        || allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(name))
+    name(host).eq_ignore_ascii_case("localhost") || listed(host, allowed_hosts)
 }
 
-/// No `Origin` (not a browser's cross-site request), or a single `scheme://host[:port]` whose
-/// host is allowed. `null` and anything unreadable are refused.
-fn origin_allowed<B>(req: &Request<B>, allowed_hosts: &[String]) -> bool {
+/// An entry of `allowed_hosts`, case-insensitively, one trailing dot ignored.
+fn listed(host: &str, allowed_hosts: &[String]) -> bool {
+    allowed_hosts
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(name(host)))
+}
+
+/// `host` without its one trailing dot (`localhost.` is `localhost`).
+fn name(host: &str) -> &str {
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+/// No `Origin` (not a browser's cross-site request), or a single `http://` or `https://` origin
+/// whose host and port (explicit, else the scheme's 80 or 443) are `own`, the request's — or
+/// whose host is listed in `allowed_hosts`, on any port, as a listed `Host` is. `null`, other
+/// schemes and anything unreadable are refused.
+fn origin_allowed<B>(req: &Request<B>, own: (&str, u16), allowed_hosts: &[String]) -> bool {
     let mut origins = req.headers().get_all(ORIGIN).iter();
     let origin = match (origins.next(), origins.next()) {
         (None, _) => return true,
         (Some(origin), None) => origin,
         (Some(_), Some(_)) => return false,
     };
-    let Some((_scheme, authority)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+    let Some((scheme, authority)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
         return false;
     };
-    host_part(authority).is_some_and(|h| allowed(h, allowed_hosts))
+    let default_port = if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        return false;
+    };
+    let Some((host, port)) = split_authority(authority) else {
+        return false;
+    };
+    let (own_host, own_port) = own;
+    let same =
+        name(host).eq_ignore_ascii_case(name(own_host)) && port.unwrap_or(default_port) == own_port;
+    same || listed(host, allowed_hosts)
 }
 
 /// A single `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1) whose

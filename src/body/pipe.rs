@@ -6,7 +6,7 @@
 //! side parks its waker in the state. The drain task owns the upstream body, the request's slots
 //! and the upstream connection, so they are freed exactly when the drain says: the body read
 //! whole (slots freed, connection back to its pool), broken, the client gone, or the client
-//! stalled for `send_timeout` with data waiting.
+//! stalled for `send_timeout` with data waiting (then an HTTP/2 stream is reset at once).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Reservation};
 use crate::limit::Slots;
 use crate::net::idle::StreamGuard;
+use crate::net::reset::StreamReset;
 use crate::proxy::pool::Conn;
 
 /// How responses are drained: `server.response_buffer`, `server.send_timeout`, and the budget of
@@ -61,6 +62,9 @@ struct State {
     remaining: Option<u64>,
     /// An HTTP/2 stream's presence for the idle watchdog; let go when the drain gives up.
     stream: Option<StreamGuard>,
+    /// Resets the HTTP/2 stream when the drain gives up: hyper, waiting for a window that does
+    /// not come, would not poll the body to see the error.
+    reset: Option<StreamReset>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +98,8 @@ impl Drop for Reader {
 }
 
 /// Why a drained body ends before its end: the client side gets this error, and hyper closes
-/// the HTTP/1 connection or resets the HTTP/2 stream.
+/// the HTTP/1 connection. (An HTTP/2 stream cut for `send_timeout` is reset with CANCEL before
+/// hyper sees the error: see [`StreamReset`].)
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum PipeError {
     /// The upstream broke off the response.
@@ -161,6 +166,7 @@ impl Drain {
                 held: Some(held.unwrap_or_else(|| self.budget.account(bytes))),
                 remaining,
                 stream: None,
+                reset: None,
             }),
             room: Notify::new(),
         });
@@ -225,6 +231,7 @@ impl Pipe {
                 held: None,
                 remaining: None,
                 stream: None,
+                reset: None,
             }),
             room: Notify::new(),
         }))
@@ -236,12 +243,19 @@ impl Pipe {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps an HTTP/2 stream's guard until the drain is done with the client.
-    pub(super) fn hold(&self, guard: StreamGuard) {
+    /// Keeps an HTTP/2 stream's guard until the drain is done with the client, and its reset
+    /// switch to pull if the drain gives up on it.
+    pub(super) fn hold(&self, guard: StreamGuard, reset: Option<StreamReset>) {
         let mut state = self.lock();
-        if state.end != End::Aborted {
-            state.stream = Some(guard);
+        if state.end == End::Aborted {
+            drop(state);
+            if let Some(reset) = reset {
+                reset.pull();
+            }
+            return;
         }
+        state.stream = Some(guard);
+        state.reset = reset;
     }
 
     /// The client side takes the next frame.
@@ -322,7 +336,8 @@ impl Pipe {
         }
     }
 
-    /// Cuts the client off: drops what waits for it and lets go of its stream.
+    /// Cuts the client off: drops what waits for it, lets go of its stream and resets it
+    /// (HTTP/2).
     fn abort(&self) {
         let mut state = self.lock();
         state.frames.clear();
@@ -330,10 +345,14 @@ impl Pipe {
         state.held = None;
         state.end = End::Aborted;
         let stream = state.stream.take();
+        let reset = state.reset.take();
         let reader = state.reader.take();
         drop(state);
         drop(stream);
         tracing::debug!("client accepted no bytes within send_timeout; response aborted");
+        if let Some(reset) = reset {
+            reset.pull();
+        }
         if let Some(reader) = reader {
             reader.wake();
         }

@@ -11,9 +11,10 @@
 
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 
+use super::reset::StreamExecutor;
 use crate::config::ServerConfig;
 
 /// HTTP/2 flow-control window of one stream: what a client may send on it before sluice reads
@@ -32,11 +33,11 @@ pub(crate) type HttpBuilder = Arc<Http>;
 pub(crate) struct Http {
     /// Reads the first bytes and picks HTTP/2 on the preface: the plain listener, and TLS
     /// clients that offered no ALPN.
-    sniff: auto::Builder<TokioExecutor>,
+    sniff: auto::Builder<StreamExecutor>,
     /// ALPN `http/1.1`.
-    http1: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<StreamExecutor>,
     /// ALPN `h2`.
-    http2: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<StreamExecutor>,
 }
 
 /// Which protocol to serve on a connection.
@@ -54,7 +55,7 @@ pub(crate) enum Protocol {
 
 impl Http {
     /// The builder that serves `protocol`.
-    pub(crate) fn builder(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
+    pub(crate) fn builder(&self, protocol: Protocol) -> &auto::Builder<StreamExecutor> {
         match protocol {
             Protocol::Detect => &self.sniff,
             Protocol::Http1 => &self.http1,
@@ -80,7 +81,8 @@ impl Protocol {
 pub(crate) fn http_builder(server: &ServerConfig) -> HttpBuilder {
     let limits = &server.client;
     let head = limits.max_header_bytes.get();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Each HTTP/2 stream's task can be dropped to reset the stream (`send_timeout`).
+    let mut builder = auto::Builder::new(StreamExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -2,13 +2,22 @@
 //! sluice before any route is matched (`crate::defer`). The id is all a client needs: it is
 //! looked up among the tasks of every deferring route of the current config. Not counted in
 //! `sluice_requests_total` (it reaches no route).
+//!
+//! Lookups are limited per client address first ([`TaskLookups`]): past it, 429 `rate-limited`
+//! before anything else is spent; the answers carry the limit's `RateLimit` fields as a
+//! route's do.
 
-use http::{Method, Request};
+use std::time::Duration;
+
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::limit::headers::{RateLimitField, RATELIMIT, RATELIMIT_POLICY};
+use crate::limit::Decision;
+use crate::net::Origin;
 use crate::rescue;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, TaskLookups};
 
 /// Lookups under way at most, in the whole process. Each costs a Redis call per deferring route
 /// on the connection global limits and deferrals share, and anyone can ask: a flood of lookups
@@ -19,13 +28,52 @@ const MAX_LOOKUPS: usize = 32;
 #[cfg(feature = "redis")]
 static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
 
-/// The answer for `/_sluice/tasks/<rest>` (`req`'s canonical path). Boxed, and built outside
-/// any async body: the Redis lookup's state stays out of the future of every request.
+/// The answer for `/_sluice/tasks/<rest>` (`req`'s canonical path) to `origin`. Boxed, and
+/// built outside any async body: the Redis lookup's state stays out of the future of every
+/// request.
 pub(super) fn answer<'a>(
     rt: &'a Runtime,
+    origin: Origin,
     req: &'a Request<Incoming>,
 ) -> super::Boxed<'a, http::Response<ProxyBody>> {
-    Box::pin(look_up(rt, req))
+    let lookups = &rt.task_lookups;
+    // The per-address limit before the lookup's permit and Redis calls: one client polling in
+    // a loop must not take them from everyone else. Other methods cost nothing (405).
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Box::pin(look_up(rt, req));
+    }
+    let client_ip = rt.keys.client_ip(origin.peer, req.headers());
+    let key = rt
+        .keys
+        .key(&lookups.rate.config().key, client_ip, req.headers());
+    match lookups.rate.check(&key) {
+        Decision::Denied { retry_after } => {
+            Box::pin(std::future::ready(lookups.rejected.respond(retry_after)))
+        }
+        Decision::Admitted { remaining, reset } => Box::pin(async move {
+            let mut res = look_up(rt, req).await;
+            admitted_fields(lookups, &mut res, remaining, reset);
+            res
+        }),
+    }
+}
+
+/// The lookup limit's `RateLimit-Policy` and `RateLimit` on an admitted lookup's answer (as on
+/// every answer of a route with limits), unless `server.rate_limit_headers` is off.
+fn admitted_fields(
+    lookups: &TaskLookups,
+    res: &mut Response<ProxyBody>,
+    remaining: u32,
+    reset: Duration,
+) {
+    let Some(policy) = &lookups.policy else {
+        return;
+    };
+    let mut field = RateLimitField::new();
+    field.push(&lookups.rate.config().name, remaining, reset);
+    let headers = res.headers_mut();
+    headers.insert(RATELIMIT_POLICY, policy.clone());
+    headers.insert(RATELIMIT, field.finish());
 }
 
 /// [`answer`]'s work.

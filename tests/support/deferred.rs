@@ -107,6 +107,10 @@ pub async fn until_status(proxy: &Proxy, id: &str, status: &str) -> serde_json::
         Duration::from_secs(20),
         || async {
             let got = get(&url).await;
+            // Polled in a loop, past the lookup limit (20/s per address): not yet.
+            if got.status == StatusCode::TOO_MANY_REQUESTS {
+                return None;
+            }
             assert_eq!(got.status, StatusCode::OK, "{}", got.text());
             let json = got.json();
             (json["status"] == status).then_some(json)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use http::header::{AUTHORIZATION, HOST, ORIGIN};
 use http::Request;
 
-use super::{allowed, check, host_part, Denied};
+use super::{allowed, check, split_authority, Denied};
 use crate::config::{AdminConfig, AdminToken};
 
 fn admin(allowed_hosts: &[&str], token: Option<&str>) -> AdminConfig {
@@ -26,27 +26,29 @@ fn request(target: &str, headers: &[(http::HeaderName, &str)]) -> Request<()> {
     req.body(()).unwrap()
 }
 
-/// Pins: the host of an authority, without its port; IPv6 keeps its brackets; user info, a
-/// stray colon or a non-numeric port make it unreadable.
+/// Pins: an authority's host and port; IPv6 keeps its brackets; an empty port is no port; user
+/// info, a stray colon, a non-numeric port or one past 65535 make it unreadable.
 #[test]
-fn host_part_strips_the_port() {
-    for (authority, host) in [
-        ("127.0.0.1", Some("127.0.0.1")),
-        ("127.0.0.1:9901", Some("127.0.0.1")),
-        ("localhost:", Some("localhost")),
-        ("[::1]:9901", Some("[::1]")),
-        ("[::1]", Some("[::1]")),
-        ("sluice.internal:80", Some("sluice.internal")),
+fn split_authority_into_host_and_port() {
+    for (authority, split) in [
+        ("127.0.0.1", Some(("127.0.0.1", None))),
+        ("127.0.0.1:9901", Some(("127.0.0.1", Some(9901)))),
+        ("localhost:", Some(("localhost", None))),
+        ("[::1]:9901", Some(("[::1]", Some(9901)))),
+        ("[::1]", Some(("[::1]", None))),
+        ("sluice.internal:80", Some(("sluice.internal", Some(80)))),
         ("", None),
         (":80", None),
         ("a:b", None),
         ("a:80:80", None),
+        ("a:65536", None),
+        ("a:+80", None),
         ("::1", None),
         ("[::1]x", None),
         ("[::1", None),
         ("user@localhost", None),
     ] {
-        assert_eq!(host_part(authority), host, "{authority:?}");
+        assert_eq!(split_authority(authority), split, "{authority:?}");
     }
 }
 
@@ -86,6 +88,7 @@ fn allowed_hosts_and_look_alikes() {
 
 /// Pins: the order and the scope of the checks — Host on every path (health included), then
 /// Origin on every request that has one, then the token everywhere but the open paths.
+/// (Which origins pass: [`origin_is_the_request_host_and_port_or_listed`].)
 #[test]
 fn check_host_then_origin_then_token() {
     let open = admin(&[], None);
@@ -115,14 +118,6 @@ fn check_host_then_origin_then_token() {
     ] {
         let req = request("/reload", &[(HOST, "127.0.0.1:9901"), (ORIGIN, origin)]);
         assert_eq!(ok(&open, &req, false), Err(Denied::Origin), "{origin}");
-    }
-    for origin in [
-        "http://127.0.0.1:9901",
-        "http://localhost",
-        "https://[::1]:1",
-    ] {
-        let req = request("/reload", &[(HOST, "127.0.0.1:9901"), (ORIGIN, origin)]);
-        assert_eq!(ok(&open, &req, false), Ok(()), "{origin}");
     }
     let listed = request(
         "/reload",
@@ -174,4 +169,61 @@ fn bearer_token_must_match_exactly() {
     ] {
         assert_eq!(with(bad), Err(Denied::Token), "{bad:?}");
     }
+}
+
+/// Regression (issue 22: any IP-literal `Origin` passed, so a page served from
+/// `http://203.0.113.7` could make an operator's browser `POST /reload`): an `Origin` passes only
+/// when its host and port (explicit, or its scheme's 80 / 443) are the request's own — a
+/// `Host` without a port being on 80 — or its host is listed in `allowed_hosts` (any port).
+#[test]
+fn origin_is_the_request_host_and_port_or_listed() {
+    let admin = admin(&["sluice.internal"], None);
+    let with = |host: &str, origin: &str| {
+        let req = request("/reload", &[(HOST, host), (ORIGIN, origin)]);
+        check(&admin, &req, false)
+    };
+    for (host, origin) in [
+        ("127.0.0.1:9901", "http://127.0.0.1:9901"),
+        ("127.0.0.1:9901", "HTTP://127.0.0.1:9901"),
+        ("127.0.0.1:9901", "https://127.0.0.1:9901"),
+        ("127.0.0.1", "http://127.0.0.1"),
+        ("127.0.0.1", "http://127.0.0.1:80"),
+        ("127.0.0.1:80", "http://127.0.0.1"),
+        ("127.0.0.1:443", "https://127.0.0.1"),
+        ("[::1]:9901", "http://[::1]:9901"),
+        ("LocalHost:9901", "http://localhost.:9901"),
+        ("127.0.0.1:9901", "http://sluice.internal"),
+        ("127.0.0.1:9901", "https://SLUICE.internal:8443"),
+        ("sluice.internal", "http://sluice.internal:1"),
+    ] {
+        assert_eq!(with(host, origin), Ok(()), "Host: {host}, Origin: {origin}");
+    }
+    for (host, origin) in [
+        ("127.0.0.1:9901", "http://203.0.113.7"),
+        ("127.0.0.1:9901", "http://203.0.113.7:9901"),
+        ("127.0.0.1:9901", "http://10.0.0.1:9901"),
+        ("127.0.0.1:9901", "http://[::1]:9901"),
+        ("127.0.0.1:9901", "http://localhost:9901"),
+        ("127.0.0.1:9901", "http://127.0.0.1"),
+        ("127.0.0.1:9901", "http://127.0.0.1:9902"),
+        ("127.0.0.1", "https://127.0.0.1"),
+        ("127.0.0.1", "http://127.0.0.1:8080"),
+        ("localhost:9901", "http://localhost"),
+        ("127.0.0.1:9901", "ftp://127.0.0.1:9901"),
+        ("127.0.0.1:9901", "http://127.0.0.1:9901/"),
+        ("127.0.0.1:9901", "http://127.0.0.1:99999"),
+        ("127.0.0.1:9901", "null"),
+    ] {
+        assert_eq!(
+            with(host, origin),
+            Err(Denied::Origin),
+            "Host: {host}, Origin: {origin}"
+        );
+    }
+    // An absolute-form `https://` target: its host without a port is on 443.
+    let req = request(
+        "https://127.0.0.1/reload",
+        &[(HOST, "127.0.0.1"), (ORIGIN, "https://127.0.0.1")],
+    );
+    assert_eq!(check(&admin, &req, false), Ok(()));
 }
