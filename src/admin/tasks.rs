@@ -72,7 +72,7 @@ pub(super) async fn list(rt: Arc<Runtime>, query: Option<&str>) -> http::Respons
             Err(err) => return error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
         }
     }
-    tasks.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds));
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.age_seconds));
     let body = serde_json::json!({ "tasks": tasks });
     reply(StatusCode::OK, "application/json", body.to_string())
 }

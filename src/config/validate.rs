@@ -267,6 +267,9 @@ struct Stores {
     tasks: bool,
 }
 
+/// Where a store connects, the CA file it names and that file's certificates.
+type RedisLink = (RedisTarget, Option<PathBuf>, Option<Arc<[u8]>>);
+
 /// What `store.tasks` said.
 enum TaskStore {
     /// A server or cluster of its own.
@@ -788,7 +791,7 @@ impl Cx {
         url: Option<&str>,
         cluster: Option<&[String]>,
         ca: Option<&str>,
-    ) -> Option<(RedisTarget, Option<PathBuf>, Option<Arc<[u8]>>)> {
+    ) -> Option<RedisLink> {
         let target = match (url.map(str::trim), cluster) {
             (Some(_), Some(_)) => self.fail(
                 at,

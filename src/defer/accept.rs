@@ -462,11 +462,11 @@ async fn digest(body: &Bytes) -> String {
     if body.len() <= HASH_INLINE {
         return hex(&Sha256::digest(body));
     }
-    let body = body.clone();
-    match tokio::task::spawn_blocking(move || hex(&Sha256::digest(&body))).await {
+    let owned = body.clone();
+    match tokio::task::spawn_blocking(move || hex(&Sha256::digest(&owned))).await {
         Ok(sha) => sha,
         // The blocking pool is gone (shutdown): hash here rather than fail the write.
-        Err(_) => String::new(),
+        Err(_) => hex(&Sha256::digest(body)),
     }
 }
 
