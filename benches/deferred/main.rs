@@ -20,7 +20,10 @@
 //!    behind an upstream cap of 8 with a queue of 16; an open-loop producer sends 300/s, then 2,000/s for 3 s, then
 //!    300/s again. Sampled every 100 ms: offered, forwarded (200), deferred (202) and delivered
 //!    per second, and tasks queued in Redis. Written to `docs/deferred-spike.svg`.
+//! 5. **Big bodies**: the latency of a 202 by body size, and of global limit checks while
+//!    8 MiB bodies are stored (see `bodies`; `DEFERRED_ONLY=bodies` runs it alone).
 
+mod bodies;
 #[path = "../support/capacity.rs"]
 mod capacity;
 #[path = "../adaptive/plot.rs"]
@@ -87,6 +90,9 @@ async fn run() -> Result<(), String> {
     )
     .map_err(|e| format!("cannot write the wrk script: {e}"))?;
     let fast = Counting::start(Duration::ZERO).await;
+    if std::env::var("DEFERRED_ONLY").as_deref() == Ok("bodies") {
+        return bodies::run(&fast).await;
+    }
 
     // 1. Accept rate, per persistence setting.
     println!("| Redis persistence | 202/s | p50 | p99 | non-202 |\n|---|---:|---:|---:|---:|");
@@ -172,7 +178,9 @@ async fn run() -> Result<(), String> {
     std::fs::write(&path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("deferred: wrote {}", path.display());
     let _ = std::fs::remove_file(&script);
-    Ok(())
+
+    // 5. Big bodies.
+    bodies::run(&fast).await
 }
 
 /// A config with routes `/fwd` (forwards) and `/hooks` (`when: always`, attempts 100) to
