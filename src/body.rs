@@ -17,6 +17,7 @@
 //!   stream is reset (CANCEL) then too.
 
 mod pipe;
+pub(crate) mod stream;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,17 +30,16 @@ use hyper::body::Incoming;
 pub(crate) use self::pipe::Drain;
 pub use self::pipe::PipeError;
 use self::pipe::{Pipe, Reader};
+use self::stream::{StreamGuard, StreamReset};
 use crate::budget::Reservation;
 use crate::limit::Slots;
-use crate::net::idle::StreamGuard;
-use crate::net::reset::StreamReset;
 use crate::proxy::pool::Conn;
 
 /// The body of every response sluice sends.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
-    /// Marks an HTTP/2 stream as active until the body is done (see [`crate::net::idle`]).
+    /// Marks an HTTP/2 stream as active until the body is done (see `crate::body::stream`).
     stream: Option<StreamGuard>,
 }
 

@@ -72,6 +72,7 @@ pub(crate) use self::task::{accepted_json, StoredRequest, TaskStatus};
 pub(crate) use self::task::{BadIdempotencyKey, IdempotencyKey, TaskId};
 use crate::budget::Budget;
 use crate::config::DeferConfig;
+use crate::metrics::Metrics;
 use crate::store::{escape_into, CallError, Store};
 
 /// The consumer group every instance's deliverers join.
@@ -135,6 +136,24 @@ pub(crate) struct DeferMetrics {
     pub(crate) requeued: Counter,
     /// `sluice_deferred_delivery_seconds`: from acceptance to delivery.
     pub(crate) delivery: Histogram,
+}
+
+// === impl DeferMetrics ===
+
+impl DeferMetrics {
+    /// The handles of route `route`'s series in `metrics`.
+    pub(crate) fn new(metrics: &Metrics, route: &Arc<str>) -> DeferMetrics {
+        let counter = |result| metrics.deferred_total(route, result);
+        DeferMetrics {
+            accepted: counter("accepted"),
+            duplicate: counter("duplicate"),
+            delivered: counter("delivered"),
+            retried: counter("retried"),
+            dead: counter("dead"),
+            requeued: counter("requeued"),
+            delivery: metrics.deferred_delivery(route),
+        }
+    }
 }
 
 // === impl Keys ===

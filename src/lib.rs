@@ -57,6 +57,7 @@ pub mod app;
 pub mod body;
 mod budget;
 pub mod canonical;
+mod client;
 mod clock;
 pub mod config;
 #[cfg(feature = "redis")]

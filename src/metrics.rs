@@ -518,33 +518,27 @@ impl Metrics {
         }
     }
 
-    /// Handles of a deferring route's counters and delivery histogram (series shared with
-    /// earlier runtimes of the same name).
+    /// `sluice_deferred_total{route, result}` of `route` (series shared with earlier runtimes
+    /// of the same name).
     #[cfg(feature = "redis")]
-    pub(crate) fn defer(&self, route: &Arc<str>) -> crate::defer::DeferMetrics {
-        let counter = |value| {
-            self.deferred
-                .total
-                .get_or_create(&DeferLabels {
-                    route: route.clone(),
-                    name: "result",
-                    value,
-                })
-                .clone()
-        };
-        crate::defer::DeferMetrics {
-            accepted: counter("accepted"),
-            duplicate: counter("duplicate"),
-            delivered: counter("delivered"),
-            retried: counter("retried"),
-            dead: counter("dead"),
-            requeued: counter("requeued"),
-            delivery: self
-                .deferred
-                .delivery
-                .get_or_create(&Scope::Route(route.clone()))
-                .clone(),
-        }
+    pub(crate) fn deferred_total(&self, route: &Arc<str>, result: &'static str) -> Counter {
+        self.deferred
+            .total
+            .get_or_create(&DeferLabels {
+                route: route.clone(),
+                name: "result",
+                value: result,
+            })
+            .clone()
+    }
+
+    /// `sluice_deferred_delivery_seconds{route}` of `route`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn deferred_delivery(&self, route: &Arc<str>) -> Histogram {
+        self.deferred
+            .delivery
+            .get_or_create(&Scope::Route(route.clone()))
+            .clone()
     }
 
     #[cfg(feature = "redis")]

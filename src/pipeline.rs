@@ -41,15 +41,15 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::body::stream::StreamGuard;
 use crate::body::{Drain, ProxyBody};
 use crate::canonical::match_path;
+use crate::client::Origin;
 #[cfg(feature = "redis")]
 use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::metrics::Outcome;
-use crate::net::idle::StreamGuard;
-use crate::net::Origin;
 use crate::proxy::body::{Fault, UpstreamBody};
 use crate::proxy::forward;
 use crate::proxy::upstream::Exchanged;
@@ -61,7 +61,7 @@ use self::rate::Fields;
 
 /// Answers one request: forwards it, or rejects it with the response the contract fixes.
 /// `stream`: an HTTP/2 stream's mark of activity, kept by the response body until it is done
-/// (see [`crate::net::idle`]). Never fails: the `Result` is hyper's service contract, taken
+/// (see `crate::body::stream`). Never fails: the `Result` is hyper's service contract, taken
 /// here so that no wrapper future copies this one's state.
 pub(crate) async fn handle(
     rt: Arc<Runtime>,

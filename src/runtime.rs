@@ -6,6 +6,8 @@
 //! [`ArcSwap`]: each request loads it once, so a reload applies to new requests at once while
 //! requests in flight finish under the runtime they started with.
 
+pub(crate) mod http_settings;
+
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 
+use self::http_settings::{http_builder, HttpBuilder};
 use crate::budget::Budget;
 use crate::config::{
     Config, KeySpec, Mode, Per, Priority, Rate, RateLimitConfig, RouteConfig, UpstreamConfig,
@@ -25,7 +28,6 @@ use crate::defer::{Deliveries, RouteDefer, Target};
 use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
-use crate::net::http::{http_builder, HttpBuilder};
 use crate::proxy::Upstream;
 use crate::rescue::{ProblemSource, RateLimitedTemplate, RouteProblems};
 use crate::router::Router;
@@ -531,7 +533,7 @@ impl<'a> Carry<'a> {
             route_inflight: route_metrics.inflight.clone(),
             upstream_inflight: upstream_inflight.clone(),
             upstream_duration: route_metrics.upstream_duration.clone(),
-            metrics: metrics.defer(&r.name),
+            metrics: crate::defer::DeferMetrics::new(metrics, &r.name),
             budget: self.budget.clone(),
         });
         Route {
@@ -588,7 +590,7 @@ impl<'a> Carry<'a> {
             defer,
             (store.clone(), tasks.timeout),
             self.budget.clone(),
-            metrics.defer(&r.name),
+            crate::defer::DeferMetrics::new(metrics, &r.name),
             deliveries,
         ))
     }

@@ -20,10 +20,9 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::stream::{StreamGuard, StreamReset};
 use crate::budget::{Budget, Reservation};
 use crate::limit::Slots;
-use crate::net::idle::StreamGuard;
-use crate::net::reset::StreamReset;
 use crate::proxy::pool::Conn;
 
 /// How responses are drained: `server.response_buffer`, `server.send_timeout`, and the budget of

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request};
 
-use crate::net::Origin;
+use crate::client::Origin;
 use crate::proxy::forward;
 
 /// `Idempotency-Key`: the client's, or the task's id, on every delivery of a task.

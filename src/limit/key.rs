@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use http::header::HeaderMap;
 use ipnet::IpNet;
 
+use crate::client::X_FORWARDED_FOR;
 use crate::config::KeySpec;
-use crate::net::X_FORWARDED_FOR;
 
 /// What a rate-limit bucket is keyed by. Copy, no heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

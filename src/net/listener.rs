@@ -15,13 +15,13 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
-use super::http::{HttpBuilder, Protocol};
 use super::io::SendTimeout;
 use super::per_ip::{IpSlot, PerIp};
 use super::server;
 use super::tls::Acceptor;
+use crate::client::Origin;
 use crate::limit::key::client_group;
-use crate::net::Origin;
+use crate::runtime::http_settings::{HttpBuilder, Protocol};
 use crate::runtime::{Runtime, Shared};
 use crate::shutdown::ShutdownWatch;
 

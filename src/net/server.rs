@@ -16,10 +16,10 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::http::{HttpBuilder, Protocol};
-use super::idle::{Activity, StreamGuard};
-use crate::net::Origin;
+use crate::body::stream::{Activity, StreamGuard};
+use crate::client::Origin;
 use crate::pipeline;
+use crate::runtime::http_settings::{HttpBuilder, Protocol};
 use crate::runtime::Shared;
 
 /// Serves HTTP on `io` until the client closes, an error occurs, graceful shutdown has finished

@@ -24,9 +24,9 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::client::Origin;
 use crate::config::DeferWhen;
 use crate::defer::{Deferred, IdempotencyKey, Refused, StoredRequest};
-use crate::net::Origin;
 use crate::proxy::body::{Unheld, UpstreamBody};
 use crate::rescue::{self, BadRequest, Rejection};
 use crate::runtime::{Route, Runtime};

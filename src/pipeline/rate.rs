@@ -17,10 +17,10 @@ use crate::config::KeySpec;
 
 use super::shadowed;
 use crate::body::ProxyBody;
+use crate::client::Origin;
 use crate::config::Mode;
 use crate::limit::headers::{RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::{Decision, LimitKey, StoreUnavailable};
-use crate::net::Origin;
 use crate::rescue::{BadRequest, Rejection};
 use crate::runtime::{Route, Runtime};
 

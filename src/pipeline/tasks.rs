@@ -13,9 +13,9 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::client::Origin;
 use crate::limit::headers::{RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Decision;
-use crate::net::Origin;
 use crate::rescue;
 use crate::runtime::{Runtime, TaskLookups};
 

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
-use crate::net::{Origin, X_FORWARDED_FOR};
+use crate::client::{Origin, X_FORWARDED_FOR};
 
 /// Headers that describe one hop and must never be forwarded.
 const HOP_BY_HOP: [HeaderName; 9] = [

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 
-use super::reset::StreamExecutor;
+use crate::body::stream::StreamExecutor;
 use crate::config::ServerConfig;
 
 /// HTTP/2 flow-control window of one stream: what a client may send on it before sluice reads
