@@ -25,6 +25,7 @@
 mod body;
 mod canonical;
 mod caps;
+mod context;
 #[cfg(feature = "redis")]
 mod defer;
 mod rate;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::RETRY_AFTER;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -49,7 +50,6 @@ use crate::client::Origin;
 use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
-use crate::metrics::Outcome;
 use crate::proxy::body::{Fault, UpstreamBody};
 use crate::proxy::forward;
 use crate::proxy::upstream::Exchanged;
@@ -57,7 +57,7 @@ use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
 use crate::runtime::{Route, Runtime};
 
-use self::rate::Fields;
+use self::context::{Answer, RequestContext};
 
 /// Answers one request: forwards it, or rejects it with the response the contract fixes.
 /// `stream`: an HTTP/2 stream's mark of activity, kept by the response body until it is done
@@ -66,73 +66,49 @@ use self::rate::Fields;
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     stream: Option<StreamGuard>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let line = AccessLine::of(&rt, &req);
-    let res = 'answer: {
-        let index = match admit_to_routing(&rt, &mut req) {
-            Ok(Routed::Route(index)) => index,
-            Ok(Routed::Tasks) => break 'answer tasks::answer(&rt, origin, &req).await,
-            Err(rejection) => break 'answer unrouted(&rt, origin, &req, rejection, &line),
-        };
-        let route = &rt.routes[index];
-        // Counts the request as `client_closed` if this future is dropped before it ends: the
-        // client went away while queued or while the upstream was answering.
-        let mut unfinished = Unfinished(Some(route));
-        let mut fields = Fields::default();
-        // The rate stage waits only for a global limit's Redis call; a request rejected here
-        // (the hot path under a flood) never builds the state of the stages after it.
-        let rated = match rate::check(&rt, route, origin, req.headers(), &mut fields) {
-            #[cfg(feature = "redis")]
-            Ok(Some(at)) => rate::global(&rt, route, req.headers(), &mut fields, at).await,
-            Ok(_) => Ok(()),
-            Err(rejection) => Err(rejection),
-        };
-        let admitted = match rated {
-            Ok(()) => boxed_admit_and_forward(&rt, route, origin, req).await,
-            Err(rejection) => Err(rejection),
-        };
-        let (res, outcome) = match admitted {
-            Ok(Admitted::Forwarded(res)) => (fields.decorate(res, route), Outcome::Forwarded),
-            // A 202 carries the route's `RateLimit` fields like any answer of the route.
-            Ok(Admitted::Deferred(res)) => (fields.decorate(res, route), Outcome::Deferred),
-            Err(rejection) => rejected(route, origin, rejection, fields),
-        };
-        unfinished.0 = None;
-        route.metrics.outcome(outcome, false);
-        route.metrics.response(res.status().as_u16());
-        line.log(&route.name, origin, res.status().as_u16(), outcome);
-        res
-    };
+    let mut context = RequestContext::new(&rt, origin, &req);
+    let answer = stages(&mut context, req).await;
+    let res = context.finish(answer);
     Ok(match stream {
         Some(guard) => res.map(|body| body.with_stream_guard(guard)),
         None => res,
     })
 }
 
-/// The answer to a request rejected before it had a route (counted with `route=""`).
-fn unrouted(
-    rt: &Runtime,
-    origin: Origin,
-    req: &Request<Incoming>,
-    rejection: Rejection,
-    line: &AccessLine,
-) -> Response<ProxyBody> {
-    tracing::debug!(client = %origin.peer, host = ?Target::of(req).host, path = req.uri().path(), reason = rejection.reason(), "rejected");
-    rt.metrics.unrouted(rejection.outcome());
-    let res = rescue::unrouted(rejection);
-    let status = res.status().as_u16();
-    line.log("", origin, status, rejection.outcome());
-    res
-}
-
-/// What the stages after the rate limits made of a request that no stage refused.
-enum Admitted {
-    /// The upstream's answer.
-    Forwarded(Response<ProxyBody>),
-    /// A 202: the request is (or was already) a task of the route.
-    Deferred(Response<ProxyBody>),
+/// The stages, in the contract's order, until one answers.
+async fn stages<'rt>(context: &mut RequestContext<'rt>, mut req: Request<Incoming>) -> Answer {
+    let rt = context.rt;
+    let index = match admit_to_routing(rt, &mut req) {
+        Ok(Routed::Route(index)) => index,
+        Ok(Routed::Tasks) => {
+            return Answer::TaskLookup(tasks::answer(rt, context.origin, &req).await);
+        }
+        Err(rejection) => {
+            context.refused_before_routing(&req, rejection);
+            return Answer::Rejected(rejection);
+        }
+    };
+    let route = &rt.routes[index];
+    context.route = Some(route);
+    let origin = context.origin;
+    // The rate stage waits only for a global limit's Redis call; a request rejected here (the
+    // hot path under a flood) never builds the state of the stages after it.
+    let rated = match rate::check(rt, route, origin, req.headers(), &mut context.fields) {
+        #[cfg(feature = "redis")]
+        Ok(Some(at)) => rate::global(rt, route, req.headers(), &mut context.fields, at).await,
+        Ok(_) => Ok(()),
+        Err(rejection) => Err(rejection),
+    };
+    if let Err(rejection) = rated {
+        return Answer::Rejected(rejection);
+    }
+    match boxed_admit_and_forward(rt, route, origin, req).await {
+        Ok(answer) => answer,
+        Err(rejection) => Answer::Rejected(rejection),
+    }
 }
 
 /// Where a canonical request goes.
@@ -171,25 +147,8 @@ fn boxed_admit_and_forward<'a>(
     route: &'a Route,
     origin: Origin,
     req: Request<Incoming>,
-) -> Boxed<'a, Result<Admitted, Rejection>> {
+) -> Boxed<'a, Result<Answer, Rejection>> {
     Box::pin(admit_and_forward(rt, route, origin, req))
-}
-
-/// The response to a request of `route` that a stage rejected.
-fn rejected(
-    route: &Route,
-    origin: Origin,
-    rejection: Rejection,
-    fields: Fields,
-) -> (Response<ProxyBody>, Outcome) {
-    tracing::debug!(route = %route.name, client = %origin.peer, reason = rejection.reason(), "rejected");
-    let res = route.problems.respond(rejection);
-    // A 429 carries its own fields: only the limit that rejected, with `r=0`.
-    let res = match rejection {
-        Rejection::RateLimited { .. } => res,
-        _ => fields.decorate(res, route),
-    };
-    (res, rejection.outcome())
 }
 
 /// Body, caps (or deferral), forward: each stage may reject.
@@ -198,7 +157,7 @@ async fn admit_and_forward(
     route: &Route,
     origin: Origin,
     req: Request<Incoming>,
-) -> Result<Admitted, Rejection> {
+) -> Result<Answer, Rejection> {
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
     #[cfg(feature = "redis")]
@@ -215,12 +174,12 @@ async fn admit_and_forward(
     match (when, &key) {
         (Some(DeferWhen::Always), _) => {
             let written = defer::defer((rt, route), (origin, trusted), (parts, body, key), None);
-            return written.await.map(Admitted::Deferred);
+            return written.await.map(Answer::Deferred);
         }
         // A repeat of a request deferred before is answered with its task, not forwarded.
         (Some(DeferWhen::Overflow), Some(named)) => {
             if let Some(res) = defer::named(route, named).await? {
-                return Ok(Admitted::Deferred(res));
+                return Ok(Answer::Deferred(res));
             }
         }
         _ => {}
@@ -235,7 +194,7 @@ async fn admit_and_forward(
                 (parts, body, key),
                 Some(refused),
             );
-            return written.await.map(Admitted::Deferred);
+            return written.await.map(Answer::Deferred);
         }
         Err(rejection) => return Err(rejection),
     };
@@ -247,7 +206,7 @@ async fn admit_and_forward(
     let req = Request::from_parts(parts, body);
     forward(route, origin, trusted, req, slots, drain)
         .await
-        .map(Admitted::Forwarded)
+        .map(Answer::Forwarded)
 }
 
 /// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the
@@ -347,51 +306,6 @@ fn shadowed(route: &Route, rejection: &Rejection) {
     debug_assert_eq!(route.mode, Mode::Shadow);
     tracing::debug!(route = %route.name, reason = rejection.reason(), shadow = true, "would reject");
     route.metrics.outcome(rejection.outcome(), true);
-}
-
-/// Drop guard of [`handle`]: holds the route until the request has an outcome.
-struct Unfinished<'a>(Option<&'a Route>);
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if let Some(route) = self.0 {
-            tracing::debug!(route = %route.name, reason = "client-closed", "client went away before the response");
-            route.metrics.outcome(Outcome::ClientClosed, false);
-        }
-    }
-}
-
-/// What the access log needs of a request once it is gone, and when it started: copied (and
-/// the clock read) only when the log is on.
-struct AccessLine(Option<(Method, String, Instant)>);
-
-impl AccessLine {
-    fn of(rt: &Runtime, req: &Request<Incoming>) -> Self {
-        AccessLine(rt.config.server.access_log.then(|| {
-            (
-                req.method().clone(),
-                req.uri().path().to_owned(),
-                Instant::now(),
-            )
-        }))
-    }
-
-    /// One line per request (`server.access_log`), at info level on target `sluice::access`.
-    fn log(&self, route: &str, origin: Origin, status: u16, outcome: Outcome) {
-        let Some((method, path, started)) = &self.0 else {
-            return;
-        };
-        tracing::info!(
-            target: "sluice::access",
-            route,
-            client = %origin.peer,
-            %method,
-            path,
-            status,
-            outcome = outcome.as_str(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        );
-    }
 }
 
 #[cfg(test)]
