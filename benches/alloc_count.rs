@@ -22,6 +22,9 @@
 //! allocation to a response shows up here as a different number.
 //!
 //! The allocator counts on every thread, so the bench stays single-threaded (no runtime).
+// A global allocator is an `unsafe` impl by its nature: the one unsafe code of the package
+// (`unsafe_code = "deny"` in Cargo.toml's [lints]), and it only forwards to the system's.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;

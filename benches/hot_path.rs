@@ -2,6 +2,8 @@
 //! extraction, limiter checks (also in tables full at `max_keys`), concurrency slots, header
 //! formatting and the rejection response.
 //! Run: `cargo bench --bench hot_path` (add a filter, e.g. `-- rate_check`).
+// criterion's `criterion_group!` makes an undocumented `pub fn`.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};

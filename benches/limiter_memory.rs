@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench limiter_memory` (about 5 s once built). `LIMITER_KEYS=N` changes
 //! the number of keys. Steps and output: benches/support/limiter_memory.rs, docs/benchmarks.md.
+// Calls into C (glibc's `malloc_trim` has no safe binding in std): allowed here, denied elsewhere ([lints] in Cargo.toml).
+#![allow(unsafe_code)]
 
 #[path = "support/limiter_memory.rs"]
 mod limiter_memory;

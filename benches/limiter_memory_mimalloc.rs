@@ -2,6 +2,8 @@
 //! of the crate, so no new dependency). Same steps and output as `limiter_memory`.
 //!
 //! Run: `cargo bench --bench limiter_memory_mimalloc`.
+// Calls into C (the bench calls into the allocator's C API): allowed here, denied elsewhere ([lints] in Cargo.toml).
+#![allow(unsafe_code)]
 
 #[path = "support/limiter_memory.rs"]
 mod limiter_memory;

@@ -44,13 +44,6 @@
 //! Global limits (`scope: global`) live in [`limit::global`], deferred delivery (`defer:`
 //! routes, `GET /_sluice/tasks/<id>`) in `defer`, both behind the default-on `redis` feature;
 //! their connection to Redis is `store`'s.
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
 
 mod admin;
 pub mod app;

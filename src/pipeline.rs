@@ -33,7 +33,6 @@ mod tasks;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +40,8 @@ use http::header::RETRY_AFTER;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+
+use futures_util::future::BoxFuture;
 
 use crate::body::stream::StreamGuard;
 use crate::body::{Drain, ProxyBody};
@@ -147,7 +148,7 @@ fn boxed_admit_and_forward<'a>(
     route: &'a Route,
     origin: Origin,
     req: Request<Incoming>,
-) -> Boxed<'a, Result<Answer, Rejection>> {
+) -> BoxFuture<'a, Result<Answer, Rejection>> {
     Box::pin(admit_and_forward(rt, route, origin, req))
 }
 
@@ -290,14 +291,9 @@ fn sample(answer: Option<Sample>, client_fault: bool, body_sent: bool) -> Option
     }
 }
 
-/// A future boxed by a plain function. Boxing inside an async body (`Box::pin(f()).await`) does
-/// not shrink it: the compiler keeps room for the unboxed temporary in its state, and hyper
-/// moves each request's future, so every byte of it is copied for every request.
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// The upstream exchange, boxed: by far the largest part of a forwarded request's state, and
 /// rejected requests (which never get this far) stay small and cheap to move.
-fn exchange(route: &Route, req: Request<UpstreamBody>) -> Boxed<'_, Exchanged> {
+fn exchange(route: &Route, req: Request<UpstreamBody>) -> BoxFuture<'_, Exchanged> {
     Box::pin(route.upstream.send(req))
 }
 

@@ -34,8 +34,8 @@ use redis::{FromRedisValue, RedisResult, ScriptInvocation, TlsCertificates};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
+use crate::clock::Epoch;
 use crate::config::{Config, RedisTarget, Scope};
 
 /// Why a [`Store::call`] got no answer.
@@ -172,7 +172,7 @@ struct Health {
     /// Breakers open, to log the first failure and the last recovery once.
     open: AtomicUsize,
     /// The origin of the breakers' times.
-    epoch: Instant,
+    epoch: Epoch,
 }
 
 // === impl Store ===
@@ -275,7 +275,7 @@ impl Store {
                 state: AtomicU8::new(CONNECTING),
                 breakers: (0..breakers).map(|_| AtomicU64::new(0)).collect(),
                 open: AtomicUsize::new(0),
-                epoch: Instant::now(),
+                epoch: Epoch::new(),
             },
             connected: Notify::new(),
             errors: errors.clone(),
@@ -565,29 +565,11 @@ fn roots_with(ca: &[u8], redacted: &str) -> Vec<u8> {
 
 /// Appends one certificate (DER) as a PEM block: base64 in lines of 64 characters.
 fn pem_block(out: &mut Vec<u8>, der: &[u8]) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine as _;
     out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-    let mut line = 0;
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            let digit = if i <= chunk.len() {
-                ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]
-            } else {
-                b'='
-            };
-            out.push(digit);
-        }
-        line += 4;
-        if line == 64 {
-            out.push(b'\n');
-            line = 0;
-        }
-    }
-    if line != 0 {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    for line in encoded.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
         out.push(b'\n');
     }
     out.extend_from_slice(b"-----END CERTIFICATE-----\n");
@@ -669,10 +651,6 @@ impl Inner {
 // === impl Health ===
 
 impl Health {
-    fn nanos_since_epoch(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// True when `breaker` is closed, or open and this caller is the one that may probe now (at
     /// most one per [`PROBE_INTERVAL`]).
     fn may_call(&self, breaker: usize) -> bool {
@@ -683,7 +661,7 @@ impl Health {
         if next == 0 {
             return true;
         }
-        let now = self.nanos_since_epoch(Instant::now());
+        let now = self.epoch.now();
         now >= next
             && slot
                 .compare_exchange(
@@ -700,7 +678,7 @@ impl Health {
         let Some(slot) = self.breakers.get(breaker) else {
             return false;
         };
-        let next = self.probe_after(self.nanos_since_epoch(Instant::now()));
+        let next = self.probe_after(self.epoch.now());
         slot.swap(next, Ordering::AcqRel) == 0 && self.open.fetch_add(1, Ordering::AcqRel) == 0
     }
 

@@ -14,25 +14,25 @@ const PANEL_TOP: f64 = 30.0;
 const PANEL_BOTTOM: f64 = 34.0;
 
 /// A line of a panel.
-pub struct Line {
-    pub label: String,
-    pub color: &'static str,
+pub(crate) struct Line {
+    pub(crate) label: String,
+    pub(crate) color: &'static str,
     /// SVG `stroke-dasharray`, `none` for a solid line.
-    pub dash: &'static str,
-    pub width: f64,
+    pub(crate) dash: &'static str,
+    pub(crate) width: f64,
     /// (seconds, value), in time order.
-    pub points: Vec<(f64, f64)>,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// One panel: its own y axis, sharing the figure's time axis.
-pub struct Panel {
-    pub title: String,
-    pub y_label: String,
-    pub lines: Vec<Line>,
+pub(crate) struct Panel {
+    pub(crate) title: String,
+    pub(crate) y_label: String,
+    pub(crate) lines: Vec<Line>,
 }
 
 /// The whole figure as a standalone SVG document.
-pub fn render(
+pub(crate) fn render(
     title: &str,
     subtitle: &[String],
     x_label: &str,

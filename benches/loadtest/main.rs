@@ -39,27 +39,27 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(15);
 
 /// What the run does; every field has an environment variable.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// `LOADTEST_CONFIG`: the sluice config.
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// `LOADTEST_PATH`: the request path.
-    pub path: String,
+    pub(crate) path: String,
     /// `LOADTEST_DURATION`: seconds per step.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// `LOADTEST_STEPS`: offered load as multiples of the limit.
-    pub steps: Vec<f64>,
+    pub(crate) steps: Vec<f64>,
     /// `LOADTEST_LIMIT`: the limit the steps multiply, req/s; default: the config's smallest.
-    pub limit: Option<f64>,
+    pub(crate) limit: Option<f64>,
     /// `LOADTEST_WORKERS`: requests the sample upstream works on at once.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// `LOADTEST_SERVICE_MS`: time per request in the sample upstream.
-    pub service: Duration,
+    pub(crate) service: Duration,
     /// `LOADTEST_THREADS`: wrk threads.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// `LOADTEST_POOL_MS`: wrk opens offered rate × this many connections (at least `threads`).
-    pub pool: Duration,
+    pub(crate) pool: Duration,
     /// `LOADTEST_OUT`: the report directory.
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 }
 
 impl Settings {
@@ -77,7 +77,7 @@ impl Settings {
     /// | `LOADTEST_THREADS` | 2 | wrk threads |
     /// | `LOADTEST_POOL_MS` | 100 | wrk connections = offered req/s × this |
     /// | `LOADTEST_OUT` | `target/loadtest/<UTC time>` | report directory |
-    pub fn from_env() -> Result<Settings, String> {
+    pub(crate) fn from_env() -> Result<Settings, String> {
         let steps = match std::env::var("LOADTEST_STEPS") {
             Ok(text) => parse_steps(&text)?,
             Err(_) => vec![0.5, 1.0, 2.0, 5.0, 10.0],
@@ -110,7 +110,7 @@ impl Settings {
     }
 
     /// The sample upstream's capacity, req/s.
-    pub fn capacity(&self) -> f64 {
+    pub(crate) fn capacity(&self) -> f64 {
         self.workers as f64 / self.service.as_secs_f64()
     }
 }
@@ -149,7 +149,7 @@ fn parse_steps(text: &str) -> Result<Vec<f64>, String> {
 
 /// Where the load goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// wrk → sluice → sample upstream.
     Sluice,
     /// wrk → sample upstream.
@@ -158,7 +158,7 @@ pub enum Mode {
 
 impl Mode {
     /// The name in tables and the TSV.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Sluice => "sluice",
             Mode::Direct => "direct",
@@ -168,24 +168,24 @@ impl Mode {
 
 /// One step of the ramp.
 #[derive(Clone, Debug)]
-pub struct Step {
+pub(crate) struct Step {
     /// Offered load as a multiple of the limit.
-    pub factor: f64,
+    pub(crate) factor: f64,
     /// Offered load, req/s.
-    pub target: f64,
+    pub(crate) target: f64,
     /// wrk's connections.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// wrk's threads.
-    pub threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// What the sample upstream saw during a step.
 #[derive(Clone, Debug, Default)]
-pub struct UpstreamStats {
+pub(crate) struct UpstreamStats {
     /// Requests it answered.
-    pub served: usize,
+    pub(crate) served: usize,
     /// p50 and p99 of the time requests spent inside it (waiting for a worker included), ms.
-    pub ms: Option<[f64; 2]>,
+    pub(crate) ms: Option<[f64; 2]>,
 }
 
 impl UpstreamStats {
@@ -205,51 +205,51 @@ impl UpstreamStats {
 
 /// One measured step.
 #[derive(Clone, Debug)]
-pub struct Outcome {
-    pub mode: Mode,
-    pub step: Step,
-    pub wrk: WrkStats,
-    pub upstream: UpstreamStats,
+pub(crate) struct Outcome {
+    pub(crate) mode: Mode,
+    pub(crate) step: Step,
+    pub(crate) wrk: WrkStats,
+    pub(crate) upstream: UpstreamStats,
 }
 
 impl Outcome {
     /// `n` responses per second of the step.
-    pub fn per_second(&self, n: u64) -> f64 {
+    pub(crate) fn per_second(&self, n: u64) -> f64 {
         n as f64 / self.wrk.duration_s.max(1e-9)
     }
 
     /// The rate really sent (wrk's requests/s).
-    pub fn sent(&self) -> f64 {
+    pub(crate) fn sent(&self) -> f64 {
         self.per_second(self.wrk.requests)
     }
 
     /// The admitted (2xx) rate.
-    pub fn admitted(&self) -> f64 {
+    pub(crate) fn admitted(&self) -> f64 {
         self.per_second(self.wrk.s2xx)
     }
 }
 
 /// Everything the report needs.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     /// When the run started, e.g. `2025-01-31 12:00:00 UTC`.
-    pub started: String,
+    pub(crate) started: String,
     /// CPUs, model, kernel.
-    pub machine: String,
+    pub(crate) machine: String,
     /// `wrk --version`'s first line.
-    pub wrk_version: String,
-    pub settings: Settings,
+    pub(crate) wrk_version: String,
+    pub(crate) settings: Settings,
     /// The limit the steps multiply, req/s.
-    pub limit: f64,
+    pub(crate) limit: f64,
     /// What `limit` is, for the legend: `rate limit 300 req/s`.
-    pub limit_label: String,
+    pub(crate) limit_label: String,
     /// What sluice enforces, one line (limits and caps of the config).
-    pub policy: String,
+    pub(crate) policy: String,
     /// The config sluice ran with (ports filled in).
-    pub config_text: String,
+    pub(crate) config_text: String,
     /// An example wrk command line of the run.
-    pub wrk_example: String,
-    pub outcomes: Vec<Outcome>,
+    pub(crate) wrk_example: String,
+    pub(crate) outcomes: Vec<Outcome>,
 }
 
 fn main() -> ExitCode {

@@ -14,7 +14,7 @@ const REJECTED: &str = "#c0392b";
 const GUIDE: &str = "#777";
 
 /// Writes every file of the report into `dir`.
-pub fn write(dir: &Path, run: &Run) -> Result<(), String> {
+pub(crate) fn write(dir: &Path, run: &Run) -> Result<(), String> {
     let rates = rate_chart(run).render();
     let latency = latency_chart(run).render();
     let files = [
@@ -210,7 +210,7 @@ fn columns() -> Vec<Column> {
 }
 
 /// The summary as a Markdown table.
-pub fn table(run: &Run) -> String {
+pub(crate) fn table(run: &Run) -> String {
     let columns = columns();
     let mut rows: Vec<Vec<String>> = vec![columns.iter().map(|c| c.0.to_owned()).collect()];
     rows.extend(

@@ -17,7 +17,7 @@ const BOTTOM: f64 = 58.0;
 
 /// The marker drawn at each point of a series.
 #[derive(Clone, Copy, Debug)]
-pub enum Marker {
+pub(crate) enum Marker {
     Circle,
     Square,
     Triangle,
@@ -25,27 +25,27 @@ pub enum Marker {
 
 /// A data series. A dashed series gets hollow markers, so p50/p99 pairs read apart in grey too.
 #[derive(Clone, Debug)]
-pub struct Series {
-    pub label: String,
-    pub color: &'static str,
-    pub dashed: bool,
-    pub marker: Marker,
-    pub points: Vec<(f64, f64)>,
+pub(crate) struct Series {
+    pub(crate) label: String,
+    pub(crate) color: &'static str,
+    pub(crate) dashed: bool,
+    pub(crate) marker: Marker,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// A reference line: thin, dashed, named in the legend.
 #[derive(Clone, Debug)]
-pub struct Reference {
-    pub label: String,
-    pub color: &'static str,
+pub(crate) struct Reference {
+    pub(crate) label: String,
+    pub(crate) color: &'static str,
     /// SVG `stroke-dasharray`.
-    pub dash: &'static str,
-    pub guide: Guide,
+    pub(crate) dash: &'static str,
+    pub(crate) guide: Guide,
 }
 
 /// Where a reference line runs.
 #[derive(Clone, Copy, Debug)]
-pub enum Guide {
+pub(crate) enum Guide {
     /// y = this value.
     Horizontal(f64),
     /// y = x.
@@ -54,19 +54,19 @@ pub enum Guide {
 
 /// A chart.
 #[derive(Clone, Debug)]
-pub struct Chart {
+pub(crate) struct Chart {
     /// Prefix of the element ids, unique per chart so several can be inlined in one page.
-    pub id: &'static str,
-    pub title: String,
+    pub(crate) id: &'static str,
+    pub(crate) title: String,
     /// Lines under the title (what was measured, with what).
-    pub subtitle: Vec<String>,
-    pub x_label: String,
-    pub y_label: String,
+    pub(crate) subtitle: Vec<String>,
+    pub(crate) x_label: String,
+    pub(crate) y_label: String,
     /// The y axis starts at or below this even when the data goes lower; lower points are cut
     /// off at the frame (a rate of 0.3/s would otherwise stretch a req/s axis over decades).
-    pub y_floor: Option<f64>,
-    pub series: Vec<Series>,
-    pub references: Vec<Reference>,
+    pub(crate) y_floor: Option<f64>,
+    pub(crate) series: Vec<Series>,
+    pub(crate) references: Vec<Reference>,
 }
 
 /// One log axis: its range and ticks, in data units.
@@ -191,7 +191,7 @@ impl Frame {
 
 impl Chart {
     /// The chart as a standalone SVG document.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let x = Axis::new(
             self.series
                 .iter()
@@ -294,7 +294,7 @@ impl Chart {
             dash: r.dash,
             marker: None,
         });
-        let entries: Vec<LegendEntry> = series.chain(references).collect();
+        let entries: Vec<LegendEntry<'_>> = series.chain(references).collect();
         let longest = entries
             .iter()
             .map(|e| e.label.chars().count())

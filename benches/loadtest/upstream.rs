@@ -27,9 +27,9 @@ use tokio::sync::Semaphore;
 const START: HeaderName = HeaderName::from_static("x-loadtest-start");
 
 /// A running sample upstream.
-pub struct SampleUpstream {
+pub(crate) struct SampleUpstream {
     /// Where it listens (127.0.0.1, a free port).
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     stats: Arc<Stats>,
 }
 
@@ -60,7 +60,7 @@ impl Drop for Inside<'_> {
 
 impl SampleUpstream {
     /// Binds 127.0.0.1:0 and serves on a new thread.
-    pub fn start(workers: usize, service: Duration) -> Result<SampleUpstream, String> {
+    pub(crate) fn start(workers: usize, service: Duration) -> Result<SampleUpstream, String> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("cannot bind the sample upstream on 127.0.0.1: {e}"))?;
@@ -84,7 +84,7 @@ impl SampleUpstream {
 
     /// Waits until no request is inside the upstream (a load step's leftovers drained), for at
     /// most `limit`. True if it is idle.
-    pub fn wait_idle(&self, limit: Duration) -> bool {
+    pub(crate) fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while self.stats.inflight.load(Ordering::Relaxed) > 0 {
             if Instant::now() >= deadline {
@@ -96,7 +96,7 @@ impl SampleUpstream {
     }
 
     /// The time each request spent inside since the last call, in completion order.
-    pub fn take_times(&self) -> Vec<Duration> {
+    pub(crate) fn take_times(&self) -> Vec<Duration> {
         let mut times = self
             .stats
             .times

@@ -8,30 +8,30 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The wrk script, written into the report directory so the run can be repeated by hand.
-pub const SCRIPT: &str = include_str!("pace.lua");
+pub(crate) const SCRIPT: &str = include_str!("pace.lua");
 
 /// One wrk run.
 #[derive(Clone, Debug)]
-pub struct Load {
+pub(crate) struct Load {
     /// The URL to load.
-    pub url: String,
+    pub(crate) url: String,
     /// The offered rate, requests per second (split evenly over the threads).
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// wrk's connection pool.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// wrk's threads (at most `connections`).
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// How long wrk sends.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// What wrk measured in one run. Latencies in milliseconds.
 #[derive(Clone, Debug, Default)]
-pub struct WrkStats {
+pub(crate) struct WrkStats {
     /// Responses received.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// How long wrk ran, seconds.
-    pub duration_s: f64,
+    pub(crate) duration_s: f64,
     /// 2xx responses.
     pub s2xx: u64,
     /// 429 responses.
@@ -39,17 +39,17 @@ pub struct WrkStats {
     /// 503 responses.
     pub s503: u64,
     /// Other statuses (502, 504, …).
-    pub other: u64,
+    pub(crate) other: u64,
     /// Socket errors: connect, read, write and timeouts.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Percentiles of every response (wrk's histogram): p50, p90, p99.
-    pub all_ms: [f64; 3],
+    pub(crate) all_ms: [f64; 3],
     /// Percentiles of the 2xx responses alone; `None` when there were none.
-    pub ok_ms: Option<[f64; 3]>,
+    pub(crate) ok_ms: Option<[f64; 3]>,
 }
 
 /// wrk's name and version, or `None` when wrk is not installed.
-pub fn version() -> Result<Option<String>, String> {
+pub(crate) fn version() -> Result<Option<String>, String> {
     match Command::new("wrk").arg("--version").output() {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -64,7 +64,7 @@ pub fn version() -> Result<Option<String>, String> {
 }
 
 /// The command line of one run (also quoted in the report).
-pub fn args(load: &Load, script: &Path) -> Vec<String> {
+pub(crate) fn args(load: &Load, script: &Path) -> Vec<String> {
     let per_thread = load.rate / load.threads as f64;
     vec![
         format!("-t{}", load.threads),
@@ -82,7 +82,7 @@ pub fn args(load: &Load, script: &Path) -> Vec<String> {
 }
 
 /// Runs wrk once (bounded by `load.duration`) and parses its summary line.
-pub fn run(load: &Load, script: &Path) -> Result<WrkStats, String> {
+pub(crate) fn run(load: &Load, script: &Path) -> Result<WrkStats, String> {
     let out = Command::new("wrk")
         .args(args(load, script))
         .output()

@@ -36,24 +36,24 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The longest a request may take, from its due time, before it counts as timed out.
-pub const DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(2);
 
 /// One step of load.
 #[derive(Clone, Debug)]
-pub struct Load {
+pub(crate) struct Load {
     /// Requests per second.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// How long requests are sent.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// The share of critical requests, 0..=1.
-    pub critical_share: f64,
+    pub(crate) critical_share: f64,
     /// Seeds the priority draw.
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// How one request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A whole response with this status.
     Status(u16),
     /// No whole response within [`DEADLINE`] of its due time.
@@ -66,25 +66,25 @@ pub enum Answer {
 
 /// One request.
 #[derive(Clone, Copy, Debug)]
-pub struct Record {
-    pub critical: bool,
-    pub answer: Answer,
+pub(crate) struct Record {
+    pub(crate) critical: bool,
+    pub(crate) answer: Answer,
     /// From the time it was due to its whole response.
-    pub latency: Duration,
+    pub(crate) latency: Duration,
 }
 
 /// What one step produced.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Every request due, in the order they ended.
-    pub records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
     /// How late the generator put requests in the queue (queued − due): p99 and max.
     pub lateness_p99: Duration,
-    pub lateness_max: Duration,
+    pub(crate) lateness_max: Duration,
 }
 
 /// Keep-alive connections to one target, and the tasks that send over them.
-pub struct Pool {
+pub(crate) struct Pool {
     jobs: mpsc::UnboundedSender<Job>,
     /// Connections open now.
     open: Arc<AtomicUsize>,
@@ -114,7 +114,7 @@ struct SplitMix(u64);
 
 impl Pool {
     /// Starts `size` connections to `addr` and waits (at most 10 s) until they are open.
-    pub async fn connect(addr: SocketAddr, size: usize) -> Result<Pool, String> {
+    pub(crate) async fn connect(addr: SocketAddr, size: usize) -> Result<Pool, String> {
         let requests = Arc::new(Requests {
             addr,
             host: HeaderValue::from_str(&addr.to_string())
@@ -144,7 +144,7 @@ impl Pool {
     }
 
     /// Waits until every connection is open (the server may have closed some), at most `limit`.
-    pub async fn wait_open(&self, limit: Duration) -> Result<(), String> {
+    pub(crate) async fn wait_open(&self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         while self.open.load(Ordering::Relaxed) < self.size {
             if Instant::now() >= deadline {
@@ -161,7 +161,7 @@ impl Pool {
 
     /// Sends `load` and waits for every answer (at most [`DEADLINE`] after the last one was
     /// due, plus a margin for a stalled machine).
-    pub async fn run(&self, load: &Load) -> Result<Outcome, String> {
+    pub(crate) async fn run(&self, load: &Load) -> Result<Outcome, String> {
         let count = (load.rate * load.duration.as_secs_f64()).round() as usize;
         let mut rng = SplitMix(load.seed);
         let records = Arc::new(Mutex::new(Vec::with_capacity(count)));
@@ -352,7 +352,7 @@ impl SplitMix {
 }
 
 /// GETs `http://addr/critical` until it answers 200, for at most `limit`. True if it did.
-pub async fn ready(addr: SocketAddr, limit: Duration) -> bool {
+pub(crate) async fn ready(addr: SocketAddr, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     let Ok(host) = HeaderValue::from_str(&addr.to_string()) else {
         return false;
@@ -374,7 +374,7 @@ pub async fn ready(addr: SocketAddr, limit: Duration) -> bool {
 }
 
 /// The body of `GET http://addr/path` if it answers 200 within a second.
-pub async fn text(addr: SocketAddr, path: &'static str) -> Option<String> {
+pub(crate) async fn text(addr: SocketAddr, path: &'static str) -> Option<String> {
     let mut sender = handshake(addr).await?;
     let request = Request::get(path)
         .header(HOST, HeaderValue::from_str(&addr.to_string()).ok()?)
@@ -393,7 +393,7 @@ pub async fn text(addr: SocketAddr, path: &'static str) -> Option<String> {
 }
 
 /// The `q`-quantile (0..=1) of sorted values, nearest rank; `None` when empty.
-pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }

@@ -15,7 +15,7 @@ const ROW: f64 = 18.0;
 
 /// The marker of a series.
 #[derive(Clone, Copy, Debug)]
-pub enum Marker {
+pub(crate) enum Marker {
     Circle,
     Square,
     Triangle,
@@ -24,44 +24,44 @@ pub enum Marker {
 
 /// One target's line.
 #[derive(Clone, Debug)]
-pub struct Series {
-    pub label: String,
-    pub color: &'static str,
+pub(crate) struct Series {
+    pub(crate) label: String,
+    pub(crate) color: &'static str,
     /// SVG `stroke-dasharray`, `none` for a solid line.
-    pub dash: &'static str,
+    pub(crate) dash: &'static str,
     /// Line width, px; the marker grows with it.
-    pub width: f64,
-    pub marker: Marker,
+    pub(crate) width: f64,
+    pub(crate) marker: Marker,
     /// (offered load as a multiple of capacity, value).
-    pub points: Vec<(f64, f64)>,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// A horizontal reference line.
 #[derive(Clone, Debug)]
-pub struct Reference {
-    pub label: String,
-    pub y: f64,
+pub(crate) struct Reference {
+    pub(crate) label: String,
+    pub(crate) y: f64,
 }
 
 /// A chart.
 #[derive(Clone, Debug)]
-pub struct Chart {
-    pub title: String,
+pub(crate) struct Chart {
+    pub(crate) title: String,
     /// Lines under the title: what was measured, with what.
-    pub subtitle: Vec<String>,
-    pub y_label: String,
+    pub(crate) subtitle: Vec<String>,
+    pub(crate) y_label: String,
     /// The top of the y axis (a share: 100; a rate: a little above the capacity).
-    pub y_max: f64,
+    pub(crate) y_max: f64,
     /// The y tick step.
-    pub y_step: f64,
+    pub(crate) y_step: f64,
     /// The x ticks: the offered levels.
-    pub levels: Vec<f64>,
-    pub series: Vec<Series>,
-    pub references: Vec<Reference>,
+    pub(crate) levels: Vec<f64>,
+    pub(crate) series: Vec<Series>,
+    pub(crate) references: Vec<Reference>,
 }
 
 /// The chart as a standalone SVG document.
-pub fn render(chart: &Chart) -> String {
+pub(crate) fn render(chart: &Chart) -> String {
     let top = 38.0 + 17.0 * chart.subtitle.len() as f64;
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, top, top + PLOT);
     let entries = chart.series.len() + chart.references.len();

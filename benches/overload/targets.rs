@@ -18,7 +18,7 @@ const LIFETIME: Duration = Duration::from_secs(20 * 60);
 
 /// The proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// sluice, `max_inflight` = the upstream's workers.
     SluiceFixed,
     /// sluice, `concurrency.adaptive`.
@@ -31,31 +31,31 @@ pub enum Kind {
 
 /// What every proxy is configured from.
 #[derive(Clone, Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The upstream's address.
-    pub upstream: SocketAddr,
+    pub(crate) upstream: SocketAddr,
     /// The upstream's workers: the cap of sluice, NGINX's `limit_conn`, HAProxy's `maxconn`.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// The upstream's capacity, req/s: NGINX's `limit_req` rate.
-    pub capacity: u32,
+    pub(crate) capacity: u32,
     /// Requests that may wait: sluice's `queue`, NGINX's `limit_req` burst (HAProxy's queue is
     /// bounded by time alone, see [`haproxy_cfg`]).
-    pub queue: usize,
+    pub(crate) queue: usize,
     /// The longest a request may wait: sluice's `queue_timeout`, HAProxy's `timeout queue`.
-    pub queue_timeout: Duration,
+    pub(crate) queue_timeout: Duration,
     /// The adaptive cap's bounds.
-    pub adaptive: (usize, usize),
+    pub(crate) adaptive: (usize, usize),
 }
 
 /// A running proxy.
-pub struct Target {
-    pub kind: Kind,
+pub(crate) struct Target {
+    pub(crate) kind: Kind,
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// sluice's admin listener (for `sluice_concurrency_limit`).
-    pub admin: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     /// The config file it runs with.
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     child: Child,
 }
 
@@ -63,7 +63,7 @@ pub struct Target {
 
 impl Kind {
     /// Every kind, in the order of the tables.
-    pub const ALL: [Kind; 4] = [
+    pub(crate) const ALL: [Kind; 4] = [
         Kind::SluiceFixed,
         Kind::SluiceAdaptive,
         Kind::Nginx,
@@ -71,7 +71,7 @@ impl Kind {
     ];
 
     /// The name in `OVERLOAD_TARGETS` and the TSV.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Kind::SluiceFixed => "sluice",
             Kind::SluiceAdaptive => "sluice-adaptive",
@@ -81,7 +81,7 @@ impl Kind {
     }
 
     /// The name in tables and plots.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::SluiceFixed => "sluice (fixed cap)",
             Kind::SluiceAdaptive => "sluice (adaptive cap)",
@@ -91,16 +91,16 @@ impl Kind {
     }
 
     /// Whether it orders waiting requests by priority.
-    pub fn has_priority(self) -> bool {
+    pub(crate) fn has_priority(self) -> bool {
         !matches!(self, Kind::Nginx)
     }
 
-    pub fn from_key(key: &str) -> Option<Kind> {
+    pub(crate) fn from_key(key: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.key() == key)
     }
 
     /// The program it needs on the PATH (`None`: the bench's own sluice build).
-    pub fn program(self) -> Option<&'static str> {
+    pub(crate) fn program(self) -> Option<&'static str> {
         match self {
             Kind::SluiceFixed | Kind::SluiceAdaptive => None,
             Kind::Nginx => Some("nginx"),
@@ -114,7 +114,12 @@ impl Kind {
 impl Target {
     /// Writes the config into `dir` and starts the proxy on a free loopback port. `sluice` is
     /// the sluice executable.
-    pub fn start(kind: Kind, policy: &Policy, dir: &Path, sluice: &Path) -> Result<Target, String> {
+    pub(crate) fn start(
+        kind: Kind,
+        policy: &Policy,
+        dir: &Path,
+        sluice: &Path,
+    ) -> Result<Target, String> {
         let addr = free_port()?;
         let (admin, config, mut command) = match kind {
             Kind::SluiceFixed | Kind::SluiceAdaptive => {
@@ -172,7 +177,7 @@ impl Target {
     }
 
     /// True while the process runs.
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 }

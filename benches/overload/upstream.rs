@@ -30,9 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// A running upstream.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// Where it listens (127.0.0.1, a free port).
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     stats: Arc<Stats>,
 }
 
@@ -66,7 +66,7 @@ impl Drop for Inside<'_> {
 
 impl Upstream {
     /// Binds 127.0.0.1:0, starts `workers` worker threads and the accepting thread.
-    pub fn start(workers: usize, service: Duration) -> Result<Upstream, String> {
+    pub(crate) fn start(workers: usize, service: Duration) -> Result<Upstream, String> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("cannot bind the upstream on 127.0.0.1: {e}"))?;
@@ -100,7 +100,7 @@ impl Upstream {
     }
 
     /// Waits until no request is inside the upstream, for at most `limit`. True if it is idle.
-    pub fn wait_idle(&self, limit: Duration) -> bool {
+    pub(crate) fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while self.stats.inside.load(Ordering::Relaxed) > 0 {
             if Instant::now() >= deadline {
@@ -112,12 +112,12 @@ impl Upstream {
     }
 
     /// The most requests inside at once since the last call.
-    pub fn take_peak(&self) -> usize {
+    pub(crate) fn take_peak(&self) -> usize {
         self.stats.peak.swap(0, Ordering::Relaxed)
     }
 
     /// Requests served since the last call.
-    pub fn take_served(&self) -> usize {
+    pub(crate) fn take_served(&self) -> usize {
         self.stats.served.swap(0, Ordering::Relaxed)
     }
 }

@@ -28,25 +28,25 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// The longest a client waits for one answer before it counts the request as an error.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the cap in force is sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How often the stall monitor's timer is set.
-pub const MONITOR_EVERY: Duration = Duration::from_millis(5);
+pub(crate) const MONITOR_EVERY: Duration = Duration::from_millis(5);
 /// A path [`Workers`] answers with 404 at once, without a worker.
-pub const FAST_NOT_FOUND: &str = "/fast/404";
+pub(crate) const FAST_NOT_FOUND: &str = "/fast/404";
 /// A path [`Workers`] answers with 503 (no `Retry-After`) at once, without a worker.
-pub const FAST_UNAVAILABLE: &str = "/fast/503";
+pub(crate) const FAST_UNAVAILABLE: &str = "/fast/503";
 /// A path [`Workers`] answers with 503 and `Retry-After: 1` at once, without a worker.
-pub const FAST_RETRY_AFTER: &str = "/fast/503-retry-after";
+pub(crate) const FAST_RETRY_AFTER: &str = "/fast/503-retry-after";
 
 /// An upstream of `k` workers: each request takes a worker for `service`, in arrival order;
 /// requests beyond `k` wait inside it (a FIFO semaphore), as a thread pool's queue would.
 /// Requests to [`FAST_NOT_FOUND`], [`FAST_UNAVAILABLE`] and [`FAST_RETRY_AFTER`] are answered
 /// at once instead, as an application answers a path it does not know or an error it does not
 /// work for.
-pub struct Workers {
-    pub addr: SocketAddr,
+pub(crate) struct Workers {
+    pub(crate) addr: SocketAddr,
     /// One permit per worker.
     workers: Arc<Semaphore>,
     /// Workers now (after the last `set`).
@@ -68,7 +68,7 @@ struct Counts {
 
 impl Workers {
     /// Starts the upstream on 127.0.0.1:0.
-    pub async fn start(k: usize, service: Duration) -> Workers {
+    pub(crate) async fn start(k: usize, service: Duration) -> Workers {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let workers = Arc::new(Semaphore::new(k));
@@ -115,14 +115,14 @@ impl Workers {
     }
 
     /// `http://addr`.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Changes the number of workers. More take effect at once; fewer as soon as enough
     /// workers are done with what they serve (the requests queued before the change are not
     /// overtaken).
-    pub fn set(&self, k: usize) {
+    pub(crate) fn set(&self, k: usize) {
         let was = self.k.swap(k, Ordering::SeqCst);
         if k > was {
             self.workers.add_permits(k - was);
@@ -138,12 +138,12 @@ impl Workers {
     }
 
     /// The most requests that were inside the upstream at once.
-    pub fn peak_inside(&self) -> usize {
+    pub(crate) fn peak_inside(&self) -> usize {
         self.counts.peak_inside.load(Ordering::SeqCst)
     }
 
     /// Requests that have arrived since the start: for a worker, and for an answer at once.
-    pub fn arrived(&self) -> (usize, usize) {
+    pub(crate) fn arrived(&self) -> (usize, usize) {
         (
             self.counts.worked.load(Ordering::SeqCst),
             self.counts.fast.load(Ordering::SeqCst),
@@ -178,42 +178,42 @@ impl Drop for Workers {
 
 /// One phase of a run: this long with this many workers.
 #[derive(Clone, Copy, Debug)]
-pub struct Phase {
-    pub length: Duration,
-    pub workers: usize,
+pub(crate) struct Phase {
+    pub(crate) length: Duration,
+    pub(crate) workers: usize,
 }
 
 /// The load: how many clients, and how long one waits after a 503 before it tries again (a
 /// client that retried at once would only burn the test machine's CPU).
 #[derive(Clone, Copy, Debug)]
-pub struct Load {
-    pub clients: usize,
-    pub backoff: Duration,
+pub(crate) struct Load {
+    pub(crate) clients: usize,
+    pub(crate) backoff: Duration,
 }
 
 /// What a run saw. Times are since the start of the run.
 #[derive(Debug, Default)]
-pub struct Trace {
+pub(crate) struct Trace {
     /// The cap in force, every [`SAMPLE_EVERY`].
-    pub caps: Vec<(Duration, usize)>,
+    pub(crate) caps: Vec<(Duration, usize)>,
     /// Every admitted (200) request: when its answer was complete, and how long it took the
     /// client (queueing at sluice included).
-    pub admitted: Vec<(Duration, Duration)>,
+    pub(crate) admitted: Vec<(Duration, Duration)>,
     /// When each 503 arrived.
-    pub rejected: Vec<Duration>,
+    pub(crate) rejected: Vec<Duration>,
     /// Other statuses, failures and requests over the deadline.
-    pub errors: usize,
+    pub(crate) errors: usize,
     /// When each phase began.
-    pub phase_starts: Vec<Duration>,
+    pub(crate) phase_starts: Vec<Duration>,
     /// How late a timer of this process fired, every [`MONITOR_EVERY`]: when the machine gives
     /// the process too little CPU, everything in it — clients, sluice, the upstream — is late
     /// by about as much, whatever the cap does.
-    pub lateness: Vec<(Duration, Duration)>,
+    pub(crate) lateness: Vec<(Duration, Duration)>,
 }
 
 /// Runs `phases` against `workers` through the proxy at `url` with `load`, sampling the cap in
 /// force with `cap` (e.g. `Runtime::upstream_cap(..).limit()`).
-pub async fn drive(
+pub(crate) async fn drive(
     url: &str,
     workers: &Workers,
     load: Load,
@@ -313,7 +313,7 @@ async fn client_loop(
 
 impl Trace {
     /// The caps sampled in `from..to`, sorted.
-    pub fn caps_in(&self, from: Duration, to: Duration) -> Vec<usize> {
+    pub(crate) fn caps_in(&self, from: Duration, to: Duration) -> Vec<usize> {
         let mut caps: Vec<usize> = self
             .caps
             .iter()
@@ -325,7 +325,7 @@ impl Trace {
     }
 
     /// The latencies of requests admitted (answered) in `from..to`, sorted.
-    pub fn latencies_in(&self, from: Duration, to: Duration) -> Vec<Duration> {
+    pub(crate) fn latencies_in(&self, from: Duration, to: Duration) -> Vec<Duration> {
         let mut l: Vec<Duration> = self
             .admitted
             .iter()
@@ -338,7 +338,7 @@ impl Trace {
 
     /// The p90 latency of the requests admitted in each `bucket` of `from..to` (buckets with
     /// no admitted request are left out).
-    pub fn p90s(&self, from: Duration, to: Duration, bucket: Duration) -> Vec<Duration> {
+    pub(crate) fn p90s(&self, from: Duration, to: Duration, bucket: Duration) -> Vec<Duration> {
         let mut p90s = Vec::new();
         let mut start = from;
         while start + bucket <= to {
@@ -350,7 +350,7 @@ impl Trace {
     }
 
     /// The most a timer of the process was late in `from..to` (see [`Trace::lateness`]).
-    pub fn lateness_in(&self, from: Duration, to: Duration) -> Duration {
+    pub(crate) fn lateness_in(&self, from: Duration, to: Duration) -> Duration {
         self.lateness
             .iter()
             .filter(|(t, _)| (from..to).contains(t))
@@ -360,7 +360,7 @@ impl Trace {
     }
 
     /// The 503s that arrived in `from..to`.
-    pub fn rejected_in(&self, from: Duration, to: Duration) -> usize {
+    pub(crate) fn rejected_in(&self, from: Duration, to: Duration) -> usize {
         self.rejected
             .iter()
             .filter(|t| (from..to).contains(t))
@@ -368,7 +368,7 @@ impl Trace {
     }
 
     /// The first time at or after `from` at which the cap was at most `cap`.
-    pub fn first_at_most(&self, from: Duration, cap: usize) -> Option<Duration> {
+    pub(crate) fn first_at_most(&self, from: Duration, cap: usize) -> Option<Duration> {
         self.caps
             .iter()
             .find(|&&(t, c)| t >= from && c <= cap)
@@ -377,7 +377,7 @@ impl Trace {
 }
 
 /// The `q`-quantile (0..=1) of sorted values; `None` when empty.
-pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }

@@ -74,7 +74,7 @@ fn check_range(limit: &RateLimit, from: u32, n: u32) -> f64 {
 
 /// Runs the bench; `allocator` names the global allocator in the output, `release` asks it to
 /// give free memory back to the OS (if it can). Exits with status 1 if a target is missed.
-pub fn run(allocator: &str, release: Option<(&str, fn())>) {
+pub(crate) fn run(allocator: &str, release: Option<(&str, fn())>) {
     let n: u32 = std::env::var("LIMITER_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())

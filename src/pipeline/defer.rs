@@ -23,6 +23,8 @@ use http::{HeaderMap, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+use futures_util::future::BoxFuture;
+
 use crate::body::ProxyBody;
 use crate::client::Origin;
 use crate::config::DeferWhen;
@@ -65,7 +67,7 @@ pub(super) fn precheck(rt: &Runtime, route: &Route, body: &Incoming) -> Result<(
 pub(super) fn named<'a>(
     route: &'a Route,
     key: &'a IdempotencyKey,
-) -> super::Boxed<'a, Result<Option<Response<ProxyBody>>, Rejection>> {
+) -> BoxFuture<'a, Result<Option<Response<ProxyBody>>, Rejection>> {
     Box::pin(async move {
         let Some(defer) = &route.defer else {
             return Ok(None);
@@ -89,7 +91,7 @@ pub(super) fn defer<'a>(
     (origin, trusted): (Origin, bool),
     (parts, body, key): (Parts, UpstreamBody, Option<IdempotencyKey>),
     refused: Option<Rejection>,
-) -> super::Boxed<'a, Result<Response<ProxyBody>, Rejection>> {
+) -> BoxFuture<'a, Result<Response<ProxyBody>, Rejection>> {
     Box::pin(write(
         rt,
         route,

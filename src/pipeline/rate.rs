@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, Response};
 
+use futures_util::future::BoxFuture;
+
 use crate::config::KeySpec;
 
 use super::shadowed;
@@ -79,7 +81,7 @@ pub(super) fn global<'a>(
     headers: &'a HeaderMap,
     fields: &'a mut Fields,
     at: AtGlobal,
-) -> super::Boxed<'a, Result<(), Rejection>> {
+) -> BoxFuture<'a, Result<(), Rejection>> {
     Box::pin(async move {
         let mut at = at;
         loop {

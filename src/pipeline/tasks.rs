@@ -12,6 +12,8 @@ use std::time::Duration;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
+use futures_util::future::BoxFuture;
+
 use crate::body::ProxyBody;
 use crate::client::Origin;
 use crate::limit::headers::{RateLimitField, RATELIMIT, RATELIMIT_POLICY};
@@ -35,7 +37,7 @@ pub(super) fn answer<'a>(
     rt: &'a Runtime,
     origin: Origin,
     req: &'a Request<Incoming>,
-) -> super::Boxed<'a, http::Response<ProxyBody>> {
+) -> BoxFuture<'a, http::Response<ProxyBody>> {
     let lookups = &rt.task_lookups;
     // The per-address limit before the lookup's permit and Redis calls: one client polling in
     // a loop must not take them from everyone else. Other methods cost nothing (405).

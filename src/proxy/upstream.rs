@@ -16,8 +16,6 @@
 //! - [`Upstream::housekeeping`] closes the idle connections of every endpoint that have expired
 //!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +26,9 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use futures_util::future::BoxFuture;
+
+use crate::clock::Epoch;
 use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
 use crate::proxy::body::UpstreamBody;
@@ -48,7 +49,7 @@ pub(crate) struct Upstream {
     /// Round-robin cursor.
     next: AtomicUsize,
     /// Time base for `Endpoint::down_until`.
-    epoch: Instant,
+    epoch: Epoch,
     /// Per failure class (connect, timeout, failed): when a warning was last logged, in ms
     /// since `epoch`, and how many were suppressed since. A dead upstream under load fails
     /// thousands of times a second; the log gets one line per class per [`WARN_EVERY`].
@@ -143,7 +144,7 @@ impl Upstream {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            epoch: Instant::now(),
+            epoch: Epoch::new(),
             warned_at_ms: Default::default(),
             suppressed: Default::default(),
         }
@@ -235,7 +236,7 @@ impl Upstream {
 
     /// Sends `req` again on a fresh connection to endpoint `index`. Boxed, and built outside any
     /// async body: this rare path's state stays out of the future of every request.
-    fn resend(&self, index: usize, req: Request<UpstreamBody>) -> Boxed<'_, Exchanged> {
+    fn resend(&self, index: usize, req: Request<UpstreamBody>) -> BoxFuture<'_, Exchanged> {
         Box::pin(async move {
             let mut fresh = connect(&self.endpoints[index].pool)
                 .await
@@ -323,16 +324,13 @@ impl Upstream {
 
     fn now_ms(&self) -> u64 {
         // +1 so that a healthy endpoint (0) is never "down until" the first millisecond.
-        self.epoch.elapsed().as_millis() as u64 + 1
+        self.epoch.now() / 1_000_000 + 1
     }
 }
 
-/// A future boxed by a plain function, so that its state is not part of the caller's.
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// A new connection to `pool`'s endpoint, boxed: most requests take an idle one, and the
 /// connect and handshake state stays out of their futures.
-fn connect(pool: &Arc<EndpointPool>) -> Boxed<'_, Result<Conn, ConnectError>> {
+fn connect(pool: &Arc<EndpointPool>) -> BoxFuture<'_, Result<Conn, ConnectError>> {
     Box::pin(pool.connect())
 }
 

@@ -11,19 +11,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long the binary may take to start or to exit (generous: a loaded 2-core debug build).
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The `sluice` binary cargo built for these tests.
-pub fn command() -> Command {
+pub(crate) fn command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
 /// A running `sluice`. Killed (SIGKILL) and reaped when dropped — also when the test panics —
 /// so no test leaves a process behind.
-pub struct Sluice {
+pub(crate) struct Sluice {
     child: Child,
     /// The plain HTTP listener, as the process logged it.
-    pub http: SocketAddr,
+    pub(crate) http: SocketAddr,
     stdout: Output,
     stderr: Output,
     /// One message per stderr line read: wakes [`Sluice::wait_for_log`].
@@ -75,7 +75,7 @@ impl Sluice {
     ///
     /// # Errors
     /// The process's stderr when it exited (or went silent for [`PATIENCE`]) before that.
-    pub fn start(cmd: &mut Command) -> Result<Sluice, String> {
+    pub(crate) fn start(cmd: &mut Command) -> Result<Sluice, String> {
         let mut sluice = Sluice::spawn(cmd);
         match sluice.wait_for_log("http listener up") {
             Some(line) => {
@@ -113,7 +113,7 @@ impl Sluice {
     }
 
     /// The admin listener, from its log line (which follows the HTTP listener's).
-    pub fn admin(&mut self) -> SocketAddr {
+    pub(crate) fn admin(&mut self) -> SocketAddr {
         let line = self
             .wait_for_log("admin listener up")
             .unwrap_or_else(|| panic!("no admin listener logged:\n{}", self.stderr(false)));
@@ -133,7 +133,7 @@ impl Sluice {
 
     /// The first stderr line containing `needle`, waiting up to [`PATIENCE`] for it; `None` when
     /// the process ended (closed stderr) or stayed silent that long without logging it.
-    pub fn wait_for_log(&mut self, needle: &str) -> Option<String> {
+    pub(crate) fn wait_for_log(&mut self, needle: &str) -> Option<String> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             // Lines are appended before they are announced: check, then wait for the next one.
@@ -153,12 +153,12 @@ impl Sluice {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends `signal` (a name kill(1) knows: `TERM`, `HUP`) to the process.
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.pid().to_string())
@@ -168,7 +168,7 @@ impl Sluice {
     }
 
     /// Panics (with its stderr) if the process has exited.
-    pub fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("sluice exited ({status}):\n{}", self.stderr(true));
         }
@@ -176,7 +176,7 @@ impl Sluice {
 
     /// Waits up to [`PATIENCE`] for the process to exit; its exit code (`None`: killed by a
     /// signal). Panics if it is still running then.
-    pub fn wait_exit(&mut self) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -191,28 +191,28 @@ impl Sluice {
     }
 
     /// Its stderr so far; all of it once `exited` (call after [`Sluice::wait_exit`]).
-    pub fn stderr(&mut self, exited: bool) -> String {
+    pub(crate) fn stderr(&mut self, exited: bool) -> String {
         self.stderr.text(exited)
     }
 
     /// Its stdout so far; all of it once `exited` (call after [`Sluice::wait_exit`]).
-    pub fn stdout(&mut self, exited: bool) -> String {
+    pub(crate) fn stdout(&mut self, exited: bool) -> String {
         self.stdout.text(exited)
     }
 }
 
 /// How a command that is expected to end by itself (`check`, a config error, `--version`) ended.
 #[derive(Debug)]
-pub struct Finished {
+pub(crate) struct Finished {
     /// The exit code (`None`: killed by a signal).
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `cmd` to its end, like `Command::output` but bounded: a process still running after
 /// [`PATIENCE`] (a bug that made it serve) fails the test and is killed.
-pub fn finish(cmd: &mut Command) -> Finished {
+pub(crate) fn finish(cmd: &mut Command) -> Finished {
     let mut sluice = Sluice::spawn(cmd);
     let code = sluice.wait_exit();
     Finished {
@@ -240,7 +240,7 @@ fn address_in(line: &str) -> Option<SocketAddr> {
 
 /// The resident set size of process `pid` in KiB (`VmRSS` of /proc/<pid>/status), 0 if it cannot
 /// be read.
-pub fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

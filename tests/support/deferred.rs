@@ -15,20 +15,20 @@ use crate::support::*;
 
 /// What a test upstream saw of one request.
 #[derive(Clone, Debug)]
-pub struct Seen {
-    pub method: String,
-    pub uri: String,
-    pub key: Option<String>,
-    pub header: Option<String>,
-    pub body: Bytes,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) uri: String,
+    pub(crate) key: Option<String>,
+    pub(crate) header: Option<String>,
+    pub(crate) body: Bytes,
 }
 
 /// Every request a recording upstream saw, in arrival order.
-pub type Log = Arc<Mutex<Vec<Seen>>>;
+pub(crate) type Log = Arc<Mutex<Vec<Seen>>>;
 
 /// An upstream that records each request and answers what `answer` says for it — given the
 /// request and how many requests with the same `Idempotency-Key` came before it — after `delay`.
-pub async fn recording<F>(delay: Duration, answer: F) -> (Upstream, Log)
+pub(crate) async fn recording<F>(delay: Duration, answer: F) -> (Upstream, Log)
 where
     F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
 {
@@ -36,7 +36,7 @@ where
 }
 
 /// [`recording`], with a delay that depends on the request.
-pub async fn recording_with<D, F>(delay: D, answer: F) -> (Upstream, Log)
+pub(crate) async fn recording_with<D, F>(delay: D, answer: F) -> (Upstream, Log)
 where
     D: Fn(&Seen) -> Duration + Send + Sync + 'static,
     F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
@@ -88,7 +88,7 @@ where
 }
 
 /// POST `body` to `url` with `X-Test: <test>`.
-pub async fn post(url: &str, body: impl Into<Bytes>) -> Got {
+pub(crate) async fn post(url: &str, body: impl Into<Bytes>) -> Got {
     send(
         &client(),
         Request::post(url)
@@ -100,7 +100,7 @@ pub async fn post(url: &str, body: impl Into<Bytes>) -> Got {
 }
 
 /// The task's state from the status endpoint once it has reached `status` (within 20 s).
-pub async fn until_status(proxy: &Proxy, id: &str, status: &str) -> serde_json::Value {
+pub(crate) async fn until_status(proxy: &Proxy, id: &str, status: &str) -> serde_json::Value {
     let url = proxy.url(&format!("/_sluice/tasks/{id}"));
     until(
         &format!("task {id} to be {status}"),
@@ -120,7 +120,7 @@ pub async fn until_status(proxy: &Proxy, id: &str, status: &str) -> serde_json::
 }
 
 /// The id of a 202's task, checking the 202's form on the way.
-pub fn accepted_id(got: &Got) -> String {
+pub(crate) fn accepted_id(got: &Got) -> String {
     assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
     assert_eq!(got.header("content-type"), Some("application/json"));
     let json = got.json();
@@ -134,6 +134,6 @@ pub fn accepted_id(got: &Got) -> String {
     id
 }
 
-pub fn sha(body: &[u8]) -> String {
+pub(crate) fn sha(body: &[u8]) -> String {
     format!("{:x}", Sha256::digest(body))
 }

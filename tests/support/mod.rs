@@ -3,8 +3,8 @@
 //! [`wait`] bounds every wait for an event ([`until`]).
 #![allow(dead_code)]
 
-pub mod bin;
-pub mod wait;
+pub(crate) mod bin;
+pub(crate) mod wait;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,27 +32,27 @@ use sluice::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use wait::until;
+pub(crate) use wait::until;
 
 /// A sluice running in this test process.
-pub struct Proxy {
-    pub addr: SocketAddr,
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
     /// The HTTPS listener, when the config has `server.tls`.
-    pub tls: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    pub shutdown: Shutdown,
-    pub shared: Arc<Shared>,
-    pub task: JoinHandle<()>,
+    pub(crate) tls: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) task: JoinHandle<()>,
 }
 
 impl Proxy {
     /// `http://127.0.0.1:port` + path.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// `http://<admin>` + path.
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!(
             "http://{}{}",
             self.admin.expect("admin listener configured"),
@@ -63,7 +63,7 @@ impl Proxy {
     /// Scrapes `/metrics` and returns the value of the sample `series` (name and labels exactly
     /// as exposed). Panics when the series is absent: a misspelt name or label must fail the
     /// test, not read as 0.
-    pub async fn metric(&self, series: &str) -> f64 {
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
         let text = get(&self.admin_url("/metrics")).await.text();
         expect_metric(&text, series)
     }
@@ -73,7 +73,7 @@ impl Proxy {
     /// # Panics
     /// When the app has not stopped within 20 s, or its task panicked: a test whose proxy does
     /// not shut down cleanly fails instead of passing late.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(20), self.task)
             .await
@@ -83,19 +83,19 @@ impl Proxy {
 }
 
 /// Starts sluice from YAML. `listen` should be `127.0.0.1:0`.
-pub async fn start_proxy(yaml: &str) -> Proxy {
+pub(crate) async fn start_proxy(yaml: &str) -> Proxy {
     let config = sluice::config::from_yaml(yaml, Path::new("test.yaml"))
         .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
     start_config(config).await
 }
 
 /// A temporary config file (for reload tests); removed with its directory at drop.
-pub struct ConfigFile {
-    pub path: std::path::PathBuf,
+pub(crate) struct ConfigFile {
+    pub(crate) path: std::path::PathBuf,
 }
 
 impl ConfigFile {
-    pub fn new(yaml: &str) -> Self {
+    pub(crate) fn new(yaml: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "sluice-test-{}-{}",
@@ -109,7 +109,7 @@ impl ConfigFile {
     }
 
     /// Replaces the file's content (atomically, as editors and config management do).
-    pub fn write(&self, yaml: &str) {
+    pub(crate) fn write(&self, yaml: &str) {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, yaml).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();
@@ -125,14 +125,14 @@ impl Drop for ConfigFile {
 }
 
 /// Starts sluice from a config file (so that reload reads it again).
-pub async fn start_proxy_file(file: &ConfigFile) -> Proxy {
+pub(crate) async fn start_proxy_file(file: &ConfigFile) -> Proxy {
     let config =
         sluice::config::load(&file.path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     start_config(config).await
 }
 
 /// Starts sluice from a loaded config.
-pub async fn start_config(config: sluice::config::Config) -> Proxy {
+pub(crate) async fn start_config(config: sluice::config::Config) -> Proxy {
     let app = App::bind(config).await.expect("bind");
     let addr = app.http_addr();
     let tls = app.tls_addr();
@@ -151,7 +151,7 @@ pub async fn start_config(config: sluice::config::Config) -> Proxy {
 }
 
 /// The body test upstreams answer with.
-pub enum TestBody {
+pub(crate) enum TestBody {
     Full(Option<Bytes>),
     /// `remaining` bytes in chunks of `chunk` bytes, generated on the fly.
     Generated {
@@ -161,10 +161,10 @@ pub enum TestBody {
 }
 
 impl TestBody {
-    pub fn text(s: impl Into<String>) -> Self {
+    pub(crate) fn text(s: impl Into<String>) -> Self {
         TestBody::Full(Some(Bytes::from(s.into())))
     }
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         TestBody::Full(None)
     }
 }
@@ -197,22 +197,22 @@ type Handler = Arc<
 >;
 
 /// A real HTTP server for tests, counting requests and in-flight requests.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub requests: Arc<AtomicUsize>,
-    pub inflight: Arc<AtomicUsize>,
-    pub max_inflight: Arc<AtomicUsize>,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) requests: Arc<AtomicUsize>,
+    pub(crate) inflight: Arc<AtomicUsize>,
+    pub(crate) max_inflight: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl Upstream {
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
-    pub fn max_inflight(&self) -> usize {
+    pub(crate) fn max_inflight(&self) -> usize {
         self.max_inflight.load(Ordering::SeqCst)
     }
 }
@@ -224,7 +224,7 @@ impl Drop for Upstream {
 }
 
 /// Starts an upstream answering with `handler`.
-pub async fn upstream<F, Fut>(handler: F) -> Upstream
+pub(crate) async fn upstream<F, Fut>(handler: F) -> Upstream
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
@@ -270,12 +270,12 @@ where
 }
 
 /// An upstream answering 200 "ok" at once.
-pub async fn ok_upstream() -> Upstream {
+pub(crate) async fn ok_upstream() -> Upstream {
     upstream(|_| async { Response::new(TestBody::text("ok")) }).await
 }
 
 /// An upstream that echoes what it received as JSON: method, uri, version and headers.
-pub async fn echo_upstream() -> Upstream {
+pub(crate) async fn echo_upstream() -> Upstream {
     upstream(|req: Request<Incoming>| async move {
         let mut headers = serde_json::Map::new();
         for (name, value) in req.headers() {
@@ -296,7 +296,7 @@ pub async fn echo_upstream() -> Upstream {
 }
 
 /// An upstream that waits `delay` before answering 200.
-pub async fn slow_upstream(delay: Duration) -> Upstream {
+pub(crate) async fn slow_upstream(delay: Duration) -> Upstream {
     upstream(move |_| async move {
         tokio::time::sleep(delay).await;
         Response::new(TestBody::text("slow ok"))
@@ -305,7 +305,7 @@ pub async fn slow_upstream(delay: Duration) -> Upstream {
 }
 
 /// A port on which nothing listens (connection refused).
-pub async fn refused_port() -> SocketAddr {
+pub(crate) async fn refused_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);
@@ -313,7 +313,7 @@ pub async fn refused_port() -> SocketAddr {
 }
 
 /// A server that accepts connections and never answers.
-pub async fn silent_server() -> (SocketAddr, JoinHandle<()>) {
+pub(crate) async fn silent_server() -> (SocketAddr, JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -326,12 +326,12 @@ pub async fn silent_server() -> (SocketAddr, JoinHandle<()>) {
 }
 
 /// A plain HTTP/1.1 client with keep-alive.
-pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// An HTTP/2 prior-knowledge (h2c) client.
-pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+pub(crate) fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
@@ -339,28 +339,31 @@ pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// A response read whole.
 #[derive(Debug)]
-pub struct Got {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
+pub(crate) struct Got {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Got {
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// Sends `req` and reads the whole response (each bounded: 30 s for the head, 30 s more for the
 /// body).
-pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got {
+pub(crate) async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Got {
     let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .expect("response within 30 s")
@@ -379,7 +382,7 @@ pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full
 }
 
 /// GET `url` with a fresh client.
-pub async fn get(url: &str) -> Got {
+pub(crate) async fn get(url: &str) -> Got {
     send(
         &client(),
         Request::get(url).body(Full::new(Bytes::new())).unwrap(),
@@ -389,7 +392,7 @@ pub async fn get(url: &str) -> Got {
 
 /// The value of the sample `series` (e.g. `sluice_requests_total{route="a",outcome="shed"}`)
 /// in a Prometheus exposition; `None` when there is no such series.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -402,13 +405,13 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 /// The value of the sample `series`, which must exist: panics with the exposition when it does
 /// not. Counters and gauges are created with their route, upstream or limit, so a series that
 /// should read 0 is there with 0 — absence means a wrong name or label.
-pub fn expect_metric(text: &str, series: &str) -> f64 {
+pub(crate) fn expect_metric(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
 /// Retries `attempt` until it answers 200 (see [`until`]); meanwhile every answer must be a 503,
 /// and after 10 s the test fails, waiting for `what`.
-pub async fn until_ok_past_503s<F, Fut>(what: &str, mut attempt: F)
+pub(crate) async fn until_ok_past_503s<F, Fut>(what: &str, mut attempt: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Got>,
@@ -434,7 +437,7 @@ where
 
 /// A config with a listener, an admin listener, upstream `api` at `endpoint`, and `routes`
 /// (YAML list items, indented 2).
-pub fn admin_config(endpoint: &str, routes: &str) -> String {
+pub(crate) fn admin_config(endpoint: &str, routes: &str) -> String {
     format!(
         "server: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams: {{ api: {{ endpoints: [{endpoint}] }} }}\nroutes:\n{routes}"
     )

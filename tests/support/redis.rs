@@ -15,8 +15,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use crate::support::until;
 
 /// A redis-server child process on `127.0.0.1:port`.
-pub struct RedisServer {
-    pub port: u16,
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
     /// Extra arguments (e.g. `--requirepass`), kept for restarts.
     args: Vec<String>,
     /// For a TLS-only server: the CA certificate (PEM) its certificate is signed by, to check
@@ -27,19 +27,19 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers PING.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(&[]).await
     }
 
     /// Same, with extra command-line arguments.
-    pub async fn start_with(args: &[&str]) -> Self {
+    pub(crate) async fn start_with(args: &[&str]) -> Self {
         let mut server = Self::stopped_on(free_port(), args);
         server.restart().await;
         server
     }
 
     /// A server that is not running yet (start it with [`restart`](Self::restart)), on `port`.
-    pub fn stopped_on(port: u16, args: &[&str]) -> Self {
+    pub(crate) fn stopped_on(port: u16, args: &[&str]) -> Self {
         RedisServer {
             port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -51,7 +51,7 @@ impl RedisServer {
     /// Starts a redis-server that speaks only TLS (`--port 0 --tls-port`) with the server
     /// certificate of `pki`, not asking clients for certificates; waits until it answers PING
     /// over TLS.
-    pub async fn start_tls(pki: &TestPki) -> Self {
+    pub(crate) async fn start_tls(pki: &TestPki) -> Self {
         let port = free_port();
         let port_text = port.to_string();
         let (cert, key, ca) = (
@@ -82,22 +82,22 @@ impl RedisServer {
     }
 
     /// `rediss://127.0.0.1:port` (the test certificate names 127.0.0.1 and localhost).
-    pub fn tls_url(&self) -> String {
+    pub(crate) fn tls_url(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.port)
     }
 
     /// True while the process runs.
-    pub fn is_running(&self) -> bool {
+    pub(crate) fn is_running(&self) -> bool {
         self.child.is_some()
     }
 
     /// `redis://127.0.0.1:port`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Starts the process (again) on the same port and waits until it answers PING.
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
@@ -122,7 +122,7 @@ impl RedisServer {
     }
 
     /// Kills the process (SIGKILL: no goodbye to clients) and waits for it to exit.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -130,7 +130,10 @@ impl RedisServer {
     }
 
     /// A connection for inspecting the server (authenticated with `password`, if given).
-    pub async fn connection(&self, password: Option<&str>) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn connection(
+        &self,
+        password: Option<&str>,
+    ) -> redis::aio::MultiplexedConnection {
         let url = match password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
             None => self.url(),
@@ -189,7 +192,7 @@ impl Drop for RedisServer {
 }
 
 /// A loopback port nothing listens on right now (bound to :0, then released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
@@ -208,19 +211,19 @@ fn temp_dir(what: &str) -> PathBuf {
 
 /// A test CA made at test time and a server certificate it signed for `127.0.0.1` and
 /// `localhost`, as PEM files in a directory of their own (removed when dropped).
-pub struct TestPki {
+pub(crate) struct TestPki {
     dir: PathBuf,
     /// The CA certificate: what a client must trust.
-    pub ca: PathBuf,
+    pub(crate) ca: PathBuf,
     /// The same, as text.
-    pub ca_pem: String,
+    pub(crate) ca_pem: String,
     /// The server's certificate and key (PKCS#8).
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 impl TestPki {
-    pub fn new() -> TestPki {
+    pub(crate) fn new() -> TestPki {
         let dir = temp_dir("pki");
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -260,15 +263,15 @@ impl Drop for TestPki {
 /// rejoins with its slots, empty). `cluster-require-full-coverage no`: while a node is down,
 /// the others keep serving their slots (the default would refuse every key once the node is
 /// judged failed, which a production cluster avoids with replicas).
-pub struct RedisCluster {
-    pub nodes: Vec<RedisServer>,
+pub(crate) struct RedisCluster {
+    pub(crate) nodes: Vec<RedisServer>,
     dir: PathBuf,
 }
 
 impl RedisCluster {
     /// Starts `masters` nodes, joins them with `redis-cli --cluster create` and waits until
     /// every node says `cluster_state:ok`.
-    pub async fn start(masters: usize) -> RedisCluster {
+    pub(crate) async fn start(masters: usize) -> RedisCluster {
         let dir = temp_dir("redis-cluster");
         let mut nodes = Vec::new();
         for _ in 0..masters {
@@ -318,7 +321,7 @@ impl RedisCluster {
     }
 
     /// Waits (bounded) until every running node says `cluster_state:ok`.
-    pub async fn wait_ok(&self) {
+    pub(crate) async fn wait_ok(&self) {
         until(
             "the cluster to be ok on every node",
             Duration::from_secs(30),
@@ -341,7 +344,7 @@ impl RedisCluster {
     }
 
     /// The seed list for `store.redis.cluster`, as YAML: `["redis://127.0.0.1:p", …]`.
-    pub fn seeds_yaml(&self) -> String {
+    pub(crate) fn seeds_yaml(&self) -> String {
         let seeds: Vec<String> = self
             .nodes
             .iter()
@@ -351,7 +354,7 @@ impl RedisCluster {
     }
 
     /// The index of the node serving `key`'s slot (asked of a running node).
-    pub async fn node_of(&self, key: &str) -> usize {
+    pub(crate) async fn node_of(&self, key: &str) -> usize {
         let asked = self
             .nodes
             .iter()

@@ -17,7 +17,11 @@ const POLL: Duration = Duration::from_millis(5);
 /// # Panics
 /// When `deadline` has passed and `condition` still does not hold, with `what` and the time
 /// waited.
-pub async fn until<M, C: Condition<M>>(what: &str, deadline: Duration, condition: C) -> C::Value {
+pub(crate) async fn until<M, C: Condition<M>>(
+    what: &str,
+    deadline: Duration,
+    condition: C,
+) -> C::Value {
     match within(deadline, condition).await {
         Ok(value) => value,
         Err(waited) => {
@@ -28,7 +32,7 @@ pub async fn until<M, C: Condition<M>>(what: &str, deadline: Duration, condition
 
 /// Like [`until`] but without the panic: `Err` with the time waited when `deadline` passes, so
 /// that the caller can fail with its own diagnostics.
-pub async fn within<M, C: Condition<M>>(
+pub(crate) async fn within<M, C: Condition<M>>(
     deadline: Duration,
     mut condition: C,
 ) -> Result<C::Value, Duration> {
@@ -49,7 +53,7 @@ pub async fn within<M, C: Condition<M>>(
 }
 
 /// What a condition returns: whether it holds, and the value to hand back when it does.
-pub trait Outcome {
+pub(crate) trait Outcome {
     /// What [`until`] returns.
     type Value;
     /// `Some` when the condition holds.
@@ -72,7 +76,7 @@ impl<T> Outcome for Option<T> {
 
 /// A closure [`until`] can poll: `FnMut() -> impl Outcome` or `FnMut() -> impl Future<Output =
 /// impl Outcome>`. `M` only keeps the two implementations apart; it is always inferred.
-pub trait Condition<M> {
+pub(crate) trait Condition<M> {
     /// What [`until`] returns.
     type Value;
     /// Evaluates the condition once.
@@ -80,10 +84,10 @@ pub trait Condition<M> {
 }
 
 /// Marker of a plain closure ([`Condition`]'s `M`).
-pub struct Plain<R>(R);
+pub(crate) struct Plain<R>(R);
 
 /// Marker of a closure returning a future ([`Condition`]'s `M`).
-pub struct Awaited<Fut>(Fut);
+pub(crate) struct Awaited<Fut>(Fut);
 
 impl<F, R> Condition<Plain<R>> for F
 where
