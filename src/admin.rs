@@ -29,7 +29,6 @@ mod dashboard;
 mod gate;
 mod listener;
 mod stats;
-#[cfg(feature = "redis")]
 mod tasks;
 
 use std::convert::Infallible;
@@ -248,16 +247,8 @@ async fn serve(
             reply(StatusCode::OK, "application/json", body)
         }
         Endpoint::Reload => reload(shared).await,
-        #[cfg(feature = "redis")]
         Endpoint::Tasks => tasks::list(shared.runtime(), req.uri().query()).await,
-        #[cfg(feature = "redis")]
         Endpoint::Requeue => tasks::requeue(shared.runtime(), req.into_body()).await,
-        #[cfg(not(feature = "redis"))]
-        Endpoint::Tasks | Endpoint::Requeue => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "deferred delivery is not in this build (cargo feature `redis`)\n",
-        ),
     }
 }
 

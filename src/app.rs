@@ -185,7 +185,6 @@ impl App {
             https
         );
         // Then deferred deliveries: unsent tasks go back to Redis, those under way finish.
-        #[cfg(feature = "redis")]
         self.shared
             .runtime()
             .stop_deliveries(config.server.shutdown_grace)

@@ -76,7 +76,6 @@ impl Budget {
 
 impl Reservation {
     /// Takes `bytes` more; `false` (nothing taken) when the budget is spent.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn grow(&mut self, bytes: u64) -> bool {
         let taken = self.budget.take(bytes);
         if taken {

@@ -53,7 +53,6 @@ pub mod canonical;
 mod client;
 mod clock;
 pub mod config;
-#[cfg(feature = "redis")]
 mod defer;
 pub mod demo;
 pub mod limit;
@@ -66,5 +65,4 @@ pub mod rescue;
 pub mod router;
 pub mod runtime;
 pub mod shutdown;
-#[cfg(feature = "redis")]
 mod store;

@@ -11,12 +11,17 @@
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //! - [`concurrency`]: caps with bounded priority queues and shedding.
 //! - [`adaptive`]: the size of an `adaptive:` cap, from the upstream's latency.
-//! - `global` (cargo feature `redis`): rate limits with `scope: global`, whose buckets live in
-//!   Redis and are shared by every instance.
+//! - `global`: rate limits with `scope: global`, whose buckets live in Redis and are shared by
+//!   every instance (a stand-in without value in a build without the cargo feature `redis`).
 
 pub mod adaptive;
 pub mod concurrency;
+// The seam of the cargo feature `redis` (with `crate::store` and `crate::defer`): without it, a
+// stand-in with the same names and no value.
 #[cfg(feature = "redis")]
+pub mod global;
+#[cfg(not(feature = "redis"))]
+#[path = "limit/global/absent.rs"]
 pub mod global;
 pub mod headers;
 pub mod key;

@@ -296,7 +296,6 @@ pub(crate) const DELIVERY_BUCKETS: [f64; 15] = [
 ];
 
 /// The `status` values of `sluice_deferred_tasks`.
-#[cfg(feature = "redis")]
 const DEFER_STATUSES: [&str; 4] = ["queued", "delivering", "delivered", "dead"];
 
 const TLS_HANDSHAKE_FAILURES: Help = (
@@ -323,10 +322,8 @@ fn delivery_histogram() -> Histogram {
 #[derive(Debug)]
 struct DeferredFamilies {
     tasks: Family<DeferLabels, Gauge>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     total: Family<DeferLabels, Counter>,
     oldest: Family<Scope, Gauge<f64, AtomicU64>>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     delivery: HistogramFamily<Scope>,
 }
 
@@ -361,7 +358,6 @@ pub(crate) struct Metrics {
     rate_limit_evictions: Family<LimitLabels, Counter>,
     deferred: DeferredFamilies,
     reloads: Family<ResultLabel, Counter>,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     store_errors: Counter,
     buffered_bytes: Gauge,
     /// `sluice_connections_refused_total{reason="per_ip"}`.
@@ -520,7 +516,6 @@ impl Metrics {
 
     /// `sluice_deferred_total{route, result}` of `route` (series shared with earlier runtimes
     /// of the same name).
-    #[cfg(feature = "redis")]
     pub(crate) fn deferred_total(&self, route: &Arc<str>, result: &'static str) -> Counter {
         self.deferred
             .total
@@ -533,7 +528,6 @@ impl Metrics {
     }
 
     /// `sluice_deferred_delivery_seconds{route}` of `route`.
-    #[cfg(feature = "redis")]
     pub(crate) fn deferred_delivery(&self, route: &Arc<str>) -> Histogram {
         self.deferred
             .delivery
@@ -541,7 +535,6 @@ impl Metrics {
             .clone()
     }
 
-    #[cfg(feature = "redis")]
     /// Sets a deferring route's `sluice_deferred_tasks` (queued, delivering, delivered, dead)
     /// and `sluice_deferred_oldest_age_seconds` (read at scrape time).
     pub(crate) fn set_deferred(
@@ -628,7 +621,6 @@ impl Metrics {
     }
 
     /// `sluice_store_errors_total`.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn store_errors(&self) -> &Counter {
         &self.store_errors
     }

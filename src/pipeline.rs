@@ -26,7 +26,6 @@ mod body;
 mod canonical;
 mod caps;
 mod context;
-#[cfg(feature = "redis")]
 mod defer;
 mod rate;
 mod tasks;
@@ -47,7 +46,6 @@ use crate::body::stream::StreamGuard;
 use crate::body::{Drain, ProxyBody};
 use crate::canonical::match_path;
 use crate::client::Origin;
-#[cfg(feature = "redis")]
 use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
@@ -98,7 +96,6 @@ async fn stages<'rt>(context: &mut RequestContext<'rt>, mut req: Request<Incomin
     // The rate stage waits only for a global limit's Redis call; a request rejected here (the
     // hot path under a flood) never builds the state of the stages after it.
     let rated = match rate::check(rt, route, origin, req.headers(), &mut context.fields) {
-        #[cfg(feature = "redis")]
         Ok(Some(at)) => rate::global(rt, route, req.headers(), &mut context.fields, at).await,
         Ok(_) => Ok(()),
         Err(rejection) => Err(rejection),
@@ -161,17 +158,13 @@ async fn admit_and_forward(
 ) -> Result<Answer, Rejection> {
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
-    #[cfg(feature = "redis")]
     let when = defer::when(route);
-    #[cfg(feature = "redis")]
     let key = defer::key(route, req.headers())?;
-    #[cfg(feature = "redis")]
     if when == Some(DeferWhen::Always) {
         defer::precheck(rt, route, req.body())?;
     }
     let (parts, body) = req.into_parts();
     let body = body::read(rt, body).await?;
-    #[cfg(feature = "redis")]
     match (when, &key) {
         (Some(DeferWhen::Always), _) => {
             let written = defer::defer((rt, route), (origin, trusted), (parts, body, key), None);
@@ -187,7 +180,6 @@ async fn admit_and_forward(
     }
     let slots = match caps::admit(route).await {
         Ok(slots) => slots,
-        #[cfg(feature = "redis")]
         Err(refused) if when == Some(DeferWhen::Overflow) => {
             let written = defer::defer(
                 (rt, route),

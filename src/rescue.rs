@@ -19,7 +19,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-#[cfg(feature = "redis")]
 use http::header::LOCATION;
 use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
@@ -27,7 +26,6 @@ use http::{HeaderValue, Response, StatusCode};
 use crate::body::ProxyBody;
 use crate::canonical;
 use crate::config::ByteSize;
-#[cfg(feature = "redis")]
 use crate::defer::TaskId;
 use crate::limit::headers::{retry_after_secs, RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Rejected;
@@ -76,22 +74,17 @@ pub(crate) enum Rejection {
     BodyTimeout,
     /// The route defers this request but Redis did not take it: 503 `store-unavailable`
     /// (never a 202 for work that is not stored).
-    #[cfg(feature = "redis")]
     DeferUnavailable,
     /// The route defers this request and the outcome of its write is unknown: 503
     /// `store-unavailable` naming the task (`"task"`, `Location`), whose status tells.
-    #[cfg(feature = "redis")]
     DeferUnknown(TaskId),
     /// The route holds `defer.max_tasks` tasks: 503 `queue-full`, `Retry-After` its backoff.
-    #[cfg(feature = "redis")]
     DeferFull,
     /// The `Idempotency-Key` names a task of the route with another body: 422
     /// `idempotency-key-reused`.
-    #[cfg(feature = "redis")]
     KeyReused,
     /// The body of a request the route defers is larger than `defer.max_body`: 413
     /// `body-too-large`.
-    #[cfg(feature = "redis")]
     DeferBodyTooLarge,
 }
 
@@ -103,7 +96,6 @@ pub(crate) enum BadRequest {
     /// The path or the host has no canonical form: refused before routing.
     Canonical(canonical::BadRequest),
     /// The `Idempotency-Key` of a request to a deferring route cannot name a task.
-    #[cfg(feature = "redis")]
     IdempotencyKey(crate::defer::BadIdempotencyKey),
     /// The header that rate limit `limit` of the route keys on came more than once: refused
     /// before any bucket is charged.
@@ -127,7 +119,6 @@ const REDUCED_CAPACITY: &str =
     "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 const ABOUT_BLANK: &str = "about:blank";
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
-#[cfg(feature = "redis")]
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The 404 body: the same for every request, so rendered at compile time.
@@ -192,13 +183,9 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad-request",
             Rejection::BodyTooLarge => "body-too-large",
             Rejection::BodyTimeout => "body-timeout",
-            #[cfg(feature = "redis")]
             Rejection::DeferUnavailable | Rejection::DeferUnknown(_) => "store-unavailable",
-            #[cfg(feature = "redis")]
             Rejection::DeferFull => "queue-full",
-            #[cfg(feature = "redis")]
             Rejection::KeyReused => "idempotency-key-reused",
-            #[cfg(feature = "redis")]
             Rejection::DeferBodyTooLarge => "body-too-large",
         }
     }
@@ -219,13 +206,9 @@ impl Rejection {
             Rejection::BadRequest(_) => Outcome::BadRequest,
             Rejection::BodyTooLarge => Outcome::BodyTooLarge,
             Rejection::BodyTimeout => Outcome::BodyTimeout,
-            #[cfg(feature = "redis")]
             Rejection::DeferUnavailable | Rejection::DeferUnknown(_) => Outcome::StoreUnavailable,
-            #[cfg(feature = "redis")]
             Rejection::DeferFull => Outcome::QueueFull,
-            #[cfg(feature = "redis")]
             Rejection::KeyReused => Outcome::BadRequest,
-            #[cfg(feature = "redis")]
             Rejection::DeferBodyTooLarge => Outcome::BodyTooLarge,
         }
     }
@@ -294,14 +277,12 @@ const UNKNOWN_TASK_BODY: &str = concat!(
 );
 
 /// The 503 of `GET /_sluice/tasks/<id>` when Redis did not answer.
-#[cfg(feature = "redis")]
 const TASK_STORE_UNAVAILABLE_BODY: &str = concat!(
     r#"{"type":"about:blank","title":"Service Unavailable","status":503,"#,
     r#""reason":"store-unavailable","detail":"Redis, where deferred tasks are kept, did not answer in time"}"#
 );
 
 /// The 503 of `GET /_sluice/tasks/<id>` while the task's write may still be stored.
-#[cfg(feature = "redis")]
 const TASK_WRITING_BODY: &str = concat!(
     r#"{"type":"about:blank","title":"Service Unavailable","status":503,"#,
     r#""reason":"store-unavailable","detail":"the task is still being written: whether it is stored is not known yet; ask again"}"#
@@ -314,7 +295,6 @@ const TASK_METHOD_BODY: &str = concat!(
 );
 
 /// `GET /_sluice/tasks/<id>`: the task's state (JSON, see `crate::defer`).
-#[cfg(feature = "redis")]
 pub(crate) fn task_status(json: String) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(json));
     res.headers_mut().insert(CONTENT_TYPE, JSON);
@@ -330,7 +310,6 @@ pub(crate) fn task_unknown() -> Response<ProxyBody> {
 }
 
 /// `GET /_sluice/tasks/<id>` while Redis does not answer.
-#[cfg(feature = "redis")]
 pub(crate) fn task_store_unavailable() -> Response<ProxyBody> {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -340,7 +319,6 @@ pub(crate) fn task_store_unavailable() -> Response<ProxyBody> {
 
 /// `GET /_sluice/tasks/<id>` for a task whose write's outcome is not known yet: 503 with
 /// `Retry-After: 1`.
-#[cfg(feature = "redis")]
 pub(crate) fn task_writing() -> Response<ProxyBody> {
     let mut res = problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -365,20 +343,17 @@ pub(crate) fn task_method_not_allowed() -> Response<ProxyBody> {
 /// The 202 of a deferred request: `Location: /_sluice/tasks/<id>` and
 /// `{"id": "<id>", "status": "queued"}`. Formatted per request: the request has just made a
 /// Redis round trip, which costs far more.
-#[cfg(feature = "redis")]
 pub(crate) fn accepted(id: &TaskId) -> Response<ProxyBody> {
     accepted_with(id, crate::defer::accepted_json(id))
 }
 
 /// The 202 of a request whose `Idempotency-Key` names a task stored before: that task's
 /// `Location` and its current state (the JSON of `GET /_sluice/tasks/<id>`).
-#[cfg(feature = "redis")]
 pub(crate) fn duplicate(status: &crate::defer::TaskStatus) -> Response<ProxyBody> {
     accepted_with(&status.id, status.to_json())
 }
 
 /// A 202 for task `id` with `json`.
-#[cfg(feature = "redis")]
 fn accepted_with(id: &TaskId, json: String) -> Response<ProxyBody> {
     let mut res = Response::new(ProxyBody::full(json));
     *res.status_mut() = StatusCode::ACCEPTED;
@@ -417,19 +392,14 @@ pub(crate) struct RouteProblems {
     /// 408.
     body_timeout: Bytes,
     /// 503 `store-unavailable`: a request to defer that Redis did not take.
-    #[cfg(feature = "redis")]
     defer_unavailable: Bytes,
     /// 413 for a request to defer over `defer.max_body`.
-    #[cfg(feature = "redis")]
     defer_too_large: Bytes,
     /// 503 `queue-full` of a route at `defer.max_tasks`, and its `Retry-After` (the backoff).
-    #[cfg(feature = "redis")]
     defer_full: (WithRetry, u64),
     /// 422 `idempotency-key-reused`.
-    #[cfg(feature = "redis")]
     key_reused: Bytes,
     /// The `Retry-After` of the 503 of an unknown outcome, in seconds.
-    #[cfg(feature = "redis")]
     unknown_secs: u64,
 }
 
@@ -454,11 +424,9 @@ pub(crate) struct ProblemSource<'a> {
     /// `server.request_body_timeout`, for the 408's detail.
     pub request_body_timeout: Duration,
     /// `defer:` of a deferring route, for its 413's and 503's details.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub defer: Option<crate::config::DeferConfig>,
     /// How long the outcome of a task write may stay unknown: the `Retry-After` of the 503
     /// that says so.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub defer_unknown_for: Duration,
 }
 
@@ -470,7 +438,6 @@ impl RouteProblems {
         let route = source.route;
         let upstream = source.upstream;
         let plain = |status, reason, detail: &str| about_blank(route, status, reason, detail);
-        #[cfg(feature = "redis")]
         let DeferProblems {
             unavailable: defer_unavailable,
             too_large: defer_too_large,
@@ -521,15 +488,10 @@ impl RouteProblems {
                     humantime::format_duration(source.request_body_timeout)
                 ),
             ),
-            #[cfg(feature = "redis")]
             defer_unavailable,
-            #[cfg(feature = "redis")]
             defer_too_large,
-            #[cfg(feature = "redis")]
             defer_full,
-            #[cfg(feature = "redis")]
             key_reused,
-            #[cfg(feature = "redis")]
             unknown_secs: retry_after_secs(source.defer_unknown_for).max(1),
         }
     }
@@ -570,7 +532,6 @@ impl RouteProblems {
                 ProxyBody::full(self.malformed_body.clone()),
             ),
             Rejection::BadRequest(BadRequest::Canonical(cause)) => not_canonical(cause),
-            #[cfg(feature = "redis")]
             Rejection::BadRequest(BadRequest::IdempotencyKey(bad)) => bad_idempotency_key(bad),
             Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => {
                 match self.repeated_keys.get(limit) {
@@ -588,26 +549,21 @@ impl RouteProblems {
                 StatusCode::REQUEST_TIMEOUT,
                 ProxyBody::full(self.body_timeout.clone()),
             ),
-            #[cfg(feature = "redis")]
             Rejection::DeferUnavailable => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ProxyBody::full(self.defer_unavailable.clone()),
             ),
-            #[cfg(feature = "redis")]
             Rejection::DeferUnknown(id) => {
                 defer_unknown(&self.defer_unavailable, &id, self.unknown_secs)
             }
-            #[cfg(feature = "redis")]
             Rejection::DeferFull => {
                 let (template, secs) = &self.defer_full;
                 template.respond(StatusCode::SERVICE_UNAVAILABLE, *secs)
             }
-            #[cfg(feature = "redis")]
             Rejection::KeyReused => problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ProxyBody::full(self.key_reused.clone()),
             ),
-            #[cfg(feature = "redis")]
             Rejection::DeferBodyTooLarge => problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyBody::full(self.defer_too_large.clone()),
@@ -626,7 +582,6 @@ impl RouteProblems {
 }
 
 /// The problems only a deferring route has.
-#[cfg(feature = "redis")]
 struct DeferProblems {
     /// 503 `store-unavailable`: Redis did not take the request.
     unavailable: Bytes,
@@ -639,7 +594,6 @@ struct DeferProblems {
 }
 
 /// Renders [`DeferProblems`] for the route of `source`.
-#[cfg(feature = "redis")]
 fn defer_problems(source: &ProblemSource<'_>) -> DeferProblems {
     let route = source.route;
     let unavailable = problem_json(
@@ -687,7 +641,6 @@ fn defer_problems(source: &ProblemSource<'_>) -> DeferProblems {
 /// The 503 of a write whose outcome is unknown: the route's `store-unavailable` body with
 /// `"task"` added, `Location`, and `Retry-After` the time after which the task's status is
 /// certain (`secs`). Formatted per request: a rare answer.
-#[cfg(feature = "redis")]
 fn defer_unknown(unavailable: &Bytes, id: &TaskId, secs: u64) -> Response<ProxyBody> {
     let text = String::from_utf8_lossy(unavailable);
     let mut body = text.trim_end_matches('}').to_owned();
@@ -702,7 +655,6 @@ fn defer_unknown(unavailable: &Bytes, id: &TaskId, secs: u64) -> Response<ProxyB
 }
 
 /// The 400 of a request to a deferring route whose `Idempotency-Key` cannot name a task.
-#[cfg(feature = "redis")]
 fn bad_idempotency_key(bad: crate::defer::BadIdempotencyKey) -> Response<ProxyBody> {
     use crate::defer::BadIdempotencyKey;
     let body = match bad {

@@ -22,9 +22,7 @@ use crate::budget::Budget;
 use crate::config::{
     Config, KeySpec, Mode, Per, Priority, Rate, RateLimitConfig, RouteConfig, UpstreamConfig,
 };
-#[cfg(feature = "redis")]
 use crate::defer::{Deliveries, RouteDefer, Target};
-#[cfg(feature = "redis")]
 use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
@@ -59,17 +57,14 @@ pub struct Runtime {
     pub(crate) task_lookups: TaskLookups,
     /// The Redis connection of the `scope: global` limits (`None` when there are none). Kept by
     /// the next runtime while `store.redis` names the same server or cluster (and `ca`).
-    #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
     /// The Redis connections of deferred tasks (`store.tasks`, by default `store.redis`'s
     /// server on connections of its own, so that task writes never delay a limit's call).
     /// `None` when no route defers; kept by the next runtime like `store`.
-    #[cfg(feature = "redis")]
     tasks: Option<Arc<Store>>,
     /// The proxy's tokio runtime, where a new store's connecting task runs: a reload may build
     /// the next runtime on the admin thread, whose own runtime is not for request work. `None`
     /// only when the first runtime was built outside tokio.
-    #[cfg(feature = "redis")]
     spawner: Option<tokio::runtime::Handle>,
 }
 
@@ -119,7 +114,6 @@ pub(crate) struct Route {
     pub(crate) upstream_inflight: Gauge,
     /// `defer:`: how requests are deferred, and this instance's deliverers of the route (kept
     /// by the next runtime while the route keeps its name and the store its target).
-    #[cfg(feature = "redis")]
     pub(crate) defer: Option<RouteDefer>,
 }
 
@@ -130,7 +124,6 @@ pub(crate) struct Limit {
     /// `scope: global` limit, this instance's own bucket: the fallback of `on_error: local`.
     pub(crate) rate: Arc<RateLimit>,
     /// `scope: global`: the bucket in Redis, checked instead of `rate`.
-    #[cfg(feature = "redis")]
     pub(crate) global: Option<Arc<GlobalLimit>>,
 }
 
@@ -191,11 +184,8 @@ impl Runtime {
             budget: carry.budget.clone(),
             task_lookups: TaskLookups::new(&config, previous.map(|p| &p.task_lookups)),
             metrics,
-            #[cfg(feature = "redis")]
             store: carry.store,
-            #[cfg(feature = "redis")]
             tasks: carry.tasks,
-            #[cfg(feature = "redis")]
             spawner: carry.spawner,
             config: Arc::new(config),
         }
@@ -214,19 +204,17 @@ impl Runtime {
     }
 
     /// The Redis store of the global limits, if any (for tests and inspection).
-    #[cfg(feature = "redis")]
     pub fn store(&self) -> Option<&Arc<Store>> {
         self.store.as_ref()
     }
 
     /// Stops the deliverers of every deferring route (shutdown): no new task is taken, tasks
     /// waiting for a slot go back to their stream, deliveries under way finish — within `grace`.
-    #[cfg(feature = "redis")]
     pub(crate) async fn stop_deliveries(&self, grace: Duration) {
         let all = async {
             for route in &self.routes {
                 if let Some(defer) = &route.defer {
-                    defer.deliveries.stop(grace).await;
+                    defer.deliveries().stop(grace).await;
                 }
             }
         };
@@ -251,8 +239,7 @@ impl Runtime {
                     limit.rate.len(),
                 );
             }
-            #[cfg(feature = "redis")]
-            if let Some(counts) = route.defer.as_ref().and_then(|d| d.deliveries.counts()) {
+            if let Some(counts) = route.defer.as_ref().and_then(|d| d.deliveries().counts()) {
                 self.metrics.set_deferred(
                     &route.name,
                     [
@@ -284,7 +271,6 @@ impl Runtime {
         for route in &self.routes {
             for limit in &route.limits {
                 limit.rate.housekeeping();
-                #[cfg(feature = "redis")]
                 if let Some(global) = &limit.global {
                     global.housekeeping();
                 }
@@ -409,12 +395,9 @@ struct Carry<'a> {
     /// `server.max_buffered_bytes`: the previous runtime's while the maximum is unchanged.
     budget: Arc<Budget>,
     /// One Redis connection for every global limit; an unchanged target keeps the running one.
-    #[cfg(feature = "redis")]
     store: Option<Arc<Store>>,
     /// The connections of deferred tasks, likewise.
-    #[cfg(feature = "redis")]
     tasks: Option<Arc<Store>>,
-    #[cfg(feature = "redis")]
     spawner: Option<tokio::runtime::Handle>,
 }
 
@@ -429,36 +412,28 @@ impl<'a> Carry<'a> {
             }
             _ => Budget::new(config.server.client.max_buffered_bytes.0),
         };
-        #[cfg(feature = "redis")]
-        {
-            let spawner = match previous {
-                Some(p) => p.spawner.clone(),
-                None => tokio::runtime::Handle::try_current().ok(),
-            };
-            let store = Store::for_limits(
-                config,
-                previous.and_then(|p| p.store.as_ref()),
-                spawner.as_ref(),
-                metrics.store_errors(),
-            );
-            let tasks = Store::for_tasks(
-                config,
-                previous.and_then(|p| p.tasks.as_ref()),
-                spawner.as_ref(),
-                metrics.store_errors(),
-            );
-            Carry {
-                previous,
-                budget,
-                store,
-                tasks,
-                spawner,
-            }
-        }
-        #[cfg(not(feature = "redis"))]
-        {
-            let _ = (config, metrics);
-            Carry { previous, budget }
+        let spawner = match previous {
+            Some(p) => p.spawner.clone(),
+            None => tokio::runtime::Handle::try_current().ok(),
+        };
+        let store = Store::for_limits(
+            config,
+            previous.and_then(|p| p.store.as_ref()),
+            spawner.as_ref(),
+            metrics.store_errors(),
+        );
+        let tasks = Store::for_tasks(
+            config,
+            previous.and_then(|p| p.tasks.as_ref()),
+            spawner.as_ref(),
+            metrics.store_errors(),
+        );
+        Carry {
+            previous,
+            budget,
+            store,
+            tasks,
+            spawner,
         }
     }
 
@@ -525,7 +500,6 @@ impl<'a> Carry<'a> {
         });
         let route_metrics = metrics.route(&r.name);
         let upstream_inflight = metrics.upstream_inflight(&upstream.name);
-        #[cfg(feature = "redis")]
         let defer = self.defer(r, old, config, metrics, |defer| Target {
             config: defer,
             upstream: upstream.clone(),
@@ -541,7 +515,6 @@ impl<'a> Carry<'a> {
             cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
             upstream_cap_metrics: metrics.scope(&Scope::Upstream(upstream.name.clone())),
             upstream_inflight,
-            #[cfg(feature = "redis")]
             defer,
             name: r.name.clone(),
             priority: r.priority,
@@ -557,7 +530,8 @@ impl<'a> Carry<'a> {
     /// The deferral of route `r`, if it has `defer:`: the deliverers of the route in the
     /// previous runtime when it had them on the same store (handed the route as rebuilt),
     /// else new ones.
-    #[cfg(feature = "redis")]
+    // A build without Redis has no task store: what follows it is unreachable there.
+    #[allow(unreachable_code)]
     fn defer(
         &self,
         r: &RouteConfig,
@@ -571,7 +545,7 @@ impl<'a> Carry<'a> {
         let kept = old
             .and_then(|o| o.defer.as_ref())
             .filter(|od| Arc::ptr_eq(od.store(), store))
-            .map(|od| od.deliveries.clone());
+            .map(|od| od.deliveries().clone());
         let deliveries = match kept {
             Some(deliveries) => {
                 deliveries.retarget(target(defer));
@@ -611,7 +585,6 @@ impl<'a> Carry<'a> {
             || Arc::new(RateLimit::counting(l, evictions.clone())),
             |ol| ol.rate.clone(),
         );
-        #[cfg(feature = "redis")]
         let redis = config.store.as_ref().and_then(|s| s.redis.as_ref());
         let global = match (&self.store, redis) {
             (Some(store), Some(redis)) if l.scope == crate::config::Scope::Global => {
@@ -633,27 +606,14 @@ impl<'a> Carry<'a> {
             }
             _ => None,
         };
-        #[cfg(not(feature = "redis"))]
-        let _ = (config, evictions);
-        Limit {
-            rate,
-            #[cfg(feature = "redis")]
-            global,
-        }
+        Limit { rate, global }
     }
 }
 
 /// How long the outcome of a task write may stay unknown (see `crate::defer::unknown_for`).
 fn unknown_for(config: &Config) -> Duration {
-    #[cfg(feature = "redis")]
     let tasks = config.store.as_ref().and_then(|s| s.tasks.as_ref());
-    #[cfg(feature = "redis")]
-    return tasks.map_or(Duration::ZERO, |t| crate::defer::unknown_for(t.timeout));
-    #[cfg(not(feature = "redis"))]
-    {
-        let _ = config;
-        Duration::ZERO
-    }
+    tasks.map_or(Duration::ZERO, |t| crate::defer::unknown_for(t.timeout))
 }
 
 /// True when a reload can keep an upstream's pool and cap as they are.
@@ -810,7 +770,7 @@ mod tests {
         };
         let deliveries = |rt: &Runtime| {
             let defer = rt.routes[0].defer.as_ref().expect("a deferring route");
-            (defer.deliveries.clone(), defer.config.attempts.get())
+            (defer.deliveries().clone(), defer.config().attempts.get())
         };
         // Nothing listens on port 1: these runtimes never reach Redis, which is not needed.
         let first = build(&yaml("redis://127.0.0.1:1", 4), None);

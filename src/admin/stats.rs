@@ -428,9 +428,8 @@ impl<'a> RouteStats<'a> {
 }
 
 /// The task counts of a deferring route.
-#[cfg(feature = "redis")]
 fn deferred(route: &Route) -> Option<DeferredStats> {
-    let counts = route.defer.as_ref()?.deliveries.counts()?;
+    let counts = route.defer.as_ref()?.deliveries().counts()?;
     Some(DeferredStats {
         queued: counts.queued,
         delivering: counts.delivering,
@@ -438,12 +437,6 @@ fn deferred(route: &Route) -> Option<DeferredStats> {
         dead: counts.dead,
         oldest_age_seconds: counts.oldest_ms as f64 / 1000.0,
     })
-}
-
-/// Without Redis support no route defers.
-#[cfg(not(feature = "redis"))]
-fn deferred(_: &Route) -> Option<DeferredStats> {
-    None
 }
 
 // === impl UpstreamStats ===

@@ -33,52 +33,17 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::scripts::{self, PIECE};
-use super::task::{StoredRequest, TaskId, TaskStatus};
-use super::{hex, millis, RouteDefer};
+use super::task::{Deferred, Refused, StoredRequest, TaskId, TaskStatus};
+use super::{hex, millis, unknown_for, RouteDefer, WINDOW_MARGIN};
 use crate::store::CallError;
 
 /// Pieces of one body sent at once (each a command of its own; Redis runs others' commands in
 /// between): 256 KiB in flight, which the write's reservation covers.
 pub(crate) const IN_FLIGHT: usize = 4;
 
-/// How long past the write's timeout a script may still store the task (it waited in a queue
-/// on the way); later, it stores nothing. So the outcome of a write is known, everywhere, once
-/// the timeout and this have passed since it began: the 503 of an unknown outcome says so
-/// with its `Retry-After`, and a `writing` record expires then.
-pub(crate) const WINDOW_MARGIN: Duration = Duration::from_secs(5);
-
 /// Bodies longer than this are hashed on a blocking thread: SHA-256 of megabytes would hold a
 /// request thread for milliseconds.
 const HASH_INLINE: usize = 256 << 10;
-
-/// How long after a write to a task store of timeout `timeout` began its outcome may still be
-/// unknown: what the 503 of an unknown outcome asks the client to wait before its lookup.
-pub(crate) fn unknown_for(timeout: Duration) -> Duration {
-    timeout + WINDOW_MARGIN
-}
-
-/// A request the route deferred.
-#[derive(Debug)]
-pub(crate) enum Deferred {
-    /// Stored now as this task.
-    New(TaskId),
-    /// Its `Idempotency-Key` names this task, stored before: answered with it, nothing stored.
-    Duplicate(TaskStatus),
-}
-
-/// Why a request the route defers was not answered 202.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    /// Not stored, for certain: 503 `store-unavailable`.
-    NotStored,
-    /// Maybe stored as this task: 503 `store-unavailable` naming it. Also a repeat of a key
-    /// whose first write's outcome is still unknown.
-    Unknown(TaskId),
-    /// The route has `max_tasks` tasks: 503 `queue-full`.
-    Full,
-    /// The key names a task with another body: 422 `idempotency-key-reused`.
-    KeyReused,
-}
 
 /// What an accepting script answered (see [`scripts::ACCEPT`]).
 #[derive(Debug)]

@@ -8,41 +8,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::Value;
 
 use super::accept::{int, text};
-use super::{scripts, RouteDefer, TaskId};
+use super::task::{DeadResponse, DeadTask};
+use super::{scripts, RouteDefer, TaskId, LIST_MAX};
 use crate::store::CallError;
-
-/// Most dead tasks one listing shows (the contract's 1000).
-pub(crate) const LIST_MAX: usize = 1000;
 
 /// Ids one requeue script takes: each costs a few short commands.
 const REQUEUE_BATCH: usize = 100;
 
 /// Bound on each call of a listing or a requeue (they come from an operator, not a client).
 const ADMIN_CALL: Duration = Duration::from_secs(5);
-
-/// A dead task as `GET /tasks` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct DeadTask {
-    /// Its id.
-    pub(crate) id: String,
-    /// Its route.
-    pub(crate) route: String,
-    /// `dead`.
-    pub(crate) status: String,
-    /// Deliveries that reached the upstream.
-    pub(crate) attempts: u32,
-    /// The last answer's status, if the last attempt got one.
-    pub(crate) response: Option<Response>,
-    /// Seconds since it was accepted.
-    pub(crate) age_seconds: u64,
-}
-
-/// `{"status": …}` of a task's last answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct Response {
-    /// The upstream's status.
-    pub(crate) status: u16,
-}
 
 /// Why a requeue could not be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -111,7 +85,7 @@ impl RouteDefer {
             attempts: field(1).and_then(|a| a.parse().ok()).unwrap_or(0),
             response: field(2)
                 .and_then(|c| c.parse().ok())
-                .map(|status| Response { status }),
+                .map(|status| DeadResponse { status }),
             age_seconds: u64::try_from((now_ms - accepted).max(0) / 1000).unwrap_or(0),
         })
     }

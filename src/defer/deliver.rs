@@ -38,18 +38,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{DeferMetrics, Keys, TaskId};
-use crate::budget::Budget;
-use crate::config::{CapSize, ConcurrencyConfig, DeferConfig};
-use crate::limit::ConcurrencyLimit;
-use crate::proxy::Upstream;
+use super::{Counts, Keys, Target, TaskId};
+use crate::config::{CapSize, ConcurrencyConfig};
 use crate::shutdown::Shutdown;
 use crate::store::{open_dedicated, Conn, Link, Store};
 
@@ -90,48 +85,11 @@ const RECORD_PAUSE: (Duration, Duration) = (Duration::from_millis(250), Duration
 /// A consumer with nothing pending and idle this long belongs to an instance that is gone.
 const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 
-/// What a worker needs of its route, swapped by a reload (see [`Deliveries::retarget`]).
-#[derive(Debug)]
-pub(crate) struct Target {
-    /// The route's `defer:`.
-    pub(crate) config: DeferConfig,
-    /// Where tasks go.
-    pub(crate) upstream: Arc<Upstream>,
-    /// The route's own cap.
-    pub(crate) route_cap: Option<ConcurrencyLimit>,
-    /// `sluice_inflight{route}`.
-    pub(crate) route_inflight: Gauge,
-    /// `sluice_inflight{upstream}`.
-    pub(crate) upstream_inflight: Gauge,
-    /// `sluice_upstream_duration_seconds{route}`.
-    pub(crate) upstream_duration: Histogram,
-    /// `sluice_deferred_total` and `sluice_deferred_delivery_seconds`.
-    pub(crate) metrics: DeferMetrics,
-    /// `server.max_buffered_bytes`: a body read for its delivery is held within it.
-    pub(crate) budget: Arc<Budget>,
-}
-
 /// The deliverers of one route on this instance. Dropping it stops them (see the module docs).
 pub(crate) struct Deliveries {
     pool: Arc<Pool>,
     /// The reader and the caretaker.
     loops: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// The figures behind `sluice_deferred_tasks` and `sluice_deferred_oldest_age_seconds`, as the
-/// caretaker last read them from Redis: the whole fleet's, the same on every instance.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Counts {
-    /// Waiting: in the stream (not being sent) or waiting for a retry.
-    pub(crate) queued: i64,
-    /// Being sent now.
-    pub(crate) delivering: i64,
-    /// Ended delivered, kept until their deadline.
-    pub(crate) delivered: i64,
-    /// Ended dead, kept until their deadline.
-    pub(crate) dead: i64,
-    /// Age of the oldest entry of the stream, ms.
-    pub(crate) oldest_ms: i64,
 }
 
 /// What the reader, the caretaker and the workers share.

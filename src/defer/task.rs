@@ -73,10 +73,75 @@ pub(crate) struct TaskStatus {
     pub(crate) error: Option<String>,
 }
 
+/// A request the route deferred.
+#[derive(Debug)]
+pub(crate) enum Deferred {
+    /// Stored now as this task.
+    New(TaskId),
+    /// Its `Idempotency-Key` names this task, stored before: answered with it, nothing stored.
+    Duplicate(TaskStatus),
+}
+
+/// Why a request the route defers was not answered 202.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not stored, for certain: 503 `store-unavailable`.
+    NotStored,
+    /// Maybe stored as this task: 503 `store-unavailable` naming it. Also a repeat of a key
+    /// whose first write's outcome is still unknown.
+    Unknown(TaskId),
+    /// The route has `max_tasks` tasks: 503 `queue-full`.
+    Full,
+    /// The key names a task with another body: 422 `idempotency-key-reused`.
+    KeyReused,
+}
+
+/// A dead task as `GET /tasks` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct DeadTask {
+    /// Its id.
+    pub(crate) id: String,
+    /// Its route.
+    pub(crate) route: String,
+    /// `dead`.
+    pub(crate) status: String,
+    /// Deliveries that reached the upstream.
+    pub(crate) attempts: u32,
+    /// The last answer's status, if the last attempt got one.
+    pub(crate) response: Option<DeadResponse>,
+    /// Seconds since it was accepted.
+    pub(crate) age_seconds: u64,
+}
+
+/// `{"status": …}` of a task's last answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct DeadResponse {
+    /// The upstream's status.
+    pub(crate) status: u16,
+}
+
+/// The figures behind `sluice_deferred_tasks` and `sluice_deferred_oldest_age_seconds`, as the
+/// caretaker last read them from Redis: the whole fleet's, the same on every instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Waiting: in the stream (not being sent) or waiting for a retry.
+    pub(crate) queued: i64,
+    /// Being sent now.
+    pub(crate) delivering: i64,
+    /// Ended delivered, kept until their deadline.
+    pub(crate) delivered: i64,
+    /// Ended dead, kept until their deadline.
+    pub(crate) dead: i64,
+    /// Age of the oldest entry of the stream, ms.
+    pub(crate) oldest_ms: i64,
+}
+
 // === impl TaskId ===
 
 impl TaskId {
-    /// A fresh id from the OS's random source; `None` if it has none to give.
+    /// A fresh id from the OS's random source; `None` if it has none to give. (Only tasks
+    /// written to Redis need one.)
+    #[cfg(feature = "redis")]
     pub(crate) fn random() -> Option<TaskId> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).ok()?;
@@ -280,7 +345,7 @@ pub(crate) fn accepted_json(id: &TaskId) -> String {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
 

@@ -35,7 +35,7 @@ use crate::runtime::{Route, Runtime};
 
 /// When the route defers requests: `None` for a route without `defer:`.
 pub(super) fn when(route: &Route) -> Option<DeferWhen> {
-    route.defer.as_ref().map(|d| d.config.when)
+    route.defer.as_ref().map(|d| d.config().when)
 }
 
 /// The client's `Idempotency-Key` of a request to a deferring route, checked before anything
@@ -54,7 +54,7 @@ pub(super) fn precheck(rt: &Runtime, route: &Route, body: &Incoming) -> Result<(
     let (Some(defer), announced) = (&route.defer, body.size_hint().lower()) else {
         return Ok(());
     };
-    if announced > defer.config.max_body.0
+    if announced > defer.config().max_body.0
         && announced <= rt.config.server.client.max_request_body.0
     {
         return Err(Rejection::DeferBodyTooLarge);
@@ -112,7 +112,7 @@ async fn write(
     let Some(defer) = &route.defer else {
         return Err(refused.unwrap_or(Rejection::DeferUnavailable));
     };
-    let max = defer.config.max_body.0;
+    let max = defer.config().max_body.0;
     // Held until the task is written: the bytes stay accounted in the buffering budget.
     let (body, _held) = match body {
         UpstreamBody::Empty => (Bytes::new(), None),

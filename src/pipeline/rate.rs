@@ -48,7 +48,6 @@ struct Item {
 }
 
 /// Where [`check`] stopped: at a global limit, whose decision is Redis'.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(super) struct AtGlobal {
     index: usize,
     client_ip: IpAddr,
@@ -74,7 +73,6 @@ pub(super) fn check(
 
 /// The rest of the rate stage from a global limit on. Boxed, and built outside any async body:
 /// the Redis call's state stays out of the future of every request.
-#[cfg(feature = "redis")]
 pub(super) fn global<'a>(
     rt: &'a Runtime,
     route: &'a Route,
@@ -110,7 +108,6 @@ fn local_from(
     from: usize,
 ) -> Result<Option<AtGlobal>, Rejection> {
     for (index, limit) in route.limits.iter().enumerate().skip(from) {
-        #[cfg(feature = "redis")]
         if limit.global.is_some() {
             return Ok(Some(AtGlobal { index, client_ip }));
         }

@@ -24,10 +24,8 @@ use crate::runtime::{Runtime, TaskLookups};
 /// Lookups under way at most, in the whole process. Each costs a Redis call per deferring route
 /// on the connection global limits and deferrals share, and anyone can ask: a flood of lookups
 /// must not queue up there until those calls time out. Past it, 503 `store-unavailable` at once.
-#[cfg(feature = "redis")]
 const MAX_LOOKUPS: usize = 32;
 
-#[cfg(feature = "redis")]
 static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LOOKUPS);
 
 /// The answer for `/_sluice/tasks/<rest>` (`req`'s canonical path) to `origin`. Boxed, and
@@ -88,7 +86,6 @@ async fn look_up(rt: &Runtime, req: &Request<Incoming>) -> http::Response<ProxyB
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return rescue::task_method_not_allowed();
     }
-    #[cfg(feature = "redis")]
     {
         let Some(id) = crate::defer::TaskId::parse(rest) else {
             return rescue::task_unknown();
@@ -111,7 +108,5 @@ async fn look_up(rt: &Runtime, req: &Request<Incoming>) -> http::Response<ProxyB
             return rescue::task_store_unavailable();
         }
     }
-    #[cfg(not(feature = "redis"))]
-    let _ = (rt, rest);
     rescue::task_unknown()
 }

@@ -76,7 +76,6 @@ pub(crate) enum BodyFault {
 }
 
 /// Why [`ClientBody::into_whole`] could not hold a body whole.
-#[cfg(feature = "redis")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unheld {
     /// It is longer than the maximum asked for.
@@ -138,7 +137,6 @@ impl ClientBody {
         self.rest.as_ref().map(|rest| rest.fault.clone())
     }
 
-    #[cfg(feature = "redis")]
     /// The whole body in one buffer: the bytes read ahead and, for a streamed body, the rest
     /// read now (each pause bounded as when streaming) — at most `max` bytes in all, every byte
     /// held within `budget` (the buffer is sized by the announced length when there is one, so
