@@ -1,5 +1,6 @@
-//! A real `redis-server` for tests: started on a free loopback port with persistence off,
-//! stopped (SIGKILL) when dropped; a server speaking only TLS with a certificate from a test CA
+//! A real `redis-server` for tests: started on a free loopback port with persistence off (or,
+//! [`RedisServer::start_durable`], on disk and losing nothing it acknowledged), stopped
+//! (SIGKILL) when dropped; a server speaking only TLS with a certificate from a test CA
 //! made at test time ([`TestPki`]); and a Redis Cluster of such servers in the test's own
 //! temporary directory ([`RedisCluster`], made with `redis-cli --cluster create`). `.ci/run`
 //! installs redis-server and redis-cli when they are missing.
@@ -22,6 +23,8 @@ pub(crate) struct RedisServer {
     /// For a TLS-only server: the CA certificate (PEM) its certificate is signed by, to check
     /// that it answers.
     tls_ca: Option<Vec<u8>>,
+    /// The server's own directory (`--dir`), removed when dropped.
+    dir: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -44,8 +47,29 @@ impl RedisServer {
             port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             tls_ca: None,
+            dir: None,
             child: None,
         }
+    }
+
+    /// Starts a redis-server that keeps every write it acknowledged across a kill and a
+    /// [`restart`](Self::restart) on the same port: append-only file with `appendfsync always`,
+    /// in a directory of its own.
+    pub(crate) async fn start_durable() -> Self {
+        let dir = temp_dir("redis-aof");
+        let dir_text = dir.display().to_string();
+        let args = [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir_text,
+        ];
+        let mut server = Self::stopped_on(free_port(), &args);
+        server.dir = Some(dir);
+        server.restart().await;
+        server
     }
 
     /// Starts a redis-server that speaks only TLS (`--port 0 --tls-port`) with the server
@@ -188,6 +212,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
