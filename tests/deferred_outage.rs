@@ -425,3 +425,66 @@ async fn a_503_with_retry_after_is_pushback_not_an_attempt() {
     assert_eq!(deferred_total(&proxy, "dead").await, 0.0);
     proxy.stop().await;
 }
+
+/// Pins (found writing these tests): an outcome record that Redis ran but whose reply came
+/// too late — so that the deliverer, which keeps an outcome until Redis takes it, sends it
+/// again — changes nothing the second time. Instance A reaches Redis through a proxy that
+/// holds back every reply from the moment the upstream answers A's delivery with 500 (for
+/// 12 s: A's record of "retry" runs, its reply does not come, A sends it again every few
+/// seconds); instance B, connected directly, delivers the retry (200). The task ends
+/// `delivered`, stays so once A's replies flow again, and the upstream saw it twice (the 500
+/// and the 200) — a repeated record does not put it back in the queue (which sent it a third
+/// time, or, its request gone, made it `dead`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_recorded_twice_does_not_undo_a_later_delivery() {
+    let redis = RedisServer::start().await;
+    let stall = redis_server::ReplyStall::start(redis.port).await;
+    let hold = stall.switch();
+    let (up, log) = recording(Duration::ZERO, move |_, before| {
+        if before == 0 {
+            hold.store(true, Ordering::SeqCst);
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let defer = "{when: always, attempts: 3, backoff: 100ms}";
+    let a = start_proxy(&config(&stall.url(), &up.endpoint(), "", defer)).await;
+    let id = accepted_id(&post(&a.url("/hooks/late"), "late").await);
+    until(
+        "A's first delivery to be answered 500",
+        Duration::from_secs(20),
+        || log.lock().unwrap().len() == 1,
+    )
+    .await;
+    let held_at = Instant::now();
+    let b = start_proxy(&config(&redis.url(), &up.endpoint(), "", defer)).await;
+
+    let mut conn = redis.connection(None).await;
+    let status = |conn: &MultiplexedConnection| {
+        let (mut conn, id) = (conn.clone(), id.clone());
+        async move { task_fields(&mut conn, &id, &["status"]).await.remove(0) }
+    };
+    until(
+        "B to deliver the retry",
+        Duration::from_secs(30),
+        || async { status(&conn).await.as_deref() == Some("delivered") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(held_at.elapsed())).await;
+    stall.switch().store(false, Ordering::SeqCst);
+    // A's kept record now gets its reply; a repeated one would have queued the task again by
+    // now, and a deliverer found it (within the caretaker's tick and the visibility timeout).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let fields = task_fields(&mut conn, &id, &["status", "attempts", "code", "error"]).await;
+    assert_eq!(fields[0].as_deref(), Some("delivered"), "{fields:?}");
+    assert_eq!(
+        per_key(&log),
+        BTreeMap::from([(id.clone(), 2)]),
+        "the 500 and the delivery"
+    );
+    assert_eq!(entries(&mut conn).await, (0, 0));
+    b.stop().await;
+    a.stop().await;
+}

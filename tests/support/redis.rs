@@ -8,10 +8,14 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::support::until;
 
@@ -215,6 +219,81 @@ impl Drop for RedisServer {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// A TCP proxy in front of a redis-server that can hold back the server's replies while it
+/// still passes the clients' commands on: Redis runs a command whose client then does not get
+/// the reply in time — as when a reply is slow on the way, or Redis stalls once it has run it.
+pub(crate) struct ReplyStall {
+    pub(crate) port: u16,
+    /// True while replies are held.
+    held: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl ReplyStall {
+    /// Starts the proxy on a free port, in front of the redis-server on `port`.
+    pub(crate) async fn start(port: u16) -> ReplyStall {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap().port();
+        let held = Arc::new(AtomicBool::new(false));
+        let holding = held.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, holding.clone()));
+            }
+        });
+        ReplyStall {
+            port: proxy,
+            held,
+            task,
+        }
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The switch: replies are held while it is true (from the next one read).
+    pub(crate) fn switch(&self) -> Arc<AtomicBool> {
+        self.held.clone()
+    }
+}
+
+impl Drop for ReplyStall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Commands from `client` to `server` as they come; replies back while `held` is false.
+async fn relay(client: TcpStream, server: TcpStream, held: Arc<AtomicBool>) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let commands = tokio::io::copy(&mut from_client, &mut to_server);
+    let replies = async move {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while held.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = commands => {}
+        () = replies => {}
     }
 }
 
