@@ -1,5 +1,5 @@
 //! Chaos run of deferred delivery (issue 30, "Deferred tasks outlive an outage"):
-//! `cargo bench --bench chaos` (needs redis-server; about a minute once built). docs/chaos.md
+//! `cargo bench --bench chaos` (needs redis-server; about 35 s once built). docs/chaos.md
 //! explains it and has a run's report.
 //!
 //! Two sluice instances, A and B — child processes of this build's binary (`SLUICE_BIN`
@@ -23,7 +23,7 @@
 //! check failed.
 //!
 //! `CHAOS_SCALE` (default 1, from 0.35 to 10) scales the number of requests and so T: 0.5 is
-//! 1,500 requests over 15 s, about 40 s in all.
+//! 1,500 requests over 15 s, about 20 s in all.
 
 #[path = "chaos/client.rs"]
 mod client;
@@ -60,18 +60,13 @@ fn main() -> ExitCode {
         println!("chaos: run it with `cargo bench --bench chaos`");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("chaos: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
+    bench()
+}
+
+/// The run, on two worker threads: non-zero when a check failed or the run could not be done.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn bench() -> ExitCode {
+    match run().await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("chaos: a check failed (see above)");
