@@ -21,36 +21,6 @@ use support::bin::{self, Sluice};
 use support::*;
 use tasks::*;
 
-/// A config with `store.redis` at `redis`, an admin listener, upstream `api` at `endpoint`
-/// (`timeout: 1s`, so that a task held by a dead instance is taken over within 6 s), and the
-/// route `hooks` on `/hooks` with `extra` (YAML fields at the route's indentation) and
-/// `defer: {defer}`.
-fn config(redis: &str, endpoint: &str, extra: &str, defer: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: 127.0.0.1:0
-admin:
-  listen: 127.0.0.1:0
-store:
-  redis:
-    url: "{redis}"
-    timeout: 2s
-    on_error: deny
-upstreams:
-  api:
-    endpoints: [{endpoint}]
-    timeout: 1s
-routes:
-  - name: hooks
-    match: {{path_prefix: /hooks}}
-    upstream: api
-{extra}
-    defer: {defer}
-"#
-    )
-}
-
 /// Pins: a deferred request is answered 202 with `Location` and `{"id","status":"queued"}`,
 /// then delivered once with the same method, path and query, headers and body plus
 /// `Idempotency-Key: <id>`; the status endpoint follows it to `delivered` with the upstream's
@@ -444,29 +414,6 @@ async fn tasks_of_a_killed_instance_are_delivered_by_another() {
         },
     )
     .await;
-}
-
-/// The number of entries of `stream` in its group's pending list, and its length.
-async fn pending_and_len(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> (i64, i64) {
-    let pending: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg("sluice")
-        .query_async(conn)
-        .await
-        .unwrap_or(redis::Value::Nil);
-    let pending = match pending {
-        redis::Value::Array(p) => match p.first() {
-            Some(redis::Value::Int(n)) => *n,
-            _ => 0,
-        },
-        _ => 0,
-    };
-    let len: i64 = redis::cmd("XLEN")
-        .arg(stream)
-        .query_async(conn)
-        .await
-        .unwrap();
-    (pending, len)
 }
 
 /// Pins: a reload that removes a deferring route stops its deliverers without losing a task:

@@ -243,14 +243,19 @@ return {now, accepted}
 
 /// A task has failed for good, or will be tried again: `KEYS`: task, stream, sending set,
 /// retry set, dead set. `ARGV`: id, entry id, attempts, tries, code, error, wait (ms; -1 = dead
-/// now), margin (ms). The next try comes after `wait`, but no later than `margin` before the
-/// task's deadline, so that a task whose upstream comes back before its `ttl` ends gets a try
-/// then; when even that is past, the task is `dead` with error `expired`. A dead task keeps its
-/// request and body until its deadline (it can be put back: [`REQUEUE_DEAD`]). The entry is
-/// acknowledged and deleted. Returns `{now, 1}` after scheduling a try, `{now, 0}` when the task
-/// died (or is gone).
+/// now), margin (ms), started (ms, as [`START`] replied). Only the delivery [`START`] began
+/// then is settled: a repeat of a settle whose reply was lost, or a settle late enough that
+/// the task has been started again (taken over), changes nothing and returns `{now, 2}` (a
+/// task that is gone is settled as before: its entry goes). The next try comes after `wait`,
+/// but no later than `margin` before the task's deadline, so that a task whose upstream comes
+/// back before its `ttl` ends gets a try then; when even that is past, the task is `dead` with
+/// error `expired`. A dead task keeps its request and body until its deadline (it can be put
+/// back: [`REQUEUE_DEAD`]). The entry is acknowledged and deleted. Returns `{now, 1}` after
+/// scheduling a try, `{now, 0}` when the task died (or is gone).
 pub(super) static SETTLE: LazyLock<Script> = script!(
     r"
+local started = redis.call('HGET', KEYS[1], 'started')
+if started ~= ARGV[9] and redis.call('EXISTS', KEYS[1]) == 1 then return {now, 2} end
 local retried = 0
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline'))
 if deadline then

@@ -10,6 +10,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
 
 use crate::support::*;
 
@@ -41,12 +42,28 @@ where
     D: Fn(&Seen) -> Duration + Send + Sync + 'static,
     F: Fn(&Seen, usize) -> StatusCode + Send + Sync + 'static,
 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    recording_on(listener, delay, move |seen, before| {
+        let mut res = Response::new(TestBody::text("done"));
+        *res.status_mut() = answer(seen, before);
+        res
+    })
+}
+
+/// The recording upstream in full: on `listener` (bound by the caller: e.g. on a port that
+/// refused connections until now), after `delay`, the response `respond` builds — headers and
+/// all — for the request and the count of its key's earlier requests.
+pub(crate) fn recording_on<D, F>(listener: TcpListener, delay: D, respond: F) -> (Upstream, Log)
+where
+    D: Fn(&Seen) -> Duration + Send + Sync + 'static,
+    F: Fn(&Seen, usize) -> Response<TestBody> + Send + Sync + 'static,
+{
     let log: Log = Arc::default();
-    let answer = Arc::new(answer);
+    let respond = Arc::new(respond);
     let delay = Arc::new(delay);
     let seen = log.clone();
-    let up = upstream(move |req: Request<Incoming>| {
-        let (seen, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
+    let up = upstream_on(listener, move |req: Request<Incoming>| {
+        let (seen, respond, delay) = (seen.clone(), respond.clone(), delay.clone());
         async move {
             let (parts, body) = req.into_parts();
             let body = body
@@ -78,13 +95,40 @@ where
                 before
             };
             tokio::time::sleep(delay(&request)).await;
-            let mut res = Response::new(TestBody::text("done"));
-            *res.status_mut() = answer(&request, before);
-            res
+            respond(&request, before)
         }
-    })
-    .await;
+    });
     (up, log)
+}
+
+/// A config with `store.redis` at `redis`, an admin listener, upstream `api` at `endpoint`
+/// (`timeout: 1s`, so that a task held by a dead instance is taken over within 6 s), and the
+/// route `hooks` on `/hooks` with `extra` (YAML fields at the route's indentation) and
+/// `defer: {defer}`.
+pub(crate) fn config(redis: &str, endpoint: &str, extra: &str, defer: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+store:
+  redis:
+    url: "{redis}"
+    timeout: 2s
+    on_error: deny
+upstreams:
+  api:
+    endpoints: [{endpoint}]
+    timeout: 1s
+routes:
+  - name: hooks
+    match: {{path_prefix: /hooks}}
+    upstream: api
+{extra}
+    defer: {defer}
+"#
+    )
 }
 
 /// POST `body` to `url` with `X-Test: <test>`.
@@ -136,4 +180,30 @@ pub(crate) fn accepted_id(got: &Got) -> String {
 
 pub(crate) fn sha(body: &[u8]) -> String {
     format!("{:x}", Sha256::digest(body))
+}
+
+/// The number of entries of `stream` in its group's pending list, and its length.
+pub(crate) async fn pending_and_len(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> (i64, i64) {
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("sluice")
+        .query_async(conn)
+        .await
+        .unwrap_or(redis::Value::Nil);
+    let pending = match pending {
+        redis::Value::Array(p) => match p.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let len: i64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap();
+    (pending, len)
 }

@@ -229,8 +229,17 @@ where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
+    upstream_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+}
+
+/// Starts an upstream answering with `handler` on `listener` (bound by the caller: e.g. on a
+/// port that refused connections until now).
+pub(crate) fn upstream_on<F, Fut>(listener: TcpListener, handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let inflight = Arc::new(AtomicUsize::new(0));

@@ -1,5 +1,6 @@
-//! A real `redis-server` for tests: started on a free loopback port with persistence off,
-//! stopped (SIGKILL) when dropped; a server speaking only TLS with a certificate from a test CA
+//! A real `redis-server` for tests: started on a free loopback port with persistence off (or,
+//! [`RedisServer::start_durable`], on disk and losing nothing it acknowledged), stopped
+//! (SIGKILL) when dropped; a server speaking only TLS with a certificate from a test CA
 //! made at test time ([`TestPki`]); and a Redis Cluster of such servers in the test's own
 //! temporary directory ([`RedisCluster`], made with `redis-cli --cluster create`). `.ci/run`
 //! installs redis-server and redis-cli when they are missing.
@@ -7,10 +8,14 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::support::until;
 
@@ -22,6 +27,8 @@ pub(crate) struct RedisServer {
     /// For a TLS-only server: the CA certificate (PEM) its certificate is signed by, to check
     /// that it answers.
     tls_ca: Option<Vec<u8>>,
+    /// The server's own directory (`--dir`), removed when dropped.
+    dir: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -44,8 +51,29 @@ impl RedisServer {
             port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             tls_ca: None,
+            dir: None,
             child: None,
         }
+    }
+
+    /// Starts a redis-server that keeps every write it acknowledged across a kill and a
+    /// [`restart`](Self::restart) on the same port: append-only file with `appendfsync always`,
+    /// in a directory of its own.
+    pub(crate) async fn start_durable() -> Self {
+        let dir = temp_dir("redis-aof");
+        let dir_text = dir.display().to_string();
+        let args = [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir_text,
+        ];
+        let mut server = Self::stopped_on(free_port(), &args);
+        server.dir = Some(dir);
+        server.restart().await;
+        server
     }
 
     /// Starts a redis-server that speaks only TLS (`--port 0 --tls-port`) with the server
@@ -188,6 +216,84 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A TCP proxy in front of a redis-server that can hold back the server's replies while it
+/// still passes the clients' commands on: Redis runs a command whose client then does not get
+/// the reply in time — as when a reply is slow on the way, or Redis stalls once it has run it.
+pub(crate) struct ReplyStall {
+    pub(crate) port: u16,
+    /// True while replies are held.
+    held: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl ReplyStall {
+    /// Starts the proxy on a free port, in front of the redis-server on `port`.
+    pub(crate) async fn start(port: u16) -> ReplyStall {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap().port();
+        let held = Arc::new(AtomicBool::new(false));
+        let holding = held.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, holding.clone()));
+            }
+        });
+        ReplyStall {
+            port: proxy,
+            held,
+            task,
+        }
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The switch: replies are held while it is true (from the next one read).
+    pub(crate) fn switch(&self) -> Arc<AtomicBool> {
+        self.held.clone()
+    }
+}
+
+impl Drop for ReplyStall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Commands from `client` to `server` as they come; replies back while `held` is false.
+async fn relay(client: TcpStream, server: TcpStream, held: Arc<AtomicBool>) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let commands = tokio::io::copy(&mut from_client, &mut to_server);
+    let replies = async move {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while held.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = commands => {}
+        () = replies => {}
     }
 }
 

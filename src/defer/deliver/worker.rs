@@ -58,6 +58,8 @@ struct Task {
     attempts: u32,
     tries: u32,
     accepted_ms: i64,
+    /// When [`scripts::START`] began this delivery (Redis' ms): only it is settled.
+    started_ms: i64,
     /// Its deadline on this host's clock (Redis' deadline less Redis' now, from now).
     deadline: Instant,
     method: Vec<u8>,
@@ -296,7 +298,7 @@ impl Pool {
                 error,
             } => {
                 let settled = (attempts, tries, code, error, None);
-                self.settle(conn, target, (entry, id), settled)
+                self.settle(conn, target, (entry, id, task), settled)
                     .await
                     .is_some()
             }
@@ -308,7 +310,7 @@ impl Pool {
                 wait,
             } => {
                 let settled = (attempts, tries, code, error, Some(wait));
-                let recorded = self.settle(conn, target, (entry, id), settled).await;
+                let recorded = self.settle(conn, target, (entry, id, task), settled).await;
                 // `retried` counts failed attempts followed by another try, not waits.
                 if recorded == Some(true) && attempts > task.attempts {
                     target.metrics.retried.inc();
@@ -319,12 +321,13 @@ impl Pool {
     }
 
     /// [`scripts::SETTLE`]: `wait` `None` for dead now. `Some(true)` when another try is
-    /// scheduled, `Some(false)` when the task died, `None` when Redis did not take it.
+    /// scheduled, `Some(false)` when the task died or was settled already (a repeat), `None`
+    /// when Redis did not take it.
     async fn settle(
         &self,
         conn: &Conn,
         target: &Target,
-        (entry, id): (&str, &TaskId),
+        (entry, id, task): (&str, &TaskId, &Task),
         (attempts, tries, code, error, wait): (u32, u32, Option<u16>, &str, Option<Duration>),
     ) -> Option<bool> {
         let keys = &self.keys;
@@ -343,7 +346,8 @@ impl Pool {
             .arg(code.map_or_else(String::new, |c| c.to_string()))
             .arg(error)
             .arg(wait_ms)
-            .arg(last_try_margin(&target.config).as_millis() as u64);
+            .arg(last_try_margin(&target.config).as_millis() as u64)
+            .arg(task.started_ms);
         let (_, retried) = self
             .call(conn.clone().invoke::<(i64, i64)>(&invocation))
             .await?;
@@ -534,6 +538,7 @@ impl Started {
                     attempts: u32::try_from(int_at(2)?).unwrap_or(0),
                     tries: u32::try_from(int_at(3)?).unwrap_or(0),
                     accepted_ms: int_at(5)?,
+                    started_ms: now,
                     deadline: Instant::now() + Duration::from_millis(left),
                     method: bytes_at(6),
                     target: bytes_at(7),
