@@ -27,6 +27,8 @@
 //!   `NonZero*` is at least 1, a `u32` at most `u32::MAX`) are not repeated;
 //! - an enum field's default is its `#[default]` variant; a list's is empty, an `Option`'s
 //!   `None`, and a default that follows another field (a limit's `burst`) is `validate`'s.
+//!
+//! `validate` takes every default and bound from here.
 
 mod effective;
 mod error;
