@@ -28,7 +28,9 @@
 //! - an enum field's default is its `#[default]` variant; a list's is empty, an `Option`'s
 //!   `None`, and a default that follows another field (a limit's `burst`) is `validate`'s.
 //!
-//! `validate` takes every default and bound from here.
+//! `validate` takes every default and bound from here. `docs/reference.md` states the defaults
+//! for users, and a test (`src/config/tests/defaults.rs`) checks each against the code: a
+//! config giving the documented value must load the same as one leaving the field out.
 
 mod effective;
 mod error;
