@@ -10,6 +10,27 @@
 //! 3. The caller ([`crate::app`]) builds a running `Runtime` from a [`Config`].
 //!
 //! Everything here is plain data: cheap to clone, printable by `sluice check`.
+//!
+//! # Defaults and bounds
+//!
+//! Each is defined once, as an associated const of the runtime type that holds the field, in an
+//! `impl` right below that type, in the field's own unit type (`Duration`, [`ByteSize`],
+//! `NonZeroUsize`, …):
+//! - `DEFAULT_<FIELD>` is what the field takes when the file leaves it out
+//!   ([`DeferConfig::DEFAULT_ATTEMPTS`]);
+//! - `MIN_<FIELD>` / `MAX_<FIELD>` bound what the file may give, both included
+//!   ([`DeferConfig::MAX_ATTEMPTS`], [`ClientLimits::MIN_MAX_HEADER_BYTES`]); a bound on
+//!   something else than the value is named for what it counts
+//!   ([`RedisTarget::MAX_CLUSTER_SEEDS`], [`AdminConfig::MAX_TOKEN_FILE_BYTES`]);
+//! - the bounds every field of a kind shares are [`Config::MAX_DURATION`],
+//!   [`Config::MAX_SIZE`] and [`Config::MAX_COUNT`]; those a field's type already carries (a
+//!   `NonZero*` is at least 1, a `u32` at most `u32::MAX`) are not repeated;
+//! - an enum field's default is its `#[default]` variant; a list's is empty, an `Option`'s
+//!   `None`, and a default that follows another field (a limit's `burst`) is `validate`'s.
+//!
+//! `validate` takes every default and bound from here. `docs/reference.md` states the defaults
+//! for users, and a test (`src/config/tests/defaults.rs`) checks each against the code: a
+//! config giving the documented value must load the same as one leaving the field out.
 
 mod effective;
 mod error;
@@ -76,6 +97,16 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// The longest duration any field takes unless its own bound says more: no timer sluice
+    /// arms can then overflow, and a day is more than any timeout needs.
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+    /// The largest size any field takes (a body, a buffer, the buffering budget).
+    pub const MAX_SIZE: ByteSize = ByteSize(1 << 30);
+    /// The largest count of connections, in-flight requests, queue places or tasks.
+    pub const MAX_COUNT: usize = 10_000_000;
+}
+
 /// `server:` — listeners and connection handling.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerConfig {
@@ -85,26 +116,30 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Peers whose `X-Forwarded-For` is believed. Default: none.
     pub trusted_proxies: Vec<IpNet>,
-    /// `client_ip` keys group IPv6 clients by this prefix length (0..=128). Default 64.
+    /// `client_ip` keys group IPv6 clients by this prefix length, at most
+    /// [`Self::MAX_IPV6_KEY_PREFIX`]. Default [`Self::DEFAULT_IPV6_KEY_PREFIX`].
     pub ipv6_key_prefix: u8,
-    /// Send `RateLimit-Policy` / `RateLimit`. Default true.
+    /// Send `RateLimit-Policy` / `RateLimit`. Default [`Self::DEFAULT_RATE_LIMIT_HEADERS`].
     pub rate_limit_headers: bool,
-    /// A client that has not sent a request head within this is disconnected. Default 10 s.
+    /// A client that has not sent a request head within this is disconnected. Default
+    /// [`Self::DEFAULT_HEADER_READ_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub header_read_timeout: Duration,
-    /// Open connections at most; more wait in the kernel's accept backlog. Default 10000.
+    /// Open connections at most; more wait in the kernel's accept backlog. Default
+    /// [`Self::DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: NonZeroUsize,
-    /// How long in-flight requests may run after SIGTERM/SIGINT. Default 30 s.
+    /// How long in-flight requests may run after SIGTERM/SIGINT (zero: exit at once). Default
+    /// [`Self::DEFAULT_SHUTDOWN_GRACE`].
     #[serde(serialize_with = "effective::duration")]
     pub shutdown_grace: Duration,
-    /// Worker threads; `None` = number of CPUs.
+    /// Worker threads, at most [`Self::MAX_WORKERS`]; `None` = number of CPUs.
     pub workers: Option<NonZeroUsize>,
-    /// HTTP/2 streams per connection. Default 100.
+    /// HTTP/2 streams per connection. Default [`Self::DEFAULT_MAX_CONCURRENT_STREAMS`].
     pub max_concurrent_streams: u32,
-    /// One log line per request. Default false.
+    /// One log line per request. Default [`Self::DEFAULT_ACCESS_LOG`].
     pub access_log: bool,
     /// What a path holding `%2F` or `%5C` (or a raw `\`) gets: 400, or forwarded with them
-    /// encoded. Default reject.
+    /// encoded. Default reject (`EscapedSlashes`' `#[default]`).
     pub escaped_slashes: EscapedSlashes,
     /// What one client may hold: head and body sizes, buffers, timeouts, connections (the
     /// same `server:` mapping in the file).
@@ -112,31 +147,79 @@ pub struct ServerConfig {
     pub client: ClientLimits,
 }
 
+impl ServerConfig {
+    /// `ipv6_key_prefix` when absent: a client usually owns a whole /64.
+    pub const DEFAULT_IPV6_KEY_PREFIX: u8 = 64;
+    /// Largest `ipv6_key_prefix`: a whole IPv6 address.
+    pub const MAX_IPV6_KEY_PREFIX: u8 = 128;
+    /// `rate_limit_headers` when absent.
+    pub const DEFAULT_RATE_LIMIT_HEADERS: bool = true;
+    /// `header_read_timeout` when absent.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `max_connections` when absent.
+    pub const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
+    /// `shutdown_grace` when absent.
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// The most worker threads.
+    pub const MAX_WORKERS: usize = 1024;
+    /// `max_concurrent_streams` when absent.
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// `access_log` when absent.
+    pub const DEFAULT_ACCESS_LOG: bool = false;
+}
+
 /// `server:` fields that bound what one client can hold of sluice's capacity.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClientLimits {
     /// Request line plus headers at most (HTTP/1 read buffer, HTTP/2 header list); larger: 431.
-    /// Default 64 KiB.
+    /// Default [`Self::DEFAULT_MAX_HEADER_BYTES`]; at least [`Self::MIN_MAX_HEADER_BYTES`].
     pub max_header_bytes: ByteSize,
-    /// Request bodies larger than this get 413 `body-too-large`. Default 16 MiB.
+    /// Request bodies larger than this get 413 `body-too-large`. Default
+    /// [`Self::DEFAULT_MAX_REQUEST_BODY`].
     pub max_request_body: ByteSize,
     /// Request bodies up to this size are read whole before the request waits for a slot or
-    /// reaches the upstream; larger ones stream. Default 1 MiB.
+    /// reaches the upstream; larger ones stream. Default [`Self::DEFAULT_REQUEST_BUFFER`].
     pub request_buffer: ByteSize,
     /// Time to receive a buffered body, or the longest pause in a streamed one (408
-    /// `body-timeout`). Default 30 s.
+    /// `body-timeout`). Default [`Self::DEFAULT_REQUEST_BODY_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub request_body_timeout: Duration,
     /// Upstream responses up to this size are read whole as fast as the upstream sends them,
-    /// freeing their slots and connection however slowly the client reads. Default 1 MiB.
+    /// freeing their slots and connection however slowly the client reads. Default
+    /// [`Self::DEFAULT_RESPONSE_BUFFER`].
     pub response_buffer: ByteSize,
-    /// A response the client accepts no bytes of for this long is aborted. Default 30 s.
+    /// A response the client accepts no bytes of for this long is aborted. Default
+    /// [`Self::DEFAULT_SEND_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub send_timeout: Duration,
-    /// All request and response buffering together; past it, bodies stream. Default 256 MiB.
+    /// All request and response buffering together; past it, bodies stream. Default
+    /// [`Self::DEFAULT_MAX_BUFFERED_BYTES`].
     pub max_buffered_bytes: ByteSize,
-    /// Open connections per client address (IPv6: per `ipv6_key_prefix`); 0 = no cap.
+    /// Open connections per client address (IPv6: per `ipv6_key_prefix`); 0 = no cap. Default
+    /// [`Self::DEFAULT_MAX_CONNECTIONS_PER_IP`].
     pub max_connections_per_ip: usize,
+}
+
+impl ClientLimits {
+    /// `max_header_bytes` when absent: NGINX allows 4 × 8 KiB, HAProxy 16 KiB, Envoy 60 KiB.
+    pub const DEFAULT_MAX_HEADER_BYTES: ByteSize = ByteSize(64 << 10);
+    /// Smallest `max_header_bytes`: hyper reads a request head into a buffer of at least 8 KiB,
+    /// so a smaller limit cannot be kept.
+    pub const MIN_MAX_HEADER_BYTES: ByteSize = ByteSize(8 << 10);
+    /// `max_request_body` when absent.
+    pub const DEFAULT_MAX_REQUEST_BODY: ByteSize = ByteSize(16 << 20);
+    /// `request_buffer` when absent.
+    pub const DEFAULT_REQUEST_BUFFER: ByteSize = ByteSize(1 << 20);
+    /// `request_body_timeout` when absent.
+    pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `response_buffer` when absent.
+    pub const DEFAULT_RESPONSE_BUFFER: ByteSize = ByteSize(1 << 20);
+    /// `send_timeout` when absent (NGINX's `send_timeout` is 60 s).
+    pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `max_buffered_bytes` when absent.
+    pub const DEFAULT_MAX_BUFFERED_BYTES: ByteSize = ByteSize(256 << 20);
+    /// `max_connections_per_ip` when absent: no cap.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;
 }
 
 /// A number of bytes. Written `512`, `64KiB`, `16MiB`, `1GiB` in the file (binary units; `KB`,
@@ -186,16 +269,25 @@ pub struct AdminConfig {
     /// Address of the admin listener (keep it on loopback or a private network).
     pub listen: SocketAddr,
     /// Host names a request's `Host` may name besides IP literals and `localhost`, with any
-    /// port: lower case, without a trailing dot. Against DNS rebinding, where a page an
-    /// operator opens resolves its own name to the admin address. Default: none.
+    /// port: lower case, without a trailing dot, each at most [`Self::MAX_HOST_NAME_LEN`]
+    /// bytes. Against DNS rebinding, where a page an operator opens resolves its own name to
+    /// the admin address. Default: none.
     pub allowed_hosts: Vec<String>,
-    /// The file the bearer token was read from; `None` = no token needed.
+    /// The file the bearer token was read from (at most [`Self::MAX_TOKEN_FILE_BYTES`]);
+    /// `None` = no token needed.
     pub token_file: Option<PathBuf>,
     /// The token read from `token_file` when the config was loaded (surrounding whitespace
     /// trimmed): what requests are checked against until the next reload reads the file again.
     /// Never serialised or printed.
     #[serde(skip)]
     pub(crate) token: Option<AdminToken>,
+}
+
+impl AdminConfig {
+    /// The longest `allowed_hosts` entry: the longest host name (RFC 1035).
+    pub const MAX_HOST_NAME_LEN: usize = 253;
+    /// The longest `token_file` read: a token is tens of bytes.
+    pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 }
 
 /// The admin bearer token. Its `Debug` does not show it, so neither do logs nor `/config`.
@@ -224,9 +316,17 @@ pub struct TaskStoreConfig {
     #[serde(skip)]
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) ca_pem: Option<Arc<[u8]>>,
-    /// Bound on one task write in all (every piece of its body). Default 2 s.
+    /// Bound on one task write in all (every piece of its body). Default
+    /// [`Self::DEFAULT_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub timeout: Duration,
+}
+
+impl TaskStoreConfig {
+    /// `timeout` when absent (also when `store.tasks` is): one task write in all, every piece of
+    /// its body. Far above a limit call's: a task is worth waiting for, a 202 is not sent
+    /// before Redis has it, and its calls run on connections of their own.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 }
 
 impl fmt::Debug for TaskStoreConfig {
@@ -252,11 +352,16 @@ pub struct RedisConfig {
     #[serde(skip)]
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) ca_pem: Option<Arc<[u8]>>,
-    /// Per call; after it, `on_error` applies. Default 20 ms.
+    /// Per call; after it, `on_error` applies. Default [`Self::DEFAULT_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub timeout: Duration,
-    /// What a global limit does when Redis fails.
+    /// What a global limit does when Redis fails. Default local.
     pub on_error: OnStoreError,
+}
+
+impl RedisConfig {
+    /// `timeout` when absent.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
 }
 
 /// `store.redis.url` or `store.redis.cluster`: where the buckets live. The URLs may hold a
@@ -273,6 +378,9 @@ pub enum RedisTarget {
 }
 
 impl RedisTarget {
+    /// Most seed nodes `cluster` may list: a bound, not a need (a few are enough).
+    pub const MAX_CLUSTER_SEEDS: usize = 64;
+
     /// True when the connections use TLS (`rediss://`).
     pub fn is_tls(&self) -> bool {
         match self {
@@ -331,10 +439,11 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 /// `store.redis.on_error`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnStoreError {
-    /// Fall back to this instance's own bucket for the limit.
+    /// Fall back to this instance's own bucket for the limit. The default.
+    #[default]
     Local,
     /// Admit the request.
     Allow,
@@ -351,14 +460,22 @@ pub struct UpstreamConfig {
     /// `http://host:port` endpoints, tried round-robin.
     #[serde(serialize_with = "effective::endpoints")]
     pub endpoints: Vec<Authority>,
-    /// A connection attempt longer than this fails (502). Default 1 s.
+    /// A connection attempt longer than this fails (502). Default
+    /// [`Self::DEFAULT_CONNECT_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub connect_timeout: Duration,
-    /// Time until the response head arrives (504 after it). Default 30 s.
+    /// Time until the response head arrives (504 after it). Default [`Self::DEFAULT_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub timeout: Duration,
     /// A cap shared by every route to this upstream.
     pub concurrency: Option<ConcurrencyConfig>,
+}
+
+impl UpstreamConfig {
+    /// `connect_timeout` when absent.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// `timeout` when absent.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 /// `concurrency:` on a route or an upstream.
@@ -368,11 +485,19 @@ pub struct ConcurrencyConfig {
     /// upstream's latency. Serialised as the file has it: `max_inflight: N` or `adaptive: {…}`.
     #[serde(flatten)]
     pub size: CapSize,
-    /// Requests that may wait for a slot; 0 = reject at once.
+    /// Requests that may wait for a slot; 0 = reject at once. Default [`Self::DEFAULT_QUEUE`].
     pub queue: usize,
-    /// A waiter older than this gets 503 `queue-timeout`.
+    /// A waiter older than this gets 503 `queue-timeout`. Default
+    /// [`Self::DEFAULT_QUEUE_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub queue_timeout: Duration,
+}
+
+impl ConcurrencyConfig {
+    /// `queue` when absent: reject at once when every slot is busy.
+    pub const DEFAULT_QUEUE: usize = 0;
+    /// `queue_timeout` when absent.
+    pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 /// The size of a concurrency cap: `max_inflight` or `adaptive` (exactly one of them).
@@ -391,10 +516,21 @@ pub enum CapSize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct AdaptiveConfig {
     /// The lowest cap the algorithm may set, and the concurrency at which it measures the
-    /// upstream's no-load latency. Default 2; 1..=`max_inflight`.
+    /// upstream's no-load latency. Default [`Self::DEFAULT_MIN_INFLIGHT`]; at most
+    /// `max_inflight`.
     pub min_inflight: NonZeroUsize,
-    /// The highest cap the algorithm may set. Default 256; at most 1000000.
+    /// The highest cap the algorithm may set. Default [`Self::DEFAULT_MAX_INFLIGHT`]; at most
+    /// [`Self::MAX_MAX_INFLIGHT`].
     pub max_inflight: NonZeroUsize,
+}
+
+impl AdaptiveConfig {
+    /// `min_inflight` when absent (the contract's example).
+    pub const DEFAULT_MIN_INFLIGHT: NonZeroUsize = NonZeroUsize::new(2).unwrap();
+    /// `max_inflight` when absent (the contract's example).
+    pub const DEFAULT_MAX_INFLIGHT: NonZeroUsize = NonZeroUsize::new(256).unwrap();
+    /// Largest `max_inflight`, and so of `min_inflight`, which is at most `max_inflight`.
+    pub const MAX_MAX_INFLIGHT: usize = 1_000_000;
 }
 
 /// `routes[]`.
@@ -429,25 +565,61 @@ pub struct RouteConfig {
 pub struct DeferConfig {
     /// Which requests are deferred. Default `overflow`.
     pub when: DeferWhen,
-    /// A deferred request's body may hold at most this many bytes (larger: 413). Default 1 MiB;
-    /// at most 64 MiB.
+    /// A deferred request's body may hold at most this many bytes (larger: 413). Default
+    /// [`Self::DEFAULT_MAX_BODY`]; at most [`Self::MAX_MAX_BODY`].
     pub max_body: ByteSize,
-    /// Deliveries tried in all, 1..=100. Default 4.
+    /// Deliveries tried in all, at most [`Self::MAX_ATTEMPTS`]. Default
+    /// [`Self::DEFAULT_ATTEMPTS`].
     pub attempts: NonZeroU32,
-    /// The wait before the second attempt; it doubles for each further one, at most 1 min.
-    /// Default 1 s; at most 1 min.
+    /// The wait before the second attempt; it doubles for each further one, up to
+    /// `backoff_max`. Default [`Self::DEFAULT_BACKOFF`]; [`Self::MIN_BACKOFF`] ..=
+    /// [`Self::MAX_BACKOFF`].
     #[serde(serialize_with = "effective::duration")]
     pub backoff: Duration,
     /// A task not delivered this long after it was accepted is `dead`; its record is kept until
-    /// then. Default 24 h; 1 s ..= 7 days.
+    /// then. Default [`Self::DEFAULT_TTL`]; [`Self::MIN_TTL`] ..= [`Self::MAX_TTL`].
     #[serde(serialize_with = "effective::duration")]
     pub ttl: Duration,
     /// Tasks of the route not delivered yet (queued, waiting, delivering, dead), all instances
-    /// together: past it, 503 `queue-full`. Default 100000.
+    /// together: past it, 503 `queue-full`. Default [`Self::DEFAULT_MAX_TASKS`].
     pub max_tasks: u64,
-    /// The longest wait between two tries of a task. Default 5 min; at least `backoff`.
+    /// The longest wait between two tries of a task. Default [`Self::DEFAULT_BACKOFF_MAX`]; at
+    /// least `backoff`.
     #[serde(serialize_with = "effective::duration")]
     pub backoff_max: Duration,
+}
+
+impl DeferConfig {
+    /// `max_body` when absent.
+    pub const DEFAULT_MAX_BODY: ByteSize = ByteSize(1 << 20);
+    /// Largest `max_body`: a task's body goes to Redis in pieces and is held whole by a
+    /// deliverer; 64 MiB bounds both.
+    pub const MAX_MAX_BODY: ByteSize = ByteSize(64 << 20);
+    /// `attempts` when absent.
+    pub const DEFAULT_ATTEMPTS: NonZeroU32 = NonZeroU32::new(4).unwrap();
+    /// Most `attempts`: with waits capped at a minute, 100 attempts retry for over an hour and a
+    /// half; more is a task that should have been declared dead.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// `backoff` when absent.
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+    /// Shortest `backoff` (and `backoff_max`).
+    pub const MIN_BACKOFF: Duration = Duration::from_millis(1);
+    /// Longest `backoff`: every wait between attempts is at most a minute (the contract), so a
+    /// longer first wait could not be kept.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    /// `backoff_max` when absent: a task keeps being tried at least every five minutes while
+    /// the upstream is down.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+    /// `ttl` when absent.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// Shortest `ttl`: a task must live long enough for one delivery.
+    pub const MIN_TTL: Duration = Duration::from_secs(1);
+    /// Longest `ttl`, beyond the 24 h of other durations: work accepted before a weekend outage
+    /// of the upstream should still be there on Monday. A week is the retention queue services
+    /// default to (Kafka's `log.retention.hours`); Redis holds every queued body that long.
+    pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `max_tasks` when absent.
+    pub const DEFAULT_MAX_TASKS: u64 = 100_000;
 }
 
 /// `routes[].defer.when`.
@@ -568,11 +740,24 @@ pub struct RateLimitConfig {
     /// Local bucket, or shared through the store.
     pub scope: Scope,
     /// `scope: global`: tokens one instance takes from Redis per call for a key and spends
-    /// locally (`0`: every request asks Redis). At most `burst` and 1,000,000. Default 0.
+    /// locally (`0`: every request asks Redis). At most `burst` and [`Self::MAX_LEASE`].
+    /// Default [`Self::DEFAULT_LEASE`].
     pub lease: u32,
     /// Keys the limit's table holds at most (and its denial cache, for `scope: global`); the
-    /// least recently used goes when a new one comes. Default 1,000,000.
+    /// least recently used goes when a new one comes. Default [`Self::DEFAULT_MAX_KEYS`]; at
+    /// most [`Self::MAX_MAX_KEYS`].
     pub max_keys: NonZeroUsize,
+}
+
+impl RateLimitConfig {
+    /// `lease` when absent: every request asks Redis.
+    pub const DEFAULT_LEASE: u32 = 0;
+    /// Largest `lease` (it is also at most the limit's burst).
+    pub const MAX_LEASE: u32 = 1_000_000;
+    /// `max_keys` when absent.
+    pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
+    /// Largest `max_keys`: 5 to 8.5 GB of keys for one limit (50 to 85 bytes a key).
+    pub const MAX_MAX_KEYS: usize = 100_000_000;
 }
 
 /// `rate_limits[].key`.

@@ -6,6 +6,8 @@ use std::path::Path;
 use super::locate::Locator;
 use super::*;
 
+mod defaults;
+
 /// A small valid config; tests append to it or replace parts of it.
 const BASE: &str = "\
 server:

@@ -1,0 +1,189 @@
+//! `upstreams.<name>:`: endpoints and timeouts; and `concurrency:` (fixed or `adaptive`), which
+//! an upstream and a route both take.
+
+use std::num::NonZeroUsize;
+
+use http::uri::{Authority, Uri};
+
+use super::cx::Cx;
+use super::{join, present};
+use crate::config::raw::{RawAdaptive, RawConcurrency, RawUpstream};
+use crate::config::{AdaptiveConfig, CapSize, ConcurrencyConfig, Config, UpstreamConfig};
+
+// === impl Cx: upstreams ===
+
+impl Cx {
+    pub(super) fn upstream(&mut self, name: &str, raw: &RawUpstream) -> Option<UpstreamConfig> {
+        let at = format!("upstreams.{name}");
+        let checked_name = self.name(&at, name);
+        let endpoints: Vec<Option<Authority>> = match &raw.endpoints {
+            None => vec![self.missing(
+                &join(&at, "endpoints"),
+                "a list of URLs like [http://127.0.0.1:3000]",
+            )],
+            Some(list) if list.is_empty() => vec![self.fail(
+                &join(&at, "endpoints"),
+                "at least one endpoint is required, like [http://127.0.0.1:3000]",
+            )],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, url)| self.endpoint(&format!("{at}.endpoints[{i}]"), url))
+                .collect(),
+        };
+        let connect_timeout = self.duration(
+            &join(&at, "connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            UpstreamConfig::DEFAULT_CONNECT_TIMEOUT,
+            false,
+        );
+        let timeout = self.duration(
+            &join(&at, "timeout"),
+            raw.timeout.as_deref(),
+            UpstreamConfig::DEFAULT_TIMEOUT,
+            false,
+        );
+        let concurrency = raw
+            .concurrency
+            .as_ref()
+            .map(|c| self.concurrency(&join(&at, "concurrency"), c));
+        Some(UpstreamConfig {
+            name: checked_name?,
+            endpoints: endpoints.into_iter().collect::<Option<_>>()?,
+            connect_timeout: connect_timeout?,
+            timeout: timeout?,
+            concurrency: present(concurrency)?,
+        })
+    }
+
+    /// `concurrency:` of an upstream or a route: `max_inflight` or `adaptive`, the queue.
+    pub(super) fn concurrency(
+        &mut self,
+        at: &str,
+        raw: &RawConcurrency,
+    ) -> Option<ConcurrencyConfig> {
+        let size = match (raw.max_inflight, &raw.adaptive) {
+            (Some(n), None) => self
+                .nonzero_usize(&join(at, "max_inflight"), n.0, Config::MAX_COUNT)
+                .map(CapSize::Fixed),
+            (None, Some(adaptive)) => self
+                .adaptive(&join(at, "adaptive"), adaptive)
+                .map(CapSize::Adaptive),
+            (Some(_), Some(_)) => self.fail(
+                at,
+                "max_inflight and adaptive are mutually exclusive; keep one",
+            ),
+            (None, None) => self.missing(
+                &join(at, "max_inflight"),
+                "a number of requests, at least 1 (or `adaptive:` for a cap that follows the upstream's latency)",
+            ),
+        };
+        let queue = self.whole(
+            &join(at, "queue"),
+            raw.queue,
+            ConcurrencyConfig::DEFAULT_QUEUE,
+            (0, Config::MAX_COUNT),
+        );
+        let queue_timeout = self.duration(
+            &join(at, "queue_timeout"),
+            raw.queue_timeout.as_deref(),
+            ConcurrencyConfig::DEFAULT_QUEUE_TIMEOUT,
+            false,
+        );
+        Some(ConcurrencyConfig {
+            size: size?,
+            queue: queue?,
+            queue_timeout: queue_timeout?,
+        })
+    }
+
+    /// `adaptive:` — each bound in 1..=[`AdaptiveConfig::MAX_MAX_INFLIGHT`], with its default,
+    /// and `min_inflight` ≤ `max_inflight`.
+    fn adaptive(&mut self, at: &str, raw: &RawAdaptive) -> Option<AdaptiveConfig> {
+        let max = AdaptiveConfig::MAX_MAX_INFLIGHT;
+        let min_inflight = self.nonzero_usize_or(
+            &join(at, "min_inflight"),
+            raw.min_inflight,
+            AdaptiveConfig::DEFAULT_MIN_INFLIGHT,
+            max,
+        );
+        let max_inflight = self.nonzero_usize_or(
+            &join(at, "max_inflight"),
+            raw.max_inflight,
+            AdaptiveConfig::DEFAULT_MAX_INFLIGHT,
+            max,
+        );
+        let (min_inflight, max_inflight) = (min_inflight?, max_inflight?);
+        if min_inflight > max_inflight {
+            let (min_shown, max_shown) = (
+                shown(min_inflight, raw.min_inflight.is_none()),
+                shown(max_inflight, raw.max_inflight.is_none()),
+            );
+            return self.fail(
+                &join(at, "min_inflight"),
+                format!("must be at most max_inflight; found min_inflight {min_shown} > max_inflight {max_shown}"),
+            );
+        }
+        Some(AdaptiveConfig {
+            min_inflight,
+            max_inflight,
+        })
+    }
+
+    /// `http://host[:port][/]` → `host:port` (port 80 when absent).
+    fn endpoint(&mut self, at: &str, raw: &str) -> Option<Authority> {
+        let expected =
+            || format!("expected an endpoint URL like http://127.0.0.1:3000, found {raw:?}");
+        let Ok(uri) = raw.trim().parse::<Uri>() else {
+            return self.fail(at, expected());
+        };
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return self.fail(
+                    at,
+                    format!("{raw:?}: TLS to upstreams (https://) is not supported yet"),
+                );
+            }
+            _ => return self.fail(at, expected()),
+        }
+        let Some(authority) = uri.authority() else {
+            return self.fail(at, expected());
+        };
+        if authority.as_str().contains('@') {
+            return self.fail(
+                at,
+                format!("an endpoint must not contain user info, found {raw:?}"),
+            );
+        }
+        if authority.host().is_empty() {
+            return self.fail(at, expected());
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return self.fail(
+                at,
+                format!("an endpoint must not have a path or query (the request's path is sent as is), found {raw:?}"),
+            );
+        }
+        match authority.port_u16() {
+            Some(0) => self.fail(
+                at,
+                format!("port 0 is not a valid endpoint port, found {raw:?}"),
+            ),
+            Some(_) => Some(authority.clone()),
+            None => format!("{}:80", authority.host())
+                .parse::<Authority>()
+                .ok()
+                .or_else(|| self.fail(at, expected())),
+        }
+    }
+}
+
+/// A value for an error message, marked when it is a default rather than the file's.
+fn shown(value: NonZeroUsize, defaulted: bool) -> String {
+    if defaulted {
+        format!("{value} (the default)")
+    } else {
+        value.to_string()
+    }
+}
