@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::listener::{self, Listener};
+use crate::runtime::tls::Acceptor;
 use crate::runtime::{Runtime, Shared, HOUSEKEEPING_INTERVAL};
 use crate::shutdown::Shutdown;
 
@@ -59,7 +60,7 @@ impl App {
         let (tls, tls_addr) = match &config.server.tls {
             Some(t) => {
                 let addr = t.listen;
-                let bound = Listener::bind_tls(addr, t.acceptor.clone(), &http)
+                let bound = Listener::bind_tls(addr, Acceptor::new(&t.identity), &http)
                     .await
                     .and_then(|l| l.local_addr().map(|local| (l, local)))
                     .map_err(|source| StartError::Bind { addr, source })?;

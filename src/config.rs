@@ -38,6 +38,7 @@ mod locate;
 mod raw;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 use std::fmt;
@@ -53,6 +54,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use self::error::{ConfigError, FieldError};
+pub(crate) use self::tls::TlsIdentity;
 pub use crate::canonical::EscapedSlashes;
 
 /// Reads, parses and validates the config file at `path`.
@@ -260,7 +262,7 @@ pub struct TlsConfig {
     /// to match: what the listener serves, so a file changed after loading changes nothing
     /// until the next reload.
     #[serde(skip)]
-    pub(crate) acceptor: crate::net::tls::Acceptor,
+    pub(crate) identity: TlsIdentity,
 }
 
 /// `admin:` — the admin listener.

@@ -10,4 +10,3 @@ pub(crate) mod io;
 pub(crate) mod listener;
 pub(crate) mod per_ip;
 pub(crate) mod server;
-pub(crate) mod tls;

@@ -7,6 +7,7 @@
 //! requests in flight finish under the runtime they started with.
 
 pub(crate) mod http_settings;
+pub(crate) mod tls;
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use http::HeaderValue;
 use prometheus_client::metrics::gauge::Gauge;
 
 use self::http_settings::{http_builder, HttpBuilder};
+use self::tls::Acceptor;
 use crate::budget::Budget;
 use crate::config::{
     Config, KeySpec, Mode, Per, Priority, Rate, RateLimitConfig, RouteConfig, UpstreamConfig,
@@ -48,6 +50,8 @@ pub struct Runtime {
     pub(crate) keys: KeyExtractor,
     /// HTTP settings for new connections (header timeout, h2 streams).
     pub(crate) http: HttpBuilder,
+    /// The HTTPS listener's TLS settings for new connections (`server.tls`), if any.
+    pub(crate) tls: Option<Acceptor>,
     /// Process-wide metric families.
     pub(crate) metrics: Arc<Metrics>,
     /// `server.max_buffered_bytes`: what request and response buffering may hold together.
@@ -181,6 +185,11 @@ impl Runtime {
                 None => keys,
             },
             http: http_builder(&config.server),
+            tls: config
+                .server
+                .tls
+                .as_ref()
+                .map(|t| Acceptor::new(&t.identity)),
             budget: carry.budget.clone(),
             task_lookups: TaskLookups::new(&config, previous.map(|p| &p.task_lookups)),
             metrics,

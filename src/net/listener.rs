@@ -18,10 +18,10 @@ use tokio_rustls::server::TlsStream;
 use super::io::SendTimeout;
 use super::per_ip::{IpSlot, PerIp};
 use super::server;
-use super::tls::Acceptor;
 use crate::client::Origin;
 use crate::limit::key::client_group;
 use crate::runtime::http_settings::{HttpBuilder, Protocol};
+use crate::runtime::tls::Acceptor;
 use crate::runtime::{Runtime, Shared};
 use crate::shutdown::ShutdownWatch;
 
@@ -121,8 +121,8 @@ impl Listener {
                 }
             };
             let tls = self.tls.as_ref().map(|started_with| {
-                let current = runtime.config.server.tls.as_ref();
-                current.map_or(started_with, |t| &t.acceptor).acceptor()
+                let current = runtime.tls.as_ref();
+                current.map_or(started_with, |t| t).acceptor()
             });
             let accepted = Accepted {
                 tcp,

@@ -11,8 +11,8 @@ use super::cx::Cx;
 use super::{join, present};
 use crate::canonical::EscapedSlashes;
 use crate::config::raw::{RawServer, RawTls, Size};
+use crate::config::TlsIdentity;
 use crate::config::{AdminConfig, ByteSize, ClientLimits, Config, ServerConfig, TlsConfig};
-use crate::net::tls::Acceptor;
 
 /// The `server` fields of connection handling, checked apart from the rest.
 struct Connections {
@@ -217,9 +217,9 @@ impl Cx {
         );
         // Read and check the files now, so that `sluice check` and a reload catch a bad
         // certificate, and what was checked is what the listener serves.
-        let acceptor = match (&cert, &key) {
-            (Some(cert), Some(key)) => match Acceptor::load(cert, key) {
-                Ok(acceptor) => Some(acceptor),
+        let identity = match (&cert, &key) {
+            (Some(cert), Some(key)) => match TlsIdentity::load(cert, key) {
+                Ok(identity) => Some(identity),
                 Err(errors) => {
                     for error in errors {
                         self.error(&join(at, error.field()), error.to_string());
@@ -233,7 +233,7 @@ impl Cx {
             listen: listen?,
             cert: cert?,
             key: key?,
-            acceptor: acceptor?,
+            identity: identity?,
         })
     }
 

@@ -1,18 +1,14 @@
-//! TLS termination for the HTTPS listener: certificate and key from PEM files, TLS 1.2 and 1.3,
-//! ALPN `h2` and `http/1.1`.
-//!
-//! Where it sits: [`crate::net::listener`] accepts a TCP connection and runs the handshake with the
-//! [`Acceptor`] of the current config, bounded by `server.header_read_timeout`; the negotiated
-//! ALPN protocol then tells [`crate::net::server`] whether to speak HTTP/2 or HTTP/1.1.
-//!
-//! The files are read and checked when the config is loaded ([`Acceptor::load`] is called by
-//! config validation), so an [`Acceptor`] is part of a validated [`crate::config::Config`]:
+//! The HTTPS listener's certificate and key (`server.tls.cert`, `server.tls.key`), read from PEM
+//! files and checked when the config is loaded:
 //! - `sluice check` and `sluice run` reject a missing, unreadable, non-PEM or mismatched
 //!   certificate or key as a config error naming the file and the field;
 //! - `sluice run` serves exactly what it validated: the files are not read a second time;
 //! - a reload reads them again, so new handshakes use the new certificate while established
 //!   connections keep the session they have; a bad new file fails the reload and the running
 //!   certificate stays.
+//!
+//! Data only: the TLS settings that serve it (versions, ALPN, tickets) are built from it with
+//! each runtime (`crate::runtime::tls`).
 
 use std::fmt;
 use std::io;
@@ -22,20 +18,16 @@ use std::sync::Arc;
 use rustls_pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::sign::{CertifiedKey, SingleCertAndKey};
-use tokio_rustls::rustls::{self, version, InconsistentKeys, ServerConfig};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{self, InconsistentKeys};
 
-/// ALPN protocols offered, in server preference order: HTTP/2 first.
-pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
-/// A certificate chain and private key, checked to match, ready to accept handshakes. Cheap to
-/// clone; every accepted connection takes the one of the runtime current at accept time.
+/// A certificate chain and the private key of its leaf, checked to match. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Acceptor {
-    /// The rustls settings: versions, ALPN, the certificate. Shared by every handshake.
-    config: Arc<ServerConfig>,
-    /// The files it was loaded from, for logs.
-    cert: PathBuf,
+pub(crate) struct TlsIdentity {
+    /// The chain and the signing key, as rustls serves them.
+    pub(crate) certified: Arc<CertifiedKey>,
+    /// The certificate file, for logs.
+    pub(crate) cert: PathBuf,
 }
 
 /// Why a certificate or key file cannot be used. Every variant names the file.
@@ -117,19 +109,16 @@ impl TlsError {
     }
 }
 
-// === impl Acceptor ===
+// === impl TlsIdentity ===
 
-impl Acceptor {
-    /// Reads the PEM certificate chain at `cert` and the PEM private key at `key`, checks that
-    /// they belong together, and builds the TLS settings: TLS 1.2 and 1.3, ALPN `h2` then
-    /// `http/1.1`, no client certificates, session tickets for resumption. Blocking file I/O.
+impl TlsIdentity {
+    /// Reads the PEM certificate chain at `cert` and the PEM private key at `key`, and checks
+    /// that they belong together. Blocking file I/O.
     ///
     /// # Errors
     /// Every problem found, at most one per file: unreadable, not PEM, no certificate or key in
     /// it, unusable key or certificate, key not matching the leaf certificate.
-    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Acceptor, Vec<TlsError>> {
-        // ring's provider, named here rather than taken from a process-wide default, so that no
-        // other crate's feature choice can change what the listener offers.
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<TlsIdentity, Vec<TlsError>> {
         let provider: Arc<CryptoProvider> = Arc::new(ring::default_provider());
         let chain = read_chain(cert);
         let signing_key = read_key(key).and_then(|der| {
@@ -167,27 +156,18 @@ impl Acceptor {
                 }]);
             }
         }
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-            .expect("ring provides cipher suites for TLS 1.2 and 1.3")
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        // Stateless resumption: a returning client skips the key exchange and signature.
-        // The ticket keys are random per process (and per reload) and rotate every 6 hours.
-        // It fails only when the system RNG does; then stay without tickets (full handshakes).
-        if let Ok(ticketer) = ring::Ticketer::new() {
-            config.ticketer = ticketer;
-        }
-        Ok(Acceptor {
-            config: Arc::new(config),
+        Ok(TlsIdentity {
+            certified: Arc::new(certified),
             cert: cert.to_path_buf(),
         })
     }
+}
 
-    /// A handshake driver for one connection.
-    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.config.clone())
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
     }
 }
 
@@ -218,16 +198,6 @@ impl fmt::Display for PemError {
 }
 
 impl std::error::Error for PemError {}
-
-impl fmt::Debug for Acceptor {
-    /// Short: rustls' own `Debug` lists every cipher suite.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Acceptor")
-            .field("cert", &self.cert)
-            .field("alpn", &["h2", "http/1.1"])
-            .finish_non_exhaustive()
-    }
-}
 
 /// The certificates of the PEM file at `path`, in file order (leaf first). Blocks of other
 /// types (a key in the same file) are skipped.
