@@ -145,7 +145,7 @@ async fn big_bodies_go_in_pieces_and_stall_no_command() {
 }
 
 /// Pins (issue 22): while bodies of 8 MB are being stored, a global limit's calls (on the same
-/// Redis server, `timeout: 100ms`, `on_error: allow`) still get their answer: 23 clients that
+/// Redis server, `timeout: 250ms`, `on_error: allow`) still get their answer: 23 clients that
 /// spent their one request an hour are all refused, none let through by a timeout. Before, the
 /// accept script held Redis' one thread long enough for the limit's calls to time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +153,7 @@ async fn limits_never_wait_behind_task_writes() {
     let redis = RedisServer::start().await;
     let up = ok_upstream().await;
     let store = format!(
-        "  redis: {{url: \"{}\", timeout: 100ms, on_error: allow}}",
+        "  redis: {{url: \"{}\", timeout: 250ms, on_error: allow}}",
         redis.url()
     );
     let routes = format!(
@@ -175,7 +175,7 @@ async fn limits_never_wait_behind_task_writes() {
     for key in 0..23 {
         assert_eq!(limited(key).await, StatusCode::OK, "each client's first");
     }
-    let writes: Vec<_> = (0..6u8)
+    let writes: Vec<_> = (0..12u8)
         .map(|i| {
             let url = proxy.url("/hooks/big");
             tokio::spawn(async move { post_keyed(&url, None, body_of(8 << 20, i)).await.status })
