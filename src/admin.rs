@@ -221,7 +221,7 @@ async fn serve(
             stats::render(&shared, history),
         ),
         Endpoint::Metrics => {
-            shared.runtime().refresh_gauges();
+            shared.refresh_gauges();
             let format = Format::negotiate(req.headers());
             let mut res = reply(
                 StatusCode::OK,

@@ -136,6 +136,9 @@ impl App {
             tracing::info!(route = %route.name, upstream = %config.upstreams[route.upstream].name, limits = route.rate_limits.len(), "route");
         }
 
+        // What runs beside the listeners is spawned on this runtime, reloads included.
+        let _ = self.shared.spawner.set(tokio::runtime::Handle::current());
+        crate::supervise::deliverers(&self.shared);
         let housekeeping = spawn_housekeeping(self.shared.clone());
 
         // The admin listener outlives the drain, so /readyz can say 503 while it happens.
@@ -187,8 +190,8 @@ impl App {
         );
         // Then deferred deliveries: unsent tasks go back to Redis, those under way finish.
         self.shared
-            .runtime()
-            .stop_deliveries(config.server.shutdown_grace)
+            .deliverers
+            .stop_all(config.server.shutdown_grace)
             .await;
         housekeeping.abort();
         sighup.abort();

@@ -78,6 +78,7 @@ mod scripts;
 mod target;
 mod task;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +97,45 @@ pub(crate) use self::target::Target;
 pub(crate) use self::task::{accepted_json, Counts, Deferred, Refused, StoredRequest, TaskStatus};
 pub(crate) use self::task::{BadIdempotencyKey, IdempotencyKey, TaskId};
 use crate::metrics::Metrics;
+
+/// The deliverers of every deferring route on this instance, by route name: started, handed each
+/// new runtime's route and stopped by the app (`crate::supervise`), read for the gauges. Not
+/// part of a runtime: they run, and outlive the runtime that first needed them.
+#[derive(Debug, Default)]
+pub(crate) struct Deliverers {
+    /// std Mutex: taken to reconcile (a reload) and to read a count, never across an `.await`.
+    by_route: std::sync::Mutex<HashMap<Arc<str>, Arc<Deliveries>>>,
+}
+
+impl Deliverers {
+    /// The deliverers of every route, taken out to be reconciled with a new runtime.
+    pub(crate) fn take(&self) -> HashMap<Arc<str>, Arc<Deliveries>> {
+        std::mem::take(&mut *self.by_route.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts the reconciled deliverers back.
+    pub(crate) fn put(&self, by_route: HashMap<Arc<str>, Arc<Deliveries>>) {
+        *self.by_route.lock().unwrap_or_else(|e| e.into_inner()) = by_route;
+    }
+
+    /// The fleet's figures of route `route`'s tasks as its deliverers last read them.
+    pub(crate) fn counts(&self, route: &str) -> Option<Counts> {
+        let by_route = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
+        by_route.get(route).and_then(|d| d.counts())
+    }
+
+    /// Stops every route's deliverers (shutdown): no new task is taken, tasks waiting for a slot
+    /// go back to their stream, deliveries under way finish — within `grace` in all.
+    pub(crate) async fn stop_all(&self, grace: Duration) {
+        let all: Vec<_> = self.take().into_values().collect();
+        let stopping = async {
+            for deliveries in &all {
+                deliveries.stop(grace).await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, stopping).await;
+    }
+}
 
 /// Most dead tasks one listing shows (the contract's 1000).
 pub(crate) const LIST_MAX: usize = 1000;

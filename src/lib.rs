@@ -66,3 +66,4 @@ pub mod router;
 pub mod runtime;
 pub mod shutdown;
 mod store;
+mod supervise;

@@ -61,6 +61,7 @@ pub(crate) fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
         tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded; new handshakes use it");
     }
     shared.swap(Runtime::build(new, Some(&current), shared.metrics.clone()));
+    crate::supervise::deliverers(shared);
     shared.metrics.reload(true);
     tracing::info!(file = %path.display(), routes = report.routes, "config reloaded");
     Ok(report)

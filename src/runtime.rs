@@ -24,7 +24,7 @@ use crate::budget::Budget;
 use crate::config::{
     Config, KeySpec, Mode, Per, Priority, Rate, RateLimitConfig, RouteConfig, UpstreamConfig,
 };
-use crate::defer::{Deliveries, RouteDefer, Target};
+use crate::defer::{Deliverers, RouteDefer};
 use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
@@ -150,6 +150,12 @@ pub struct Shared {
     /// milliseconds. Written before `generation`, so a reader of a generation sees at least
     /// its time.
     reloaded_at_ms: AtomicU64,
+    /// The deliverers of the deferring routes: the app starts, retargets and stops them
+    /// (`crate::supervise`); the gauges read their counts.
+    pub(crate) deliverers: Deliverers,
+    /// The proxy's tokio runtime, where the app spawns what runs beside the listeners (a reload
+    /// runs on another thread); set when the app starts running.
+    pub(crate) spawner: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 // === impl Runtime ===
@@ -217,19 +223,6 @@ impl Runtime {
         self.store.as_ref()
     }
 
-    /// Stops the deliverers of every deferring route (shutdown): no new task is taken, tasks
-    /// waiting for a slot go back to their stream, deliveries under way finish — within `grace`.
-    pub(crate) async fn stop_deliveries(&self, grace: Duration) {
-        let all = async {
-            for route in &self.routes {
-                if let Some(defer) = &route.defer {
-                    defer.deliveries().stop(grace).await;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(grace, all).await;
-    }
-
     /// Sets the gauges that are properties of limiters (queue depth, the cap in force,
     /// utilisation, tracked keys); called when `/metrics` is scraped.
     pub(crate) fn refresh_gauges(&self) {
@@ -246,18 +239,6 @@ impl Runtime {
                     &route.name,
                     &limit.rate.config().name,
                     limit.rate.len(),
-                );
-            }
-            if let Some(counts) = route.defer.as_ref().and_then(|d| d.deliveries().counts()) {
-                self.metrics.set_deferred(
-                    &route.name,
-                    [
-                        counts.queued,
-                        counts.delivering,
-                        counts.delivered,
-                        counts.dead,
-                    ],
-                    Duration::from_millis(u64::try_from(counts.oldest_ms).unwrap_or(0)),
                 );
             }
         }
@@ -349,6 +330,29 @@ impl Shared {
             generation: AtomicU64::new(1),
             started_at_ms: now,
             reloaded_at_ms: AtomicU64::new(now),
+            deliverers: Deliverers::default(),
+            spawner: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the gauges read at scrape time: the runtime's (`Runtime::refresh_gauges`) and the
+    /// deferred tasks' counts, as each route's deliverers last read them.
+    pub(crate) fn refresh_gauges(&self) {
+        let runtime = self.runtime();
+        runtime.refresh_gauges();
+        for route in runtime.routes.iter().filter(|r| r.defer.is_some()) {
+            if let Some(counts) = self.deliverers.counts(&route.name) {
+                self.metrics.set_deferred(
+                    &route.name,
+                    [
+                        counts.queued,
+                        counts.delivering,
+                        counts.delivered,
+                        counts.dead,
+                    ],
+                    Duration::from_millis(u64::try_from(counts.oldest_ms).unwrap_or(0)),
+                );
+            }
         }
     }
 
@@ -509,16 +513,7 @@ impl<'a> Carry<'a> {
         });
         let route_metrics = metrics.route(&r.name);
         let upstream_inflight = metrics.upstream_inflight(&upstream.name);
-        let defer = self.defer(r, old, config, metrics, |defer| Target {
-            config: defer,
-            upstream: upstream.clone(),
-            route_cap: concurrency.clone(),
-            route_inflight: route_metrics.inflight.clone(),
-            upstream_inflight: upstream_inflight.clone(),
-            upstream_duration: route_metrics.upstream_duration.clone(),
-            metrics: crate::defer::DeferMetrics::new(metrics, &r.name),
-            budget: self.budget.clone(),
-        });
+        let defer = self.defer(r, config, metrics);
         Route {
             metrics: route_metrics,
             cap_metrics: metrics.scope(&Scope::Route(r.name.clone())),
@@ -536,45 +531,19 @@ impl<'a> Carry<'a> {
         }
     }
 
-    /// The deferral of route `r`, if it has `defer:`: the deliverers of the route in the
-    /// previous runtime when it had them on the same store (handed the route as rebuilt),
-    /// else new ones.
-    // A build without Redis has no task store: what follows it is unreachable there.
+    /// The deferral of route `r`, if it has `defer:`, on the task store. (Its deliverers are
+    /// the app's: `crate::supervise`.)
+    // In a build without Redis a deferral has no value: what follows its making is unreachable.
     #[allow(unreachable_code)]
-    fn defer(
-        &self,
-        r: &RouteConfig,
-        old: Option<&Route>,
-        config: &Config,
-        metrics: &Metrics,
-        target: impl FnOnce(crate::config::DeferConfig) -> Target,
-    ) -> Option<RouteDefer> {
+    fn defer(&self, r: &RouteConfig, config: &Config, metrics: &Metrics) -> Option<RouteDefer> {
         let (defer, store) = (r.defer?, self.tasks.as_ref()?);
         let tasks = config.store.as_ref()?.tasks.as_ref()?;
-        let kept = old
-            .and_then(|o| o.defer.as_ref())
-            .filter(|od| Arc::ptr_eq(od.store(), store))
-            .map(|od| od.deliveries().clone());
-        let deliveries = match kept {
-            Some(deliveries) => {
-                deliveries.retarget(target(defer));
-                deliveries
-            }
-            None => {
-                let spawner = self
-                    .spawner
-                    .as_ref()
-                    .expect("a runtime using Redis is built inside tokio");
-                Arc::new(Deliveries::start(&r.name, store, target(defer), spawner))
-            }
-        };
         Some(RouteDefer::new(
             &r.name,
             defer,
             (store.clone(), tasks.timeout),
             self.budget.clone(),
             crate::defer::DeferMetrics::new(metrics, &r.name),
-            deliveries,
         ))
     }
 
@@ -761,33 +730,5 @@ mod tests {
         assert!(!Arc::ptr_eq(&global(&same), &global(&other_lease)));
         let other_store = build(yaml("redis://127.0.0.2:1", 20), Some(&other_lease));
         assert!(!Arc::ptr_eq(&global(&other_lease), &global(&other_store)));
-    }
-
-    /// Pins: a reload keeps a deferring route's deliverers (their consumer, the tasks they
-    /// hold) while the route keeps its name and the store its target, handing them the new
-    /// `defer:`; a changed store starts new ones.
-    #[cfg(feature = "redis")]
-    #[tokio::test]
-    async fn reload_keeps_the_deliverers_of_a_route() {
-        let yaml = |url: &str, attempts: u32| {
-            format!(
-                "server: {{ listen: 127.0.0.1:0 }}\n\
-                 store: {{ redis: {{ url: \"{url}\" }} }}\n\
-                 upstreams: {{ api: {{ endpoints: [http://127.0.0.1:1] }} }}\n\
-                 routes: [{{ name: hooks, upstream: api, defer: {{ attempts: {attempts} }} }}]\n"
-            )
-        };
-        let deliveries = |rt: &Runtime| {
-            let defer = rt.routes[0].defer.as_ref().expect("a deferring route");
-            (defer.deliveries().clone(), defer.config().attempts.get())
-        };
-        // Nothing listens on port 1: these runtimes never reach Redis, which is not needed.
-        let first = build(&yaml("redis://127.0.0.1:1", 4), None);
-        let same = build(&yaml("redis://127.0.0.1:1", 5), Some(&first));
-        let (a, b) = (deliveries(&first), deliveries(&same));
-        assert!(Arc::ptr_eq(&a.0, &b.0));
-        assert_eq!((a.1, b.1), (4, 5));
-        let other = build(&yaml("redis://127.0.0.2:1", 5), Some(&same));
-        assert!(!Arc::ptr_eq(&b.0, &deliveries(&other).0));
     }
 }

@@ -339,7 +339,8 @@ impl<'a> Stats<'a> {
             .iter()
             .map(|route| {
                 let base = Base::find(samples, now, |s| s.routes.get(&route.name));
-                RouteStats::new(route, &now.routes[&route.name], base)
+                let deferred = deferred(shared, route);
+                RouteStats::new(route, &now.routes[&route.name], base, deferred)
             })
             .collect();
         let upstreams = runtime
@@ -379,7 +380,12 @@ impl<'a> Stats<'a> {
 
 impl<'a> RouteStats<'a> {
     /// Without a base (no sample has the route yet), rates are 0 and quantiles `null`.
-    fn new(route: &'a Route, now: &RouteSample, base: Option<Base<'_, RouteSample>>) -> Self {
+    fn new(
+        route: &'a Route,
+        now: &RouteSample,
+        base: Option<Base<'_, RouteSample>>,
+        deferred: Option<DeferredStats>,
+    ) -> Self {
         let rates = |pick: fn(&RouteSample) -> &Counts| {
             ByOutcome(std::array::from_fn(|i| {
                 base.map_or(0.0, |b| {
@@ -422,14 +428,15 @@ impl<'a> RouteStats<'a> {
             )),
             rate_limit_keys: rate_limits.iter().map(|l| l.keys).sum(),
             rate_limits,
-            deferred: deferred(route),
+            deferred,
         }
     }
 }
 
-/// The task counts of a deferring route.
-fn deferred(route: &Route) -> Option<DeferredStats> {
-    let counts = route.defer.as_ref()?.deliveries().counts()?;
+/// The task counts of a deferring route, as its deliverers last read them.
+fn deferred(shared: &Shared, route: &Route) -> Option<DeferredStats> {
+    route.defer.as_ref()?;
+    let counts = shared.deliverers.counts(&route.name)?;
     Some(DeferredStats {
         queued: counts.queued,
         delivering: counts.delivering,

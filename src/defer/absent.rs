@@ -30,7 +30,6 @@ impl RouteDefer {
         (store, _): (Arc<Store>, Duration),
         _: Arc<Budget>,
         _: DeferMetrics,
-        _: Arc<Deliveries>,
     ) -> RouteDefer {
         match *store {}
     }
@@ -43,7 +42,7 @@ impl RouteDefer {
         match *self {}
     }
 
-    pub(crate) fn deliveries(&self) -> &Arc<Deliveries> {
+    pub(crate) fn metrics(&self) -> &DeferMetrics {
         match *self {}
     }
 
@@ -70,8 +69,12 @@ impl RouteDefer {
 
 impl Deliveries {
     /// Never called: there is no store to deliver from.
-    pub(crate) fn start(_: &Arc<str>, store: &Store, _: Target, _: &Handle) -> Deliveries {
-        match *store {}
+    pub(crate) fn start(_: &Arc<str>, store: &Arc<Store>, _: Target, _: &Handle) -> Deliveries {
+        match **store {}
+    }
+
+    pub(crate) fn serves(&self, _: &Arc<Store>) -> bool {
+        match *self {}
     }
 
     pub(crate) fn retarget(&self, _: Target) {

@@ -88,6 +88,8 @@ const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 /// The deliverers of one route on this instance. Dropping it stops them (see the module docs).
 pub(crate) struct Deliveries {
     pool: Arc<Pool>,
+    /// The store it reads from: a new runtime on another store needs new deliverers.
+    store: Arc<Store>,
     /// The reader and the caretaker.
     loops: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -137,7 +139,7 @@ impl Deliveries {
     /// Starts the deliverers of route `route` on `spawner`, connecting where `store` does.
     pub(crate) fn start(
         route: &Arc<str>,
-        store: &Store,
+        store: &Arc<Store>,
         target: Target,
         spawner: &Handle,
     ) -> Deliveries {
@@ -171,8 +173,14 @@ impl Deliveries {
         ];
         Deliveries {
             pool,
+            store: store.clone(),
             loops: Mutex::new(loops),
         }
+    }
+
+    /// True when these deliverers read from `store`.
+    pub(crate) fn serves(&self, store: &Arc<Store>) -> bool {
+        Arc::ptr_eq(&self.store, store)
     }
 
     /// Hands the workers the route as a reload rebuilt it (its caps, upstream, `defer:`); the

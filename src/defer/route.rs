@@ -9,7 +9,6 @@ use std::time::Duration;
 use redis::Value;
 use sha2::{Digest, Sha256};
 
-use super::deliver::Deliveries;
 use super::task::{IdempotencyKey, TaskId, TaskStatus};
 use super::{accept, scripts};
 use super::{DeferMetrics, Deferred, Refused};
@@ -56,9 +55,6 @@ pub(crate) struct RouteDefer {
     pub(super) clock_offset_ms: std::sync::atomic::AtomicI64,
     /// `sluice_deferred_total{result="accepted"}` and the rest.
     pub(super) metrics: DeferMetrics,
-    /// This route's deliverers on this instance; kept across reloads (see
-    /// `crate::runtime`).
-    pub(super) deliveries: Arc<Deliveries>,
 }
 
 // === impl Keys ===
@@ -128,15 +124,13 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 // === impl RouteDefer ===
 
 impl RouteDefer {
-    /// The deferral of route `route` on the task store `store` (whose writes `timeout` bounds),
-    /// whose deliverers are `deliveries`.
+    /// The deferral of route `route` on the task store `store` (whose writes `timeout` bounds).
     pub(crate) fn new(
         route: &Arc<str>,
         config: DeferConfig,
         (store, timeout): (Arc<Store>, Duration),
         budget: Arc<Budget>,
         metrics: DeferMetrics,
-        deliveries: Arc<Deliveries>,
     ) -> RouteDefer {
         RouteDefer {
             config,
@@ -147,7 +141,6 @@ impl RouteDefer {
             budget,
             clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
             metrics,
-            deliveries,
         }
     }
 
@@ -161,9 +154,9 @@ impl RouteDefer {
         &self.config
     }
 
-    /// This route's deliverers on this instance.
-    pub(crate) fn deliveries(&self) -> &Arc<Deliveries> {
-        &self.deliveries
+    /// Its metric handles.
+    pub(crate) fn metrics(&self) -> &DeferMetrics {
+        &self.metrics
     }
 
     /// The state of task `id` if it belongs to this route; `Ok(None)` when Redis has no such
