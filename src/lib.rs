@@ -6,44 +6,43 @@
 //! work is shed first.
 //!
 //! # Layout
-//! The modules follow a request through the proxy:
+//! A request's path through the modules:
 //!
 //! ```text
-//! net::listener ──▶ net::server ──▶ pipeline::handle
-//! (accept, conn      (hyper h1/h2,    canonical ──▶ route ──▶ rate ──▶ caps ──▶ forward ──▶ proxy::upstream
-//!  cap, TLS by        one task per    (path, host)  (router)  (limit::  (limit::   (proxy::    (pool, 502/504)
-//!  net::tls)          connection)                             rate,     concur-    forward)
-//!                                                             global)   rency)
-//!                                        │ Err(Rejection) from any stage
+//! net::listener ──▶ net::server ──▶ pipeline::handle ──▶ RequestContext::finish
+//! (accept, conn      (hyper h1/h2,    canonical ──▶ route ──▶ rate ──▶ body ──▶ caps ──▶ forward ──▶ proxy::upstream
+//!  cap, TLS by        one task per    (path, host)  (router)  (limit)   (read)   (limit)   (proxy)     (pool, 502/504)
+//!  runtime::tls)      connection)                                        └──▶ defer (202, Redis)
+//!                                        │ Answer::Rejected from any stage
 //!                                        ▼
 //!                                     rescue (every response sluice makes itself)
 //! ```
 //!
-//! - [`config`]: YAML → raw serde types → validated runtime types; errors with line and path.
-//! - [`runtime`]: the data model of one config version (routes, limits, caps, pools, rendered
-//!   problems), built from a config and swapped atomically on reload. Imports none of the
-//!   modules that run things.
-//! - [`app`]: binds the listeners and runs them, the admin thread, reload on SIGHUP and the
-//!   housekeeping of key tables and pools.
-//! - `net`: accepting connections (`listener`), TLS (`tls`), serving HTTP/1.1 and HTTP/2
-//!   (`server`, with the settings of `http` and the HTTP/2 idle watchdog `idle`).
-//! - `pipeline`: the stages one request goes through, in the contract's order; the first,
-//!   `canonical`, puts the path and host in the one form routes match and upstreams receive
-//!   (the pure functions are [`canonical`]).
-//! - [`router`], [`limit`], `proxy`: route matching, limits, forwarding.
-//! - [`rescue`]: every response sluice makes itself; [`body`]: the response body type.
-//! - `metrics`, `admin`: Prometheus metrics and the admin listener (the dashboard `/` and its
-//!   `/stats`, `/metrics`, `/healthz`, `/readyz`, `/config`, `/reload`), on its own thread.
-//! - `reload`: SIGHUP / `POST /reload` build a new runtime and publish it.
-//! - [`shutdown`]: the drain signal shared by every listener; `clock`: atomic timestamps.
-//! - [`demo`]: the built-in sample upstream behind `sluice demo`.
+//! # Layers
+//! Each module may use only the modules of the layers below its own (and, within a layer, the
+//! ones listed before it); `layering`'s test reads every `crate::` path of the sources and fails
+//! on one that points up or sideways-forward. Bottom to top:
 //!
-//! Dependencies point down this list and never back: `runtime` knows the limits, pools and
-//! rendered problems but not the listeners, the pipeline or the app that use it.
+//! 1. **Data and pure functions**: [`canonical`] (path and host in canonical form), [`config`]
+//!    (YAML → validated types, certificate bytes included), `client` (who sent a request),
+//!    `clock`, `budget` (the buffering budget), [`shutdown`] (the drain signal), `metrics` (the
+//!    registry and its families).
+//! 2. **Decisions and their state**: `store` (the Redis connections), [`router`], [`limit`]
+//!    (token buckets, key tables, caps and their queues, global limits on `store`).
+//! 3. **Talking to upstreams and making responses**: `proxy` (pools, exchanges, the request
+//!    body), [`body`] (the response body), `defer` (deferred delivery on `store`), [`rescue`]
+//!    (every response sluice makes itself).
+//! 4. **One config version's built form**: [`runtime`] — routes, limits, caps, pools, rendered
+//!    problems, TLS and HTTP settings; data that runs nothing.
+//! 5. **One request, and what runs beside**: `pipeline` (the stages of one request, with one
+//!    request context), `supervise` (the deliverers the app runs, reconciled with each runtime).
+//! 6. **Serving**: `net` (listeners, connections, the HTTP/2 idle watchdog).
+//! 7. **Supervision**: `reload`, `admin` (its own listener and thread), [`demo`] (the sample
+//!    upstream of `sluice demo`), [`app`] (binds, runs, signals, housekeeping).
 //!
-//! Global limits (`scope: global`) live in [`limit::global`], deferred delivery (`defer:`
-//! routes, `GET /_sluice/tasks/<id>`) in `defer`, both behind the default-on `redis` feature;
-//! their connection to Redis is `store`'s.
+//! The cargo feature `redis` (default on) is named only at one seam: `store`, `defer` and
+//! `limit::global` have stand-ins without value in a build without it, and `config` refuses
+//! what would need them.
 
 mod admin;
 pub mod app;
@@ -67,3 +66,6 @@ pub mod runtime;
 pub mod shutdown;
 mod store;
 mod supervise;
+
+#[cfg(test)]
+mod layering;
