@@ -168,49 +168,107 @@ fn bad_request_body(cause: canonical::BadRequest) -> &'static str {
     }
 }
 
+/// What a rejection is answered with: its status, its `reason`, how it is counted, and where its
+/// body comes from. [`Rejection::problem`] is the table, one arm per rejection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Problem {
+    /// The status.
+    pub(crate) status: StatusCode,
+    /// The `reason` member: tells the cases apart for scripts.
+    pub(crate) reason: &'static str,
+    /// How a request that got it is counted in `sluice_requests_total`.
+    pub(crate) outcome: Outcome,
+    /// Its body (and the fields that go with it).
+    body: Body,
+}
+
+/// Where a problem's body comes from.
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    /// The same for every route, rendered at compile time.
+    Static(&'static str),
+    /// One of the route's plain bodies, rendered when the route is built.
+    Plain(Plain),
+    /// Rate limit `limit`'s 429, and the wait until its bucket admits the request.
+    Limited { limit: usize, retry_after: Duration },
+    /// Global limit `limit`'s 503 (Redis failed, `on_error: deny`).
+    LimitStore(usize),
+    /// The 400 of a repeated header that limit `limit` keys on.
+    RepeatedKey(usize),
+    /// A cap's 503, with its `Retry-After`.
+    Cap(Cap, Rejected),
+    /// The 503 of a route at `defer.max_tasks`, with `Retry-After` its backoff.
+    DeferFull,
+    /// The 503 of a task write whose outcome is unknown, naming the task.
+    DeferUnknown(TaskId),
+}
+
+/// A route's plain bodies (see [`RouteProblems::plain`]), by what they answer.
+#[derive(Debug, Clone, Copy)]
+enum Plain {
+    Unreachable,
+    Broken,
+    Timeout,
+    MalformedBody,
+    TooLarge,
+    BodyTimeout,
+    DeferUnavailable,
+    DeferTooLarge,
+    KeyReused,
+}
+
+/// How many [`Plain`] bodies a route has.
+const PLAIN: usize = 9;
+
 // === impl Rejection ===
 
 impl Rejection {
+    /// The problem this rejection is answered with: the one table of them (a row per
+    /// rejection, kept on one line each).
+    #[rustfmt::skip]
+    pub(crate) fn problem(&self) -> Problem {
+        use Outcome as O;
+        use StatusCode as S;
+        let (status, reason, outcome, body) = match *self {
+            Rejection::NoRoute => (S::NOT_FOUND, "no-route", O::NoRoute, Body::Static(NO_ROUTE_BODY)),
+            Rejection::RateLimited { limit, retry_after } => (S::TOO_MANY_REQUESTS, "rate-limited", O::RateLimited, Body::Limited { limit, retry_after }),
+            Rejection::StoreUnavailable { limit } => (S::SERVICE_UNAVAILABLE, "store-unavailable", O::StoreUnavailable, Body::LimitStore(limit)),
+            Rejection::Capacity { cap, rejected } => (S::SERVICE_UNAVAILABLE, rejected.reason(), capacity_outcome(rejected), Body::Cap(cap, rejected)),
+            Rejection::UpstreamUnreachable => (S::BAD_GATEWAY, "upstream-unavailable", O::UpstreamError, Body::Plain(Plain::Unreachable)),
+            Rejection::UpstreamBroken => (S::BAD_GATEWAY, "upstream-unavailable", O::UpstreamError, Body::Plain(Plain::Broken)),
+            Rejection::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream-timeout", O::UpstreamTimeout, Body::Plain(Plain::Timeout)),
+            Rejection::BadRequest(BadRequest::MalformedBody) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Plain(Plain::MalformedBody)),
+            Rejection::BadRequest(BadRequest::Canonical(cause)) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_request_body(cause))),
+            Rejection::BadRequest(BadRequest::IdempotencyKey(bad)) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_idempotency_key(bad))),
+            Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::RepeatedKey(limit)),
+            Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "body-too-large", O::BodyTooLarge, Body::Plain(Plain::TooLarge)),
+            Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "body-timeout", O::BodyTimeout, Body::Plain(Plain::BodyTimeout)),
+            Rejection::DeferUnavailable => (S::SERVICE_UNAVAILABLE, "store-unavailable", O::StoreUnavailable, Body::Plain(Plain::DeferUnavailable)),
+            Rejection::DeferUnknown(id) => (S::SERVICE_UNAVAILABLE, "store-unavailable", O::StoreUnavailable, Body::DeferUnknown(id)),
+            Rejection::DeferFull => (S::SERVICE_UNAVAILABLE, "queue-full", O::QueueFull, Body::DeferFull),
+            Rejection::KeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", O::BadRequest, Body::Plain(Plain::KeyReused)),
+            Rejection::DeferBodyTooLarge => (S::PAYLOAD_TOO_LARGE, "body-too-large", O::BodyTooLarge, Body::Plain(Plain::DeferTooLarge)),
+        };
+        Problem { status, reason, outcome, body }
+    }
+
     /// The `reason` member: tells the cases apart for scripts.
     pub(crate) fn reason(&self) -> &'static str {
-        match self {
-            Rejection::NoRoute => "no-route",
-            Rejection::RateLimited { .. } => "rate-limited",
-            Rejection::StoreUnavailable { .. } => "store-unavailable",
-            Rejection::Capacity { rejected, .. } => rejected.reason(),
-            Rejection::UpstreamUnreachable | Rejection::UpstreamBroken => "upstream-unavailable",
-            Rejection::UpstreamTimeout => "upstream-timeout",
-            Rejection::BadRequest(_) => "bad-request",
-            Rejection::BodyTooLarge => "body-too-large",
-            Rejection::BodyTimeout => "body-timeout",
-            Rejection::DeferUnavailable | Rejection::DeferUnknown(_) => "store-unavailable",
-            Rejection::DeferFull => "queue-full",
-            Rejection::KeyReused => "idempotency-key-reused",
-            Rejection::DeferBodyTooLarge => "body-too-large",
-        }
+        self.problem().reason
     }
 
     /// How a request that got this answer is counted in `sluice_requests_total`.
     pub(crate) fn outcome(&self) -> Outcome {
-        match self {
-            Rejection::NoRoute => Outcome::NoRoute,
-            Rejection::RateLimited { .. } => Outcome::RateLimited,
-            Rejection::StoreUnavailable { .. } => Outcome::StoreUnavailable,
-            Rejection::Capacity { rejected, .. } => match rejected {
-                Rejected::QueueFull { .. } => Outcome::QueueFull,
-                Rejected::QueueTimeout { .. } => Outcome::QueueTimeout,
-                Rejected::Shed { .. } => Outcome::Shed,
-            },
-            Rejection::UpstreamUnreachable | Rejection::UpstreamBroken => Outcome::UpstreamError,
-            Rejection::UpstreamTimeout => Outcome::UpstreamTimeout,
-            Rejection::BadRequest(_) => Outcome::BadRequest,
-            Rejection::BodyTooLarge => Outcome::BodyTooLarge,
-            Rejection::BodyTimeout => Outcome::BodyTimeout,
-            Rejection::DeferUnavailable | Rejection::DeferUnknown(_) => Outcome::StoreUnavailable,
-            Rejection::DeferFull => Outcome::QueueFull,
-            Rejection::KeyReused => Outcome::BadRequest,
-            Rejection::DeferBodyTooLarge => Outcome::BodyTooLarge,
-        }
+        self.problem().outcome
+    }
+}
+
+/// The outcome of a cap's refusal.
+fn capacity_outcome(rejected: Rejected) -> Outcome {
+    match rejected {
+        Rejected::QueueFull { .. } => Outcome::QueueFull,
+        Rejected::QueueTimeout { .. } => Outcome::QueueTimeout,
+        Rejected::Shed { .. } => Outcome::Shed,
     }
 }
 
@@ -238,25 +296,20 @@ impl From<&UpstreamError> for Rejection {
 /// Its body names no route, so it is the same for every request of a cause: rendered at
 /// compile time.
 pub(crate) fn unrouted(rejection: Rejection) -> Response<ProxyBody> {
-    match rejection {
-        Rejection::BadRequest(BadRequest::Canonical(cause)) => not_canonical(cause),
-        other => {
-            debug_assert_eq!(
-                other,
-                Rejection::NoRoute,
+    let p = rejection.problem();
+    match p.body {
+        Body::Static(text) => problem(
+            p.status,
+            ProxyBody::full(Bytes::from_static(text.as_bytes())),
+        ),
+        _ => {
+            debug_assert!(
+                false,
                 "only canonicalisation and routing reject before a route"
             );
             not_found()
         }
     }
-}
-
-/// The 400 of a request with no canonical form.
-fn not_canonical(cause: canonical::BadRequest) -> Response<ProxyBody> {
-    problem(
-        StatusCode::BAD_REQUEST,
-        ProxyBody::full(Bytes::from_static(bad_request_body(cause).as_bytes())),
-    )
 }
 
 /// The 404 of a request no route matches.
@@ -379,26 +432,12 @@ pub(crate) struct RouteProblems {
     route_cap: CapTemplate,
     /// The 503s of the upstream's cap.
     upstream_cap: CapTemplate,
-    /// 502: no endpoint accepted a connection.
-    unreachable: Bytes,
-    /// 502: the exchange broke after sending.
-    broken: Bytes,
-    /// 504.
-    timeout: Bytes,
-    /// 400 for a malformed body.
-    malformed_body: Bytes,
-    /// 413.
-    too_large: Bytes,
-    /// 408.
-    body_timeout: Bytes,
-    /// 503 `store-unavailable`: a request to defer that Redis did not take.
-    defer_unavailable: Bytes,
-    /// 413 for a request to defer over `defer.max_body`.
-    defer_too_large: Bytes,
+    /// The bodies that are the same for every request of the route, by [`Plain`]: 502
+    /// (unreachable, broken), 504, 400 (malformed body), 413, 408, and the deferral's 503, 413
+    /// and 422.
+    plain: [Bytes; PLAIN],
     /// 503 `queue-full` of a route at `defer.max_tasks`, and its `Retry-After` (the backoff).
     defer_full: (WithRetry, u64),
-    /// 422 `idempotency-key-reused`.
-    key_reused: Bytes,
     /// The `Retry-After` of the 503 of an unknown outcome, in seconds.
     unknown_secs: u64,
 }
@@ -437,7 +476,6 @@ impl RouteProblems {
     pub(crate) fn new(source: &ProblemSource<'_>) -> Self {
         let route = source.route;
         let upstream = source.upstream;
-        let plain = |status, reason, detail: &str| about_blank(route, status, reason, detail);
         let DeferProblems {
             unavailable: defer_unavailable,
             too_large: defer_too_large,
@@ -449,124 +487,44 @@ impl RouteProblems {
             repeated_keys: repeated_keys(source),
             route_cap: CapTemplate::new(route, "route", route),
             upstream_cap: CapTemplate::new(route, "upstream", upstream),
-            unreachable: plain(
-                StatusCode::BAD_GATEWAY,
-                "upstream-unavailable",
-                &format!("upstream {upstream} could not be reached"),
-            ),
-            broken: plain(
-                StatusCode::BAD_GATEWAY,
-                "upstream-unavailable",
-                &format!("upstream {upstream} closed or broke the exchange"),
-            ),
-            timeout: plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream-timeout",
-                &format!(
-                    "upstream {upstream} did not answer within {}",
-                    humantime::format_duration(source.upstream_timeout)
-                ),
-            ),
-            malformed_body: plain(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "the request body is malformed (broken chunked framing) or ended early",
-            ),
-            too_large: plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                &format!(
-                    "the request body is larger than {} (server.max_request_body)",
-                    source.max_request_body
-                ),
-            ),
-            body_timeout: plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                &format!(
-                    "the request body did not arrive within {} (server.request_body_timeout)",
-                    humantime::format_duration(source.request_body_timeout)
-                ),
-            ),
-            defer_unavailable,
-            defer_too_large,
+            plain: plain_bodies(source, defer_unavailable, defer_too_large, key_reused),
             defer_full,
-            key_reused,
             unknown_secs: retry_after_secs(source.defer_unknown_for).max(1),
         }
     }
 
     /// The response for `rejection` of a request on this route.
     pub(crate) fn respond(&self, rejection: Rejection) -> Response<ProxyBody> {
-        match rejection {
-            Rejection::NoRoute => not_found(),
-            Rejection::RateLimited { limit, retry_after } => match self.limits.get(limit) {
+        let p = rejection.problem();
+        let full = |body: &Bytes| problem(p.status, ProxyBody::full(body.clone()));
+        match p.body {
+            Body::Static(text) => problem(
+                p.status,
+                ProxyBody::full(Bytes::from_static(text.as_bytes())),
+            ),
+            Body::Plain(which) => full(&self.plain[which as usize]),
+            Body::Limited { limit, retry_after } => match self.limits.get(limit) {
                 Some((template, _)) => template.respond(retry_after),
                 None => self.missing(limit),
             },
-            Rejection::StoreUnavailable { limit } => match self.limits.get(limit) {
-                Some((_, body)) => problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ProxyBody::full(body.clone()),
-                ),
+            Body::LimitStore(limit) => match self.limits.get(limit) {
+                Some((_, body)) => full(body),
                 None => self.missing(limit),
             },
-            Rejection::Capacity { cap, rejected } => match cap {
-                Cap::Route => self.route_cap.respond(rejected),
-                Cap::Upstream => self.upstream_cap.respond(rejected),
+            Body::RepeatedKey(limit) => match self.repeated_keys.get(limit) {
+                Some(body) if !body.is_empty() => full(body),
+                _ => self.missing(limit),
             },
-            Rejection::UpstreamUnreachable => problem(
-                StatusCode::BAD_GATEWAY,
-                ProxyBody::full(self.unreachable.clone()),
-            ),
-            Rejection::UpstreamBroken => problem(
-                StatusCode::BAD_GATEWAY,
-                ProxyBody::full(self.broken.clone()),
-            ),
-            Rejection::UpstreamTimeout => problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                ProxyBody::full(self.timeout.clone()),
-            ),
-            Rejection::BadRequest(BadRequest::MalformedBody) => problem(
-                StatusCode::BAD_REQUEST,
-                ProxyBody::full(self.malformed_body.clone()),
-            ),
-            Rejection::BadRequest(BadRequest::Canonical(cause)) => not_canonical(cause),
-            Rejection::BadRequest(BadRequest::IdempotencyKey(bad)) => bad_idempotency_key(bad),
-            Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => {
-                match self.repeated_keys.get(limit) {
-                    Some(body) if !body.is_empty() => {
-                        problem(StatusCode::BAD_REQUEST, ProxyBody::full(body.clone()))
-                    }
-                    _ => self.missing(limit),
-                }
-            }
-            Rejection::BodyTooLarge => problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ProxyBody::full(self.too_large.clone()),
-            ),
-            Rejection::BodyTimeout => problem(
-                StatusCode::REQUEST_TIMEOUT,
-                ProxyBody::full(self.body_timeout.clone()),
-            ),
-            Rejection::DeferUnavailable => problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ProxyBody::full(self.defer_unavailable.clone()),
-            ),
-            Rejection::DeferUnknown(id) => {
-                defer_unknown(&self.defer_unavailable, &id, self.unknown_secs)
-            }
-            Rejection::DeferFull => {
+            Body::Cap(Cap::Route, rejected) => self.route_cap.respond(rejected),
+            Body::Cap(Cap::Upstream, rejected) => self.upstream_cap.respond(rejected),
+            Body::DeferFull => {
                 let (template, secs) = &self.defer_full;
-                template.respond(StatusCode::SERVICE_UNAVAILABLE, *secs)
+                template.respond(p.status, *secs)
             }
-            Rejection::KeyReused => problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ProxyBody::full(self.key_reused.clone()),
-            ),
-            Rejection::DeferBodyTooLarge => problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ProxyBody::full(self.defer_too_large.clone()),
+            Body::DeferUnknown(id) => defer_unknown(
+                &self.plain[Plain::DeferUnavailable as usize],
+                &id,
+                self.unknown_secs,
             ),
         }
     }
@@ -579,6 +537,61 @@ impl RouteProblems {
         *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         res
     }
+}
+
+/// The plain bodies of the route of `source`, in [`Plain`]'s order; the deferral's given.
+fn plain_bodies(
+    source: &ProblemSource<'_>,
+    defer_unavailable: Bytes,
+    defer_too_large: Bytes,
+    key_reused: Bytes,
+) -> [Bytes; PLAIN] {
+    let (route, upstream) = (source.route, source.upstream);
+    let plain = |status, reason, detail: &str| about_blank(route, status, reason, detail);
+    [
+        plain(
+            StatusCode::BAD_GATEWAY,
+            "upstream-unavailable",
+            &format!("upstream {upstream} could not be reached"),
+        ),
+        plain(
+            StatusCode::BAD_GATEWAY,
+            "upstream-unavailable",
+            &format!("upstream {upstream} closed or broke the exchange"),
+        ),
+        plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            &format!(
+                "upstream {upstream} did not answer within {}",
+                humantime::format_duration(source.upstream_timeout)
+            ),
+        ),
+        plain(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "the request body is malformed (broken chunked framing) or ended early",
+        ),
+        plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            &format!(
+                "the request body is larger than {} (server.max_request_body)",
+                source.max_request_body
+            ),
+        ),
+        plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            &format!(
+                "the request body did not arrive within {} (server.request_body_timeout)",
+                humantime::format_duration(source.request_body_timeout)
+            ),
+        ),
+        defer_unavailable,
+        defer_too_large,
+        key_reused,
+    ]
 }
 
 /// The problems only a deferring route has.
@@ -655,20 +668,16 @@ fn defer_unknown(unavailable: &Bytes, id: &TaskId, secs: u64) -> Response<ProxyB
 }
 
 /// The 400 of a request to a deferring route whose `Idempotency-Key` cannot name a task.
-fn bad_idempotency_key(bad: crate::defer::BadIdempotencyKey) -> Response<ProxyBody> {
+fn bad_idempotency_key(bad: crate::defer::BadIdempotencyKey) -> &'static str {
     use crate::defer::BadIdempotencyKey;
-    let body = match bad {
+    match bad {
         BadIdempotencyKey::Repeated => {
             bad_request_body!("the request has more than one Idempotency-Key")
         }
         BadIdempotencyKey::Malformed => {
             bad_request_body!("the Idempotency-Key must be 1 to 255 visible ASCII characters")
         }
-    };
-    problem(
-        StatusCode::BAD_REQUEST,
-        ProxyBody::full(Bytes::from_static(body.as_bytes())),
-    )
+    }
 }
 
 /// The 429 of one rate limit: status, `Retry-After`, the route's `RateLimit-Policy` and this
