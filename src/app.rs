@@ -123,47 +123,16 @@ impl App {
     }
 
     /// Serves until the shutdown signal fires, then drains for up to `server.shutdown_grace`.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let config = self.shared.runtime().config.clone();
-        let limits = listener::Limits {
-            shutdown_grace: config.server.shutdown_grace,
-        };
-        tracing::info!(listen = %self.http_addr, "http listener up (HTTP/1.1, h2c)");
-        if let (Some(addr), Some(tls)) = (self.tls_addr, &config.server.tls) {
-            tracing::info!(listen = %addr, cert = %tls.cert.display(), "https listener up (TLS 1.2/1.3; ALPN h2, http/1.1)");
-        }
-        for route in &config.routes {
-            tracing::info!(route = %route.name, upstream = %config.upstreams[route.upstream].name, limits = route.rate_limits.len(), "route");
-        }
-
+        self.log_start(&config);
         // What runs beside the listeners is spawned on this runtime, reloads included.
         let _ = self.shared.spawner.set(tokio::runtime::Handle::current());
         crate::supervise::deliverers(&self.shared);
         let housekeeping = spawn_housekeeping(self.shared.clone());
-
         // The admin listener outlives the drain, so /readyz can say 503 while it happens.
         let admin_stop = Shutdown::new();
-        let admin = match (self.admin, self.admin_addr, config.admin.clone()) {
-            (Some(listener), Some(addr), Some(admin_config)) => {
-                let spawned = crate::admin::spawn(
-                    listener,
-                    admin_config,
-                    self.shared.clone(),
-                    admin_stop.clone(),
-                );
-                match spawned {
-                    Ok(thread) => {
-                        tracing::info!(listen = %addr, "admin listener up (/ /stats /metrics /healthz /readyz /config /reload)");
-                        Some(thread)
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot start the admin listener");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let admin = self.spawn_admin(&config, &admin_stop);
         // Installed before readiness is announced: SIGHUP's default action is to terminate, so
         // a reload sent as soon as /readyz says 200 must find the handler in place.
         let sighup = spawn_reload_on_sighup(self.shared.clone());
@@ -176,20 +145,10 @@ impl App {
             ready_flag.set_ready(false);
             tracing::info!("shutting down: no new connections; draining in-flight requests");
         });
-        // Both listeners stop accepting on the same signal and drain side by side.
-        let https = async {
-            if let Some(tls) = self.tls {
-                tls.serve(self.shared.clone(), limits, self.shutdown.watch())
-                    .await;
-            }
-        };
-        tokio::join!(
-            self.http
-                .serve(self.shared.clone(), limits, self.shutdown.watch()),
-            https
-        );
+        let shared = self.shared.clone();
+        self.serve_until_drained(&config).await;
         // Then deferred deliveries: unsent tasks go back to Redis, those under way finish.
-        self.shared
+        shared
             .deliverers
             .stop_all(config.server.shutdown_grace)
             .await;
@@ -201,6 +160,55 @@ impl App {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         tracing::info!("stopped");
+    }
+
+    /// The start-up lines: each listener and each route.
+    fn log_start(&self, config: &Config) {
+        tracing::info!(listen = %self.http_addr, "http listener up (HTTP/1.1, h2c)");
+        if let (Some(addr), Some(tls)) = (self.tls_addr, &config.server.tls) {
+            tracing::info!(listen = %addr, cert = %tls.cert.display(), "https listener up (TLS 1.2/1.3; ALPN h2, http/1.1)");
+        }
+        for route in &config.routes {
+            tracing::info!(route = %route.name, upstream = %config.upstreams[route.upstream].name, limits = route.rate_limits.len(), "route");
+        }
+    }
+
+    /// Starts the admin listener's thread, if the config has one, stopped by `stop`.
+    fn spawn_admin(
+        &mut self,
+        config: &Config,
+        stop: &Shutdown,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let (listener, addr, admin_config) =
+            (self.admin.take()?, self.admin_addr?, config.admin.clone()?);
+        match crate::admin::spawn(listener, admin_config, self.shared.clone(), stop.clone()) {
+            Ok(thread) => {
+                tracing::info!(listen = %addr, "admin listener up (/ /stats /metrics /healthz /readyz /config /reload /tasks)");
+                Some(thread)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the admin listener");
+                None
+            }
+        }
+    }
+
+    /// Serves both listeners until the shutdown signal, then lets them drain side by side.
+    async fn serve_until_drained(self, config: &Config) {
+        let limits = listener::Limits {
+            shutdown_grace: config.server.shutdown_grace,
+        };
+        let https = async {
+            if let Some(tls) = self.tls {
+                tls.serve(self.shared.clone(), limits, self.shutdown.watch())
+                    .await;
+            }
+        };
+        tokio::join!(
+            self.http
+                .serve(self.shared.clone(), limits, self.shutdown.watch()),
+            https
+        );
     }
 }
 

@@ -363,16 +363,13 @@ pub(crate) struct Metrics {
     /// `sluice_connections_refused_total{reason="per_ip"}`.
     refused_per_ip: Counter,
     tls_handshake_failures: Counter,
-    /// `sluice_requests_total{route="",outcome="no_route"}`, created once: unmatched requests
-    /// only increment it.
-    no_route_requests: Counter,
-    /// `sluice_responses_total{route="",code="404"}`.
-    no_route_responses: Counter,
-    /// `sluice_requests_total{route="",outcome="bad_request"}`: requests refused before
-    /// routing (no canonical form).
-    bad_request_requests: Counter,
-    /// `sluice_responses_total{route="",code="400"}`.
-    bad_request_responses: Counter,
+    /// `sluice_requests_total{route="",outcome="no_route"}` and
+    /// `sluice_responses_total{route="",code="404"}`, created once: unmatched requests only
+    /// increment them.
+    no_route: (Counter, Counter),
+    /// `sluice_requests_total` and `sluice_responses_total` of requests refused before routing
+    /// with 400 (`route=""`), kept to count them without a lookup.
+    bad_request: (Counter, Counter),
 }
 
 /// Per-route handles, built with the route.
@@ -406,6 +403,35 @@ impl Default for Metrics {
     }
 }
 
+/// `sluice_connections_refused_total{reason="per_ip"}`, registered in `r`.
+fn refused_per_ip(r: &mut Registry) -> Counter {
+    let refused: Family<ReasonLabel, Counter> = register(r, CONNECTIONS_REFUSED, Family::default());
+    let per_ip = refused.get_or_create(&ReasonLabel("per_ip")).clone();
+    per_ip
+}
+
+/// The `sluice_requests_total` and `sluice_responses_total` series of requests refused before
+/// routing (`route=""`) with `outcome` and status `code`.
+fn unrouted_series(
+    requests: &Family<RequestLabels, Counter>,
+    responses: &Family<ResponseLabels, Counter>,
+    outcome: Outcome,
+    code: u16,
+) -> (Counter, Counter) {
+    let route: Arc<str> = Arc::from("");
+    let requests = requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            outcome,
+            shadow: false,
+        })
+        .clone();
+    let responses = responses
+        .get_or_create(&ResponseLabels { route, code })
+        .clone();
+    (requests, responses)
+}
+
 impl Metrics {
     /// Registers every family.
     pub(crate) fn new() -> Self {
@@ -431,42 +457,24 @@ impl Metrics {
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
         let deferred = DeferredFamilies::register(&mut r);
-        let reloads = register(&mut r, RELOADS, Family::default());
+        let reloads: Family<ResultLabel, Counter> = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
         let buffered_bytes = register(&mut r, BUFFERED_BYTES, Gauge::default());
-        let refused: Family<ReasonLabel, Counter> =
-            register(&mut r, CONNECTIONS_REFUSED, Family::default());
-        let refused_per_ip = refused.get_or_create(&ReasonLabel("per_ip")).clone();
+        let refused_per_ip = refused_per_ip(&mut r);
         let tls_handshake_failures = register(&mut r, TLS_HANDSHAKE_FAILURES, Counter::default());
-        let registry = r;
-        let unrouted = |outcome, code| {
-            let requests = requests
-                .get_or_create(&RequestLabels {
-                    route: Arc::from(""),
-                    outcome,
-                    shadow: false,
-                })
-                .clone();
-            let responses = responses
-                .get_or_create(&ResponseLabels {
-                    route: Arc::from(""),
-                    code,
-                })
-                .clone();
-            (requests, responses)
-        };
-        let (no_route_requests, no_route_responses) = unrouted(Outcome::NoRoute, 404);
-        let (bad_request_requests, bad_request_responses) = unrouted(Outcome::BadRequest, 400);
+        let unrouted = |outcome, code| unrouted_series(&requests, &responses, outcome, code);
+        let (no_route, bad_request) = (
+            unrouted(Outcome::NoRoute, 404),
+            unrouted(Outcome::BadRequest, 400),
+        );
         // Both results exist from the start, at 0: `increase()` then sees the first failure.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabel(result));
         }
         Metrics {
-            no_route_requests,
-            no_route_responses,
-            bad_request_requests,
-            bad_request_responses,
-            registry,
+            no_route,
+            bad_request,
+            registry: r,
             requests,
             responses,
             inflight,
@@ -581,8 +589,8 @@ impl Metrics {
             "only canonicalisation and routing answer before a route: {outcome:?}"
         );
         let (requests, responses) = match outcome {
-            Outcome::BadRequest => (&self.bad_request_requests, &self.bad_request_responses),
-            _ => (&self.no_route_requests, &self.no_route_responses),
+            Outcome::BadRequest => (&self.bad_request.0, &self.bad_request.1),
+            _ => (&self.no_route.0, &self.no_route.1),
         };
         requests.inc();
         responses.inc();
@@ -607,10 +615,7 @@ impl Metrics {
 
     /// Requests that ended before a route so far: (no route matched, no canonical form).
     pub(crate) fn unrouted_counts(&self) -> (u64, u64) {
-        (
-            self.no_route_requests.get(),
-            self.bad_request_requests.get(),
-        )
+        (self.no_route.0.get(), self.bad_request.0.get())
     }
 
     /// Counts a reload.

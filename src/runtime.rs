@@ -488,29 +488,7 @@ impl<'a> Carry<'a> {
                 .cloned()
                 .unwrap_or_else(|| ConcurrencyLimit::new(c))
         });
-        let problems = RouteProblems::new(&ProblemSource {
-            route: &r.name,
-            upstream: &upstream.name,
-            upstream_timeout: upstream.config().timeout,
-            limits: r
-                .rate_limits
-                .iter()
-                .map(|l| (l.name.clone(), format!("{}, burst {}", l.rate, l.burst)))
-                .collect(),
-            key_headers: r
-                .rate_limits
-                .iter()
-                .map(|l| match &l.key {
-                    KeySpec::Header(name) => Some(name.to_string()),
-                    _ => None,
-                })
-                .collect(),
-            policy: policy.clone(),
-            max_request_body: config.server.client.max_request_body,
-            request_body_timeout: config.server.client.request_body_timeout,
-            defer: r.defer,
-            defer_unknown_for: unknown_for(config),
-        });
+        let problems = problems(r, upstream, config, policy.clone());
         let route_metrics = metrics.route(&r.name);
         let upstream_inflight = metrics.upstream_inflight(&upstream.name);
         let defer = self.defer(r, config, metrics);
@@ -586,6 +564,38 @@ impl<'a> Carry<'a> {
         };
         Limit { rate, global }
     }
+}
+
+/// Every problem of route `r` to `upstream`, rendered (`policy`: its `RateLimit-Policy`).
+fn problems(
+    r: &RouteConfig,
+    upstream: &Upstream,
+    config: &Config,
+    policy: Option<HeaderValue>,
+) -> RouteProblems {
+    RouteProblems::new(&ProblemSource {
+        route: &r.name,
+        upstream: &upstream.name,
+        upstream_timeout: upstream.config().timeout,
+        limits: r
+            .rate_limits
+            .iter()
+            .map(|l| (l.name.clone(), format!("{}, burst {}", l.rate, l.burst)))
+            .collect(),
+        key_headers: r
+            .rate_limits
+            .iter()
+            .map(|l| match &l.key {
+                KeySpec::Header(name) => Some(name.to_string()),
+                _ => None,
+            })
+            .collect(),
+        policy,
+        max_request_body: config.server.client.max_request_body,
+        request_body_timeout: config.server.client.request_body_timeout,
+        defer: r.defer,
+        defer_unknown_for: unknown_for(config),
+    })
 }
 
 /// How long the outcome of a task write may stay unknown (see `crate::defer::unknown_for`).

@@ -30,29 +30,11 @@ pub(super) async fn read(pool: Arc<Pool>) {
             },
             () = stop.wait() => return,
         };
-        let c = match &conn {
-            Some(c) => c.clone(),
-            None => match open_dedicated(&pool.link, READ_BLOCK + CALL_TIMEOUT).await {
-                Ok(c) => {
-                    conn = Some(c.clone());
-                    c
-                }
-                Err(err) => {
-                    pool.failed(&err);
-                    drop(permit);
-                    pause(&mut stop, REDIS_PAUSE).await;
-                    continue;
-                }
-            },
+        let Some(c) = pool.reading_connection(&mut conn, &mut grouped).await else {
+            drop(permit);
+            pause(&mut stop, REDIS_PAUSE).await;
+            continue;
         };
-        if !grouped {
-            grouped = pool.create_group(&c).await;
-            if !grouped {
-                drop(permit);
-                pause(&mut stop, REDIS_PAUSE).await;
-                continue;
-            }
-        }
         let options = StreamReadOptions::default()
             .group(GROUP, &pool.consumer)
             .count(1)
@@ -95,6 +77,29 @@ pub(super) async fn pause(stop: &mut ShutdownWatch, d: Duration) {
 }
 
 impl Pool {
+    /// The reader's own connection (`conn`, opened when `None`), with the consumer group made
+    /// (`grouped`); `None` after counting a failure.
+    async fn reading_connection(
+        &self,
+        conn: &mut Option<Conn>,
+        grouped: &mut bool,
+    ) -> Option<Conn> {
+        let c = match conn {
+            Some(c) => c.clone(),
+            None => match open_dedicated(&self.link, READ_BLOCK + CALL_TIMEOUT).await {
+                Ok(c) => conn.insert(c).clone(),
+                Err(err) => {
+                    self.failed(&err);
+                    return None;
+                }
+            },
+        };
+        if !*grouped {
+            *grouped = self.create_group(&c).await;
+        }
+        grouped.then_some(c)
+    }
+
     /// Creates the consumer group (reading from the stream's start, so that tasks accepted
     /// before any deliverer ran are delivered too); true when it exists.
     async fn create_group(&self, conn: &Conn) -> bool {

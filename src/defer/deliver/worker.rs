@@ -263,33 +263,10 @@ impl Pool {
         (entry, id, task): (&str, &TaskId, &Task),
         verdict: Verdict,
     ) -> bool {
-        let keys = &self.keys;
-        let task_key = keys.task(id);
         match verdict {
             Verdict::Delivered { attempts, code } => {
-                let body_key = keys.body(id);
-                let mut invocation = scripts::DELIVERED.key(&task_key);
-                invocation
-                    .key(&body_key)
-                    .key(&*keys.stream)
-                    .key(&*keys.sending)
-                    .key(&*keys.delivered)
-                    .key(&*keys.retry)
-                    .key(&*keys.live)
-                    .arg(id.to_string())
-                    .arg(entry)
-                    .arg(attempts)
-                    .arg(code);
-                let Some((now, _)) = self
-                    .call(conn.clone().invoke::<(i64, i64)>(&invocation))
+                self.delivered(conn, target, (entry, id, task), (attempts, code))
                     .await
-                else {
-                    return false;
-                };
-                target.metrics.delivered.inc();
-                let took = (now - task.accepted_ms).max(0) as f64 / 1000.0;
-                target.metrics.delivery.observe(took);
-                true
             }
             Verdict::Dead {
                 attempts,
@@ -318,6 +295,41 @@ impl Pool {
                 recorded.is_some()
             }
         }
+    }
+
+    /// [`scripts::DELIVERED`]: the task ended delivered after `attempts`, answered `code`.
+    /// True when Redis took it.
+    async fn delivered(
+        &self,
+        conn: &Conn,
+        target: &Target,
+        (entry, id, task): (&str, &TaskId, &Task),
+        (attempts, code): (u32, u16),
+    ) -> bool {
+        let keys = &self.keys;
+        let (task_key, body_key) = (keys.task(id), keys.body(id));
+        let mut invocation = scripts::DELIVERED.key(&task_key);
+        invocation
+            .key(&body_key)
+            .key(&*keys.stream)
+            .key(&*keys.sending)
+            .key(&*keys.delivered)
+            .key(&*keys.retry)
+            .key(&*keys.live)
+            .arg(id.to_string())
+            .arg(entry)
+            .arg(attempts)
+            .arg(code);
+        let Some((now, _)) = self
+            .call(conn.clone().invoke::<(i64, i64)>(&invocation))
+            .await
+        else {
+            return false;
+        };
+        target.metrics.delivered.inc();
+        let took = (now - task.accepted_ms).max(0) as f64 / 1000.0;
+        target.metrics.delivery.observe(took);
+        true
     }
 
     /// [`scripts::SETTLE`]: `wait` `None` for dead now. `Some(true)` when another try is
