@@ -37,8 +37,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use sluice::canonical::{self, EscapedSlashes};
 use sluice::config::{
-    CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate,
-    RateLimitConfig, RouteMatch, Scope,
+    CapSize, ConcurrencyConfig, HostMatch, KeySpec, LimitScope, PathMatch, Per, Priority, Rate,
+    RateLimitConfig, RouteMatch,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
 use sluice::limit::{ConcurrencyLimit, Decision, KeyExtractor, LimitKey, RateLimit, Rejected};
@@ -156,7 +156,7 @@ fn limit(name: &str, key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
             per: Per::Second,
         },
         burst: NonZeroU32::new(burst).unwrap(),
-        scope: Scope::Local,
+        scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }

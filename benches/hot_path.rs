@@ -15,8 +15,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use http::{HeaderMap, HeaderValue, Method};
 use sluice::canonical::{self, EscapedSlashes};
 use sluice::config::{
-    CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, Rate,
-    RateLimitConfig, RouteMatch, Scope,
+    CapSize, ConcurrencyConfig, HostMatch, KeySpec, LimitScope, PathMatch, Per, Priority, Rate,
+    RateLimitConfig, RouteMatch,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
 use sluice::limit::{ConcurrencyLimit, KeyExtractor, LimitKey, RateLimit, Rejected};
@@ -89,7 +89,7 @@ fn limit(key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
             per: Per::Second,
         },
         burst: NonZeroU32::new(burst).unwrap(),
-        scope: Scope::Local,
+        scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }

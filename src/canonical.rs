@@ -22,7 +22,7 @@
 //! - dot segments are removed (RFC 3986 §5.2.4) once the segment is decoded, so `/%2e/login`
 //!   is `/login`; runs of `/` are merged (`//login` → `/login`). A trailing slash stays.
 //!
-//! Refused ([`BadRequest`], 400): bad percent-encoding, `%00`, a `..` that would climb above the
+//! Refused ([`NotCanonical`], 400): bad percent-encoding, `%00`, a `..` that would climb above the
 //! root, a `.` or `..` segment carrying `;` parameters (`/..;/`, which Tomcat and Spring read as
 //! `..`), and — unless `server.escaped_slashes: keep` — `%2F`, `%5C` and a raw `\`: many
 //! upstreams turn them into `/` after sluice has split the segments. A raw `\` is treated as
@@ -65,7 +65,7 @@ pub enum EscapedSlashes {
 /// Why a request has no single meaning: 400 `bad-request`. The message is the `detail` of the
 /// problem JSON (`rescue` renders one body per cause at compile time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
-pub enum BadRequest {
+pub enum NotCanonical {
     /// `%` not followed by two hex digits.
     #[error("the path has a % that is not followed by two hex digits")]
     PercentEncoding,
@@ -101,20 +101,20 @@ pub enum BadRequest {
     HostMismatch,
 }
 
-impl BadRequest {
+impl NotCanonical {
     /// Every cause, for tests and pre-rendering.
-    pub const ALL: [BadRequest; 11] = [
-        BadRequest::PercentEncoding,
-        BadRequest::Nul,
-        BadRequest::EscapedSlash,
-        BadRequest::AboveRoot,
-        BadRequest::DotParameters,
-        BadRequest::NotAPath,
-        BadRequest::PathTooLong,
-        BadRequest::HostMissing,
-        BadRequest::HostRepeated,
-        BadRequest::HostInvalid,
-        BadRequest::HostMismatch,
+    pub const ALL: [NotCanonical; 11] = [
+        NotCanonical::PercentEncoding,
+        NotCanonical::Nul,
+        NotCanonical::EscapedSlash,
+        NotCanonical::AboveRoot,
+        NotCanonical::DotParameters,
+        NotCanonical::NotAPath,
+        NotCanonical::PathTooLong,
+        NotCanonical::HostMissing,
+        NotCanonical::HostRepeated,
+        NotCanonical::HostInvalid,
+        NotCanonical::HostMismatch,
     ];
 }
 
@@ -136,11 +136,11 @@ pub struct Host<'a> {
 /// already reads as `/`).
 ///
 /// # Errors
-/// [`BadRequest`] for a path with no single meaning.
-pub fn path(raw: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, BadRequest> {
+/// [`NotCanonical`] for a path with no single meaning.
+pub fn path(raw: &str, escaped: EscapedSlashes) -> Result<Cow<'_, str>, NotCanonical> {
     match raw {
         "*" => return Ok(Cow::Borrowed(raw)),
-        _ if !raw.starts_with('/') => return Err(BadRequest::NotAPath),
+        _ if !raw.starts_with('/') => return Err(NotCanonical::NotAPath),
         _ => {}
     }
     if is_canonical(raw.as_bytes(), escaped) {
@@ -212,7 +212,7 @@ fn is_canonical(path: &[u8], escaped: EscapedSlashes) -> bool {
 
 /// The canonical path, rebuilt: segments decoded and re-encoded one by one, dot segments and
 /// empty segments resolved as they come.
-fn rebuild(path: &[u8], escaped: EscapedSlashes) -> Result<String, BadRequest> {
+fn rebuild(path: &[u8], escaped: EscapedSlashes) -> Result<String, NotCanonical> {
     let mut out = String::with_capacity(path.len() + 8);
     // The last segment was empty or a dot segment: the path ends with `/`.
     let mut trailing = false;
@@ -227,12 +227,12 @@ fn rebuild(path: &[u8], escaped: EscapedSlashes) -> Result<String, BadRequest> {
             }
             ".." => {
                 out.truncate(start);
-                let parent = out.rfind('/').ok_or(BadRequest::AboveRoot)?;
+                let parent = out.rfind('/').ok_or(NotCanonical::AboveRoot)?;
                 out.truncate(parent);
                 trailing = true;
             }
             s if s.starts_with(".;") || s.starts_with("..;") => {
-                return Err(BadRequest::DotParameters)
+                return Err(NotCanonical::DotParameters)
             }
             _ => trailing = false,
         }
@@ -249,14 +249,14 @@ fn decode_segment(
     segment: &[u8],
     escaped: EscapedSlashes,
     out: &mut String,
-) -> Result<(), BadRequest> {
+) -> Result<(), NotCanonical> {
     let mut i = 0;
     while i < segment.len() {
         let b = segment[i];
         let byte = if b == b'%' {
             let hex = |at: usize| segment.get(at).and_then(|&c| any_hex(c));
             let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) else {
-                return Err(BadRequest::PercentEncoding);
+                return Err(NotCanonical::PercentEncoding);
             };
             i += 3;
             match h << 4 | l {
@@ -275,9 +275,9 @@ fn decode_segment(
             b
         };
         match byte {
-            0 => return Err(BadRequest::Nul),
+            0 => return Err(NotCanonical::Nul),
             b'/' | b'\\' if escaped == EscapedSlashes::Reject => {
-                return Err(BadRequest::EscapedSlash)
+                return Err(NotCanonical::EscapedSlash)
             }
             _ => push_encoded(out, byte),
         }
@@ -342,21 +342,21 @@ fn upper_hex(c: u8) -> Option<u8> {
 /// with a class table, no `str` pattern searches: it runs for every request.
 ///
 /// # Errors
-/// [`BadRequest::HostInvalid`] when it is anything else (user info, an empty or repeated dot,
+/// [`NotCanonical::HostInvalid`] when it is anything else (user info, an empty or repeated dot,
 /// a bad port, bytes that are not ASCII).
-pub fn host(value: &str) -> Result<Host<'_>, BadRequest> {
+pub fn host(value: &str) -> Result<Host<'_>, NotCanonical> {
     let bytes = value.as_bytes();
     let (name_end, rest) = if bytes.first() == Some(&b'[') {
         let end = bytes
             .iter()
             .position(|&b| b == b']')
-            .ok_or(BadRequest::HostInvalid)?;
+            .ok_or(NotCanonical::HostInvalid)?;
         value[1..end]
             .parse::<Ipv6Addr>()
-            .map_err(|_| BadRequest::HostInvalid)?;
+            .map_err(|_| NotCanonical::HostInvalid)?;
         (end + 1, end + 1)
     } else {
-        let end = dns_name(bytes).ok_or(BadRequest::HostInvalid)?;
+        let end = dns_name(bytes).ok_or(NotCanonical::HostInvalid)?;
         let name_end = if end > 0 && bytes[end - 1] == b'.' {
             end - 1
         } else {
@@ -366,11 +366,11 @@ pub fn host(value: &str) -> Result<Host<'_>, BadRequest> {
     };
     let port = match &bytes[rest..] {
         [] | [b':'] => None,
-        [b':', digits @ ..] => Some(port_number(digits).ok_or(BadRequest::HostInvalid)?),
-        _ => return Err(BadRequest::HostInvalid),
+        [b':', digits @ ..] => Some(port_number(digits).ok_or(NotCanonical::HostInvalid)?),
+        _ => return Err(NotCanonical::HostInvalid),
     };
     // `name_end` is at an ASCII byte or the end: a char boundary.
-    let name = value.get(..name_end).ok_or(BadRequest::HostInvalid)?;
+    let name = value.get(..name_end).ok_or(NotCanonical::HostInvalid)?;
     Ok(Host { name, port })
 }
 

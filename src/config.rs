@@ -740,7 +740,7 @@ pub struct RateLimitConfig {
     /// Bucket size. Default: the rate's count.
     pub burst: NonZeroU32,
     /// Local bucket, or shared through the store.
-    pub scope: Scope,
+    pub scope: LimitScope,
     /// `scope: global`: tokens one instance takes from Redis per call for a key and spends
     /// locally (`0`: every request asks Redis). At most `burst` and [`Self::MAX_LEASE`].
     /// Default [`Self::DEFAULT_LEASE`].
@@ -847,7 +847,7 @@ impl std::str::FromStr for Rate {
 /// `rate_limits[].scope`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Scope {
+pub enum LimitScope {
     /// This instance's own bucket.
     #[default]
     Local,
@@ -995,9 +995,9 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
     )?;
     for l in &r.rate_limits {
         let scope = match (l.scope, l.lease) {
-            (Scope::Global, 0) => ", scope global".to_owned(),
-            (Scope::Global, lease) => format!(", scope global, lease {lease}"),
-            (Scope::Local, _) => String::new(),
+            (LimitScope::Global, 0) => ", scope global".to_owned(),
+            (LimitScope::Global, lease) => format!(", scope global, lease {lease}"),
+            (LimitScope::Local, _) => String::new(),
         };
         writeln!(
             f,

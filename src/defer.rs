@@ -53,7 +53,7 @@
 //! # Layout, and builds without Redis
 //!
 //! `task` (a task's id, stored request and states) and the answers of a write ([`Deferred`],
-//! [`Refused`]) are plain data; [`Target`] is what deliverers need of their route. Everything
+//! [`Refused`]) are plain data; [`DeliveryTarget`] is what deliverers need of their route. Everything
 //! that talks to Redis — `route` ([`RouteDefer`]), `accept`, `deliver`, `dead`, `scripts` — is
 //! behind the cargo feature `redis`; without it, `absent` has the same names for types with no
 //! value (config validation refuses `defer` in such a build), so the pipeline, the runtime and
@@ -93,7 +93,7 @@ pub(crate) use self::deliver::Deliveries;
 pub(crate) use self::route::RouteDefer;
 #[cfg(feature = "redis")]
 use self::route::{hex, millis, Keys, GROUP};
-pub(crate) use self::target::Target;
+pub(crate) use self::target::DeliveryTarget;
 pub(crate) use self::task::{accepted_json, Counts, Deferred, Refused, StoredRequest, TaskStatus};
 pub(crate) use self::task::{BadIdempotencyKey, IdempotencyKey, TaskId};
 use crate::metrics::Metrics;

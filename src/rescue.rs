@@ -94,7 +94,7 @@ pub(crate) enum BadRequest {
     /// The body's framing (chunked encoding) is broken, or the client left mid-body.
     MalformedBody,
     /// The path or the host has no canonical form: refused before routing.
-    Canonical(canonical::BadRequest),
+    Canonical(canonical::NotCanonical),
     /// The `Idempotency-Key` of a request to a deferring route cannot name a task.
     IdempotencyKey(crate::defer::BadIdempotencyKey),
     /// The header that rate limit `limit` of the route keys on came more than once: refused
@@ -139,30 +139,30 @@ macro_rules! bad_request_body {
 }
 
 /// The body of a 400 before routing: one per cause, none formatted per request.
-fn bad_request_body(cause: canonical::BadRequest) -> &'static str {
-    use canonical::BadRequest;
+fn bad_request_body(cause: canonical::NotCanonical) -> &'static str {
+    use canonical::NotCanonical;
     match cause {
-        BadRequest::PercentEncoding => {
+        NotCanonical::PercentEncoding => {
             bad_request_body!("the path has a % that is not followed by two hex digits")
         }
-        BadRequest::Nul => bad_request_body!("the path contains %00"),
-        BadRequest::EscapedSlash => {
+        NotCanonical::Nul => bad_request_body!("the path contains %00"),
+        NotCanonical::EscapedSlash => {
             bad_request_body!(r"the path contains an escaped slash or a backslash (%2F, %5C or \\)")
         }
-        BadRequest::AboveRoot => {
+        NotCanonical::AboveRoot => {
             bad_request_body!("the path has a .. segment that climbs above the root")
         }
-        BadRequest::DotParameters => {
+        NotCanonical::DotParameters => {
             bad_request_body!("the path has a . or .. segment with ; parameters")
         }
-        BadRequest::NotAPath => bad_request_body!("the request target is not a path"),
-        BadRequest::PathTooLong => bad_request_body!("the path is too long once normalised"),
-        BadRequest::HostMissing => bad_request_body!("the request has no Host"),
-        BadRequest::HostRepeated => bad_request_body!("the request has more than one Host"),
-        BadRequest::HostInvalid => {
+        NotCanonical::NotAPath => bad_request_body!("the request target is not a path"),
+        NotCanonical::PathTooLong => bad_request_body!("the path is too long once normalised"),
+        NotCanonical::HostMissing => bad_request_body!("the request has no Host"),
+        NotCanonical::HostRepeated => bad_request_body!("the request has more than one Host"),
+        NotCanonical::HostInvalid => {
             bad_request_body!("the Host is not a valid host name or address")
         }
-        BadRequest::HostMismatch => {
+        NotCanonical::HostMismatch => {
             bad_request_body!("the Host differs from the authority of the request target")
         }
     }

@@ -296,7 +296,7 @@ impl TaskLookups {
                 per: Per::Second,
             },
             burst: Self::BURST,
-            scope: crate::config::Scope::Local,
+            scope: crate::config::LimitScope::Local,
             lease: 0,
             max_keys: Self::MAX_KEYS,
         };
@@ -543,7 +543,7 @@ impl<'a> Carry<'a> {
         );
         let redis = config.store.as_ref().and_then(|s| s.redis.as_ref());
         let global = match (&self.store, redis) {
-            (Some(store), Some(redis)) if l.scope == crate::config::Scope::Global => {
+            (Some(store), Some(redis)) if l.scope == crate::config::LimitScope::Global => {
                 // Unchanged: keep its remembered denials and leased tokens (dropping leased
                 // tokens would not overshoot, but would waste them).
                 let same = kept

@@ -39,5 +39,5 @@ pub use self::absent::Store;
 pub use self::redis::Store;
 #[cfg(feature = "redis")]
 pub(crate) use self::redis::{
-    escape_into, open_dedicated, slot_of, ByteSink, CallError, Conn, Link,
+    escape_into, open_dedicated, slot_of, ByteSink, CallError, Link, RedisConn,
 };

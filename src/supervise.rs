@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::defer::{Deliveries, RouteDefer, Target};
+use crate::defer::{Deliveries, DeliveryTarget, RouteDefer};
 use crate::runtime::{Route, Runtime, Shared};
 
 /// Reconciles the deliverers of `shared` with its current runtime (see the module docs). Does
@@ -47,8 +47,8 @@ pub(crate) fn deliverers(shared: &Shared) {
 }
 
 /// What the deliverers of `route` need of it in `runtime`.
-fn target(runtime: &Runtime, route: &Route, defer: &RouteDefer) -> Target {
-    Target {
+fn target(runtime: &Runtime, route: &Route, defer: &RouteDefer) -> DeliveryTarget {
+    DeliveryTarget {
         config: *defer.config(),
         upstream: route.upstream.clone(),
         route_cap: route.concurrency.clone(),

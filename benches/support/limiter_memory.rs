@@ -23,7 +23,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::config::{KeySpec, Per, Rate, RateLimitConfig, Scope};
+use sluice::config::{KeySpec, LimitScope, Per, Rate, RateLimitConfig};
 use sluice::limit::{LimitKey, RateLimit};
 
 /// The growth target of the issue: 1M keys in less than this.
@@ -87,7 +87,7 @@ pub(crate) fn run(allocator: &str, release: Option<(&str, fn())>) {
             per: Per::Second,
         },
         burst: NonZeroU32::new(100).unwrap(),
-        scope: Scope::Local,
+        scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(n as usize).unwrap(),
     };

@@ -54,12 +54,12 @@ type Counts = [u64; Outcome::ALL.len()];
 pub(super) struct History {
     /// Oldest first, at most [`KEPT`]. std Mutex: held to push or to clone an `Arc`, never
     /// across an `.await`.
-    samples: Mutex<VecDeque<Arc<Sample>>>,
+    samples: Mutex<VecDeque<Arc<Snapshot>>>,
 }
 
 /// One reading of every counter and histogram `/stats` differences.
 #[derive(Debug)]
-struct Sample {
+struct Snapshot {
     at: Instant,
     /// By route name: counters survive reloads by name, so a sample taken under an older
     /// runtime still applies to a route of the same name.
@@ -198,7 +198,7 @@ struct Base<'s, T> {
 
 impl History {
     /// Appends a sample, dropping the oldest beyond [`KEPT`].
-    fn push(&self, sample: Sample) {
+    fn push(&self, sample: Snapshot) {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         if samples.len() == KEPT {
             samples.pop_front();
@@ -207,14 +207,14 @@ impl History {
     }
 
     /// The samples kept, oldest first.
-    fn samples(&self) -> Vec<Arc<Sample>> {
+    fn samples(&self) -> Vec<Arc<Snapshot>> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.iter().cloned().collect()
     }
 
     /// Takes a sample of `runtime` now.
     pub(super) fn sample(&self, runtime: &Runtime) {
-        self.push(Sample::take(runtime));
+        self.push(Snapshot::take(runtime));
     }
 }
 
@@ -240,7 +240,7 @@ pub(super) async fn run_sampler(
 /// The JSON answer of `/stats`, now.
 pub(super) fn render(shared: &Shared, history: &History) -> String {
     let runtime = shared.runtime();
-    let now = Sample::take(&runtime);
+    let now = Snapshot::take(&runtime);
     let samples = history.samples();
     let stats = Stats::new(shared, &runtime, &now, &samples);
     // Serialising numbers, strings and maps into a String cannot fail.
@@ -262,9 +262,9 @@ impl<'s, T> Base<'s, T> {
     /// The oldest of `samples` that `get` finds something in (a route or upstream a reload
     /// added is only in the samples taken since).
     fn find(
-        samples: &'s [Arc<Sample>],
-        now: &Sample,
-        get: impl Fn(&'s Sample) -> Option<&'s T>,
+        samples: &'s [Arc<Snapshot>],
+        now: &Snapshot,
+        get: impl Fn(&'s Snapshot) -> Option<&'s T>,
     ) -> Option<Self> {
         samples.iter().find_map(|sample| {
             get(sample).map(|then| Base {
@@ -284,10 +284,10 @@ impl<'s, T> Base<'s, T> {
     }
 }
 
-// === impl Sample ===
+// === impl Snapshot ===
 
-impl Sample {
-    fn take(runtime: &Runtime) -> Sample {
+impl Snapshot {
+    fn take(runtime: &Runtime) -> Snapshot {
         // Each upstream's queue-wait histogram through the first route that sends to it (an
         // upstream no route names has had no request).
         let mut waits: Vec<(Arc<str>, usize)> = Vec::new();
@@ -318,7 +318,7 @@ impl Sample {
                 (route.name.clone(), sample)
             })
             .collect();
-        Sample {
+        Snapshot {
             at: Instant::now(),
             routes,
             upstream_waits: waits
@@ -333,7 +333,12 @@ impl Sample {
 // === impl Stats ===
 
 impl<'a> Stats<'a> {
-    fn new(shared: &Shared, runtime: &'a Runtime, now: &Sample, samples: &[Arc<Sample>]) -> Self {
+    fn new(
+        shared: &Shared,
+        runtime: &'a Runtime,
+        now: &Snapshot,
+        samples: &[Arc<Snapshot>],
+    ) -> Self {
         let routes: Vec<RouteStats<'a>> = runtime
             .routes
             .iter()
@@ -455,8 +460,8 @@ impl<'a> UpstreamStats<'a> {
         up: &'a Arc<crate::proxy::Upstream>,
         runtime: &'a Runtime,
         routes: &[RouteStats<'a>],
-        now: &Sample,
-        samples: &[Arc<Sample>],
+        now: &Snapshot,
+        samples: &[Arc<Snapshot>],
     ) -> Self {
         let mine: Vec<(&'a Route, &RouteStats<'a>)> = runtime
             .routes

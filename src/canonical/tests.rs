@@ -5,7 +5,7 @@ use super::*;
 const REJECT: EscapedSlashes = EscapedSlashes::Reject;
 const KEEP: EscapedSlashes = EscapedSlashes::Keep;
 
-fn canon(raw: &str) -> Result<String, BadRequest> {
+fn canon(raw: &str) -> Result<String, NotCanonical> {
     path(raw, REJECT).map(Cow::into_owned)
 }
 
@@ -57,30 +57,30 @@ fn encoding_rules() {
         assert_eq!(canon(raw).as_deref(), Ok(want), "{raw}");
     }
     assert_eq!(canon("*").as_deref(), Ok("*"));
-    assert_eq!(canon(""), Err(BadRequest::NotAPath));
+    assert_eq!(canon(""), Err(NotCanonical::NotAPath));
 }
 
 /// What has no single meaning is refused, each with its own cause.
 #[test]
 fn refusals() {
     let cases = [
-        ("/%", BadRequest::PercentEncoding),
-        ("/%4", BadRequest::PercentEncoding),
-        ("/%zz", BadRequest::PercentEncoding),
-        ("/a%00b", BadRequest::Nul),
-        ("/a\0b", BadRequest::Nul),
-        ("/login%2f", BadRequest::EscapedSlash),
-        ("/login%2F", BadRequest::EscapedSlash),
-        ("/a%5cb", BadRequest::EscapedSlash),
-        ("/a\\b", BadRequest::EscapedSlash),
-        ("/..", BadRequest::AboveRoot),
-        ("/a/../..", BadRequest::AboveRoot),
-        ("/%2e%2e/x", BadRequest::AboveRoot),
-        ("/./..", BadRequest::AboveRoot),
-        ("/x/..;/login", BadRequest::DotParameters),
-        ("/x/.;a/login", BadRequest::DotParameters),
-        ("/x/%2e%2e;/login", BadRequest::DotParameters),
-        ("login", BadRequest::NotAPath),
+        ("/%", NotCanonical::PercentEncoding),
+        ("/%4", NotCanonical::PercentEncoding),
+        ("/%zz", NotCanonical::PercentEncoding),
+        ("/a%00b", NotCanonical::Nul),
+        ("/a\0b", NotCanonical::Nul),
+        ("/login%2f", NotCanonical::EscapedSlash),
+        ("/login%2F", NotCanonical::EscapedSlash),
+        ("/a%5cb", NotCanonical::EscapedSlash),
+        ("/a\\b", NotCanonical::EscapedSlash),
+        ("/..", NotCanonical::AboveRoot),
+        ("/a/../..", NotCanonical::AboveRoot),
+        ("/%2e%2e/x", NotCanonical::AboveRoot),
+        ("/./..", NotCanonical::AboveRoot),
+        ("/x/..;/login", NotCanonical::DotParameters),
+        ("/x/.;a/login", NotCanonical::DotParameters),
+        ("/x/%2e%2e;/login", NotCanonical::DotParameters),
+        ("login", NotCanonical::NotAPath),
     ];
     for (raw, want) in cases {
         assert_eq!(canon(raw), Err(want), "{raw}");
@@ -96,7 +96,7 @@ fn keep_escaped_slashes() {
     assert_eq!(keep("/a%5Cb").as_deref(), Ok("/a%5Cb"));
     assert_eq!(keep("/a\\b").as_deref(), Ok("/a%5Cb"));
     assert_eq!(keep("/x/..%2Flogin").as_deref(), Ok("/x/..%2Flogin"));
-    assert_eq!(keep("/a%00"), Err(BadRequest::Nul));
+    assert_eq!(keep("/a%00"), Err(NotCanonical::Nul));
     assert!(matches!(path("/a%2Fb", KEEP), Ok(Cow::Borrowed(_))));
 }
 
@@ -177,9 +177,9 @@ fn hosts() {
         &"a".repeat(64),
         &format!("{}.com", "a.".repeat(130)),
     ] {
-        assert_eq!(host(bad), Err(BadRequest::HostInvalid), "{bad:?}");
+        assert_eq!(host(bad), Err(NotCanonical::HostInvalid), "{bad:?}");
     }
-    assert_eq!(host("\u{e9}.example"), Err(BadRequest::HostInvalid));
+    assert_eq!(host("\u{e9}.example"), Err(NotCanonical::HostInvalid));
 }
 
 /// `:authority` and `Host` agree when they name the same host and port.

@@ -200,7 +200,7 @@ fn full_example_parses_to_expected_values() {
             &KeySpec::ClientIp,
             "100/s".to_owned(),
             200,
-            Scope::Local
+            LimitScope::Local
         )
     );
     let l1 = &r.rate_limits[1];
@@ -253,7 +253,7 @@ fn defaults_fill_what_is_absent() {
     let l = &r.rate_limits[0];
     assert_eq!(
         (&*l.name, l.burst.get(), l.scope),
-        ("limit-0", 7, Scope::Local)
+        ("limit-0", 7, LimitScope::Local)
     );
     let cap = r.concurrency.unwrap();
     assert_eq!((cap.queue, cap.queue_timeout), (0, Duration::from_secs(1)));
@@ -706,7 +706,7 @@ fn store_and_global_scope_are_accepted() {
     );
     assert_eq!(redis.timeout, Duration::from_millis(20));
     assert_eq!(redis.on_error, OnStoreError::Local);
-    assert_eq!(c.routes[0].rate_limits[0].scope, Scope::Global);
+    assert_eq!(c.routes[0].rate_limits[0].scope, LimitScope::Global);
     let c = load(&with_store(
         "url: \"rediss://h\", timeout: 5ms, on_error: deny",
     ));

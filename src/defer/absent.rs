@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 
 use super::task::{Counts, DeadTask, Deferred, IdempotencyKey, Refused, StoredRequest};
-use super::{DeferMetrics, Target, TaskId, TaskStatus};
+use super::{DeferMetrics, DeliveryTarget, TaskId, TaskStatus};
 use crate::budget::Budget;
 use crate::config::DeferConfig;
 use crate::store::Store;
@@ -69,7 +69,12 @@ impl RouteDefer {
 
 impl Deliveries {
     /// Never called: there is no store to deliver from.
-    pub(crate) fn start(_: &Arc<str>, store: &Arc<Store>, _: Target, _: &Handle) -> Deliveries {
+    pub(crate) fn start(
+        _: &Arc<str>,
+        store: &Arc<Store>,
+        _: DeliveryTarget,
+        _: &Handle,
+    ) -> Deliveries {
         match **store {}
     }
 
@@ -77,7 +82,7 @@ impl Deliveries {
         match *self {}
     }
 
-    pub(crate) fn retarget(&self, _: Target) {
+    pub(crate) fn retarget(&self, _: DeliveryTarget) {
         match *self {}
     }
 

@@ -43,10 +43,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Counts, Keys, Target, TaskId};
+use super::{Counts, DeliveryTarget, Keys, TaskId};
 use crate::config::{CapSize, ConcurrencyConfig};
 use crate::shutdown::Shutdown;
-use crate::store::{open_dedicated, Conn, Link, Store};
+use crate::store::{open_dedicated, Link, RedisConn, Store};
 
 /// Most deliverers (tasks held at once) per route and instance.
 pub(crate) const MAX_DELIVERERS: usize = 32;
@@ -107,7 +107,7 @@ struct Pool {
     /// This pool's consumer name.
     consumer: String,
     /// The route as the current runtime has it.
-    target: ArcSwap<Target>,
+    target: ArcSwap<DeliveryTarget>,
     /// One permit per worker.
     workers: Arc<Semaphore>,
     /// How many workers.
@@ -115,7 +115,7 @@ struct Pool {
     /// Fired when the pool stops.
     stop: Shutdown,
     /// The connection of non-blocking calls, opened on first use.
-    ops: tokio::sync::OnceCell<Conn>,
+    ops: tokio::sync::OnceCell<RedisConn>,
     /// Entries this pool's workers hold: a takeover by the caretaker must not hand a worker an
     /// entry another worker of the same consumer still has. std Mutex: set operations only.
     held: Mutex<HashSet<String>>,
@@ -140,7 +140,7 @@ impl Deliveries {
     pub(crate) fn start(
         route: &Arc<str>,
         store: &Arc<Store>,
-        target: Target,
+        target: DeliveryTarget,
         spawner: &Handle,
     ) -> Deliveries {
         let size = deliverers(
@@ -185,7 +185,7 @@ impl Deliveries {
 
     /// Hands the workers the route as a reload rebuilt it (its caps, upstream, `defer:`); the
     /// deliveries under way finish with what they had.
-    pub(crate) fn retarget(&self, target: Target) {
+    pub(crate) fn retarget(&self, target: DeliveryTarget) {
         self.pool.target.store(Arc::new(target));
     }
 
@@ -260,7 +260,7 @@ fn deliverers(route: Option<&ConcurrencyConfig>, upstream: Option<&ConcurrencyCo
 impl Pool {
     /// The connection of non-blocking calls; `None` (after counting the failure) when it cannot
     /// be opened now.
-    async fn ops(&self) -> Option<Conn> {
+    async fn ops(&self) -> Option<RedisConn> {
         let opened = self
             .ops
             .get_or_try_init(|| open_dedicated(&self.link, CALL_TIMEOUT))
@@ -361,7 +361,7 @@ impl Pool {
     }
 
     /// Acknowledges and deletes `entry` without touching its task.
-    async fn ack(&self, conn: &Conn, entry: &str) {
+    async fn ack(&self, conn: &RedisConn, entry: &str) {
         let mut cmd = redis::cmd("XACK");
         cmd.arg(&*self.keys.stream).arg(super::GROUP).arg(entry);
         if self

@@ -14,7 +14,7 @@ use crate::proxy::Upstream;
 
 /// What a worker needs of its route, swapped by a reload (see `Deliveries::retarget`).
 #[derive(Debug)]
-pub(crate) struct Target {
+pub(crate) struct DeliveryTarget {
     /// The route's `defer:`.
     pub(crate) config: DeferConfig,
     /// Where tasks go.

@@ -135,7 +135,7 @@ use super::rate::{Decision, RateLimit};
 use super::StoreUnavailable;
 use crate::config::{KeySpec, OnStoreError, RateLimitConfig, RedisConfig};
 pub use crate::store::Store;
-use crate::store::{escape_into, slot_of, ByteSink, Conn};
+use crate::store::{escape_into, slot_of, ByteSink, RedisConn};
 
 mod memo;
 
@@ -384,8 +384,12 @@ impl GlobalLimit {
             let mut invocation = SCRIPT.key(redis_key);
             invocation.arg(&*self.argv[0]).arg(&*self.argv[1]).arg(want);
             let answer = match conn {
-                Conn::Server(mut conn) => invocation.invoke_async::<(i64, i64)>(&mut conn).await,
-                Conn::Cluster(mut conn) => invocation.invoke_async::<(i64, i64)>(&mut conn).await,
+                RedisConn::Server(mut conn) => {
+                    invocation.invoke_async::<(i64, i64)>(&mut conn).await
+                }
+                RedisConn::Cluster(mut conn) => {
+                    invocation.invoke_async::<(i64, i64)>(&mut conn).await
+                }
             };
             answer.map(Some)
         };

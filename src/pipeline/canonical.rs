@@ -12,17 +12,17 @@ use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Version};
 
-use crate::canonical::{self, BadRequest, EscapedSlashes};
+use crate::canonical::{self, EscapedSlashes, NotCanonical};
 
 /// The canonical stage: puts `req`'s path in canonical form and checks its host. Returns the
 /// request, read-only from here on, and the host name that routes match (see [`host`]).
 ///
 /// # Errors
-/// The [`BadRequest`] cause; when both the host and the path are bad, the host's.
+/// The [`NotCanonical`] cause; when both the host and the path are bad, the host's.
 pub(super) fn check<B>(
     req: &mut Request<B>,
     escaped: EscapedSlashes,
-) -> Result<(&Request<B>, Option<&str>), BadRequest> {
+) -> Result<(&Request<B>, Option<&str>), NotCanonical> {
     // `path` changes `req` only when it succeeds.
     let path = path(req, escaped);
     let req = &*req;
@@ -34,8 +34,8 @@ pub(super) fn check<B>(
 /// Puts `req`'s path in canonical form.
 ///
 /// # Errors
-/// The [`BadRequest`] cause of a path with no canonical form.
-fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadRequest> {
+/// The [`NotCanonical`] cause of a path with no canonical form.
+fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), NotCanonical> {
     let rebuilt = match canonical::path(req.uri().path(), escaped)? {
         Cow::Borrowed(_) => return Ok(()),
         Cow::Owned(path) => path,
@@ -50,16 +50,16 @@ fn path<B>(req: &mut Request<B>, escaped: EscapedSlashes) -> Result<(), BadReque
 /// authority as `Host`). Returns the name that routes match: without port or trailing dot.
 ///
 /// # Errors
-/// The [`BadRequest`] cause: a missing, repeated or invalid `Host`, or a `Host` and an
+/// The [`NotCanonical`] cause: a missing, repeated or invalid `Host`, or a `Host` and an
 /// authority that disagree.
-fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
+fn host<B>(req: &Request<B>) -> Result<Option<&str>, NotCanonical> {
     let mut lines = req.headers().get_all(HOST).iter();
     let header = lines.next();
     if lines.next().is_some() {
-        return Err(BadRequest::HostRepeated);
+        return Err(NotCanonical::HostRepeated);
     }
     let header = match header {
-        Some(value) => Some(value.to_str().map_err(|_| BadRequest::HostInvalid)?),
+        Some(value) => Some(value.to_str().map_err(|_| NotCanonical::HostInvalid)?),
         None => None,
     };
     let authority = req.uri().authority().map(|a| a.as_str());
@@ -67,19 +67,19 @@ fn host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
         (Some(authority), Some(header)) => {
             let (a, h) = (canonical::host(authority)?, canonical::host(header)?);
             if !a.agrees(&h) {
-                return Err(BadRequest::HostMismatch);
+                return Err(NotCanonical::HostMismatch);
             }
             a
         }
         (Some(value), None) | (None, Some(value)) => canonical::host(value)?,
         (None, None) if req.version() <= Version::HTTP_10 => return Ok(None),
-        (None, None) => return Err(BadRequest::HostMissing),
+        (None, None) => return Err(NotCanonical::HostMissing),
     };
     Ok(Some(checked.name))
 }
 
 /// `uri` with its path replaced by `path` and its query kept.
-fn with_path(uri: &Uri, path: &str) -> Result<Uri, BadRequest> {
+fn with_path(uri: &Uri, path: &str) -> Result<Uri, NotCanonical> {
     let mut target = String::with_capacity(path.len() + uri.query().map_or(0, |q| q.len() + 1));
     target.push_str(path);
     if let Some(query) = uri.query() {
@@ -88,10 +88,10 @@ fn with_path(uri: &Uri, path: &str) -> Result<Uri, BadRequest> {
     }
     // The canonical path holds only characters a URI allows, so only its length can fail.
     let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(target))
-        .map_err(|_| BadRequest::PathTooLong)?;
+        .map_err(|_| NotCanonical::PathTooLong)?;
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).map_err(|_| BadRequest::PathTooLong)
+    Uri::from_parts(parts).map_err(|_| NotCanonical::PathTooLong)
 }
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ fn rate_limited_without_fields() {
 /// route; counted as `bad_request` (the bodies are hand-written constants).
 #[test]
 fn bad_request_bodies_match_their_causes() {
-    for cause in canonical::BadRequest::ALL {
+    for cause in canonical::NotCanonical::ALL {
         let rejection = Rejection::BadRequest(BadRequest::Canonical(cause));
         assert_eq!(rejection.reason(), "bad-request");
         assert_eq!(rejection.outcome(), Outcome::BadRequest);

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::clock::Epoch;
-use crate::config::{Config, RedisTarget, Scope};
+use crate::config::{Config, LimitScope, RedisTarget};
 
 /// Why a [`Store::call`] got no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +86,7 @@ pub(crate) struct Inner {
     /// The target, passwords replaced by `***`: what logs show.
     redacted: String,
     /// Set once by the connecting task; redis-rs reconnects by itself from then on.
-    conn: OnceLock<Conn>,
+    conn: OnceLock<RedisConn>,
     /// The circuit breakers and the once-per-change logging.
     health: Health,
     /// Wakes requests waiting for the first connection attempt to end.
@@ -98,32 +98,32 @@ pub(crate) struct Inner {
 /// A connection to call scripts on: cheap to clone (shared handles to the multiplexed
 /// connections).
 #[derive(Clone)]
-pub(crate) enum Conn {
+pub(crate) enum RedisConn {
     /// `store.redis.url`.
     Server(ConnectionManager),
     /// `store.redis.cluster`.
     Cluster(ClusterConnection),
 }
 
-// === impl Conn ===
+// === impl RedisConn ===
 
-impl Conn {
+impl RedisConn {
     /// Runs a script on this connection (`EVALSHA`, loading it on `NOSCRIPT`).
     pub(crate) async fn invoke<T: FromRedisValue>(
         self,
         invocation: &ScriptInvocation<'_>,
     ) -> RedisResult<T> {
         match self {
-            Conn::Server(mut conn) => invocation.invoke_async(&mut conn).await,
-            Conn::Cluster(mut conn) => invocation.invoke_async(&mut conn).await,
+            RedisConn::Server(mut conn) => invocation.invoke_async(&mut conn).await,
+            RedisConn::Cluster(mut conn) => invocation.invoke_async(&mut conn).await,
         }
     }
 
     /// Sends one command on this connection.
     pub(crate) async fn query<T: FromRedisValue>(self, cmd: &redis::Cmd) -> RedisResult<T> {
         match self {
-            Conn::Server(mut conn) => cmd.query_async(&mut conn).await,
-            Conn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
+            RedisConn::Server(mut conn) => cmd.query_async(&mut conn).await,
+            RedisConn::Cluster(mut conn) => cmd.query_async(&mut conn).await,
         }
     }
 
@@ -134,8 +134,8 @@ impl Conn {
         pipe: &redis::Pipeline,
     ) -> RedisResult<T> {
         match self {
-            Conn::Server(mut conn) => pipe.query_async(&mut conn).await,
-            Conn::Cluster(mut conn) => pipe.query_async(&mut conn).await,
+            RedisConn::Server(mut conn) => pipe.query_async(&mut conn).await,
+            RedisConn::Cluster(mut conn) => pipe.query_async(&mut conn).await,
         }
     }
 }
@@ -174,7 +174,7 @@ impl Store {
         let uses_store = config
             .routes
             .iter()
-            .any(|r| r.rate_limits.iter().any(|l| l.scope == Scope::Global));
+            .any(|r| r.rate_limits.iter().any(|l| l.scope == LimitScope::Global));
         let redis = config.store.as_ref()?.redis.as_ref()?;
         if !uses_store {
             return None;
@@ -296,7 +296,7 @@ impl Store {
         call: F,
     ) -> Result<T, CallError>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
         let inner = &self.inner;
@@ -378,7 +378,10 @@ impl fmt::Debug for Link {
 ///
 /// # Errors
 /// The connection error, or a timeout error.
-pub(crate) async fn open_dedicated(link: &Link, response_timeout: Duration) -> RedisResult<Conn> {
+pub(crate) async fn open_dedicated(
+    link: &Link,
+    response_timeout: Duration,
+) -> RedisResult<RedisConn> {
     let roots = link.ca.as_deref().map(|ca| roots_with(ca, &link.redacted));
     match tokio::time::timeout(
         CONNECT_TIMEOUT * 2,
@@ -481,7 +484,11 @@ async fn connect(inner: Arc<Inner>, timeout: Duration) {
 
 /// One attempt at connecting to `target`, trusting `roots` (PEM) for TLS when given (else
 /// redis-rs' default: the system's roots).
-async fn open(target: &RedisTarget, roots: Option<&[u8]>, timeout: Duration) -> RedisResult<Conn> {
+async fn open(
+    target: &RedisTarget,
+    roots: Option<&[u8]>,
+    timeout: Duration,
+) -> RedisResult<RedisConn> {
     let certs = || TlsCertificates {
         client_tls: None,
         root_cert: roots.map(<[u8]>::to_vec),
@@ -499,7 +506,7 @@ async fn open(target: &RedisTarget, roots: Option<&[u8]>, timeout: Duration) -> 
                 .set_number_of_retries(0)
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(None);
-            Ok(Conn::Server(
+            Ok(RedisConn::Server(
                 ConnectionManager::new_with_config(client, config).await?,
             ))
         }
@@ -514,7 +521,7 @@ async fn open(target: &RedisTarget, roots: Option<&[u8]>, timeout: Duration) -> 
                 builder = builder.certs(certs());
             }
             let client = builder.build()?;
-            Ok(Conn::Cluster(client.get_async_connection().await?))
+            Ok(RedisConn::Cluster(client.get_async_connection().await?))
         }
     }
 }
@@ -561,7 +568,7 @@ impl Inner {
     /// now: not connected yet (the connecting task is on it), or the breaker is open and it is
     /// not this request's turn to probe. Waits only for the end of the very first connection
     /// attempt (the caller bounds the wait).
-    pub(crate) async fn connection(&self, breaker: usize) -> Option<Conn> {
+    pub(crate) async fn connection(&self, breaker: usize) -> Option<RedisConn> {
         let conn = match self.conn.get() {
             Some(conn) => conn,
             None => {

@@ -10,7 +10,7 @@ use http::HeaderName;
 use super::cx::Cx;
 use super::join;
 use crate::config::raw::{Int, RawRateLimit};
-use crate::config::{KeySpec, Rate, RateLimitConfig, Scope};
+use crate::config::{KeySpec, LimitScope, Rate, RateLimitConfig};
 
 // === impl Cx: rate limits ===
 
@@ -59,13 +59,13 @@ impl Cx {
         let scope = self.choice(
             &join(at, "scope"),
             raw.scope.as_deref(),
-            &[("local", Scope::Local), ("global", Scope::Global)],
-            Scope::default(),
+            &[("local", LimitScope::Local), ("global", LimitScope::Global)],
+            LimitScope::default(),
         );
         if let (Some(rate), Some(burst), Some(scope)) = (rate, burst, scope) {
             self.bucket_bounds(at, rate, burst, scope);
         }
-        if scope == Some(Scope::Global) && !has_store {
+        if scope == Some(LimitScope::Global) && !has_store {
             self.error(
                 &join(at, "scope"),
                 "scope: global needs store.redis, which is not configured",
@@ -108,7 +108,7 @@ impl Cx {
         at: &str,
         raw: Option<Int>,
         burst: Option<u32>,
-        scope: Option<Scope>,
+        scope: Option<LimitScope>,
     ) -> Option<u32> {
         let Some(raw) = raw else {
             return Some(RateLimitConfig::DEFAULT_LEASE);
@@ -117,7 +117,7 @@ impl Cx {
         if lease == 0 {
             return Some(0);
         }
-        if scope == Some(Scope::Local) {
+        if scope == Some(LimitScope::Local) {
             return self.fail(
                 at,
                 "lease is for scope: global limits (tokens taken from Redis ahead of use); a local limit has no Redis call to save: remove lease or set scope: global",
@@ -149,12 +149,12 @@ impl Cx {
     /// Bounds the arithmetic of the buckets can hold: a token interval of at least 1 ns, and a
     /// refill time (burst × interval) governor can represent (2^62 ns, 146 years) — the Redis
     /// script's exact range is 2^53 ns (104 days).
-    fn bucket_bounds(&mut self, at: &str, rate: Rate, burst: u32, scope: Scope) {
+    fn bucket_bounds(&mut self, at: &str, rate: Rate, burst: u32, scope: LimitScope) {
         let interval = rate.per.duration().as_nanos() / u128::from(rate.count.get());
         let refill = interval * u128::from(burst);
         let (max_refill, max_text): (u128, _) = match scope {
-            Scope::Global => (1 << 53, "104 days with scope: global"),
-            Scope::Local => (1 << 62, "146 years"),
+            LimitScope::Global => (1 << 53, "104 days with scope: global"),
+            LimitScope::Local => (1 << 62, "146 years"),
         };
         if interval == 0 {
             self.error(

@@ -217,7 +217,7 @@ impl Cx {
             Ok(path) => Some(path.into_owned()),
             Err(err) => {
                 let hint = match err {
-                    canonical::BadRequest::EscapedSlash => {
+                    canonical::NotCanonical::EscapedSlash => {
                         " (server.escaped_slashes: keep would allow them)"
                     }
                     _ => "",

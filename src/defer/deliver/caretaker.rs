@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{entry_of, Pool, CONSUMER_IDLE, TICK, VISIBILITY_MARGIN};
 use crate::defer::{scripts, GROUP};
-use crate::store::Conn;
+use crate::store::RedisConn;
 
 /// Most entries one takeover claims.
 const CLAIM_BATCH: usize = 16;
@@ -55,7 +55,7 @@ pub(super) async fn tend(pool: Arc<Pool>) {
 
 impl Pool {
     /// Puts tasks whose next try is due back into the stream.
-    async fn promote(&self, conn: &Conn) {
+    async fn promote(&self, conn: &RedisConn) {
         let mut invocation = scripts::PROMOTE.key(&*self.keys.retry);
         invocation.key(&*self.keys.stream).arg(PROMOTE_BATCH);
         self.call(conn.clone().invoke::<i64>(&invocation)).await;
@@ -69,7 +69,7 @@ impl Pool {
     /// Takes over entries nobody refreshed for the visibility timeout, as many as there are
     /// idle workers — waiting up to a [`TICK`] for the first, in turn with the reader (the
     /// semaphore is fair), so that takeovers are not starved by a stream that is never empty.
-    async fn take_over(self: &Arc<Self>, conn: &Conn) {
+    async fn take_over(self: &Arc<Self>, conn: &RedisConn) {
         let Ok(Ok(first)) = tokio::time::timeout(TICK, self.workers.clone().acquire_owned()).await
         else {
             return;
@@ -114,7 +114,7 @@ impl Pool {
     }
 
     /// Reads the figures behind the gauges.
-    async fn count(&self, conn: &Conn) {
+    async fn count(&self, conn: &RedisConn) {
         let mut invocation = scripts::COUNTS.key(&*self.keys.stream);
         invocation
             .key(&*self.keys.retry)
@@ -147,7 +147,7 @@ impl Pool {
     }
 
     /// Removes consumers of instances that are gone: nothing pending, idle for an hour.
-    async fn sweep(&self, conn: &Conn) {
+    async fn sweep(&self, conn: &RedisConn) {
         let cmd = Cmd::xinfo_consumers(&*self.keys.stream, GROUP);
         let Some(reply) = self
             .call(conn.clone().query::<StreamInfoConsumersReply>(&cmd))

@@ -9,7 +9,7 @@ use redis::Cmd;
 use super::{entry_of, Pool, CALL_TIMEOUT, REDIS_PAUSE};
 use crate::defer::GROUP;
 use crate::shutdown::ShutdownWatch;
-use crate::store::{open_dedicated, Conn};
+use crate::store::{open_dedicated, RedisConn};
 
 /// Longest wait of one `XREADGROUP` for new entries; also how soon the reader sees a stop.
 const READ_BLOCK: Duration = Duration::from_secs(1);
@@ -17,7 +17,7 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Reads new entries for idle workers until the pool stops.
 pub(super) async fn read(pool: Arc<Pool>) {
     let mut stop = pool.stop.watch();
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut grouped = false;
     loop {
         // An idle worker first: nothing is read that no worker can take now. One entry per
@@ -81,9 +81,9 @@ impl Pool {
     /// (`grouped`); `None` after counting a failure.
     async fn reading_connection(
         &self,
-        conn: &mut Option<Conn>,
+        conn: &mut Option<RedisConn>,
         grouped: &mut bool,
-    ) -> Option<Conn> {
+    ) -> Option<RedisConn> {
         let c = match conn {
             Some(c) => c.clone(),
             None => match open_dedicated(&self.link, READ_BLOCK + CALL_TIMEOUT).await {
@@ -102,7 +102,7 @@ impl Pool {
 
     /// Creates the consumer group (reading from the stream's start, so that tasks accepted
     /// before any deliverer ran are delivered too); true when it exists.
-    async fn create_group(&self, conn: &Conn) -> bool {
+    async fn create_group(&self, conn: &RedisConn) -> bool {
         let cmd = Cmd::xgroup_create_mkstream(&*self.keys.stream, GROUP, "0");
         match tokio::time::timeout(CALL_TIMEOUT, conn.clone().query::<()>(&cmd)).await {
             Ok(Ok(())) => true,

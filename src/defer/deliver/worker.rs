@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::outcome::{judge, last_try_margin, Try, Verdict};
 use super::reader::pause;
-use super::{Pool, Target, HEARTBEAT, RECORD_PAUSE};
+use super::{DeliveryTarget, Pool, HEARTBEAT, RECORD_PAUSE};
 use crate::budget::Reservation;
 use crate::config::Priority;
 use crate::defer::accept::{int, text};
@@ -38,7 +38,7 @@ use crate::limit::{Rejected, Sample, Slots};
 use crate::metrics::InflightGuard;
 use crate::proxy::body::{ClientBody, UpstreamBody};
 use crate::proxy::UpstreamError;
-use crate::store::Conn;
+use crate::store::RedisConn;
 
 /// Pauses between asking the caps again after a refusal: doubling from the first to the second.
 const SLOT_PAUSE: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(250));
@@ -140,7 +140,13 @@ impl Pool {
     /// Loads task `id` and marks it `delivering`; `None` when there is nothing to send — the
     /// task is gone, ended, expired (recorded so) or busy elsewhere, or Redis failed (the entry
     /// stays pending, taken over later).
-    async fn start(&self, conn: &Conn, target: &Target, entry: &str, id: &TaskId) -> Option<Task> {
+    async fn start(
+        &self,
+        conn: &RedisConn,
+        target: &DeliveryTarget,
+        entry: &str,
+        id: &TaskId,
+    ) -> Option<Task> {
         let task_key = self.keys.task(id);
         let mut invocation = scripts::START.key(&task_key);
         invocation
@@ -187,7 +193,7 @@ impl Pool {
 
     /// Room in the buffering budget for a body of `len` bytes and the pieces in flight while it
     /// is read; `None` when there was none for [`BUDGET_WAIT`].
-    async fn room_for(&self, target: &Target, len: usize) -> Option<Reservation> {
+    async fn room_for(&self, target: &DeliveryTarget, len: usize) -> Option<Reservation> {
         let bytes = (len + READ_IN_FLIGHT * PIECE) as u64;
         let until = Instant::now() + BUDGET_WAIT;
         let mut wait = Duration::from_millis(10);
@@ -206,7 +212,7 @@ impl Pool {
 
     /// Task `id`'s body of `len` bytes, read in pieces; `None` when Redis failed or the body is
     /// not all there.
-    async fn body(&self, conn: &Conn, id: &TaskId, len: usize) -> Option<Bytes> {
+    async fn body(&self, conn: &RedisConn, id: &TaskId, len: usize) -> Option<Bytes> {
         if len == 0 {
             return Some(Bytes::new());
         }
@@ -231,8 +237,8 @@ impl Pool {
     /// outcome means the task is delivered again).
     async fn record(
         &self,
-        conn: &Conn,
-        target: &Target,
+        conn: &RedisConn,
+        target: &DeliveryTarget,
         (entry, id, task): (&str, &TaskId, &Task),
         verdict: Verdict,
     ) {
@@ -258,8 +264,8 @@ impl Pool {
     /// One try at recording `verdict`; true when Redis took it.
     async fn record_once(
         &self,
-        conn: &Conn,
-        target: &Target,
+        conn: &RedisConn,
+        target: &DeliveryTarget,
         (entry, id, task): (&str, &TaskId, &Task),
         verdict: Verdict,
     ) -> bool {
@@ -301,8 +307,8 @@ impl Pool {
     /// True when Redis took it.
     async fn delivered(
         &self,
-        conn: &Conn,
-        target: &Target,
+        conn: &RedisConn,
+        target: &DeliveryTarget,
         (entry, id, task): (&str, &TaskId, &Task),
         (attempts, code): (u32, u16),
     ) -> bool {
@@ -337,8 +343,8 @@ impl Pool {
     /// when Redis did not take it.
     async fn settle(
         &self,
-        conn: &Conn,
-        target: &Target,
+        conn: &RedisConn,
+        target: &DeliveryTarget,
         (entry, id, task): (&str, &TaskId, &Task),
         (attempts, tries, code, error, wait): (u32, u32, Option<u16>, &str, Option<Duration>),
     ) -> Option<bool> {
@@ -373,7 +379,11 @@ impl Pool {
     /// Refreshes the claim on `entry` every [`HEARTBEAT`] in a task of its own (so that the
     /// delivery is never held up by it) until aborted; the receiver resolves if another
     /// deliverer has taken the entry over.
-    fn heartbeat(self: &Arc<Self>, conn: &Conn, entry: &str) -> (Beating, oneshot::Receiver<()>) {
+    fn heartbeat(
+        self: &Arc<Self>,
+        conn: &RedisConn,
+        entry: &str,
+    ) -> (Beating, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let (pool, conn, entry) = (self.clone(), conn.clone(), entry.to_owned());
         let task = tokio::spawn(async move {
@@ -411,7 +421,7 @@ impl Drop for Beating {
 /// A slot of the route's cap and then of the upstream's, at [`Priority::Low`]. A refusal is
 /// not a try: after a short pause (doubling up to [`SLOT_PAUSE`]'s second value) the caps are
 /// asked again, until they admit.
-async fn take_slots(target: &Target) -> Slots {
+async fn take_slots(target: &DeliveryTarget) -> Slots {
     let mut pause = SLOT_PAUSE.0;
     loop {
         match try_slots(target).await {
@@ -425,7 +435,7 @@ async fn take_slots(target: &Target) -> Slots {
 }
 
 /// One try at both slots.
-async fn try_slots(target: &Target) -> Result<Slots, Rejected> {
+async fn try_slots(target: &DeliveryTarget) -> Result<Slots, Rejected> {
     let mut slots = Slots::default();
     if let Some(cap) = &target.route_cap {
         slots.route = Some(cap.acquire(Priority::Low).await?);
@@ -441,7 +451,7 @@ async fn try_slots(target: &Target) -> Result<Slots, Rejected> {
 /// Sends `task` upstream holding `slots`, its body counted by `held`; how it went. The answer's
 /// body is read (up to [`DRAIN_MAX`]) so that the connection can be reused, then dropped.
 async fn send(
-    target: &Target,
+    target: &DeliveryTarget,
     task: &Task,
     id: &TaskId,
     (body, held): (Bytes, Reservation),

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::memo::Memos;
 use super::*;
-use crate::config::{Per, Rate, RedisTarget, Scope};
+use crate::config::{LimitScope, Per, Rate, RedisTarget};
 use prometheus_client::metrics::counter::Counter;
 
 fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> RateLimitConfig {
@@ -26,7 +26,7 @@ fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> R
             per,
         },
         burst: NonZeroU32::new(burst).unwrap(),
-        scope: Scope::Global,
+        scope: LimitScope::Global,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{policy_value, refill_secs, retry_after_secs, RateLimitField, INLINE_CAPACITY};
-use crate::config::{KeySpec, RateLimitConfig, Scope};
+use crate::config::{KeySpec, LimitScope, RateLimitConfig};
 
 fn limit(name: &str, rate: &str, burst: u32) -> RateLimitConfig {
     RateLimitConfig {
@@ -11,7 +11,7 @@ fn limit(name: &str, rate: &str, burst: u32) -> RateLimitConfig {
         key: KeySpec::ClientIp,
         rate: rate.parse().expect("test rate"),
         burst: NonZeroU32::new(burst).expect("test burst"),
-        scope: Scope::Local,
+        scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
     }

@@ -7,7 +7,7 @@ use governor::clock::FakeRelativeClock;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{Decision, RateLimit};
-use crate::config::{KeySpec, RateLimitConfig, Scope};
+use crate::config::{KeySpec, LimitScope, RateLimitConfig};
 use crate::limit::key::LimitKey;
 
 fn config(key: KeySpec, rate: &str, burst: u32) -> RateLimitConfig {
@@ -16,7 +16,7 @@ fn config(key: KeySpec, rate: &str, burst: u32) -> RateLimitConfig {
         key,
         rate: rate.parse().expect("test rate"),
         burst: NonZeroU32::new(burst).expect("test burst"),
-        scope: Scope::Local,
+        scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
     }

@@ -14,7 +14,7 @@ fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
     b.body(()).expect("test request")
 }
 
-fn checked(mut req: Request<()>) -> Result<String, BadRequest> {
+fn checked(mut req: Request<()>) -> Result<String, NotCanonical> {
     let (req, _) = check(&mut req, EscapedSlashes::Reject)?;
     Ok(req.uri().to_string())
 }
@@ -44,26 +44,26 @@ fn canonical_request_untouched() {
 #[test]
 fn host_rules() {
     let v11 = Version::HTTP_11;
-    let cases: [(Request<()>, Result<(), BadRequest>); 10] = [
+    let cases: [(Request<()>, Result<(), NotCanonical>); 10] = [
         (request(v11, "/", &["admin.example.com"]), Ok(())),
         (request(v11, "/", &["admin.example.com."]), Ok(())),
         (
             request(v11, "/", &["admin.example.com.."]),
-            Err(BadRequest::HostInvalid),
+            Err(NotCanonical::HostInvalid),
         ),
         (
             request(v11, "/", &["decoy.invalid", "admin.example.com"]),
-            Err(BadRequest::HostRepeated),
+            Err(NotCanonical::HostRepeated),
         ),
-        (request(v11, "/", &[]), Err(BadRequest::HostMissing)),
+        (request(v11, "/", &[]), Err(NotCanonical::HostMissing)),
         (request(Version::HTTP_10, "/", &[]), Ok(())),
         (
             request(Version::HTTP_2, "/", &[]),
-            Err(BadRequest::HostMissing),
+            Err(NotCanonical::HostMissing),
         ),
         (
             request(Version::HTTP_2, "https://a.example/", &["b.example"]),
-            Err(BadRequest::HostMismatch),
+            Err(NotCanonical::HostMismatch),
         ),
         (
             request(Version::HTTP_2, "https://A.example:443/", &["a.example"]),
@@ -71,7 +71,7 @@ fn host_rules() {
         ),
         (
             request(v11, "http://user@a.example/", &["a.example"]),
-            Err(BadRequest::HostInvalid),
+            Err(NotCanonical::HostInvalid),
         ),
     ];
     for (req, want) in cases {
@@ -85,11 +85,11 @@ fn host_rules() {
 #[test]
 fn host_fault_named_before_path_fault() {
     let r = request(Version::HTTP_11, "/a/%00", &["bad host"]);
-    assert_eq!(checked(r).map(drop), Err(BadRequest::HostInvalid));
+    assert_eq!(checked(r).map(drop), Err(NotCanonical::HostInvalid));
     let mut r = request(Version::HTTP_11, "/a/%00", &["h"]);
     assert_eq!(
         check(&mut r, EscapedSlashes::Reject).map(drop),
-        Err(BadRequest::Nul)
+        Err(NotCanonical::Nul)
     );
     assert_eq!(r.uri(), "/a/%00");
 }
