@@ -1,6 +1,6 @@
 // Makes docs/dashboard.png: `sluice demo` under a scripted load, its dashboard open in headless
 // chromium for about two minutes of real time, then a screenshot. Unlike the screenshot
-// tests/dashboard.rs takes (a few seconds of virtual time), the charts here hold real history:
+// tests/it/dashboard.rs takes (a few seconds of virtual time), the charts here hold real history:
 // calm traffic, then a batch flood that fills the upstream's queue and is shed, then a client
 // beyond its rate limit as well.
 //

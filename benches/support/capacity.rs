@@ -1,4 +1,5 @@
-//! A workload for adaptive caps, shared by `tests/adaptive.rs` and `benches/adaptive.rs`: an
+//! A workload for adaptive caps, shared by `tests/it/adaptive.rs` and the adaptive and deferred
+//! benches: an
 //! upstream that serves `k` requests at once (each takes `service`) and queues the rest inside
 //! itself, whose `k` the caller changes mid-run, and answers a few paths at once without work
 //! ([`FAST_NOT_FOUND`] …); closed-loop clients that keep it overloaded through sluice; and a
@@ -363,7 +364,7 @@ impl Trace {
     pub(crate) fn rejected_in(&self, from: Duration, to: Duration) -> usize {
         self.rejected
             .iter()
-            .filter(|t| (from..to).contains(t))
+            .filter(|&&t| (from..to).contains(&t))
             .count()
     }
 

@@ -5,24 +5,17 @@
 //! client's `Idempotency-Key` (kept, delivered unchanged, a repeat answered with its task),
 //! `max_tasks` across instances, and a reload that lowers `ttl`. Real redis-servers, real
 //! upstreams, sluice in-process.
-#![cfg(feature = "redis")]
-
-#[path = "support/redis.rs"]
-mod redis_server;
-mod support;
-#[path = "support/deferred.rs"]
-mod tasks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::deferred::*;
+use crate::support::redis_server::RedisServer;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use redis_server::RedisServer;
-use support::*;
-use tasks::*;
 
 /// A config with `store` (YAML lines at two spaces), an admin listener, upstream `api` at
 /// `endpoint` (`timeout: 2s`) and `upstream_extra` (its own fields), and `routes` (YAML list
@@ -104,6 +97,8 @@ async fn slowlog(redis: &RedisServer) -> Vec<(i64, String, usize)> {
 /// Before, the whole body went through one script that held Redis for 30–50 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_bodies_go_in_pieces_and_stall_no_command() {
+    // Times Redis' commands (SLOWLOG) while it stores megabytes: one such test at a time.
+    let _alone = alone().await;
     let redis = RedisServer::start_with(&["--slowlog-log-slower-than", "5000"]).await;
     let (up, log) = recording(Duration::ZERO, |_, _| StatusCode::OK).await;
     let store = format!("  redis: {{url: \"{}\"}}", redis.url());
@@ -150,6 +145,8 @@ async fn big_bodies_go_in_pieces_and_stall_no_command() {
 /// accept script held Redis' one thread long enough for the limit's calls to time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_never_wait_behind_task_writes() {
+    // 96 MB of writes against 250 ms limit calls: one such test at a time.
+    let _alone = alone().await;
     let redis = RedisServer::start().await;
     let up = ok_upstream().await;
     let store = format!(

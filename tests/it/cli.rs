@@ -1,16 +1,14 @@
 //! The `sluice` binary: exit statuses, `check`, config errors, signals, `demo`, and flat memory
 //! while a large body streams through.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::bin::{self, finish, rss_kib, Sluice};
-use support::ConfigFile;
+use crate::support::bin::{self, finish, rss_kib, Sluice};
+use crate::support::{alone_blocking, ConfigFile};
 
 /// A port that was free a moment ago (bound, then released). Racy: between the release and the
 /// binary's own bind, another process (a test running in parallel) may take it. Used only where
@@ -323,6 +321,8 @@ fn streaming_proxy(upstream: SocketAddr) -> (Sluice, ConfigFile) {
 /// body).
 #[test]
 fn gigabyte_body_streams_with_flat_memory() {
+    // Streams 1 GiB through two busy cores: not beside a test that measures against the clock.
+    let _alone = alone_blocking();
     // A raw upstream that sends 1 GiB with Content-Length.
     let up = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up.local_addr().unwrap();
@@ -431,6 +431,8 @@ fn discard_body(r: &mut BufReader<TcpStream>, head: &str) -> std::io::Result<u64
 /// the upstream gets every byte.
 #[test]
 fn gigabyte_upload_streams_with_flat_memory() {
+    // Streams 1 GiB through two busy cores: not beside a test that measures against the clock.
+    let _alone = alone_blocking();
     // A raw upstream that reads the body, discards it, and answers with the byte count.
     let up = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up.local_addr().unwrap();

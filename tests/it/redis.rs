@@ -1,20 +1,15 @@
 //! `scope: global` rate limits against a real redis-server (started per test on a free port):
 //! one limit shared by two instances, the same headers as the local algorithm, TTLs, each
 //! `on_error` policy when Redis dies, start-up while Redis is down and recovery, passwords.
-#![cfg(feature = "redis")]
-
-#[path = "support/redis.rs"]
-mod redis_server;
-mod support;
 
 use std::cell::Cell;
 use std::time::Duration;
 
+use crate::support::redis_server::{free_port, RedisServer};
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use redis_server::{free_port, RedisServer};
-use support::*;
 use tokio::time::Instant;
 
 /// A generous per-call timeout for tests that count exact admissions: a loaded 2-core machine

@@ -1,6 +1,5 @@
 //! What the deferred-delivery tests share: an upstream that records what it saw of each
 //! request, and the 202's and the status endpoint's reading.
-#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

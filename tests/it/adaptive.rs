@@ -5,20 +5,18 @@
 //! while 503s with `Retry-After` do; `sluice_concurrency_limit` shows the cap in force, fixed or
 //! adaptive.
 
-mod support;
-
-#[path = "../benches/support/capacity.rs"]
+#[path = "../../benches/support/capacity.rs"]
 mod capacity;
 
 use std::time::Duration;
 
+use crate::support::*;
 use capacity::{
     drive, quantile, Load, Phase, Trace, Workers, FAST_NOT_FOUND, FAST_RETRY_AFTER,
     FAST_UNAVAILABLE,
 };
 use http::Request;
 use http_body_util::Full;
-use support::*;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -38,10 +36,6 @@ fn config(endpoint: &str, concurrency: &str) -> String {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
-
-/// The load tests run one at a time: each measures the cap and latencies against the clock,
-/// and two at once on two cores would only measure each other.
-static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An upstream of 8 workers behind sluice, whose cap is adaptive (2..=64, queue 2); and a
 /// reading of the cap in force, for [`drive`].
@@ -152,7 +146,8 @@ fn check(seen: &Seen, k: usize) {
 /// The cap must be at most 6 within 3 s of the drop (typically 0.4–0.8 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_settles_near_the_upstreams_capacity_and_follows_it() {
-    let _alone = LOAD.lock().await;
+    // Measures the cap and latencies against the clock: one load test at a time.
+    let _alone = alone().await;
     let (workers, proxy, cap) = adaptive_in_front_of_workers().await;
     let phases = [
         Phase {
@@ -211,7 +206,8 @@ const ATTACK_SHARE: f64 = 0.3;
 /// learning); the attacker paces itself on what reaches the upstream (see [`attack`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_answered_fast_with_404_or_503_does_not_drag_the_cap_down() {
-    let _alone = LOAD.lock().await;
+    // Measures the cap and latencies against the clock: one load test at a time.
+    let _alone = alone().await;
     let (workers, proxy, cap) = adaptive_in_front_of_workers().await;
     let attacks = [
         (Duration::from_secs(7), None),

@@ -2,27 +2,20 @@
 //! and sluice: an upstream down for longer than the whole retry schedule, Redis down between a
 //! delivery's answer and its record, dead tasks listed and requeued on the admin listener, and
 //! a 503 with `Retry-After` taken as pushback rather than an attempt.
-#![cfg(feature = "redis")]
-
-#[path = "support/redis.rs"]
-mod redis_server;
-mod support;
-#[path = "support/deferred.rs"]
-mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::deferred::*;
+use crate::support::redis_server::RedisServer;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use redis::aio::MultiplexedConnection;
-use redis_server::RedisServer;
 use serde_json::{json, Value};
-use support::*;
-use tasks::*;
 use tokio::net::TcpListener;
 
 /// `sluice:defer:{hooks}:…`: the keys of route `hooks` (see `src/defer.rs`).

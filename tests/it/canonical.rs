@@ -4,14 +4,14 @@
 //! On the code before the issue every one of them got through (200 under the catch-all's
 //! policy, or the upstream saw what the client wrote).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{
+    admin_config, echo_upstream, get, h2c_client, ok_upstream, send, start_proxy,
+};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::{admin_config, echo_upstream, get, h2c_client, ok_upstream, send, start_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -40,7 +40,7 @@ const ROUTES: &str = r#"  - name: admin
     rate_limits: [{ key: client_ip, rate: 1000/s }]
 "#;
 
-async fn proxy_for(endpoint: &str) -> support::Proxy {
+async fn proxy_for(endpoint: &str) -> crate::support::Proxy {
     start_proxy(&admin_config(endpoint, ROUTES)).await
 }
 
@@ -234,7 +234,7 @@ async fn escaped_slashes_keep_forwards_them_encoded() {
 async fn repeated_key_header_is_refused() {
     let up = ok_upstream().await;
     let p = proxy_for(&up.endpoint()).await;
-    let client = support::client();
+    let client = crate::support::client();
     let req = |keys: &[&str]| {
         let mut b = Request::get(p.url("/keys/me"));
         for k in keys {
@@ -272,7 +272,7 @@ async fn repeated_key_header_is_refused() {
 async fn repeated_key_charges_no_bucket() {
     let up = ok_upstream().await;
     let p = proxy_for(&up.endpoint()).await;
-    let client = support::client();
+    let client = crate::support::client();
     let twice = Request::get(p.url("/both"))
         .header("x-api-key", "a")
         .header("x-api-key", "b")
@@ -382,7 +382,7 @@ async fn spoofed_origin_headers_removed() {
             .header("x-original-url", "/login")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let got = send(&support::client(), req).await;
+        let got = send(&crate::support::client(), req).await;
         let headers = &got.json()["headers"];
         for name in ["forwarded", "x-real-ip", "x-original-url"] {
             assert_eq!(headers.get(name).is_some(), trusted, "{name}: {headers}");
@@ -397,7 +397,7 @@ async fn spoofed_origin_headers_removed() {
 async fn key_table_stays_at_max_keys() {
     let up = ok_upstream().await;
     let p = proxy_for(&up.endpoint()).await;
-    let client = support::client();
+    let client = crate::support::client();
     let url = p.url("/keys/x");
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..8 {

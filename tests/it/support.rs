@@ -1,9 +1,14 @@
 //! Shared test harness: sluice started in-process on 127.0.0.1:0 from a YAML string, real
-//! upstream servers written here, and a small HTTP client; [`bin`] runs the binary instead, and
-//! [`wait`] bounds every wait for an event ([`until`]).
-#![allow(dead_code)]
+//! upstream servers written here, and a small HTTP client; [`bin`] runs the binary instead,
+//! [`wait`] bounds every wait for an event ([`until`]), and [`alone`] keeps the tests that
+//! measure against the clock apart. With the `redis` feature, [`redis_server`] starts real
+//! Redis servers and clusters, and [`deferred`] is what the deferred-delivery tests share.
 
 pub(crate) mod bin;
+#[cfg(feature = "redis")]
+pub(crate) mod deferred;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_server;
 pub(crate) mod wait;
 
 use std::convert::Infallible;
@@ -33,6 +38,26 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub(crate) use wait::until;
+
+/// Held by the tests that measure rates or latencies against the clock under load they make
+/// (the adaptive cap's load tests, three instances sharing a global limit) and by those that
+/// load the machine hard enough to upset such a measurement (a 1 GiB upload, megabytes of
+/// deferred bodies): they run one at a time, beside light tests only. Before the tests were
+/// one binary, each file was a process of its own and cargo ran them one after the other; the
+/// load tests of a file were already serialised this way. A tokio mutex: it is held across
+/// awaits, works from any test's runtime, and is not poisoned when a test holding it fails.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for the other tests that measure or load the machine (see [`ALONE`]) to finish; the
+/// guard keeps them out until it is dropped, at the end of the test.
+pub(crate) async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    ALONE.lock().await
+}
+
+/// [`alone`] for a test that is not async (it must not be called inside a runtime).
+pub(crate) fn alone_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    ALONE.blocking_lock()
+}
 
 /// A sluice running in this test process.
 pub(crate) struct Proxy {
@@ -163,9 +188,6 @@ pub(crate) enum TestBody {
 impl TestBody {
     pub(crate) fn text(s: impl Into<String>) -> Self {
         TestBody::Full(Some(Bytes::from(s.into())))
-    }
-    pub(crate) fn empty() -> Self {
-        TestBody::Full(None)
     }
 }
 

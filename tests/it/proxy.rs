@@ -1,17 +1,15 @@
 //! The proxy core through a real listener: routing, forwarding, header rewriting, upstream
 //! failures, streaming, slow clients, HTTP/2 and graceful shutdown.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

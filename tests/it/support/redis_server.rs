@@ -4,7 +4,6 @@
 //! made at test time ([`TestPki`]); and a Redis Cluster of such servers in the test's own
 //! temporary directory ([`RedisCluster`], made with `redis-cli --cluster create`). `.ci/run`
 //! installs redis-server and redis-cli when they are missing.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

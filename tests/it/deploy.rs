@@ -15,19 +15,17 @@
 //! (`CI` set), where it fails. systemd-analyze comes with systemd, which CI does not install: a
 //! test without it is skipped there too, saying why.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_yaml::Value;
-use support::*;
 
 /// Longest a run of one external tool may take (a loaded 2-core machine; they take well under
 /// a second here).

@@ -2,18 +2,16 @@
 //! the RateLimit-Policy / RateLimit fields, bucket keys, several limits on one route, shadow
 //! mode, and the order of checks against the concurrency cap.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use support::*;
 
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 

@@ -3,22 +3,17 @@
 //! admitted count against `rate × time + burst`); leases' bounds; a cluster node going away
 //! and coming back; slot migration (ASK, then MOVED); `rediss://` with a private CA (the `ca`
 //! field and `SSL_CERT_FILE`). Every Redis is started by the test, on free ports.
-#![cfg(feature = "redis")]
-
-#[path = "support/redis.rs"]
-mod redis_server;
-mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::bin::{self, Sluice};
+use crate::support::redis_server::{RedisCluster, RedisServer, TestPki};
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use redis_server::{RedisCluster, RedisServer, TestPki};
-use support::bin::{self, Sluice};
-use support::*;
 use tokio::time::Instant;
 
 /// A per-call timeout for tests that count admissions: a loaded 2-core machine must not turn a
@@ -29,10 +24,6 @@ const PATIENT: &str = "2s";
 /// debug build), as in tests/redis.rs.
 const FAULT_TIMEOUT: Duration = Duration::from_millis(500);
 const MARGIN: Duration = Duration::from_millis(1500);
-
-/// The load tests run one at a time: each measures a rate against the clock, and two at once on
-/// two cores would only measure each other.
-static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A config whose `store.redis` has the fields `store` (YAML flow mapping entries), with an
 /// admin listener and `routes` (list items, indented 2) to the upstream `api`.
@@ -121,7 +112,8 @@ async fn hammer(proxies: &[&Proxy], path: &str, clients: usize, duration: Durati
 /// requests per second, even in a debug build) stays well above 100/s. 5 % leaves room for all
 /// of these at once.
 async fn three_instances_share(store: &str, lease: u32) {
-    let _one_at_a_time = LOAD.lock().await;
+    // Measures a rate against the clock: one load test at a time.
+    let _alone = alone().await;
     let up = ok_upstream().await;
     let limit =
         format!("{{name: g, key: global, rate: 100/s, burst: 100, scope: global, lease: {lease}}}");

@@ -1,13 +1,12 @@
-//! SIGHUP reloads the config, sent to a real `sluice` process. It has a test binary of its own
-//! and signals a child, never the test process: a SIGHUP to the test process would reach every
-//! in-process proxy of the binary and upset tests that count reloads.
+//! SIGHUP reloads the config, sent to a real `sluice` process. It signals that child, never the
+//! test process: a SIGHUP to the test process would reach every in-process proxy of the test
+//! binary (all of `tests/it`, running in parallel) and upset the tests that count reloads. So it
+//! needs no binary of its own.
 
-mod support;
-
+use crate::support::bin::{self, Sluice, PATIENCE};
+use crate::support::wait::within;
+use crate::support::*;
 use http::StatusCode;
-use support::bin::{self, Sluice, PATIENCE};
-use support::wait::within;
-use support::*;
 
 fn config(upstream: &str, with_new_route: bool) -> String {
     let new_route = if with_new_route {

@@ -4,19 +4,17 @@
 //! token flow too. Without chromium the browser tests say so and pass, except under CI (`CI`
 //! set; `.ci/run` sets it and installs chromium), where they fail.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use support::*;
 use tokio::sync::Semaphore;
 
 /// Generous for a loaded 2-core machine: figures are re-read until they hold, this long at most.
@@ -58,7 +56,7 @@ async fn until_stats(
     cond: impl Fn(&Value) -> bool,
 ) -> Value {
     let last = std::sync::Mutex::new(Value::Null);
-    let found = support::wait::within(PATIENCE, || async {
+    let found = crate::support::wait::within(PATIENCE, || async {
         let s = stats(proxy).await;
         let entry = named(&s, list, name).clone();
         let holds = cond(&entry);

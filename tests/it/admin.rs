@@ -1,15 +1,13 @@
 //! The admin listener, metrics, hot reload and readiness, through real listeners.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support::*;
 
 fn post(url: &str) -> Request<Full<Bytes>> {
     Request::post(url).body(Full::new(Bytes::new())).unwrap()

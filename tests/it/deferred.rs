@@ -2,24 +2,17 @@
 //! and the status endpoint, the delivered request, `when: overflow` under a burst, retries and
 //! `dead`, a crashed instance's tasks delivered by another, Redis down at accept time, and what
 //! Redis keeps.
-#![cfg(feature = "redis")]
-
-#[path = "support/redis.rs"]
-mod redis_server;
-mod support;
-#[path = "support/deferred.rs"]
-mod tasks;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::bin::{self, Sluice};
+use crate::support::deferred::*;
+use crate::support::redis_server::RedisServer;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use redis_server::RedisServer;
-use support::bin::{self, Sluice};
-use support::*;
-use tasks::*;
 
 /// Pins: a deferred request is answered 202 with `Location` and `{"id","status":"queued"}`,
 /// then delivered once with the same method, path and query, headers and body plus
@@ -380,7 +373,7 @@ async fn tasks_of_a_killed_instance_are_delivered_by_another() {
     let mut b = Sluice::start(bin::command().args(["run", "-c"]).arg(&second.path))
         .unwrap_or_else(|stderr| panic!("sluice run did not start:\n{stderr}"));
     let sent: BTreeSet<String> = bodies.iter().map(|b| sha(b.as_bytes())).collect();
-    let delivered = support::wait::within(Duration::from_secs(30), || {
+    let delivered = crate::support::wait::within(Duration::from_secs(30), || {
         let got: BTreeSet<String> = log.lock().unwrap().iter().map(|s| sha(&s.body)).collect();
         got.is_superset(&sent)
     })
