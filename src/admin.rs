@@ -50,6 +50,7 @@ use self::stats::History;
 use crate::body::ProxyBody;
 use crate::config::AdminConfig;
 use crate::metrics::Format;
+use crate::net::accept::Admitted;
 use crate::reload;
 use crate::runtime::Shared;
 use crate::shutdown::Shutdown;
@@ -133,7 +134,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => listener::Listener::new(l),
+                    Ok(l) => listener::gate(l),
                     Err(err) => {
                         tracing::error!(error = %err, "admin listener failed");
                         return;
@@ -145,7 +146,11 @@ pub(crate) fn spawn(
                     stop.watch(),
                 ));
                 let mut stopped = stop.watch();
-                while let Some((tcp, held)) = listener.accept(&mut stopped).await {
+                let refused = |peer: std::net::SocketAddr| {
+                    tracing::debug!(client = %peer.ip(), "admin connection refused: too many open from this address");
+                };
+                while let Some(admitted) = listener.accept(&mut stopped, listener::share, refused).await {
+                    let Admitted { tcp, held, .. } = admitted;
                     let (shared, started_with) = (shared.clone(), started_with.clone());
                     let history = history.clone();
                     let service = service_fn(move |req| {

@@ -6,6 +6,7 @@
 //! [`crate::pipeline`]; it closes HTTP/2 connections that sit without streams (what a response
 //! body holds for its stream: `crate::body::stream`).
 
+pub(crate) mod accept;
 pub(crate) mod io;
 pub(crate) mod listener;
 pub(crate) mod per_ip;

@@ -22,12 +22,12 @@
 //! from the stages after it, and [`crate::rescue`] makes the response. In `shadow` mode each
 //! stage only counts and logs what it would have rejected, and lets the request go on.
 
-mod body;
 mod canonical;
 mod caps;
 mod context;
 mod defer;
 mod rate;
+mod read_body;
 mod tasks;
 
 use std::convert::Infallible;
@@ -49,8 +49,8 @@ use crate::client::Origin;
 use crate::config::DeferWhen;
 use crate::config::Mode;
 use crate::limit::{Sample, Slots};
-use crate::proxy::body::{Fault, UpstreamBody};
 use crate::proxy::forward;
+use crate::proxy::request_body::{Fault, UpstreamBody};
 use crate::proxy::upstream::Exchanged;
 use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
@@ -164,7 +164,7 @@ async fn admit_and_forward(
         defer::precheck(rt, route, req.body())?;
     }
     let (parts, body) = req.into_parts();
-    let body = body::read(rt, body).await?;
+    let body = read_body::read(rt, body).await?;
     match (when, &key) {
         (Some(DeferWhen::Always), _) => {
             let written = defer::defer((rt, route), (origin, trusted), (parts, body, key), None);

@@ -7,9 +7,9 @@
 //! - [`pool`] keeps each endpoint's keep-alive connections, bounded in number and idle time.
 //! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
 
-pub(crate) mod body;
 pub(crate) mod forward;
 pub(crate) mod pool;
+pub(crate) mod request_body;
 pub(crate) mod upstream;
 
 #[cfg(test)]

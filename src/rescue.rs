@@ -30,7 +30,7 @@ use crate::defer::TaskId;
 use crate::limit::headers::{retry_after_secs, RateLimitField, RATELIMIT, RATELIMIT_POLICY};
 use crate::limit::Rejected;
 use crate::metrics::Outcome;
-use crate::proxy::body::BodyFault;
+use crate::proxy::request_body::BodyFault;
 use crate::proxy::UpstreamError;
 
 /// Why sluice answered a request itself instead of forwarding it. Indices refer to the route's

@@ -1,6 +1,7 @@
-//! Bounded key tables: the per-key state of a keyed local rate limit (the TAT of each bucket),
-//! at most `max_keys` keys. (A global limit's memory of leases and denials is bounded by the
-//! same `max_keys`, in `limit/global/memo.rs`.)
+//! Bounded key tables: per-key state, at most `max_keys` keys. One table serves both kinds of
+//! limit: a keyed local rate limit keeps each bucket's TAT (an `AtomicU64`, updated lock-free),
+//! a global limit its memory of leases and denials (`limit/global/memo.rs`, a small struct
+//! behind a `Mutex`). What a state must tell the table is [`KeyState::ends`]: when it runs out.
 //!
 //! Keys are chosen by clients — an address in a /64 they own, an API key they make up — so an
 //! unbounded table is memory anyone can fill: 20k new keys a second on a limit of 1/h is 72M
@@ -25,8 +26,8 @@
 //!
 //! When a new key comes to a full shard, one slot is reused for it:
 //!
-//! 1. a slot whose state is in the past (`state ≤ now`: the bucket is full again, the denial
-//!    has run out) is taken first — it is indistinguishable from a fresh key, so evicting it
+//! 1. a slot whose state has ended (`ends ≤ now`: the bucket is full again, the denial or the
+//!    lease has run out) is taken first — it is indistinguishable from a fresh key, so evicting it
 //!    loses nothing;
 //! 2. otherwise the least recently used of [`SAMPLES`] slots picked at random (all of them when
 //!    the shard holds no more): Redis' approximation of LRU. A key in active use is evicted
@@ -58,9 +59,23 @@ pub(crate) const SAMPLES: usize = 16;
 /// few dozen entries, and small tables stay balanced.
 const MIN_PER_SHARD: usize = 64;
 
-/// Per-key `AtomicU64` states, at most `max_keys` of them. `Send + Sync`.
-pub(crate) struct KeyTable {
-    shards: Box<[RwLock<Shard>]>,
+/// A key's state in a [`KeyTable`]: a new key starts from `Default`.
+pub(crate) trait KeyState: Default + Send + Sync {
+    /// When what it holds runs out, in the table owner's nanoseconds: a state ended at `now` is
+    /// stale (evicting it loses nothing), and `u64::MAX` never ends.
+    fn ends(&self) -> u64;
+}
+
+/// A rate limit's TAT (or the end of a denial): 0 = no state yet, ended from the start.
+impl KeyState for AtomicU64 {
+    fn ends(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-key states, at most `max_keys` of them. `Send + Sync`.
+pub(crate) struct KeyTable<S = AtomicU64> {
+    shards: Box<[RwLock<Shard<S>>]>,
     /// Keyed SipHash: clients choose keys, so they must not be able to choose shards or
     /// collisions.
     hasher: RandomState,
@@ -69,11 +84,11 @@ pub(crate) struct KeyTable {
 }
 
 /// One shard: the slots and their index.
-struct Shard {
+struct Shard<S> {
     /// Slot positions by key hash.
     index: HashTable<u32>,
     /// Dense; at most `capacity` long.
-    slots: Vec<Slot>,
+    slots: Vec<Slot<S>>,
     /// This shard's share of `max_keys`.
     capacity: usize,
     /// xorshift64 state for sampling; only touched under the write lock.
@@ -81,18 +96,18 @@ struct Shard {
 }
 
 /// One key's state.
-struct Slot {
+struct Slot<S> {
     key: LimitKey,
-    /// The limiter's state: governor's TAT (0 = none yet), or the end of a denial; in the
+    /// The limiter's state, e.g. governor's TAT (0 = none yet) or the end of a denial, in the
     /// table owner's nanoseconds.
-    state: AtomicU64,
+    state: S,
     /// When the key was last checked, in the same nanoseconds: the LRU order.
     used: AtomicU64,
 }
 
 // === impl KeyTable ===
 
-impl KeyTable {
+impl<S: KeyState> KeyTable<S> {
     /// An empty table for at most `max_keys` keys, counting evictions in `evictions`.
     pub(crate) fn new(max_keys: NonZeroUsize, evictions: Counter) -> Self {
         let max_keys = max_keys.get();
@@ -116,23 +131,17 @@ impl KeyTable {
         }
     }
 
-    /// Runs `f` — governor's GCRA step: the old state (`None` for a new key) to the outcome and
-    /// the new state — on `key`'s state until its compare-and-swap succeeds, as governor's own
-    /// stores do. A new key is inserted first, evicting another if the shard is full. `now` is
-    /// the current time in the states' nanoseconds: the key's last use, and what tells stale
-    /// entries apart.
-    pub(crate) fn update<T, E>(
-        &self,
-        key: &LimitKey,
-        now: u64,
-        f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    ) -> Result<T, E> {
+    /// Runs `f` on `key`'s state, inserting the key first (a `Default` state, evicting another
+    /// key if the shard is full) when the table does not hold it. `now` is the current time in
+    /// the states' nanoseconds: the key's last use, and what tells ended states apart.
+    pub(crate) fn with<R>(&self, key: &LimitKey, now: u64, f: impl FnOnce(&S) -> R) -> R {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
         {
             let s = read(shard);
             if let Some(slot) = s.find(hash, key) {
-                return slot.update(now, f);
+                slot.used.store(now, Ordering::Relaxed);
+                return f(&slot.state);
             }
         }
         let mut s = write(shard);
@@ -140,29 +149,29 @@ impl KeyTable {
             Some(at) => at,
             None => s.insert(hash, *key, now, &self.hasher, &self.evictions),
         };
-        s.slots[at].update(now, f)
+        let slot = &s.slots[at];
+        slot.used.store(now, Ordering::Relaxed);
+        f(&slot.state)
     }
 
-    /// `key`'s state, if the table holds it (stamping its use).
-    #[cfg(test)]
-    pub(crate) fn get(&self, key: &LimitKey, now: u64) -> Option<u64> {
+    /// Runs `f` on `key`'s state if the table holds the key (stamping its use); `None` if not.
+    pub(crate) fn existing<R>(
+        &self,
+        key: &LimitKey,
+        now: u64,
+        f: impl FnOnce(&S) -> R,
+    ) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let s = read(self.shard(hash));
         let slot = s.find(hash, key)?;
         slot.used.store(now, Ordering::Relaxed);
-        Some(slot.state.load(Ordering::Acquire))
-    }
-
-    /// Sets `key`'s state to `value`, inserting the key (and evicting another) if needed.
-    #[cfg(test)]
-    pub(crate) fn set(&self, key: &LimitKey, value: u64, now: u64) {
-        let _ = self.update(key, now, |_| Ok::<_, ()>(((), Nanos::from(value))));
+        Some(f(&slot.state))
     }
 
     /// Keeps the keys whose state `keep` accepts; the others are dropped (not counted as
     /// evictions: they are gone because they no longer matter). Takes each shard's write lock
     /// in turn.
-    pub(crate) fn retain(&self, keep: impl Fn(u64) -> bool) {
+    pub(crate) fn retain_states(&self, keep: impl Fn(&S) -> bool) {
         for shard in &*self.shards {
             write(shard).retain(&keep, &self.hasher);
         }
@@ -188,13 +197,44 @@ impl KeyTable {
         self.evictions.get()
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+    fn shard(&self, hash: u64) -> &RwLock<Shard<S>> {
         // Bits 40.. pick the shard: hashbrown uses the top 7 bits and the low bits itself.
         &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
     }
 }
 
-impl fmt::Debug for KeyTable {
+impl KeyTable<AtomicU64> {
+    /// Runs `f` — governor's GCRA step: the old state (`None` for a new key) to the outcome and
+    /// the new state — on `key`'s state until its compare-and-swap succeeds, as governor's own
+    /// stores do. A new key is inserted first, evicting another if the shard is full.
+    pub(crate) fn update<T, E>(
+        &self,
+        key: &LimitKey,
+        now: u64,
+        f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    ) -> Result<T, E> {
+        self.with(key, now, |state| compare_and_swap(state, f))
+    }
+
+    /// `key`'s state, if the table holds it (stamping its use).
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &LimitKey, now: u64) -> Option<u64> {
+        self.existing(key, now, |state| state.load(Ordering::Acquire))
+    }
+
+    /// Sets `key`'s state to `value`, inserting the key (and evicting another) if needed.
+    #[cfg(test)]
+    pub(crate) fn set(&self, key: &LimitKey, value: u64, now: u64) {
+        let _ = self.update(key, now, |_| Ok::<_, ()>(((), Nanos::from(value))));
+    }
+
+    /// [`KeyTable::retain_states`] on the states' values.
+    pub(crate) fn retain(&self, keep: impl Fn(u64) -> bool) {
+        self.retain_states(|state| keep(state.load(Ordering::Acquire)));
+    }
+}
+
+impl<S: KeyState> fmt::Debug for KeyTable<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyTable")
             .field("shards", &self.shards.len())
@@ -207,11 +247,11 @@ impl fmt::Debug for KeyTable {
 /// `std` locks: critical sections are short and never `.await`. A panic inside one cannot
 /// leave a shard inconsistent in a way that matters more than losing the service, so a
 /// poisoned lock is used as it is.
-fn read(shard: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+fn read<S>(shard: &RwLock<Shard<S>>) -> RwLockReadGuard<'_, Shard<S>> {
     shard.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write(shard: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+fn write<S>(shard: &RwLock<Shard<S>>) -> RwLockWriteGuard<'_, Shard<S>> {
     shard.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -228,14 +268,14 @@ fn shard_count(max_keys: usize) -> usize {
 
 // === impl Shard ===
 
-impl Shard {
+impl<S: KeyState> Shard<S> {
     fn position(&self, hash: u64, key: &LimitKey) -> Option<usize> {
         self.index
             .find(hash, |&at| self.slots[at as usize].key == *key)
             .map(|&at| at as usize)
     }
 
-    fn find(&self, hash: u64, key: &LimitKey) -> Option<&Slot> {
+    fn find(&self, hash: u64, key: &LimitKey) -> Option<&Slot<S>> {
         self.position(hash, key).map(|at| &self.slots[at])
     }
 
@@ -250,7 +290,7 @@ impl Shard {
     ) -> usize {
         let fresh = Slot {
             key,
-            state: AtomicU64::new(0),
+            state: S::default(),
             used: AtomicU64::new(now),
         };
         let at = if self.slots.len() < self.capacity {
@@ -297,7 +337,7 @@ impl Shard {
                 (self.next_random() % n as u64) as usize
             };
             let slot = &self.slots[at];
-            if slot.state.load(Ordering::Relaxed) <= now {
+            if slot.state.ends() <= now {
                 return (at, true);
             }
             let used = slot.used.load(Ordering::Relaxed);
@@ -321,10 +361,10 @@ impl Shard {
 
     /// Drops the slots whose state `keep` refuses, keeping the slot vector dense: the last
     /// slot moves into each hole, and its index entry follows.
-    fn retain(&mut self, keep: &impl Fn(u64) -> bool, hasher: &RandomState) {
+    fn retain(&mut self, keep: &impl Fn(&S) -> bool, hasher: &RandomState) {
         let mut at = 0;
         while at < self.slots.len() {
-            if keep(self.slots[at].state.load(Ordering::Acquire)) {
+            if keep(&self.slots[at].state) {
                 at += 1;
                 continue;
             }
@@ -344,29 +384,19 @@ impl Shard {
     }
 }
 
-// === impl Slot ===
-
-impl Slot {
-    /// Governor's compare-and-swap loop over the state (0 = no state yet), then the stamp.
-    fn update<T, E>(
-        &self,
-        now: u64,
-        f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    ) -> Result<T, E> {
-        self.used.store(now, Ordering::Relaxed);
-        let state = |raw: u64| (raw != 0).then(|| Nanos::from(raw));
-        let mut prev = self.state.load(Ordering::Acquire);
-        loop {
-            let (out, next) = f(state(prev))?;
-            match self.state.compare_exchange_weak(
-                prev,
-                next.as_u64(),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(out),
-                Err(actual) => prev = actual,
-            }
+/// Governor's compare-and-swap loop over a TAT (0 = no state yet).
+fn compare_and_swap<T, E>(
+    state: &AtomicU64,
+    f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+) -> Result<T, E> {
+    let tat = |raw: u64| (raw != 0).then(|| Nanos::from(raw));
+    let mut prev = state.load(Ordering::Acquire);
+    loop {
+        let (out, next) = f(tat(prev))?;
+        match state.compare_exchange_weak(prev, next.as_u64(), Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => return Ok(out),
+            Err(actual) => prev = actual,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Accepting connections: the connection cap, the first-byte deadline (plain) or the handshake
-//! deadline (TLS), and one task per connection. Stops accepting on shutdown and lets open
+//! Accepting connections (through the accept loop of [`super::accept`]: the connection cap and
+//! `max_connections_per_ip`), the first-byte deadline (plain) or the handshake deadline (TLS),
+//! and one task per connection. Stops accepting on shutdown and lets open
 //! connections drain.
 //!
 //! Both listeners, plain and TLS, hand their connections to the same [`server::serve`] and so to
@@ -12,11 +13,10 @@ use std::time::Duration;
 
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
+use super::accept::{Admitted, Gate, Held, Share};
 use super::io::SendTimeout;
-use super::per_ip::{IpSlot, PerIp};
 use super::server;
 use crate::client::Origin;
 use crate::limit::key::client_group;
@@ -28,13 +28,9 @@ use crate::shutdown::ShutdownWatch;
 /// A bound listener, not yet accepting.
 #[derive(Debug)]
 pub(crate) struct Listener {
-    tcp: TcpListener,
-    /// Bounds open connections: beyond it, new ones wait in the kernel's accept backlog.
-    /// Shared by the plain and the TLS listener.
-    connections: Arc<Semaphore>,
-    /// Open connections per client address (`server.max_connections_per_ip`); shared by the
-    /// plain and the TLS listener, like `connections`.
-    per_ip: Arc<PerIp>,
+    /// The socket with `server.max_connections` slots and the counts per client address
+    /// (`server.max_connections_per_ip`), both shared by the plain and the TLS listener.
+    gate: Gate,
     /// `Some` on the TLS listener: the certificate it started with. Each connection uses the
     /// current runtime's certificate (so a reload applies to new handshakes); this one is only
     /// used if a reload removed `server.tls` (which needs a restart to take effect).
@@ -65,9 +61,7 @@ impl Listener {
     pub(crate) async fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<Self> {
         let tcp = bind_tcp(addr)?;
         Ok(Listener {
-            tcp,
-            connections: Arc::new(Semaphore::new(max_connections)),
-            per_ip: Arc::default(),
+            gate: Gate::new(tcp, max_connections),
             tls: None,
         })
     }
@@ -84,9 +78,7 @@ impl Listener {
     ) -> std::io::Result<Self> {
         let tcp = bind_tcp(addr)?;
         Ok(Listener {
-            tcp,
-            connections: beside.connections.clone(),
-            per_ip: beside.per_ip.clone(),
+            gate: Gate::beside(tcp, &beside.gate),
             tls: Some(acceptor),
         })
     }
@@ -96,7 +88,7 @@ impl Listener {
     /// # Errors
     /// The OS error, if the socket cannot tell.
     pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        self.gate.local_addr()
     }
 
     /// Accepts until `shutdown` fires, then gives open connections up to `limits.shutdown_grace`
@@ -108,18 +100,16 @@ impl Listener {
         mut shutdown: ShutdownWatch,
     ) {
         let graceful = GracefulShutdown::new();
-        while let Some((tcp, peer, permit)) = self.accept(&mut shutdown).await {
+        let refused = |peer: SocketAddr| {
+            shared.runtime().metrics.refused_per_ip();
+            tracing::debug!(%peer, "max_connections_per_ip reached; closing at accept");
+        };
+        let share = |peer: SocketAddr| client_share(&shared.runtime(), peer);
+        while let Some(admitted) = self.gate.accept(&mut shutdown, share, refused).await {
+            let Admitted { tcp, peer, held } = admitted;
             // HTTP settings and the certificate come from the current runtime, so a reload
             // applies to new connections and leaves established ones as they are.
             let runtime = shared.runtime();
-            let ip_slot = match self.per_ip_slot(&runtime, peer) {
-                Ok(slot) => slot,
-                Err(()) => {
-                    runtime.metrics.refused_per_ip();
-                    tracing::debug!(%peer, "max_connections_per_ip reached; closing at accept");
-                    continue;
-                }
-            };
             let tls = self.tls.as_ref().map(|started_with| {
                 let current = runtime.tls.as_ref();
                 current.map_or(started_with, |t| t).acceptor()
@@ -127,8 +117,7 @@ impl Listener {
             let accepted = Accepted {
                 tcp,
                 peer,
-                _permit: permit,
-                _ip_slot: ip_slot,
+                _held: held,
                 tls,
                 builder: runtime.http.clone(),
                 header_read_timeout: runtime.config.server.header_read_timeout,
@@ -140,7 +129,7 @@ impl Listener {
             drop(runtime);
             tokio::spawn(accepted.serve());
         }
-        drop(self.tcp);
+        drop(self.gate);
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
             .await
             .is_err()
@@ -148,52 +137,25 @@ impl Listener {
             tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace expired; closing connections with requests in flight");
         }
     }
+}
 
-    /// The per-address slot of a connection from `peer`: `Ok(None)` without a per-IP cap,
-    /// `Err` when its address has the cap's worth open (the connection is then closed).
-    fn per_ip_slot(&self, runtime: &Runtime, peer: SocketAddr) -> Result<Option<IpSlot>, ()> {
-        let server = &runtime.config.server;
-        let cap = server.client.max_connections_per_ip;
-        if cap == 0 {
-            return Ok(None);
-        }
-        let client = client_group(peer.ip(), server.ipv6_key_prefix);
-        self.per_ip.enter(client, cap).map(Some).ok_or(())
-    }
-
-    /// The next connection, with its slot of the connection cap; `None` once shutdown fires.
-    async fn accept(
-        &self,
-        shutdown: &mut ShutdownWatch,
-    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-        loop {
-            let permit = tokio::select! {
-                permit = self.connections.clone().acquire_owned() => permit.ok()?,
-                () = shutdown.wait() => return None,
-            };
-            tokio::select! {
-                accepted = self.tcp.accept() => match accepted {
-                    Ok((tcp, peer)) => return Some((tcp, peer, permit)),
-                    Err(err) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                () = shutdown.wait() => return None,
-            }
-        }
-    }
+/// A client's share of the connections: `max_connections_per_ip` for its address group (`None`
+/// without that cap).
+fn client_share(runtime: &Runtime, peer: SocketAddr) -> Option<Share> {
+    let server = &runtime.config.server;
+    let cap = server.client.max_connections_per_ip;
+    (cap > 0).then(|| Share {
+        key: client_group(peer.ip(), server.ipv6_key_prefix),
+        cap,
+    })
 }
 
 /// One accepted connection, with everything its task needs.
 struct Accepted {
     tcp: TcpStream,
     peer: SocketAddr,
-    /// Its slot of `max_connections`, held until the connection closes.
-    _permit: OwnedSemaphorePermit,
-    /// Its address's count of `max_connections_per_ip`, when that is set.
-    _ip_slot: Option<IpSlot>,
+    /// Its slot of `max_connections` and its address's count, held until it closes.
+    _held: Held,
     /// The TLS listener's handshake driver; `None` on the plain listener.
     tls: Option<tokio_rustls::TlsAcceptor>,
     builder: HttpBuilder,

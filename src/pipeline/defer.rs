@@ -29,7 +29,7 @@ use crate::body::ProxyBody;
 use crate::client::Origin;
 use crate::config::DeferWhen;
 use crate::defer::{Deferred, IdempotencyKey, Refused, StoredRequest};
-use crate::proxy::body::{Unheld, UpstreamBody};
+use crate::proxy::request_body::{Unheld, UpstreamBody};
 use crate::rescue::{self, BadRequest, Rejection};
 use crate::runtime::{Route, Runtime};
 

@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::request_body::UpstreamBody;
 
 /// Idle connections kept per endpoint at most (like NGINX's `keepalive` in an upstream block,
 /// except that the connection being returned is the one closed, not the least recently used).

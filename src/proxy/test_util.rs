@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::UpstreamConfig;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::request_body::UpstreamBody;
 
 /// An HTTP/1.1 server on 127.0.0.1 answering 200 `ok`, keeping connections alive.
 #[derive(Debug)]

@@ -31,8 +31,8 @@ use futures_util::future::BoxFuture;
 use crate::clock::Epoch;
 use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
-use crate::proxy::body::UpstreamBody;
 use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
+use crate::proxy::request_body::UpstreamBody;
 
 /// How long an endpoint whose connection failed is skipped.
 pub(crate) const FAIL_TIMEOUT: Duration = Duration::from_secs(10);

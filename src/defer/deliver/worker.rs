@@ -36,7 +36,7 @@ use crate::defer::task::{decode_headers, IDEMPOTENCY_KEY};
 use crate::defer::TaskId;
 use crate::limit::{Rejected, Sample, Slots};
 use crate::metrics::InflightGuard;
-use crate::proxy::body::{ClientBody, UpstreamBody};
+use crate::proxy::request_body::{ClientBody, UpstreamBody};
 use crate::proxy::UpstreamError;
 use crate::store::RedisConn;
 

@@ -1,7 +1,11 @@
 //! What one instance remembers of a global limit's keys between Redis calls: denials, which
 //! hold until their `retry_after` (exact, see the parent module), and leased tokens, spent
-//! locally until they run out or expire. At most the limit's `max_keys` keys; a live entry
-//! evicted to make room counts in `sluice_rate_limit_evictions_total`.
+//! locally until they run out or expire. They live in the same bounded key table as a local
+//! limit's buckets (`limit::table`): at most the limit's `max_keys` keys, what has run out
+//! evicted first, then the least recently used of a sample; a live entry evicted to make room
+//! counts in `sluice_rate_limit_evictions_total`. Evicting is safe either way: a forgotten
+//! denial means one more call to Redis, which denies again; forgotten leased tokens are not
+//! spent (the fleet admits fewer, never more).
 //!
 //! # Leases
 //!
@@ -17,14 +21,15 @@
 //! Leased tokens expire `ttl` after they were granted (unspent ones are dropped, never given
 //! back): an instance that stops getting a key's requests does not sit on its tokens.
 
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::LimitKey;
+use crate::limit::table::{KeyState, KeyTable};
 
 /// What is remembered of one key. Times are ns since the table's epoch.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,8 +49,8 @@ struct Memo {
 
 /// The table of one global limit.
 pub(super) struct Memos {
-    /// Per key. Process-local, so the per-process `LimitKey` hash is fine here.
-    map: DashMap<LimitKey, Memo>,
+    /// Per key, at most `max_keys`.
+    table: KeyTable<Mutex<Memo>>,
     /// The origin of the [`Memo`] times.
     epoch: Instant,
     /// `lease`: tokens asked per refill (0: no lease, every admission asks for one).
@@ -54,13 +59,6 @@ pub(super) struct Memos {
     low_water: u32,
     /// How long leased tokens may be spent, ns.
     ttl: u64,
-    /// Keys at most (`max_keys`); past it, the entries ending soonest are evicted.
-    cap: usize,
-    /// `sluice_rate_limit_evictions_total` of the limit: live entries dropped for room.
-    evictions: Counter,
-    /// Held by the one request that makes room; others meanwhile add their key without
-    /// scanning (the table passes `cap` by at most the requests in flight, for that moment).
-    making_room: std::sync::Mutex<()>,
 }
 
 /// What a request does, decided from the table.
@@ -116,49 +114,56 @@ impl Memo {
     }
 }
 
+/// A key's memo ends when its lease and its denial have run out; one being refilled has a
+/// call in flight, and does not end before the call is settled.
+impl KeyState for Mutex<Memo> {
+    fn ends(&self) -> u64 {
+        let memo = lock(self);
+        if memo.refilling {
+            u64::MAX
+        } else {
+            memo.ends()
+        }
+    }
+}
+
+/// A memo's lock is held for a few field updates, never across an `.await`; a poisoned one is
+/// used as it is.
+fn lock(memo: &Mutex<Memo>) -> MutexGuard<'_, Memo> {
+    memo.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 // === impl Memos ===
 
 impl Memos {
-    /// The table of a limit with `lease` (0: none) whose leased tokens live for `ttl`.
+    /// The table of a limit with `lease` (0: none) whose leased tokens live for `ttl`, of at
+    /// most `cap` keys.
     pub(super) fn new(lease: u32, ttl: Duration, cap: usize, evictions: Counter) -> Memos {
         Memos {
-            map: DashMap::with_shard_amount(crate::limit::KEY_TABLE_SHARDS),
+            table: KeyTable::new(
+                NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN),
+                evictions,
+            ),
             epoch: Instant::now(),
             lease,
             low_water: lease / 4,
             ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
-            cap: cap.max(1),
-            evictions,
-            making_room: std::sync::Mutex::new(()),
         }
     }
 
-    /// What a request of `key` does now; takes a leased token if there is one.
+    /// What a request of `key` does now; takes a leased token if there is one. Without a
+    /// lease, a key the table does not hold asks Redis for its token and is not added (only a
+    /// denial is worth remembering); with one, a new key starts its first refill.
     pub(super) fn take(&self, key: &LimitKey) -> Taken {
         let now = self.now();
-        if let Some(mut memo) = self.map.get_mut(key) {
-            return self.take_from(&mut memo, now);
-        }
+        let take = |memo: &Mutex<Memo>| self.take_from(&mut lock(memo), now);
         if self.lease == 0 {
-            return Taken::Ask {
+            return self.table.existing(key, now, take).unwrap_or(Taken::Ask {
                 want: 1,
                 refill: false,
-            };
+            });
         }
-        self.make_room(now);
-        match self.map.entry(*key) {
-            Entry::Occupied(mut memo) => self.take_from(memo.get_mut(), now),
-            Entry::Vacant(vacant) => {
-                vacant.insert(Memo {
-                    refilling: true,
-                    ..Memo::default()
-                });
-                Taken::Ask {
-                    want: self.lease,
-                    refill: true,
-                }
-            }
-        }
+        self.table.with(key, now, take)
     }
 
     /// A guard that settles `key`'s refill as failed unless [`Refill::settle`] is called.
@@ -193,35 +198,41 @@ impl Memos {
                     memo.refilling &= !refill;
                 });
             }
-            Settle::Failed => {
-                if let Some(mut memo) = self.map.get_mut(key).filter(|_| refill) {
-                    memo.refilling = false;
-                }
+            Settle::Failed if refill => {
+                self.table
+                    .existing(key, now, |memo| lock(memo).refilling = false);
             }
+            Settle::Failed => {}
         }
     }
 
     /// Forgets what has run out. Call it from the housekeeping task.
     pub(super) fn housekeeping(&self) {
         let now = self.now();
-        self.map.retain(|_, memo| memo.live(now));
-        self.map.shrink_to_fit();
+        self.table.retain_states(|memo| lock(memo).live(now));
+        self.table.shrink_to_fit();
     }
 
     /// Keys remembered.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// Leased tokens held for `key` now (expired ones count as none).
     #[cfg(test)]
     pub(super) fn held(&self, key: &LimitKey) -> u32 {
         let now = self.now();
-        self.map
-            .get(key)
-            .filter(|m| m.expires > now)
-            .map_or(0, |m| m.left)
+        self.table
+            .existing(key, now, |memo| {
+                let memo = lock(memo);
+                if memo.expires > now {
+                    memo.left
+                } else {
+                    0
+                }
+            })
+            .unwrap_or(0)
     }
 
     fn now(&self) -> u64 {
@@ -271,49 +282,7 @@ impl Memos {
 
     /// Applies `change` to `key`'s entry, creating it (room made first) if there is none.
     fn update(&self, key: &LimitKey, now: u64, change: impl FnOnce(&mut Memo)) {
-        if let Some(mut memo) = self.map.get_mut(key) {
-            change(&mut memo);
-            return;
-        }
-        self.make_room(now);
-        change(self.map.entry(*key).or_default().value_mut());
-    }
-
-    /// Before adding a key to a full table: drops what has run out, then, if that did not free
-    /// an eighth of the table, the entries that end soonest (the oldest leases, the nearest
-    /// denials) down to seven eighths. Evicting is safe either way: a forgotten denial means
-    /// one more call to Redis, which denies again; forgotten leased tokens are not spent (the
-    /// fleet admits fewer, never more). One request scans at a time, once per `cap / 8` new
-    /// keys at most.
-    fn make_room(&self, now: u64) {
-        if self.map.len() < self.cap {
-            return;
-        }
-        let Ok(_scanning) = self.making_room.try_lock() else {
-            return;
-        };
-        // At least one below `cap`, so that the key being added fits.
-        let room = self.cap - (self.cap / 8).max(1);
-        self.map.retain(|_, memo| memo.live(now));
-        if self.map.len() <= room {
-            return;
-        }
-        let mut ends: Vec<(u64, LimitKey)> = self
-            .map
-            .iter()
-            .map(|e| (e.value().ends(), *e.key()))
-            .collect();
-        // Other requests may have removed entries since `len()`: cut what is there.
-        let excess = ends.len().saturating_sub(room);
-        if excess == 0 {
-            return;
-        }
-        ends.select_nth_unstable_by_key(excess - 1, |(end, _)| *end);
-        for (_, key) in &ends[..excess] {
-            if self.map.remove(key).is_some_and(|(_, memo)| memo.live(now)) {
-                self.evictions.inc();
-            }
-        }
+        self.table.with(key, now, |memo| change(&mut lock(memo)));
     }
 }
 

@@ -517,7 +517,7 @@ async fn leases_expire_denials_hold_and_dropped_refills_clear() {
 }
 
 /// Pins: the table holds at most `cap` keys; when full, what has run out goes first, then the
-/// entries ending soonest, and the key being added is kept.
+/// least recently used entry, and the key being added is kept.
 #[tokio::test(start_paused = true)]
 async fn the_table_is_bounded_and_evicts_the_oldest() {
     let m = memos(0, 8);
@@ -536,7 +536,8 @@ async fn the_table_is_bounded_and_evicts_the_oldest() {
     );
     assert!(m.len() <= 8, "{}", m.len());
     assert!(matches!(m.take(&LimitKey::Header(100)), Taken::Denied(_)));
-    // The soonest-ending denial was evicted: that key asks Redis again.
+    // The least recently used denial (the first, as all were used at the same paused instant)
+    // was evicted: that key asks Redis again.
     assert_eq!(
         m.take(&LimitKey::Header(0)),
         Taken::Ask {
@@ -580,10 +581,10 @@ async fn evictions_from_a_full_table_are_counted() {
     assert!(matches!(m.take(&LimitKey::Header(99)), Taken::Denied(_)));
 }
 
-/// Pins: when what has run out frees less than an eighth of a full table, live entries are cut
-/// too, so the next new keys do not each rescan a full table; and a table of one key holds one.
+/// Pins: a full table reuses an entry that has run out before it evicts a live one, and only
+/// the live one counts as an eviction; a table of one key holds one.
 #[tokio::test(start_paused = true)]
-async fn a_full_table_is_cut_to_seven_eighths() {
+async fn a_full_table_reuses_what_has_run_out_first() {
     let evictions = Counter::default();
     let m = Memos::new(0, Duration::from_millis(100), 16, evictions.clone());
     m.settle(
@@ -604,9 +605,18 @@ async fn a_full_table_is_cut_to_seven_eighths() {
         false,
         Settle::Denied(Duration::from_secs(60)),
     );
-    // The expired entry and one live one went: 14 kept, plus the new key.
-    assert_eq!(m.len(), 15);
-    assert_eq!(evictions.get(), 1);
+    assert_eq!(m.len(), 16);
+    assert_eq!(evictions.get(), 0, "the expired entry made room");
+    m.settle(
+        &LimitKey::Header(101),
+        false,
+        Settle::Denied(Duration::from_secs(60)),
+    );
+    assert_eq!(m.len(), 16);
+    assert_eq!(evictions.get(), 1, "a live entry made room");
+    for key in [100, 101] {
+        assert!(matches!(m.take(&LimitKey::Header(key)), Taken::Denied(_)));
+    }
 
     let one = Memos::new(0, Duration::from_millis(100), 1, Counter::default());
     for i in 0..3u64 {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{self, Instant};
 
 use super::{EndpointPool, KeepAlive, IDLE_TIMEOUT, MAX_IDLE};
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::request_body::UpstreamBody;
 
 /// An idle connection as the pool holds it, the upstream's end of its pipe, and its task.
 struct TestConn {

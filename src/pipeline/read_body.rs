@@ -9,7 +9,7 @@
 //!   within `request_body_timeout` (else 408), then forwarded from memory.
 //! - A longer one, or one met when `max_buffered_bytes` is spent: what was read goes first and
 //!   the rest streams, each pause bounded by `request_body_timeout` and the total by
-//!   `max_request_body` (see [`crate::proxy::body`]).
+//!   `max_request_body` (see [`crate::proxy::request_body`]).
 //! - Malformed framing (bad chunked encoding): 400 `bad-request`, never a 502.
 
 use std::collections::VecDeque;
@@ -20,7 +20,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::budget::Reservation;
-use crate::proxy::body::{ClientBody, UpstreamBody};
+use crate::proxy::request_body::{ClientBody, UpstreamBody};
 use crate::rescue::{BadRequest, Rejection};
 use crate::runtime::Runtime;
 

@@ -1,7 +1,7 @@
 //! The body of every request sent upstream.
 //!
 //! The pipeline's body stage reads a client's body before the request waits for a slot (see
-//! `pipeline/body.rs`): a body of up to `server.request_buffer` is read whole, so a slow upload
+//! `pipeline/read_body.rs`): a body of up to `server.request_buffer` is read whole, so a slow upload
 //! costs a connection, not upstream capacity; a longer one has its first bytes read ahead and
 //! the rest streams, each pause bounded by `server.request_body_timeout` and the whole by
 //! `server.max_request_body`. A streamed body that breaks one of those rules fails the upstream
