@@ -5,7 +5,8 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use crate::support::redis_server::{free_port, RedisServer};
+use crate::support::free_port;
+use crate::support::redis_server::RedisServer;
 use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::support::until;
+use crate::support::{free_port, temp_dir, until};
 
 /// A redis-server child process on `127.0.0.1:port`.
 pub(crate) struct RedisServer {
@@ -294,24 +294,6 @@ async fn relay(client: TcpStream, server: TcpStream, held: Arc<AtomicBool>) {
         _ = commands => {}
         () = replies => {}
     }
-}
-
-/// A loopback port nothing listens on right now (bound to :0, then released).
-pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// A fresh directory under the system's temporary directory, for one test.
-fn temp_dir(what: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A test CA made at test time and a server certificate it signed for `127.0.0.1` and
