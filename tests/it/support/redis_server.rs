@@ -18,6 +18,42 @@ use tokio::task::JoinHandle;
 
 use crate::support::{free_port, temp_dir, until};
 
+/// A per-call timeout for tests that count admissions: a loaded 2-core machine must not turn a
+/// slow answer into a fallback. With `on_error: deny` a fallback shows as a 503.
+pub(crate) const PATIENT: &str = "2s";
+
+/// The timeout of the fault tests, and the margin a request may take beyond it: generous (a
+/// loaded 2-core debug build), yet a request that waited on a dead Redis for longer than a
+/// couple of timeouts (a missing deadline, a reconnect in the request path) still fails.
+pub(crate) const FAULT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const MARGIN: Duration = Duration::from_millis(1500);
+
+/// A config whose `store.redis` has the fields `store` (YAML flow mapping entries, e.g.
+/// `url: "redis://…"`) with `timeout` and `on_error`, an admin listener, and `routes` (list
+/// items, indented 2) to the upstream `api` at `upstream`.
+pub(crate) fn store_config(
+    store: &str,
+    timeout: &str,
+    on_error: &str,
+    upstream: &str,
+    routes: &str,
+) -> String {
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+store:
+  redis: {{{store}, timeout: {timeout}, on_error: {on_error}}}
+upstreams:
+  api:
+    endpoints: [{upstream}]
+routes:
+{routes}"#
+    )
+}
+
 /// A redis-server child process on `127.0.0.1:port`.
 pub(crate) struct RedisServer {
     pub(crate) port: u16,
