@@ -34,24 +34,15 @@ require_free_ports accuracy.sh "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"
 
 scratch sluice-accuracy
 
-if [[ ${BUILD:-1} == 1 ]]; then
-  cargo build --release --bin sluice
-fi
+build_sluice
 
 # The upstream: NGINX, one worker, 200 "ok".
 nginx_upstream "$UP_PORT"
 
 # --- sluice: one route, one global limit.
-cat >"$WORK/sluice.yaml" <<EOF
-server:
-  listen: 127.0.0.1:$PROXY_PORT
-  workers: $WORKERS
-  shutdown_grace: 1s
-admin:
-  listen: 127.0.0.1:$ADMIN_PORT
-upstreams:
-  api:
-    endpoints: [http://127.0.0.1:$UP_PORT]
+{
+  sluice_config_head
+  cat <<EOF
 routes:
   - name: $ROUTE
     upstream: api
@@ -61,14 +52,8 @@ routes:
         rate: $RATE/s
         burst: $BURST
 EOF
-"$BIN" run -c "$WORK/sluice.yaml" 2>"$WORK/sluice.log" &
-PIDS+=($!)
-
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$UP_PORT/" &&
-    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
-  sleep 0.1
-done
+} >"$WORK/sluice.yaml"
+start_sluice
 curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" ||
   { echo "accuracy.sh: sluice did not come up:" >&2; cat "$WORK/sluice.log" >&2; exit 1; }
 

@@ -44,11 +44,5 @@ YAML
 
 python3 benches/bypass/upstream.py "$UP_PORT" &
 PIDS+=($!)
-"$BIN" run -c "$WORK/sluice.yaml" 2>"$WORK/sluice.log" &
-PIDS+=($!)
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$UP_PORT/" \
-    && curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
-  sleep 0.1
-done
+start_sluice
 python3 benches/bypass/review.py "$PROXY_PORT"

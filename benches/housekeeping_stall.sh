@@ -46,23 +46,13 @@ require_free_ports housekeeping_stall.sh "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"
 
 scratch sluice-housekeeping
 
-if [[ ${BUILD:-1} == 1 ]]; then
-  cargo build --release --bin sluice
-fi
+build_sluice
 
 nginx_upstream "$UP_PORT"
 
-cat >"$WORK/sluice.yaml" <<EOF
-server:
-  listen: 127.0.0.1:$PROXY_PORT
-  workers: $WORKERS
-  shutdown_grace: 1s
-  trusted_proxies: [127.0.0.1]
-admin:
-  listen: 127.0.0.1:$ADMIN_PORT
-upstreams:
-  api:
-    endpoints: [http://127.0.0.1:$UP_PORT]
+{
+  sluice_config_head "trusted_proxies: [127.0.0.1]"
+  cat <<EOF
 routes:
   - name: filled
     match: { path_prefix: /filled }
@@ -76,13 +66,8 @@ routes:
     match: { path_prefix: /probe }
     upstream: api
 EOF
-RUST_LOG=${RUST_LOG:-info} "$BIN" run -c "$WORK/sluice.yaml" 2>"$WORK/sluice.log" &
-SLUICE_PID=$!
-PIDS+=("$SLUICE_PID")
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
-  sleep 0.1
-done
+} >"$WORK/sluice.yaml"
+RUST_LOG=${RUST_LOG:-info} start_sluice
 
 # Run r (the script's argument), thread id: addresses 11.0.0.0 + (2r + id)·2^20 + k, k counting
 # up: a 5 s run sends far fewer than 2^20 requests per thread, so no address repeats.
@@ -105,10 +90,7 @@ function request()
 end
 EOF
 
-keys() {
-  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" |
-    awk '/^sluice_rate_limit_keys\{/ && /route="filled"/ { n = $2 } END { print n + 0 }'
-}
+keys() { rate_limit_keys filled; }
 
 # The fill: wrk in steps of 5 s until the table holds KEYS keys (at most FILL s). KEYS=0 is the
 # control: the same probe with an empty table.

@@ -1,5 +1,7 @@
 # Shared by the benchmark scripts in this folder (sourced, not run): tool and port checks, a
-# scratch directory whose processes are stopped on exit, and an NGINX `return 200` upstream.
+# scratch directory whose processes are stopped on exit, an NGINX `return 200` upstream, and
+# sluice itself: built, configured ($PROXY_PORT, $ADMIN_PORT, $UP_PORT, $WORKERS), started and
+# read (its rate-limit key count).
 
 # require_tools NAME TOOL... — exit unless every TOOL is on the PATH.
 require_tools() {
@@ -57,4 +59,42 @@ http {
 CONF
   nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
   PIDS+=($!)
+}
+
+# build_sluice — cargo build --release --bin sluice, unless BUILD=0 (the binary is built already).
+build_sluice() {
+  if [[ ${BUILD:-1} == 1 ]]; then
+    cargo build --release --bin sluice
+  fi
+}
+
+# sluice_config_head [SERVER_LINE]... — the start of a sluice config on stdout: the proxy on
+# $PROXY_PORT with $WORKERS workers and a 1 s grace (plus each SERVER_LINE, e.g.
+# "trusted_proxies: [127.0.0.1]"), the admin on $ADMIN_PORT, and upstream `api` at
+# 127.0.0.1:$UP_PORT. The caller appends `routes:`.
+sluice_config_head() {
+  local line
+  printf 'server:\n  listen: 127.0.0.1:%s\n  workers: %s\n  shutdown_grace: 1s\n' "$PROXY_PORT" "$WORKERS"
+  for line in "$@"; do printf '  %s\n' "$line"; done
+  printf 'admin:\n  listen: 127.0.0.1:%s\n' "$ADMIN_PORT"
+  printf 'upstreams:\n  api:\n    endpoints: [http://127.0.0.1:%s]\n' "$UP_PORT"
+}
+
+# start_sluice — runs "$BIN" with $WORK/sluice.yaml (log: $WORK/sluice.log), sets SLUICE_PID,
+# and waits (10 s at most) until the upstream on $UP_PORT answers and sluice's /readyz does.
+start_sluice() {
+  "$BIN" run -c "$WORK/sluice.yaml" 2>"$WORK/sluice.log" &
+  SLUICE_PID=$!
+  PIDS+=("$SLUICE_PID")
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$UP_PORT/" &&
+      curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && return
+    sleep 0.1
+  done
+}
+
+# rate_limit_keys ROUTE — the keys in ROUTE's rate-limit tables now (sluice's /metrics).
+rate_limit_keys() {
+  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk -v route="route=\"$1\"" '/^sluice_rate_limit_keys\{/ && index($0, route) { n = $2 } END { print n + 0 }'
 }

@@ -34,24 +34,14 @@ require_free_ports limiter_memory_e2e.sh "$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT"
 
 scratch sluice-memory
 
-if [[ ${BUILD:-1} == 1 ]]; then
-  cargo build --release --bin sluice
-fi
+build_sluice
 
 # The upstream: NGINX, one worker, 200 "ok".
 nginx_upstream "$UP_PORT"
 
-cat >"$WORK/sluice.yaml" <<EOF
-server:
-  listen: 127.0.0.1:$PROXY_PORT
-  workers: $WORKERS
-  shutdown_grace: 1s
-  trusted_proxies: [127.0.0.1]
-admin:
-  listen: 127.0.0.1:$ADMIN_PORT
-upstreams:
-  api:
-    endpoints: [http://127.0.0.1:$UP_PORT]
+{
+  sluice_config_head "trusted_proxies: [127.0.0.1]"
+  cat <<EOF
 routes:
   - name: memory
     upstream: api
@@ -61,13 +51,8 @@ routes:
         rate: 1/m
         burst: 1
 EOF
-"$BIN" run -c "$WORK/sluice.yaml" 2>"$WORK/sluice.log" &
-SLUICE_PID=$!
-PIDS+=("$SLUICE_PID")
-for _ in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" && break
-  sleep 0.1
-done
+} >"$WORK/sluice.yaml"
+start_sluice
 
 # Each thread: addresses 11.0.0.0 + id·2^22 + (k mod KEYS/THREADS).
 cat >"$WORK/xff.lua" <<EOF
@@ -89,10 +74,7 @@ function request()
 end
 EOF
 
-keys() {
-  curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" |
-    awk '/^sluice_rate_limit_keys\{/ && /route="memory"/ { n = $2 } END { print n + 0 }'
-}
+keys() { rate_limit_keys memory; }
 rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$SLUICE_PID/status"; }
 report() { printf '%-40s keys=%9s  RSS %7s MiB\n' "$1" "$(keys)" "$(rss)"; }
 

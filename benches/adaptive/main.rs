@@ -11,16 +11,22 @@
 
 #[path = "../support/capacity.rs"]
 mod capacity;
-mod plot;
+#[path = "../support/harness.rs"]
+mod harness;
+#[path = "../support/proxy.rs"]
+mod proxy;
+#[path = "../support/svg.rs"]
+mod svg;
+#[path = "../support/timeline.rs"]
+mod timeline;
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use capacity::{drive, quantile, Load, Phase, Trace, Workers};
-use plot::{Line, Panel};
-use sluice::runtime::Shared;
+use proxy::Proxy;
+use timeline::{Line, Panel};
 
 /// The upstream's service time.
 const SERVICE: Duration = Duration::from_millis(20);
@@ -62,20 +68,13 @@ const CAPS: [(&str, &str); 2] = [
 ];
 
 fn main() -> ExitCode {
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and must not start a
-    // 45-second run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("adaptive: run it with `cargo bench --bench adaptive`");
+    if !harness::benched("adaptive", "") {
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match harness::runtime(2) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("adaptive: cannot start a runtime: {e}");
+            eprintln!("adaptive: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -91,10 +90,9 @@ fn main() -> ExitCode {
         }
     }
     print_table(&traces);
-    let svg = figure(&traces);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIGURE);
-    if let Err(e) = std::fs::write(&path, svg) {
-        eprintln!("adaptive: cannot write {}: {e}", path.display());
+    let path = harness::in_repo(FIGURE);
+    if let Err(e) = harness::write(&path, &figure(&traces)) {
+        eprintln!("adaptive: {e}");
         return ExitCode::FAILURE;
     }
     println!("adaptive: wrote {}", path.display());
@@ -114,25 +112,15 @@ async fn run(concurrency: &str) -> Result<Trace, String> {
          routes: [{{ name: all, upstream: api }}]\n",
         workers.endpoint()
     );
-    let config =
-        sluice::config::from_yaml(&yaml, Path::new("adaptive.yaml")).map_err(|e| e.to_string())?;
-    let app = sluice::app::App::bind(config)
-        .await
-        .map_err(|e| format!("sluice cannot start: {e}"))?;
-    let (url, shutdown, shared) = (
-        format!("http://{}/", app.http_addr()),
-        app.shutdown_handle(),
-        app.shared(),
-    );
-    let task = tokio::spawn(app.run());
-    let trace = drive(&url, &workers, LOAD, &PHASES, cap_of(shared)).await;
-    shutdown.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    let proxy = Proxy::from_yaml(&yaml, "adaptive.yaml").await?;
+    let cap = cap_of(proxy.shared.clone());
+    let trace = drive(&proxy.url("/"), &workers, LOAD, &PHASES, cap).await;
+    proxy.stop().await;
     Ok(trace)
 }
 
 /// Reads the upstream cap in force.
-fn cap_of(shared: Arc<Shared>) -> impl Fn() -> usize {
+fn cap_of(shared: Arc<sluice::runtime::Shared>) -> impl Fn() -> usize {
     move || {
         shared
             .runtime()
@@ -217,7 +205,7 @@ fn figure(traces: &[(&str, Trace)]) -> String {
             points: p90_per_bucket(trace),
         });
     }
-    plot::render(
+    timeline::render(
         "Adaptive vs fixed cap when the upstream loses capacity",
         &[
             format!(

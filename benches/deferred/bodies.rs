@@ -30,7 +30,7 @@ pub(super) async fn run(fast: &Counting) -> Result<(), String> {
     let redis = RedisProc::start(&["--appendonly", "no"]).await?;
     let (silent, _held) = silent().await;
     let yaml = config(&redis.url(), &format!("http://{silent}"), &fast.endpoint());
-    let proxy = Proxy::start(&yaml).await?;
+    let proxy = Proxy::from_yaml(&yaml, "deferred.yaml").await?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
 
     println!("\n| body | 202s | p50 | p99 | max |\n|---|---:|---:|---:|---:|");

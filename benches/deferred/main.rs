@@ -26,8 +26,14 @@
 mod bodies;
 #[path = "../support/capacity.rs"]
 mod capacity;
-#[path = "../adaptive/plot.rs"]
-mod plot;
+#[path = "../support/harness.rs"]
+mod harness;
+#[path = "../support/proxy.rs"]
+mod proxy;
+#[path = "../support/svg.rs"]
+mod svg;
+#[path = "../support/timeline.rs"]
+mod timeline;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,7 +51,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use plot::{Line, Panel};
+use proxy::Proxy;
+use timeline::{Line, Panel};
 use tokio::net::TcpListener;
 
 /// Where the figure goes, relative to Cargo.toml.
@@ -58,18 +65,13 @@ const SPIKE: [(f64, f64, u64); 3] = [(0.0, 1.0, 300), (1.0, 4.0, 2000), (4.0, 14
 const SAMPLE: Duration = Duration::from_millis(100);
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("deferred: run it with `cargo bench --bench deferred`");
+    if !harness::benched("deferred", "") {
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match harness::runtime(2) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("deferred: cannot start a runtime: {e}");
+            eprintln!("deferred: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -117,7 +119,7 @@ async fn run() -> Result<(), String> {
             ", timeout: 1s",
             "",
         );
-        let proxy = Proxy::start(&yaml).await?;
+        let proxy = Proxy::from_yaml(&yaml, "deferred.yaml").await?;
         let wrk = wrk(&script, 2, 32, 8, &proxy.url("/hooks/e"))?;
         println!(
             "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} |",
@@ -137,7 +139,7 @@ async fn run() -> Result<(), String> {
         let before = fast.deliveries();
         let yaml = config(&redis.url(), &fast.endpoint(), cap, "");
         let started = Instant::now();
-        let proxy = Proxy::start(&yaml).await?;
+        let proxy = Proxy::from_yaml(&yaml, "deferred.yaml").await?;
         // Until the backlog is gone, or 8 s.
         while started.elapsed() < Duration::from_secs(8) && queued(&redis).await? > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -154,7 +156,7 @@ async fn run() -> Result<(), String> {
     // 3. Latency of a 202 vs a forwarded request.
     let idle = RedisProc::start(&["--appendonly", "no"]).await?;
     let yaml = config(&idle.url(), &fast.endpoint(), "", "");
-    let proxy = Proxy::start(&yaml).await?;
+    let proxy = Proxy::from_yaml(&yaml, "deferred.yaml").await?;
     println!("\n| route | answer | req/s (1 connection) | p50 | p90 | p99 |\n|---|---|---:|---:|---:|---:|");
     for (route, answer) in [("/fwd/e", "forwarded 200"), ("/hooks/e", "202 Accepted")] {
         let wrk = wrk(&script, 1, 1, 5, &proxy.url(route))?;
@@ -169,13 +171,12 @@ async fn run() -> Result<(), String> {
     let spike_redis = RedisProc::start(&["--appendonly", "no"]).await?;
     let workers = capacity::Workers::start(8, Duration::from_millis(10)).await;
     let yaml = spike_config(&spike_redis.url(), &workers.endpoint());
-    let proxy = Proxy::start(&yaml).await?;
+    let proxy = Proxy::from_yaml(&yaml, "deferred.yaml").await?;
     let samples = spike(&proxy, &spike_redis).await?;
     proxy.stop().await;
     print_spike(&samples);
-    let svg = figure(&samples);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIGURE);
-    std::fs::write(&path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let path = harness::in_repo(FIGURE);
+    harness::write(&path, &figure(&samples))?;
     println!("deferred: wrote {}", path.display());
     let _ = std::fs::remove_file(&script);
 
@@ -381,7 +382,7 @@ fn print_spike(samples: &[Sample]) {
 fn figure(samples: &[Sample]) -> String {
     let series = |f: fn(&Sample) -> u64| samples.iter().map(|s| (s.at, f(s) as f64)).collect();
     let x_max = samples.last().map_or(1.0, |s| s.at);
-    plot::render(
+    timeline::render(
         "Deferred delivery absorbs a spike",
         &[
             "Upstream: 8 workers × 10 ms (800/s); upstream cap 8, queue 16 (200 ms); route defer: {when: overflow}.".into(),
@@ -488,39 +489,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_or(0, |a| a.port())
-}
-
-/// sluice in this process.
-struct Proxy {
-    addr: SocketAddr,
-    shutdown: sluice::shutdown::Shutdown,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(yaml: &str) -> Result<Proxy, String> {
-        let config = sluice::config::from_yaml(yaml, Path::new("deferred.yaml"))
-            .map_err(|e| e.to_string())?;
-        let app = sluice::app::App::bind(config)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (addr, shutdown) = (app.http_addr(), app.shutdown_handle());
-        let task = tokio::spawn(app.run());
-        Ok(Proxy {
-            addr,
-            shutdown,
-            task,
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
-    }
 }
 
 /// An upstream answering 200 after `delay`, counting the requests that carry an

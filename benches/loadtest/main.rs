@@ -1,19 +1,26 @@
 //! The load-test report: `cargo bench --bench loadtest` (see docs/loadtest.md).
 //!
-//! Starts a sample upstream of limited capacity ([`upstream`]) and sluice in front of it
+//! Starts a sample upstream of limited capacity ([`upstream`], shared with the overload bench) and sluice in front of it
 //! (in-process, with `benches/loadtest/sluice.yaml`), then drives wrk ([`wrk`], paced by
 //! `pace.lua`) at a ramp of offered loads — multiples of the configured rate limit — twice:
 //! through sluice, and straight to the upstream. Each step records the rate really sent, the
 //! admitted (2xx), 429 and 503 rates, latency percentiles of the admitted requests and of
 //! everything, and the time requests spent inside the upstream. [`report`] writes
-//! `report.html`, two SVG plots ([`svg`]) and `results.tsv` to `target/loadtest/<UTC time>/`
+//! `report.html`, two SVG plots ([`chart`]) and `results.tsv` to `target/loadtest/<UTC time>/`
 //! and prints a summary table.
 //!
 //! Everything listens on 127.0.0.1; each wrk run is bounded by `LOADTEST_DURATION`.
 //! Knobs (environment variables) are listed in [`Settings::from_env`].
 
+mod chart;
+#[path = "../support/harness.rs"]
+mod harness;
+#[path = "../support/proxy.rs"]
+mod proxy;
 mod report;
+#[path = "../support/svg.rs"]
 mod svg;
+#[path = "../support/upstream.rs"]
 mod upstream;
 mod wrk;
 
@@ -21,13 +28,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sluice::app::App;
 use sluice::config::Config;
-use sluice::shutdown::Shutdown;
 
-use crate::upstream::SampleUpstream;
+use crate::harness::{utc_now, write};
+use crate::proxy::Proxy;
+use crate::upstream::Upstream;
 use crate::wrk::{Load, WrkStats};
 
 /// The config used unless `LOADTEST_CONFIG` names another.
@@ -253,10 +260,7 @@ pub(crate) struct Run {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and must not start a
-    // two-minute load test.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("loadtest: run it with `cargo bench --bench loadtest` (see docs/loadtest.md)");
+    if !harness::benched("loadtest", " (see docs/loadtest.md)") {
         return ExitCode::SUCCESS;
     }
     match run() {
@@ -277,12 +281,12 @@ fn run() -> Result<(), String> {
     let dir = settings
         .out
         .clone()
-        .unwrap_or_else(|| target_dir().join("loadtest").join(&stamp));
+        .unwrap_or_else(|| harness::report_dir("loadtest", &stamp));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let script = dir.join("pace.lua");
     write(&script, wrk::SCRIPT)?;
 
-    let upstream = SampleUpstream::start(settings.workers, settings.service)?;
+    let upstream = Upstream::start(settings.workers, settings.service)?;
     let config_text = prepare_config(&settings.config, upstream.addr)?;
     let config_path = dir.join("sluice.yaml");
     write(&config_path, &config_text)?;
@@ -297,7 +301,9 @@ fn run() -> Result<(), String> {
         ),
     };
     let policy = policy(&config);
-    let (sluice_runtime, sluice_addr, shutdown) = start_sluice(config)?;
+    let sluice_runtime = sluice_runtime(&config)?;
+    let proxy = sluice_runtime.block_on(Proxy::start(config))?;
+    let sluice_addr = proxy.addr;
 
     println!(
         "loadtest: sample upstream {} ({} × {} ms = {:.0} req/s), sluice {sluice_addr} ({policy})",
@@ -318,7 +324,7 @@ fn run() -> Result<(), String> {
             outcomes.push(measure(&settings, &upstream, &script, mode, &url, step)?);
         }
     }
-    shutdown.trigger();
+    sluice_runtime.block_on(proxy.stop());
     sluice_runtime.shutdown_timeout(Duration::from_secs(2));
 
     let wrk_example = {
@@ -373,7 +379,7 @@ fn load(settings: &Settings, url: &str, step: &Step) -> Load {
 /// One wrk run, after the upstream has drained the previous one.
 fn measure(
     settings: &Settings,
-    upstream: &SampleUpstream,
+    upstream: &Upstream,
     script: &Path,
     mode: Mode,
     url: &str,
@@ -488,79 +494,26 @@ fn policy(config: &Config) -> String {
     }
 }
 
-/// Runs sluice on its own runtime (`server.workers` threads); returns the runtime, the proxy's
-/// address and its shutdown signal.
-fn start_sluice(config: Config) -> Result<(tokio::runtime::Runtime, SocketAddr, Shutdown), String> {
+/// sluice's own runtime, of `server.workers` threads (apart from wrk's and the upstream's).
+fn sluice_runtime(config: &Config) -> Result<tokio::runtime::Runtime, String> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = config.server.workers {
         builder.worker_threads(workers.get());
     }
-    let runtime = builder
+    builder
         .thread_name("sluice")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start sluice's runtime: {e}"))?;
-    let app = runtime
-        .block_on(App::bind(config))
-        .map_err(|e| format!("sluice cannot start: {e}"))?;
-    let (addr, shutdown) = (app.http_addr(), app.shutdown_handle());
-    runtime.spawn(app.run());
-    Ok((runtime, addr, shutdown))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// `$CARGO_TARGET_DIR`, or `target/` beside Cargo.toml.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    )
+        .map_err(|e| format!("cannot start sluice's runtime: {e}"))
 }
 
 /// CPUs, CPU model and kernel, as far as /proc tells.
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|k| format!(", Linux {}", k.trim()))
         .unwrap_or_default();
-    format!("{cpus} CPUs ({model}){kernel}, loopback; wrk, sluice and the sample upstream share the CPUs")
-}
-
-/// The time now, as `2025-01-31 12:00:00 UTC` and as `20250131-120000` (for the directory).
-fn utc_now() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
-    let (y, mo, d) = civil_from_days(days as i64);
-    (
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC"),
-        format!("{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}"),
+    format!(
+        "{}{kernel}, loopback; wrk, sluice and the sample upstream share the CPUs",
+        harness::cpus()
     )
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::svg::{Chart, Guide, Marker, Reference, Series};
+use crate::chart::{Chart, Guide, Marker, Reference, Series};
 use crate::{Mode, Outcome, Run};
 
 const SLUICE: &str = "#1f6fb4";

@@ -22,9 +22,14 @@
 //! request at most 2 s), the proxies are stopped at the end and live at most 20 minutes even if
 //! the bench is killed. Knobs: [`Settings::from_env`].
 
+#[path = "../support/harness.rs"]
+mod harness;
 mod load;
 mod plot;
+#[path = "../support/svg.rs"]
+mod svg;
 mod targets;
+#[path = "../support/upstream.rs"]
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -32,10 +37,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use harness::{utc_now, write};
 use load::{quantile, Answer, Load, Outcome, Pool};
 use plot::{Chart, Marker, Reference, Series};
+use svg::number;
 use targets::{Kind, Policy, Target};
 use upstream::Upstream;
 
@@ -113,10 +120,7 @@ struct Counts {
 }
 
 fn main() -> ExitCode {
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and must not start a
-    // three-minute run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("overload: run it with `cargo bench --bench overload` (see README)");
+    if !harness::benched("overload", " (see README)") {
         return ExitCode::SUCCESS;
     }
     match run() {
@@ -134,7 +138,7 @@ fn run() -> Result<(), String> {
     let dir = settings
         .out
         .clone()
-        .unwrap_or_else(|| target_dir().join("overload").join(&stamp));
+        .unwrap_or_else(|| harness::report_dir("overload", &stamp));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -873,26 +877,9 @@ fn figures(results: &[Measured], s: &Settings) -> [(&'static str, String); 3] {
     ]
 }
 
-fn number(v: f64) -> String {
-    let text = format!("{v:.2}");
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// `$CARGO_TARGET_DIR`, or `target/` beside Cargo.toml.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    )
 }
 
 /// The peers' versions, as they print them.
@@ -924,36 +911,8 @@ fn loadavg() -> String {
 
 /// CPUs and CPU model, as far as /proc tells.
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} CPUs ({model}), loopback; generator, upstream and proxy share them")
-}
-
-/// The time now, as `2025-01-31 12:00:00 UTC` and as `20250131-120000`.
-fn utc_now() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    (
-        format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC"),
-        format!("{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}"),
+    format!(
+        "{}, loopback; generator, upstream and proxy share them",
+        harness::cpus()
     )
 }

@@ -8,19 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::bin::{self, finish, rss_kib, Sluice};
-use crate::support::{alone_blocking, ConfigFile};
-
-/// A port that was free a moment ago (bound, then released). Racy: between the release and the
-/// binary's own bind, another process (a test running in parallel) may take it. Used only where
-/// the config must name a port before start (the demo's sample upstream); everything else
-/// listens on port 0 and reads the real address from the log.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::{alone_blocking, free_port, ConfigFile};
 
 /// `sluice run -c <file>`, listening (its address is in `.http`).
 fn run(config: &ConfigFile) -> Sluice {

@@ -108,7 +108,7 @@ async fn deferred_total(proxy: &Proxy, result: &str) -> f64 {
 async fn tasks_outlive_an_upstream_down_longer_than_their_retries() {
     let redis = RedisServer::start().await;
     // Nothing listens there until the upstream starts, 10 s from now.
-    let port = redis_server::free_port();
+    let port = free_port();
     let defer = "{when: always, attempts: 3, backoff: 200ms, ttl: 2m}";
     let endpoint = format!("http://127.0.0.1:{port}");
     let proxy = start_proxy(&config(&redis.url(), &endpoint, "", defer)).await;

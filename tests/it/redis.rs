@@ -5,43 +5,22 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use crate::support::redis_server::{free_port, RedisServer};
+use crate::support::free_port;
+use crate::support::redis_server::{store_config, RedisServer, FAULT_TIMEOUT, MARGIN, PATIENT};
 use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-/// A generous per-call timeout for tests that count exact admissions: a loaded 2-core machine
-/// must not turn a slow answer into a fallback. Those tests also use `on_error: deny`, so that a
-/// fallback would show as a 503 instead of silently admitting.
-const PATIENT: &str = "2s";
-
-/// The timeout of the fault tests, and the margin a request may take beyond it: generous (a
-/// loaded 2-core debug build), yet a request that waited on a dead Redis for longer than a
-/// couple of timeouts (a missing deadline, a reconnect in the request path) still fails.
-const FAULT_TIMEOUT: Duration = Duration::from_millis(500);
-const MARGIN: Duration = Duration::from_millis(1500);
-
-/// A config with `store.redis` at `url`, an admin listener, and `routes` (YAML list items,
-/// indented 2, each to upstream `api`).
+/// [`store_config`] with the Redis at `url`.
 fn config(url: &str, timeout: &str, on_error: &str, upstream: &str, routes: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: 127.0.0.1:0
-admin:
-  listen: 127.0.0.1:0
-store:
-  redis:
-    url: "{url}"
-    timeout: {timeout}
-    on_error: {on_error}
-upstreams:
-  api:
-    endpoints: [{upstream}]
-routes:
-{routes}"#
+    store_config(
+        &format!("url: \"{url}\""),
+        timeout,
+        on_error,
+        upstream,
+        routes,
     )
 }
 

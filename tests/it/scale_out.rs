@@ -9,40 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::bin::{self, Sluice};
-use crate::support::redis_server::{RedisCluster, RedisServer, TestPki};
+use crate::support::redis_server::{
+    store_config, RedisCluster, RedisServer, TestPki, FAULT_TIMEOUT, MARGIN, PATIENT,
+};
 use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
-
-/// A per-call timeout for tests that count admissions: a loaded 2-core machine must not turn a
-/// slow answer into a fallback. With `on_error: deny` a fallback shows as a 503.
-const PATIENT: &str = "2s";
-
-/// The timeout of the fault tests, and the margin a request may take beyond it (a loaded 2-core
-/// debug build), as in tests/redis.rs.
-const FAULT_TIMEOUT: Duration = Duration::from_millis(500);
-const MARGIN: Duration = Duration::from_millis(1500);
-
-/// A config whose `store.redis` has the fields `store` (YAML flow mapping entries), with an
-/// admin listener and `routes` (list items, indented 2) to the upstream `api`.
-fn config(store: &str, timeout: &str, on_error: &str, upstream: &str, routes: &str) -> String {
-    format!(
-        r#"
-server:
-  listen: 127.0.0.1:0
-admin:
-  listen: 127.0.0.1:0
-store:
-  redis: {{{store}, timeout: {timeout}, on_error: {on_error}}}
-upstreams:
-  api:
-    endpoints: [{upstream}]
-routes:
-{routes}"#
-    )
-}
 
 /// A route `name` on `prefix` with one limit (a YAML flow mapping).
 fn route(name: &str, prefix: &str, limit: &str) -> String {
@@ -117,7 +91,7 @@ async fn three_instances_share(store: &str, lease: u32) {
     let up = ok_upstream().await;
     let limit =
         format!("{{name: g, key: global, rate: 100/s, burst: 100, scope: global, lease: {lease}}}");
-    let yaml = config(
+    let yaml = store_config(
         store,
         PATIENT,
         "deny",
@@ -182,7 +156,7 @@ async fn a_lease_takes_tokens_ahead_and_never_exceeds_the_bucket() {
     let up = ok_upstream().await;
     let store = format!("url: \"{}\"", redis.url());
     let limit = "{name: g, key: global, rate: 10/m, burst: 10, scope: global, lease: 4}";
-    let yaml = config(
+    let yaml = store_config(
         &store,
         PATIENT,
         "deny",
@@ -260,7 +234,14 @@ async fn a_dead_cluster_node_fails_only_its_keys_and_recovers() {
     let routes = route(&dead_route, "/dead", limit) + &route(&live_route, "/live", limit);
     let store = format!("cluster: {}", cluster.seeds_yaml());
     let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
-    let proxy = start_proxy(&config(&store, &timeout, "deny", &up.endpoint(), &routes)).await;
+    let proxy = start_proxy(&store_config(
+        &store,
+        &timeout,
+        "deny",
+        &up.endpoint(),
+        &routes,
+    ))
+    .await;
     for path in ["/dead", "/live"] {
         let got = get(&proxy.url(path)).await;
         assert_eq!(got.status, StatusCode::OK, "{path}");
@@ -314,7 +295,14 @@ async fn starts_while_a_cluster_node_is_down() {
     let routes = route(&dead_route, "/dead", limit) + &route(&live_route, "/live", limit);
     let store = format!("cluster: {}", cluster.seeds_yaml());
     let timeout = format!("{}ms", FAULT_TIMEOUT.as_millis());
-    let proxy = start_proxy(&config(&store, &timeout, "deny", &up.endpoint(), &routes)).await;
+    let proxy = start_proxy(&store_config(
+        &store,
+        &timeout,
+        "deny",
+        &up.endpoint(),
+        &routes,
+    ))
+    .await;
     until(
         "the live nodes' keys to be limited through Redis",
         Duration::from_secs(30),
@@ -373,7 +361,7 @@ async fn a_migrating_slot_is_followed_and_keeps_its_bucket() {
     let up = ok_upstream().await;
     let store = format!("cluster: {}", cluster.seeds_yaml());
     let limit = "{name: g, key: global, rate: 1/m, burst: 10, scope: global}";
-    let yaml = config(
+    let yaml = store_config(
         &store,
         PATIENT,
         "deny",
@@ -448,7 +436,7 @@ async fn rediss_with_a_private_ca() {
     let up = ok_upstream().await;
     let limit = "{name: g, key: global, rate: 1/m, burst: 2, scope: global}";
     let trusted = format!("url: \"{}\", ca: \"{}\"", redis.tls_url(), pki.ca.display());
-    let proxy = start_proxy(&config(
+    let proxy = start_proxy(&store_config(
         &trusted,
         PATIENT,
         "deny",
@@ -464,7 +452,7 @@ async fn rediss_with_a_private_ca() {
     proxy.stop().await;
 
     let untrusted = format!("url: \"{}\"", redis.tls_url());
-    let proxy = start_proxy(&config(
+    let proxy = start_proxy(&store_config(
         &untrusted,
         "500ms",
         "deny",
@@ -489,7 +477,7 @@ async fn rediss_trusts_ssl_cert_file() {
     let up = ok_upstream().await;
     let store = format!("url: \"{}\"", redis.tls_url());
     let limit = "{name: g, key: global, rate: 1/m, burst: 2, scope: global}";
-    let file = ConfigFile::new(&config(
+    let file = ConfigFile::new(&store_config(
         &store,
         PATIENT,
         "deny",

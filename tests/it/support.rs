@@ -114,6 +114,31 @@ pub(crate) async fn start_proxy(yaml: &str) -> Proxy {
     start_config(config).await
 }
 
+/// A port that was free a moment ago (bound, then released). Racy: between the release and the
+/// binary's own bind, another process (a test running in parallel) may take it. Only for what must be
+/// told its port before it starts (a config naming it, a redis-server child); the rest listens
+/// on port 0.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory `sluice-<what>-<pid>-<n>` under the system's temporary directory, for
+/// one test (the counter keeps parallel tests of one process apart). The caller removes it.
+pub(crate) fn temp_dir(what: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A temporary config file (for reload tests); removed with its directory at drop.
 pub(crate) struct ConfigFile {
     pub(crate) path: std::path::PathBuf,
@@ -121,14 +146,7 @@ pub(crate) struct ConfigFile {
 
 impl ConfigFile {
     pub(crate) fn new(yaml: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("sluice.yaml");
+        let path = temp_dir("test").join("sluice.yaml");
         std::fs::write(&path, yaml).unwrap();
         ConfigFile { path }
     }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,43 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::support::until;
+use crate::support::{free_port, temp_dir, until};
+
+/// A per-call timeout for tests that count admissions: a loaded 2-core machine must not turn a
+/// slow answer into a fallback. With `on_error: deny` a fallback shows as a 503.
+pub(crate) const PATIENT: &str = "2s";
+
+/// The timeout of the fault tests, and the margin a request may take beyond it: generous (a
+/// loaded 2-core debug build), yet a request that waited on a dead Redis for longer than a
+/// couple of timeouts (a missing deadline, a reconnect in the request path) still fails.
+pub(crate) const FAULT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const MARGIN: Duration = Duration::from_millis(1500);
+
+/// A config whose `store.redis` has the fields `store` (YAML flow mapping entries, e.g.
+/// `url: "redis://…"`) with `timeout` and `on_error`, an admin listener, and `routes` (list
+/// items, indented 2) to the upstream `api` at `upstream`.
+pub(crate) fn store_config(
+    store: &str,
+    timeout: &str,
+    on_error: &str,
+    upstream: &str,
+    routes: &str,
+) -> String {
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+store:
+  redis: {{{store}, timeout: {timeout}, on_error: {on_error}}}
+upstreams:
+  api:
+    endpoints: [{upstream}]
+routes:
+{routes}"#
+    )
+}
 
 /// A redis-server child process on `127.0.0.1:port`.
 pub(crate) struct RedisServer {
@@ -294,24 +330,6 @@ async fn relay(client: TcpStream, server: TcpStream, held: Arc<AtomicBool>) {
         _ = commands => {}
         () = replies => {}
     }
-}
-
-/// A loopback port nothing listens on right now (bound to :0, then released).
-pub(crate) fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// A fresh directory under the system's temporary directory, for one test.
-fn temp_dir(what: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A test CA made at test time and a server certificate it signed for `127.0.0.1` and

@@ -1,16 +1,21 @@
-//! The upstream of the overload bench: an API of `workers` threads, each serving one request at
-//! a time for a fixed service time, with a FIFO queue in front of them — a thread-pool backend.
+//! The benches' upstream: an API of `workers` threads, each serving one request at a time for a
+//! fixed service time, with a FIFO queue in front of them — a thread-pool backend. Without
+//! sluice in front its latency grows with the load, as a real backend's does. Used by the
+//! loadtest and overload benches (`#[path = "../support/upstream.rs"]`).
 //!
-//! Why threads and not `benches/loadtest/upstream.rs` (a tokio semaphore and `sleep`): tokio's
-//! timers have millisecond resolution and round up, so a 20 ms sleep takes about 21 ms and that
-//! upstream's capacity is 5–7% under `workers / service`. Here a worker sleeps with
-//! `std::thread::sleep` (accurate to about 0.1 ms), so the capacity the load levels multiply is
-//! the capacity the upstream really has. At 10× with 10% critical requests the critical ones
-//! alone are 1× that capacity: 7% too much would decide the outcome on its own.
+//! Why threads and not a tokio semaphore and `sleep`: tokio's timers have millisecond
+//! resolution and round up, so a 20 ms sleep takes about 21 ms and the capacity would be 5–7%
+//! under `workers / service`. Here a worker sleeps with `std::thread::sleep` (accurate to about
+//! 0.1 ms), so the capacity the load levels multiply is the capacity the upstream really has.
+//! At 10× with 10% critical requests the critical ones alone are 1× that capacity: 7% too much
+//! would decide the outcome on its own.
 //!
-//! Connections are accepted and parsed by a current-thread tokio runtime on its own thread; a
-//! request waits inside the upstream (queued for a worker) as long as it has to. Nothing in it
-//! knows about priorities: whatever the proxy in front lets through is served in arrival order.
+//! Connections are accepted and parsed by a current-thread tokio runtime on its own thread,
+//! apart from sluice's; a request waits inside the upstream (queued for a worker) as long as it
+//! has to. Nothing in it knows about priorities: whatever the proxy in front lets through is
+//! served in arrival order. It echoes the [`START`] request header (see `pace.lua`) and records
+//! how long each request spent inside it, waiting included.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -28,6 +33,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+/// The header a wrk script stamps on each request (its send time) and the upstream sends back,
+/// so that the script can time the admitted responses alone.
+pub(crate) const START: HeaderName = HeaderName::from_static("x-loadtest-start");
 
 /// A running upstream.
 pub(crate) struct Upstream {
@@ -45,6 +54,9 @@ struct Stats {
     peak: AtomicUsize,
     /// Requests served since the last [`Upstream::take_served`].
     served: AtomicUsize,
+    /// The time each request served since the last [`Upstream::take_times`] spent inside.
+    /// A `std` mutex: held for a push or a swap, never across an `.await`.
+    times: Mutex<Vec<Duration>>,
 }
 
 /// Decrements `inside` when a request leaves, however it leaves.
@@ -99,7 +111,8 @@ impl Upstream {
         Ok(Upstream { addr, stats })
     }
 
-    /// Waits until no request is inside the upstream, for at most `limit`. True if it is idle.
+    /// Waits until no request is inside the upstream (a load step's leftovers drained), for at
+    /// most `limit`. True if it is idle.
     pub(crate) fn wait_idle(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while self.stats.inside.load(Ordering::Relaxed) > 0 {
@@ -119,6 +132,16 @@ impl Upstream {
     /// Requests served since the last call.
     pub(crate) fn take_served(&self) -> usize {
         self.stats.served.swap(0, Ordering::Relaxed)
+    }
+
+    /// The time each request served since the last call spent inside, in completion order.
+    pub(crate) fn take_times(&self) -> Vec<Duration> {
+        let mut times = self
+            .stats
+            .times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *times)
     }
 }
 
@@ -154,9 +177,9 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let (jobs, stats) = (jobs.clone(), stats.clone());
         tokio::spawn(async move {
-            let handler = service_fn(move |_req: Request<Incoming>| {
+            let handler = service_fn(move |req: Request<Incoming>| {
                 let (jobs, stats) = (jobs.clone(), stats.clone());
-                async move { Ok::<_, Infallible>(handle(&jobs, &stats).await) }
+                async move { Ok::<_, Infallible>(handle(&req, &jobs, &stats).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), handler)
@@ -165,16 +188,30 @@ async fn serve(
     }
 }
 
-async fn handle(jobs: &mpsc::Sender<oneshot::Sender<()>>, stats: &Stats) -> Response<Full<Bytes>> {
+async fn handle(
+    req: &Request<Incoming>,
+    jobs: &mpsc::Sender<oneshot::Sender<()>>,
+    stats: &Stats,
+) -> Response<Full<Bytes>> {
+    let arrived = Instant::now();
     let _inside = Inside::enter(stats);
     let (done, served) = oneshot::channel();
     // The workers outlive the accepting thread, so sending and waiting only fail if a worker
-    // panicked; the request then gets a 500, which the bench counts as an error.
+    // panicked; the request then gets a 500, which the benches count as an error.
     if jobs.send(done).is_err() || served.await.is_err() {
         let mut failed = Response::new(Full::new(Bytes::from_static(b"no worker\n")));
         *failed.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
         return failed;
     }
     stats.served.fetch_add(1, Ordering::Relaxed);
-    Response::new(Full::new(Bytes::from_static(b"ok\n")))
+    stats
+        .times
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(arrived.elapsed());
+    let mut response = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    if let Some(start) = req.headers().get(&START) {
+        response.headers_mut().insert(START, start.clone());
+    }
+    response
 }

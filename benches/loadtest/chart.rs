@@ -1,9 +1,11 @@
-//! Hand-written SVG line charts on log-log axes (the ramp is geometric, latencies span decades):
-//! 1-2-5 ticks and a grid, series drawn as lines with markers, dashed reference lines, a
-//! legend, a title. No fonts or crates needed: the text is left to the viewer's sans-serif
-//! font. Values ≤ 0 are not drawn.
+//! Line charts on log-log axes (the ramp is geometric, latencies span decades): 1-2-5 ticks and
+//! a grid, series drawn as lines with markers, dashed reference lines, a legend, a title; drawn
+//! with [`svg`](crate::svg). Values ≤ 0 are not drawn.
 
 use std::fmt::Write;
+
+use crate::svg;
+pub(crate) use crate::svg::Marker;
 
 /// Width and height of a chart, px.
 const WIDTH: f64 = 720.0;
@@ -14,14 +16,8 @@ const RIGHT: f64 = 22.0;
 /// Above the plot area: the title and one line per subtitle line.
 const TOP: f64 = 44.0;
 const BOTTOM: f64 = 58.0;
-
-/// The marker drawn at each point of a series.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Marker {
-    Circle,
-    Square,
-    Triangle,
-}
+/// A marker's radius, px.
+const MARKER: f64 = 4.0;
 
 /// A data series. A dashed series gets hollow markers, so p50/p99 pairs read apart in grey too.
 #[derive(Clone, Debug)]
@@ -96,7 +92,7 @@ impl Axis {
             };
         }
         let lo = round_down_125(min / 1.1);
-        let hi = round_up_125(max * 1.1);
+        let hi = svg::round_up_125(max * 1.1);
         Axis {
             lo,
             hi,
@@ -112,15 +108,6 @@ impl Axis {
 
 fn drawable(v: f64) -> bool {
     v.is_finite() && v > 0.0
-}
-
-fn round_up_125(v: f64) -> f64 {
-    let base = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * base)
-        .find(|c| *c >= v * (1.0 - 1e-9))
-        .unwrap_or(10.0 * base)
 }
 
 fn round_down_125(v: f64) -> f64 {
@@ -154,13 +141,6 @@ fn tick_label(v: f64) -> String {
     }
     let text = format!("{v:.3}");
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// One line of the legend.
@@ -227,20 +207,13 @@ impl Chart {
         }
         svg.push_str("</g>\n");
         self.legend(&mut svg, &frame);
-        svg.push_str("</svg>\n");
+        svg::end(&mut svg);
         svg
     }
 
     /// Document, background, clip path, title, axis labels.
     fn head(&self, svg: &mut String, f: &Frame) {
-        let _ = writeln!(
-            svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(
-            svg,
-            r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
-        );
+        svg::begin(svg, WIDTH, HEIGHT);
         let _ = writeln!(
             svg,
             r#"<defs><clipPath id="{}-clip"><rect x="{}" y="{}" width="{}" height="{}"/></clipPath></defs>"#,
@@ -250,34 +223,9 @@ impl Chart {
             f.x1 - f.x0,
             f.y1 - f.y0
         );
-        let _ = writeln!(
-            svg,
-            r##"<text x="{}" y="26" font-size="16" font-weight="bold" fill="#222">{}</text>"##,
-            f.x0,
-            escape(&self.title)
-        );
-        for (i, line) in self.subtitle.iter().enumerate() {
-            let _ = writeln!(
-                svg,
-                r##"<text x="{}" y="{}" fill="#555">{}</text>"##,
-                f.x0,
-                46 + 17 * i,
-                escape(line)
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="13" fill="#222">{}</text>"##,
-            (f.x0 + f.x1) / 2.0,
-            HEIGHT - 14.0,
-            escape(&self.x_label)
-        );
-        let _ = writeln!(
-            svg,
-            r##"<text transform="translate(20 {:.1}) rotate(-90)" text-anchor="middle" font-size="13" fill="#222">{}</text>"##,
-            (f.y0 + f.y1) / 2.0,
-            escape(&self.y_label)
-        );
+        svg::heading(svg, (f.x0, 26.0), 16, &self.title, &self.subtitle, 46.0);
+        svg::x_label(svg, ((f.x0 + f.x1) / 2.0, HEIGHT - 14.0), &self.x_label);
+        svg::y_label(svg, (20.0, (f.y0 + f.y1) / 2.0), &self.y_label);
     }
 
     /// A boxed legend in the plot's top-left corner: series, then reference lines.
@@ -301,39 +249,17 @@ impl Chart {
             .max()
             .unwrap_or(0);
         let (x, y, row) = (f.x0 + 10.0, f.y0 + 10.0, 18.0);
-        let _ = writeln!(
-            svg,
-            r##"<rect x="{x}" y="{y}" width="{:.1}" height="{:.1}" fill="white" fill-opacity="0.9" stroke="#bbb"/>"##,
-            48.0 + longest as f64 * 6.4,
-            10.0 + entries.len() as f64 * row
-        );
-        for (
-            i,
-            LegendEntry {
-                label,
-                color,
-                dash,
-                marker,
-            },
-        ) in entries.into_iter().enumerate()
-        {
+        let height = 10.0 + entries.len() as f64 * row;
+        svg::legend_box(svg, (x, y), 48.0 + longest as f64 * 6.4, height);
+        for (i, entry) in entries.into_iter().enumerate() {
             let cy = y + 14.0 + i as f64 * row;
-            let width = if marker.is_some() { 2.0 } else { 1.5 };
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{:.1}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}"/>"#,
-                x + 8.0,
-                x + 36.0
-            );
-            if let Some((marker, hollow)) = marker {
-                draw_marker(svg, marker, hollow, color, (x + 22.0, cy));
+            let width = if entry.marker.is_some() { 2.0 } else { 1.5 };
+            let (from, to) = ((x + 8.0, cy), (x + 36.0, cy));
+            svg::segment(svg, from, to, entry.color, width, entry.dash);
+            if let Some((marker, hollow)) = entry.marker {
+                svg::marker(svg, marker, (x + 22.0, cy), MARKER, entry.color, hollow);
             }
-            let _ = writeln!(
-                svg,
-                r##"<text x="{:.1}" y="{cy:.1}" dy="0.35em" fill="#222">{}</text>"##,
-                x + 44.0,
-                escape(label)
-            );
+            svg::label(svg, (x + 44.0, cy), entry.label);
         }
     }
 }
@@ -342,34 +268,13 @@ impl Chart {
 fn grid(svg: &mut String, f: &Frame, x: &Axis, y: &Axis) {
     for &t in &x.ticks {
         let (px, _) = f.px(x, y, (t, y.lo));
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{px:.1}" y1="{}" x2="{px:.1}" y2="{}" stroke="#e6e6e6"/><text x="{px:.1}" y="{}" text-anchor="middle" fill="#444">{}</text>"##,
-            f.y0,
-            f.y1,
-            f.y1 + 18.0,
-            tick_label(t)
-        );
+        svg::x_tick(svg, px, (f.y0, f.y1), f.y1 + 18.0, &tick_label(t));
     }
     for &t in &y.ticks {
         let (_, py) = f.px(x, y, (x.lo, t));
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="#e6e6e6"/><text x="{}" y="{py:.1}" dy="0.35em" text-anchor="end" fill="#444">{}</text>"##,
-            f.x0,
-            f.x1,
-            f.x0 - 8.0,
-            tick_label(t)
-        );
+        svg::y_tick(svg, py, (f.x0, f.x1), f.x0 - 8.0, &tick_label(t));
     }
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
-        f.x0,
-        f.y0,
-        f.x1 - f.x0,
-        f.y1 - f.y0
-    );
+    svg::frame(svg, (f.x0, f.y0), (f.x1, f.y1));
 }
 
 fn draw_reference(svg: &mut String, f: &Frame, x: &Axis, y: &Axis, r: &Reference) {
@@ -378,12 +283,8 @@ fn draw_reference(svg: &mut String, f: &Frame, x: &Axis, y: &Axis, r: &Reference
         Guide::Diagonal => [(x.lo, x.lo), (x.hi, x.hi)],
         Guide::Horizontal(_) => return,
     };
-    let [(ax, ay), (bx, by)] = ends.map(|p| f.px(x, y, p));
-    let _ = writeln!(
-        svg,
-        r#"<line x1="{ax:.1}" y1="{ay:.1}" x2="{bx:.1}" y2="{by:.1}" stroke="{}" stroke-width="1.5" stroke-dasharray="{}"/>"#,
-        r.color, r.dash
-    );
+    let [a, b] = ends.map(|p| f.px(x, y, p));
+    svg::segment(svg, a, b, r.color, 1.5, r.dash);
 }
 
 fn draw_series(svg: &mut String, f: &Frame, x: &Axis, y: &Axis, s: &Series) {
@@ -393,41 +294,9 @@ fn draw_series(svg: &mut String, f: &Frame, x: &Axis, y: &Axis, s: &Series) {
         .filter(|p| drawable(p.0) && drawable(p.1))
         .map(|&p| f.px(x, y, p))
         .collect();
-    let path: Vec<String> = points
-        .iter()
-        .map(|(px, py)| format!("{px:.1},{py:.1}"))
-        .collect();
     let dash = if s.dashed { "6 4" } else { "none" };
-    let _ = writeln!(
-        svg,
-        r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2" stroke-dasharray="{dash}" stroke-linejoin="round"/>"#,
-        path.join(" "),
-        s.color
-    );
+    svg::polyline(svg, points.iter().copied(), s.color, 2.0, dash);
     for p in points {
-        draw_marker(svg, s.marker, s.dashed, s.color, p);
+        svg::marker(svg, s.marker, p, MARKER, s.color, s.dashed);
     }
-}
-
-fn draw_marker(svg: &mut String, marker: Marker, hollow: bool, color: &str, (cx, cy): (f64, f64)) {
-    let fill = if hollow { "white" } else { color };
-    let style = format!(r#"fill="{fill}" stroke="{color}" stroke-width="1.5""#);
-    let _ = match marker {
-        Marker::Circle => writeln!(svg, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="4" {style}/>"#),
-        Marker::Square => writeln!(
-            svg,
-            r#"<rect x="{:.1}" y="{:.1}" width="7.5" height="7.5" {style}/>"#,
-            cx - 3.75,
-            cy - 3.75
-        ),
-        Marker::Triangle => writeln!(
-            svg,
-            r#"<path d="M{cx:.1},{:.1} L{:.1},{:.1} L{:.1},{:.1} Z" {style}/>"#,
-            cy - 5.0,
-            cx + 4.5,
-            cy + 3.5,
-            cx - 4.5,
-            cy + 3.5
-        ),
-    };
 }
