@@ -155,6 +155,8 @@ impl<S: KeyState> KeyTable<S> {
     }
 
     /// Runs `f` on `key`'s state if the table holds the key (stamping its use); `None` if not.
+    // Only a global limit's leases (and tests) look without inserting: unused without Redis.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn existing<R>(
         &self,
         key: &LimitKey,
