@@ -48,6 +48,37 @@ macro_rules! assert_pending {
     };
 }
 
+/// A 1-slot cap (queue `queue`) whose slot is held by the returned permit, so the next
+/// `acquire` waits.
+async fn busy(queue: usize, queue_timeout: Duration) -> (ConcurrencyLimit, Permit) {
+    let lim = limit(1, queue, queue_timeout);
+    let held = lim
+        .acquire(Normal)
+        .await
+        .expect("a new cap has a free slot");
+    (lim, held)
+}
+
+/// A queued `acquire`, polled by hand. Boxed as `dyn` so that waiters made anywhere in a test
+/// share one type (a `Vec` of them, a `for` over several).
+type Waiter<'a> = Pin<Box<dyn Future<Output = Result<Permit, Rejected>> + 'a>>;
+
+/// An `acquire` polled once and found waiting in the queue; the test polls it by hand from here.
+async fn queued(lim: &ConcurrencyLimit, priority: Priority) -> Waiter<'_> {
+    let mut waiter: Waiter<'_> = Box::pin(lim.acquire(priority));
+    assert_pending!(waiter);
+    waiter
+}
+
+/// `n` normal-priority waiters, first come first.
+async fn queue_up(lim: &ConcurrencyLimit, n: usize) -> VecDeque<Waiter<'_>> {
+    let mut waiters = VecDeque::with_capacity(n);
+    for _ in 0..n {
+        waiters.push_back(queued(lim, Normal).await);
+    }
+    waiters
+}
+
 /// Every test ends with nothing held and nothing queued: no slot or entry leaked.
 #[track_caller]
 fn assert_idle(lim: &ConcurrencyLimit) {
@@ -66,8 +97,7 @@ async fn admits_at_once_while_slots_are_free() {
     assert_eq!((p1.waited(), p2.waited()), (Duration::ZERO, Duration::ZERO));
     assert_eq!(lim.inflight(), 2);
 
-    let mut w = Box::pin(lim.acquire(Critical));
-    assert_pending!(w);
+    let w = queued(&lim, Critical).await;
     assert_eq!(lim.queue_depth(), 1);
 
     drop(w);
@@ -78,16 +108,12 @@ async fn admits_at_once_while_slots_are_free() {
 /// Waiters of one priority are served in arrival order, each told how long it waited.
 #[tokio::test(start_paused = true)]
 async fn fifo_within_a_priority() {
-    let lim = limit(1, 8, HOUR);
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut w1 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w1);
+    let (lim, hold) = busy(8, HOUR).await;
+    let mut w1 = queued(&lim, Normal).await;
     advance(ms(100)).await;
-    let mut w2 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w2);
+    let mut w2 = queued(&lim, Normal).await;
     advance(ms(100)).await;
-    let mut w3 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w3);
+    let mut w3 = queued(&lim, Normal).await;
     advance(ms(100)).await;
 
     drop(hold);
@@ -122,8 +148,7 @@ async fn priority_order_across_priorities() {
         ("normal-2", Normal),
         ("high", High),
     ] {
-        let mut w = Box::pin(lim.acquire(priority));
-        assert_pending!(w);
+        let w = queued(&lim, priority).await;
         waiters.push((name, w));
     }
 
@@ -153,12 +178,9 @@ async fn released_permits_hand_over_in_order() {
     let lim = limit(2, 4, HOUR);
     let p1 = lim.acquire(Normal).await.expect("free");
     let p2 = lim.acquire(Normal).await.expect("free");
-    let mut w1 = Box::pin(lim.acquire(Normal));
-    let mut w2 = Box::pin(lim.acquire(Normal));
-    let mut w3 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w1);
-    assert_pending!(w2);
-    assert_pending!(w3);
+    let mut w1 = queued(&lim, Normal).await;
+    let mut w2 = queued(&lim, Normal).await;
+    let mut w3 = queued(&lim, Normal).await;
     advance(ms(50)).await;
 
     drop(p2);
@@ -184,14 +206,11 @@ async fn released_permits_hand_over_in_order() {
 /// priority.
 #[tokio::test(start_paused = true)]
 async fn no_barging_past_a_handed_over_slot() {
-    let lim = limit(1, 4, HOUR);
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut w = Box::pin(lim.acquire(Low));
-    assert_pending!(w);
+    let (lim, hold) = busy(4, HOUR).await;
+    let mut w = queued(&lim, Low).await;
 
     drop(hold);
-    let mut late = Box::pin(lim.acquire(Critical));
-    assert_pending!(late);
+    let mut late = queued(&lim, Critical).await;
     assert_eq!(lim.inflight(), 1);
 
     let p = assert_ready!(w).expect("the slot was handed to the waiter");
@@ -206,8 +225,7 @@ async fn no_barging_past_a_handed_over_slot() {
 /// `queue: 0` rejects at once, with no history so Retry-After is queue_timeout rounded up.
 #[tokio::test(start_paused = true)]
 async fn queue_zero_rejects_at_once() {
-    let lim = limit(1, 0, ms(1500));
-    let hold = lim.acquire(Normal).await.expect("free");
+    let (lim, hold) = busy(0, ms(1500)).await;
     let err = assert_ready!(Box::pin(lim.acquire(Critical))).expect_err("no queue");
     assert_eq!(
         err,
@@ -224,12 +242,9 @@ async fn queue_zero_rejects_at_once() {
 /// A full queue rejects an arrival of equal priority and never evicts its peer.
 #[tokio::test(start_paused = true)]
 async fn equal_priority_never_evicts() {
-    let lim = limit(1, 2, HOUR);
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut n1 = Box::pin(lim.acquire(Normal));
-    let mut n2 = Box::pin(lim.acquire(Normal));
-    assert_pending!(n1);
-    assert_pending!(n2);
+    let (lim, hold) = busy(2, HOUR).await;
+    let mut n1 = queued(&lim, Normal).await;
+    let mut n2 = queued(&lim, Normal).await;
 
     let err = assert_ready!(Box::pin(lim.acquire(Normal))).expect_err("queue full");
     assert_eq!(err.reason(), "queue-full");
@@ -245,12 +260,9 @@ async fn equal_priority_never_evicts() {
 /// A lower-priority arrival never evicts, and nothing evicts critical waiters.
 #[tokio::test(start_paused = true)]
 async fn lower_priority_never_evicts() {
-    let lim = limit(1, 2, HOUR);
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut h = Box::pin(lim.acquire(High));
-    let mut n = Box::pin(lim.acquire(Normal));
-    assert_pending!(h);
-    assert_pending!(n);
+    let (lim, hold) = busy(2, HOUR).await;
+    let mut h = queued(&lim, High).await;
+    let mut n = queued(&lim, Normal).await;
 
     for priority in [Low, Normal] {
         let err = assert_ready!(Box::pin(lim.acquire(priority))).expect_err("queue full");
@@ -263,10 +275,8 @@ async fn lower_priority_never_evicts() {
     assert_pending!(n);
     drop((h, n));
 
-    let mut c1 = Box::pin(lim.acquire(Critical));
-    let mut c2 = Box::pin(lim.acquire(Critical));
-    assert_pending!(c1);
-    assert_pending!(c2);
+    let c1 = queued(&lim, Critical).await;
+    let c2 = queued(&lim, Critical).await;
     let err = assert_ready!(Box::pin(lim.acquire(Critical))).expect_err("queue full");
     assert!(matches!(err, Rejected::QueueFull { .. }), "{err:?}");
     assert_eq!(lim.queue_depth(), 2);
@@ -279,17 +289,12 @@ async fn lower_priority_never_evicts() {
 /// A higher-priority arrival evicts the newest of the lowest-priority waiters, which gets `Shed`.
 #[tokio::test(start_paused = true)]
 async fn higher_priority_evicts_newest_of_lowest() {
-    let lim = limit(1, 3, HOUR);
-    let mut held = lim.acquire(Normal).await.expect("free");
-    let mut low_old = Box::pin(lim.acquire(Low));
-    let mut normal = Box::pin(lim.acquire(Normal));
-    let mut low_new = Box::pin(lim.acquire(Low));
-    assert_pending!(low_old);
-    assert_pending!(normal);
-    assert_pending!(low_new);
+    let (lim, mut held) = busy(3, HOUR).await;
+    let mut low_old = queued(&lim, Low).await;
+    let mut normal = queued(&lim, Normal).await;
+    let mut low_new = queued(&lim, Low).await;
 
-    let mut high = Box::pin(lim.acquire(High));
-    assert_pending!(high);
+    let mut high = queued(&lim, High).await;
     let err = assert_ready!(low_new).expect_err("evicted");
     assert!(matches!(err, Rejected::Shed { .. }), "{err:?}");
     assert_eq!(err.reason(), "shed");
@@ -310,13 +315,10 @@ async fn higher_priority_evicts_newest_of_lowest() {
 /// A waiter gets `QueueTimeout` exactly at queue_timeout, leaves the queue, and takes no slot.
 #[tokio::test(start_paused = true)]
 async fn waiter_times_out_after_queue_timeout() {
-    let lim = limit(1, 4, Duration::from_secs(2));
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut w1 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w1);
+    let (lim, hold) = busy(4, Duration::from_secs(2)).await;
+    let mut w1 = queued(&lim, Normal).await;
     advance(ms(1000)).await;
-    let mut w2 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w2);
+    let mut w2 = queued(&lim, Normal).await;
 
     advance(ms(999)).await;
     assert_pending!(w1);
@@ -341,12 +343,9 @@ async fn waiter_times_out_after_queue_timeout() {
 /// Dropping a queued `acquire` future (client gone) removes its entry at once.
 #[tokio::test(start_paused = true)]
 async fn dropping_a_queued_acquire_removes_it() {
-    let lim = limit(1, 4, HOUR);
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut w1 = Box::pin(lim.acquire(High));
-    let mut w2 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w1);
-    assert_pending!(w2);
+    let (lim, hold) = busy(4, HOUR).await;
+    let w1 = queued(&lim, High).await;
+    let mut w2 = queued(&lim, Normal).await;
     assert_eq!(lim.queue_depth(), 2);
 
     drop(w1);
@@ -361,12 +360,9 @@ async fn dropping_a_queued_acquire_removes_it() {
 /// Race: a slot handed to a waiter whose future is then dropped unpolled passes to the next one.
 #[tokio::test(start_paused = true)]
 async fn slot_handed_to_a_dropped_waiter_passes_on() {
-    let lim = limit(1, 4, HOUR);
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut w1 = Box::pin(lim.acquire(Normal));
-    let mut w2 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w1);
-    assert_pending!(w2);
+    let (lim, hold) = busy(4, HOUR).await;
+    let w1 = queued(&lim, Normal).await;
+    let mut w2 = queued(&lim, Normal).await;
 
     drop(hold);
     assert_eq!(
@@ -386,8 +382,7 @@ async fn slot_handed_to_a_dropped_waiter_passes_on() {
 
     // With nobody else waiting, the slot is freed instead.
     let hold = lim.acquire(Normal).await.expect("free");
-    let mut w = Box::pin(lim.acquire(Normal));
-    assert_pending!(w);
+    let w = queued(&lim, Normal).await;
     drop(hold);
     drop(w);
     assert_idle(&lim);
@@ -396,13 +391,10 @@ async fn slot_handed_to_a_dropped_waiter_passes_on() {
 /// Race: a slot handed over in the instant the waiter's deadline passes is taken, not lost.
 #[tokio::test(start_paused = true)]
 async fn slot_handed_at_the_deadline_is_not_lost() {
-    let lim = limit(1, 4, Duration::from_secs(1));
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut w1 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w1);
+    let (lim, hold) = busy(4, Duration::from_secs(1)).await;
+    let mut w1 = queued(&lim, Normal).await;
     advance(ms(500)).await;
-    let mut w2 = Box::pin(lim.acquire(Normal));
-    assert_pending!(w2);
+    let mut w2 = queued(&lim, Normal).await;
 
     // w1's deadline has passed but it has not run yet when the slot is handed to it.
     advance(ms(500)).await;
@@ -420,14 +412,11 @@ async fn slot_handed_at_the_deadline_is_not_lost() {
 /// Race: a waiter evicted in the instant its deadline passes reports `Shed`, and leaves no entry.
 #[tokio::test(start_paused = true)]
 async fn shed_at_the_deadline_reports_shed() {
-    let lim = limit(1, 1, Duration::from_secs(1));
-    let hold = lim.acquire(Normal).await.expect("free");
-    let mut low = Box::pin(lim.acquire(Low));
-    assert_pending!(low);
+    let (lim, hold) = busy(1, Duration::from_secs(1)).await;
+    let mut low = queued(&lim, Low).await;
 
     advance(ms(1000)).await;
-    let mut high = Box::pin(lim.acquire(High));
-    assert_pending!(high);
+    let mut high = queued(&lim, High).await;
     let err = assert_ready!(low).expect_err("evicted");
     assert!(matches!(err, Rejected::Shed { .. }), "{err:?}");
     assert_eq!(lim.queue_depth(), 1);
@@ -546,12 +535,8 @@ where
 /// a full queue's rejection carries the same value.
 #[tokio::test(start_paused = true)]
 async fn retry_after_follows_the_drain_rate() {
-    let lim = limit(1, 9, HOUR);
-    let mut held = lim.acquire(Normal).await.expect("free");
-    let mut waiters: VecDeque<_> = (0..9).map(|_| Box::pin(lim.acquire(Normal))).collect();
-    for w in waiters.iter_mut() {
-        assert_pending!(*w);
-    }
+    let (lim, mut held) = busy(9, HOUR).await;
+    let mut waiters = queue_up(&lim, 9).await;
 
     // Releases at 0.5 s, 1.0 s, 1.5 s: the window [0.5, 1.5) counted 2, so 2 per second.
     for _ in 0..3 {
@@ -568,9 +553,7 @@ async fn retry_after_follows_the_drain_rate() {
 
     // A queue-full rejection carries the same estimate (the queue holds 9 at most).
     for _ in 0..3 {
-        let mut w = Box::pin(lim.acquire(Normal));
-        assert_pending!(w);
-        waiters.push_back(w);
+        waiters.push_back(queued(&lim, Normal).await);
     }
     let err = assert_ready!(Box::pin(lim.acquire(Normal))).expect_err("queue full");
     assert_eq!(err.retry_after(), lim.retry_after());
@@ -592,12 +575,8 @@ async fn retry_after_follows_the_drain_rate() {
 /// Idle time (nothing in flight) does not decay the drain rate: the busy clock stands still.
 #[tokio::test(start_paused = true)]
 async fn idle_time_does_not_decay_the_drain_rate() {
-    let lim = limit(1, 9, HOUR);
-    let mut held = lim.acquire(Normal).await.expect("free");
-    let mut waiters: VecDeque<_> = (0..3).map(|_| Box::pin(lim.acquire(Normal))).collect();
-    for w in waiters.iter_mut() {
-        assert_pending!(*w);
-    }
+    let (lim, mut held) = busy(9, HOUR).await;
+    let mut waiters = queue_up(&lim, 3).await;
     for _ in 0..3 {
         advance(ms(500)).await;
         let mut next = waiters.pop_front().expect("queued");
@@ -608,10 +587,7 @@ async fn idle_time_does_not_decay_the_drain_rate() {
 
     advance(HOUR).await;
     let held = lim.acquire(Normal).await.expect("free");
-    let mut waiters: Vec<_> = (0..9).map(|_| Box::pin(lim.acquire(Normal))).collect();
-    for w in waiters.iter_mut() {
-        assert_pending!(*w);
-    }
+    let mut waiters = queue_up(&lim, 9).await;
     assert_eq!(
         lim.retry_after(),
         Duration::from_secs(5),
@@ -637,8 +613,7 @@ async fn retry_after_is_at_least_one_second() {
     }
     // 100 releases in the first window: 100 per second, so 1 / 100 s, raised to 1 s.
     advance(Duration::from_secs(1)).await;
-    let mut w = Box::pin(lim.acquire(Normal));
-    assert_pending!(w);
+    let w = queued(&lim, Normal).await;
     assert_eq!(lim.retry_after(), Duration::from_secs(1));
 
     drop(w);
@@ -738,12 +713,9 @@ async fn a_growing_limit_admits_waiters_at_once() {
             _ => panic!("2 free slots"),
         })
         .collect();
-    let mut low = Box::pin(lim.acquire(Low));
-    let mut normal = Box::pin(lim.acquire(Normal));
-    let mut critical = Box::pin(lim.acquire(Critical));
-    assert_pending!(low);
-    assert_pending!(normal);
-    assert_pending!(critical);
+    let mut low = queued(&lim, Low).await;
+    let mut normal = queued(&lim, Normal).await;
+    let mut critical = queued(&lim, Critical).await;
 
     window(&lim, ms(20)).await; // 2 + √2 = 3.4
     assert_eq!(lim.limit(), 3);
@@ -782,10 +754,8 @@ async fn a_shrinking_limit_cancels_nothing_and_admits_below_it() {
     }
     let before = lim.limit();
     assert_eq!(held.len(), before);
-    let mut low = Box::pin(lim.acquire(Low));
-    let mut high = Box::pin(lim.acquire(High));
-    assert_pending!(low);
-    assert_pending!(high);
+    let mut low = queued(&lim, Low).await;
+    let mut high = queued(&lim, High).await;
     let full = assert_ready!(Box::pin(lim.acquire(Low))).expect_err("queue full");
     assert_eq!(full.reason(), "queue-full");
 

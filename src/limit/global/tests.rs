@@ -371,6 +371,16 @@ async fn keys_hash_to_the_slot_of_their_tag() {
     assert_eq!(slot_of(&key), slot_of(b"r:l:global"));
 }
 
+/// What [`Memos::take`] says when Redis must be asked for `want` tokens.
+fn ask(want: u32, refill: bool) -> Taken {
+    Taken::Ask { want, refill }
+}
+
+/// A grant settled into the table: `left` tokens to keep, the bucket `ahead` ns from full.
+fn granted(left: u32, ahead: u64) -> Settle {
+    Settle::Granted { left, ahead }
+}
+
 /// A table with `lease` tokens per refill, leases living 100 ms.
 fn memos(lease: u32, cap: usize) -> Memos {
     Memos::new(lease, Duration::from_millis(100), cap, Counter::default())
@@ -384,28 +394,9 @@ fn memos(lease: u32, cap: usize) -> Memos {
 async fn a_lease_is_spent_locally_and_refilled_once_at_a_quarter() {
     let m = memos(8, 16);
     let key = LimitKey::Global;
-    assert_eq!(
-        m.take(&key),
-        Taken::Ask {
-            want: 8,
-            refill: true
-        }
-    );
-    assert_eq!(
-        m.take(&key),
-        Taken::Ask {
-            want: 1,
-            refill: false
-        }
-    );
-    m.settle(
-        &key,
-        true,
-        Settle::Granted {
-            left: 7,
-            ahead: 8_000,
-        },
-    );
+    assert_eq!(m.take(&key), ask(8, true));
+    assert_eq!(m.take(&key), ask(1, false));
+    m.settle(&key, true, granted(7, 8_000));
     let mut refills = Vec::new();
     for expect_left in (0..7).rev() {
         match m.take(&key) {
@@ -419,21 +410,8 @@ async fn a_lease_is_spent_locally_and_refilled_once_at_a_quarter() {
     }
     // At 2 left (8 / 4): one refill of 6; none while it is in flight.
     assert_eq!(refills, [6]);
-    assert_eq!(
-        m.take(&key),
-        Taken::Ask {
-            want: 1,
-            refill: false
-        }
-    );
-    m.settle(
-        &key,
-        true,
-        Settle::Granted {
-            left: 6,
-            ahead: 8_000,
-        },
-    );
+    assert_eq!(m.take(&key), ask(1, false));
+    m.settle(&key, true, granted(6, 8_000));
     assert_eq!(m.held(&key), 6);
     assert!(matches!(
         m.take(&key),
@@ -452,25 +430,13 @@ async fn a_lease_is_spent_locally_and_refilled_once_at_a_quarter() {
 async fn leases_expire_denials_hold_and_dropped_refills_clear() {
     let m = memos(4, 16);
     let key = LimitKey::Header(7);
-    assert!(matches!(
-        m.take(&key),
-        Taken::Ask {
-            want: 4,
-            refill: true
-        }
-    ));
-    m.settle(&key, true, Settle::Granted { left: 3, ahead: 0 });
+    assert_eq!(m.take(&key), ask(4, true));
+    m.settle(&key, true, granted(3, 0));
     tokio::time::advance(Duration::from_millis(101)).await;
     assert_eq!(m.held(&key), 0);
-    assert_eq!(
-        m.take(&key),
-        Taken::Ask {
-            want: 4,
-            refill: true
-        }
-    );
+    assert_eq!(m.take(&key), ask(4, true));
 
-    m.settle(&key, true, Settle::Granted { left: 2, ahead: 0 });
+    m.settle(&key, true, granted(2, 0));
     m.settle(&key, false, Settle::Denied(Duration::from_secs(3)));
     // Two leased tokens first, without a refill (it would be denied), then the denial.
     assert!(matches!(
@@ -507,13 +473,7 @@ async fn leases_expire_denials_hold_and_dropped_refills_clear() {
         let _guard = m.refill(key);
         // Dropped here without an answer.
     }
-    assert_eq!(
-        m.take(&key),
-        Taken::Ask {
-            want: 4,
-            refill: true
-        }
-    );
+    assert_eq!(m.take(&key), ask(4, true));
 }
 
 /// Pins: the table holds at most `cap` keys; when full, what has run out goes first, then the
@@ -538,13 +498,7 @@ async fn the_table_is_bounded_and_evicts_the_oldest() {
     assert!(matches!(m.take(&LimitKey::Header(100)), Taken::Denied(_)));
     // The least recently used denial (the first, as all were used at the same paused instant)
     // was evicted: that key asks Redis again.
-    assert_eq!(
-        m.take(&LimitKey::Header(0)),
-        Taken::Ask {
-            want: 1,
-            refill: false
-        }
-    );
+    assert_eq!(m.take(&LimitKey::Header(0)), ask(1, false));
     // Expired entries make room first.
     tokio::time::advance(Duration::from_secs(30)).await;
     for i in 200..207u64 {
