@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redis::Value;
+use redis::{Script, ScriptInvocation, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -141,14 +141,14 @@ impl Write<'_> {
         }
     }
 
-    /// A body of at most one piece: one script.
-    async fn whole(&self) -> Result<Deferred, Refused> {
+    /// The keys and first arguments [`scripts::ACCEPT`] and [`scripts::COMMIT`] share: the
+    /// stream, the task's keys, the idempotency record, and the request to store.
+    fn task_invocation(&self, script: &'static Script) -> ScriptInvocation<'static> {
         let keys = &self.defer.keys;
-        let (task, body) = (keys.task(&self.id), keys.body(&self.id));
-        let mut invocation = scripts::ACCEPT.key(&*keys.stream);
+        let mut invocation = script.key(&*keys.stream);
         invocation
-            .key(&task)
-            .key(&body)
+            .key(keys.task(&self.id))
+            .key(keys.body(&self.id))
             .key(&*keys.live)
             .key(self.record())
             .arg(self.id.to_string())
@@ -157,21 +157,32 @@ impl Write<'_> {
             .arg(&self.request.headers)
             .arg(&self.request.client)
             .arg(millis(self.defer.config.ttl))
-            .arg(&*self.defer.route)
+            .arg(&*self.defer.route);
+        invocation
+    }
+
+    /// Sends the script that stores the task, within what is left of the write's time.
+    async fn invoke(&self, invocation: ScriptInvocation<'static>) -> Result<Value, CallError> {
+        let stream = &self.defer.keys.stream;
+        self.defer
+            .store
+            .call(stream, self.left(), |conn| async move {
+                conn.invoke::<Value>(&invocation).await
+            })
+            .await
+    }
+
+    /// A body of at most one piece: one script.
+    async fn whole(&self) -> Result<Deferred, Refused> {
+        let mut invocation = self.task_invocation(&scripts::ACCEPT);
+        invocation
             .arg(self.defer.config.max_tasks)
             .arg(self.key())
             .arg(&self.sha)
             .arg(&*self.request.body)
-            .arg(&*keys.prefix)
+            .arg(&*self.defer.keys.prefix)
             .arg(self.not_after);
-        let reply = self
-            .defer
-            .store
-            .call(&keys.stream, self.left(), |conn| async move {
-                conn.invoke::<Value>(&invocation).await
-            })
-            .await;
-        match reply {
+        match self.invoke(invocation).await {
             Ok(reply) => self.answer(&reply),
             // The script was sent; its effect is unknown.
             Err(CallError::Failed | CallError::Timeout) => Err(Refused::Unknown(self.id)),
@@ -280,33 +291,13 @@ impl Write<'_> {
 
     /// [`scripts::COMMIT`]: the task is `queued` now, or was abandoned, or its fate is unknown.
     async fn commit(&self) -> Result<Deferred, Refused> {
-        let keys = &self.defer.keys;
-        let (task, body) = (keys.task(&self.id), keys.body(&self.id));
-        let mut invocation = scripts::COMMIT.key(&*keys.stream);
+        let mut invocation = self.task_invocation(&scripts::COMMIT);
         invocation
-            .key(&task)
-            .key(&body)
-            .key(&*keys.live)
-            .key(self.record())
-            .arg(self.id.to_string())
-            .arg(self.request.method.as_str())
-            .arg(&self.request.target)
-            .arg(&self.request.headers)
-            .arg(&self.request.client)
-            .arg(millis(self.defer.config.ttl))
-            .arg(&*self.defer.route)
             .arg(self.key())
             .arg(self.request.body.len().div_ceil(PIECE))
             .arg(self.not_after)
             .arg(self.request.body.len());
-        let reply = self
-            .defer
-            .store
-            .call(&keys.stream, self.left(), |conn| async move {
-                conn.invoke::<Value>(&invocation).await
-            })
-            .await;
-        match reply {
+        match self.invoke(invocation).await {
             Ok(reply) => self.answer(&reply),
             Err(CallError::Failed | CallError::Timeout) => Err(Refused::Unknown(self.id)),
             Err(CallError::NotAsked | CallError::Refused) => {
