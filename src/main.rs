@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice::app::{self, App};
 use sluice::config::{self, Config};
 
@@ -27,27 +27,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy.
-    Run {
-        /// The config file.
-        #[arg(
-            short,
-            long,
-            env = "SLUICE_CONFIG",
-            default_value = "config/sluice.yaml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigFile),
     /// Validate the config and print a summary of listeners, upstreams, routes and limits.
-    Check {
-        /// The config file.
-        #[arg(
-            short,
-            long,
-            env = "SLUICE_CONFIG",
-            default_value = "config/sluice.yaml"
-        )]
-        config: PathBuf,
-    },
+    Check(ConfigFile),
     /// Start a built-in sample upstream of limited capacity and sluice in front of it, and
     /// print commands that show 200, 429 and 503.
     Demo {
@@ -55,6 +37,19 @@ enum Command {
         #[arg(short, long, default_value = "config/demo.yaml")]
         config: PathBuf,
     },
+}
+
+/// `--config`, as `run` and `check` take it.
+#[derive(Args, Debug)]
+struct ConfigFile {
+    /// The config file.
+    #[arg(
+        short,
+        long,
+        env = "SLUICE_CONFIG",
+        default_value = "config/sluice.yaml"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,7 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => match config::load(&config) {
+        Command::Check(ConfigFile { config }) => match config::load(&config) {
             Ok(config) => {
                 // Not `print!`: a reader that stops early (`sluice check | head`) closes the
                 // pipe, and the config is valid all the same.
@@ -76,7 +71,7 @@ fn main() -> ExitCode {
             }
             Err(err) => config_error(&err),
         },
-        Command::Run { config } => match config::load(&config) {
+        Command::Run(ConfigFile { config }) => match config::load(&config) {
             Ok(config) => serve(config, false),
             Err(err) => config_error(&err),
         },
