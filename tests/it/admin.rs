@@ -155,8 +155,7 @@ routes:
         async move { get(&u).await.status }
     });
     let shed = queued_low.await.unwrap();
-    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(shed.json()["reason"], "shed");
+    shed.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "shed");
     let full = get(&url("/slow/low/3")).await;
     assert_eq!(full.json()["reason"], "queue-full");
     assert_eq!(
@@ -279,7 +278,7 @@ async fn reload_keeps_unchanged_limit_state_and_rejects_invalid_files() {
         "20/s",
         "  - name: new\n    match: { path_prefix: /new }\n    upstream: api\n",
     ));
-    let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
+    let ok = proxy.reload().await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     assert_eq!(ok.json()["result"], "success");
     assert_eq!(get(&proxy.url("/new")).await.status, StatusCode::OK);
@@ -295,7 +294,7 @@ async fn reload_keeps_unchanged_limit_state_and_rejects_invalid_files() {
 
     // Invalid: 422 with the error, nothing changes.
     file.write("server:\n  listen: 127.0.0.1:0\n  bogus: true\n");
-    let bad = send(&client(), post(&proxy.admin_url("/reload"))).await;
+    let bad = proxy.reload().await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad.text().contains("server.bogus"), "{}", bad.text());
     assert_eq!(get(&proxy.url("/new")).await.status, StatusCode::OK);
@@ -342,7 +341,7 @@ async fn reload_keeps_header_keyed_limit_state() {
 
     // Another route's rate changes; `keyed` is untouched.
     file.write(&reload_config(&up.endpoint(), "20/s", keyed));
-    let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
+    let ok = proxy.reload().await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     assert_eq!(
         get(&proxy.url("/other")).await.header("ratelimit-policy"),
@@ -411,7 +410,7 @@ async fn reload_keeps_upstream_slots_when_another_field_changes() {
     .await;
 
     file.write(&capped_config(&up.endpoint(), "31s"));
-    let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
+    let ok = proxy.reload().await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     let got = get(&proxy.url("/probe")).await;
     assert_eq!(
@@ -463,7 +462,7 @@ async fn reload_under_load_loses_nothing() {
     for i in 0..10 {
         let rate = if i % 2 == 0 { "200000/s" } else { "100000/s" };
         file.write(&reload_config(&up.endpoint(), rate, ""));
-        let ok = send(&client(), post(&proxy.admin_url("/reload"))).await;
+        let ok = proxy.reload().await;
         assert_eq!(ok.status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

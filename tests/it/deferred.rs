@@ -106,8 +106,7 @@ async fn deferred_request_is_delivered_as_sent_with_its_key() {
     assert_eq!(hooks["deferred"]["queued"], 0, "{hooks}");
 
     let unknown = get(&proxy.url(&format!("/_sluice/tasks/{}", "0".repeat(32)))).await;
-    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert_eq!(unknown.json()["reason"], "unknown-task");
+    unknown.assert_problem(StatusCode::NOT_FOUND, "unknown-task");
     assert_eq!(get(&proxy.url("/_sluice/tasks/nope")).await.status, 404);
     let wrong = post(&proxy.url(&format!("/_sluice/tasks/{id}")), "").await;
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -241,13 +240,7 @@ async fn redis_down_at_accept_time_is_503_never_202() {
     redis.kill();
     for _ in 0..5 {
         let got = post(&proxy.url("/hooks/a"), "not stored").await;
-        assert_eq!(
-            got.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            got.text()
-        );
-        assert_eq!(got.json()["reason"], "store-unavailable");
+        got.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
         // The first write after the kill may have left on a connection that then broke: its
         // outcome is unknown, and the 503 says so (names the task, says when to look). Once
         // the store is known to be down, nothing is sent: plainly not stored.
@@ -291,8 +284,7 @@ async fn bodies_over_max_body() {
     );
     let proxy = start_proxy(&always).await;
     let got = post(&proxy.url("/hooks/a"), "0123456789abcdefX").await;
-    assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", got.text());
-    assert_eq!(got.json()["reason"], "body-too-large");
+    got.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large");
     assert!(got.json()["detail"]
         .as_str()
         .unwrap()
@@ -316,13 +308,7 @@ async fn bodies_over_max_body() {
     })
     .await;
     let got = post(&proxy.url("/hooks/b"), "0123456789abcdefX").await;
-    assert_eq!(
-        got.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        got.text()
-    );
-    assert_eq!(got.json()["reason"], "queue-full");
+    got.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "queue-full");
     accepted_id(&post(&proxy.url("/hooks/b"), "small").await);
     assert_eq!(busy.await.unwrap(), StatusCode::OK);
     proxy.stop().await;
@@ -441,13 +427,7 @@ async fn removing_a_route_puts_its_waiting_task_back() {
     let file = ConfigFile::new(&yaml(&(route("x") + &route("y"))));
     let proxy = start_proxy_file(&file).await;
     let reload = || async {
-        let got = send(
-            &client(),
-            Request::post(proxy.admin_url("/reload"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        let got = proxy.reload().await;
         assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     };
 

@@ -285,13 +285,7 @@ async fn the_clients_idempotency_key_names_one_task() {
     );
     assert_eq!(json["response"]["status"], 201);
     let reused = post_keyed(&proxy.url("/hooks/pay"), Some("client-key-1"), "charge 99").await;
-    assert_eq!(
-        reused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reused.text()
-    );
-    assert_eq!(reused.json()["reason"], "idempotency-key-reused");
+    reused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
     // Per route: the same key on another route is another task.
     let elsewhere = post_keyed(&proxy.url("/other/pay"), Some("client-key-1"), "charge 10").await;
     let other_id = accepted_id(&elsewhere);
@@ -538,13 +532,7 @@ async fn max_tasks_bounds_the_backlog_across_instances() {
     }
     for proxy in [&a, &b] {
         let got = post_keyed(&proxy.url("/hooks/q"), None, "one too many").await;
-        assert_eq!(
-            got.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            got.text()
-        );
-        assert_eq!(got.json()["reason"], "queue-full");
+        got.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "queue-full");
         assert_eq!(got.header("retry-after"), Some("3"));
     }
     a.stop().await;
@@ -605,13 +593,7 @@ async fn lowering_ttl_applies_to_new_tasks() {
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     file.write(&yaml("1s"));
-    let reloaded = send(
-        &client(),
-        Request::post(proxy.admin_url("/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
     accepted_id(&post_keyed(&proxy.url("/hooks/new"), None, "new").await);
     assert_eq!(slow.await.unwrap(), StatusCode::OK);

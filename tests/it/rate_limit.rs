@@ -580,13 +580,7 @@ async fn rate_limited_requests_take_no_concurrency_slot() {
     }
     // k2 has a token, so it meets the full cap: 503 (the cap is really in force).
     let got = get_with(&proxy, "/", &[("x-api-key", "k2")]).await;
-    assert_eq!(
-        got.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        got.text()
-    );
-    assert_eq!(got.json()["reason"], "queue-full");
+    got.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "queue-full");
     gate.add_permits(1);
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
     // The slot comes back when the held response is done (bounded retry: release is asynchronous

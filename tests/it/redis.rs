@@ -538,25 +538,13 @@ async fn reload_keeps_or_replaces_the_connection() {
 
     // Same URL, another limit: same connection.
     file.write(&yaml(&first.url()).replace("burst: 5", "burst: 6"));
-    let reloaded = send(
-        &client(),
-        Request::post(proxy.admin_url("/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
     assert!(std::sync::Arc::ptr_eq(&before, &store(&proxy)));
 
     // Another URL: a new connection, to the other server.
     file.write(&yaml(&second.url()));
-    let reloaded = send(
-        &client(),
-        Request::post(proxy.admin_url("/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let reloaded = proxy.reload().await;
     assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text());
     assert!(!std::sync::Arc::ptr_eq(&before, &store(&proxy)));
     drop(before);

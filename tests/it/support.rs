@@ -93,6 +93,17 @@ impl Proxy {
         expect_metric(&text, series)
     }
 
+    /// `POST /reload` on the admin listener, with no credentials: the config file read again.
+    pub(crate) async fn reload(&self) -> Got {
+        send(
+            &client(),
+            Request::post(self.admin_url("/reload"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+
     /// Triggers graceful shutdown and waits for the app to stop.
     ///
     /// # Panics
@@ -404,6 +415,12 @@ impl Got {
     }
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts a problem response sluice made itself: `status`, and `reason` in its JSON.
+    #[track_caller]
+    pub(crate) fn assert_problem(&self, status: StatusCode, reason: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.json()["reason"], reason);
     }
 }
 

@@ -927,13 +927,7 @@ async fn reload_serves_the_new_certificate_to_new_connections() {
     );
 
     pki.install(&b);
-    let reload = send(
-        &client(),
-        Request::post(proxy.admin_url("/reload"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let reload = proxy.reload().await;
     assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
 
     let after = connect(addr, pki.client(&[b"h2"])).await;
@@ -963,18 +957,9 @@ async fn reload_with_a_bad_certificate_keeps_the_old_one() {
     pki.install(&a);
     let (_up, _file, proxy) = start_reloadable(&pki).await;
     let addr = https(&proxy);
-    let reload = || async {
-        send(
-            &client(),
-            Request::post(proxy.admin_url("/reload"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-    };
 
     pki.write("cert.pem", "not a certificate\n");
-    let got = reload().await;
+    let got = proxy.reload().await;
     assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
     let errors = got.json()["errors"].to_string();
     assert!(errors.contains("server.tls.cert"), "{errors}");
@@ -985,7 +970,7 @@ async fn reload_with_a_bad_certificate_keeps_the_old_one() {
 
     // B's certificate with A's key.
     pki.write("cert.pem", &b.chain_pem);
-    let got = reload().await;
+    let got = proxy.reload().await;
     assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
     let errors = got.json()["errors"].to_string();
     assert!(

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::support::redis_server::store_head;
 use crate::support::*;
 
 /// What a test upstream saw of one request.
@@ -105,18 +106,9 @@ where
 /// route `hooks` on `/hooks` with `extra` (YAML fields at the route's indentation) and
 /// `defer: {defer}`.
 pub(crate) fn config(redis: &str, endpoint: &str, extra: &str, defer: &str) -> String {
+    let head = store_head(&format!("url: \"{redis}\""), "2s", "deny");
     format!(
-        r#"
-server:
-  listen: 127.0.0.1:0
-admin:
-  listen: 127.0.0.1:0
-store:
-  redis:
-    url: "{redis}"
-    timeout: 2s
-    on_error: deny
-upstreams:
+        r#"{head}upstreams:
   api:
     endpoints: [{endpoint}]
     timeout: 1s

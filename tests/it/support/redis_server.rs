@@ -28,16 +28,10 @@ pub(crate) const PATIENT: &str = "2s";
 pub(crate) const FAULT_TIMEOUT: Duration = Duration::from_millis(500);
 pub(crate) const MARGIN: Duration = Duration::from_millis(1500);
 
-/// A config whose `store.redis` has the fields `store` (YAML flow mapping entries, e.g.
-/// `url: "redis://…"`) with `timeout` and `on_error`, an admin listener, and `routes` (list
-/// items, indented 2) to the upstream `api` at `upstream`.
-pub(crate) fn store_config(
-    store: &str,
-    timeout: &str,
-    on_error: &str,
-    upstream: &str,
-    routes: &str,
-) -> String {
+/// The listeners (the proxy's and the admin's, on port 0) and `store.redis` with the fields
+/// `store` (YAML flow mapping entries, e.g. `url: "redis://…"`), `timeout` and `on_error`:
+/// how every config of a test with Redis starts.
+pub(crate) fn store_head(store: &str, timeout: &str, on_error: &str) -> String {
     format!(
         r#"
 server:
@@ -46,7 +40,21 @@ admin:
   listen: 127.0.0.1:0
 store:
   redis: {{{store}, timeout: {timeout}, on_error: {on_error}}}
-upstreams:
+"#
+    )
+}
+
+/// [`store_head`], then `routes` (list items, indented 2) to the upstream `api` at `upstream`.
+pub(crate) fn store_config(
+    store: &str,
+    timeout: &str,
+    on_error: &str,
+    upstream: &str,
+    routes: &str,
+) -> String {
+    let head = store_head(store, timeout, on_error);
+    format!(
+        r#"{head}upstreams:
   api:
     endpoints: [{upstream}]
 routes:
