@@ -26,24 +26,27 @@
 // (`unsafe_code = "deny"` in Cargo.toml's [lints]), and it only forwards to the system's.
 #![allow(unsafe_code)]
 
+#[path = "support/limits.rs"]
+mod limits;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use sluice::canonical::{self, EscapedSlashes};
 use sluice::config::{
-    CapSize, ConcurrencyConfig, HostMatch, KeySpec, LimitScope, PathMatch, Per, Priority, Rate,
-    RateLimitConfig, RouteMatch,
+    CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, RouteMatch,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
 use sluice::limit::{ConcurrencyLimit, Decision, KeyExtractor, LimitKey, RateLimit, Rejected};
 use sluice::rescue::{CapTemplate, RateLimitedTemplate};
 use sluice::router::{Router, Target};
+
+use limits::per_second;
 
 /// Counts allocations while `ON` is set; otherwise the plain system allocator.
 struct Counting;
@@ -144,21 +147,6 @@ impl Report {
     fn show<R>(&mut self, name: &str, op: impl FnMut(u64) -> R) {
         let (allocs, bytes) = per_op(op);
         println!("{name:<62} {allocs:>8.3} {bytes:>10.1}");
-    }
-}
-
-fn limit(name: &str, key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
-    RateLimitConfig {
-        name: Arc::from(name),
-        key,
-        rate: Rate {
-            count: NonZeroU32::new(count).unwrap(),
-            per: Per::Second,
-        },
-        burst: NonZeroU32::new(burst).unwrap(),
-        scope: LimitScope::Local,
-        lease: 0,
-        max_keys: NonZeroUsize::new(1_000_000).unwrap(),
     }
 }
 
@@ -270,7 +258,7 @@ fn main() {
     });
 
     // --- Limiter checks.
-    let global = RateLimit::new(&limit(
+    let global = RateLimit::new(&per_second(
         "total",
         KeySpec::Global,
         1_000_000_000,
@@ -281,7 +269,7 @@ fn main() {
         assert!(matches!(d, Decision::Admitted { .. }));
         d
     });
-    let global_out = RateLimit::new(&limit("total", KeySpec::Global, 1, 1));
+    let global_out = RateLimit::new(&per_second("total", KeySpec::Global, 1, 1));
     let _ = global_out.check(&LimitKey::Global);
     report.zero("RateLimit::check, global, denied", |_| {
         let d = global_out.check(&LimitKey::Global);
@@ -293,13 +281,13 @@ fn main() {
     // entries only (the key cycles through the 10,000).
     const KEYS: u32 = 10_000;
     let ip = |i: u64| LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i as u32 % KEYS))));
-    let per_ip = RateLimit::new(&limit(
+    let per_ip = RateLimit::new(&per_second(
         "per-client",
         KeySpec::ClientIp,
         1_000_000,
         1_000_000,
     ));
-    let per_ip_out = RateLimit::new(&limit("per-client", KeySpec::ClientIp, 1, 1));
+    let per_ip_out = RateLimit::new(&per_second("per-client", KeySpec::ClientIp, 1, 1));
     for i in 0..u64::from(KEYS) {
         let _ = per_ip.check(&ip(i));
         let _ = per_ip_out.check(&ip(i));
@@ -326,11 +314,11 @@ fn main() {
     // The checked keys are touched once more first, so they are the most recently used and none
     // is evicted meanwhile (asserted: no eviction during the counted checks).
     const FULL: u32 = 10_000;
-    let mut full_config = limit("per-client", KeySpec::ClientIp, 1, 1_000_000);
+    let mut full_config = per_second("per-client", KeySpec::ClientIp, 1, 1_000_000);
     full_config.rate.per = Per::Hour;
     full_config.max_keys = NonZeroUsize::new(FULL as usize).unwrap();
     let full = RateLimit::new(&full_config);
-    let mut denied_config = limit("per-client", KeySpec::ClientIp, 1, 1);
+    let mut denied_config = per_second("per-client", KeySpec::ClientIp, 1, 1);
     denied_config.rate.per = Per::Hour;
     denied_config.max_keys = full_config.max_keys;
     let full_out = RateLimit::new(&denied_config);
@@ -369,7 +357,7 @@ fn main() {
     );
 
     // A key never seen: its table slot (plus, now and then, the table's growth).
-    let fresh = RateLimit::new(&limit("per-client", KeySpec::ClientIp, 100, 100));
+    let fresh = RateLimit::new(&per_second("per-client", KeySpec::ClientIp, 100, 100));
     report.show("RateLimit::check, client_ip, new key (amortised)", |i| {
         fresh.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(i as u32))))
     });
@@ -380,8 +368,8 @@ fn main() {
     });
 
     // --- Header fields and the 429.
-    let a = limit("per-client", KeySpec::ClientIp, 100, 200);
-    let b = limit("total", KeySpec::Global, 1000, 1000);
+    let a = per_second("per-client", KeySpec::ClientIp, 100, 200);
+    let b = per_second("total", KeySpec::Global, 1000, 1000);
     let policy = policy_value(&[&a, &b]);
     report.show("RateLimitField: 2 x push + finish (the HeaderValue)", |i| {
         let mut f = RateLimitField::new();

@@ -5,9 +5,12 @@
 // criterion's `criterion_group!` makes an undocumented `pub fn`.
 #![allow(missing_docs)]
 
+#[path = "support/limits.rs"]
+mod limits;
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +18,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use http::{HeaderMap, HeaderValue, Method};
 use sluice::canonical::{self, EscapedSlashes};
 use sluice::config::{
-    CapSize, ConcurrencyConfig, HostMatch, KeySpec, LimitScope, PathMatch, Per, Priority, Rate,
-    RateLimitConfig, RouteMatch,
+    CapSize, ConcurrencyConfig, HostMatch, KeySpec, PathMatch, Per, Priority, RouteMatch,
 };
 use sluice::limit::headers::{policy_value, RateLimitField};
 use sluice::limit::{ConcurrencyLimit, KeyExtractor, LimitKey, RateLimit, Rejected};
 use sluice::rescue::{CapTemplate, RateLimitedTemplate};
 use sluice::router::{Router, Target};
+
+use limits::per_second;
 
 /// `n` routes with distinct prefixes and hosts; the request matches the last one, the worst
 /// case for a first-match scan.
@@ -80,21 +84,6 @@ fn canonicalisation(c: &mut Criterion) {
     });
 }
 
-fn limit(key: KeySpec, count: u32, burst: u32) -> RateLimitConfig {
-    RateLimitConfig {
-        name: Arc::from("bench"),
-        key,
-        rate: Rate {
-            count: NonZeroU32::new(count).unwrap(),
-            per: Per::Second,
-        },
-        burst: NonZeroU32::new(burst).unwrap(),
-        scope: LimitScope::Local,
-        lease: 0,
-        max_keys: NonZeroUsize::new(1_000_000).unwrap(),
-    }
-}
-
 fn key_extraction(c: &mut Criterion) {
     let trusted = ["10.0.0.0/8".parse().unwrap()];
     let keys = KeyExtractor::new(&trusted, 64);
@@ -116,12 +105,22 @@ fn key_extraction(c: &mut Criterion) {
 
 fn rate_check(c: &mut Criterion) {
     // Generous limits so checks are admitted: the common path.
-    let global = RateLimit::new(&limit(KeySpec::Global, 1_000_000_000, 1_000_000_000));
+    let global = RateLimit::new(&per_second(
+        "bench",
+        KeySpec::Global,
+        1_000_000_000,
+        1_000_000_000,
+    ));
     c.bench_function("rate_check/global", |b| {
         b.iter(|| black_box(global.check(&LimitKey::Global)))
     });
 
-    let per_ip = RateLimit::new(&limit(KeySpec::ClientIp, 1_000_000, 1_000_000));
+    let per_ip = RateLimit::new(&per_second(
+        "bench",
+        KeySpec::ClientIp,
+        1_000_000,
+        1_000_000,
+    ));
     for i in 0..1_000_000u32 {
         let _ = per_ip.check(&LimitKey::Ip(IpAddr::V4(Ipv4Addr::from(i))));
     }
@@ -138,7 +137,7 @@ fn rate_check(c: &mut Criterion) {
     // has no stale entry to take and compares all 16 samples — the worst case. Checks of keys
     // it holds (the last 500,000, touched again so they are the most recent), and of new keys,
     // each of which evicts one.
-    let mut hourly = limit(KeySpec::ClientIp, 1, 1_000_000);
+    let mut hourly = per_second("bench", KeySpec::ClientIp, 1, 1_000_000);
     hourly.rate.per = Per::Hour;
     let full = RateLimit::new(&hourly);
     for i in 0..2_000_000u32 {
@@ -165,14 +164,15 @@ fn rate_check(c: &mut Criterion) {
     assert_eq!(full.len(), 1_000_000);
 
     // Denied: the rejection path's limiter cost.
-    let exhausted = RateLimit::new(&limit(KeySpec::Global, 1, 1));
+    let exhausted = RateLimit::new(&per_second("bench", KeySpec::Global, 1, 1));
     let _ = exhausted.check(&LimitKey::Global);
     c.bench_function("rate_check/denied", |b| {
         b.iter(|| black_box(exhausted.check(&LimitKey::Global)))
     });
 
     // Multi-threaded: two threads hammering one global bucket (contended CAS).
-    let shared = Arc::new(RateLimit::new(&limit(
+    let shared = Arc::new(RateLimit::new(&per_second(
+        "bench",
         KeySpec::Global,
         1_000_000_000,
         1_000_000_000,
@@ -244,8 +244,8 @@ fn concurrency_slots(c: &mut Criterion) {
 }
 
 fn header_formatting(c: &mut Criterion) {
-    let a = limit(KeySpec::ClientIp, 100, 200);
-    let mut b2 = limit(KeySpec::Global, 1000, 1000);
+    let a = per_second("bench", KeySpec::ClientIp, 100, 200);
+    let mut b2 = per_second("bench", KeySpec::Global, 1000, 1000);
     b2.name = Arc::from("total");
     c.bench_function("headers/policy_value_2_limits", |b| {
         b.iter(|| black_box(policy_value(&[&a, &b2])))

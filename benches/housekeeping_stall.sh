@@ -71,24 +71,8 @@ RUST_LOG=${RUST_LOG:-info} start_sluice
 
 # Run r (the script's argument), thread id: addresses 11.0.0.0 + (2r + id)·2^20 + k, k counting
 # up: a 5 s run sends far fewer than 2^20 requests per thread, so no address repeats.
-cat >"$WORK/xff.lua" <<'EOF'
-local next_id = 0
-function setup(thread)
-   thread:set("id", next_id)
-   next_id = next_id + 1
-end
-function init(args)
-   k = 0
-   run = tonumber(args[1]) or 0
-end
-function request()
-   local n = 0x0b000000 + (2 * run + id) * 0x100000 + (k % 0x100000)
-   k = k + 1
-   local ip = string.format("%d.%d.%d.%d", math.floor(n / 16777216) % 256,
-      math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
-   return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
-end
-EOF
+xff_lua 'run = tonumber(args[1]) or 0' \
+  '0x0b000000 + (2 * run + id) * 0x100000 + (k % 0x100000)' >"$WORK/xff.lua"
 
 keys() { rate_limit_keys filled; }
 

@@ -98,3 +98,28 @@ rate_limit_keys() {
   curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" |
     awk -v route="route=\"$1\"" '/^sluice_rate_limit_keys\{/ && index($0, route) { n = $2 } END { print n + 0 }'
 }
+
+# xff_lua INIT ADDRESS — a wrk script on stdout that sends each request from an address of its
+# own in X-Forwarded-For: each thread knows its `id` (0, 1, …) and counts its requests in `k`.
+# INIT: Lua run in each thread's init(args); ADDRESS: the IPv4 address as a number, a Lua
+# expression of `id`, `k` and what INIT set.
+xff_lua() {
+  cat <<EOF
+local next_id = 0
+function setup(thread)
+   thread:set("id", next_id)
+   next_id = next_id + 1
+end
+function init(args)
+   k = 0
+   $1
+end
+function request()
+   local n = $2
+   k = k + 1
+   local ip = string.format("%d.%d.%d.%d", math.floor(n / 16777216) % 256,
+      math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+   return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
+end
+EOF
+}

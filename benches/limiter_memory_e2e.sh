@@ -55,24 +55,8 @@ EOF
 start_sluice
 
 # Each thread: addresses 11.0.0.0 + id·2^22 + (k mod KEYS/THREADS).
-cat >"$WORK/xff.lua" <<EOF
-local next_id = 0
-function setup(thread)
-   thread:set("id", next_id)
-   next_id = next_id + 1
-end
-function init(args)
-   per_thread = math.floor($KEYS / $THREADS)
-   k = 0
-end
-function request()
-   local n = 0x0b000000 + id * 0x400000 + (k % per_thread)
-   k = k + 1
-   local ip = string.format("%d.%d.%d.%d", math.floor(n / 16777216) % 256,
-      math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
-   return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
-end
-EOF
+xff_lua "per_thread = math.floor($KEYS / $THREADS)" \
+  '0x0b000000 + id * 0x400000 + (k % per_thread)' >"$WORK/xff.lua"
 
 keys() { rate_limit_keys memory; }
 rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$SLUICE_PID/status"; }
