@@ -36,6 +36,7 @@ mod effective;
 mod error;
 mod locate;
 mod raw;
+mod teach;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -831,6 +832,17 @@ impl std::str::FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let expected = || format!("expected a rate like 100/s, 20/m or 5/h, found {s:?}");
         let (n, unit) = s.trim().split_once('/').ok_or_else(expected)?;
+        // NGINX writes `5r/s` (limit_req_zone's `rate=`): say how sluice spells it.
+        if let Some(count) = n
+            .trim()
+            .strip_suffix('r')
+            .filter(|c| c.parse::<u32>().is_ok())
+        {
+            return Err(format!(
+                "NGINX's {s:?} is written `{count}/{}` in sluice (a rate like 100/s, 20/m or 5/h)",
+                unit.trim()
+            ));
+        }
         let count: u32 = n.trim().parse().map_err(|_| expected())?;
         let count = NonZeroU32::new(count)
             .ok_or_else(|| format!("a rate must be positive, found {s:?}"))?;

@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,8 +101,14 @@ async fn serve_sample(listener: TcpListener) {
 ///
 /// Written, not `println!`ed: a closed stdout (`sluice demo | head`) must not panic the demo;
 /// what cannot be written is dropped.
-pub fn print_instructions(proxy: SocketAddr, admin: Option<SocketAddr>) {
+pub fn print_instructions(
+    proxy: SocketAddr,
+    admin: Option<SocketAddr>,
+    sample: SocketAddr,
+    config: &Path,
+) {
     let mut out = std::io::stdout().lock();
+    let config = config.display();
     if let Some(admin) = admin {
         let _ = writeln!(
             out,
@@ -112,16 +119,17 @@ pub fn print_instructions(proxy: SocketAddr, admin: Option<SocketAddr>) {
     let _ = writeln!(
         out,
         r#"
-sluice demo: a sample API ({CAPACITY} workers, {work} ms per request) behind sluice on {p}
+sluice demo: a sample API on {sample} ({CAPACITY} workers, {work} ms per request) behind sluice
+on {p}, configured by {config}
 
   # 200, with RateLimit-Policy and RateLimit fields:
   curl -i {p}/api/hello
 
-  # 429 with Retry-After once the per-client burst is spent (20, refilled at 10/s, in config/demo.yaml):
+  # 429 with Retry-After once the per-client burst is spent (20, refilled at 10/s, in {config}):
   for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}} ' {p}/api/hello; done; echo
   wrk -t1 -c4 -d5s {p}/api/hello        # "Non-2xx or 3xx responses": the 429s
 
-  # 503 with Retry-After: the upstream cap (8 in flight, queue 16, in config/demo.yaml) pushes back:
+  # 503 with Retry-After: the upstream cap (8 in flight, queue 16, in {config}) pushes back:
   wrk -t2 -c64 -d5s {p}/batch/report
   curl -i {p}/batch/report      # run while wrk is running
 

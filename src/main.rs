@@ -14,7 +14,8 @@ use sluice::config::{self, Config};
 #[command(
     name = "sluice",
     version,
-    about = "A reverse proxy that protects APIs from overload"
+    about = "A reverse proxy that protects APIs from overload",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// Log line format on stderr (filter with RUST_LOG, e.g. RUST_LOG=sluice=debug).
@@ -24,6 +25,23 @@ struct Cli {
     command: Command,
 }
 
+/// What `--help` says after the options: what a script and an operator need besides them.
+const AFTER_HELP: &str = "\
+Exit status:
+  0  clean shutdown (run, demo) or a valid config (check)
+  1  a start-up failure other than the config (an address in use, no runtime)
+  2  a config error, printed as FILE:LINE:COLUMN: FIELD: MESSAGE; nothing was started
+
+Signals (run, demo):
+  SIGHUP           reload the config file; a bad file is logged and the running config kept
+  SIGTERM, SIGINT  stop accepting, let requests in flight finish (server.shutdown_grace), exit
+
+Environment:
+  SLUICE_CONFIG  the config file when -c is not given
+  RUST_LOG       log filter (default: info), e.g. RUST_LOG=sluice=debug or sluice::access=info
+
+Every config field, status, header and metric: docs/reference.md";
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy.
@@ -31,7 +49,9 @@ enum Command {
     /// Validate the config and print a summary of listeners, upstreams, routes and limits.
     Check(ConfigFile),
     /// Start a built-in sample upstream of limited capacity and sluice in front of it, and
-    /// print commands that show 200, 429 and 503.
+    /// print commands that show 200, 429 and 503. The sample API listens on the first endpoint
+    /// of the config's first upstream (127.0.0.1:9000 in config/demo.yaml), sluice on its
+    /// `server.listen` (127.0.0.1:8080) and the dashboard on `admin.listen` (127.0.0.1:9901).
     Demo {
         /// The demo config.
         #[arg(short, long, default_value = "config/demo.yaml")]
@@ -72,13 +92,16 @@ fn main() -> ExitCode {
             Err(err) => config_error(&err),
         },
         Command::Run(ConfigFile { config }) => match config::load(&config) {
-            Ok(config) => serve(config, false),
+            Ok(config) => serve(config, None),
             Err(err) => config_error(&err),
         },
-        Command::Demo { config } => match config::load(&demo_path(&config)) {
-            Ok(config) => serve(config, true),
-            Err(err) => config_error(&err),
-        },
+        Command::Demo { config } => {
+            let path = demo_path(&config);
+            match config::load(&path) {
+                Ok(config) => serve(config, Some(path)),
+                Err(err) => config_error(&err),
+            }
+        }
     }
 }
 
@@ -101,7 +124,8 @@ fn config_error(err: &config::ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(config: Config, demo: bool) -> ExitCode {
+/// Runs sluice on `config`; with `demo` (the demo's config file), the sample upstream too.
+fn serve(config: Config, demo: Option<PathBuf>) -> ExitCode {
     // One worker: a current-thread runtime, like one NGINX worker — no cross-thread wake-ups or
     // work-stealing bookkeeping on the hot path. More: tokio's multi-thread scheduler.
     let mut builder = match config.server.workers.map(|w| w.get()) {
@@ -121,12 +145,16 @@ fn serve(config: Config, demo: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if demo {
-            if let Err(err) = sluice::demo::start_upstream(&config).await {
-                eprintln!("{err}");
-                return ExitCode::from(1);
-            }
-        }
+        let sample = match &demo {
+            None => None,
+            Some(_) => match sluice::demo::start_upstream(&config).await {
+                Ok(sample) => Some(sample),
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(1);
+                }
+            },
+        };
         let app = match App::bind(config).await {
             Ok(app) => app,
             Err(err) => {
@@ -134,8 +162,8 @@ fn serve(config: Config, demo: bool) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        if demo {
-            sluice::demo::print_instructions(app.http_addr(), app.admin_addr());
+        if let (Some(path), Some(sample)) = (&demo, sample) {
+            sluice::demo::print_instructions(app.http_addr(), app.admin_addr(), sample, path);
         }
         app::spawn_signal_handlers(app.shutdown_handle());
         app.run().await;
@@ -146,8 +174,11 @@ fn serve(config: Config, demo: bool) -> ExitCode {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

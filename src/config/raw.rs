@@ -287,7 +287,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     // instead of "invalid type: unit value, expected struct RawConfig".
     let shape: serde_yaml::Value =
         serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-            .map_err(|e| invalid(field_error(&e)))?;
+            .map_err(|e| invalid(field_error(&e, text)))?;
     let found = match shape {
         serde_yaml::Value::Mapping(_) => None,
         serde_yaml::Value::Null => Some("the file is empty"),
@@ -306,12 +306,13 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         }));
     }
     serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-        .map_err(|e| invalid(field_error(&e)))
+        .map_err(|e| invalid(field_error(&e, text)))
 }
 
 /// Turns serde's error into ours: the path from `serde_path_to_error`, the place from
-/// `serde_yaml`, and `serde_yaml`'s message without the place and path it embeds.
-fn field_error(error: &serde_path_to_error::Error<serde_yaml::Error>) -> FieldError {
+/// `serde_yaml`, and `serde_yaml`'s message without the place and path it embeds, taught
+/// (`super::teach`) with the `text` it was found in.
+fn field_error(error: &serde_path_to_error::Error<serde_yaml::Error>, text: &str) -> FieldError {
     let mut path = String::new();
     for segment in error.path() {
         match segment {
@@ -351,11 +352,12 @@ fn field_error(error: &serde_path_to_error::Error<serde_yaml::Error>) -> FieldEr
             message = format!("{number} is far too large for any field");
         }
     }
+    let line = location.as_ref().map(serde_yaml::Location::line);
     FieldError {
-        line: location.as_ref().map(serde_yaml::Location::line),
+        line,
         column: location.as_ref().map(serde_yaml::Location::column),
         path,
-        message,
+        message: super::teach::teach(&message, text, line),
     }
 }
 

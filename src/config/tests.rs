@@ -303,6 +303,51 @@ fn unknown_field_names_path_line_and_column() {
     );
 }
 
+/// Pins (issue 29, errors that teach): the mistakes a newcomer makes are said in their words,
+/// at the same place as before.
+#[test]
+fn errors_teach_indentation_tabs_typos_and_nginx_rates() {
+    let deeper = one_error(
+        &with_route("    rate_limits:\n      - name: l\n          rate: 5/s\n"),
+        "routes[1].rate_limits[0]",
+    );
+    assert_eq!(
+        (deeper.line, deeper.message.as_str()),
+        (
+            Some(13),
+            "indentation: `rate:` on line 13 is deeper than `name:` on line 12; keys of one \
+             mapping line up (here at column 9)"
+        )
+    );
+    let tab = errors(&with_route(
+        "    rate_limits:\n      - name: l\n\trate: 5/s\n",
+    ));
+    assert_eq!(
+        tab[0].message,
+        "a tab is not allowed for indentation in YAML: indent with spaces"
+    );
+    let typo = one_error(
+        &with_route("    concurrency:\n      max_inflight: 4\n      queue_timout: 1s\n"),
+        "routes[1].concurrency.queue_timout",
+    );
+    assert!(
+        typo.message.ends_with("did you mean `queue_timeout`?"),
+        "{}",
+        typo.message
+    );
+    let nginx = one_error(
+        &with_route("    rate_limits:\n      - {name: l, key: global, rate: 5r/m}\n"),
+        "routes[1].rate_limits[0].rate",
+    );
+    assert!(
+        nginx
+            .message
+            .starts_with("NGINX's \"5r/m\" is written `5/m` in sluice"),
+        "{}",
+        nginx.message
+    );
+}
+
 #[test]
 fn wrong_type_says_what_was_expected() {
     // Pins: a type error names the field and what it should be, without serde_yaml's own path.

@@ -44,7 +44,29 @@ fn version_and_help() {
     let out = finish(bin::command().arg("--version"));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")));
-    assert_eq!(finish(bin::command().arg("--help")).code, Some(0));
+    let help = finish(bin::command().arg("--help"));
+    assert_eq!(help.code, Some(0));
+    // What a script and an operator need besides the options (issue 29).
+    for needed in [
+        "Exit status:",
+        "SIGHUP",
+        "SIGTERM",
+        "RUST_LOG",
+        "SLUICE_CONFIG",
+        "docs/reference.md",
+    ] {
+        assert!(
+            help.stdout.contains(needed),
+            "--help lacks {needed}: {}",
+            help.stdout
+        );
+    }
+    let demo = finish(bin::command().args(["demo", "--help"]));
+    assert!(
+        demo.stdout.contains("127.0.0.1:9000") && demo.stdout.contains("127.0.0.1:9901"),
+        "demo --help says where its sample API and dashboard listen: {}",
+        demo.stdout
+    );
 }
 
 /// The shipped configs are valid, and `check` prints a summary of routes and upstreams.
@@ -251,19 +273,21 @@ fn demo_shows_200_and_429() {
     // racy `free_port`: when another process takes it first, the demo exits at start-up, and
     // the attempt is repeated with another port (at most 3 times). The proxy listens on port 0.
     let mut attempt = 0;
-    let (mut sluice, _config) = loop {
+    let (mut sluice, config, sample_port) = loop {
         attempt += 1;
+        let sample_port = free_port();
         let yaml = demo
             .replace("127.0.0.1:8080", "127.0.0.1:0")
             .replace("127.0.0.1:9901", "127.0.0.1:0")
-            .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", free_port()));
+            .replace("127.0.0.1:9000", &format!("127.0.0.1:{sample_port}"));
         let config = ConfigFile::new(&yaml);
         match Sluice::start(bin::command().args(["demo", "-c"]).arg(&config.path)) {
-            Ok(sluice) => break (sluice, config),
+            Ok(sluice) => break (sluice, config, sample_port),
             Err(stderr) if attempt < 3 => eprintln!("demo did not start, retrying:\n{stderr}"),
             Err(stderr) => panic!("demo did not start in {attempt} attempts:\n{stderr}"),
         }
     };
+    let config_path = config.path.clone();
     let addr = sluice.http;
     let admin = sluice.admin();
     let page = admin_get(admin, "/");
@@ -288,6 +312,22 @@ fn demo_shows_200_and_429() {
     assert!(stdout.contains("wrk"), "{stdout}");
     assert!(stdout.contains("curl"), "{stdout}");
     assert!(stdout.contains(&format!("http://{addr}")), "{stdout}");
+    // The hints name the config the demo runs and where its sample API listens.
+    let named = config_path.display().to_string();
+    assert!(
+        stdout.contains(&format!("configured by {named}")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("config/demo.yaml"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("a sample API on 127.0.0.1:{sample_port}")),
+        "{stdout}"
+    );
+    // stderr is a pipe here: no colour codes in the log.
+    assert!(
+        !sluice.stderr(true).contains('\u{1b}'),
+        "colour codes in a piped log"
+    );
 }
 
 /// 1 GiB.
