@@ -41,6 +41,7 @@ mod teach;
 mod tests;
 mod tls;
 mod validate;
+mod warnings;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -56,6 +57,7 @@ use serde::Serialize;
 
 pub use self::error::{ConfigError, FieldError};
 pub(crate) use self::tls::TlsIdentity;
+pub use self::warnings::{warnings, Warning};
 pub use crate::canonical::EscapedSlashes;
 
 /// Reads, parses and validates the config file at `path`.

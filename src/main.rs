@@ -82,11 +82,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check(ConfigFile { config }) => match config::load(&config) {
+        Command::Check(ConfigFile { config: path }) => match config::load(&path) {
             Ok(config) => {
                 // Not `print!`: a reader that stops early (`sluice check | head`) closes the
                 // pipe, and the config is valid all the same.
                 let _ = write!(std::io::stdout().lock(), "{config}");
+                // Valid but most likely not meant: said, and still exit 0.
+                for warning in config::warnings(&config) {
+                    let _ = writeln!(std::io::stderr().lock(), "{}: {warning}", path.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => config_error(&err),

@@ -69,6 +69,43 @@ fn version_and_help() {
     );
 }
 
+/// `check` warns (exit 0, `warning:` lines on stderr) about valid configs that most likely do
+/// not do what was meant; the shipped configs have none.
+#[test]
+fn check_warns_about_footguns() {
+    let config = ConfigFile::new(
+        "server:\n  listen: 127.0.0.1:8080\nstore:\n  redis:\n    url: redis://127.0.0.1:6379\n    on_error: allow\nupstreams:\n  api:\n    endpoints: [http://127.0.0.1:9000]\n    concurrency: {max_inflight: 4}\nroutes:\n  - name: login\n    match: {path_prefix: /login}\n    upstream: api\n    rate_limits:\n      - {name: per-ip, key: client_ip, rate: 5/m, scope: global}\n  - name: keyed\n    upstream: api\n    priority: critical\n    rate_limits:\n      - {name: per-key, key: \"header:X-API-Key\", rate: 10/s}\n",
+    );
+    let out = finish(bin::command().arg("check").arg("-c").arg(&config.path));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{}", out.stderr);
+    for (line, says) in warnings.iter().zip([
+        "routes[0].rate_limits[0]: a global limit on a login route",
+        "routes[1].rate_limits[0]: a limit keyed by the `x-api-key` header with no `client_ip` limit",
+        "upstreams.api.concurrency: route `keyed` is critical, but this cap has no queue",
+    ]) {
+        assert!(line.contains(says), "{line} does not say {says}");
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    for shipped in ["config/sluice.yaml", "config/demo.yaml"] {
+        let out = finish(
+            bin::command()
+                .args(["check", "-c"])
+                .arg(format!("{root}/{shipped}")),
+        );
+        assert!(
+            !out.stderr.contains("warning:"),
+            "{shipped}: {}",
+            out.stderr
+        );
+    }
+}
+
 /// The shipped configs are valid, and `check` prints a summary of routes and upstreams.
 #[test]
 fn check_accepts_shipped_configs() {
