@@ -804,6 +804,58 @@ async fn hpa_scales_on_metrics_the_adapter_serves_from_live_metrics() {
     assert_promql_parses("the adapter's rules", &queries).await;
 }
 
+/// The Containerfile builds what the Deployment runs (no image can be built here: no container
+/// daemon, no registry): its last stage is the image, runs as the Deployment's non-root user,
+/// puts the binary where the Deployment's command runs it, and builds with the compiler
+/// Cargo.toml asks for, from the locked dependencies.
+#[test]
+fn containerfile_fits_the_deployment() {
+    let file = read("Containerfile");
+    let lines: Vec<&str> = file
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("FROM "))
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and the image: {lines:#?}");
+    let image = &lines[stages[1]..];
+    let objects = manifests();
+    let c = container(object(&objects, "Deployment", "sluice"));
+    let binary = seq(&c["command"], "command")[0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        image
+            .iter()
+            .any(|l| l.starts_with("COPY --from=build") && l.ends_with(&format!(" {binary}"))),
+        "the image puts the binary at {binary}: {image:#?}"
+    );
+    let pod = &object(&objects, "Deployment", "sluice")["spec"]["template"]["spec"];
+    let user = pod["securityContext"]["runAsUser"].as_u64().unwrap();
+    assert!(
+        image.contains(&format!("USER {user}:{user}").as_str()),
+        "the image runs as the Deployment's user {user}: {image:#?}"
+    );
+    let rust_version = read("Cargo.toml")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("rust-version = ")
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap();
+    assert!(
+        lines[stages[0]].contains(&format!("rust:{rust_version}-")),
+        "the build stage uses rust {rust_version}: {}",
+        lines[stages[0]]
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("RUN cargo build --release --locked")));
+}
+
 /// The manifests fit together: the ConfigMap holds a valid sluice config; the Deployment mounts
 /// it where its command reads it; ports, probes and the scrape annotation match the config's
 /// listeners; the grace period outlasts shutdown_grace; the Services select their pods; the
@@ -973,7 +1025,7 @@ async fn systemd_unit_is_hardened() {
     for (key, value) in [
         (
             "ExecStart",
-            "/usr/local/bin/sluice run -c /etc/sluice/sluice.yaml",
+            "/usr/bin/sluice run -c /etc/sluice/sluice.yaml",
         ),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("Restart", "on-failure"),
@@ -1005,7 +1057,7 @@ async fn systemd_unit_is_hardened() {
 
 /// `systemd-analyze verify` finds nothing wrong with the unit (unknown or misspelt settings,
 /// bad values, missing commands), and `systemd-analyze security` rates its exposure 2.0 or
-/// lower ("OK"). The copy verified runs this build's binary instead of /usr/local/bin/sluice,
+/// lower ("OK"). The copy verified runs this build's binary instead of /usr/bin/sluice,
 /// which does not exist here; nothing else differs.
 #[tokio::test]
 async fn systemd_unit_passes_systemd_analyze() {
@@ -1013,7 +1065,7 @@ async fn systemd_unit_passes_systemd_analyze() {
     let dir = TempDir::new();
     let path = dir.write(
         "sluice.service",
-        &unit.replace("/usr/local/bin/sluice", env!("CARGO_BIN_EXE_sluice")),
+        &unit.replace("/usr/bin/sluice", env!("CARGO_BIN_EXE_sluice")),
     );
     let path = path.to_str().unwrap();
     let Some(verify) = run("systemd-analyze", &["verify", "--man=no", path], &dir.0).await else {
