@@ -48,7 +48,7 @@
 //! memory (while it is written, while it is delivered) counts in `server.max_buffered_bytes`.
 //!
 //! Durability is Redis': a 202 means the task is in Redis' memory, and on disk as far as its
-//! persistence settings (`appendonly`, `appendfsync`) say — see the README.
+//! persistence settings (`appendonly`, `appendfsync`) say — see docs/deferred.md.
 //!
 //! # Layout, and builds without Redis
 //!

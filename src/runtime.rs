@@ -680,7 +680,7 @@ mod tests {
     }
 
     /// The housekeeping pass reaches the upstream pools: an idle connection stays until it has
-    /// been idle for 60 s and is closed by the first pass after that (the README's "closed after
+    /// been idle for 60 s and is closed by the first pass after that (docs/guide.md's "closed after
     /// 60 s idle" once held only when a request came to check the connection out).
     #[tokio::test]
     async fn housekeeping_closes_upstream_connections_idle_for_60_s() {

@@ -1,5 +1,5 @@
 //! Overload goodput, side by side: `cargo bench --bench overload` (needs nginx and haproxy on
-//! the PATH; a missing one is skipped; about 3 minutes once built). See README, "Overload:
+//! the PATH; a missing one is skipped; about 3 minutes once built). See docs/performance.md, "Overload:
 //! goodput against NGINX and HAProxy".
 //!
 //! An upstream of 8 workers × 20 ms (400 req/s, [`upstream`]) is offered 1×, 2×, 5× and 10× its

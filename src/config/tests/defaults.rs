@@ -5,7 +5,7 @@
 //! every row whose default is a value (`` `10s` ``, `` `64KiB` ``, `` `[]` ``, `` `reject` ``), a
 //! config that gives the field that value must load to the same effective config (what
 //! `GET /config` answers) as one that leaves it out: changing a default in the code without
-//! the doc, or the doc without the code, fails here. The README's config table repeats some of
+//! the doc, or the doc without the code, fails here. The guide's config table repeats some of
 //! them; each of those must equal the reference's.
 //!
 //! Rows without a value are not checked, by rule: `*required*` (no default), `absent…`, `—` or
@@ -21,8 +21,8 @@ use super::super::from_yaml;
 
 /// The reference, read at compile time: a change to it rebuilds the test.
 const REFERENCE: &str = include_str!("../../../docs/reference.md");
-/// The README, whose config table repeats defaults.
-const README: &str = include_str!("../../../README.md");
+/// The guide (docs/guide.md), whose config table repeats defaults.
+const GUIDE: &str = include_str!("../../../docs/guide.md");
 
 /// Rows whose default is not one value, and why: `(section, field, why)`.
 const NOT_VALUES: &[(&str, &str, &str)] = &[
@@ -250,7 +250,7 @@ fn not_values_name_existing_rows() {
 
 #[test]
 fn readme_defaults_are_the_references() {
-    // Pins: each default the README's config table repeats is the reference's.
+    // Pins: each default the guide's config table repeats is the reference's.
     let rows = reference_rows();
     let sections: Vec<&str> = rows.iter().map(|r| r.section.as_str()).collect();
     let mut checked = 0;
@@ -259,31 +259,31 @@ fn readme_defaults_are_the_references() {
             .iter()
             .find(|r| r.section == section && r.field == field)
         else {
-            panic!("README: `{field}` of {section} is not in docs/reference.md");
+            panic!("docs/guide.md: `{field}` of {section} is not in docs/reference.md");
         };
         let Ok(value) = documented(row) else {
-            continue; // the reference states no one value: the README's words are a note
+            continue; // the reference states no one value: the guide's words are a note
         };
         assert_eq!(
             stated, value,
-            "README: the default of {section} `{field}` is {stated:?}; docs/reference.md:{} \
+            "docs/guide.md: the default of {section} `{field}` is {stated:?}; docs/reference.md:{} \
              says {value:?}",
             row.line
         );
         checked += 1;
     }
-    assert!(checked >= 30, "only {checked} README defaults checked");
+    assert!(checked >= 30, "only {checked} guide defaults checked");
 }
 
-/// The README's `| section | fields (default) |` table as `(section, field, default)`: the
+/// The guide's `| section | fields (default) |` table as `(section, field, default)`: the
 /// first word of the parenthesis after each field (`` `timeout` (30s, until …) `` → `30s`).
 /// Fields in `{…}` belong to the section named before the brace (`rate_limits[]`), to
 /// `<parent>.<name>` (`tls` in `server`) or, when the reference has neither, to the parent
 /// section under a prefix (`adaptive.min_inflight`).
 fn readme_defaults(sections: &[&str]) -> Vec<(String, String, String)> {
-    let table = README
+    let table = GUIDE
         .split_once("| section | fields (default) |")
-        .expect("README has the `| section | fields (default) |` table")
+        .expect("docs/guide.md has the `| section | fields (default) |` table")
         .1;
     let mut found = Vec::new();
     for line in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
@@ -297,7 +297,7 @@ fn readme_defaults(sections: &[&str]) -> Vec<(String, String, String)> {
     found
 }
 
-/// The fields and defaults of one README cell, in the section and field prefix `at`.
+/// The fields and defaults of one guide cell, in the section and field prefix `at`.
 fn readme_fields(
     cell: &str,
     at: (String, String),
@@ -350,7 +350,7 @@ fn closing_paren(text: &str) -> usize {
             _ => {}
         }
     }
-    panic!("README: unclosed parenthesis in {text:?}");
+    panic!("docs/guide.md: unclosed parenthesis in {text:?}");
 }
 
 /// `2s, a whole task write` → `2s`; `` `local` | `allow` `` → `local`; `[]: IP literals` → `[]`.

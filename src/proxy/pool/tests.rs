@@ -58,7 +58,7 @@ async fn closed(upstream: &mut DuplexStream) -> bool {
     )
 }
 
-/// The defaults are the documented ones (README "Forwarding"): 256 idle connections per
+/// The defaults are the documented ones (docs/guide.md "Forwarding"): 256 idle connections per
 /// endpoint, closed after 60 s idle.
 #[test]
 fn defaults_are_256_connections_and_60_s() {
