@@ -3,10 +3,11 @@
 # where wall-clock benchmarks are not. Two runs of different lengths; (Ir2 - Ir1) / (N2 - N1)
 # cancels start-up and shutdown.
 #
-#   benches/ir.sh sluice ../shared/bench/sluice-proxy.yaml http://127.0.0.1:18085/
-#   benches/ir.sh nginx  ../shared/bench/nginx-proxy.conf  http://127.0.0.1:18081/
+#   benches/ir.sh sluice benches/peer/sluice-proxy.yaml http://127.0.0.1:18085/
+#   benches/ir.sh nginx  $PWD/benches/peer/nginx-proxy.conf  http://127.0.0.1:18081/
 #
-# The upstream must already run (e.g. nginx -c ../shared/bench/nginx-upstream.conf on 18080).
+# The upstream must already run on 18080, e.g. the peer bench's:
+#   mkdir -p /tmp/bench-run && nginx -p /tmp/bench-run/ -c $PWD/benches/peer/nginx-upstream.conf
 # Needs valgrind and wrk. SLUICE_BIN overrides target/release/sluice.
 set -euo pipefail
 KIND=$1; CFG=$2; URL=$3
