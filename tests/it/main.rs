@@ -26,6 +26,7 @@ mod deferred_integrity;
 #[cfg(feature = "redis")]
 mod deferred_outage;
 mod deploy;
+mod docs;
 mod edge;
 mod proxy;
 mod rate_limit;
