@@ -28,6 +28,7 @@ mod deferred_outage;
 mod deploy;
 mod docs;
 mod edge;
+mod examples;
 mod proxy;
 mod rate_limit;
 #[cfg(feature = "redis")]
