@@ -80,7 +80,7 @@ fn links(text: &str) -> Vec<(String, std::ops::Range<usize>)> {
 }
 
 /// Why `dest`, a link destination in the file at `file` (relative to the root), leaves the
-/// repository, if it does. URLs, mail addresses and anchors stay.
+/// repository or names nothing in it, if it does. URLs, mail addresses and anchors stay.
 fn link_leaves(file: &Path, dest: &str) -> Option<String> {
     let dest = dest.trim_start_matches('<').trim_end_matches('>');
     if dest.contains("://") || dest.starts_with("mailto:") || dest.starts_with('#') {
@@ -93,8 +93,12 @@ fn link_leaves(file: &Path, dest: &str) -> Option<String> {
         None => (file.parent().unwrap(), path),
     };
     match resolve(base, path) {
-        Some(_) => None,
         None => Some(format!("the link ({dest}) climbs out of the repository")),
+        Some(target) if !path.is_empty() && !root().join(&target).exists() => Some(format!(
+            "the link ({dest}) names {}, which does not exist",
+            target.display()
+        )),
+        Some(_) => None,
     }
 }
 
@@ -140,7 +144,8 @@ fn outside_paths(file: &Path, text: &str) -> Vec<String> {
 }
 
 /// No Markdown file links to, or names as a relative path, anything outside the repository
-/// (README and docs/benchmarks.md once ran the peer bench from `../shared/bench/`).
+/// (README and docs/benchmarks.md once ran the peer bench from `../shared/bench/`), and no
+/// relative link names a file that is not there (docs/guide.md once linked `../reference.md`).
 #[test]
 fn no_markdown_points_outside_the_repository() {
     let files = markdown_files();
@@ -163,6 +168,7 @@ fn outside_paths_catches_what_leaves() {
     let caught = |text: &str| outside_paths(doc, text).len();
     assert_eq!(caught("see [the bench](../../shared/bench/run.sh)"), 1);
     assert_eq!(caught("[ref]: ../../outside.md"), 1);
+    assert_eq!(caught("[gone](../no-such-file.md) [here](reference.md)"), 1);
     assert_eq!(caught("run `../shared/bench/run.sh` from the root"), 1);
     assert_eq!(
         caught("```sh\nTARGETS_FILE=x ../shared/bench/run.sh\n```"),
