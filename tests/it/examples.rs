@@ -132,6 +132,31 @@ fn first_config_covers_the_newcomer_case() {
     );
 }
 
+/// The README's "Your first config" shows examples/first-config.yaml as it is: the one
+/// `yaml` block of that section is the file, byte for byte.
+#[test]
+fn readme_shows_the_first_config_as_it_is() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let file = std::fs::read_to_string(root().join("examples/first-config.yaml")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Your first config"))
+        .expect("README has a \"Your first config\" section");
+    let blocks: Vec<Block> = fenced_blocks(section)
+        .into_iter()
+        .filter(|b| b.info == "yaml")
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one yaml block in README's \"Your first config\""
+    );
+    assert_eq!(
+        blocks[0].text, file,
+        "README's first config differs from the file"
+    );
+}
+
 /// A fenced block of a Markdown file: its info string, first line number and text.
 struct Block {
     info: String,
