@@ -249,6 +249,35 @@ fn run_serves_and_exits_0_on_sigterm() {
     assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
 }
 
+/// The access line (`server.access_log: true`) gives its duration in ms to three decimals
+/// (before: `duration_ms=3.9001270000000003`), and a piped log carries no colour codes.
+#[test]
+fn access_lines_are_rounded_and_plain() {
+    let config = ConfigFile::new(
+        "server:\n  listen: 127.0.0.1:0\n  access_log: true\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - name: r\n    match: { path_prefix: /only }\n    upstream: a\n",
+    );
+    let mut sluice = run(&config);
+    let got = http_get(sluice.http, "/nothing");
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+    let line = sluice.wait_for_log("duration_ms=").unwrap();
+    let ms = line
+        .split("duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(
+        ms.parse::<f64>().is_ok() && decimals == 3,
+        "duration_ms={ms} in {line}"
+    );
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a piped log: {line:?}"
+    );
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
+}
+
 /// Pins the bounds: a config with every number and duration at the largest value `check`
 /// accepts runs and serves (before, `max_connections: 9223372036854775807` aborted `run` on a
 /// semaphore assertion, and a huge `header_read_timeout` on hyper's timer).
