@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The top-level modules, bottom to top: a module may use only those before it.
-const ORDER: [&str; 21] = [
+const ORDER: [&str; 22] = [
     // 1. Data and pure functions.
     "canonical",
+    "h1",
     "config",
     "client",
     "clock",

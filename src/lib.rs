@@ -23,7 +23,8 @@
 //! ones listed before it); `layering`'s test reads every `crate::` path of the sources and fails
 //! on one that points up or sideways-forward. Bottom to top:
 //!
-//! 1. **Data and pure functions**: [`canonical`] (path and host in canonical form), [`config`]
+//! 1. **Data and pure functions**: [`canonical`] (path and host in canonical form), [`h1`] (our
+//!    HTTP/1.1 codec: heads parsed in place, framing, bodies, head writers), [`config`]
 //!    (YAML → validated types, certificate bytes included), `client` (who sent a request),
 //!    `clock`, `budget` (the buffering budget), [`shutdown`] (the drain signal), `metrics` (the
 //!    registry and its families).
@@ -54,6 +55,8 @@ mod clock;
 pub mod config;
 mod defer;
 pub mod demo;
+// Public for its differential test, benchmark and fuzz targets.
+pub mod h1;
 pub mod limit;
 mod metrics;
 mod net;
