@@ -185,6 +185,7 @@ impl Chunked {
             }
             State::Size => match b {
                 b'\r' => self.size_read()?,
+                b'\n' => return Err(BodyError::MissingCrlf),
                 b';' => self.ext(Ext::BeforeName)?,
                 b' ' | b'\t' => self.ext(Ext::Sep {
                     value: false,

@@ -378,6 +378,8 @@ pub(crate) fn length_fields(head: &[u8], fields: &Fields) -> Result<Option<Frami
     for (name, value) in fields.iter(head) {
         if is(name, "transfer-encoding") {
             te_lines += 1;
+            // A line with no coding at all counts as a bad one (hyper refuses it too).
+            all_chunked &= list(value).next().is_some();
             for coding in list(value) {
                 codings += 1;
                 all_chunked &= coding.eq_ignore_ascii_case(b"chunked");
