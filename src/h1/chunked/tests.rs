@@ -146,7 +146,7 @@ fn maximum_body_size() {
 #[test]
 fn bounded_lines_extensions_and_trailers() {
     let long_line = [
-        b"1".repeat(1),
+        b"1".to_vec(),
         b";a=".to_vec(),
         b"b".repeat(5000),
         b"\r\n".to_vec(),
