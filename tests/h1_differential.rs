@@ -447,6 +447,17 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// `name: value` lines, then the empty line.
+fn put_fields(raw: &mut Vec<u8>, fields: &[(String, Vec<u8>)]) {
+    for (name, value) in fields {
+        raw.extend_from_slice(name.as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+}
+
 /// The bytes of `case`, its mutations applied.
 fn serialise(case: &Case) -> Vec<u8> {
     let mut target = case.target.clone();
@@ -489,13 +500,7 @@ fn serialise(case: &Case) -> Vec<u8> {
         }
     }
     let mut raw = format!("{} {} {}\r\n", case.method, target, version).into_bytes();
-    for (name, value) in &fields {
-        raw.extend_from_slice(name.as_bytes());
-        raw.extend_from_slice(b": ");
-        raw.extend_from_slice(value);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"\r\n");
+    put_fields(&mut raw, &fields);
     let head_len = raw.len();
     match &case.body {
         Body::None => {}
@@ -516,13 +521,7 @@ fn serialise(case: &Case) -> Vec<u8> {
                 }
             }
             raw.extend_from_slice(b"0\r\n");
-            for (name, value) in trailers {
-                raw.extend_from_slice(name.as_bytes());
-                raw.extend_from_slice(b": ");
-                raw.extend_from_slice(value);
-                raw.extend_from_slice(b"\r\n");
-            }
-            raw.extend_from_slice(b"\r\n");
+            put_fields(&mut raw, trailers);
         }
     }
     for m in &case.mutations {

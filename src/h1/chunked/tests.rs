@@ -1,51 +1,66 @@
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::h1::{BodyError, BodyReader, Decoded, Framing, Relayed};
 
 const MAX: u64 = 1 << 20;
 
-/// The payload of `body` fed `step` bytes at a time, and what follows the body in the buffer.
-fn decode(body: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
-    let mut reader = BodyReader::new(Framing::Chunked, MAX)?;
-    let mut buf = BytesMut::new();
-    let mut payload = Vec::new();
-    let mut pieces = body.chunks(step);
-    loop {
-        match reader.decode(&mut buf)? {
-            Decoded::Data(bytes) => payload.extend_from_slice(&bytes),
-            Decoded::End => {
-                assert_eq!(reader.payload(), payload.len() as u64);
-                let rest: Vec<u8> = buf
-                    .iter()
-                    .copied()
-                    .chain(pieces.flatten().copied())
-                    .collect();
-                return Ok((payload, rest));
-            }
-            Decoded::NeedMore => match pieces.next() {
-                Some(piece) => buf.extend_from_slice(piece),
-                None => return reader.eof().map(|()| (payload, Vec::new())),
-            },
-        }
-    }
+/// What one call of a reader gave.
+enum Step {
+    Bytes(Bytes),
+    More,
+    End,
 }
 
-/// The bytes `body` relays as, fed `step` bytes at a time.
-fn relay(body: &[u8], step: usize) -> Result<Vec<u8>, BodyError> {
+/// Feeds `body` to a chunked reader `step` bytes at a time through `next` (decode or relay):
+/// the bytes it gave, and what followed the body in the buffer.
+fn drive(
+    body: &[u8],
+    step: usize,
+    mut next: impl FnMut(&mut BodyReader, &mut BytesMut) -> Result<Step, BodyError>,
+) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
     let mut reader = BodyReader::new(Framing::Chunked, MAX)?;
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut pieces = body.chunks(step);
     loop {
-        match reader.relay(&mut buf)? {
-            Relayed::Forward(bytes) => out.extend_from_slice(&bytes),
-            Relayed::End => return Ok(out),
-            Relayed::NeedMore => match pieces.next() {
+        match next(&mut reader, &mut buf)? {
+            Step::Bytes(bytes) => out.extend_from_slice(&bytes),
+            Step::End => {
+                let rest = buf.iter().chain(pieces.flatten()).copied().collect();
+                return Ok((out, rest));
+            }
+            Step::More => match pieces.next() {
                 Some(piece) => buf.extend_from_slice(piece),
-                None => return reader.eof().map(|()| out),
+                None => return reader.eof().map(|()| (out, Vec::new())),
             },
         }
     }
+}
+
+/// The payload of `body` fed `step` bytes at a time, and what follows the body.
+fn decode(body: &[u8], step: usize) -> Result<(Vec<u8>, Vec<u8>), BodyError> {
+    drive(body, step, |reader, buf| {
+        Ok(match reader.decode(buf)? {
+            Decoded::Data(bytes) => Step::Bytes(bytes),
+            Decoded::NeedMore => Step::More,
+            Decoded::End => {
+                assert!(reader.is_done());
+                Step::End
+            }
+        })
+    })
+}
+
+/// The bytes `body` relays as, fed `step` bytes at a time.
+fn relay(body: &[u8], step: usize) -> Result<Vec<u8>, BodyError> {
+    let relayed = drive(body, step, |reader, buf| {
+        Ok(match reader.relay(buf)? {
+            Relayed::Forward(bytes) => Step::Bytes(bytes),
+            Relayed::NeedMore => Step::More,
+            Relayed::End => Step::End,
+        })
+    });
+    relayed.map(|(out, _)| out)
 }
 
 /// Decoded and relayed, in pieces of every size: the payload, the bytes forwarded (the client's
