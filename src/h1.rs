@@ -24,15 +24,16 @@
 //! # Rejected (a [`RequestError`]: 400 unless it says otherwise, and the connection closed)
 //! Every RFC 9112 framing ambiguity: `Content-Length` with `Transfer-Encoding`; more than one
 //! `Content-Length` (lines or list elements, even equal); a `Content-Length` that is not
-//! digits or overflows; `Transfer-Encoding` other than exactly `chunked`; obs-fold; whitespace
-//! between a field name and its colon; a bare CR; NUL anywhere in the head; a fragment (`#`)
-//! or a character `http::Uri` refuses in the target; the authority form (`CONNECT`) and `*`
-//! with any method but `OPTIONS`; what `httparse` refuses (bad method token, version, field
-//! name or value). A head over the caller's size bound or with more than [`MAX_FIELDS`] fields
-//! gets 431, a target over 65534 bytes 414 (hyper's bounds). In bodies ([`BodyError`]): a bad
-//! chunk size, a size that overflows 64 bits, a chunk extension that is not `;name[=value]`,
-//! whitespace after a chunk size, a chunk not followed by CRLF, bare LF in chunk framing,
-//! oversized chunk lines or trailers, and a body over the caller's maximum (413).
+//! digits or overflows; `Transfer-Encoding` other than exactly `chunked`, or on HTTP/1.0;
+//! obs-fold; whitespace between a field name and its colon; a bare CR; NUL anywhere in the
+//! head; a fragment (`#`) or a character `http::Uri` refuses in the target; the authority
+//! form (`CONNECT`) and `*` with any method but `OPTIONS`; what `httparse` refuses (bad method
+//! token, version, field name or value). A head over the caller's size bound or with more than
+//! [`MAX_FIELDS`] fields gets 431, a target over 65534 bytes 414 (hyper's bounds). In bodies
+//! ([`BodyError`]): a bad chunk size, a size that overflows 64 bits, a chunk extension that is
+//! not `;name[=value]`, whitespace after a chunk size, a chunk not followed by CRLF, bare LF
+//! in chunk framing, malformed or oversized chunk lines and trailers, and a body over the
+//! caller's maximum (413).
 //!
 //! # Declined (handed to hyper with the bytes read so far, see [`Decline`])
 //! HTTP/1.0 requests (keep-alive by opt-in, no chunked: hyper's rules are the reference),

@@ -113,6 +113,9 @@ pub enum RequestError {
     /// A `Transfer-Encoding` other than exactly `chunked`.
     #[error("the Transfer-Encoding is not chunked alone")]
     NotChunked,
+    /// `Transfer-Encoding` on an HTTP/1.0 request (RFC 9112 §6.1: faulty framing).
+    #[error("an HTTP/1.0 request has Transfer-Encoding")]
+    ChunkedHttp10,
 }
 
 // === impl RequestHead ===
@@ -135,6 +138,10 @@ impl RequestHead {
         // Framing first: an ambiguous body is refused even on a request hyper would serve.
         let framing = framing(&buf[..parts.len], &parts.fields)?;
         if parts.version == 0 {
+            // RFC 9112 §6.1: chunked in HTTP/1.0 is faulty framing (hyper refuses it too).
+            if framing == Framing::Chunked {
+                return Err(RequestError::ChunkedHttp10);
+            }
             return Ok(Parsed::Decline(Decline::Http10));
         }
         let target = slice(&buf[..parts.len], parts.target.0, parts.target.1);

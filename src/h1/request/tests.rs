@@ -141,6 +141,11 @@ fn refuses_framing_ambiguities() {
         (b"Transfer-Encoding: chunked, chunked\r\n", NotChunked),
         (b"Transfer-Encoding: identity\r\n", NotChunked),
         (b"Transfer-Encoding: \r\n", NotChunked),
+        // Found by the differential test: hyper reads the last line, which names no coding.
+        (
+            b"Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n",
+            NotChunked,
+        ),
         (b"Transfer-Encoding: chunked;q=1\r\n", NotChunked),
         (b"Transfer-Encoding: xchunked\r\n", NotChunked),
     ];
@@ -262,6 +267,8 @@ fn declines() {
     // Framing is judged before a decline: an ambiguous HTTP/1.0 body is refused all the same.
     let raw = b"POST / HTTP/1.0\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
     assert_eq!(refused(raw), RequestError::SeveralLengths);
+    let raw = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(refused(raw), RequestError::ChunkedHttp10);
 }
 
 /// `OPTIONS *`, UTF-8 and the characters `http::Uri` lets through are accepted; bare LF line
