@@ -6,12 +6,13 @@
 //! # Design
 //! - **Zero-copy heads.** [`RequestHead::parse`] and [`ResponseHead::parse`] run `httparse` over
 //!   the connection's read buffer, split the head off it (`BytesMut::split_to` + `freeze`, no
-//!   copy) and keep each field as two `u32` ranges into those bytes, in an inline array of at
-//!   most [`MAX_FIELDS`] entries: no allocation per field, none per head. Lookups by name
+//!   copy) and keep each field as two `u32` ranges into those bytes, at most [`MAX_FIELDS`]:
+//!   inline up to 24 (no allocation for a head, none ever per field; a head with more fields
+//!   spills to one allocation), so a parsed head is under 0.5 KiB to move. Lookups by name
 //!   compare lengths first, then bytes ignoring ASCII case; a head has a handful of fields, so a
 //!   scan beats hashing.
 //! - **Decisions on that form.** The framing ([`Framing`]), keep-alive, `Expect: 100-continue`
-//!   and `Upgrade` are decided in the same pass that records the fields; the path, query and
+//!   and `Upgrade` are decided while parsing, from the recorded fields; the path, query and
 //!   `Host` are there for the canonical, routing and limit stages as `&str` / `&[u8]`.
 //! - **Bodies** ([`BodyReader`]): by `Content-Length`, chunked or (responses) until close, read
 //!   incrementally from the same buffer with a maximum size. A chunked body is relayed as the

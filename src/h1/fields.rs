@@ -2,12 +2,14 @@
 
 use std::mem::MaybeUninit;
 
+use smallvec::SmallVec;
+
 /// The most fields a head may carry: hyper's default, so that the fast path and hyper answer
 /// 431 at the same count.
 pub const MAX_FIELDS: usize = 100;
 
 /// One field line: where its name and value sit in the head's bytes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Field {
     name: u32,
     name_len: u32,
@@ -15,12 +17,16 @@ struct Field {
     value_len: u32,
 }
 
+/// Fields kept inline: browsers send 10 to 20, API clients fewer. A head with more spills to
+/// one heap allocation (never one per field).
+const INLINE_FIELDS: usize = 24;
+
 /// The field lines of a head in the order received, as ranges into the head's bytes (which the
-/// head owns). Inline and fixed (1.6 KiB): no allocation per field or per head.
+/// head owns). Inline up to [`INLINE_FIELDS`] (384 bytes, so a head is cheap to move), at most
+/// [`MAX_FIELDS`].
 #[derive(Clone)]
 pub(crate) struct Fields {
-    items: [Field; MAX_FIELDS],
-    len: usize,
+    items: SmallVec<[Field; INLINE_FIELDS]>,
 }
 
 /// The `httparse` scratch array for one parse: left uninitialised, as hyper does, since
@@ -38,22 +44,21 @@ impl Fields {
     /// Records `parsed`, whose slices all point into `head`. A slice outside `head` cannot come
     /// from `httparse`; it would be recorded as empty rather than trusted.
     pub(crate) fn record(head: &[u8], parsed: &[httparse::Header<'_>]) -> Fields {
-        let mut fields = Fields {
-            items: [Field::default(); MAX_FIELDS],
-            len: 0,
-        };
-        for (slot, header) in fields.items.iter_mut().zip(parsed) {
-            let (name, name_len) = span(head, header.name.as_bytes());
-            let (value, value_len) = span(head, header.value);
-            *slot = Field {
-                name,
-                name_len,
-                value,
-                value_len,
-            };
-        }
-        fields.len = parsed.len().min(MAX_FIELDS);
-        fields
+        let items = parsed
+            .iter()
+            .take(MAX_FIELDS)
+            .map(|header| {
+                let (name, name_len) = span(head, header.name.as_bytes());
+                let (value, value_len) = span(head, header.value);
+                Field {
+                    name,
+                    name_len,
+                    value,
+                    value_len,
+                }
+            })
+            .collect();
+        Fields { items }
     }
 
     /// The `(name, value)` of every line, in order.
@@ -61,7 +66,7 @@ impl Fields {
         &'a self,
         head: &'a [u8],
     ) -> impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])> + 'a {
-        self.items[..self.len].iter().map(move |f| {
+        self.items.iter().map(move |f| {
             (
                 slice(head, f.name, f.name_len),
                 slice(head, f.value, f.value_len),
@@ -88,7 +93,9 @@ impl Fields {
 
 impl std::fmt::Debug for Fields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fields").field("len", &self.len).finish()
+        f.debug_struct("Fields")
+            .field("len", &self.items.len())
+            .finish()
     }
 }
 
