@@ -72,14 +72,11 @@ fn stricter_head(err: RequestError) -> bool {
 }
 
 /// Strictness beyond hyper's on chunked bodies: hyper takes any bytes but CR and LF as chunk
-/// extensions, whitespace after a chunk size before CRLF, unbounded leading zeros; and checks
-/// trailer fields only once complete.
+/// extensions and whitespace after a chunk size before CRLF (both `BadChunkExtension` here),
+/// unbounded leading zeros (`ChunkLineTooLong`), and bare LF between trailer fields.
 fn stricter_body(err: BodyError) -> bool {
     use BodyError::*;
-    matches!(
-        err,
-        BadChunkExtension | BadChunkSize | ChunkLineTooLong | BadTrailer
-    )
+    matches!(err, BadChunkExtension | ChunkLineTooLong | BadTrailer)
 }
 
 // ---- the two parsers ----
