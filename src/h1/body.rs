@@ -111,9 +111,9 @@ impl BodyReader {
     pub fn relay(&mut self, buf: &mut BytesMut) -> Result<Relayed, BodyError> {
         let Kind::Chunked(chunked) = &mut self.kind else {
             return Ok(match self.take(buf)? {
-                Some(bytes) => Relayed::Forward(bytes),
-                None if self.is_done() => Relayed::End,
-                None => Relayed::NeedMore,
+                Step::Bytes(bytes) => Relayed::Forward(bytes),
+                Step::NeedMore => Relayed::NeedMore,
+                Step::End => Relayed::End,
             });
         };
         // `keep`: bytes at the front of `buf` read and to be forwarded.
@@ -148,9 +148,9 @@ impl BodyReader {
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
         let Kind::Chunked(chunked) = &mut self.kind else {
             return Ok(match self.take(buf)? {
-                Some(bytes) => Decoded::Data(bytes),
-                None if self.is_done() => Decoded::End,
-                None => Decoded::NeedMore,
+                Step::Bytes(bytes) => Decoded::Data(bytes),
+                Step::NeedMore => Decoded::NeedMore,
+                Step::End => Decoded::End,
             });
         };
         loop {
@@ -197,8 +197,8 @@ impl BodyReader {
     }
 
     /// The next payload bytes of a body that is not chunked: as many as `buf` has, up to its
-    /// end. `None` when there are none.
-    fn take(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, BodyError> {
+    /// end.
+    fn take(&mut self, buf: &mut BytesMut) -> Result<Step, BodyError> {
         let n = match &mut self.kind {
             Kind::Length(left) => {
                 let n = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
@@ -215,10 +215,21 @@ impl BodyReader {
             }
             Kind::Chunked(_) => 0,
         };
-        if n == 0 {
-            return Ok(None);
+        if n > 0 {
+            self.read += n as u64;
+            return Ok(Step::Bytes(buf.split_to(n).freeze()));
         }
-        self.read += n as u64;
-        Ok(Some(buf.split_to(n).freeze()))
+        Ok(if self.is_done() {
+            Step::End
+        } else {
+            Step::NeedMore
+        })
     }
+}
+
+/// What [`BodyReader::take`] has, for a body that is not chunked.
+enum Step {
+    Bytes(Bytes),
+    NeedMore,
+    End,
 }
