@@ -4,6 +4,8 @@
 //! `Method`, `Uri`, and a `HeaderMap` of `HeaderName`/`HeaderValue`), reproduced here since
 //! hyper's parser is not public.
 //! Run: `cargo bench --bench h1`.
+// criterion's `criterion_group!` makes an undocumented `pub fn`.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 

@@ -49,12 +49,14 @@
 
 mod body;
 mod chunked;
+mod error;
 mod fields;
 mod request;
 mod response;
 mod write;
 
-pub use body::{BodyError, BodyReader, Decoded, Relayed};
+pub use body::{BodyReader, Decoded, Relayed};
+pub use error::BodyError;
 pub use fields::MAX_FIELDS;
 pub use request::{Decline, Parsed, RequestError, RequestHead};
 pub use response::{ResponseError, ResponseHead};

@@ -7,7 +7,7 @@
 //! keeps the payload only. Everything RFC 9112 does not allow is refused, with bounds on what
 //! an attacker could otherwise make sluice read forever without progress.
 
-use super::body::BodyError;
+use super::error::BodyError;
 use super::fields::is_tchar;
 
 /// The longest chunk-size line (size, extensions), CRLF excluded.
@@ -183,28 +183,7 @@ impl Chunked {
                 self.line = 1;
                 State::Size
             }
-            State::Size => match b {
-                b'\r' => self.size_read()?,
-                b'\n' => return Err(BodyError::MissingCrlf),
-                b';' => self.ext(Ext::BeforeName)?,
-                b' ' | b'\t' => self.ext(Ext::Sep {
-                    value: false,
-                    end: false,
-                })?,
-                _ => {
-                    let digit = hex(b).ok_or(BodyError::BadChunkSize)?;
-                    self.line += 1;
-                    if self.line > MAX_LINE {
-                        return Err(BodyError::ChunkLineTooLong);
-                    }
-                    self.left = self
-                        .left
-                        .checked_mul(16)
-                        .and_then(|n| n.checked_add(u64::from(digit)))
-                        .ok_or(BodyError::ChunkSizeOverflow)?;
-                    State::Size
-                }
-            },
+            State::Size => self.size_byte(b)?,
             State::Ext(ext) => self.ext_byte(ext, b)?,
             State::SizeLf if b == b'\n' && self.left == 0 => State::TrailerStart,
             State::SizeLf if b == b'\n' => State::Data,
@@ -214,6 +193,44 @@ impl Chunked {
             State::SizeLf | State::DataCr | State::DataLf | State::EndLf => {
                 return Err(BodyError::MissingCrlf)
             }
+            State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf => {
+                self.trailer_byte(self.state, b)?
+            }
+            // `run` reads neither data nor anything after the end byte by byte.
+            State::Data | State::Done => self.state,
+        };
+        Ok(())
+    }
+
+    /// A byte of the chunk-size line after its first digit.
+    fn size_byte(&mut self, b: u8) -> Result<State, BodyError> {
+        Ok(match b {
+            b'\r' => self.size_read()?,
+            b'\n' => return Err(BodyError::MissingCrlf),
+            b';' => self.ext(Ext::BeforeName)?,
+            b' ' | b'\t' => self.ext(Ext::Sep {
+                value: false,
+                end: false,
+            })?,
+            _ => {
+                let digit = hex(b).ok_or(BodyError::BadChunkSize)?;
+                self.line += 1;
+                if self.line > MAX_LINE {
+                    return Err(BodyError::ChunkLineTooLong);
+                }
+                self.left = self
+                    .left
+                    .checked_mul(16)
+                    .and_then(|n| n.checked_add(u64::from(digit)))
+                    .ok_or(BodyError::ChunkSizeOverflow)?;
+                State::Size
+            }
+        })
+    }
+
+    /// A byte of the trailer section (after the last chunk's line).
+    fn trailer_byte(&mut self, state: State, b: u8) -> Result<State, BodyError> {
+        Ok(match state {
             State::TrailerStart if b == b'\r' => State::EndLf,
             State::TrailerStart => {
                 self.trailer_fields += 1;
@@ -247,10 +264,9 @@ impl Chunked {
                 State::TrailerStart
             }
             State::TrailerLf => return Err(BodyError::BadTrailer),
-            // `run` reads neither data nor anything after the end byte by byte.
-            State::Data | State::Done => self.state,
-        };
-        Ok(())
+            // `byte` passes only the trailer states.
+            _ => state,
+        })
     }
 
     /// The chunk size is complete (its CR read): refuse it if the body would pass `max`.

@@ -5,8 +5,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use proptest::prelude::*;
 
 use super::*;
+use crate::client::Origin;
 use crate::h1::Parsed;
-use crate::net::Origin;
 use crate::proxy::forward;
 
 fn request(raw: &[u8]) -> RequestHead {

@@ -26,6 +26,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::alone_blocking;
 use sluice::h1::{BodyError, BodyReader, Decoded, Parsed, RequestError, RequestHead};
 
 /// Cases per run: thousands, within the time budget of a debug build.
@@ -560,6 +561,8 @@ fn serialise(case: &Case) -> Vec<u8> {
 /// Thousands of generated and mutated requests, parsed by the codec and by hyper.
 #[test]
 fn codec_agrees_with_hyper() {
+    // A few seconds of full CPU: not beside the tests that measure against the clock.
+    let _alone = alone_blocking();
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
