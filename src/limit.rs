@@ -57,14 +57,18 @@ pub(crate) struct StoreUnavailable;
 /// when it fails, or when the client goes away — whichever comes first (dropping releases).
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
-    /// The route cap's permit.
-    pub(crate) route: Option<Permit>,
+    // Dropped in the order declared: the upstream's slot before the route's, the reverse of
+    // taking them. A request handed this route slot goes on to the upstream cap at once (on
+    // another worker thread, before this drop has finished), and must find this request's
+    // upstream slot free already, or it is refused with the upstream's room about to be free.
     /// The upstream cap's permit.
     pub(crate) upstream: Option<Permit>,
-    /// `sluice_inflight{route}`.
-    pub(crate) route_gauge: Option<InflightGuard>,
+    /// The route cap's permit.
+    pub(crate) route: Option<Permit>,
     /// `sluice_inflight{upstream}`.
     pub(crate) upstream_gauge: Option<InflightGuard>,
+    /// `sluice_inflight{route}`.
+    pub(crate) route_gauge: Option<InflightGuard>,
 }
 
 // === impl Slots ===
