@@ -105,11 +105,14 @@ async fn hammer(proxies: &[&Proxy], path: &str, clients: usize, duration: Durati
 /// requests per second, even in a debug build) stays well above 100/s. 5 % leaves room for all
 /// of these at once.
 async fn three_instances_share(store: &str, lease: u32) {
+    // The limit is named after the lease: each run starts from a full bucket of its own (the
+    // run before it, on the same store, has just emptied its own).
     // Measures a rate against the clock: one load test at a time.
     let _alone = alone().await;
     let up = ok_upstream().await;
-    let limit =
-        format!("{{name: g, key: global, rate: 100/s, burst: 100, scope: global, lease: {lease}}}");
+    let limit = format!(
+        "{{name: g{lease}, key: global, rate: 100/s, burst: 100, scope: global, lease: {lease}}}"
+    );
     let yaml = denying(
         store,
         PATIENT,
