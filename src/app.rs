@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::listener::{self, Listener};
+pub use crate::proxy::fleet::resolve::Resolutions;
 use crate::runtime::tls::Acceptor;
 use crate::runtime::{Runtime, Shared, HOUSEKEEPING_INTERVAL};
 use crate::shutdown::Shutdown;
@@ -129,6 +130,7 @@ impl App {
         // What runs beside the listeners is spawned on this runtime, reloads included.
         let _ = self.shared.spawner.set(tokio::runtime::Handle::current());
         crate::supervise::deliverers(&self.shared);
+        crate::supervise::resolvers(&self.shared);
         let housekeeping = spawn_housekeeping(self.shared.clone());
         // The admin listener outlives the drain, so /readyz can say 503 while it happens.
         let admin_stop = Shutdown::new();

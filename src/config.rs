@@ -82,6 +82,30 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
     validate::validate(raw, text, path)
 }
 
+/// A [`ConfigError`] for problems found after loading (`(field path, message)`), each placed
+/// at its field in the file `path` when the file can be read again.
+pub fn field_errors(path: &Path, problems: Vec<(String, String)>) -> ConfigError {
+    let locator = std::fs::read_to_string(path)
+        .map(|text| locate::Locator::new(&text))
+        .unwrap_or_else(|_| locate::Locator::new(""));
+    let errors = problems
+        .into_iter()
+        .map(|(field, message)| {
+            let place = locator.find(&field);
+            FieldError {
+                line: place.map(|(line, _)| line),
+                column: place.map(|(_, column)| column),
+                path: field,
+                message,
+            }
+        })
+        .collect();
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        errors,
+    }
+}
+
 /// A validated configuration. It serialises as the file's schema with every default filled in
 /// and secrets redacted: what `GET /config` answers (see `effective`).
 #[derive(Clone, Debug, Serialize)]
@@ -462,7 +486,8 @@ pub struct UpstreamConfig {
     /// The name routes use, and the `upstream` label of metrics.
     #[serde(skip)]
     pub name: Arc<str>,
-    /// `http://host:port` endpoints, tried round-robin.
+    /// `http://host:port` endpoints as the file names them; a name stands for every address
+    /// it resolves to.
     #[serde(serialize_with = "effective::endpoints")]
     pub endpoints: Vec<Authority>,
     /// A connection attempt longer than this fails (502). Default
@@ -474,6 +499,12 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// A cap shared by every route to this upstream.
     pub concurrency: Option<ConcurrencyConfig>,
+    /// How often the names among `endpoints` are resolved again; zero = at start and reload
+    /// only. Default [`Self::DEFAULT_RESOLVE_INTERVAL`].
+    #[serde(serialize_with = "effective::duration")]
+    pub resolve_interval: Duration,
+    /// How an endpoint is chosen for a request. Default [`Balance::LeastRequest`].
+    pub balance: Balance,
 }
 
 impl UpstreamConfig {
@@ -481,6 +512,24 @@ impl UpstreamConfig {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     /// `timeout` when absent.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `resolve_interval` when absent.
+    pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+    /// Endpoints (addresses, over all names) an upstream keeps at most: the addresses of a name
+    /// beyond it are left out (and the log says so), so a name that resolves to thousands of
+    /// addresses cannot grow sluice's memory without bound.
+    pub const MAX_ENDPOINTS: usize = 256;
+}
+
+/// `upstreams.<name>.balance`: how an endpoint is chosen for each request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Of two endpoints picked at random (distinct when there are two or more), the one with
+    /// fewer requests in flight. The default.
+    #[default]
+    LeastRequest,
+    /// Each endpoint in turn.
+    RoundRobin,
 }
 
 /// `concurrency:` on a route or an upstream.

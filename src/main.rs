@@ -47,7 +47,13 @@ enum Command {
     /// Run the proxy.
     Run(ConfigFile),
     /// Validate the config and print a summary of listeners, upstreams, routes and limits.
-    Check(ConfigFile),
+    Check {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Do not resolve the endpoints' names (the summary then says nothing of them).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Start a built-in sample upstream of limited capacity and sluice in front of it, and
     /// print commands that show 200, 429 and 503. The sample API listens on the first endpoint
     /// of the config's first upstream (127.0.0.1:9000 in config/demo.yaml), sluice on its
@@ -82,20 +88,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check(ConfigFile { config: path }) => match config::load(&path) {
-            Ok(config) => {
-                // Not `print!`: a reader that stops early (`sluice check | head`) closes the
-                // pipe, and the config is valid all the same.
-                let _ = write!(std::io::stdout().lock(), "{config}");
-                // Valid but most likely not meant: said, and still exit 0.
-                for warning in config::warnings(&config) {
-                    let _ = writeln!(std::io::stderr().lock(), "{}: {warning}", path.display());
-                }
-                ExitCode::SUCCESS
-            }
+        Command::Check {
+            file: ConfigFile { config: path },
+            offline,
+        } => match config::load(&path) {
+            Ok(config) => check(&config, &path, offline),
             Err(err) => config_error(&err),
         },
-        Command::Run(ConfigFile { config }) => match config::load(&config) {
+        Command::Run(ConfigFile { config }) => match config::load(&config).and_then(resolvable) {
             Ok(config) => serve(config, None),
             Err(err) => config_error(&err),
         },
@@ -106,6 +106,35 @@ fn main() -> ExitCode {
                 Err(err) => config_error(&err),
             }
         }
+    }
+}
+
+/// `sluice check`: the summary, then (unless `offline`) what each name resolves to now; exit 2
+/// when an upstream has no endpoint that resolves.
+fn check(config: &Config, path: &Path, offline: bool) -> ExitCode {
+    // Not `print!`: a reader that stops early (`sluice check | head`) closes the pipe, and the
+    // config is valid all the same.
+    let _ = write!(std::io::stdout().lock(), "{config}");
+    // Valid but most likely not meant: said, and still exit 0.
+    for warning in config::warnings(config) {
+        let _ = writeln!(std::io::stderr().lock(), "{}: {warning}", path.display());
+    }
+    if offline {
+        return ExitCode::SUCCESS;
+    }
+    let resolutions = app::Resolutions::of(config);
+    let _ = write!(std::io::stdout().lock(), "{resolutions}");
+    match resolutions.errors() {
+        errors if errors.is_empty() => ExitCode::SUCCESS,
+        errors => config_error(&config::field_errors(&config.source, errors)),
+    }
+}
+
+/// `config` when every upstream has an endpoint that resolves now (see [`check`]).
+fn resolvable(config: Config) -> Result<Config, config::ConfigError> {
+    match app::Resolutions::of(&config).errors() {
+        errors if errors.is_empty() => Ok(config),
+        errors => Err(config::field_errors(&config.source, errors)),
     }
 }
 

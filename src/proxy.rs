@@ -2,11 +2,13 @@
 //!
 //! - [`forward`] rewrites the request for the upstream (hop-by-hop headers, `X-Forwarded-*`)
 //!   and the response for the client.
-//! - [`upstream`] is one upstream: round-robin over its endpoints, passive health, retries,
-//!   connect and response timeouts.
+//! - [`upstream`] is one upstream: passive health, retries, connect and response timeouts.
+//! - [`fleet`] is the endpoints of an upstream: the addresses its names resolve to, re-resolved
+//!   while it runs, and the balancing among them.
 //! - [`pool`] keeps each endpoint's keep-alive connections, bounded in number and idle time.
 //! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
 
+pub(crate) mod fleet;
 pub(crate) mod forward;
 pub(crate) mod pool;
 pub(crate) mod request_body;

@@ -62,6 +62,7 @@ pub(crate) fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
     }
     shared.swap(Runtime::build(new, Some(&current), shared.metrics.clone()));
     crate::supervise::deliverers(shared);
+    crate::supervise::resolvers(shared);
     shared.metrics.reload(true);
     tracing::info!(file = %path.display(), routes = report.routes, "config reloaded");
     Ok(report)

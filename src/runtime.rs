@@ -459,9 +459,11 @@ impl<'a> Carry<'a> {
             Some(o) if same_upstream(o.config(), config) => o.clone(),
             // Changed elsewhere, same cap: the cap (slots in use, waiters) carries over.
             Some(o) if o.config().concurrency == config.concurrency => {
-                Arc::new(Upstream::with_cap(config, o.concurrency.clone()))
+                Arc::new(Upstream::with_cap(config, o.concurrency.clone(), Some(o)))
             }
-            _ => Arc::new(Upstream::new(config)),
+            // A name that does not resolve now keeps the addresses it had.
+            Some(o) => Arc::new(Upstream::with_cap(config, None, Some(o))),
+            None => Arc::new(Upstream::new(config)),
         }
     }
 
@@ -611,6 +613,8 @@ fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && a.connect_timeout == b.connect_timeout
         && a.timeout == b.timeout
         && a.concurrency == b.concurrency
+        && a.resolve_interval == b.resolve_interval
+        && a.balance == b.balance
 }
 
 #[cfg(test)]

@@ -5,6 +5,11 @@
 //! route that stays (same name, same task store) the route as rebuilt, and lets those of a
 //! route that went stop (dropping them stops them: a task waiting for a slot goes back to its
 //! stream, a delivery under way finishes).
+//!
+//! And the resolvers: [`resolvers`] starts, for each upstream of a new runtime that names its
+//! endpoints, the task that resolves them again every `resolve_interval` (once per upstream:
+//! an upstream a reload kept keeps its task; one a reload dropped ends its task when the last
+//! request to it is done).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +49,18 @@ pub(crate) fn deliverers(shared: &Shared) {
     }
     shared.deliverers.put(after);
     // What is left of `before` is dropped here: those deliverers stop.
+}
+
+/// Starts the re-resolving task of every upstream of `shared`'s runtime that has none yet (see
+/// the module docs). Does nothing before the app runs.
+pub(crate) fn resolvers(shared: &Shared) {
+    let Some(spawner) = shared.spawner.get() else {
+        return;
+    };
+    for upstream in &shared.runtime().upstreams {
+        let interval = upstream.config().resolve_interval;
+        crate::proxy::fleet::spawn_resolver(upstream.fleet(), interval, spawner);
+    }
 }
 
 /// What the deliverers of `route` need of it in `runtime`.

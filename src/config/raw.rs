@@ -155,6 +155,10 @@ pub(crate) struct RawUpstream {
     pub(crate) timeout: Option<String>,
     /// A cap shared by every route to this upstream.
     pub(crate) concurrency: Option<RawConcurrency>,
+    /// A duration; 0 allowed.
+    pub(crate) resolve_interval: Option<String>,
+    /// `least_request` | `round_robin`.
+    pub(crate) balance: Option<String>,
 }
 
 /// `concurrency:` of a route or an upstream.

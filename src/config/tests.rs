@@ -285,6 +285,31 @@ fn ipv6_endpoint_gets_default_port() {
     assert_eq!(c.upstreams[0].endpoints[0].as_str(), "[::1]:80");
 }
 
+#[test]
+fn fleet_fields_resolve_interval_balance_and_the_endpoint_bound() {
+    // Pins: `resolve_interval` takes 0 (at start and reload only); `balance` is one of two
+    // words; an upstream lists at most MAX_ENDPOINTS endpoints.
+    let fleet = |fields: &str| {
+        BASE.replace(
+            "    endpoints: [http://127.0.0.1:3000]\n",
+            &format!("    endpoints: [http://127.0.0.1:3000]\n{fields}"),
+        )
+    };
+    let c = load(&fleet(
+        "    resolve_interval: 0s\n    balance: round_robin\n",
+    ));
+    assert_eq!(c.upstreams[0].resolve_interval, Duration::ZERO);
+    assert_eq!(c.upstreams[0].balance, Balance::RoundRobin);
+    let e = one_error(&fleet("    balance: random\n"), "upstreams.orders.balance");
+    assert!(e.message.contains("least_request, round_robin"), "{e}");
+    let many: Vec<String> = (0..=UpstreamConfig::MAX_ENDPOINTS)
+        .map(|i| format!("http://127.0.0.1:{}", 1000 + i))
+        .collect();
+    let yaml = BASE.replace("http://127.0.0.1:3000", &many.join(", "));
+    let e = one_error(&yaml, "upstreams.orders.endpoints");
+    assert!(e.message.contains("at most 256"), "{e}");
+}
+
 // === errors found by serde ===
 
 #[test]

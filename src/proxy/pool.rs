@@ -24,6 +24,7 @@
 //! [`Upstream::housekeeping`]: crate::proxy::Upstream::housekeeping
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +65,8 @@ pub(crate) struct EndpointPool {
     /// Idle connections, most recently used last. std Mutex: held for a push, a pop or a reap
     /// pass over at most `max_idle` entries, never across an await.
     idle: Mutex<Vec<Idle>>,
+    /// Connections checked out now (a request each): least-request balancing reads it.
+    inflight: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -82,7 +85,13 @@ pub(crate) struct Conn {
     pool: Arc<EndpointPool>,
     /// True when it came from the idle stack (and may have been closed by the upstream since).
     pub reused: bool,
+    /// Counts this connection in its pool's `inflight` until it is released or dropped.
+    _load: Load,
 }
+
+/// One request in flight on an endpoint: counted from checkout to release or drop.
+#[derive(Debug)]
+struct Load(Arc<EndpointPool>);
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +102,9 @@ pub(crate) enum ConnectError {
     /// `connect_timeout` expired.
     #[error("connect to {0} timed out after {1:?}")]
     Timeout(Authority, Duration),
+    /// No name of the upstream resolved to an address (yet).
+    #[error("no endpoint address (no name of the upstream resolved)")]
+    NoAddress,
     /// The HTTP/1.1 handshake failed.
     #[error("connection to {0} failed: {1}")]
     Handshake(Authority, #[source] hyper::Error),
@@ -125,7 +137,27 @@ impl EndpointPool {
             connect_timeout,
             keep_alive,
             idle: Mutex::new(Vec::new()),
+            inflight: AtomicUsize::new(0),
         }
+    }
+
+    /// An empty pool for address `addr`, which `authority` (the configured name, sent as
+    /// `Host` when the client sent none) resolved to.
+    pub(crate) fn at(
+        authority: Authority,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        keep_alive: KeepAlive,
+    ) -> Self {
+        EndpointPool {
+            addr: Some(addr),
+            ..Self::new(authority, connect_timeout, keep_alive)
+        }
+    }
+
+    /// Requests on this endpoint now (connections checked out).
+    pub(crate) fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// An idle connection ready for a request, if there is one.
@@ -134,6 +166,7 @@ impl EndpointPool {
             sender,
             pool: self.clone(),
             reused: true,
+            _load: Load::new(self),
         })
     }
 
@@ -173,6 +206,7 @@ impl EndpointPool {
             sender,
             pool: self.clone(),
             reused: false,
+            _load: Load::new(self),
         })
     }
 
@@ -219,10 +253,31 @@ impl EndpointPool {
         now.saturating_duration_since(conn.since) >= self.keep_alive.idle_timeout
     }
 
+    /// `n` requests in flight on this endpoint until the result is dropped (balancing tests).
+    #[cfg(test)]
+    pub(crate) fn test_load(self: &Arc<Self>, n: usize) -> Vec<impl Drop> {
+        (0..n).map(|_| Load::new(self)).collect()
+    }
+
     /// Idle connections now.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+// === impl Load ===
+
+impl Load {
+    fn new(pool: &Arc<EndpointPool>) -> Self {
+        pool.inflight.fetch_add(1, Ordering::Relaxed);
+        Load(pool.clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

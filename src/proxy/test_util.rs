@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::UpstreamConfig;
+use crate::config::{Balance, UpstreamConfig};
 use crate::proxy::request_body::UpstreamBody;
 
 /// An HTTP/1.1 server on 127.0.0.1 answering 200 `ok`, keeping connections alive.
@@ -100,6 +100,8 @@ impl TestUpstream {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
             concurrency: None,
+            resolve_interval: UpstreamConfig::DEFAULT_RESOLVE_INTERVAL,
+            balance: Balance::RoundRobin,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One upstream: its endpoints, its pooled keep-alive client, and its failure handling.
 //!
-//! - Endpoints are tried round-robin.
+//! - Endpoints are what the configured names resolve to, chosen by the upstream's `balance`
+//!   (see [`fleet`](super::fleet)).
 //! - Passive health, like NGINX's `max_fails=1 fail_timeout=10s`: an endpoint whose connection
 //!   failed is skipped for [`FAIL_TIMEOUT`] (unless every endpoint is down, then they are all
 //!   tried anyway: better a likely failure than a certain one).
@@ -16,7 +17,7 @@
 //! - [`Upstream::housekeeping`] closes the idle connections of every endpoint that have expired
 //!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use futures_util::future::BoxFuture;
 use crate::clock::Epoch;
 use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
+use crate::proxy::fleet::{Endpoint, Fleet};
 use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
 use crate::proxy::request_body::UpstreamBody;
 
@@ -45,10 +47,9 @@ pub(crate) struct Upstream {
     /// The cap shared by every route to this upstream, if configured.
     pub concurrency: Option<ConcurrencyLimit>,
     config: UpstreamConfig,
-    endpoints: Vec<Endpoint>,
-    /// Round-robin cursor.
-    next: AtomicUsize,
-    /// Time base for `Endpoint::down_until`.
+    /// The endpoints its names resolve to, and the choice among them.
+    fleet: Arc<Fleet>,
+    /// Time base of the warning throttle.
     epoch: Epoch,
     /// Per failure class (connect, timeout, failed): when a warning was last logged, in ms
     /// since `epoch`, and how many were suppressed since. A dead upstream under load fails
@@ -59,14 +60,6 @@ pub(crate) struct Upstream {
 
 /// At most one warning per failure class and upstream in this period.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Debug)]
-struct Endpoint {
-    /// Its keep-alive connections.
-    pool: Arc<EndpointPool>,
-    /// Milliseconds since `Upstream::epoch` until which this endpoint is skipped; 0 = healthy.
-    down_until_ms: AtomicU64,
-}
 
 /// What [`Upstream::send`] gives back: the response head and the connection its body comes on.
 pub(crate) type Exchanged = Result<(Response<Incoming>, Conn), UpstreamError>;
@@ -103,51 +96,51 @@ pub(crate) enum UpstreamError {
 // === impl Upstream ===
 
 impl Upstream {
-    /// Builds the client pool for `config`. Must be called inside a tokio runtime.
+    /// Builds the client pool for `config`, its names resolved now (see [`Fleet::new`]).
     pub(crate) fn new(config: &UpstreamConfig) -> Self {
-        Self::with_cap(config, None)
+        Self::with_cap(config, None, None)
     }
 
     /// Builds the upstream with `cap` as its concurrency limit when given — a reload hands over
     /// the running cap of an upstream whose `concurrency` did not change, so slots in use and
-    /// waiters carry over even when other fields (endpoints, timeouts) changed.
-    pub(crate) fn with_cap(config: &UpstreamConfig, cap: Option<ConcurrencyLimit>) -> Self {
-        Self::build(config, cap, KeepAlive::default())
+    /// waiters carry over even when other fields (endpoints, timeouts) changed. A name that
+    /// does not resolve now keeps its addresses in `previous` (the upstream before a reload).
+    pub(crate) fn with_cap(
+        config: &UpstreamConfig,
+        cap: Option<ConcurrencyLimit>,
+        previous: Option<&Upstream>,
+    ) -> Self {
+        Self::build(config, cap, KeepAlive::default(), previous)
     }
 
     /// An upstream whose endpoints keep idle connections by `keep_alive` instead of the
     /// defaults: tests shorten the idle timeout or the bound.
     #[cfg(test)]
     pub(crate) fn with_keep_alive(config: &UpstreamConfig, keep_alive: KeepAlive) -> Self {
-        Self::build(config, None, keep_alive)
+        Self::build(config, None, keep_alive, None)
     }
 
     fn build(
         config: &UpstreamConfig,
         cap: Option<ConcurrencyLimit>,
         keep_alive: KeepAlive,
+        previous: Option<&Upstream>,
     ) -> Self {
+        let fleet = Fleet::new(config, keep_alive, previous.map(|p| &*p.fleet));
         Upstream {
             name: config.name.clone(),
             concurrency: cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new)),
             config: config.clone(),
-            endpoints: config
-                .endpoints
-                .iter()
-                .map(|a| Endpoint {
-                    pool: Arc::new(EndpointPool::new(
-                        a.clone(),
-                        config.connect_timeout,
-                        keep_alive,
-                    )),
-                    down_until_ms: AtomicU64::new(0),
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
+            fleet: Arc::new(fleet),
             epoch: Epoch::new(),
             warned_at_ms: Default::default(),
             suppressed: Default::default(),
         }
+    }
+
+    /// The endpoints and their choice.
+    pub(crate) fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
     }
 
     /// The config this upstream was built from.
@@ -180,15 +173,17 @@ impl Upstream {
     }
 
     async fn send_with_retry(&self, mut req: Request<UpstreamBody>) -> Exchanged {
-        let tries = self.endpoints.len();
-        let first = self.pick();
+        let endpoints = self.fleet.endpoints();
+        let Some(first) = self.fleet.pick(&endpoints) else {
+            return Err(self.no_address());
+        };
+        let tries = endpoints.len();
         let mut last_err = None;
         for i in 0..tries {
-            let index = (first + i) % tries;
-            if i > 0 && self.is_down(index) && self.any_up() {
+            let endpoint = &endpoints[(first + i) % tries];
+            if i > 0 && self.fleet.is_down(endpoint) && self.any_up(&endpoints) {
                 continue;
             }
-            let endpoint = &self.endpoints[index];
             let conn = match endpoint.pool.idle_conn() {
                 Some(conn) => Ok(conn),
                 None => connect(&endpoint.pool).await,
@@ -197,7 +192,7 @@ impl Upstream {
                 Ok(conn) => conn,
                 Err(source) => {
                     // Nothing was sent: the request, body included, is still ours.
-                    self.mark_down(index, &source);
+                    self.mark_down(endpoint, &source);
                     last_err = Some(UpstreamError::Connect {
                         upstream: self.name.clone(),
                         source,
@@ -205,7 +200,7 @@ impl Upstream {
                     continue;
                 }
             };
-            endpoint.down_until_ms.store(0, Ordering::Relaxed);
+            self.fleet.mark_up(endpoint);
             if !req.headers().contains_key(HOST) {
                 // HTTP/1.0 may omit Host; an HTTP/1.1 upstream needs one: name the endpoint.
                 if let Ok(host) = HeaderValue::from_str(endpoint.pool.authority.as_str()) {
@@ -226,27 +221,34 @@ impl Upstream {
                     }
                 },
             };
-            return self.resend(index, unsent).await;
+            return self.resend(endpoint, unsent).await;
         }
-        Err(last_err.unwrap_or_else(|| UpstreamError::Timeout {
+        Err(last_err.unwrap_or_else(|| self.no_address()))
+    }
+
+    /// The error of an upstream none of whose names resolved (yet).
+    fn no_address(&self) -> UpstreamError {
+        UpstreamError::Connect {
             upstream: self.name.clone(),
-            timeout: self.config.timeout,
-        }))
+            source: ConnectError::NoAddress,
+        }
     }
 
     /// Sends `req` again on a fresh connection to endpoint `index`. Boxed, and built outside any
     /// async body: this rare path's state stays out of the future of every request.
-    fn resend(&self, index: usize, req: Request<UpstreamBody>) -> BoxFuture<'_, Exchanged> {
+    fn resend<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        req: Request<UpstreamBody>,
+    ) -> BoxFuture<'a, Exchanged> {
         Box::pin(async move {
-            let mut fresh = connect(&self.endpoints[index].pool)
-                .await
-                .map_err(|source| {
-                    self.mark_down(index, &source);
-                    UpstreamError::Connect {
-                        upstream: self.name.clone(),
-                        source,
-                    }
-                })?;
+            let mut fresh = connect(&endpoint.pool).await.map_err(|source| {
+                self.mark_down(endpoint, &source);
+                UpstreamError::Connect {
+                    upstream: self.name.clone(),
+                    source,
+                }
+            })?;
             match fresh.sender.send_request(req).await {
                 Ok(res) => Ok((res, fresh)),
                 Err(source) => Err(UpstreamError::Failed {
@@ -261,7 +263,7 @@ impl Upstream {
     /// closed ([`EndpointPool::reap`]). Called by the runtime's housekeeping pass.
     pub(crate) fn housekeeping(&self) {
         let now = Instant::now();
-        for endpoint in &self.endpoints {
+        for endpoint in self.fleet.endpoints().iter() {
             endpoint.pool.reap(now);
         }
     }
@@ -269,14 +271,11 @@ impl Upstream {
     /// Idle connections over all endpoints.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
-        self.endpoints.iter().map(|e| e.pool.idle()).sum()
+        self.fleet.endpoints().iter().map(|e| e.pool.idle()).sum()
     }
 
-    fn mark_down(&self, index: usize, err: &ConnectError) {
-        let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
-        self.endpoints[index]
-            .down_until_ms
-            .store(until, Ordering::Relaxed);
+    fn mark_down(&self, endpoint: &Endpoint, err: &ConnectError) {
+        self.fleet.mark_down(endpoint, FAIL_TIMEOUT);
         tracing::debug!(upstream = %self.name, error = %err, "connect failed; endpoint skipped for {FAIL_TIMEOUT:?}");
     }
 
@@ -303,23 +302,8 @@ impl Upstream {
         }
     }
 
-    /// The next endpoint in round-robin order that is not marked down; if all are down, the
-    /// next one regardless.
-    fn pick(&self) -> usize {
-        let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| !self.is_down(i))
-            .unwrap_or(start)
-    }
-
-    fn is_down(&self, index: usize) -> bool {
-        self.endpoints[index].down_until_ms.load(Ordering::Relaxed) > self.now_ms()
-    }
-
-    fn any_up(&self) -> bool {
-        (0..self.endpoints.len()).any(|i| !self.is_down(i))
+    fn any_up(&self, endpoints: &[Arc<Endpoint>]) -> bool {
+        endpoints.iter().any(|e| !self.fleet.is_down(e))
     }
 
     fn now_ms(&self) -> u64 {

@@ -29,6 +29,7 @@ mod deploy;
 mod docs;
 mod edge;
 mod examples;
+mod fleet;
 mod h1_differential;
 mod proxy;
 mod rate_limit;

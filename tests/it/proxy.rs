@@ -189,14 +189,14 @@ routes:
     proxy.stop().await;
 }
 
-/// Requests alternate between endpoints (round-robin).
+/// Requests alternate between endpoints with `balance: round_robin` (no longer the default).
 #[tokio::test]
 async fn round_robin_over_endpoints() {
     let a = upstream(|_| async { Response::new(TestBody::text("a")) }).await;
     let b = upstream(|_| async { Response::new(TestBody::text("b")) }).await;
     let proxy = start_proxy(&one_route(
         &format!("{}, {}", a.endpoint(), b.endpoint()),
-        "",
+        "    balance: round_robin",
     ))
     .await;
     let cl = client();

@@ -7,6 +7,7 @@
 pub(crate) mod bin;
 #[cfg(feature = "redis")]
 pub(crate) mod deferred;
+pub(crate) mod fleet;
 #[cfg(feature = "redis")]
 pub(crate) mod redis_server;
 pub(crate) mod wait;

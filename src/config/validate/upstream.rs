@@ -8,7 +8,7 @@ use http::uri::{Authority, Uri};
 use super::cx::Cx;
 use super::{join, present};
 use crate::config::raw::{RawAdaptive, RawConcurrency, RawUpstream};
-use crate::config::{AdaptiveConfig, CapSize, ConcurrencyConfig, Config, UpstreamConfig};
+use crate::config::{AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, UpstreamConfig};
 
 // === impl Cx: upstreams ===
 
@@ -16,21 +16,7 @@ impl Cx {
     pub(super) fn upstream(&mut self, name: &str, raw: &RawUpstream) -> Option<UpstreamConfig> {
         let at = format!("upstreams.{name}");
         let checked_name = self.name(&at, name);
-        let endpoints: Vec<Option<Authority>> = match &raw.endpoints {
-            None => vec![self.missing(
-                &join(&at, "endpoints"),
-                "a list of URLs like [http://127.0.0.1:3000]",
-            )],
-            Some(list) if list.is_empty() => vec![self.fail(
-                &join(&at, "endpoints"),
-                "at least one endpoint is required, like [http://127.0.0.1:3000]",
-            )],
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, url)| self.endpoint(&format!("{at}.endpoints[{i}]"), url))
-                .collect(),
-        };
+        let endpoints = self.endpoints(&at, raw.endpoints.as_deref());
         let connect_timeout = self.duration(
             &join(&at, "connect_timeout"),
             raw.connect_timeout.as_deref(),
@@ -47,13 +33,58 @@ impl Cx {
             .concurrency
             .as_ref()
             .map(|c| self.concurrency(&join(&at, "concurrency"), c));
+        let resolve_interval = self.duration(
+            &join(&at, "resolve_interval"),
+            raw.resolve_interval.as_deref(),
+            UpstreamConfig::DEFAULT_RESOLVE_INTERVAL,
+            true,
+        );
+        let balance = self.choice(
+            &join(&at, "balance"),
+            raw.balance.as_deref(),
+            &[
+                ("least_request", Balance::LeastRequest),
+                ("round_robin", Balance::RoundRobin),
+            ],
+            Balance::default(),
+        );
         Some(UpstreamConfig {
             name: checked_name?,
-            endpoints: endpoints.into_iter().collect::<Option<_>>()?,
+            endpoints: endpoints?,
             connect_timeout: connect_timeout?,
             timeout: timeout?,
             concurrency: present(concurrency)?,
+            resolve_interval: resolve_interval?,
+            balance: balance?,
         })
+    }
+
+    /// `endpoints:` — 1..=[`UpstreamConfig::MAX_ENDPOINTS`] endpoint URLs.
+    fn endpoints(&mut self, at: &str, raw: Option<&[String]>) -> Option<Vec<Authority>> {
+        let endpoints: Vec<Option<Authority>> = match raw {
+            None => vec![self.missing(
+                &join(at, "endpoints"),
+                "a list of URLs like [http://127.0.0.1:3000]",
+            )],
+            Some([]) => vec![self.fail(
+                &join(at, "endpoints"),
+                "at least one endpoint is required, like [http://127.0.0.1:3000]",
+            )],
+            Some(list) if list.len() > UpstreamConfig::MAX_ENDPOINTS => vec![self.fail(
+                &join(at, "endpoints"),
+                format!(
+                    "at most {} endpoints, found {}",
+                    UpstreamConfig::MAX_ENDPOINTS,
+                    list.len()
+                ),
+            )],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, url)| self.endpoint(&format!("{at}.endpoints[{i}]"), url))
+                .collect(),
+        };
+        endpoints.into_iter().collect()
     }
 
     /// `concurrency:` of an upstream or a route: `max_inflight` or `adaptive`, the queue.

@@ -50,7 +50,7 @@ async fn request_given_back_by_a_closing_connection_is_sent_on_a_fresh_one() {
     let mut connection = Box::pin(connection);
     // One poll and the connection waits for a request: it passes checkout's readiness check.
     assert!(poll_once(connection.as_mut()).is_pending());
-    upstream.endpoints[0].pool.put(sender);
+    upstream.fleet().endpoints()[0].pool.put(sender);
     assert_eq!(upstream.idle(), 1);
 
     let mut send = pin!(upstream.send(get()));

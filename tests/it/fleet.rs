@@ -1,0 +1,191 @@
+//! The fleet behind sluice: endpoints from names (in a temporary `/etc/hosts` entry), re-resolved
+//! under load, balancing, and what `sluice check` says of names. Upstream servers run on
+//! 127.0.0.2, .3 and .4 with one port.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::support::bin::{self, finish};
+use crate::support::fleet::{Fleet, Hosts};
+use crate::support::{client, send, start_proxy, until, ConfigFile, TestBody};
+
+/// A config with upstream `api` at `endpoints` (YAML list items) plus `extra` upstream fields,
+/// and one route to it.
+fn config(endpoints: &str, extra: &str) -> String {
+    format!(
+        "server: {{ listen: 127.0.0.1:0 }}\n\
+         upstreams: {{ api: {{ endpoints: [{endpoints}], {extra} }} }}\n\
+         routes: [{{ name: all, upstream: api }}]\n"
+    )
+}
+
+/// An upstream that answers 200 at once.
+async fn ok_fleet() -> Fleet {
+    Fleet::start(|_, _| async { Response::new(TestBody::text("ok")) }).await
+}
+
+/// Clients sending GETs in a loop until [`Load::finish`], counting the answers that are not
+/// 200.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    clients: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize) -> Load {
+        let (stop, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let clients = (0..clients)
+            .map(|_| {
+                let (url, stop, failed) = (url.clone(), stop.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let mut sent = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                        if send(&client, req).await.status != StatusCode::OK {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failed,
+            clients,
+        }
+    }
+
+    /// Stops the clients: (requests sent, answers not 200).
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut sent = 0;
+        for c in self.clients {
+            sent += c.await.expect("client task");
+        }
+        (sent, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// sluice in front of `fleet` through `hosts`' name, with `extra` upstream fields.
+async fn proxy_for(fleet: &Fleet, hosts: &Hosts, extra: &str) -> crate::support::Proxy {
+    let endpoint = format!("http://{}:{}", hosts.name, fleet.port);
+    start_proxy(&config(&endpoint, extra)).await
+}
+
+/// Pins: an address added to a name gets requests without a reload, one removed stops getting
+/// them, and no request fails meanwhile (re-resolution under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_resolution_under_load_fails_no_request() {
+    let fleet = ok_fleet().await;
+    let hosts = Hosts::new("reresolve", &[Fleet::ip(0)]);
+    let proxy = proxy_for(&fleet, &hosts, "resolve_interval: 100ms").await;
+    let load = Load::start(proxy.url("/"), 4);
+    until("traffic on .2", Duration::from_secs(10), || {
+        fleet.requests()[0] > 20
+    })
+    .await;
+    assert_eq!(fleet.requests()[1], 0, "not a member yet");
+    hosts.set(&[Fleet::ip(0), Fleet::ip(1)]);
+    until("traffic on .3", Duration::from_secs(10), || {
+        fleet.requests()[1] > 20
+    })
+    .await;
+    hosts.set(&[Fleet::ip(1)]);
+    // Once .2 is gone, its count stops moving while .3's grows.
+    until("no more traffic on .2", Duration::from_secs(10), || async {
+        let before = fleet.requests();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = fleet.requests();
+        after[0] == before[0] && after[1] > before[1] + 10
+    })
+    .await;
+    let (sent, failed) = load.finish().await;
+    assert!(sent > 60, "load ran: {sent}");
+    assert_eq!(failed, 0, "of {sent} requests");
+    proxy.stop().await;
+}
+
+/// Pins: least request sends most requests to the fast endpoint of two (the slow one holds
+/// its requests longer, so it is the busier of the two choices).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_favours_the_fast_endpoint() {
+    let fleet = Fleet::start(|i, _| async move {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Response::new(TestBody::text("ok"))
+    })
+    .await;
+    let hosts = Hosts::new("p2c", &[Fleet::ip(0), Fleet::ip(1)]);
+    let proxy = proxy_for(&fleet, &hosts, "balance: least_request").await;
+    let load = Load::start(proxy.url("/"), 8);
+    until("400 requests", Duration::from_secs(30), || {
+        fleet.requests().iter().sum::<usize>() >= 400
+    })
+    .await;
+    let (_, failed) = load.finish().await;
+    let [fast, slow, _] = fleet.requests()[..] else {
+        unreachable!()
+    };
+    assert!(slow > 0, "the slow endpoint is still tried");
+    assert!(fast > 4 * slow, "fast {fast}, slow {slow}");
+    assert_eq!(failed, 0);
+    proxy.stop().await;
+}
+
+/// Pins: `sluice check` prints what a name resolves to; a name that does not resolve is an
+/// error (exit 2, placed at its field) for `check` and `run` unless another endpoint of the
+/// upstream resolves; `check --offline` does not resolve.
+#[test]
+fn check_resolves_names_and_refuses_an_upstream_without_address() {
+    let hosts = Hosts::new("check", &[Fleet::ip(0), Fleet::ip(1)]);
+    let good = ConfigFile::new(&config(&format!("http://{}:8080", hosts.name), ""));
+    let out = finish(bin::command().args(["check", "-c"]).arg(&good.path));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains(&hosts.name) && l.contains("->"))
+        .unwrap_or_else(|| panic!("no resolution line in {}", out.stdout));
+    assert!(line.contains("127.0.0.2:8080, 127.0.0.3:8080"), "{line}");
+    let bad = ConfigFile::new(&config("http://no-such-name.invalid:8080", ""));
+    for cmd in ["check", "run"] {
+        let out = finish(bin::command().args([cmd, "-c"]).arg(&bad.path));
+        assert_eq!(out.code, Some(2), "{cmd}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(":2:") && out.stderr.contains("upstreams.api.endpoints[0]"),
+            "{cmd}: {}",
+            out.stderr
+        );
+    }
+    let offline = finish(
+        bin::command()
+            .args(["check", "--offline", "-c"])
+            .arg(&bad.path),
+    );
+    assert_eq!(offline.code, Some(0), "{}", offline.stderr);
+    let other = ConfigFile::new(&config(
+        "http://no-such-name.invalid:8080, http://127.0.0.1:8080",
+        "",
+    ));
+    let out = finish(bin::command().args(["check", "-c"]).arg(&other.path));
+    assert_eq!(
+        out.code,
+        Some(0),
+        "another endpoint resolves: {}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("not resolved"), "{}", out.stdout);
+}
