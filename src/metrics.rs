@@ -64,11 +64,13 @@ pub(crate) enum Outcome {
     BodyTimeout,
     /// 202: written to Redis for deferred delivery.
     Deferred,
+    /// 503: every endpoint of the upstream asked to wait (503 with `Retry-After`).
+    UpstreamPushback,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub(crate) const ALL: [Outcome; 14] = [
+    pub(crate) const ALL: [Outcome; 15] = [
         Outcome::Forwarded,
         Outcome::RateLimited,
         Outcome::QueueFull,
@@ -83,6 +85,7 @@ impl Outcome {
         Outcome::BodyTooLarge,
         Outcome::BodyTimeout,
         Outcome::Deferred,
+        Outcome::UpstreamPushback,
     ];
 
     /// The label value.
@@ -102,6 +105,7 @@ impl Outcome {
             Outcome::BodyTooLarge => "body_too_large",
             Outcome::BodyTimeout => "body_timeout",
             Outcome::Deferred => "deferred",
+            Outcome::UpstreamPushback => "upstream_pushback",
         }
     }
 

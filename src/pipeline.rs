@@ -178,6 +178,14 @@ async fn admit_and_forward(
         }
         _ => {}
     }
+    // Every endpoint asked to wait: answered now, before the request takes a slot or a place
+    // in a queue. (On a route that defers on overflow, its caps decide first; the exchange then
+    // answers the same 503.)
+    if when != Some(DeferWhen::Overflow) {
+        if let Some(retry_after) = route.upstream.pushback() {
+            return Err(Rejection::UpstreamPushback { retry_after });
+        }
+    }
     let slots = match caps::admit(route).await {
         Ok(slots) => slots,
         Err(refused) if when == Some(DeferWhen::Overflow) => {

@@ -59,6 +59,12 @@ pub(crate) enum Rejection {
         /// What happened, with its `Retry-After`.
         rejected: Rejected,
     },
+    /// Every endpoint of the upstream asked to wait (503 with `Retry-After`): 503
+    /// `upstream-pushback`, nothing sent.
+    UpstreamPushback {
+        /// Until the first endpoint may be asked again.
+        retry_after: Duration,
+    },
     /// No endpoint of the upstream accepted a connection: 502 `upstream-unavailable`.
     UpstreamUnreachable,
     /// The upstream closed or broke the exchange after the request was sent: 502
@@ -197,6 +203,8 @@ enum Body {
     RepeatedKey(usize),
     /// A cap's 503, with its `Retry-After`.
     Cap(Cap, Rejected),
+    /// The upstream's pushback 503, with the wait its endpoints asked for.
+    Pushback(Duration),
     /// The 503 of a route at `defer.max_tasks`, with `Retry-After` its backoff.
     DeferFull,
     /// The 503 of a task write whose outcome is unknown, naming the task.
@@ -234,6 +242,7 @@ impl Rejection {
             Rejection::RateLimited { limit, retry_after } => (S::TOO_MANY_REQUESTS, "rate-limited", O::RateLimited, Body::Limited { limit, retry_after }),
             Rejection::StoreUnavailable { limit } => (S::SERVICE_UNAVAILABLE, "store-unavailable", O::StoreUnavailable, Body::LimitStore(limit)),
             Rejection::Capacity { cap, rejected } => (S::SERVICE_UNAVAILABLE, rejected.reason(), capacity_outcome(rejected), Body::Cap(cap, rejected)),
+            Rejection::UpstreamPushback { retry_after } => (S::SERVICE_UNAVAILABLE, "upstream-pushback", O::UpstreamPushback, Body::Pushback(retry_after)),
             Rejection::UpstreamUnreachable => (S::BAD_GATEWAY, "upstream-unavailable", O::UpstreamError, Body::Plain(Plain::Unreachable)),
             Rejection::UpstreamBroken => (S::BAD_GATEWAY, "upstream-unavailable", O::UpstreamError, Body::Plain(Plain::Broken)),
             Rejection::UpstreamTimeout => (S::GATEWAY_TIMEOUT, "upstream-timeout", O::UpstreamTimeout, Body::Plain(Plain::Timeout)),
@@ -285,6 +294,9 @@ impl From<BodyFault> for Rejection {
 impl From<&UpstreamError> for Rejection {
     fn from(err: &UpstreamError) -> Self {
         match err {
+            UpstreamError::Pushback { retry_after, .. } => Rejection::UpstreamPushback {
+                retry_after: *retry_after,
+            },
             UpstreamError::Connect { .. } => Rejection::UpstreamUnreachable,
             UpstreamError::Failed { .. } => Rejection::UpstreamBroken,
             UpstreamError::Timeout { .. } => Rejection::UpstreamTimeout,
@@ -432,6 +444,8 @@ pub(crate) struct RouteProblems {
     route_cap: CapTemplate,
     /// The 503s of the upstream's cap.
     upstream_cap: CapTemplate,
+    /// 503 `upstream-pushback`: every endpoint asked to wait.
+    pushback: WithRetry,
     /// The bodies that are the same for every request of the route, by [`Plain`]: 502
     /// (unreachable, broken), 504, 400 (malformed body), 413, 408, and the deferral's 503, 413
     /// and 422.
@@ -487,6 +501,15 @@ impl RouteProblems {
             repeated_keys: repeated_keys(source),
             route_cap: CapTemplate::new(route, "route", route),
             upstream_cap: CapTemplate::new(route, "upstream", upstream),
+            pushback: WithRetry::new(
+                REDUCED_CAPACITY,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-pushback",
+                &format!(
+                    "every endpoint of upstream {upstream} asked to wait (503 with Retry-After)"
+                ),
+                route,
+            ),
             plain: plain_bodies(source, defer_unavailable, defer_too_large, key_reused),
             defer_full,
             unknown_secs: retry_after_secs(source.defer_unknown_for).max(1),
@@ -517,6 +540,9 @@ impl RouteProblems {
             },
             Body::Cap(Cap::Route, rejected) => self.route_cap.respond(rejected),
             Body::Cap(Cap::Upstream, rejected) => self.upstream_cap.respond(rejected),
+            Body::Pushback(wait) => self
+                .pushback
+                .respond(p.status, retry_after_secs(wait).clamp(1, 60)),
             Body::DeferFull => {
                 let (template, secs) = &self.defer_full;
                 template.respond(p.status, *secs)

@@ -38,12 +38,13 @@ const ADMITTED: [Outcome; 3] = [
 ];
 /// Outcomes counted as rejected: sluice pushed back (429 and the 503s of limits and caps).
 /// Malformed requests and clients that left are neither.
-const REJECTED: [Outcome; 5] = [
+const REJECTED: [Outcome; 6] = [
     Outcome::RateLimited,
     Outcome::QueueFull,
     Outcome::QueueTimeout,
     Outcome::Shed,
     Outcome::StoreUnavailable,
+    Outcome::UpstreamPushback,
 ];
 
 /// Request counts by outcome, in [`Outcome::ALL`] order.

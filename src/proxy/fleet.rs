@@ -11,6 +11,10 @@
 //!   endpoint that goes away fails no request in flight. An address kept across a resolution
 //!   keeps its endpoint: its idle connections, its in-flight count and its state.
 //! - At most [`UpstreamConfig::MAX_ENDPOINTS`] endpoints per upstream.
+//! - Pushback: an endpoint that answers 503 with `Retry-After` gets no request until then (at
+//!   most [`MAX_PUSHBACK`]); when every endpoint has asked to wait, [`Fleet::pushback_wait`]
+//!   says how long the first still wants, and the upstream is not contacted. A 429 is about
+//!   one client, not the endpoint: it changes nothing here.
 //! - Choosing ([`balance`]): `least_request` (of two distinct endpoints picked at random, the
 //!   one with fewer requests in flight) or `round_robin`; both skip an endpoint that is down
 //!   unless every one is.
@@ -28,6 +32,9 @@ use crate::clock::Epoch;
 use crate::config::{Balance, UpstreamConfig};
 use crate::proxy::pool::{EndpointPool, KeepAlive};
 
+/// The longest an endpoint's `Retry-After` keeps it out of rotation.
+pub(crate) const MAX_PUSHBACK: Duration = Duration::from_secs(60);
+
 mod balance;
 pub(crate) mod resolve;
 
@@ -42,6 +49,9 @@ pub(crate) struct Endpoint {
     pub(crate) pool: Arc<EndpointPool>,
     /// Milliseconds since the fleet's epoch until which this endpoint is skipped; 0 = never.
     down_until_ms: AtomicU64,
+    /// Milliseconds since the fleet's epoch until which this endpoint asked (503 with
+    /// `Retry-After`) to get no request; 0 = never.
+    pushback_until_ms: AtomicU64,
 }
 
 /// The endpoints of one upstream (see the module docs).
@@ -63,7 +73,11 @@ pub(crate) struct Fleet {
     next: AtomicUsize,
     /// Least-request's random stream (a Weyl sequence, mixed on reading).
     seed: AtomicU64,
-    /// Time base of `Endpoint::down_until_ms`.
+    /// When every endpoint is in pushback: the end of the shortest one (ms since `epoch`);
+    /// else 0. Recomputed when an endpoint pushes back and when the list changes, so that a
+    /// request checks it in O(1).
+    all_pushback_until_ms: AtomicU64,
+    /// Time base of `Endpoint::down_until_ms` and `pushback_until_ms`.
     epoch: Epoch,
     /// Set once a re-resolving task has been started for this fleet.
     resolver_started: AtomicBool,
@@ -83,6 +97,7 @@ impl Endpoint {
                 fleet.keep_alive,
             )),
             down_until_ms: AtomicU64::new(0),
+            pushback_until_ms: AtomicU64::new(0),
         }
     }
 }
@@ -107,6 +122,7 @@ impl Fleet {
             endpoints: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             seed: AtomicU64::new(seed()),
+            all_pushback_until_ms: AtomicU64::new(0),
             epoch: Epoch::new(),
             resolver_started: AtomicBool::new(false),
         };
@@ -187,6 +203,7 @@ impl Fleet {
             let addrs: Vec<SocketAddr> = next.iter().map(|e| e.addr).collect();
             tracing::info!(upstream = %self.upstream, endpoints = ?addrs, "endpoints changed");
             self.endpoints.store(Arc::new(next));
+            self.recompute_pushback();
         }
         changed
     }
@@ -216,9 +233,43 @@ impl Fleet {
         endpoint.down_until_ms.store(0, Ordering::Relaxed);
     }
 
-    /// True while `endpoint` is skipped.
+    /// True while `endpoint` is skipped: its connection failed, or it asked to wait.
     pub(crate) fn is_down(&self, endpoint: &Endpoint) -> bool {
-        endpoint.down_until_ms.load(Ordering::Relaxed) > self.now_ms()
+        let now = self.now_ms();
+        endpoint.down_until_ms.load(Ordering::Relaxed) > now
+            || endpoint.pushback_until_ms.load(Ordering::Relaxed) > now
+    }
+
+    /// `endpoint` answered 503 with `Retry-After: wait`: it gets no request for that long (at
+    /// most [`MAX_PUSHBACK`]).
+    pub(crate) fn push_back(&self, endpoint: &Endpoint, wait: Duration) {
+        let until = self.now_ms() + wait.min(MAX_PUSHBACK).as_millis() as u64;
+        endpoint.pushback_until_ms.store(until, Ordering::Relaxed);
+        tracing::debug!(upstream = %self.upstream, endpoint = %endpoint.addr, ?wait, "endpoint asked to wait");
+        self.recompute_pushback();
+    }
+
+    /// When every endpoint has asked to wait: how long until the first may be asked again.
+    pub(crate) fn pushback_wait(&self) -> Option<Duration> {
+        let until = self.all_pushback_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Sets `all_pushback_until_ms` from the endpoints now: O(endpoints), on a pushback or a
+    /// change of the list only.
+    fn recompute_pushback(&self) {
+        let now = self.now_ms();
+        let endpoints = self.endpoints();
+        let untils = endpoints
+            .iter()
+            .map(|e| e.pushback_until_ms.load(Ordering::Relaxed));
+        let all = if !endpoints.is_empty() && untils.clone().all(|u| u > now) {
+            untils.min().unwrap_or(0)
+        } else {
+            0
+        };
+        self.all_pushback_until_ms.store(all, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -249,6 +300,24 @@ pub(crate) fn spawn_resolver(
             fleet.refresh().await;
         }
     });
+}
+
+/// The wait a `Retry-After` asks for: delta-seconds or an HTTP date (RFC 9110 §10.2.3); `None`
+/// when absent or unreadable.
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// A seed for least-request's random stream: differs between fleets and processes.

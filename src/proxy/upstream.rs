@@ -83,6 +83,14 @@ pub(crate) enum UpstreamError {
         /// The configured timeout.
         timeout: Duration,
     },
+    /// Every endpoint has asked to wait (503 with `Retry-After`): nothing was sent.
+    #[error("every endpoint of upstream {upstream} asked to wait {retry_after:?} more")]
+    Pushback {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// Until the first endpoint may be asked again.
+        retry_after: Duration,
+    },
     /// The connection broke after the request was sent (reset, bad response).
     #[error("upstream {upstream} failed: {source}")]
     Failed {
@@ -172,7 +180,19 @@ impl Upstream {
         }
     }
 
+    /// When every endpoint has asked to wait: how long until the first may be asked again.
+    /// A request then gets 503 `upstream-pushback` at once.
+    pub(crate) fn pushback(&self) -> Option<Duration> {
+        self.fleet.pushback_wait()
+    }
+
     async fn send_with_retry(&self, mut req: Request<UpstreamBody>) -> Exchanged {
+        if let Some(retry_after) = self.pushback() {
+            return Err(UpstreamError::Pushback {
+                upstream: self.name.clone(),
+                retry_after,
+            });
+        }
         let endpoints = self.fleet.endpoints();
         let Some(first) = self.fleet.pick(&endpoints) else {
             return Err(self.no_address());
@@ -208,7 +228,7 @@ impl Upstream {
                 }
             }
             let unsent = match conn.sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, conn)),
+                Ok(res) => return Ok(self.answered(endpoint, res, conn)),
                 Err(mut err) => match err.take_message() {
                     // A reused connection closed before the request was written: send it again
                     // on a fresh one (what hyper-util's `retry_canceled_requests` does).
@@ -224,6 +244,22 @@ impl Upstream {
             return self.resend(endpoint, unsent).await;
         }
         Err(last_err.unwrap_or_else(|| self.no_address()))
+    }
+
+    /// What `endpoint`'s answer tells of it: a 503 with `Retry-After` puts it in pushback (a
+    /// 429 is about one client and changes nothing).
+    fn answered(
+        &self,
+        endpoint: &Endpoint,
+        res: Response<Incoming>,
+        conn: Conn,
+    ) -> (Response<Incoming>, Conn) {
+        if res.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(wait) = crate::proxy::fleet::retry_after(res.headers()) {
+                self.fleet.push_back(endpoint, wait);
+            }
+        }
+        (res, conn)
     }
 
     /// The error of an upstream none of whose names resolved (yet).
@@ -250,7 +286,7 @@ impl Upstream {
                 }
             })?;
             match fresh.sender.send_request(req).await {
-                Ok(res) => Ok((res, fresh)),
+                Ok(res) => Ok(self.answered(endpoint, res, fresh)),
                 Err(source) => Err(UpstreamError::Failed {
                     upstream: self.name.clone(),
                     source,
@@ -283,6 +319,8 @@ impl Upstream {
     /// are counted and reported with the next line.
     pub(crate) fn warn_failure(&self, err: &UpstreamError) {
         let class = match err {
+            // Not a failure: the upstream's own request, answered at the edge.
+            UpstreamError::Pushback { .. } => return,
             UpstreamError::Connect { .. } => 0,
             UpstreamError::Timeout { .. } => 1,
             UpstreamError::Failed { .. } => 2,

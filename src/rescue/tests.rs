@@ -151,6 +151,16 @@ fn every_rejection_has_its_status_reason_type_and_outcome() {
     ];
     cases.extend([
         (
+            Rejection::UpstreamPushback {
+                retry_after: Duration::from_millis(4200),
+            },
+            503,
+            "upstream-pushback",
+            REDUCED_CAPACITY,
+            Some(5),
+            Outcome::UpstreamPushback,
+        ),
+        (
             Rejection::DeferUnavailable,
             503,
             "store-unavailable",

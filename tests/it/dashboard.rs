@@ -77,7 +77,7 @@ fn num(v: &Value) -> f64 {
 }
 
 /// Every outcome label value: the keys of `requests_per_second` and `requests_total`.
-const OUTCOMES: [&str; 14] = [
+const OUTCOMES: [&str; 15] = [
     "forwarded",
     "rate_limited",
     "queue_full",
@@ -92,6 +92,7 @@ const OUTCOMES: [&str; 14] = [
     "body_too_large",
     "body_timeout",
     "deferred",
+    "upstream_pushback",
 ];
 
 /// Members of a route and an upstream entry, and what each is: `n` a number, `n?` a number or

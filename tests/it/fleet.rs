@@ -12,13 +12,18 @@ use http_body_util::Full;
 
 use crate::support::bin::{self, finish};
 use crate::support::fleet::{Fleet, Hosts};
-use crate::support::{client, send, start_proxy, until, ConfigFile, TestBody};
+use crate::support::{client, get, send, start_proxy, until, ConfigFile, TestBody};
+
+/// The problem type of `queue-full`, which `upstream-pushback` shares.
+const REDUCED_CAPACITY: &str =
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 
 /// A config with upstream `api` at `endpoints` (YAML list items) plus `extra` upstream fields,
 /// and one route to it.
 fn config(endpoints: &str, extra: &str) -> String {
     format!(
         "server: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
          upstreams: {{ api: {{ endpoints: [{endpoints}], {extra} }} }}\n\
          routes: [{{ name: all, upstream: api }}]\n"
     )
@@ -165,7 +170,7 @@ fn check_resolves_names_and_refuses_an_upstream_without_address() {
         let out = finish(bin::command().args([cmd, "-c"]).arg(&bad.path));
         assert_eq!(out.code, Some(2), "{cmd}: {}", out.stderr);
         assert!(
-            out.stderr.contains(":2:") && out.stderr.contains("upstreams.api.endpoints[0]"),
+            out.stderr.contains(":3:") && out.stderr.contains("upstreams.api.endpoints[0]"),
             "{cmd}: {}",
             out.stderr
         );
@@ -188,4 +193,87 @@ fn check_resolves_names_and_refuses_an_upstream_without_address() {
         out.stderr
     );
     assert!(out.stdout.contains("not resolved"), "{}", out.stdout);
+}
+
+/// An upstream whose server `i` answers `status` with `Retry-After: retry_after` when `i` is in
+/// `which`, and 200 otherwise.
+async fn answering(status: u16, retry_after: &'static str, which: &'static [usize]) -> Fleet {
+    Fleet::start(move |i, _| async move {
+        if !which.contains(&i) {
+            return Response::new(TestBody::text("ok"));
+        }
+        Response::builder()
+            .status(status)
+            .header("retry-after", retry_after)
+            .body(TestBody::text("wait"))
+            .unwrap()
+    })
+    .await
+}
+
+/// Pins: an endpoint that answers 503 with `Retry-After` gets no request while the others
+/// take them; when every endpoint has asked to wait, sluice answers 503 `upstream-pushback`
+/// at once, with the problem type of `queue-full` and a `Retry-After` no longer than asked,
+/// without contacting the upstream (counted as `upstream_pushback`).
+#[tokio::test]
+async fn pushback_is_honoured_and_answered_at_the_edge() {
+    let fleet = answering(503, "30", &[0]).await;
+    let hosts = Hosts::new("pushback", &[Fleet::ip(0), Fleet::ip(1)]);
+    let proxy = proxy_for(
+        &fleet,
+        &hosts,
+        "balance: round_robin, resolve_interval: 100ms",
+    )
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        codes.push(get(&proxy.url("/")).await.status.as_u16());
+    }
+    assert_eq!(
+        fleet.requests()[0],
+        1,
+        "asked once, then left alone: {codes:?}"
+    );
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 19, "{codes:?}");
+    hosts.set(&[Fleet::ip(0)]);
+    // Only .2 now (once re-resolved): its wait is the upstream's.
+    until("pushback at the edge", Duration::from_secs(15), || async {
+        get(&proxy.url("/")).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let before = fleet.requests();
+    for _ in 0..10 {
+        let got = get(&proxy.url("/")).await;
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+        let json = got.json();
+        assert_eq!(json["reason"], "upstream-pushback", "{json}");
+        assert_eq!(json["type"], REDUCED_CAPACITY, "{json}");
+        let secs: u64 = got
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!((1..=30).contains(&secs), "{secs}");
+    }
+    assert_eq!(fleet.requests(), before, "no upstream traffic");
+    let pushed = proxy
+        .metric("sluice_requests_total{route=\"all\",outcome=\"upstream_pushback\"}")
+        .await;
+    assert!(pushed >= 10.0, "{pushed}");
+    proxy.stop().await;
+}
+
+/// Pins: a 429 is about one client: passed on, and every request still reaches the upstream.
+#[tokio::test]
+async fn a_429_passes_through_and_changes_nothing() {
+    let fleet = answering(429, "30", &[0, 1, 2]).await;
+    let hosts = Hosts::new("pass429", &[Fleet::ip(0)]);
+    let proxy = proxy_for(&fleet, &hosts, "").await;
+    for _ in 0..5 {
+        let got = get(&proxy.url("/")).await;
+        assert_eq!(got.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(got.header("retry-after"), Some("30"));
+    }
+    assert_eq!(fleet.requests()[0], 5);
+    proxy.stop().await;
 }

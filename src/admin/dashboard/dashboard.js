@@ -31,7 +31,7 @@
     latP99: "#0d47a1",
   };
   // 503s that mean the caps are pushing back: a route with any of them is "shedding".
-  const SHEDDING = ["queue_full", "queue_timeout", "shed", "store_unavailable"];
+  const SHEDDING = ["queue_full", "queue_timeout", "shed", "store_unavailable", "upstream_pushback"];
   const NAMED = ["forwarded", "rate_limited", "queue_full", "queue_timeout", "shed",
     "upstream_error", "upstream_timeout"];
 

@@ -484,7 +484,8 @@ async fn send(
         Err(err) => {
             target.upstream.warn_failure(&err);
             match err {
-                UpstreamError::Connect { .. } => Try::Unreached,
+                // Nothing was sent: the task waits.
+                UpstreamError::Connect { .. } | UpstreamError::Pushback { .. } => Try::Unreached,
                 UpstreamError::Timeout { .. } => Try::Unanswered("upstream-timeout"),
                 UpstreamError::Failed { .. } => Try::Unanswered("upstream-unavailable"),
             }

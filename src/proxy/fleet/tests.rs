@@ -128,3 +128,61 @@ async fn round_robin_and_even_spread() {
     }
     assert!(counts.iter().all(|&c| c > 600), "{counts:?}");
 }
+
+/// Pins: an endpoint in pushback is skipped; when every one is, `pushback_wait` is the
+/// shortest wait left (at most 60 s), and it ends with the waits; a new address ends it.
+#[tokio::test(start_paused = true)]
+async fn pushback_skips_an_endpoint_and_all_waiting_is_known_at_once() {
+    let fleet = fleet(Balance::RoundRobin, &["10.0.0.1:80", "10.0.0.2:80"]);
+    let eps = fleet.endpoints();
+    fleet.push_back(&eps[0], Duration::from_secs(5));
+    assert_eq!(
+        fleet.pushback_wait(),
+        None,
+        "one endpoint still takes requests"
+    );
+    for _ in 0..4 {
+        assert_eq!(fleet.pick(&eps), Some(1));
+    }
+    fleet.push_back(&eps[1], Duration::from_secs(3600));
+    assert_eq!(fleet.pushback_wait(), Some(Duration::from_secs(5)));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(fleet.pushback_wait(), Some(Duration::from_secs(3)));
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert_eq!(fleet.pushback_wait(), None, "the first wait is over");
+    assert_eq!(fleet.pick(&eps), Some(0));
+    fleet.push_back(&eps[0], Duration::from_secs(5));
+    assert_eq!(
+        fleet.pushback_wait(),
+        Some(Duration::from_secs(5)),
+        "the other's wait was cut to 60 s, still 55 s to go"
+    );
+    fleet.apply(vec![
+        Ok(vec![addr("10.0.0.1:80"), addr("10.0.0.3:80")]),
+        Ok(vec![addr("10.0.0.2:80")]),
+    ]);
+    assert_eq!(fleet.pushback_wait(), None, "a new endpoint takes requests");
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date; anything else is no wait.
+#[test]
+fn retry_after_forms() {
+    let headers = |v: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("retry-after", v.parse().expect("header value"));
+        h
+    };
+    assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+    assert_eq!(
+        retry_after(&headers("Sun, 06 Nov 1994 08:49:37 GMT")),
+        Some(Duration::ZERO)
+    );
+    let later = std::time::SystemTime::now() + Duration::from_secs(120);
+    let wait = retry_after(&headers(&httpdate::fmt_http_date(later))).expect("a date");
+    assert!(
+        wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+        "{wait:?}"
+    );
+    assert_eq!(retry_after(&headers("soon")), None);
+    assert_eq!(retry_after(&http::HeaderMap::new()), None);
+}
