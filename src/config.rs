@@ -505,6 +505,67 @@ pub struct UpstreamConfig {
     pub resolve_interval: Duration,
     /// How an endpoint is chosen for a request. Default [`Balance::LeastRequest`].
     pub balance: Balance,
+    /// Active health checks; none when absent.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier ejection, always on.
+    pub outlier: OutlierConfig,
+}
+
+/// `upstreams.<name>.health_check:` — a `GET` of `path` on every endpoint every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheckConfig {
+    /// The path checked; a 2xx answer within `timeout` is a success. Required.
+    pub path: String,
+    /// Time between two checks of an endpoint. Default [`Self::DEFAULT_INTERVAL`].
+    #[serde(serialize_with = "effective::duration")]
+    pub interval: Duration,
+    /// A check without an answer by then fails. Default [`Self::DEFAULT_TIMEOUT`].
+    #[serde(serialize_with = "effective::duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that make a healthy endpoint unhealthy. Default 2.
+    pub unhealthy_after: u32,
+    /// Consecutive successes that make an unhealthy endpoint healthy again. Default 2.
+    pub healthy_after: u32,
+}
+
+impl HealthCheckConfig {
+    /// `interval` when absent.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+    /// `timeout` when absent.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// `unhealthy_after` and `healthy_after` when absent.
+    pub const DEFAULT_AFTER: u32 = 2;
+}
+
+/// `upstreams.<name>.outlier:` — passive ejection of an endpoint that keeps failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct OutlierConfig {
+    /// Consecutive failures (connect failures, resets before a response, timeouts: never an
+    /// answer the upstream chose to send) that eject an endpoint. Default
+    /// [`Self::DEFAULT_CONSECUTIVE_FAILURES`].
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; each repeat doubles it, up to
+    /// [`Self::MAX_EJECTION`]. Default [`Self::DEFAULT_EJECTION`].
+    #[serde(serialize_with = "effective::duration")]
+    pub ejection: Duration,
+}
+
+impl OutlierConfig {
+    /// `consecutive_failures` when absent.
+    pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+    /// `ejection` when absent.
+    pub const DEFAULT_EJECTION: Duration = Duration::from_secs(10);
+    /// The longest ejection, however often it repeats.
+    pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: Self::DEFAULT_CONSECUTIVE_FAILURES,
+            ejection: Self::DEFAULT_EJECTION,
+        }
+    }
 }
 
 impl UpstreamConfig {

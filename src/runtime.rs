@@ -615,6 +615,8 @@ fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && a.concurrency == b.concurrency
         && a.resolve_interval == b.resolve_interval
         && a.balance == b.balance
+        && a.health_check == b.health_check
+        && a.outlier == b.outlier
 }
 
 #[cfg(test)]

@@ -159,6 +159,36 @@ pub(crate) struct RawUpstream {
     pub(crate) resolve_interval: Option<String>,
     /// `least_request` | `round_robin`.
     pub(crate) balance: Option<String>,
+    /// Active health checks.
+    pub(crate) health_check: Option<RawHealthCheck>,
+    /// Passive outlier ejection.
+    pub(crate) outlier: Option<RawOutlier>,
+}
+
+/// `upstreams.<name>.health_check:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    /// An absolute path.
+    pub(crate) path: Option<String>,
+    /// A duration.
+    pub(crate) interval: Option<String>,
+    /// A duration.
+    pub(crate) timeout: Option<String>,
+    /// A count ≥ 1.
+    pub(crate) unhealthy_after: Option<Int>,
+    /// A count ≥ 1.
+    pub(crate) healthy_after: Option<Int>,
+}
+
+/// `upstreams.<name>.outlier:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    /// A count ≥ 1.
+    pub(crate) consecutive_failures: Option<Int>,
+    /// A duration.
+    pub(crate) ejection: Option<String>,
 }
 
 /// `concurrency:` of a route or an upstream.

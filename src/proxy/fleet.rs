@@ -29,14 +29,17 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 
 use crate::clock::Epoch;
-use crate::config::{Balance, UpstreamConfig};
+use crate::config::{Balance, OutlierConfig, UpstreamConfig};
 use crate::proxy::pool::{EndpointPool, KeepAlive};
 
 /// The longest an endpoint's `Retry-After` keeps it out of rotation.
 pub(crate) const MAX_PUSHBACK: Duration = Duration::from_secs(60);
 
 mod balance;
+pub(crate) mod health;
 pub(crate) mod resolve;
+
+use self::health::Health;
 
 /// One address of the upstream.
 #[derive(Debug)]
@@ -52,6 +55,8 @@ pub(crate) struct Endpoint {
     /// Milliseconds since the fleet's epoch until which this endpoint asked (503 with
     /// `Retry-After`) to get no request; 0 = never.
     pushback_until_ms: AtomicU64,
+    /// Outlier ejection and active checks.
+    health: Health,
 }
 
 /// The endpoints of one upstream (see the module docs).
@@ -81,6 +86,12 @@ pub(crate) struct Fleet {
     epoch: Epoch,
     /// Set once a re-resolving task has been started for this fleet.
     resolver_started: AtomicBool,
+    /// Set once an active health-check task has been started for this fleet.
+    checker_started: AtomicBool,
+    /// When an endpoint is ejected.
+    outlier: OutlierConfig,
+    /// Set while no endpoint is usable (logged once per episode).
+    fallback_logged: AtomicBool,
 }
 
 // === impl Endpoint ===
@@ -98,6 +109,7 @@ impl Endpoint {
             )),
             down_until_ms: AtomicU64::new(0),
             pushback_until_ms: AtomicU64::new(0),
+            health: Health::default(),
         }
     }
 }
@@ -125,6 +137,9 @@ impl Fleet {
             all_pushback_until_ms: AtomicU64::new(0),
             epoch: Epoch::new(),
             resolver_started: AtomicBool::new(false),
+            checker_started: AtomicBool::new(false),
+            outlier: config.outlier,
+            fallback_logged: AtomicBool::new(false),
         };
         let resolved: Vec<_> = fleet.names.iter().map(resolve::lookup_blocking).collect();
         let before = previous.map(|p| p.addresses_by_name()).unwrap_or_default();
@@ -233,11 +248,19 @@ impl Fleet {
         endpoint.down_until_ms.store(0, Ordering::Relaxed);
     }
 
-    /// True while `endpoint` is skipped: its connection failed, or it asked to wait.
+    /// True while `endpoint` is skipped: its connection failed, it asked to wait, it is
+    /// ejected or its health check fails.
     pub(crate) fn is_down(&self, endpoint: &Endpoint) -> bool {
         let now = self.now_ms();
         endpoint.down_until_ms.load(Ordering::Relaxed) > now
             || endpoint.pushback_until_ms.load(Ordering::Relaxed) > now
+            || self.is_ejected(endpoint)
+            || self.is_unhealthy(endpoint)
+    }
+
+    /// True while `endpoint` has asked to wait.
+    pub(crate) fn in_pushback(&self, endpoint: &Endpoint) -> bool {
+        endpoint.pushback_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
     /// `endpoint` answered 503 with `Retry-After: wait`: it gets no request for that long (at

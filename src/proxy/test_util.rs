@@ -102,6 +102,8 @@ impl TestUpstream {
             concurrency: None,
             resolve_interval: UpstreamConfig::DEFAULT_RESOLVE_INTERVAL,
             balance: Balance::RoundRobin,
+            health_check: None,
+            outlier: Default::default(),
         }
     }
 }

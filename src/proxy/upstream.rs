@@ -17,7 +17,7 @@
 //! - [`Upstream::housekeeping`] closes the idle connections of every endpoint that have expired
 //!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use crate::config::UpstreamConfig;
 use crate::limit::ConcurrencyLimit;
 use crate::proxy::fleet::{Endpoint, Fleet};
 use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
-use crate::proxy::request_body::UpstreamBody;
+use crate::proxy::request_body::{Fault, UpstreamBody};
 
 /// How long an endpoint whose connection failed is skipped.
 pub(crate) const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,13 +170,43 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .map_or_else(|| Uri::from_static("/"), Uri::from);
+        // Whether the client's body played a part in a failure (see `count_failure`).
+        let fault = match &body {
+            UpstreamBody::Client(body) => body.fault(),
+            UpstreamBody::Empty => None,
+        };
+        if let Some(retry_after) = self.pushback() {
+            return Err(UpstreamError::Pushback {
+                upstream: self.name.clone(),
+                retry_after,
+            });
+        }
         let req = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.config.timeout, self.send_with_retry(req)).await {
+        let endpoints = self.fleet.endpoints();
+        // The endpoint being tried, as an index into `endpoints` (MAX: none yet).
+        let current = AtomicUsize::new(usize::MAX);
+        let sending = self.send_with_retry(req, &endpoints, &current);
+        let result = match tokio::time::timeout(self.config.timeout, sending).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
                 timeout: self.config.timeout,
             }),
+        };
+        if let Err(UpstreamError::Failed { .. } | UpstreamError::Timeout { .. }) = &result {
+            let endpoint = endpoints.get(current.load(Ordering::Relaxed));
+            self.count_failure(endpoint, fault.as_deref());
+        }
+        result
+    }
+
+    /// A reset before the response or a timeout counts against `endpoint` for outlier ejection
+    /// unless the client's streamed body was not passed on whole (`fault`): a client that
+    /// trickles or breaks its body must not eject an endpoint.
+    fn count_failure(&self, endpoint: Option<&Arc<Endpoint>>, fault: Option<&Fault>) {
+        let clients_doing = fault.is_some_and(|f| !f.complete() || f.get().is_some());
+        if let (Some(endpoint), false) = (endpoint, clients_doing) {
+            self.fleet.failed(endpoint);
         }
     }
 
@@ -186,24 +216,24 @@ impl Upstream {
         self.fleet.pushback_wait()
     }
 
-    async fn send_with_retry(&self, mut req: Request<UpstreamBody>) -> Exchanged {
-        if let Some(retry_after) = self.pushback() {
-            return Err(UpstreamError::Pushback {
-                upstream: self.name.clone(),
-                retry_after,
-            });
-        }
-        let endpoints = self.fleet.endpoints();
-        let Some(first) = self.fleet.pick(&endpoints) else {
+    async fn send_with_retry(
+        &self,
+        mut req: Request<UpstreamBody>,
+        endpoints: &[Arc<Endpoint>],
+        current: &AtomicUsize,
+    ) -> Exchanged {
+        let Some(first) = self.fleet.pick(endpoints) else {
             return Err(self.no_address());
         };
         let tries = endpoints.len();
         let mut last_err = None;
         for i in 0..tries {
-            let endpoint = &endpoints[(first + i) % tries];
-            if i > 0 && self.fleet.is_down(endpoint) && self.any_up(&endpoints) {
+            let index = (first + i) % tries;
+            let endpoint = &endpoints[index];
+            if i > 0 && self.fleet.is_down(endpoint) && self.any_up(endpoints) {
                 continue;
             }
+            current.store(index, Ordering::Relaxed);
             let conn = match endpoint.pool.idle_conn() {
                 Some(conn) => Ok(conn),
                 None => connect(&endpoint.pool).await,
@@ -221,12 +251,7 @@ impl Upstream {
                 }
             };
             self.fleet.mark_up(endpoint);
-            if !req.headers().contains_key(HOST) {
-                // HTTP/1.0 may omit Host; an HTTP/1.1 upstream needs one: name the endpoint.
-                if let Ok(host) = HeaderValue::from_str(endpoint.pool.authority.as_str()) {
-                    req.headers_mut().insert(HOST, host);
-                }
-            }
+            name_host(&mut req, endpoint);
             let unsent = match conn.sender.try_send_request(req).await {
                 Ok(res) => return Ok(self.answered(endpoint, res, conn)),
                 Err(mut err) => match err.take_message() {
@@ -254,6 +279,7 @@ impl Upstream {
         res: Response<Incoming>,
         conn: Conn,
     ) -> (Response<Incoming>, Conn) {
+        self.fleet.succeeded(endpoint);
         if res.status() == http::StatusCode::SERVICE_UNAVAILABLE {
             if let Some(wait) = crate::proxy::fleet::retry_after(res.headers()) {
                 self.fleet.push_back(endpoint, wait);
@@ -312,6 +338,7 @@ impl Upstream {
 
     fn mark_down(&self, endpoint: &Endpoint, err: &ConnectError) {
         self.fleet.mark_down(endpoint, FAIL_TIMEOUT);
+        self.fleet.failed(endpoint);
         tracing::debug!(upstream = %self.name, error = %err, "connect failed; endpoint skipped for {FAIL_TIMEOUT:?}");
     }
 
@@ -347,6 +374,16 @@ impl Upstream {
     fn now_ms(&self) -> u64 {
         // +1 so that a healthy endpoint (0) is never "down until" the first millisecond.
         self.epoch.now() / 1_000_000 + 1
+    }
+}
+
+/// Gives `req` the endpoint's name as `Host` when it has none: HTTP/1.0 may omit Host, and an
+/// HTTP/1.1 upstream needs one.
+fn name_host(req: &mut Request<UpstreamBody>, endpoint: &Endpoint) {
+    if !req.headers().contains_key(HOST) {
+        if let Ok(host) = HeaderValue::from_str(endpoint.pool.authority.as_str()) {
+            req.headers_mut().insert(HOST, host);
+        }
     }
 }
 

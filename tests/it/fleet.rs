@@ -277,3 +277,136 @@ async fn a_429_passes_through_and_changes_nothing() {
     assert_eq!(fleet.requests()[0], 5);
     proxy.stop().await;
 }
+
+/// A server on `ip:port` that accepts connections, reads a little and closes them without an
+/// answer (a reset before any response byte); counts the connections.
+async fn resetting(ip: &str, port: u16) -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind the resetting server");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            drop(tcp);
+        }
+    });
+    (accepted, task)
+}
+
+/// Pins: an endpoint that resets connections before answering is ejected after
+/// `consecutive_failures` and gets no more requests, while the others serve; an endpoint that
+/// is the only one is never ejected.
+#[tokio::test]
+async fn ejection_of_a_failing_endpoint_never_of_the_last() {
+    let fleet = ok_fleet().await;
+    let (resets, task) = resetting("127.0.0.5", fleet.port).await;
+    let hosts = Hosts::new("eject", &[Fleet::ip(0), "127.0.0.5"]);
+    let extra = "balance: round_robin, outlier: { consecutive_failures: 2, ejection: 1m }";
+    let proxy = proxy_for(&fleet, &hosts, extra).await;
+    let mut bad = 0;
+    for _ in 0..30 {
+        bad += usize::from(get(&proxy.url("/")).await.status != StatusCode::OK);
+    }
+    assert_eq!(resets.load(Ordering::SeqCst), 2, "ejected after two");
+    assert_eq!(bad, 2);
+    proxy.stop().await;
+    let alone = Hosts::new("eject-last", &["127.0.0.5"]);
+    let proxy = proxy_for(&fleet, &alone, extra).await;
+    for _ in 0..6 {
+        assert_eq!(get(&proxy.url("/")).await.status, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(
+        resets.load(Ordering::SeqCst),
+        8,
+        "the last endpoint is still tried"
+    );
+    task.abort();
+    proxy.stop().await;
+}
+
+/// Pins: no client steers the fleet — fast 5xx a client provokes (answers the upstream chose
+/// to send) eject nothing: every endpoint keeps its share.
+#[tokio::test]
+async fn fast_5xx_eject_nothing() {
+    let fleet = Fleet::start(|_, req| async move {
+        let status = if req.uri().path() == "/bad" { 500 } else { 200 };
+        Response::builder()
+            .status(status)
+            .body(TestBody::text("x"))
+            .unwrap()
+    })
+    .await;
+    let hosts = Hosts::new("steer", &[Fleet::ip(0), Fleet::ip(1)]);
+    let extra = "balance: round_robin, outlier: { consecutive_failures: 2 }";
+    let proxy = proxy_for(&fleet, &hosts, extra).await;
+    for _ in 0..20 {
+        assert_eq!(get(&proxy.url("/bad")).await.status.as_u16(), 500);
+    }
+    let before = fleet.requests();
+    for _ in 0..20 {
+        assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
+    }
+    let after = fleet.requests();
+    assert_eq!(after[0] - before[0], 10, "{before:?} → {after:?}");
+    assert_eq!(after[1] - before[1], 10, "{before:?} → {after:?}");
+    proxy.stop().await;
+}
+
+/// Pins: a failing active health check takes an endpoint out of rotation, and passing checks
+/// bring it back.
+#[tokio::test]
+async fn health_check_removes_and_restores_an_endpoint() {
+    let sick = Arc::new(AtomicBool::new(false));
+    let served = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
+    let (s, c) = (sick.clone(), served.clone());
+    let fleet = Fleet::start(move |i, req| {
+        let (sick, served) = (s.clone(), c.clone());
+        async move {
+            if req.uri().path() == "/healthz" {
+                let code = if i == 1 && sick.load(Ordering::SeqCst) {
+                    500
+                } else {
+                    200
+                };
+                return Response::builder()
+                    .status(code)
+                    .body(TestBody::text(""))
+                    .unwrap();
+            }
+            served[i].fetch_add(1, Ordering::SeqCst);
+            Response::new(TestBody::text("ok"))
+        }
+    })
+    .await;
+    let hosts = Hosts::new("health", &[Fleet::ip(0), Fleet::ip(1)]);
+    let extra = "balance: round_robin, health_check: { path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }";
+    let proxy = proxy_for(&fleet, &hosts, extra).await;
+    let share_of_3 = || async {
+        let before = served[1].load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
+        }
+        served[1].load(Ordering::SeqCst) - before
+    };
+    assert_eq!(share_of_3().await, 5, "healthy: half");
+    sick.store(true, Ordering::SeqCst);
+    until("the sick endpoint out", Duration::from_secs(10), || async {
+        share_of_3().await == 0
+    })
+    .await;
+    sick.store(false, Ordering::SeqCst);
+    until("the endpoint back", Duration::from_secs(10), || async {
+        share_of_3().await == 5
+    })
+    .await;
+    proxy.stop().await;
+}

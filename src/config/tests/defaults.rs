@@ -38,6 +38,11 @@ const NOT_VALUES: &[(&str, &str, &str)] = &[
         "store.redis's: another field's value",
     ),
     ("store.tasks", "ca", "store.redis's: another field's value"),
+    (
+        "upstreams",
+        "outlier",
+        "a mapping of defaults, each checked in ### upstreams.outlier",
+    ),
     ("match", "host", "any host: the field is left out"),
     ("match", "methods", "any method: the field is left out"),
     (
@@ -61,6 +66,8 @@ const PLACES: &[(&str, &str)] = &[
     ("store.redis", "/store/redis"),
     ("store.tasks", "/store/tasks"),
     ("upstreams", "/upstreams/u"),
+    ("upstreams.health_check", "/upstreams/u/health_check"),
+    ("upstreams.outlier", "/upstreams/u/outlier"),
     ("concurrency", "/upstreams/u/concurrency"),
     ("routes", "/routes/0"),
     ("match", "/routes/1/match"),
@@ -85,7 +92,12 @@ fn base() -> Value {
         "admin": {"listen": "127.0.0.1:9901"},
         "store": {"redis": {"url": "redis://127.0.0.1:6379"}, "tasks": {}},
         "upstreams": {
-            "u": {"endpoints": ["http://127.0.0.1:3000"], "concurrency": {"adaptive": {}}}
+            "u": {
+                "endpoints": ["http://127.0.0.1:3000"],
+                "concurrency": {"adaptive": {}},
+                "health_check": {"path": "/healthz"},
+                "outlier": {}
+            }
         },
         "routes": [{"name": "plain", "upstream": "u"}, route],
     })

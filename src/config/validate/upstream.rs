@@ -1,14 +1,20 @@
-//! `upstreams.<name>:`: endpoints and timeouts; and `concurrency:` (fixed or `adaptive`), which
+//! `upstreams.<name>:`: endpoints, timeouts, balancing, health checks and outlier ejection; and `concurrency:` (fixed or `adaptive`), which
 //! an upstream and a route both take.
 
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
-use http::uri::{Authority, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 
 use super::cx::Cx;
 use super::{join, present};
-use crate::config::raw::{RawAdaptive, RawConcurrency, RawUpstream};
-use crate::config::{AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, UpstreamConfig};
+use crate::config::raw::{
+    Int, RawAdaptive, RawConcurrency, RawHealthCheck, RawOutlier, RawUpstream,
+};
+use crate::config::{
+    AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, HealthCheckConfig, OutlierConfig,
+    UpstreamConfig,
+};
 
 // === impl Cx: upstreams ===
 
@@ -48,6 +54,11 @@ impl Cx {
             ],
             Balance::default(),
         );
+        let health_check = raw
+            .health_check
+            .as_ref()
+            .map(|h| self.health_check(&join(&at, "health_check"), h));
+        let outlier = self.outlier(&join(&at, "outlier"), raw.outlier.as_ref());
         Some(UpstreamConfig {
             name: checked_name?,
             endpoints: endpoints?,
@@ -56,6 +67,8 @@ impl Cx {
             concurrency: present(concurrency)?,
             resolve_interval: resolve_interval?,
             balance: balance?,
+            health_check: present(health_check)?,
+            outlier: outlier?,
         })
     }
 
@@ -85,6 +98,76 @@ impl Cx {
                 .collect(),
         };
         endpoints.into_iter().collect()
+    }
+
+    /// `health_check:` — `path` required (absolute), the rest with their defaults.
+    fn health_check(&mut self, at: &str, raw: &RawHealthCheck) -> Option<HealthCheckConfig> {
+        let path = match raw.path.as_deref() {
+            None => self.missing(&join(at, "path"), "an absolute path like /healthz"),
+            Some(p) if p.starts_with('/') && p.parse::<PathAndQuery>().is_ok() => {
+                Some(p.to_owned())
+            }
+            Some(p) => self.fail(
+                &join(at, "path"),
+                format!("expected an absolute path like /healthz, found {p:?}"),
+            ),
+        };
+        let duration = |cx: &mut Self, field: &str, raw: Option<&str>, default| {
+            cx.duration(&join(at, field), raw, default, false)
+        };
+        let interval = duration(
+            self,
+            "interval",
+            raw.interval.as_deref(),
+            HealthCheckConfig::DEFAULT_INTERVAL,
+        );
+        let timeout = duration(
+            self,
+            "timeout",
+            raw.timeout.as_deref(),
+            HealthCheckConfig::DEFAULT_TIMEOUT,
+        );
+        let after = |cx: &mut Self, field: &str, raw: Option<Int>| {
+            cx.whole(
+                &join(at, field),
+                raw,
+                HealthCheckConfig::DEFAULT_AFTER,
+                (1, 1000),
+            )
+        };
+        let unhealthy_after = after(self, "unhealthy_after", raw.unhealthy_after);
+        let healthy_after = after(self, "healthy_after", raw.healthy_after);
+        Some(HealthCheckConfig {
+            path: path?,
+            interval: interval?,
+            timeout: timeout?,
+            unhealthy_after: unhealthy_after?,
+            healthy_after: healthy_after?,
+        })
+    }
+
+    /// `outlier:` — absent means its defaults: passive ejection is always on.
+    fn outlier(&mut self, at: &str, raw: Option<&RawOutlier>) -> Option<OutlierConfig> {
+        let raw = raw.unwrap_or(&RawOutlier {
+            consecutive_failures: None,
+            ejection: None,
+        });
+        let consecutive_failures = self.whole(
+            &join(at, "consecutive_failures"),
+            raw.consecutive_failures,
+            OutlierConfig::DEFAULT_CONSECUTIVE_FAILURES,
+            (1, 1000),
+        );
+        let ejection = self.duration_within(
+            &join(at, "ejection"),
+            raw.ejection.as_deref(),
+            OutlierConfig::DEFAULT_EJECTION,
+            (Duration::from_millis(1), OutlierConfig::MAX_EJECTION),
+        );
+        Some(OutlierConfig {
+            consecutive_failures: consecutive_failures?,
+            ejection: ejection?,
+        })
     }
 
     /// `concurrency:` of an upstream or a route: `max_inflight` or `adaptive`, the queue.

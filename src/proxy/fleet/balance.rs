@@ -48,12 +48,15 @@ impl Fleet {
         }
     }
 
-    /// The first endpoint from `start` on (wrapping) that is not down; `start` if all are.
+    /// The first endpoint from `start` on (wrapping) that is not down; when all are, the first
+    /// that is not in pushback (no healthy endpoint: all are used, and the log says so once);
+    /// `start` if every one is.
     fn first_up(&self, endpoints: &[Arc<Endpoint>], start: usize) -> usize {
         let n = endpoints.len();
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| !self.is_down(&endpoints[i]))
+        let from_start = || (0..n).map(|i| (start + i) % n);
+        let up = from_start().find(|&i| !self.is_down(&endpoints[i]));
+        self.note_fallback(up.is_none());
+        up.or_else(|| from_start().find(|&i| !self.in_pushback(&endpoints[i])))
             .unwrap_or(start)
     }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use super::*;
 use crate::config::UpstreamConfig;
 
-fn config(balance: Balance, endpoints: &[&str]) -> UpstreamConfig {
+/// An upstream config of `endpoints` with the defaults of the fleet's fields.
+pub(super) fn config(balance: Balance, endpoints: &[&str]) -> UpstreamConfig {
     UpstreamConfig {
         name: "test".into(),
         endpoints: endpoints
@@ -16,6 +17,8 @@ fn config(balance: Balance, endpoints: &[&str]) -> UpstreamConfig {
         concurrency: None,
         resolve_interval: UpstreamConfig::DEFAULT_RESOLVE_INTERVAL,
         balance,
+        health_check: None,
+        outlier: Default::default(),
     }
 }
 
