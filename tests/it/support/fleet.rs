@@ -46,8 +46,17 @@ impl Hosts {
             .map(str::to_owned)
             .collect();
         lines.extend(ips.iter().map(|ip| format!("{ip} {}", self.name)));
-        // Written in place, not renamed over: /etc/hosts may be a mount point.
-        std::fs::write("/etc/hosts", lines.join("\n") + "\n").expect("write /etc/hosts");
+        let text = lines.join("\n") + "\n";
+        // Renamed over, so that a lookup meanwhile (another test's, or sluice's resolver) reads
+        // the old file or the new one, never half of one; written in place where /etc/hosts is
+        // a mount point and cannot be renamed over.
+        let tmp = format!("/etc/.hosts.{}.tmp", std::process::id());
+        let renamed =
+            std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, "/etc/hosts"));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::write("/etc/hosts", text).expect("write /etc/hosts");
+        }
     }
 
     fn is_ours(&self, line: &str) -> bool {
