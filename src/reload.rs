@@ -61,9 +61,10 @@ pub(crate) fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
         tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded; new handshakes use it");
     }
     shared.swap(Runtime::build(new, Some(&current), shared.metrics.clone()));
+    // Counted as soon as the new runtime serves: a client that sees it sees the count.
+    shared.metrics.reload(true);
     crate::supervise::deliverers(shared);
     crate::supervise::resolvers(shared);
-    shared.metrics.reload(true);
     tracing::info!(file = %path.display(), routes = report.routes, "config reloaded");
     Ok(report)
 }
