@@ -625,6 +625,10 @@ pub enum CapSize {
     /// between these bounds (see `crate::limit::adaptive`).
     #[serde(rename = "adaptive")]
     Adaptive(AdaptiveConfig),
+    /// `per_endpoint: N` (an upstream's cap only): N × the upstream's healthy endpoints (at
+    /// least N), following the fleet as endpoints come, go, fail and recover.
+    #[serde(rename = "per_endpoint")]
+    PerEndpoint(NonZeroUsize),
 }
 
 /// `concurrency.adaptive:` — the bounds of an adaptive cap.
@@ -1154,6 +1158,7 @@ impl fmt::Display for DisplayCap<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.size {
             CapSize::Fixed(max) => write!(f, "concurrency {max} in flight")?,
+            CapSize::PerEndpoint(n) => write!(f, "concurrency {n} per healthy endpoint")?,
             CapSize::Adaptive(a) => write!(
                 f,
                 "concurrency adaptive {}..{} in flight",

@@ -10,7 +10,7 @@
 //! endpoints, the task that resolves them again every `resolve_interval` (once per upstream:
 //! an upstream a reload kept keeps its task; one a reload dropped ends its task when the last
 //! request to it is done), and the task of its active health checks when it has
-//! `health_check`.
+//! `health_check`, and the one making a `per_endpoint` cap follow the fleet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +61,7 @@ pub(crate) fn resolvers(shared: &Shared) {
     for upstream in &shared.runtime().upstreams {
         let interval = upstream.config().resolve_interval;
         crate::proxy::fleet::spawn_resolver(upstream.fleet(), interval, spawner);
+        crate::proxy::fleet::health::spawn_follower(upstream.fleet(), spawner);
         if let Some(check) = &upstream.config().health_check {
             crate::proxy::fleet::health::spawn_health_checks(upstream.fleet(), check, spawner);
         }

@@ -463,6 +463,7 @@ fn policy(config: &Config) -> String {
             sluice::config::CapSize::Adaptive(a) => {
                 format!("adaptive {}..{}", a.min_inflight, a.max_inflight)
             }
+            sluice::config::CapSize::PerEndpoint(n) => format!("{n} per endpoint"),
         };
         format!(
             "{size} in flight + {} queued ({})",

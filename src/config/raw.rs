@@ -199,6 +199,8 @@ pub(crate) struct RawConcurrency {
     pub(crate) max_inflight: Option<Int>,
     /// `adaptive:`, instead of `max_inflight`.
     pub(crate) adaptive: Option<RawAdaptive>,
+    /// A count ≥ 1, instead of `max_inflight` (an upstream's cap only).
+    pub(crate) per_endpoint: Option<Int>,
     /// A count ≥ 0.
     pub(crate) queue: Option<Int>,
     /// A duration.

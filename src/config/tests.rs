@@ -310,6 +310,33 @@ fn fleet_fields_resolve_interval_balance_and_the_endpoint_bound() {
     assert!(e.message.contains("at most 256"), "{e}");
 }
 
+#[test]
+fn per_endpoint_is_an_upstream_cap_and_excludes_the_other_sizes() {
+    // Pins: `per_endpoint` sizes an upstream's cap; a route refuses it; it excludes
+    // `max_inflight` and `adaptive`.
+    let upstream = |cap: &str| {
+        BASE.replace(
+            "    endpoints: [http://127.0.0.1:3000]\n",
+            &format!("    endpoints: [http://127.0.0.1:3000]\n    concurrency: {{ {cap} }}\n"),
+        )
+    };
+    let c = load(&upstream("per_endpoint: 16, queue: 64"));
+    let cap = c.upstreams[0].concurrency.expect("a cap");
+    assert_eq!(
+        cap.size,
+        CapSize::PerEndpoint(NonZeroUsize::new(16).unwrap())
+    );
+    let e = one_error(
+        &upstream("per_endpoint: 16, max_inflight: 4"),
+        "upstreams.orders.concurrency",
+    );
+    assert!(e.message.contains("mutually exclusive"), "{e}");
+    one_error(
+        &with_route("    concurrency: { per_endpoint: 4 }\n"),
+        "routes[1].concurrency.per_endpoint",
+    );
+}
+
 // === errors found by serde ===
 
 #[test]

@@ -245,6 +245,8 @@ fn deliverers(route: Option<&ConcurrencyConfig>, upstream: Option<&ConcurrencyCo
     let size = |c: &ConcurrencyConfig| match c.size {
         CapSize::Fixed(n) => n.get(),
         CapSize::Adaptive(a) => a.max_inflight.get(),
+        // As many as one endpoint takes: the cap grows with the fleet, the deliverers do not.
+        CapSize::PerEndpoint(n) => n.get(),
     };
     [route, upstream]
         .into_iter()

@@ -222,7 +222,8 @@ impl ConcurrencyLimit {
     /// A limit with no slot taken and an empty queue.
     pub fn new(config: ConcurrencyConfig) -> Self {
         let (limit, adaptive) = match config.size {
-            CapSize::Fixed(max) => (max.get(), None),
+            // A per-endpoint cap starts at one endpoint's share; its upstream sets the rest.
+            CapSize::Fixed(max) | CapSize::PerEndpoint(max) => (max.get(), None),
             CapSize::Adaptive(bounds) => {
                 let adaptive = Adaptive::new(bounds, Instant::now());
                 (adaptive.limit(), Some(adaptive))
@@ -242,6 +243,21 @@ impl ConcurrencyLimit {
                 }),
             }),
         }
+    }
+
+    /// Sets the limit of a `per_endpoint` cap (its upstream calls it as the fleet changes);
+    /// waiters are admitted at once when it grows. A shrunk limit lets the requests in flight
+    /// finish and admits none until they are below it. Other caps ignore it.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        if !matches!(self.shared.config.size, CapSize::PerEndpoint(_)) {
+            return;
+        }
+        let mut state = self.shared.lock();
+        if state.limit == limit.max(1) {
+            return;
+        }
+        state.limit = limit.max(1);
+        self.shared.admit_waiters(&mut state, Instant::now());
     }
 
     /// The parameters this limit was built with.
@@ -464,7 +480,12 @@ impl Shared {
         let now = Instant::now();
         adaptive.on_sample(now, sample, epoch, state.inflight);
         state.limit = adaptive.limit();
-        // Waiters exist only while the cap is full: a grown limit has room for some of them.
+        self.admit_waiters(state, now);
+    }
+
+    /// Waiters exist only while the cap is full: a grown limit has room for some of them,
+    /// admitted now.
+    fn admit_waiters(self: &Arc<Self>, state: &mut State, now: Instant) {
         while state.inflight < state.limit && state.queue.len > 0 {
             state.inflight += 1;
             if !self.hand_over(state, now) {

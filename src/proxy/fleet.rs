@@ -22,7 +22,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,6 +30,7 @@ use http::uri::Authority;
 
 use crate::clock::Epoch;
 use crate::config::{Balance, OutlierConfig, UpstreamConfig};
+use crate::limit::ConcurrencyLimit;
 use crate::proxy::pool::{EndpointPool, KeepAlive};
 
 /// The longest an endpoint's `Retry-After` keeps it out of rotation.
@@ -92,6 +93,12 @@ pub(crate) struct Fleet {
     outlier: OutlierConfig,
     /// Set while no endpoint is usable (logged once per episode).
     fallback_logged: AtomicBool,
+    /// The upstream's `per_endpoint` cap and its N, which follow this fleet; taken away when a
+    /// reload hands the cap to the next fleet. std Mutex: held to read or swap, never across
+    /// an await, and only on fleet events (not per request).
+    cap: Mutex<Option<(ConcurrencyLimit, usize)>>,
+    /// Set once the task making `cap` follow has been started.
+    follower_started: AtomicBool,
 }
 
 // === impl Endpoint ===
@@ -140,6 +147,8 @@ impl Fleet {
             checker_started: AtomicBool::new(false),
             outlier: config.outlier,
             fallback_logged: AtomicBool::new(false),
+            cap: Mutex::new(None),
+            follower_started: AtomicBool::new(false),
         };
         let resolved: Vec<_> = fleet.names.iter().map(resolve::lookup_blocking).collect();
         let before = previous.map(|p| p.addresses_by_name()).unwrap_or_default();
@@ -219,6 +228,7 @@ impl Fleet {
             tracing::info!(upstream = %self.upstream, endpoints = ?addrs, "endpoints changed");
             self.endpoints.store(Arc::new(next));
             self.recompute_pushback();
+            self.follow();
         }
         changed
     }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use futures_util::future::BoxFuture;
 
 use crate::clock::Epoch;
-use crate::config::UpstreamConfig;
+use crate::config::{CapSize, UpstreamConfig};
 use crate::limit::ConcurrencyLimit;
 use crate::proxy::fleet::{Endpoint, Fleet};
 use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
@@ -135,9 +135,20 @@ impl Upstream {
         previous: Option<&Upstream>,
     ) -> Self {
         let fleet = Fleet::new(config, keep_alive, previous.map(|p| &*p.fleet));
+        let concurrency = cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new));
+        if let (Some(cap), Some(CapSize::PerEndpoint(per))) =
+            (&concurrency, config.concurrency.map(|c| c.size))
+        {
+            // N × healthy endpoints, from now on (see `Fleet::follow`); the fleet before a
+            // reload no longer sets it.
+            if let Some(previous) = previous {
+                previous.fleet.detach_cap();
+            }
+            fleet.attach_cap(cap.clone(), per.get());
+        }
         Upstream {
             name: config.name.clone(),
-            concurrency: cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new)),
+            concurrency,
             config: config.clone(),
             fleet: Arc::new(fleet),
             epoch: Epoch::new(),

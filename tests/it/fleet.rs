@@ -29,6 +29,12 @@ fn config(endpoints: &str, extra: &str) -> String {
     )
 }
 
+/// The limit of upstream `api`'s cap now.
+fn cap_limit(proxy: &crate::support::Proxy) -> usize {
+    let cap = proxy.shared.runtime().upstream_cap("api");
+    cap.expect("upstream api has a cap").limit()
+}
+
 /// An upstream that answers 200 at once.
 async fn ok_fleet() -> Fleet {
     Fleet::start(|_, _| async { Response::new(TestBody::text("ok")) }).await
@@ -330,7 +336,7 @@ async fn ejection_of_a_failing_endpoint_never_of_the_last() {
 }
 
 /// Pins: no client steers the fleet — fast 5xx a client provokes (answers the upstream chose
-/// to send) eject nothing: every endpoint keeps its share.
+/// to send) eject nothing: every endpoint keeps its share, and a `per_endpoint` cap its size.
 #[tokio::test]
 async fn fast_5xx_eject_nothing() {
     let fleet = Fleet::start(|_, req| async move {
@@ -342,11 +348,18 @@ async fn fast_5xx_eject_nothing() {
     })
     .await;
     let hosts = Hosts::new("steer", &[Fleet::ip(0), Fleet::ip(1)]);
-    let extra = "balance: round_robin, outlier: { consecutive_failures: 2 }";
+    let extra = "balance: round_robin, outlier: { consecutive_failures: 2 }, \
+                 concurrency: { per_endpoint: 4 }";
     let proxy = proxy_for(&fleet, &hosts, extra).await;
+    assert_eq!(cap_limit(&proxy), 8);
     for _ in 0..20 {
         assert_eq!(get(&proxy.url("/bad")).await.status.as_u16(), 500);
     }
+    assert_eq!(
+        cap_limit(&proxy),
+        8,
+        "the per_endpoint cap is not the client's to shrink"
+    );
     let before = fleet.requests();
     for _ in 0..20 {
         assert_eq!(get(&proxy.url("/")).await.status, StatusCode::OK);
@@ -357,8 +370,8 @@ async fn fast_5xx_eject_nothing() {
     proxy.stop().await;
 }
 
-/// Pins: a failing active health check takes an endpoint out of rotation, and passing checks
-/// bring it back.
+/// Pins: a failing active health check takes an endpoint out of rotation (and a
+/// `per_endpoint` cap down by its share), and passing checks bring it back.
 #[tokio::test]
 async fn health_check_removes_and_restores_an_endpoint() {
     let sick = Arc::new(AtomicBool::new(false));
@@ -388,7 +401,7 @@ async fn health_check_removes_and_restores_an_endpoint() {
     })
     .await;
     let hosts = Hosts::new("health", &[Fleet::ip(0), Fleet::ip(1)]);
-    let extra = "balance: round_robin, health_check: { path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }";
+    let extra = "balance: round_robin, concurrency: { per_endpoint: 3 }, health_check: { path: /healthz, interval: 100ms, timeout: 1s, unhealthy_after: 2, healthy_after: 2 }";
     let proxy = proxy_for(&fleet, &hosts, extra).await;
     let share_of_3 = || async {
         let before = served[1].load(Ordering::SeqCst);
@@ -399,14 +412,72 @@ async fn health_check_removes_and_restores_an_endpoint() {
     };
     assert_eq!(share_of_3().await, 5, "healthy: half");
     sick.store(true, Ordering::SeqCst);
+    assert_eq!(cap_limit(&proxy), 6);
     until("the sick endpoint out", Duration::from_secs(10), || async {
         share_of_3().await == 0
     })
     .await;
+    assert_eq!(
+        cap_limit(&proxy),
+        3,
+        "the cap follows the healthy endpoints"
+    );
     sick.store(false, Ordering::SeqCst);
     until("the endpoint back", Duration::from_secs(10), || async {
         share_of_3().await == 5
     })
     .await;
+    assert_eq!(cap_limit(&proxy), 6);
+    proxy.stop().await;
+}
+
+/// Pins: a `per_endpoint` cap goes from N to 2N as an address appears under the name, and the
+/// requests queued meanwhile are admitted at once (to the new endpoint, the old one being
+/// full), before any request finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_endpoint_cap_grows_as_an_address_appears() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let fleet = Fleet::start(move |_, _| {
+        let gate = g.clone();
+        async move {
+            let _ = gate.acquire().await.map(|p| p.forget());
+            Response::new(TestBody::text("ok"))
+        }
+    })
+    .await;
+    let hosts = Hosts::new("grow", &[Fleet::ip(0)]);
+    let extra = "resolve_interval: 100ms, \
+                 concurrency: { per_endpoint: 2, queue: 16, queue_timeout: 20s }";
+    let proxy = proxy_for(&fleet, &hosts, extra).await;
+    assert_eq!(cap_limit(&proxy), 2);
+    let url = proxy.url("/");
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect();
+    let inflight = |i: usize| fleet.servers[i].inflight.load(Ordering::SeqCst);
+    until("2 in flight on .2", Duration::from_secs(10), || {
+        inflight(0) == 2
+    })
+    .await;
+    let cap = proxy.shared.runtime().upstream_cap("api").expect("cap");
+    until("4 queued", Duration::from_secs(10), || {
+        cap.queue_depth() == 4
+    })
+    .await;
+    hosts.set(&[Fleet::ip(0), Fleet::ip(1)]);
+    until("2 more in flight on .3", Duration::from_secs(10), || {
+        inflight(1) == 2
+    })
+    .await;
+    assert_eq!(cap_limit(&proxy), 4);
+    assert_eq!(cap.queue_depth(), 2);
+    gate.add_permits(100);
+    for r in requests {
+        assert_eq!(r.await.expect("request task"), StatusCode::OK);
+    }
     proxy.stop().await;
 }

@@ -78,7 +78,7 @@ impl Cx {
         let concurrency = raw
             .concurrency
             .as_ref()
-            .map(|c| self.concurrency(&join(at, "concurrency"), c));
+            .map(|c| self.route_concurrency(&join(at, "concurrency"), c));
         let defer = raw
             .defer
             .as_ref()

@@ -176,22 +176,7 @@ impl Cx {
         at: &str,
         raw: &RawConcurrency,
     ) -> Option<ConcurrencyConfig> {
-        let size = match (raw.max_inflight, &raw.adaptive) {
-            (Some(n), None) => self
-                .nonzero_usize(&join(at, "max_inflight"), n.0, Config::MAX_COUNT)
-                .map(CapSize::Fixed),
-            (None, Some(adaptive)) => self
-                .adaptive(&join(at, "adaptive"), adaptive)
-                .map(CapSize::Adaptive),
-            (Some(_), Some(_)) => self.fail(
-                at,
-                "max_inflight and adaptive are mutually exclusive; keep one",
-            ),
-            (None, None) => self.missing(
-                &join(at, "max_inflight"),
-                "a number of requests, at least 1 (or `adaptive:` for a cap that follows the upstream's latency)",
-            ),
-        };
+        let size = self.cap_size(at, raw);
         let queue = self.whole(
             &join(at, "queue"),
             raw.queue,
@@ -209,6 +194,51 @@ impl Cx {
             queue: queue?,
             queue_timeout: queue_timeout?,
         })
+    }
+
+    /// A route's `concurrency:`: as an upstream's, but `per_endpoint` is an upstream's alone.
+    pub(super) fn route_concurrency(
+        &mut self,
+        at: &str,
+        raw: &RawConcurrency,
+    ) -> Option<ConcurrencyConfig> {
+        if raw.per_endpoint.is_some() {
+            return self.fail(
+                &join(at, "per_endpoint"),
+                "per_endpoint is an upstream's cap (upstreams.<name>.concurrency); a route takes max_inflight or adaptive",
+            );
+        }
+        self.concurrency(at, raw)
+    }
+
+    /// The size of a cap: exactly one of `max_inflight`, `adaptive` and `per_endpoint`.
+    fn cap_size(&mut self, at: &str, raw: &RawConcurrency) -> Option<CapSize> {
+        let given = [
+            raw.max_inflight.is_some(),
+            raw.adaptive.is_some(),
+            raw.per_endpoint.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return self.fail(
+                at,
+                "max_inflight, adaptive and per_endpoint are mutually exclusive; keep one",
+            );
+        }
+        match (raw.max_inflight, &raw.adaptive, raw.per_endpoint) {
+            (Some(n), _, _) => self
+                .nonzero_usize(&join(at, "max_inflight"), n.0, Config::MAX_COUNT)
+                .map(CapSize::Fixed),
+            (_, Some(adaptive), _) => self
+                .adaptive(&join(at, "adaptive"), adaptive)
+                .map(CapSize::Adaptive),
+            (_, _, Some(n)) => self
+                .nonzero_usize(&join(at, "per_endpoint"), n.0, Config::MAX_COUNT)
+                .map(CapSize::PerEndpoint),
+            (None, None, None) => self.missing(
+                &join(at, "max_inflight"),
+                "a number of requests, at least 1 (or `adaptive:` for a cap that follows the upstream's latency, or `per_endpoint:` on an upstream)",
+            ),
+        }
     }
 
     /// `adaptive:` — each bound in 1..=[`AdaptiveConfig::MAX_MAX_INFLIGHT`], with its default,

@@ -23,7 +23,21 @@ use http::{HeaderValue, Request};
 
 use super::{Endpoint, Fleet};
 use crate::config::{HealthCheckConfig, OutlierConfig};
+use crate::limit::ConcurrencyLimit;
 use crate::proxy::request_body::UpstreamBody;
+
+/// An endpoint's state, as `sluice_upstream_endpoints{state}` and `/stats` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Takes requests.
+    Healthy,
+    /// Its active health check fails.
+    Unhealthy,
+    /// Ejected by outlier detection.
+    Ejected,
+    /// Asked to wait (503 with `Retry-After`).
+    Pushback,
+}
 
 /// The health an endpoint carries (see the module docs).
 #[derive(Debug, Default)]
@@ -92,6 +106,54 @@ impl Fleet {
         endpoint.health.unhealthy.load(Ordering::Relaxed)
     }
 
+    /// `endpoint`'s state now: unhealthy, then ejected, then pushback, over healthy.
+    pub(crate) fn state(&self, endpoint: &Endpoint) -> State {
+        if self.is_unhealthy(endpoint) {
+            State::Unhealthy
+        } else if self.is_ejected(endpoint) {
+            State::Ejected
+        } else if self.in_pushback(endpoint) {
+            State::Pushback
+        } else {
+            State::Healthy
+        }
+    }
+
+    /// Endpoints that count for a `per_endpoint` cap: the healthy ones and those in pushback
+    /// (an endpoint that asked to wait is still there); at least 1.
+    pub(crate) fn capacity_count(&self) -> usize {
+        let endpoints = self.endpoints();
+        let counted = endpoints
+            .iter()
+            .filter(|e| matches!(self.state(e), State::Healthy | State::Pushback))
+            .count();
+        if counted == 0 {
+            // None healthy: all are used, so all count.
+            endpoints.len().max(1)
+        } else {
+            counted
+        }
+    }
+
+    /// Makes an attached `per_endpoint` cap follow the fleet: N × [`Self::capacity_count`].
+    pub(crate) fn follow(&self) {
+        let cap = self.cap.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((cap, per)) = cap {
+            cap.set_limit(per.saturating_mul(self.capacity_count()));
+        }
+    }
+
+    /// Attaches the upstream's `per_endpoint` cap of `per` requests per endpoint, and sets it.
+    pub(crate) fn attach_cap(&self, cap: ConcurrencyLimit, per: usize) {
+        *self.cap.lock().unwrap_or_else(|e| e.into_inner()) = Some((cap, per));
+        self.follow();
+    }
+
+    /// Lets go of the cap (a reload handed it to another fleet).
+    pub(crate) fn detach_cap(&self) {
+        *self.cap.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The result of one active check of `endpoint`.
     fn checked(&self, endpoint: &Endpoint, ok: bool, config: &HealthCheckConfig) {
         let health = &endpoint.health;
@@ -107,9 +169,11 @@ impl Fleet {
         let unhealthy = health.unhealthy.load(Ordering::Relaxed);
         if !unhealthy && !ok && streak.unsigned_abs() >= config.unhealthy_after {
             health.unhealthy.store(true, Ordering::Relaxed);
+            self.follow();
             tracing::warn!(upstream = %self.upstream, endpoint = %endpoint.addr, "health check failed; endpoint unhealthy");
         } else if unhealthy && ok && streak.unsigned_abs() >= config.healthy_after {
             health.unhealthy.store(false, Ordering::Relaxed);
+            self.follow();
             tracing::info!(upstream = %self.upstream, endpoint = %endpoint.addr, "health check passed; endpoint healthy again");
         }
     }
@@ -153,6 +217,28 @@ pub(crate) fn spawn_health_checks(
         }
     });
 }
+
+/// Starts, once per fleet with a `per_endpoint` cap, the task that makes the cap follow
+/// changes no event marks (an ejection or a pushback that ends) every [`FOLLOW_EVERY`]; the
+/// changes events mark (addresses, ejections, checks) are followed at once.
+pub(crate) fn spawn_follower(fleet: &Arc<Fleet>, handle: &tokio::runtime::Handle) {
+    let has_cap = fleet.cap.lock().is_ok_and(|cap| cap.is_some());
+    if !has_cap || fleet.follower_started.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak: Weak<Fleet> = Arc::downgrade(fleet);
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(fleet) = weak.upgrade() else { break };
+            fleet.follow();
+        }
+    });
+}
+
+/// How often a `per_endpoint` cap is checked against the fleet for changes no event marks.
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// One check of `endpoint`: `GET path` on a new connection, a 2xx within `timeout`.
 async fn check(endpoint: &Endpoint, config: &HealthCheckConfig) -> bool {
