@@ -509,6 +509,39 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Passive outlier ejection, always on.
     pub outlier: OutlierConfig,
+    /// Retries on another endpoint, and their budget.
+    pub retry: RetryConfig,
+}
+
+/// `upstreams.<name>.retry:` — which requests are sent again, and how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryConfig {
+    /// Tries in all (1 = no retry) for an idempotent request after a reset before any response
+    /// byte or a 503 with `Retry-After`; a connect failure is retried on each other endpoint
+    /// whatever this says. Default [`Self::DEFAULT_ATTEMPTS`].
+    pub attempts: u32,
+    /// Retries at most this percentage of the upstream's requests (over the last 10 s), plus
+    /// [`Self::FLOOR_PER_SEC`] a second. Default [`Self::DEFAULT_BUDGET_PERCENT`].
+    #[serde(rename = "budget", serialize_with = "effective::percent")]
+    pub budget_percent: u32,
+}
+
+impl RetryConfig {
+    /// `attempts` when absent.
+    pub const DEFAULT_ATTEMPTS: u32 = 2;
+    /// `budget` when absent, in percent.
+    pub const DEFAULT_BUDGET_PERCENT: u32 = 20;
+    /// Retries a second the budget always allows.
+    pub const FLOOR_PER_SEC: u32 = 3;
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: Self::DEFAULT_ATTEMPTS,
+            budget_percent: Self::DEFAULT_BUDGET_PERCENT,
+        }
+    }
 }
 
 /// `upstreams.<name>.health_check:` — a `GET` of `path` on every endpoint every `interval`.

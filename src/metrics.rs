@@ -254,6 +254,10 @@ const CONCURRENCY_LIMIT: Help = (
     "sluice_concurrency_limit",
     "The concurrency cap in force, fixed or adaptive",
 );
+const UPSTREAM_RETRIES: Help = (
+    "sluice_upstream_retries",
+    "Requests sent to an upstream again, on another endpoint (retries)",
+);
 const UTILIZATION: Help = (
     "sluice_utilization",
     "Upstream in-flight requests / the cap in force",
@@ -361,6 +365,8 @@ pub(crate) struct Metrics {
     rate_limit_keys: Family<LimitLabels, Gauge>,
     rate_limit_evictions: Family<LimitLabels, Counter>,
     deferred: DeferredFamilies,
+    /// `sluice_upstream_retries_total{upstream}`.
+    upstream_retries: Family<UpstreamLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     buffered_bytes: Gauge,
@@ -478,7 +484,6 @@ impl Metrics {
         Metrics {
             no_route,
             bad_request,
-            registry: r,
             requests,
             responses,
             inflight,
@@ -490,11 +495,13 @@ impl Metrics {
             rate_limit_keys,
             rate_limit_evictions,
             deferred,
+            upstream_retries: register(&mut r, UPSTREAM_RETRIES, Family::default()),
             reloads,
             store_errors,
             buffered_bytes,
             refused_per_ip,
             tls_handshake_failures,
+            registry: r,
         }
     }
 
@@ -576,6 +583,13 @@ impl Metrics {
         ScopeMetrics {
             queue_wait: self.queue_wait.get_or_create(scope).clone(),
         }
+    }
+
+    /// `sluice_upstream_retries_total` of an upstream (created at 0).
+    pub(crate) fn upstream_retries(&self, upstream: &Arc<str>) -> Counter {
+        self.upstream_retries
+            .get_or_create(&UpstreamLabel(upstream.clone()))
+            .clone()
     }
 
     /// The in-flight gauge of an upstream.

@@ -172,6 +172,9 @@ impl Runtime {
         let carry = Carry::new(&config, previous, &metrics);
         let upstreams: Vec<Arc<Upstream>> =
             config.upstreams.iter().map(|u| carry.upstream(u)).collect();
+        for upstream in &upstreams {
+            upstream.count_retries_in(metrics.upstream_retries(&upstream.name));
+        }
         let routes = config
             .routes
             .iter()
@@ -617,6 +620,7 @@ fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && a.balance == b.balance
         && a.health_check == b.health_check
         && a.outlier == b.outlier
+        && a.retry == b.retry
 }
 
 #[cfg(test)]

@@ -17,6 +17,11 @@ pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.collect_str(&humantime::format_duration(*d))
 }
 
+/// `20%`: what the file takes.
+pub(super) fn percent<S: Serializer>(p: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{p}%"))
+}
+
 /// A value in its `Display` form (rates, keys).
 pub(super) fn display<S: Serializer, T: Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)

@@ -163,6 +163,18 @@ pub(crate) struct RawUpstream {
     pub(crate) health_check: Option<RawHealthCheck>,
     /// Passive outlier ejection.
     pub(crate) outlier: Option<RawOutlier>,
+    /// Retries on another endpoint.
+    pub(crate) retry: Option<RawRetry>,
+}
+
+/// `upstreams.<name>.retry:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    /// A count ≥ 1: tries in all.
+    pub(crate) attempts: Option<Int>,
+    /// A percentage, `20%`.
+    pub(crate) budget: Option<String>,
 }
 
 /// `upstreams.<name>.health_check:`.

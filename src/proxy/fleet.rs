@@ -39,6 +39,7 @@ pub(crate) const MAX_PUSHBACK: Duration = Duration::from_secs(60);
 mod balance;
 pub(crate) mod health;
 pub(crate) mod resolve;
+pub(crate) mod retry;
 
 use self::health::Health;
 

@@ -132,6 +132,15 @@ impl ClientBody {
         }
     }
 
+    /// A copy to send again (the same bytes, shared), when the body was read whole; `None`
+    /// for one that streams from the client (it can be sent once only).
+    pub(crate) fn copy(&self) -> Option<ClientBody> {
+        match self.rest {
+            Some(_) => None,
+            None => Some(ClientBody::whole(self.ahead.clone(), None)),
+        }
+    }
+
     /// Where a streamed body records why it failed; `None` for a body read whole.
     pub(crate) fn fault(&self) -> Option<Arc<Fault>> {
         self.rest.as_ref().map(|rest| rest.fault.clone())

@@ -104,6 +104,7 @@ impl TestUpstream {
             balance: Balance::RoundRobin,
             health_check: None,
             outlier: Default::default(),
+            retry: Default::default(),
         }
     }
 }

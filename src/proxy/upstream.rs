@@ -18,7 +18,7 @@
 //!   (see [`pool`](super::pool)); the runtime's housekeeping pass calls it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::HOST;
@@ -28,10 +28,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::clock::Epoch;
 use crate::config::{CapSize, UpstreamConfig};
 use crate::limit::ConcurrencyLimit;
+use crate::proxy::fleet::retry::{self, Budget};
 use crate::proxy::fleet::{Endpoint, Fleet};
 use crate::proxy::pool::{Conn, ConnectError, EndpointPool, KeepAlive};
 use crate::proxy::request_body::{Fault, UpstreamBody};
@@ -49,6 +51,10 @@ pub(crate) struct Upstream {
     config: UpstreamConfig,
     /// The endpoints its names resolve to, and the choice among them.
     fleet: Arc<Fleet>,
+    /// What bounds retries.
+    budget: Budget,
+    /// `sluice_upstream_retries_total{upstream}`, once the runtime has given it.
+    retries: OnceLock<Counter>,
     /// Time base of the warning throttle.
     epoch: Epoch,
     /// Per failure class (connect, timeout, failed): when a warning was last logged, in ms
@@ -151,10 +157,18 @@ impl Upstream {
             concurrency,
             config: config.clone(),
             fleet: Arc::new(fleet),
+            budget: Budget::new(&config.retry),
+            retries: OnceLock::new(),
             epoch: Epoch::new(),
             warned_at_ms: Default::default(),
             suppressed: Default::default(),
         }
+    }
+
+    /// Counts this upstream's retries in `counter` from now on (the first call wins: an
+    /// upstream a reload keeps keeps its counter).
+    pub(crate) fn count_retries_in(&self, counter: Counter) {
+        let _ = self.retries.set(counter);
     }
 
     /// The endpoints and their choice.
@@ -193,10 +207,11 @@ impl Upstream {
             });
         }
         let req = Request::from_parts(parts, body);
+        self.budget.request();
         let endpoints = self.fleet.endpoints();
         // The endpoint being tried, as an index into `endpoints` (MAX: none yet).
         let current = AtomicUsize::new(usize::MAX);
-        let sending = self.send_with_retry(req, &endpoints, &current);
+        let sending = self.send_tries(req, &endpoints, &current);
         let result = match tokio::time::timeout(self.config.timeout, sending).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
@@ -227,13 +242,59 @@ impl Upstream {
         self.fleet.pushback_wait()
     }
 
+    /// Sends `req`, and sends it again on another endpoint while it may be (see
+    /// [`retry`](crate::proxy::fleet::retry)): idempotent, its body read whole, tries left,
+    /// the budget not spent, and the last try reset before any response byte or answered 503
+    /// with `Retry-After` (that endpoint now waits).
+    async fn send_tries(
+        &self,
+        mut req: Request<UpstreamBody>,
+        endpoints: &[Arc<Endpoint>],
+        current: &AtomicUsize,
+    ) -> Exchanged {
+        // Each retry goes to another endpoint: none with one endpoint.
+        let mut left = match retry::idempotent(&req) && endpoints.len() > 1 {
+            true => self.config.retry.attempts.saturating_sub(1),
+            false => 0,
+        };
+        loop {
+            let spare = if left > 0 { retry::copy(&req) } else { None };
+            let result = self.send_with_retry(req, endpoints, current).await;
+            let Some(next) = spare else { return result };
+            let again = match &result {
+                Err(UpstreamError::Failed { .. }) => true,
+                Ok((res, _)) => {
+                    res.status() == http::StatusCode::SERVICE_UNAVAILABLE
+                        && res.headers().contains_key(http::header::RETRY_AFTER)
+                }
+                Err(_) => false,
+            };
+            if !again || self.pushback().is_some() || !self.budget.try_retry() {
+                return result;
+            }
+            if let Err(UpstreamError::Failed { .. }) = &result {
+                self.count_failure(endpoints.get(current.load(Ordering::Relaxed)), None);
+            }
+            self.note_retry();
+            left -= 1;
+            req = next;
+        }
+    }
+
+    /// Counts a retry in `sluice_upstream_retries_total`.
+    fn note_retry(&self) {
+        if let Some(counter) = self.retries.get() {
+            counter.inc();
+        }
+    }
+
     async fn send_with_retry(
         &self,
         mut req: Request<UpstreamBody>,
         endpoints: &[Arc<Endpoint>],
         current: &AtomicUsize,
     ) -> Exchanged {
-        let Some(first) = self.fleet.pick(endpoints) else {
+        let Some(first) = self.first(endpoints, current.load(Ordering::Relaxed)) else {
             return Err(self.no_address());
         };
         let tries = endpoints.len();
@@ -243,6 +304,11 @@ impl Upstream {
             let endpoint = &endpoints[index];
             if i > 0 && self.fleet.is_down(endpoint) && self.any_up(endpoints) {
                 continue;
+            }
+            if i > 0 {
+                // A connect failure is retried whatever the budget says, and counts in it.
+                self.budget.retried();
+                self.note_retry();
             }
             current.store(index, Ordering::Relaxed);
             let conn = match endpoint.pool.idle_conn() {
@@ -280,6 +346,16 @@ impl Upstream {
             return self.resend(endpoint, unsent).await;
         }
         Err(last_err.unwrap_or_else(|| self.no_address()))
+    }
+
+    /// The endpoint to try first: the balance's pick, but not `avoid` (the one a retry follows)
+    /// when there is another.
+    fn first(&self, endpoints: &[Arc<Endpoint>], avoid: usize) -> Option<usize> {
+        let first = self.fleet.pick(endpoints)?;
+        match first == avoid && endpoints.len() > 1 {
+            true => Some((first + 1) % endpoints.len()),
+            false => Some(first),
+        }
     }
 
     /// What `endpoint`'s answer tells of it: a 503 with `Retry-After` puts it in pushback (a

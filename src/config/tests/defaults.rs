@@ -43,6 +43,11 @@ const NOT_VALUES: &[(&str, &str, &str)] = &[
         "outlier",
         "a mapping of defaults, each checked in ### upstreams.outlier",
     ),
+    (
+        "upstreams",
+        "retry",
+        "a mapping of defaults, each checked in ### upstreams.retry",
+    ),
     ("match", "host", "any host: the field is left out"),
     ("match", "methods", "any method: the field is left out"),
     (
@@ -68,6 +73,7 @@ const PLACES: &[(&str, &str)] = &[
     ("upstreams", "/upstreams/u"),
     ("upstreams.health_check", "/upstreams/u/health_check"),
     ("upstreams.outlier", "/upstreams/u/outlier"),
+    ("upstreams.retry", "/upstreams/u/retry"),
     ("concurrency", "/upstreams/u/concurrency"),
     ("routes", "/routes/0"),
     ("match", "/routes/1/match"),
@@ -96,7 +102,8 @@ fn base() -> Value {
                 "endpoints": ["http://127.0.0.1:3000"],
                 "concurrency": {"adaptive": {}},
                 "health_check": {"path": "/healthz"},
-                "outlier": {}
+                "outlier": {},
+                "retry": {}
             }
         },
         "routes": [{"name": "plain", "upstream": "u"}, route],

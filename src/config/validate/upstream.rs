@@ -9,11 +9,11 @@ use http::uri::{Authority, PathAndQuery, Uri};
 use super::cx::Cx;
 use super::{join, present};
 use crate::config::raw::{
-    Int, RawAdaptive, RawConcurrency, RawHealthCheck, RawOutlier, RawUpstream,
+    Int, RawAdaptive, RawConcurrency, RawHealthCheck, RawOutlier, RawRetry, RawUpstream,
 };
 use crate::config::{
     AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, HealthCheckConfig, OutlierConfig,
-    UpstreamConfig,
+    RetryConfig, UpstreamConfig,
 };
 
 // === impl Cx: upstreams ===
@@ -59,6 +59,7 @@ impl Cx {
             .as_ref()
             .map(|h| self.health_check(&join(&at, "health_check"), h));
         let outlier = self.outlier(&join(&at, "outlier"), raw.outlier.as_ref());
+        let retry = self.retry(&join(&at, "retry"), raw.retry.as_ref());
         Some(UpstreamConfig {
             name: checked_name?,
             endpoints: endpoints?,
@@ -69,6 +70,7 @@ impl Cx {
             balance: balance?,
             health_check: present(health_check)?,
             outlier: outlier?,
+            retry: retry?,
         })
     }
 
@@ -167,6 +169,36 @@ impl Cx {
         Some(OutlierConfig {
             consecutive_failures: consecutive_failures?,
             ejection: ejection?,
+        })
+    }
+
+    /// `retry:` — absent means its defaults.
+    fn retry(&mut self, at: &str, raw: Option<&RawRetry>) -> Option<RetryConfig> {
+        let (attempts, budget) = raw.map_or((None, None), |r| (r.attempts, r.budget.as_deref()));
+        let attempts = self.whole(
+            &join(at, "attempts"),
+            attempts,
+            RetryConfig::DEFAULT_ATTEMPTS,
+            (1, 10),
+        );
+        let budget_at = join(at, "budget");
+        let budget_percent = match budget {
+            None => Some(RetryConfig::DEFAULT_BUDGET_PERCENT),
+            Some(text) => match text
+                .trim()
+                .strip_suffix('%')
+                .map(|n| n.trim().parse::<u32>())
+            {
+                Some(Ok(n)) if n <= 100 => Some(n),
+                _ => self.fail(
+                    &budget_at,
+                    format!("expected a percentage from 0% to 100% like 20%, found {text:?}"),
+                ),
+            },
+        };
+        Some(RetryConfig {
+            attempts: attempts?,
+            budget_percent: budget_percent?,
         })
     }
 

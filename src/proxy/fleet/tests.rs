@@ -19,6 +19,7 @@ pub(super) fn config(balance: Balance, endpoints: &[&str]) -> UpstreamConfig {
         balance,
         health_check: None,
         outlier: Default::default(),
+        retry: Default::default(),
     }
 }
 
