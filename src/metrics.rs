@@ -258,6 +258,10 @@ const UPSTREAM_RETRIES: Help = (
     "sluice_upstream_retries",
     "Requests sent to an upstream again, on another endpoint (retries)",
 );
+const UPSTREAM_ENDPOINTS: Help = (
+    "sluice_upstream_endpoints",
+    "Endpoints of an upstream by state: healthy, unhealthy (active check), ejected (outlier), pushback (503 with Retry-After)",
+);
 const UTILIZATION: Help = (
     "sluice_utilization",
     "Upstream in-flight requests / the cap in force",
@@ -325,6 +329,40 @@ fn delivery_histogram() -> Histogram {
     Histogram::new(DELIVERY_BUCKETS)
 }
 
+/// The families of the fleet behind each upstream.
+#[derive(Debug)]
+struct FleetFamilies {
+    /// `sluice_upstream_retries_total{upstream}`.
+    retries: Family<UpstreamLabel, Counter>,
+    /// `sluice_upstream_endpoints{upstream, state}`.
+    endpoints: Family<EndpointLabels, Gauge>,
+}
+
+impl FleetFamilies {
+    fn register(r: &mut Registry) -> Self {
+        FleetFamilies {
+            retries: register(r, UPSTREAM_RETRIES, Family::default()),
+            endpoints: register(r, UPSTREAM_ENDPOINTS, Family::default()),
+        }
+    }
+}
+
+/// `upstream` and `state` of `sluice_upstream_endpoints`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EndpointLabels {
+    upstream: Arc<str>,
+    state: &'static str,
+}
+
+impl EncodeLabelSet for EndpointLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("upstream", &*self.upstream).encode(encoder.encode_label())?;
+        ("state", self.state).encode(encoder.encode_label())?;
+        Ok(())
+    }
+}
+
 /// The `sluice_deferred_*` families: a deferring route's tasks by state, its results, the age
 /// of its oldest task and its acceptance-to-delivery time.
 #[derive(Debug)]
@@ -365,8 +403,8 @@ pub(crate) struct Metrics {
     rate_limit_keys: Family<LimitLabels, Gauge>,
     rate_limit_evictions: Family<LimitLabels, Counter>,
     deferred: DeferredFamilies,
-    /// `sluice_upstream_retries_total{upstream}`.
-    upstream_retries: Family<UpstreamLabel, Counter>,
+    /// `sluice_upstream_retries_total{upstream}` and `sluice_upstream_endpoints`.
+    fleet: FleetFamilies,
     reloads: Family<ResultLabel, Counter>,
     store_errors: Counter,
     buffered_bytes: Gauge,
@@ -495,7 +533,7 @@ impl Metrics {
             rate_limit_keys,
             rate_limit_evictions,
             deferred,
-            upstream_retries: register(&mut r, UPSTREAM_RETRIES, Family::default()),
+            fleet: FleetFamilies::register(&mut r),
             reloads,
             store_errors,
             buffered_bytes,
@@ -587,9 +625,28 @@ impl Metrics {
 
     /// `sluice_upstream_retries_total` of an upstream (created at 0).
     pub(crate) fn upstream_retries(&self, upstream: &Arc<str>) -> Counter {
-        self.upstream_retries
+        self.fleet
+            .retries
             .get_or_create(&UpstreamLabel(upstream.clone()))
             .clone()
+    }
+
+    /// Sets `sluice_upstream_endpoints{upstream, state}` (read at scrape time): one count per
+    /// state, in `states` order, every state written even at 0.
+    pub(crate) fn set_upstream_endpoints(
+        &self,
+        upstream: &Arc<str>,
+        states: &[&'static str],
+        counts: &[usize],
+    ) {
+        for (state, count) in states.iter().zip(counts) {
+            let labels = EndpointLabels {
+                upstream: upstream.clone(),
+                state,
+            };
+            let gauge = self.fleet.endpoints.get_or_create(&labels);
+            gauge.set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 
     /// The in-flight gauge of an upstream.
@@ -663,6 +720,7 @@ impl Metrics {
         self.rate_limit_keys.clear();
         self.deferred.tasks.clear();
         self.deferred.oldest.clear();
+        self.fleet.endpoints.clear();
     }
 
     /// Sets a cap's queue depth gauge (read at scrape time).

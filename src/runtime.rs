@@ -28,6 +28,7 @@ use crate::defer::{Deliverers, RouteDefer};
 use crate::limit::global::{GlobalLimit, Store};
 use crate::limit::{headers, ConcurrencyLimit, KeyExtractor, RateLimit};
 use crate::metrics::{Metrics, RouteMetrics, Scope, ScopeMetrics};
+use crate::proxy::fleet::health::State;
 use crate::proxy::Upstream;
 use crate::rescue::{ProblemSource, RateLimitedTemplate, RouteProblems};
 use crate::router::Router;
@@ -245,7 +246,11 @@ impl Runtime {
                 );
             }
         }
+        let states = State::ALL.map(State::as_str);
         for up in &self.upstreams {
+            let counts = up.fleet().state_counts();
+            self.metrics
+                .set_upstream_endpoints(&up.name, &states, &counts);
             if let Some(cap) = &up.concurrency {
                 let scope = Scope::Upstream(up.name.clone());
                 self.metrics.set_queue_depth(&scope, cap.queue_depth());

@@ -153,6 +153,16 @@ struct UpstreamStats<'a> {
     utilization: Option<f64>,
     queue_wait_seconds: Quantiles,
     upstream_latency_seconds: Quantiles,
+    endpoints: Vec<EndpointStats>,
+}
+
+/// One endpoint of an upstream: `{"address": "127.0.0.2:8080", "state": "healthy",
+/// "inflight": 3}`.
+#[derive(Debug, Serialize)]
+struct EndpointStats {
+    address: String,
+    state: &'static str,
+    inflight: usize,
 }
 
 /// In flight against a cap: the same members for a route and an upstream.
@@ -509,7 +519,22 @@ impl<'a> UpstreamStats<'a> {
             cap,
             queue_wait_seconds: Quantiles::of(&wait),
             upstream_latency_seconds: Quantiles::of(&latency),
+            endpoints: EndpointStats::of(up),
         }
+    }
+}
+
+// === impl EndpointStats ===
+
+impl EndpointStats {
+    /// Every endpoint of `up` now.
+    fn of(up: &crate::proxy::Upstream) -> Vec<Self> {
+        let view = |v: crate::proxy::fleet::health::EndpointView| EndpointStats {
+            address: v.address.to_string(),
+            state: v.state.as_str(),
+            inflight: v.inflight,
+        };
+        up.fleet().views().into_iter().map(view).collect()
     }
 }
 

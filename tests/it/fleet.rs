@@ -321,6 +321,35 @@ async fn ejection_of_a_failing_endpoint_never_of_the_last() {
     }
     assert_eq!(resets.load(Ordering::SeqCst), 2, "ejected after two");
     assert_eq!(bad, 0, "the two GETs that met a reset were retried on .2");
+    // Seen: the metric (every state, at 0 too) and /stats.
+    for (state, n) in [
+        ("healthy", 1.0),
+        ("ejected", 1.0),
+        ("unhealthy", 0.0),
+        ("pushback", 0.0),
+    ] {
+        let series = format!("sluice_upstream_endpoints{{upstream=\"api\",state=\"{state}\"}}");
+        assert_eq!(proxy.metric(&series).await, n, "{state}");
+    }
+    let stats = get(&proxy.admin_url("/stats")).await.json();
+    let endpoints = &stats["upstreams"][0]["endpoints"];
+    let ejected = format!("127.0.0.5:{}", fleet.port);
+    let states: Vec<(String, String)> = endpoints
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_owned(),
+                e["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(ejected, "ejected".to_owned())),
+        "{states:?}"
+    );
+    assert_eq!(states.len(), 2, "{states:?}");
     proxy.stop().await;
     let alone = Hosts::new("eject-last", &["127.0.0.5"]);
     let proxy = proxy_for(&fleet, &alone, extra).await;

@@ -105,6 +105,12 @@
     if (v === 0) return "0";
     return v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toFixed(2);
   }
+  // An upstream's endpoints with their state (healthy, unhealthy, ejected, pushback), as text.
+  function endpointsText(endpoints) {
+    if (!endpoints || !endpoints.length) return "";
+    return " · endpoints: " + endpoints.map((e) => e.address + " " + e.state).join(", ");
+  }
+
   function withMs(seconds) {
     const v = ms(seconds);
     return v === null ? "–" : fmtMs(v) + " ms";
@@ -224,7 +230,7 @@
       r.mode.hidden = s.mode !== "shadow";
       r.meta.textContent = kind === "route"
         ? "→ " + s.upstream + " · priority " + s.priority
-        : "routes: " + (s.routes.length ? s.routes.join(", ") : "none");
+        : "routes: " + (s.routes.length ? s.routes.join(", ") : "none") + endpointsText(s.endpoints);
       const total = s.admitted_per_second + s.rejected_per_second;
       r.values.admitted.textContent = fmtRate(s.admitted_per_second) + " /s";
       r.values.rejected.textContent = fmtRate(s.rejected_per_second) + " /s" +

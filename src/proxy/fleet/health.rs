@@ -39,6 +39,17 @@ pub(crate) enum State {
     Pushback,
 }
 
+/// What `/stats` and the metrics show of one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EndpointView {
+    /// Its address.
+    pub(crate) address: std::net::SocketAddr,
+    /// Its state now.
+    pub(crate) state: State,
+    /// Requests on it now.
+    pub(crate) inflight: usize,
+}
+
 /// The health an endpoint carries (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct Health {
@@ -52,6 +63,28 @@ pub(crate) struct Health {
     unhealthy: AtomicBool,
     /// Active checks in a row: successes when positive, failures when negative.
     streak: AtomicI32,
+}
+
+// === impl State ===
+
+impl State {
+    /// Every state, in label order.
+    pub(crate) const ALL: [State; 4] = [
+        State::Healthy,
+        State::Unhealthy,
+        State::Ejected,
+        State::Pushback,
+    ];
+
+    /// The label value (and `/stats`' `state`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Unhealthy => "unhealthy",
+            State::Ejected => "ejected",
+            State::Pushback => "pushback",
+        }
+    }
 }
 
 // === impl Fleet: health ===
@@ -117,6 +150,26 @@ impl Fleet {
         } else {
             State::Healthy
         }
+    }
+
+    /// Every endpoint now, with its state and its requests in flight.
+    pub(crate) fn views(&self) -> Vec<EndpointView> {
+        let endpoints = self.endpoints();
+        let view = |e: &Arc<Endpoint>| EndpointView {
+            address: e.addr,
+            state: self.state(e),
+            inflight: e.pool.inflight(),
+        };
+        endpoints.iter().map(view).collect()
+    }
+
+    /// Endpoints by state, in [`State::ALL`] order.
+    pub(crate) fn state_counts(&self) -> [usize; 4] {
+        let mut counts = [0; 4];
+        for view in self.views() {
+            counts[view.state as usize] += 1;
+        }
+        counts
     }
 
     /// Endpoints that count for a `per_endpoint` cap: the healthy ones and those in pushback
