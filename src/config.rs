@@ -167,6 +167,10 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// One log line per request. Default [`Self::DEFAULT_ACCESS_LOG`].
     pub access_log: bool,
+    /// 503s, and 429s of limits keyed `global`, tell `Retry-After` spread evenly over
+    /// `[t, t × (1 + this)]`, rounded up; 0 = off, at most [`Self::MAX_RETRY_AFTER_SPREAD`].
+    /// Default [`Self::DEFAULT_RETRY_AFTER_SPREAD`].
+    pub retry_after_spread: f64,
     /// What a path holding `%2F` or `%5C` (or a raw `\`) gets: 400, or forwarded with them
     /// encoded. Default reject (`EscapedSlashes`' `#[default]`).
     pub escaped_slashes: EscapedSlashes,
@@ -195,6 +199,11 @@ impl ServerConfig {
     pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
     /// `access_log` when absent.
     pub const DEFAULT_ACCESS_LOG: bool = false;
+    /// `retry_after_spread` when absent: clients rejected together come back over half as long
+    /// again as the exact wait.
+    pub const DEFAULT_RETRY_AFTER_SPREAD: f64 = 0.5;
+    /// The largest `retry_after_spread`: up to twice the exact wait.
+    pub const MAX_RETRY_AFTER_SPREAD: f64 = 1.0;
 }
 
 /// `server:` fields that bound what one client can hold of sluice's capacity.

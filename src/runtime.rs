@@ -600,6 +600,12 @@ fn problems(
                 _ => None,
             })
             .collect(),
+        global_keyed: r
+            .rate_limits
+            .iter()
+            .map(|l| matches!(l.key, KeySpec::Global))
+            .collect(),
+        spread: config.server.retry_after_spread,
         policy,
         max_request_body: config.server.client.max_request_body,
         request_body_timeout: config.server.client.request_body_timeout,

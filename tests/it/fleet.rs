@@ -260,7 +260,8 @@ async fn pushback_is_honoured_and_answered_at_the_edge() {
             .expect("Retry-After")
             .parse()
             .unwrap();
-        assert!((1..=30).contains(&secs), "{secs}");
+        // At most the 30 s asked for, spread by the default 0.5 (to 45).
+        assert!((1..=45).contains(&secs), "{secs}");
     }
     assert_eq!(fleet.requests(), before, "no upstream traffic");
     let pushed = proxy
