@@ -636,7 +636,7 @@ pub enum Balance {
 }
 
 /// `concurrency:` on a route or an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConcurrencyConfig {
     /// How many requests may be in flight at once: a fixed number, or a cap that follows the
     /// upstream's latency. Serialised as the file has it: `max_inflight: N` or `adaptive: {…}`.
@@ -648,6 +648,13 @@ pub struct ConcurrencyConfig {
     /// [`Self::DEFAULT_QUEUE_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub queue_timeout: Duration,
+    /// `fair_by`: within one priority, waiters are served in turns across the keys this gives
+    /// (`client_ip` or `header:NAME`), not in arrival order. `None`: arrival order.
+    #[serde(serialize_with = "effective::display_opt")]
+    pub fair_by: Option<KeySpec>,
+    /// A key's waiters beyond this get 503 `queue-full` (with `fair_by` only). `None`: no
+    /// bound but the queue's.
+    pub max_queued_per_key: Option<NonZeroUsize>,
 }
 
 impl ConcurrencyConfig {

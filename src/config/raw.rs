@@ -219,6 +219,10 @@ pub(crate) struct RawConcurrency {
     pub(crate) queue: Option<Int>,
     /// A duration.
     pub(crate) queue_timeout: Option<String>,
+    /// `client_ip` | `header:NAME`.
+    pub(crate) fair_by: Option<String>,
+    /// A count ≥ 1 (with `fair_by`).
+    pub(crate) max_queued_per_key: Option<Int>,
 }
 
 /// `concurrency.adaptive:`.
