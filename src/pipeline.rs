@@ -205,7 +205,8 @@ async fn admit_and_forward(
         rt.budget.clone(),
     );
     let req = Request::from_parts(parts, body);
-    forward(route, origin, trusted, req, slots, drain)
+    let log = rt.config.server.access_log;
+    forward(route, (origin, trusted), req, slots, drain, log)
         .await
         .map(Answer::Forwarded)
 }
@@ -213,14 +214,15 @@ async fn admit_and_forward(
 /// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the
 /// peer is one of `trusted_proxies` (its `Forwarded` and `X-Real-IP` are passed on). A plain
 /// function around one `await`: the request is handed to the (boxed) exchange before the
-/// returned future exists, so that future holds only what the answer needs.
+/// returned future exists, so that future holds only what the answer needs. `log`: the access
+/// log is on, and the response carries the protocol spoken upstream for it.
 fn forward(
     route: &Route,
-    origin: Origin,
-    trusted: bool,
+    (origin, trusted): (Origin, bool),
     mut req: Request<UpstreamBody>,
     slots: Slots,
     drain: Drain,
+    log: bool,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Rejection>> + Send + '_ {
     forward::request(&mut req, origin, trusted);
     let fault = match req.body() {
@@ -230,7 +232,12 @@ fn forward(
     let sent = Instant::now();
     let exchange = exchange(route, req);
     async move {
-        let result = exchange.await;
+        let mut result = exchange.await;
+        if let (true, Ok((res, conn))) = (log, &mut result) {
+            // Read by the access line (`RequestContext::finish`); only when it is written, as
+            // the first extension costs an allocation.
+            res.extensions_mut().insert(conn.spoken());
+        }
         answered(route, result, sent.elapsed(), fault, slots, drain)
     }
 }

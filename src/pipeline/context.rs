@@ -12,6 +12,7 @@ use super::rate::Fields;
 use crate::body::ProxyBody;
 use crate::client::Origin;
 use crate::metrics::Outcome;
+use crate::proxy::connect::Spoken;
 use crate::rescue::{self, Rejection};
 use crate::router::Target;
 use crate::runtime::{Route, Runtime};
@@ -112,7 +113,12 @@ impl<'rt> RequestContext<'rt> {
             (None, Some(outcome)) => self.rt.metrics.unrouted(outcome),
             (_, None) => {}
         }
-        self.log(status, outcome.map_or("task_lookup", Outcome::as_str));
+        let spoken = res.extensions().get::<Spoken>().copied();
+        self.log(
+            status,
+            outcome.map_or("task_lookup", Outcome::as_str),
+            spoken,
+        );
         res
     }
 
@@ -122,8 +128,9 @@ impl<'rt> RequestContext<'rt> {
     }
 
     /// One line per request (`server.access_log`), at info level on target `sluice::access`:
-    /// the duration in ms with three decimals.
-    fn log(&self, status: u16, outcome: &str) {
+    /// the duration in ms with three decimals; `upstream_protocol` is `http1` or `http2` for a
+    /// forwarded request, empty otherwise.
+    fn log(&self, status: u16, outcome: &str, spoken: Option<Spoken>) {
         let Some(line) = &self.line else {
             return;
         };
@@ -138,6 +145,7 @@ impl<'rt> RequestContext<'rt> {
             status,
             outcome,
             duration_ms = format_args!("{ms:.3}"),
+            upstream_protocol = spoken.map_or("", Spoken::as_str),
         );
     }
 }

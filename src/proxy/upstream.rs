@@ -329,7 +329,7 @@ impl Upstream {
             };
             self.fleet.mark_up(endpoint);
             name_host(&mut req, endpoint);
-            let unsent = match conn.sender.try_send_request(req).await {
+            let unsent = match conn.try_send_request(req).await {
                 Ok(res) => return Ok(self.answered(endpoint, res, conn)),
                 Err(mut err) => match err.take_message() {
                     // A reused connection closed before the request was written: send it again
@@ -398,7 +398,7 @@ impl Upstream {
                     source,
                 }
             })?;
-            match fresh.sender.send_request(req).await {
+            match fresh.send_request(req).await {
                 Ok(res) => Ok(self.answered(endpoint, res, fresh)),
                 Err(source) => Err(UpstreamError::Failed {
                     upstream: self.name.clone(),
