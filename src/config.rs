@@ -488,7 +488,7 @@ pub struct UpstreamConfig {
     pub name: Arc<str>,
     /// `http://host:port` endpoints as the file names them; a name stands for every address
     /// it resolves to.
-    #[serde(serialize_with = "effective::endpoints")]
+    #[serde(skip)] // Serialised as URLs with the scheme (`effective::by_name`).
     pub endpoints: Vec<Authority>,
     /// A connection attempt longer than this fails (502). Default
     /// [`Self::DEFAULT_CONNECT_TIMEOUT`].
@@ -515,6 +515,7 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// True when the endpoints are `https://` (every endpoint of an upstream has the same
     /// scheme): connections are TLS, with `tls` (its defaults when absent).
+    #[serde(skip)] // The endpoints' scheme says it.
     pub https: bool,
     /// `tls:` as the file gives it: certificates to trust, the name to verify, a client
     /// certificate. Unused (and warned about by `sluice check`) with `http://` endpoints.
@@ -562,6 +563,20 @@ pub struct UpstreamTlsConfig {
     /// What the files held when the config was loaded (read again on each reload).
     #[serde(skip)]
     pub(crate) loaded: UpstreamTrust,
+}
+
+impl UpstreamTlsConfig {
+    /// True when both name the same files and the files held the same certificates when read.
+    pub(crate) fn same_as(&self, other: &UpstreamTlsConfig) -> bool {
+        let chain =
+            |t: &UpstreamTlsConfig| t.loaded.client.as_ref().map(|c| c.certified.cert.clone());
+        self.ca == other.ca
+            && self.server_name == other.server_name
+            && self.client_cert == other.client_cert
+            && self.client_key == other.client_key
+            && self.loaded.ca == other.loaded.ca
+            && chain(self) == chain(other)
+    }
 }
 
 /// The certificate files of an upstream's `tls:`, read and checked when the config is loaded.

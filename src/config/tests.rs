@@ -613,13 +613,12 @@ fn bad_cidr_is_refused() {
 }
 
 #[test]
-fn endpoints_must_be_plain_http_urls() {
-    // Pins: https upstreams are "not supported yet"; paths, user info and other schemes are refused.
-    let e = one_error(
-        &BASE.replace("http://127.0.0.1:3000", "https://127.0.0.1:3000"),
-        "upstreams.orders.endpoints[0]",
-    );
-    assert!(e.message.ends_with("is not supported yet"), "{}", e.message);
+fn endpoints_must_be_http_or_https_urls() {
+    // Pins: https:// endpoints are taken (port 443 by default); paths, user info and other
+    // schemes are refused.
+    let config = load(&BASE.replace("http://127.0.0.1:3000", "https://127.0.0.1"));
+    assert!(config.upstreams[0].https);
+    assert_eq!(config.upstreams[0].endpoints[0].as_str(), "127.0.0.1:443");
     for bad in [
         "http://h:1/api",
         "ftp://h",
@@ -1241,7 +1240,7 @@ server:
   listen: nowhere
 upstreams:
   a:
-    endpoints: [https://h]
+    endpoints: [ftp://h]
     timeout: soon
 routes:
   - name: r

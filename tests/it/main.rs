@@ -39,3 +39,5 @@ mod redis;
 mod scale_out;
 mod sighup;
 mod tls;
+mod upstream_h2;
+mod upstream_tls;
