@@ -11,13 +11,17 @@
 //!   when it chose nothing); `http2` offers `h2` only, `http1` `http/1.1` only. Over `http://`,
 //!   `http2` is h2c with prior knowledge, the others HTTP/1.1.
 //! - An HTTP/2 connection's task publishes the server's `SETTINGS_MAX_CONCURRENT_STREAMS` as
-//!   it changes ([`Handshaken::H2`]), so the pool opens another connection only when the
-//!   streams of those it has are used up.
+//!   it changes ([`StreamLimit`]), so the pool opens another connection only when the
+//!   streams of those it has are used up. The request that opened a connection waits for the
+//!   server's first SETTINGS (at most [`SETTINGS_WAIT`]) before others may share it: until
+//!   then the limit is unknown, and requests piled onto a connection beyond it would wait in
+//!   hyper instead of going to another connection.
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::client::conn::{http1, http2};
@@ -25,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
 use tokio_rustls::rustls::sign::SingleCertAndKey;
 use tokio_rustls::rustls::{version, ClientConfig, RootCertStore};
@@ -58,8 +63,25 @@ pub(crate) enum Handshaken {
     H1(http1::SendRequest<UpstreamBody>),
     /// HTTP/2: the sender (cloneable, multiplexed) and the server's stream limit, kept up to
     /// date by the connection's task.
-    H2(http2::SendRequest<UpstreamBody>, Arc<AtomicUsize>),
+    H2(http2::SendRequest<UpstreamBody>, Arc<StreamLimit>),
 }
+
+/// The number of streams the server of an HTTP/2 connection allows at once, as its SETTINGS
+/// say; [`UNKNOWN`] until they have said it, 0 once the connection has ended.
+#[derive(Debug)]
+pub(crate) struct StreamLimit {
+    max: AtomicUsize,
+    /// Woken when `max` changes.
+    changed: Notify,
+}
+
+/// The stream limit before the server's SETTINGS name one (RFC 9113: unlimited).
+pub(crate) const UNKNOWN: usize = usize::MAX;
+
+/// How long the request that opened an HTTP/2 connection waits for the server's SETTINGS
+/// before the connection is shared (a server that names no limit in them is waited for this
+/// long once per connection).
+pub(crate) const SETTINGS_WAIT: Duration = Duration::from_millis(100);
 
 /// The protocol spoken on a connection: what `/stats` and the access log show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +93,38 @@ pub(crate) enum Spoken {
     Http2 = 2,
 }
 
-/// Streams assumed on an HTTP/2 connection until the server's SETTINGS say otherwise (hyper's
-/// default, and the RFC's recommended minimum).
-const INITIAL_MAX_STREAMS: usize = 100;
+// === impl StreamLimit ===
+
+impl StreamLimit {
+    fn new() -> Self {
+        StreamLimit {
+            max: AtomicUsize::new(UNKNOWN),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Streams allowed at once now.
+    pub(crate) fn get(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    fn set(&self, max: usize) {
+        if self.max.swap(max, Ordering::AcqRel) != max {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Returns once the server's SETTINGS have named a limit (or the connection ended), or
+    /// after `wait`.
+    pub(crate) async fn settled(&self, wait: Duration) {
+        let changed = self.changed.notified();
+        let mut changed = pin!(changed);
+        changed.as_mut().enable();
+        if self.get() == UNKNOWN {
+            let _ = tokio::time::timeout(wait, changed).await;
+        }
+    }
+}
 
 // === impl Spoken ===
 
@@ -183,11 +234,11 @@ where
         return Ok(Handshaken::H1(sender));
     }
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .initial_max_send_streams(INITIAL_MAX_STREAMS)
+        .initial_max_send_streams(UNKNOWN)
         .handshake(io)
         .await
         .map_err(fail)?;
-    let max = Arc::new(AtomicUsize::new(INITIAL_MAX_STREAMS));
+    let max = Arc::new(StreamLimit::new());
     let published = max.clone();
     let authority = authority.clone();
     tokio::spawn(async move {
@@ -196,13 +247,12 @@ where
         // server's stream limit (its SETTINGS may change it at any time).
         let ended = std::future::poll_fn(|cx| {
             let poll = connection.as_mut().poll(cx);
-            let limit = connection.as_ref().get_ref().current_max_send_streams();
-            published.store(limit, Ordering::Relaxed);
+            published.set(connection.as_ref().get_ref().current_max_send_streams());
             poll
         })
         .await;
         // Closed: no stream may be started on it any more.
-        published.store(0, Ordering::Relaxed);
+        published.set(0);
         if let Err(err) = ended {
             tracing::debug!(endpoint = %authority, error = %err, "upstream HTTP/2 connection ended with an error");
         }

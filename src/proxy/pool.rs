@@ -44,7 +44,7 @@ use hyper::client::conn::{http2, TrySendError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::connect::{Connector, Handshaken, Spoken};
+use crate::proxy::connect::{Connector, Handshaken, Spoken, SETTINGS_WAIT};
 use crate::proxy::request_body::UpstreamBody;
 
 mod multiplex;
@@ -290,6 +290,8 @@ impl EndpointPool {
             }
             Handshaken::H2(sender, max_streams) => {
                 self.spoken.store(Spoken::Http2 as u8, Ordering::Relaxed);
+                // Shared once the server has said how many streams it takes (see `connect`).
+                max_streams.settled(SETTINGS_WAIT).await;
                 let shared = Arc::new(Shared::new(sender.clone(), max_streams));
                 let stream = shared.first_stream();
                 let mut all = self.shared.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,10 +2,14 @@
 //! (ALPN) and over cleartext (h2c with prior knowledge), `TE: trailers` passed on, the
 //! protocol in `/stats`, and how few connections concurrent requests open.
 
+use std::time::Duration;
+
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-use crate::support::protocols::{proto_upstream, server_tls, Ca, ProtoUpstream, SERVER_NAME};
+use crate::support::protocols::{
+    proto_upstream, proto_upstream_with, server_tls, Ca, ProtoUpstream, SERVER_NAME,
+};
 use crate::support::*;
 
 /// A config with upstream `api` at `scheme://127.0.0.1:<port>`, `protocol` (or none), the
@@ -173,6 +177,41 @@ async fn h2_connections_stay_few_under_concurrency() {
         (1..=4).contains(&connections),
         "{connections} connections for {} requests",
         per_worker * 20
+    );
+    proxy.stop().await;
+}
+
+/// A new HTTP/2 connection is opened when the streams the server allows are in use: with 2
+/// streams a connection (the server's SETTINGS), 10 requests held at once take 5 connections
+/// — not fewer (the limit ignored: the upstream would never see all 10 at once, and they
+/// would be answered only after 10 s) and not 10. The upstream also counts the requests.
+#[tokio::test]
+async fn a_new_connection_when_the_servers_streams_are_used_up() {
+    let upstream = proto_upstream_with(None, Some(2), Duration::ZERO).await;
+    let proxy = start_proxy(&config("http", &upstream, "http2", None)).await;
+    assert_eq!(seen(&proxy).await, "HTTP/2.0");
+    assert_eq!(upstream.connections(), 1);
+    let client = client();
+    let url = proxy.url("/");
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                // Answered once all 10 are at the upstream: they overlap.
+                let req = Request::get(&url).header("x-hold", "10");
+                send(&client, req.body(Full::default()).unwrap()).await
+            })
+        })
+        .collect();
+    for request in requests {
+        let got = request.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    }
+    assert_eq!(upstream.requests(), 11);
+    let connections = upstream.connections();
+    assert!(
+        (5..=6).contains(&connections),
+        "{connections} connections for 10 requests at 2 streams each"
     );
     proxy.stop().await;
 }

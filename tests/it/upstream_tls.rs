@@ -5,6 +5,7 @@
 //! names it, so no /etc/hosts entry is needed.
 
 use std::path::Path;
+use std::time::Duration;
 
 use http::StatusCode;
 use sluice::config::ConfigError;
@@ -252,4 +253,75 @@ fn tls_on_http_endpoints_is_a_warning() {
             .any(|w| w.path == "upstreams.api.tls" && w.message.contains("not used")),
         "{warnings:?}"
     );
+}
+
+/// A failed handshake is a connect failure: with one endpoint whose certificate does not
+/// verify and one that does, every request is answered by the good one (retried there, then
+/// the bad one skipped), none fails.
+#[tokio::test]
+async fn a_failed_handshake_goes_to_another_endpoint() {
+    let ca = Ca::new("upstream CA");
+    let stranger = Ca::new("unknown CA");
+    let alpn = ["h2", "http/1.1"];
+    let good = proto_upstream(Some(server_tls(&ca.issue(&[SERVER_NAME]), &alpn, None))).await;
+    let bad = proto_upstream(Some(server_tls(
+        &stranger.issue(&[SERVER_NAME]),
+        &alpn,
+        None,
+    )))
+    .await;
+    let ca_path = ca.write_pem("ca.pem");
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0 }}\n\
+         upstreams:\n  api: {{ endpoints: ['https://127.0.0.1:{}', 'https://127.0.0.1:{}'], balance: round_robin, tls: {} }}\n\
+         routes: [{{ name: all, upstream: api }}]\n",
+        bad.addr.port(),
+        good.addr.port(),
+        trusting(&ca_path, SERVER_NAME)
+    );
+    let proxy = start_proxy(&yaml).await;
+    for _ in 0..6 {
+        let got = get(&proxy.url("/")).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    }
+    assert!(bad.connections() >= 1, "the bad endpoint was tried");
+    assert_eq!(bad.requests(), 0);
+    assert_eq!(good.requests(), 6);
+    proxy.stop().await;
+}
+
+/// Active health checks of an `https://` upstream speak TLS (with the upstream's `tls`): the
+/// endpoint stays healthy, and the checks reach it without any request. (Checks in cleartext
+/// would fail the handshake and mark it unhealthy after one failure.)
+#[tokio::test]
+async fn health_checks_use_tls() {
+    let ca = Ca::new("upstream CA");
+    let upstream = proto_upstream(Some(server_tls(
+        &ca.issue(&[SERVER_NAME]),
+        &["http/1.1"],
+        None,
+    )))
+    .await;
+    let ca_path = ca.write_pem("ca.pem");
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\n\
+         upstreams:\n  api:\n    endpoints: ['https://127.0.0.1:{}']\n    tls: {}\n    \
+         health_check: {{ path: /healthz, interval: 50ms, timeout: 2s, unhealthy_after: 1, healthy_after: 1 }}\n\
+         routes: [{{ name: all, upstream: api }}]\n",
+        upstream.addr.port(),
+        trusting(&ca_path, SERVER_NAME)
+    );
+    let proxy = start_proxy(&yaml).await;
+    until(
+        "three checks reached the upstream",
+        Duration::from_secs(10),
+        || upstream.requests() >= 3,
+    )
+    .await;
+    let stats = get(&proxy.admin_url("/stats")).await.json();
+    assert_eq!(
+        stats["upstreams"][0]["endpoints"][0]["state"], "healthy",
+        "{stats}"
+    );
+    proxy.stop().await;
 }

@@ -11,6 +11,7 @@ use http::{Request, Version};
 use hyper::client::conn::http2::SendRequest;
 use tokio::time::Instant;
 
+use crate::proxy::connect::StreamLimit;
 use crate::proxy::request_body::UpstreamBody;
 
 /// One HTTP/2 connection of an endpoint.
@@ -20,7 +21,7 @@ pub(super) struct Shared {
     sender: SendRequest<UpstreamBody>,
     /// The server's `SETTINGS_MAX_CONCURRENT_STREAMS`, published by the connection's task (0
     /// once it has ended).
-    max_streams: Arc<AtomicUsize>,
+    max_streams: Arc<StreamLimit>,
     /// Streams open now (requests from checkout until their response is read or dropped).
     streams: AtomicUsize,
     /// Since when no stream has been open. std Mutex: a store or a load, never across an await.
@@ -40,7 +41,7 @@ pub(crate) struct TeTrailers;
 // === impl Shared ===
 
 impl Shared {
-    pub(super) fn new(sender: SendRequest<UpstreamBody>, max_streams: Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(sender: SendRequest<UpstreamBody>, max_streams: Arc<StreamLimit>) -> Self {
         Shared {
             sender,
             max_streams,
@@ -54,7 +55,7 @@ impl Shared {
         if self.sender.is_closed() {
             return None;
         }
-        let max = self.max_streams.load(Ordering::Relaxed);
+        let max = self.max_streams.get();
         self.streams
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -127,12 +128,16 @@ pub(crate) fn server_tls(cert: &Issued, alpn: &[&str], clients: Option<&Ca>) -> 
 pub(crate) struct ProtoUpstream {
     pub(crate) addr: SocketAddr,
     pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) requests: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl ProtoUpstream {
     pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+    pub(crate) fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 
@@ -142,13 +147,53 @@ impl Drop for ProtoUpstream {
     }
 }
 
+/// Requests that asked (`x-hold: N`) to be answered only once N such requests are in flight
+/// at once (or after 10 s): a test's concurrent requests then overlap for sure, however
+/// slowly a loaded machine starts them.
+#[derive(Default)]
+struct Held {
+    count: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Held {
+    async fn until(&self, n: usize) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Starts a [`ProtoUpstream`]: over TLS with `tls`, else cleartext (HTTP/1.1, or h2c with
 /// prior knowledge: hyper's auto server tells them apart by the preface).
 pub(crate) async fn proto_upstream(tls: Option<TlsAcceptor>) -> ProtoUpstream {
+    proto_upstream_with(tls, None, Duration::from_millis(5)).await
+}
+
+/// A [`ProtoUpstream`] whose HTTP/2 connections allow `max_streams` streams (hyper's default
+/// when `None`), answering each request after `delay`.
+pub(crate) async fn proto_upstream_with(
+    tls: Option<TlsAcceptor>,
+    max_streams: Option<u32>,
+    delay: Duration,
+) -> ProtoUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (counted, asked) = (connections.clone(), requests.clone());
+    let held = Arc::new(Held::default());
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -156,24 +201,38 @@ pub(crate) async fn proto_upstream(tls: Option<TlsAcceptor>) -> ProtoUpstream {
             };
             counted.fetch_add(1, Ordering::SeqCst);
             let tls = tls.clone();
+            let asked = asked.clone();
+            let held = held.clone();
             tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let te = req
-                        .headers()
-                        .get("te")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_owned();
-                    let version = format!("{:?}", req.version());
-                    // A little work, so that requests overlap.
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    let res = Response::builder()
-                        .header("x-te", te)
-                        .body(TestBody::text(version))
-                        .unwrap();
-                    Ok::<_, Infallible>(res)
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let held = held.clone();
+                    async move {
+                        let hold = req
+                            .headers()
+                            .get("x-hold")
+                            .and_then(|v| v.to_str().ok()?.parse().ok());
+                        if let Some(n) = hold {
+                            held.until(n).await;
+                        }
+                        let te = req
+                            .headers()
+                            .get("te")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let version = format!("{:?}", req.version());
+                        // A little work, so that requests overlap.
+                        tokio::time::sleep(delay).await;
+                        let res = Response::builder()
+                            .header("x-te", te)
+                            .body(TestBody::text(version))
+                            .unwrap();
+                        Ok::<_, Infallible>(res)
+                    }
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http2().max_concurrent_streams(max_streams);
                 match tls {
                     Some(tls) => {
                         // A failed handshake (the client refused the certificate, or gave
@@ -192,6 +251,7 @@ pub(crate) async fn proto_upstream(tls: Option<TlsAcceptor>) -> ProtoUpstream {
     ProtoUpstream {
         addr,
         connections,
+        requests,
         task,
     }
 }
