@@ -215,3 +215,38 @@ async fn a_new_connection_when_the_servers_streams_are_used_up() {
     );
     proxy.stop().await;
 }
+
+/// The access line records the protocol spoken to the upstream: `upstream_protocol=http2` for
+/// a request forwarded over h2c, `http1` over HTTP/1.1 (the binary's own log, read from its
+/// stderr).
+#[test]
+fn access_line_has_the_upstream_protocol() {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(proto_upstream(None));
+    for (protocol, want) in [("http2", "http2"), ("http1", "http1")] {
+        let config = ConfigFile::new(&format!(
+            "server:\n  listen: 127.0.0.1:0\n  access_log: true\nupstreams:\n  a:\n    endpoints: ['http://{}']\n    protocol: {protocol}\nroutes: [{{ name: r, upstream: a }}]\n",
+            upstream.addr
+        ));
+        let mut sluice = bin::Sluice::start(bin::command().args(["run", "-c"]).arg(&config.path))
+            .unwrap_or_else(|stderr| panic!("sluice run did not start:\n{stderr}"));
+        let mut tcp = std::net::TcpStream::connect(sluice.http).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            tcp,
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = String::new();
+        let _ = tcp.read_to_string(&mut got);
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        let line = sluice.wait_for_log("upstream_protocol=").unwrap();
+        assert!(
+            line.contains(&format!("upstream_protocol=\"{want}\"")),
+            "protocol {protocol}: {line}"
+        );
+        sluice.signal("TERM");
+        assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
+    }
+}

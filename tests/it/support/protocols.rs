@@ -232,7 +232,9 @@ pub(crate) async fn proto_upstream_with(
                     }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http2().max_concurrent_streams(max_streams);
+                if let Some(max) = max_streams {
+                    builder.http2().max_concurrent_streams(max);
+                }
                 match tls {
                     Some(tls) => {
                         // A failed handshake (the client refused the certificate, or gave
