@@ -158,8 +158,15 @@ async fn admit_and_forward(
 ) -> Result<Answer, Rejection> {
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
-    let when = defer::when(route);
-    let key = defer::key(route, req.headers())?;
+    // A gRPC client could not read a 202: its request is handled as if the route had no
+    // `defer`.
+    let grpc = crate::rescue::grpc::is_grpc(req.headers());
+    let when = if grpc { None } else { defer::when(route) };
+    let key = if grpc {
+        None
+    } else {
+        defer::key(route, req.headers())?
+    };
     if when == Some(DeferWhen::Always) {
         defer::precheck(rt, route, req.body())?;
     }

@@ -41,6 +41,9 @@ pub(super) struct RequestContext<'rt> {
     pub(super) fields: Fields,
     /// What the access line needs, copied only when the log is on.
     line: Option<Line>,
+    /// A gRPC request: sluice's own problems are answered as gRPC statuses
+    /// ([`rescue::grpc`]).
+    grpc: bool,
     /// Set by [`RequestContext::finish`]: a context dropped unfinished with a route is a request
     /// whose client went away while queued or while the upstream was answering.
     finished: bool,
@@ -69,6 +72,7 @@ impl<'rt> RequestContext<'rt> {
             route: None,
             fields: Fields::default(),
             line,
+            grpc: rescue::grpc::is_grpc(req.headers()),
             finished: false,
         }
     }
@@ -79,6 +83,10 @@ impl<'rt> RequestContext<'rt> {
     pub(super) fn finish(mut self, answer: Answer) -> Response<ProxyBody> {
         self.finished = true;
         let fields = std::mem::take(&mut self.fields);
+        let answer_rejection = match &answer {
+            Answer::Rejected(rejection) => Some(*rejection),
+            _ => None,
+        };
         let (res, outcome) = match (answer, self.route) {
             (Answer::Forwarded(res), Some(route)) => {
                 (fields.decorate(res, route), Some(Outcome::Forwarded))
@@ -104,7 +112,12 @@ impl<'rt> RequestContext<'rt> {
             // A forwarded or deferred request always has a route.
             (Answer::Forwarded(res) | Answer::Deferred(res), None) => (res, None),
         };
+        // Counted and logged with the problem's HTTP status, whatever the client is answered.
         let status = res.status().as_u16();
+        let res = match answer_rejection {
+            Some(rejection) if self.grpc => rescue::grpc::answer(res, &rejection),
+            _ => res,
+        };
         match (self.route, outcome) {
             (Some(route), Some(outcome)) => {
                 route.metrics.outcome(outcome, false);

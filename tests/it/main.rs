@@ -30,6 +30,7 @@ mod docs;
 mod edge;
 mod examples;
 mod fleet;
+mod grpc;
 mod h1_differential;
 mod proxy;
 mod rate_limit;
