@@ -248,7 +248,7 @@ impl EndpointPool {
         if !self.connector.may_speak_h2() || self.spoken() == Some(Spoken::Http1) {
             return self.open().await;
         }
-        let _opening = self.opening.lock().await;
+        let opening = self.opening.lock().await;
         // Whoever held the lock before may have opened a connection with streams to spare.
         if let Some((sender, stream)) = self.take_stream() {
             return Ok(self.conn(
@@ -259,7 +259,14 @@ impl EndpointPool {
                 false,
             ));
         }
-        self.open().await
+        // Or found that the server speaks HTTP/1.1: then connections are opened side by side.
+        if self.spoken() == Some(Spoken::Http1) {
+            drop(opening);
+            return self.open().await;
+        }
+        let opened = self.open().await;
+        drop(opening);
+        opened
     }
 
     /// Opens a new connection: TCP, then TLS and the HTTP handshake, all within

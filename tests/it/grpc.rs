@@ -175,3 +175,97 @@ async fn grpc_timeout_bounds_the_wait() {
     assert!(took < Duration::from_millis(2500), "{took:?}");
     proxy.stop().await;
 }
+
+/// A gRPC request is never deferred: on a route with `defer: {when: always}` it is forwarded
+/// (the upstream's 201 comes back, the upstream saw it at once) while a plain POST gets 202.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_are_never_deferred() {
+    use crate::support::deferred::{config, recording};
+    use crate::support::redis_server::RedisServer;
+    let redis = RedisServer::start().await;
+    let (up, log) = recording(Duration::ZERO, |_, _| StatusCode::CREATED).await;
+    let proxy = start_proxy(&config(&redis.url(), &up.endpoint(), "", "{when: always}")).await;
+    let grpc = send(
+        &client(),
+        Request::post(proxy.url("/hooks/call"))
+            .header("content-type", "application/grpc+proto")
+            .header("idempotency-key", "")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(grpc.status, StatusCode::CREATED, "{}", grpc.text());
+    assert_eq!(log.lock().unwrap().len(), 1);
+    let plain = crate::support::deferred::post(&proxy.url("/hooks/call"), "x").await;
+    assert_eq!(plain.status, StatusCode::ACCEPTED, "{}", plain.text());
+    proxy.stop().await;
+}
+
+/// A server-streaming call is relayed as it streams: four messages 150 ms apart, then the
+/// status in trailers; the client has the first message long before the trailers.
+#[tokio::test]
+async fn streamed_messages_are_relayed_as_they_come() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _upstream = tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let svc = service_fn(|_req: Request<Incoming>| async {
+            let frames = futures_util::stream::unfold(0u8, |n| async move {
+                match n {
+                    0..=3 => {
+                        if n > 0 {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
+                        let message = Bytes::from(vec![0, 0, 0, 0, 1, b'a' + n]);
+                        Some((Ok::<_, Infallible>(Frame::data(message)), n + 1))
+                    }
+                    4 => {
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        Some((Ok(Frame::trailers(trailers)), n + 1))
+                    }
+                    _ => None,
+                }
+            });
+            let res = Response::builder()
+                .header("content-type", "application/grpc")
+                .body(StreamBody::new(frames))
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    });
+    let proxy = start_proxy(&config(&format!("http://{addr}"), "")).await;
+    let req = Request::post(proxy.url("/pkg.Service/Stream"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let started = Instant::now();
+    let res = h2c_client().request(req).await.unwrap();
+    let mut body = res.into_body();
+    let (mut first, mut data, mut status) = (None, Vec::new(), None);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(chunk) = frame.data_ref() {
+            first.get_or_insert_with(|| started.elapsed());
+            data.extend_from_slice(chunk);
+        } else if let Some(trailers) = frame.trailers_ref() {
+            status = header(trailers, "grpc-status").map(str::to_owned);
+        }
+    }
+    let ended = started.elapsed();
+    assert_eq!(data.len(), 24, "four messages of 6 bytes");
+    assert_eq!(status.as_deref(), Some("0"));
+    let first = first.expect("a message");
+    assert!(
+        ended.saturating_sub(first) >= Duration::from_millis(150),
+        "first message at {first:?}, end at {ended:?}: not streamed"
+    );
+    proxy.stop().await;
+}
