@@ -1435,6 +1435,27 @@ fn effective_config_has_defaults_and_round_trips() {
 }
 
 #[test]
+fn effective_config_of_an_https_upstream_round_trips() {
+    // Pins: https:// endpoints keep their scheme in `effective`, with `protocol` and `tls`.
+    let yaml = BASE.replace(
+        "endpoints: [http://127.0.0.1:3000]",
+        "endpoints: [https://api.internal]\n    protocol: http2\n    tls: { server_name: api.test }",
+    );
+    let c = load(&yaml);
+    let e = &serde_json::to_value(&c).unwrap();
+    let orders = &e["upstreams"]["orders"];
+    assert_eq!(
+        orders["endpoints"][0], "https://api.internal:443",
+        "{orders}"
+    );
+    assert_eq!(orders["protocol"], "http2", "{orders}");
+    assert_eq!(orders["tls"]["server_name"], "api.test", "{orders}");
+    let again = load(&e.to_string());
+    assert!(again.upstreams[0].https);
+    assert_eq!(&serde_json::to_value(&again).unwrap(), e);
+}
+
+#[test]
 fn effective_config_redacts_the_redis_password() {
     // Pins: the Redis URL's password never reaches `GET /config`.
     let mut c = load(BASE);
