@@ -138,6 +138,18 @@ fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rej
         .ok_or(Rejection::NoRoute)
 }
 
+/// When the route defers `headers`' request, and its `Idempotency-Key`. A gRPC client could
+/// not read a 202: its request is handled as if the route had no `defer`.
+fn deferral(
+    route: &Route,
+    headers: &http::HeaderMap,
+) -> Result<(Option<DeferWhen>, Option<crate::defer::IdempotencyKey>), Rejection> {
+    if crate::rescue::grpc::is_grpc(headers) {
+        return Ok((None, None));
+    }
+    Ok((defer::when(route), defer::key(route, headers)?))
+}
+
 /// [`admit_and_forward`], boxed outside any async body. Its state is over a KiB (the nested
 /// stages' futures), and hyper moves each request's future: boxed, what moves is a pointer.
 fn boxed_admit_and_forward<'a>(
@@ -158,15 +170,7 @@ async fn admit_and_forward(
 ) -> Result<Answer, Rejection> {
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
-    // A gRPC client could not read a 202: its request is handled as if the route had no
-    // `defer`.
-    let grpc = crate::rescue::grpc::is_grpc(req.headers());
-    let when = if grpc { None } else { defer::when(route) };
-    let key = if grpc {
-        None
-    } else {
-        defer::key(route, req.headers())?
-    };
+    let (when, key) = deferral(route, req.headers())?;
     if when == Some(DeferWhen::Always) {
         defer::precheck(rt, route, req.body())?;
     }

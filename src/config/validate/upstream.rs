@@ -62,16 +62,7 @@ impl Cx {
             .map(|h| self.health_check(&join(&at, "health_check"), h));
         let outlier = self.outlier(&join(&at, "outlier"), raw.outlier.as_ref());
         let retry = self.retry(&join(&at, "retry"), raw.retry.as_ref());
-        let protocol = self.choice(
-            &join(&at, "protocol"),
-            raw.protocol.as_deref(),
-            &[
-                ("http1", UpstreamProtocol::Http1),
-                ("http2", UpstreamProtocol::Http2),
-                ("auto", UpstreamProtocol::Auto),
-            ],
-            UpstreamProtocol::default(),
-        );
+        let protocol = self.protocol(&at, raw);
         let tls = raw
             .tls
             .as_ref()
@@ -79,18 +70,7 @@ impl Cx {
         let (endpoints, https) = endpoints?;
         let tls = present(tls)?;
         if https && tls.as_ref().is_none_or(|t| t.server_name.is_none()) {
-            // The name verified is the URL's host: it must be one a certificate can name.
-            for (i, endpoint) in endpoints.iter().enumerate() {
-                if server_name(endpoint.host()).is_none() {
-                    self.error(
-                        &format!("{at}.endpoints[{i}]"),
-                        format!(
-                            "{:?} cannot be verified as a TLS server name; set tls.server_name",
-                            endpoint.host()
-                        ),
-                    );
-                }
-            }
+            self.verifiable_hosts(&at, &endpoints);
         }
         Some(UpstreamConfig {
             name: checked_name?,
@@ -107,6 +87,36 @@ impl Cx {
             https,
             tls,
         })
+    }
+
+    /// `protocol:` — `http1`, `http2` or `auto` (the default).
+    fn protocol(&mut self, at: &str, raw: &RawUpstream) -> Option<UpstreamProtocol> {
+        self.choice(
+            &join(at, "protocol"),
+            raw.protocol.as_deref(),
+            &[
+                ("http1", UpstreamProtocol::Http1),
+                ("http2", UpstreamProtocol::Http2),
+                ("auto", UpstreamProtocol::Auto),
+            ],
+            UpstreamProtocol::default(),
+        )
+    }
+
+    /// Without `tls.server_name`, the name verified is each endpoint URL's host: it must be one
+    /// a certificate can name.
+    fn verifiable_hosts(&mut self, at: &str, endpoints: &[Authority]) {
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            if server_name(endpoint.host()).is_none() {
+                self.error(
+                    &format!("{at}.endpoints[{i}]"),
+                    format!(
+                        "{:?} cannot be verified as a TLS server name; set tls.server_name",
+                        endpoint.host()
+                    ),
+                );
+            }
+        }
     }
 
     /// `tls:` of an upstream: every file read and checked now (at start and on each reload),
