@@ -56,7 +56,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use self::error::{ConfigError, FieldError};
-pub(crate) use self::tls::TlsIdentity;
+pub(crate) use self::tls::{load_ca, server_name, TlsIdentity};
 pub use self::warnings::{warnings, Warning};
 pub use crate::canonical::EscapedSlashes;
 
@@ -497,7 +497,7 @@ pub struct UpstreamConfig {
     pub name: Arc<str>,
     /// `http://host:port` endpoints as the file names them; a name stands for every address
     /// it resolves to.
-    #[serde(serialize_with = "effective::endpoints")]
+    #[serde(skip)] // Serialised as URLs with the scheme (`effective::by_name`).
     pub endpoints: Vec<Authority>,
     /// A connection attempt longer than this fails (502). Default
     /// [`Self::DEFAULT_CONNECT_TIMEOUT`].
@@ -520,6 +520,81 @@ pub struct UpstreamConfig {
     pub outlier: OutlierConfig,
     /// Retries on another endpoint, and their budget.
     pub retry: RetryConfig,
+    /// The HTTP version spoken to the endpoints. Default [`UpstreamProtocol::Auto`].
+    pub protocol: UpstreamProtocol,
+    /// True when the endpoints are `https://` (every endpoint of an upstream has the same
+    /// scheme): connections are TLS, with `tls` (its defaults when absent).
+    #[serde(skip)] // The endpoints' scheme says it.
+    pub https: bool,
+    /// `tls:` as the file gives it: certificates to trust, the name to verify, a client
+    /// certificate. Unused (and warned about by `sluice check`) with `http://` endpoints.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `upstreams.<name>.protocol`: the HTTP version spoken to the upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 only (ALPN offers `http/1.1` over TLS).
+    Http1,
+    /// HTTP/2 only: ALPN offers `h2` over TLS; over `http://`, h2c with prior knowledge.
+    Http2,
+    /// Over TLS, ALPN offers `h2` and `http/1.1` and the server's choice is spoken; over
+    /// `http://`, HTTP/1.1. The default.
+    #[default]
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// The name the config file, `/stats` and the access log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
+}
+
+/// `upstreams.<name>.tls:` — how sluice verifies an `https://` upstream and proves itself to
+/// it. Verification is always on: the system's roots plus `ca`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UpstreamTlsConfig {
+    /// PEM certificates trusted besides the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The name sent as SNI and verified in the certificate. Default: the endpoint URL's host
+    /// (never the address a name resolved to).
+    pub server_name: Option<String>,
+    /// A PEM client certificate chain (mTLS), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// What the files held when the config was loaded (read again on each reload).
+    #[serde(skip)]
+    pub(crate) loaded: UpstreamTrust,
+}
+
+impl UpstreamTlsConfig {
+    /// True when both name the same files and the files held the same certificates when read.
+    pub(crate) fn same_as(&self, other: &UpstreamTlsConfig) -> bool {
+        let chain =
+            |t: &UpstreamTlsConfig| t.loaded.client.as_ref().map(|c| c.certified.cert.clone());
+        self.ca == other.ca
+            && self.server_name == other.server_name
+            && self.client_cert == other.client_cert
+            && self.client_key == other.client_key
+            && self.loaded.ca == other.loaded.ca
+            && chain(self) == chain(other)
+    }
+}
+
+/// The certificate files of an upstream's `tls:`, read and checked when the config is loaded.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct UpstreamTrust {
+    /// The certificates of `ca`, checked to parse as trust anchors.
+    pub(crate) ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The client certificate and its key, checked to match.
+    pub(crate) client: Option<TlsIdentity>,
 }
 
 /// `upstreams.<name>.retry:` — which requests are sent again, and how many.

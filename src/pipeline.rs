@@ -138,6 +138,18 @@ fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rej
         .ok_or(Rejection::NoRoute)
 }
 
+/// When the route defers `headers`' request, and its `Idempotency-Key`. A gRPC client could
+/// not read a 202: its request is handled as if the route had no `defer`.
+fn deferral(
+    route: &Route,
+    headers: &http::HeaderMap,
+) -> Result<(Option<DeferWhen>, Option<crate::defer::IdempotencyKey>), Rejection> {
+    if crate::rescue::grpc::is_grpc(headers) {
+        return Ok((None, None));
+    }
+    Ok((defer::when(route), defer::key(route, headers)?))
+}
+
 /// [`admit_and_forward`], boxed outside any async body. Its state is over a KiB (the nested
 /// stages' futures), and hyper moves each request's future: boxed, what moves is a pointer.
 fn boxed_admit_and_forward<'a>(
@@ -158,8 +170,7 @@ async fn admit_and_forward(
 ) -> Result<Answer, Rejection> {
     // Whether the peer may tell us about the client (`Forwarded`, `X-Real-IP` kept).
     let trusted = rt.keys.is_trusted_peer(origin.peer);
-    let when = defer::when(route);
-    let key = defer::key(route, req.headers())?;
+    let (when, key) = deferral(route, req.headers())?;
     if when == Some(DeferWhen::Always) {
         defer::precheck(rt, route, req.body())?;
     }
@@ -205,7 +216,8 @@ async fn admit_and_forward(
         rt.budget.clone(),
     );
     let req = Request::from_parts(parts, body);
-    forward(route, origin, trusted, req, slots, drain)
+    let log = rt.config.server.access_log;
+    forward(route, (origin, trusted), req, slots, drain, log)
         .await
         .map(Answer::Forwarded)
 }
@@ -213,14 +225,15 @@ async fn admit_and_forward(
 /// Sends the request upstream; the response body carries `slots` until it ends. `trusted`: the
 /// peer is one of `trusted_proxies` (its `Forwarded` and `X-Real-IP` are passed on). A plain
 /// function around one `await`: the request is handed to the (boxed) exchange before the
-/// returned future exists, so that future holds only what the answer needs.
+/// returned future exists, so that future holds only what the answer needs. `log`: the access
+/// log is on, and the response carries the protocol spoken upstream for it.
 fn forward(
     route: &Route,
-    origin: Origin,
-    trusted: bool,
+    (origin, trusted): (Origin, bool),
     mut req: Request<UpstreamBody>,
     slots: Slots,
     drain: Drain,
+    log: bool,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Rejection>> + Send + '_ {
     forward::request(&mut req, origin, trusted);
     let fault = match req.body() {
@@ -230,7 +243,12 @@ fn forward(
     let sent = Instant::now();
     let exchange = exchange(route, req);
     async move {
-        let result = exchange.await;
+        let mut result = exchange.await;
+        if let (true, Ok((res, conn))) = (log, &mut result) {
+            // Read by the access line (`RequestContext::finish`); only when it is written, as
+            // the first extension costs an allocation.
+            res.extensions_mut().insert(conn.spoken());
+        }
         answered(route, result, sent.elapsed(), fault, slots, drain)
     }
 }

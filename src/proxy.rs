@@ -5,9 +5,12 @@
 //! - [`upstream`] is one upstream: passive health, retries, connect and response timeouts.
 //! - [`fleet`] is the endpoints of an upstream: the addresses its names resolve to, re-resolved
 //!   while it runs, and the balancing among them.
-//! - [`pool`] keeps each endpoint's keep-alive connections, bounded in number and idle time.
+//! - [`pool`] keeps each endpoint's keep-alive connections, bounded in number and idle time;
+//!   HTTP/2 connections are shared by the requests on them.
+//! - [`connect`] makes a connection speak HTTP: TLS for `https://`, HTTP/1.1 or HTTP/2.
 //! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
 
+pub(crate) mod connect;
 pub(crate) mod fleet;
 pub(crate) mod forward;
 pub(crate) mod pool;

@@ -1098,5 +1098,7 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+pub(crate) mod grpc;
+
 #[cfg(test)]
 mod tests;

@@ -632,6 +632,14 @@ fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && a.health_check == b.health_check
         && a.outlier == b.outlier
         && a.retry == b.retry
+        && a.protocol == b.protocol
+        && a.https == b.https
+        // Certificates as read now: a reload that finds new files builds new connections.
+        && match (&a.tls, &b.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_as(b),
+            _ => false,
+        }
 }
 
 #[cfg(test)]

@@ -153,16 +153,22 @@ struct UpstreamStats<'a> {
     utilization: Option<f64>,
     queue_wait_seconds: Quantiles,
     upstream_latency_seconds: Quantiles,
+    /// `protocol:` as configured: `http1`, `http2` or `auto`.
+    protocol: &'static str,
+    /// True for `https://` endpoints.
+    tls: bool,
     endpoints: Vec<EndpointStats>,
 }
 
 /// One endpoint of an upstream: `{"address": "127.0.0.2:8080", "state": "healthy",
-/// "inflight": 3}`.
+/// "inflight": 3, "protocol": "http2"}`.
 #[derive(Debug, Serialize)]
 struct EndpointStats {
     address: String,
     state: &'static str,
     inflight: usize,
+    /// What its last connection spoke (`http1`, `http2`); `null` before the first.
+    protocol: Option<&'static str>,
 }
 
 /// In flight against a cap: the same members for a route and an upstream.
@@ -519,6 +525,8 @@ impl<'a> UpstreamStats<'a> {
             cap,
             queue_wait_seconds: Quantiles::of(&wait),
             upstream_latency_seconds: Quantiles::of(&latency),
+            protocol: up.config().protocol.as_str(),
+            tls: up.config().https,
             endpoints: EndpointStats::of(up),
         }
     }
@@ -533,6 +541,7 @@ impl EndpointStats {
             address: v.address.to_string(),
             state: v.state.as_str(),
             inflight: v.inflight,
+            protocol: v.spoken.map(|s| s.as_str()),
         };
         up.fleet().views().into_iter().map(view).collect()
     }

@@ -6,7 +6,6 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use http::uri::Authority;
 use http::Method;
 use serde::ser::{SerializeMap, Serializer};
 
@@ -48,11 +47,6 @@ pub(super) fn redacted_list<S: Serializer>(urls: &[String], s: S) -> Result<S::O
     s.collect_seq(urls.iter().map(|url| super::redact_url(url)))
 }
 
-/// `http://host:port`, as the file names endpoints.
-pub(super) fn endpoints<S: Serializer>(list: &[Authority], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(list.iter().map(|a| format!("http://{a}")))
-}
-
 /// Method names, or null for "any".
 pub(super) fn methods<S: Serializer>(list: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
     match list {
@@ -65,7 +59,33 @@ pub(super) fn methods<S: Serializer>(list: &Option<Vec<Method>>, s: S) -> Result
 pub(super) fn by_name<S: Serializer>(list: &[UpstreamConfig], s: S) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(list.len()))?;
     for upstream in list {
-        map.serialize_entry(&*upstream.name, upstream)?;
+        map.serialize_entry(&*upstream.name, &WithUrls(upstream))?;
     }
     map.end()
+}
+
+/// An upstream with its endpoints as URLs (`http://host:port` or `https://…`, as the file
+/// names them): the scheme is the upstream's, not the endpoint's.
+struct WithUrls<'a>(&'a UpstreamConfig);
+
+impl serde::Serialize for WithUrls<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Effective<'a> {
+            endpoints: Vec<String>,
+            #[serde(flatten)]
+            rest: &'a UpstreamConfig,
+        }
+        let scheme = if self.0.https { "https" } else { "http" };
+        Effective {
+            endpoints: self
+                .0
+                .endpoints
+                .iter()
+                .map(|a| format!("{scheme}://{a}"))
+                .collect(),
+            rest: self.0,
+        }
+        .serialize(s)
+    }
 }

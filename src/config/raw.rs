@@ -167,6 +167,24 @@ pub(crate) struct RawUpstream {
     pub(crate) outlier: Option<RawOutlier>,
     /// Retries on another endpoint.
     pub(crate) retry: Option<RawRetry>,
+    /// `http1` | `http2` | `auto`.
+    pub(crate) protocol: Option<String>,
+    /// TLS to `https://` endpoints.
+    pub(crate) tls: Option<RawUpstreamTls>,
+}
+
+/// `upstreams.<name>.tls:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    /// A PEM file of certificates to trust.
+    pub(crate) ca: Option<String>,
+    /// A host name (or IP address) for SNI and verification.
+    pub(crate) server_name: Option<String>,
+    /// A PEM certificate chain.
+    pub(crate) client_cert: Option<String>,
+    /// A PEM private key.
+    pub(crate) client_key: Option<String>,
 }
 
 /// `upstreams.<name>.retry:`.

@@ -613,13 +613,12 @@ fn bad_cidr_is_refused() {
 }
 
 #[test]
-fn endpoints_must_be_plain_http_urls() {
-    // Pins: https upstreams are "not supported yet"; paths, user info and other schemes are refused.
-    let e = one_error(
-        &BASE.replace("http://127.0.0.1:3000", "https://127.0.0.1:3000"),
-        "upstreams.orders.endpoints[0]",
-    );
-    assert!(e.message.ends_with("is not supported yet"), "{}", e.message);
+fn endpoints_must_be_http_or_https_urls() {
+    // Pins: https:// endpoints are taken (port 443 by default); paths, user info and other
+    // schemes are refused.
+    let config = load(&BASE.replace("http://127.0.0.1:3000", "https://127.0.0.1"));
+    assert!(config.upstreams[0].https);
+    assert_eq!(config.upstreams[0].endpoints[0].as_str(), "127.0.0.1:443");
     for bad in [
         "http://h:1/api",
         "ftp://h",
@@ -1247,7 +1246,7 @@ server:
   listen: nowhere
 upstreams:
   a:
-    endpoints: [https://h]
+    endpoints: [ftp://h]
     timeout: soon
 routes:
   - name: r
@@ -1438,6 +1437,27 @@ fn effective_config_has_defaults_and_round_trips() {
     assert_eq!(e["routes"][1]["match"]["host"], "*.example.com");
     assert_eq!(e["store"], serde_json::Value::Null);
     let again = load(&e.to_string());
+    assert_eq!(&serde_json::to_value(&again).unwrap(), e);
+}
+
+#[test]
+fn effective_config_of_an_https_upstream_round_trips() {
+    // Pins: https:// endpoints keep their scheme in `effective`, with `protocol` and `tls`.
+    let yaml = BASE.replace(
+        "endpoints: [http://127.0.0.1:3000]",
+        "endpoints: [https://api.internal]\n    protocol: http2\n    tls: { server_name: api.test }",
+    );
+    let c = load(&yaml);
+    let e = &serde_json::to_value(&c).unwrap();
+    let orders = &e["upstreams"]["orders"];
+    assert_eq!(
+        orders["endpoints"][0], "https://api.internal:443",
+        "{orders}"
+    );
+    assert_eq!(orders["protocol"], "http2", "{orders}");
+    assert_eq!(orders["tls"]["server_name"], "api.test", "{orders}");
+    let again = load(&e.to_string());
+    assert!(again.upstreams[0].https);
     assert_eq!(&serde_json::to_value(&again).unwrap(), e);
 }
 

@@ -56,6 +56,8 @@ pub(crate) enum TlsError {
     /// The certificate file holds no `CERTIFICATE` block.
     #[error("{} holds no PEM certificate; expected a PEM certificate chain (-----BEGIN CERTIFICATE-----), leaf first", path.display())]
     NoCertificate {
+        /// `cert` or `ca`.
+        field: &'static str,
         /// The file.
         path: PathBuf,
     },
@@ -102,8 +104,10 @@ impl TlsError {
     /// The field of `server.tls` the error is about: `cert` or `key`.
     pub(crate) fn field(&self) -> &'static str {
         match self {
-            TlsError::Read { field, .. } | TlsError::Pem { field, .. } => field,
-            TlsError::NoCertificate { .. } | TlsError::BadCertificate { .. } => "cert",
+            TlsError::Read { field, .. }
+            | TlsError::Pem { field, .. }
+            | TlsError::NoCertificate { field, .. } => field,
+            TlsError::BadCertificate { .. } => "cert",
             TlsError::NoKey { .. } | TlsError::BadKey { .. } | TlsError::Mismatch { .. } => "key",
         }
     }
@@ -120,7 +124,7 @@ impl TlsIdentity {
     /// it, unusable key or certificate, key not matching the leaf certificate.
     pub(crate) fn load(cert: &Path, key: &Path) -> Result<TlsIdentity, Vec<TlsError>> {
         let provider: Arc<CryptoProvider> = Arc::new(ring::default_provider());
-        let chain = read_chain(cert);
+        let chain = read_chain(cert, "cert");
         let signing_key = read_key(key).and_then(|der| {
             provider
                 .key_provider
@@ -163,6 +167,25 @@ impl TlsIdentity {
     }
 }
 
+/// The certificates of the PEM file at `path` (an upstream's `tls.ca`), each checked to be
+/// usable as a trust anchor. Blocking file I/O.
+///
+/// # Errors
+/// The file is unreadable, not PEM, holds no certificate, or one cannot be parsed.
+pub(crate) fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = read_chain(path, "ca")?;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(cert.clone())
+            .map_err(|source| TlsError::BadCertificate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(certs)
+}
+
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")
@@ -201,17 +224,18 @@ impl std::error::Error for PemError {}
 
 /// The certificates of the PEM file at `path`, in file order (leaf first). Blocks of other
 /// types (a key in the same file) are skipped.
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path, "cert")?;
+fn read_chain(path: &Path, field: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, field)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
-            field: "cert",
+            field,
             path: path.to_path_buf(),
             source: PemError(source),
         })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
+            field,
             path: path.to_path_buf(),
         });
     }
@@ -240,4 +264,11 @@ fn read(path: &Path, field: &'static str) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// `host` as a TLS server name (a DNS name, or an IP address with or without brackets), if
+/// it is one: what an upstream's `tls.server_name` or endpoint host must be.
+pub(crate) fn server_name(host: &str) -> Option<rustls_pki_types::ServerName<'static>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_owned()).ok()
 }

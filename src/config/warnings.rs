@@ -28,7 +28,23 @@ pub fn warnings(config: &Config) -> Vec<Warning> {
         critical_without_queue(config, i, route, &mut found);
         login_open_on_redis_errors(config, i, route, &mut found);
     }
+    for upstream in &config.upstreams {
+        tls_unused(upstream, &mut found);
+    }
     found
+}
+
+/// `tls:` on an upstream whose endpoints are `http://`: nothing of it is used (a valid config:
+/// the block may be there for a switch to `https://` to come).
+fn tls_unused(upstream: &super::UpstreamConfig, found: &mut Vec<Warning>) {
+    if upstream.tls.is_some() && !upstream.https {
+        found.push(Warning {
+            path: format!("upstreams.{}.tls", upstream.name),
+            message: "the endpoints are http://, so tls is not used; write https:// endpoints \
+                      for TLS to the upstream"
+                .to_owned(),
+        });
+    }
 }
 
 /// A `header:` limit with no `client_ip` limit before it: a client that invents a new key for

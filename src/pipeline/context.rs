@@ -12,6 +12,7 @@ use super::rate::Fields;
 use crate::body::ProxyBody;
 use crate::client::Origin;
 use crate::metrics::Outcome;
+use crate::proxy::connect::Spoken;
 use crate::rescue::{self, Rejection};
 use crate::router::Target;
 use crate::runtime::{Route, Runtime};
@@ -40,6 +41,9 @@ pub(super) struct RequestContext<'rt> {
     pub(super) fields: Fields,
     /// What the access line needs, copied only when the log is on.
     line: Option<Line>,
+    /// A gRPC request: sluice's own problems are answered as gRPC statuses
+    /// ([`rescue::grpc`]).
+    grpc: bool,
     /// Set by [`RequestContext::finish`]: a context dropped unfinished with a route is a request
     /// whose client went away while queued or while the upstream was answering.
     finished: bool,
@@ -68,6 +72,7 @@ impl<'rt> RequestContext<'rt> {
             route: None,
             fields: Fields::default(),
             line,
+            grpc: rescue::grpc::is_grpc(req.headers()),
             finished: false,
         }
     }
@@ -78,6 +83,10 @@ impl<'rt> RequestContext<'rt> {
     pub(super) fn finish(mut self, answer: Answer) -> Response<ProxyBody> {
         self.finished = true;
         let fields = std::mem::take(&mut self.fields);
+        let answer_rejection = match &answer {
+            Answer::Rejected(rejection) => Some(*rejection),
+            _ => None,
+        };
         let (res, outcome) = match (answer, self.route) {
             (Answer::Forwarded(res), Some(route)) => {
                 (fields.decorate(res, route), Some(Outcome::Forwarded))
@@ -103,7 +112,12 @@ impl<'rt> RequestContext<'rt> {
             // A forwarded or deferred request always has a route.
             (Answer::Forwarded(res) | Answer::Deferred(res), None) => (res, None),
         };
+        // Counted and logged with the problem's HTTP status, whatever the client is answered.
         let status = res.status().as_u16();
+        let res = match answer_rejection {
+            Some(rejection) if self.grpc => rescue::grpc::answer(res, &rejection),
+            _ => res,
+        };
         match (self.route, outcome) {
             (Some(route), Some(outcome)) => {
                 route.metrics.outcome(outcome, false);
@@ -112,7 +126,12 @@ impl<'rt> RequestContext<'rt> {
             (None, Some(outcome)) => self.rt.metrics.unrouted(outcome),
             (_, None) => {}
         }
-        self.log(status, outcome.map_or("task_lookup", Outcome::as_str));
+        let spoken = res.extensions().get::<Spoken>().copied();
+        self.log(
+            status,
+            outcome.map_or("task_lookup", Outcome::as_str),
+            spoken,
+        );
         res
     }
 
@@ -122,8 +141,9 @@ impl<'rt> RequestContext<'rt> {
     }
 
     /// One line per request (`server.access_log`), at info level on target `sluice::access`:
-    /// the duration in ms with three decimals.
-    fn log(&self, status: u16, outcome: &str) {
+    /// the duration in ms with three decimals; `upstream_protocol` is `http1` or `http2` for a
+    /// forwarded request, empty otherwise.
+    fn log(&self, status: u16, outcome: &str, spoken: Option<Spoken>) {
         let Some(line) = &self.line else {
             return;
         };
@@ -138,6 +158,7 @@ impl<'rt> RequestContext<'rt> {
             status,
             outcome,
             duration_ms = format_args!("{ms:.3}"),
+            upstream_protocol = spoken.map_or("", Spoken::as_str),
         );
     }
 }

@@ -31,6 +31,7 @@ use http::uri::Authority;
 use crate::clock::Epoch;
 use crate::config::{Balance, OutlierConfig, UpstreamConfig};
 use crate::limit::ConcurrencyLimit;
+use crate::proxy::connect::Connector;
 use crate::proxy::pool::{EndpointPool, KeepAlive};
 
 /// The longest an endpoint's `Retry-After` keeps it out of rotation.
@@ -74,6 +75,8 @@ pub(crate) struct Fleet {
     connect_timeout: Duration,
     /// Of every new endpoint's pool.
     keep_alive: KeepAlive,
+    /// Of every new endpoint's pool: TLS and the protocol.
+    connector: Arc<Connector>,
     /// The endpoints now, in the order of `names` then of the resolver's answer.
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     /// Round-robin cursor.
@@ -114,6 +117,7 @@ impl Endpoint {
                 addr,
                 fleet.connect_timeout,
                 fleet.keep_alive,
+                fleet.connector.clone(),
             )),
             down_until_ms: AtomicU64::new(0),
             pushback_until_ms: AtomicU64::new(0),
@@ -139,6 +143,7 @@ impl Fleet {
             balance: config.balance,
             connect_timeout: config.connect_timeout,
             keep_alive,
+            connector: Arc::new(Connector::new(config)),
             endpoints: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             seed: AtomicU64::new(seed()),

@@ -16,6 +16,7 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 
 use crate::client::{Origin, X_FORWARDED_FOR};
+use crate::proxy::pool::TeTrailers;
 
 /// Headers that describe one hop and must never be forwarded.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -48,6 +49,11 @@ pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin, trusted: bool) {
         .uri()
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    // `TE: trailers` goes on to an HTTP/2 upstream (the pool puts it back there): a gRPC
+    // server may refuse a request without it.
+    if asks_trailers(req.headers()) {
+        req.extensions_mut().insert(TeTrailers);
+    }
     let headers = req.headers_mut();
     // Includes `Upgrade`: sluice does not tunnel upgraded connections.
     strip_hop_by_hop(headers);
@@ -81,6 +87,19 @@ pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin, trusted: bool) {
 /// Rewrites an upstream response in place for the client.
 pub(crate) fn response<B>(res: &mut Response<B>) {
     strip_hop_by_hop(res.headers_mut());
+}
+
+/// True when the request's `TE` lists `trailers`.
+fn asks_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|value| {
+        value.to_str().is_ok_and(|v| {
+            v.split(',').any(|item| {
+                item.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        })
+    })
 }
 
 /// Position of a hop-by-hop header in [`HOP_BY_HOP`], if `name` is one.

@@ -20,21 +20,37 @@
 //!   endpoint, so an unused connection is closed between [`IDLE_TIMEOUT`] and [`IDLE_TIMEOUT`] +
 //!   [`HOUSEKEEPING_INTERVAL`] after its last response.
 //!
+//! HTTP/2 (see [`connect`](super::connect) for when a connection speaks it): a connection is
+//! shared by many requests at once, one stream each ([`multiplex`]). A request takes a stream
+//! on a connection that has one free (below the server's `SETTINGS_MAX_CONCURRENT_STREAMS`);
+//! only when none has is a new connection opened, by one request at a time (the others wait
+//! for it and share it). A connection with no stream open is closed after [`IDLE_TIMEOUT`]
+//! like an idle HTTP/1.1 one. `inflight` counts requests either way, so balancing and the
+//! caps count requests, not connections.
+//!
 //! [`HOUSEKEEPING_INTERVAL`]: crate::runtime::HOUSEKEEPING_INTERVAL
 //! [`Upstream::housekeeping`]: crate::proxy::Upstream::housekeeping
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http2, TrySendError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::proxy::connect::{Connector, Handshaken, Spoken, SETTINGS_WAIT};
 use crate::proxy::request_body::UpstreamBody;
+
+mod multiplex;
+
+pub(crate) use self::multiplex::TeTrailers;
+use self::multiplex::{Shared, Stream};
 
 /// Idle connections kept per endpoint at most (like NGINX's `keepalive` in an upstream block,
 /// except that the connection being returned is the one closed, not the least recently used).
@@ -67,7 +83,20 @@ pub(crate) struct EndpointPool {
     idle: Mutex<Vec<Idle>>,
     /// Connections checked out now (a request each): least-request balancing reads it.
     inflight: AtomicUsize,
+    /// TLS and the HTTP handshake.
+    connector: Arc<Connector>,
+    /// HTTP/2 connections, shared by the requests on them. std Mutex: held to pick a stream,
+    /// add a connection or reap, never across an await.
+    shared: Mutex<Vec<Arc<Shared>>>,
+    /// Held by the request opening an HTTP/2 connection (or one that may turn out to be), so
+    /// that requests arriving meanwhile wait and share it rather than each open its own.
+    opening: tokio::sync::Mutex<()>,
+    /// What the last connection made spoke: [`SPOKEN_NONE`], or a [`Spoken`] as u8.
+    spoken: AtomicU8,
 }
+
+/// `spoken` before the first connection.
+const SPOKEN_NONE: u8 = 0;
 
 #[derive(Debug)]
 struct Idle {
@@ -80,7 +109,7 @@ struct Idle {
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// Sends the request.
-    pub sender: SendRequest<UpstreamBody>,
+    sender: Sender,
     /// Where it goes back.
     pool: Arc<EndpointPool>,
     /// True when it came from the idle stack (and may have been closed by the upstream since).
@@ -92,6 +121,19 @@ pub(crate) struct Conn {
 /// One request in flight on an endpoint: counted from checkout to release or drop.
 #[derive(Debug)]
 struct Load(Arc<EndpointPool>);
+
+/// A connection of either protocol, as a request holds it.
+#[derive(Debug)]
+enum Sender {
+    /// An HTTP/1.1 connection, the request's alone.
+    H1(SendRequest<UpstreamBody>),
+    /// A stream of a shared HTTP/2 connection, counted in it until dropped.
+    H2 {
+        sender: http2::SendRequest<UpstreamBody>,
+        /// Counts the request in its connection until dropped.
+        _stream: Stream,
+    },
+}
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -105,9 +147,16 @@ pub(crate) enum ConnectError {
     /// No name of the upstream resolved to an address (yet).
     #[error("no endpoint address (no name of the upstream resolved)")]
     NoAddress,
-    /// The HTTP/1.1 handshake failed.
+    /// The HTTP handshake failed (an HTTP/2 preface, for one).
     #[error("connection to {0} failed: {1}")]
     Handshake(Authority, #[source] hyper::Error),
+    /// The TLS handshake failed: the certificate did not verify, the server wanted a client
+    /// certificate, no common protocol or ALPN, or the connection closed.
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(Authority, #[source] std::io::Error),
+    /// The endpoint's host is not a name TLS can verify (and `tls.server_name` is not set).
+    #[error("{0}: the host is not a TLS server name; set tls.server_name")]
+    BadName(Authority),
 }
 
 // === impl KeepAlive ===
@@ -129,6 +178,7 @@ impl EndpointPool {
         authority: Authority,
         connect_timeout: Duration,
         keep_alive: KeepAlive,
+        connector: Arc<Connector>,
     ) -> Self {
         let addr = authority.as_str().parse().ok();
         EndpointPool {
@@ -138,6 +188,10 @@ impl EndpointPool {
             keep_alive,
             idle: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
+            connector,
+            shared: Mutex::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
+            spoken: AtomicU8::new(SPOKEN_NONE),
         }
     }
 
@@ -148,10 +202,20 @@ impl EndpointPool {
         addr: SocketAddr,
         connect_timeout: Duration,
         keep_alive: KeepAlive,
+        connector: Arc<Connector>,
     ) -> Self {
         EndpointPool {
             addr: Some(addr),
-            ..Self::new(authority, connect_timeout, keep_alive)
+            ..Self::new(authority, connect_timeout, keep_alive, connector)
+        }
+    }
+
+    /// The protocol its last connection spoke; `None` before the first.
+    pub(crate) fn spoken(&self) -> Option<Spoken> {
+        match self.spoken.load(Ordering::Relaxed) {
+            1 => Some(Spoken::Http1),
+            2 => Some(Spoken::Http2),
+            _ => None,
         }
     }
 
@@ -160,30 +224,65 @@ impl EndpointPool {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// An idle connection ready for a request, if there is one.
+    /// A free stream of an HTTP/2 connection, or an idle HTTP/1.1 connection, if there is one.
     pub(crate) fn idle_conn(self: &Arc<Self>) -> Option<Conn> {
-        self.take_idle().map(|sender| Conn {
-            sender,
-            pool: self.clone(),
-            reused: true,
-            _load: Load::new(self),
-        })
+        if let Some((sender, stream)) = self.take_stream() {
+            return Some(self.conn(
+                Sender::H2 {
+                    sender,
+                    _stream: stream,
+                },
+                true,
+            ));
+        }
+        self.take_idle()
+            .map(|sender| self.conn(Sender::H1(sender), true))
     }
 
-    /// Opens a new connection (not from the idle stack).
+    /// A new connection — or, where HTTP/2 may be spoken, a stream of the connection another
+    /// request has just opened (see the module docs).
     ///
     /// # Errors
     /// [`ConnectError`] when the connection cannot be made.
     pub(crate) async fn connect(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+        if !self.connector.may_speak_h2() || self.spoken() == Some(Spoken::Http1) {
+            return self.open().await;
+        }
+        let opening = self.opening.lock().await;
+        // Whoever held the lock before may have opened a connection with streams to spare.
+        if let Some((sender, stream)) = self.take_stream() {
+            return Ok(self.conn(
+                Sender::H2 {
+                    sender,
+                    _stream: stream,
+                },
+                false,
+            ));
+        }
+        // Or found that the server speaks HTTP/1.1: then connections are opened side by side.
+        if self.spoken() == Some(Spoken::Http1) {
+            drop(opening);
+            return self.open().await;
+        }
+        let opened = self.open().await;
+        drop(opening);
+        opened
+    }
+
+    /// Opens a new connection: TCP, then TLS and the HTTP handshake, all within
+    /// `connect_timeout`.
+    async fn open(self: &Arc<Self>) -> Result<Conn, ConnectError> {
         let connecting = async {
-            match self.addr {
+            let tcp = match self.addr {
                 Some(addr) => TcpStream::connect(addr).await,
                 None => TcpStream::connect(self.authority.as_str()).await,
             }
+            .map_err(|err| ConnectError::Io(self.authority.clone(), err))?;
+            let _ = tcp.set_nodelay(true);
+            self.connector.handshake(tcp, &self.authority).await
         };
-        let tcp = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(err)) => return Err(ConnectError::Io(self.authority.clone(), err)),
+        let handshaken = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(ConnectError::Timeout(
                     self.authority.clone(),
@@ -191,23 +290,42 @@ impl EndpointPool {
                 ))
             }
         };
-        let _ = tcp.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|err| ConnectError::Handshake(self.authority.clone(), err))?;
-        let authority = self.authority.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(endpoint = %authority, error = %err, "upstream connection ended with an error");
+        let sender = match handshaken {
+            Handshaken::H1(sender) => {
+                self.spoken.store(Spoken::Http1 as u8, Ordering::Relaxed);
+                Sender::H1(sender)
             }
-        });
-        Ok(Conn {
+            Handshaken::H2(sender, max_streams) => {
+                self.spoken.store(Spoken::Http2 as u8, Ordering::Relaxed);
+                // Shared once the server has said how many streams it takes (see `connect`).
+                max_streams.settled(SETTINGS_WAIT).await;
+                let shared = Arc::new(Shared::new(sender.clone(), max_streams));
+                let stream = shared.first_stream();
+                let mut all = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                all.retain(|c| !c.is_closed());
+                all.push(shared);
+                Sender::H2 {
+                    sender,
+                    _stream: stream,
+                }
+            }
+        };
+        Ok(self.conn(sender, false))
+    }
+
+    fn conn(self: &Arc<Self>, sender: Sender, reused: bool) -> Conn {
+        Conn {
             sender,
             pool: self.clone(),
-            reused: false,
+            reused,
             _load: Load::new(self),
-        })
+        }
+    }
+
+    /// A stream on the first HTTP/2 connection that has one free.
+    fn take_stream(&self) -> Option<(http2::SendRequest<UpstreamBody>, Stream)> {
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.iter().find_map(Shared::take)
     }
 
     /// Pops the most recently used idle connection that is still usable.
@@ -246,6 +364,9 @@ impl EndpointPool {
         // Dropping a `SendRequest` ends its connection task, which closes the socket; the drop
         // itself only closes a channel, so doing it under the lock costs little.
         idle.retain(|conn| !conn.sender.is_closed() && !self.expired(conn, now));
+        drop(idle);
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.retain(|c| !c.is_closed() && !c.idle_for(self.keep_alive.idle_timeout, now));
     }
 
     /// True when `conn` has been idle for `idle_timeout` at `now`.
@@ -284,9 +405,56 @@ impl Drop for Load {
 // === impl Conn ===
 
 impl Conn {
-    /// Returns the connection to its pool: call when the response has been read whole.
+    /// Returns the connection to its pool: call when the response has been read whole. (An
+    /// HTTP/2 stream just ends; its connection stays in the pool.)
     pub(crate) fn release(self) {
-        self.pool.put(self.sender);
+        match self.sender {
+            Sender::H1(sender) => self.pool.put(sender),
+            Sender::H2 { .. } => {}
+        }
+    }
+
+    /// The protocol this connection speaks.
+    pub(crate) fn spoken(&self) -> Spoken {
+        match self.sender {
+            Sender::H1(_) => Spoken::Http1,
+            Sender::H2 { .. } => Spoken::Http2,
+        }
+    }
+
+    /// Sends `req` (origin-form, with `Host`) in the form of the connection's protocol.
+    ///
+    /// # Errors
+    /// What hyper says when the exchange fails.
+    pub(crate) async fn send_request(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        self.try_send_request(req)
+            .await
+            .map_err(TrySendError::into_error)
+    }
+
+    /// As [`Self::send_request`], and a request the connection closed before writing is given
+    /// back in the error.
+    ///
+    /// # Errors
+    /// What hyper says when the exchange fails, with the request when it was not sent.
+    pub(crate) async fn try_send_request(
+        &mut self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>> {
+        match &mut self.sender {
+            Sender::H1(sender) => {
+                multiplex::for_h1(&mut req);
+                sender.try_send_request(req).await
+            }
+            Sender::H2 { sender, .. } => {
+                let https = self.pool.connector.is_tls();
+                multiplex::for_h2(&mut req, &self.pool.authority, https);
+                sender.try_send_request(req).await
+            }
+        }
     }
 }
 

@@ -105,6 +105,9 @@ impl TestUpstream {
             health_check: None,
             outlier: Default::default(),
             retry: Default::default(),
+            protocol: Default::default(),
+            https: false,
+            tls: None,
         }
     }
 }

@@ -206,17 +206,22 @@ impl Upstream {
                 retry_after,
             });
         }
+        // A gRPC client's deadline, when it is shorter: past it the client has given up.
+        let timeout = match grpc_timeout(&parts.headers) {
+            Some(deadline) => deadline.min(self.config.timeout),
+            None => self.config.timeout,
+        };
         let req = Request::from_parts(parts, body);
         self.budget.request();
         let endpoints = self.fleet.endpoints();
         // The endpoint being tried, as an index into `endpoints` (MAX: none yet).
         let current = AtomicUsize::new(usize::MAX);
         let sending = self.send_tries(req, &endpoints, &current);
-        let result = match tokio::time::timeout(self.config.timeout, sending).await {
+        let result = match tokio::time::timeout(timeout, sending).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
-                timeout: self.config.timeout,
+                timeout,
             }),
         };
         if let Err(UpstreamError::Failed { .. } | UpstreamError::Timeout { .. }) = &result {
@@ -329,7 +334,7 @@ impl Upstream {
             };
             self.fleet.mark_up(endpoint);
             name_host(&mut req, endpoint);
-            let unsent = match conn.sender.try_send_request(req).await {
+            let unsent = match conn.try_send_request(req).await {
                 Ok(res) => return Ok(self.answered(endpoint, res, conn)),
                 Err(mut err) => match err.take_message() {
                     // A reused connection closed before the request was written: send it again
@@ -398,7 +403,7 @@ impl Upstream {
                     source,
                 }
             })?;
-            match fresh.sender.send_request(req).await {
+            match fresh.send_request(req).await {
                 Ok(res) => Ok(self.answered(endpoint, res, fresh)),
                 Err(source) => Err(UpstreamError::Failed {
                     upstream: self.name.clone(),
@@ -472,6 +477,26 @@ fn name_host(req: &mut Request<UpstreamBody>, endpoint: &Endpoint) {
             req.headers_mut().insert(HOST, host);
         }
     }
+}
+
+/// The deadline a gRPC client sent (`grpc-timeout: 1-8 digits and a unit`, H M S m u n);
+/// `None` when absent or malformed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A new connection to `pool`'s endpoint, boxed: most requests take an idle one, and the

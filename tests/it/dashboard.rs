@@ -119,7 +119,7 @@ const ROUTE_MEMBERS: [(&str, &str); 19] = [
     ("rate_limits", "a"),
     ("deferred", "d?"),
 ];
-const UPSTREAM_MEMBERS: [(&str, &str); 14] = [
+const UPSTREAM_MEMBERS: [(&str, &str); 16] = [
     ("name", "s"),
     ("routes", "a"),
     ("admitted_per_second", "n"),
@@ -133,6 +133,8 @@ const UPSTREAM_MEMBERS: [(&str, &str); 14] = [
     ("utilization", "n?"),
     ("queue_wait_seconds", "q"),
     ("upstream_latency_seconds", "q"),
+    ("protocol", "s"),
+    ("tls", "b"),
     ("endpoints", "a"),
 ];
 

@@ -9,6 +9,7 @@ pub(crate) mod bin;
 pub(crate) mod deferred;
 pub(crate) mod fleet;
 pub(crate) mod hosts;
+pub(crate) mod protocols;
 #[cfg(feature = "redis")]
 pub(crate) mod redis_server;
 pub(crate) mod wait;

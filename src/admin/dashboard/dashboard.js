@@ -108,7 +108,13 @@
   // An upstream's endpoints with their state (healthy, unhealthy, ejected, pushback), as text.
   function endpointsText(endpoints) {
     if (!endpoints || !endpoints.length) return "";
-    return " · endpoints: " + endpoints.map((e) => e.address + " " + e.state).join(", ");
+    return " · endpoints: " + endpoints.map((e) => e.address + " " + e.state + (e.protocol ? " " + e.protocol : "")).join(", ");
+  }
+
+  // An upstream's protocol as configured (http1, http2, auto), and whether it is TLS.
+  function protocolText(s) {
+    if (!s.protocol) return "";
+    return " · " + (s.tls ? "https " : "http ") + s.protocol;
   }
 
   function withMs(seconds) {
@@ -230,7 +236,7 @@
       r.mode.hidden = s.mode !== "shadow";
       r.meta.textContent = kind === "route"
         ? "→ " + s.upstream + " · priority " + s.priority
-        : "routes: " + (s.routes.length ? s.routes.join(", ") : "none") + endpointsText(s.endpoints);
+        : "routes: " + (s.routes.length ? s.routes.join(", ") : "none") + protocolText(s) + endpointsText(s.endpoints);
       const total = s.admitted_per_second + s.rejected_per_second;
       r.values.admitted.textContent = fmtRate(s.admitted_per_second) + " /s";
       r.values.rejected.textContent = fmtRate(s.rejected_per_second) + " /s" +

@@ -39,6 +39,11 @@ const NOT_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("store.tasks", "ca", "store.redis's: another field's value"),
     (
+        "upstreams.tls",
+        "server_name",
+        "the endpoint URL's host: another field's value",
+    ),
+    (
         "upstreams",
         "outlier",
         "a mapping of defaults, each checked in ### upstreams.outlier",

@@ -10,10 +10,12 @@ use super::cx::Cx;
 use super::{join, present};
 use crate::config::raw::{
     Int, RawAdaptive, RawConcurrency, RawHealthCheck, RawOutlier, RawRetry, RawUpstream,
+    RawUpstreamTls,
 };
 use crate::config::{
-    AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, HealthCheckConfig, KeySpec,
-    OutlierConfig, RetryConfig, UpstreamConfig,
+    load_ca, server_name, AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config,
+    HealthCheckConfig, KeySpec, OutlierConfig, RetryConfig, TlsIdentity, UpstreamConfig,
+    UpstreamProtocol, UpstreamTlsConfig, UpstreamTrust,
 };
 
 // === impl Cx: upstreams ===
@@ -60,9 +62,19 @@ impl Cx {
             .map(|h| self.health_check(&join(&at, "health_check"), h));
         let outlier = self.outlier(&join(&at, "outlier"), raw.outlier.as_ref());
         let retry = self.retry(&join(&at, "retry"), raw.retry.as_ref());
+        let protocol = self.protocol(&at, raw);
+        let tls = raw
+            .tls
+            .as_ref()
+            .map(|t| self.upstream_tls(&join(&at, "tls"), t));
+        let (endpoints, https) = endpoints?;
+        let tls = present(tls)?;
+        if https && tls.as_ref().is_none_or(|t| t.server_name.is_none()) {
+            self.verifiable_hosts(&at, &endpoints);
+        }
         Some(UpstreamConfig {
             name: checked_name?,
-            endpoints: endpoints?,
+            endpoints,
             connect_timeout: connect_timeout?,
             timeout: timeout?,
             concurrency: present(concurrency)?,
@@ -71,12 +83,116 @@ impl Cx {
             health_check: present(health_check)?,
             outlier: outlier?,
             retry: retry?,
+            protocol: protocol?,
+            https,
+            tls,
         })
     }
 
-    /// `endpoints:` — 1..=[`UpstreamConfig::MAX_ENDPOINTS`] endpoint URLs.
-    fn endpoints(&mut self, at: &str, raw: Option<&[String]>) -> Option<Vec<Authority>> {
-        let endpoints: Vec<Option<Authority>> = match raw {
+    /// `protocol:` — `http1`, `http2` or `auto` (the default).
+    fn protocol(&mut self, at: &str, raw: &RawUpstream) -> Option<UpstreamProtocol> {
+        self.choice(
+            &join(at, "protocol"),
+            raw.protocol.as_deref(),
+            &[
+                ("http1", UpstreamProtocol::Http1),
+                ("http2", UpstreamProtocol::Http2),
+                ("auto", UpstreamProtocol::Auto),
+            ],
+            UpstreamProtocol::default(),
+        )
+    }
+
+    /// Without `tls.server_name`, the name verified is each endpoint URL's host: it must be one
+    /// a certificate can name.
+    fn verifiable_hosts(&mut self, at: &str, endpoints: &[Authority]) {
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            if server_name(endpoint.host()).is_none() {
+                self.error(
+                    &format!("{at}.endpoints[{i}]"),
+                    format!(
+                        "{:?} cannot be verified as a TLS server name; set tls.server_name",
+                        endpoint.host()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `tls:` of an upstream: every file read and checked now (at start and on each reload),
+    /// `client_cert` and `client_key` both or neither.
+    fn upstream_tls(&mut self, at: &str, raw: &RawUpstreamTls) -> Option<UpstreamTlsConfig> {
+        let ca = raw
+            .ca
+            .as_deref()
+            .map(|ca| self.file(&join(at, "ca"), Some(ca), "the path of PEM certificates"));
+        let ca = present(ca)?;
+        let ca_certs = match &ca {
+            Some(path) => match load_ca(path) {
+                Ok(certs) => Some(certs),
+                Err(error) => self.fail(&join(at, "ca"), error.to_string()),
+            },
+            None => Some(Vec::new()),
+        };
+        let server_name = match raw.server_name.as_deref().map(str::trim) {
+            None => Some(None),
+            Some(name) if server_name(name).is_some() => Some(Some(name.to_owned())),
+            Some(name) => self.fail(
+                &join(at, "server_name"),
+                format!("expected a host name like api.internal or an IP address, found {name:?}"),
+            ),
+        };
+        let client = self.client_identity(at, raw);
+        Some(UpstreamTlsConfig {
+            ca,
+            server_name: server_name?,
+            client_cert: raw.client_cert.as_deref().map(Into::into),
+            client_key: raw.client_key.as_deref().map(Into::into),
+            loaded: UpstreamTrust {
+                ca: ca_certs?,
+                client: client?,
+            },
+        })
+    }
+
+    /// `tls.client_cert` with `tls.client_key`, read and checked to match; `Some(None)` when
+    /// neither is given.
+    fn client_identity(&mut self, at: &str, raw: &RawUpstreamTls) -> Option<Option<TlsIdentity>> {
+        let (cert_at, key_at) = (join(at, "client_cert"), join(at, "client_key"));
+        match (raw.client_cert.as_deref(), raw.client_key.as_deref()) {
+            (None, None) => Some(None),
+            (Some(_), None) => self.missing(
+                &key_at,
+                "the path of the PEM private key of client_cert (client_cert and client_key go together)",
+            ),
+            (None, Some(_)) => self.missing(
+                &cert_at,
+                "the path of the PEM certificate chain of client_key (client_cert and client_key go together)",
+            ),
+            (Some(cert), Some(key)) => {
+                let cert = self.file(&cert_at, Some(cert), "the path of a PEM certificate chain");
+                let key = self.file(&key_at, Some(key), "the path of a PEM private key");
+                match TlsIdentity::load(&cert?, &key?) {
+                    Ok(identity) => Some(Some(identity)),
+                    Err(errors) => {
+                        for error in errors {
+                            let field = match error.field() {
+                                "key" => &key_at,
+                                _ => &cert_at,
+                            };
+                            self.error(field, error.to_string());
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// `endpoints:` — 1..=[`UpstreamConfig::MAX_ENDPOINTS`] endpoint URLs, all `http://` or all
+    /// `https://` (true).
+    fn endpoints(&mut self, at: &str, raw: Option<&[String]>) -> Option<(Vec<Authority>, bool)> {
+        let endpoints: Vec<Option<(Authority, bool)>> = match raw {
             None => vec![self.missing(
                 &join(at, "endpoints"),
                 "a list of URLs like [http://127.0.0.1:3000]",
@@ -99,7 +215,15 @@ impl Cx {
                 .map(|(i, url)| self.endpoint(&format!("{at}.endpoints[{i}]"), url))
                 .collect(),
         };
-        endpoints.into_iter().collect()
+        let endpoints: Vec<(Authority, bool)> = endpoints.into_iter().collect::<Option<_>>()?;
+        let https = endpoints.first().is_some_and(|(_, https)| *https);
+        if endpoints.iter().any(|(_, h)| *h != https) {
+            return self.fail(
+                &join(at, "endpoints"),
+                "mixes http:// and https:// endpoints; an upstream's endpoints share one scheme (make two upstreams)",
+            );
+        }
+        Some((endpoints.into_iter().map(|(a, _)| a).collect(), https))
     }
 
     /// `health_check:` — `path` required (absolute), the rest with their defaults.
@@ -341,23 +465,19 @@ impl Cx {
         })
     }
 
-    /// `http://host[:port][/]` → `host:port` (port 80 when absent).
-    fn endpoint(&mut self, at: &str, raw: &str) -> Option<Authority> {
+    /// `http://host[:port][/]` → `host:port` (port 80 when absent), or `https://…` (port 443
+    /// when absent, and true).
+    fn endpoint(&mut self, at: &str, raw: &str) -> Option<(Authority, bool)> {
         let expected =
             || format!("expected an endpoint URL like http://127.0.0.1:3000, found {raw:?}");
         let Ok(uri) = raw.trim().parse::<Uri>() else {
             return self.fail(at, expected());
         };
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return self.fail(
-                    at,
-                    format!("{raw:?}: TLS to upstreams (https://) is not supported yet"),
-                );
-            }
+        let (https, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
             _ => return self.fail(at, expected()),
-        }
+        };
         let Some(authority) = uri.authority() else {
             return self.fail(at, expected());
         };
@@ -376,17 +496,18 @@ impl Cx {
                 format!("an endpoint must not have a path or query (the request's path is sent as is), found {raw:?}"),
             );
         }
-        match authority.port_u16() {
+        let authority = match authority.port_u16() {
             Some(0) => self.fail(
                 at,
                 format!("port 0 is not a valid endpoint port, found {raw:?}"),
             ),
             Some(_) => Some(authority.clone()),
-            None => format!("{}:80", authority.host())
+            None => format!("{}:{default_port}", authority.host())
                 .parse::<Authority>()
                 .ok()
                 .or_else(|| self.fail(at, expected())),
-        }
+        };
+        Some((authority?, https))
     }
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct EndpointView {
     pub(crate) state: State,
     /// Requests on it now.
     pub(crate) inflight: usize,
+    /// The protocol its last connection spoke; `None` before the first.
+    pub(crate) spoken: Option<crate::proxy::connect::Spoken>,
 }
 
 /// The health an endpoint carries (see the module docs).
@@ -159,6 +161,7 @@ impl Fleet {
             address: e.addr,
             state: self.state(e),
             inflight: e.pool.inflight(),
+            spoken: e.pool.spoken(),
         };
         endpoints.iter().map(view).collect()
     }
@@ -303,7 +306,7 @@ async fn check(endpoint: &Endpoint, config: &HealthCheckConfig) -> bool {
             .header(HOST, host)
             .body(UpstreamBody::Empty)
             .ok()?;
-        let res = conn.sender.send_request(req).await.ok()?;
+        let res = conn.send_request(req).await.ok()?;
         Some(res.status().is_success())
     };
     matches!(

@@ -20,6 +20,9 @@ pub(super) fn config(balance: Balance, endpoints: &[&str]) -> UpstreamConfig {
         health_check: None,
         outlier: Default::default(),
         retry: Default::default(),
+        protocol: Default::default(),
+        https: false,
+        tls: None,
     }
 }
 

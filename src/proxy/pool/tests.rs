@@ -44,6 +44,7 @@ fn pool(keep_alive: KeepAlive) -> Arc<EndpointPool> {
         Authority::from_static("127.0.0.1:9"),
         Duration::from_secs(1),
         keep_alive,
+        Arc::new(crate::proxy::connect::Connector::plain()),
     ))
 }
 

@@ -131,3 +131,22 @@ async fn idle_connection_is_closed_by_housekeeping_after_idle_timeout() {
     assert_eq!(upstream.idle(), 0);
     assert_eq!(server.closed(), 1);
 }
+
+/// `grpc-timeout` in each unit; malformed values (no unit, 9 digits, a sign) are ignored.
+#[test]
+fn grpc_timeouts_parse() {
+    let of = |v: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().unwrap());
+        super::grpc_timeout(&h)
+    };
+    assert_eq!(of("2H"), Some(Duration::from_secs(7200)));
+    assert_eq!(of("3M"), Some(Duration::from_secs(180)));
+    assert_eq!(of("1S"), Some(Duration::from_secs(1)));
+    assert_eq!(of("250m"), Some(Duration::from_millis(250)));
+    assert_eq!(of("99999999u"), Some(Duration::from_micros(99_999_999)));
+    assert_eq!(of("5n"), Some(Duration::from_nanos(5)));
+    for bad in ["", "S", "100", "123456789S", "-1S", "1s", "1.5S"] {
+        assert_eq!(of(bad), None, "{bad:?}");
+    }
+}
