@@ -29,6 +29,7 @@ mod defer;
 mod rate;
 mod read_body;
 mod tasks;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,6 +52,7 @@ use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::proxy::forward;
 use crate::proxy::request_body::{Fault, UpstreamBody};
+use crate::proxy::tunnel::Upgrades;
 use crate::proxy::upstream::Exchanged;
 use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
@@ -60,16 +62,18 @@ use self::context::{Answer, RequestContext};
 
 /// Answers one request: forwards it, or rejects it with the response the contract fixes.
 /// `stream`: an HTTP/2 stream's mark of activity, kept by the response body until it is done
-/// (see `crate::body::stream`). Never fails: the `Result` is hyper's service contract, taken
-/// here so that no wrapper future copies this one's state.
+/// (see `crate::body::stream`). `upgrades`: where the tunnel of an upgrade answered 101 goes,
+/// the client connection's. Never fails: the `Result` is hyper's service contract, taken here
+/// so that no wrapper future copies this one's state.
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
     req: Request<Incoming>,
     stream: Option<StreamGuard>,
+    upgrades: Arc<Upgrades>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut context = RequestContext::new(&rt, origin, &req);
-    let answer = stages(&mut context, req).await;
+    let answer = stages(&mut context, req, &upgrades).await;
     let res = context.finish(answer);
     Ok(match stream {
         Some(guard) => res.map(|body| body.with_stream_guard(guard)),
@@ -78,7 +82,11 @@ pub(crate) async fn handle(
 }
 
 /// The stages, in the contract's order, until one answers.
-async fn stages<'rt>(context: &mut RequestContext<'rt>, mut req: Request<Incoming>) -> Answer {
+async fn stages<'rt>(
+    context: &mut RequestContext<'rt>,
+    mut req: Request<Incoming>,
+    upgrades: &Upgrades,
+) -> Answer {
     let rt = context.rt;
     let index = match admit_to_routing(rt, &mut req) {
         Ok(Routed::Route(index)) => index,
@@ -102,6 +110,15 @@ async fn stages<'rt>(context: &mut RequestContext<'rt>, mut req: Request<Incomin
     };
     if let Err(rejection) = rated {
         return Answer::Rejected(rejection);
+    }
+    // An upgrade (WebSocket) goes its own way after the rate limits: no body, no deferral,
+    // and no slot once the upstream has switched.
+    if let Some(protocol) = upgrade::protocol(&req) {
+        let upgraded = Box::pin(upgrade::forward(rt, route, origin, req, protocol, upgrades));
+        return match upgraded.await {
+            Ok(res) => Answer::Forwarded(res),
+            Err(rejection) => Answer::Rejected(rejection),
+        };
     }
     match boxed_admit_and_forward(rt, route, origin, req).await {
         Ok(answer) => answer,

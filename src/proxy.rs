@@ -7,11 +7,13 @@
 //!   while it runs, and the balancing among them.
 //! - [`pool`] keeps each endpoint's keep-alive connections, bounded in number and idle time.
 //! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
+//! - [`tunnel`] relays an upgraded connection (WebSocket) after the upstream's 101.
 
 pub(crate) mod fleet;
 pub(crate) mod forward;
 pub(crate) mod pool;
 pub(crate) mod request_body;
+pub(crate) mod tunnel;
 pub(crate) mod upstream;
 
 #[cfg(test)]

@@ -197,6 +197,8 @@ impl EndpointPool {
             .await
             .map_err(|err| ConnectError::Handshake(self.authority.clone(), err))?;
         let authority = self.authority.clone();
+        // With upgrades: a 101 hands the connection to the response (`proxy::tunnel`).
+        let connection = connection.with_upgrades();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(endpoint = %authority, error = %err, "upstream connection ended with an error");

@@ -39,3 +39,4 @@ mod redis;
 mod scale_out;
 mod sighup;
 mod tls;
+mod websocket;
