@@ -16,6 +16,9 @@
 //!    time the upstream took to answer (or that it did not) is handed to the slots' caps, which
 //!    an adaptive cap learns from.
 //!
+//! An HTTP/1.1 upgrade (WebSocket, [`upgrade`]) leaves this path after stage 2: a place under
+//! the route's `max_upgraded`, the caps' slots until the upstream's 101, never deferred.
+//!
 //! `/_sluice/tasks/<id>` ([`tasks`]) is answered before routing.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
