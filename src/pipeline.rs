@@ -72,11 +72,11 @@ pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
     req: Request<Incoming>,
-    stream: Option<StreamGuard>,
+    mut stream: Option<StreamGuard>,
     upgrades: Arc<Upgrades>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut context = RequestContext::new(&rt, origin, &req);
-    let answer = stages(&mut context, req, &upgrades).await;
+    let answer = stages(&mut context, req, (&upgrades, &mut stream)).await;
     let res = context.finish(answer);
     Ok(match stream {
         Some(guard) => res.map(|body| body.with_stream_guard(guard)),
@@ -88,7 +88,7 @@ pub(crate) async fn handle(
 async fn stages<'rt>(
     context: &mut RequestContext<'rt>,
     mut req: Request<Incoming>,
-    upgrades: &Upgrades,
+    (upgrades, stream): (&Upgrades, &mut Option<StreamGuard>),
 ) -> Answer {
     let rt = context.rt;
     let index = match admit_to_routing(rt, &mut req) {
@@ -117,7 +117,13 @@ async fn stages<'rt>(
     // An upgrade (WebSocket) goes its own way after the rate limits: no body, no deferral,
     // and no slot once the upstream has switched.
     if let Some(protocol) = upgrade::protocol(&req) {
-        let upgraded = Box::pin(upgrade::forward(rt, route, origin, req, protocol, upgrades));
+        let upgraded = Box::pin(upgrade::forward(
+            (rt, route),
+            origin,
+            req,
+            protocol,
+            (upgrades, stream),
+        ));
         return match upgraded.await {
             Ok(res) => Answer::Forwarded(res),
             Err(rejection) => Answer::Rejected(rejection),
@@ -141,6 +147,11 @@ enum Routed {
 /// The canonical stage, then the route stage: the first route that matches the canonical
 /// request. Paths are matched without their `;` parameters (`crate::canonical::match_path`).
 fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rejection> {
+    // An HTTP/2 WebSocket (extended CONNECT) is routed as its HTTP/1.1 handshake, a GET.
+    let connect = upgrade::extended_connect(req);
+    if connect == Some(false) {
+        return Err(Rejection::BadRequest(BadRequest::ConnectProtocol));
+    }
     let (req, host) = canonical::check(req, rt.config.server.escaped_slashes)
         .map_err(|cause| Rejection::BadRequest(BadRequest::Canonical(cause)))?;
     let path = req.uri().path();
@@ -152,7 +163,10 @@ fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rej
         .find(&Target {
             host,
             path: &path,
-            method: req.method(),
+            method: match connect {
+                Some(_) => &http::Method::GET,
+                None => req.method(),
+            },
         })
         .map(Routed::Route)
         .ok_or(Rejection::NoRoute)

@@ -117,6 +117,8 @@ pub(crate) enum BadRequest {
         /// Which limit.
         limit: usize,
     },
+    /// An HTTP/2 extended CONNECT (RFC 8441) for another protocol than `websocket`.
+    ConnectProtocol,
 }
 
 /// Whose concurrency cap refused a request.
@@ -260,6 +262,7 @@ impl Rejection {
             Rejection::BadRequest(BadRequest::Canonical(cause)) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_request_body(cause))),
             Rejection::BadRequest(BadRequest::IdempotencyKey(bad)) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_idempotency_key(bad))),
             Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::RepeatedKey(limit)),
+            Rejection::BadRequest(BadRequest::ConnectProtocol) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_request_body!("an HTTP/2 CONNECT may ask for the websocket protocol only"))),
             Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "body-too-large", O::BodyTooLarge, Body::Plain(Plain::TooLarge)),
             Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "body-timeout", O::BodyTimeout, Body::Plain(Plain::BodyTimeout)),
             Rejection::DeferUnavailable => (S::SERVICE_UNAVAILABLE, "store-unavailable", O::StoreUnavailable, Body::Plain(Plain::DeferUnavailable)),

@@ -133,6 +133,9 @@ impl Listener {
             tokio::spawn(accepted.serve());
         }
         drop(self.gate);
+        // An HTTP/2 WebSocket keeps its stream, and so its connection, open: it closes once its
+        // connection carries no request any more, so that graceful shutdown can finish.
+        tunnels.drain();
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
             .await
             .is_err()

@@ -24,7 +24,9 @@
 //! time.
 
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +56,9 @@ pub(crate) struct Tunnels {
 
 #[derive(Debug)]
 struct TunnelsInner {
+    /// Fired once, when shutdown begins: an HTTP/2 tunnel closes once its connection carries
+    /// no request any more (its stream keeps the connection, and so graceful shutdown, open).
+    draining: watch::Sender<bool>,
     /// Fired once, after the listener's requests in flight have finished.
     closing: watch::Sender<bool>,
     /// Tunnels running now.
@@ -87,6 +92,23 @@ pub(crate) struct Tunnel {
     websocket: bool,
     /// Its place under the route's `max_upgraded`, given back when it closes.
     place: Place,
+    /// An HTTP/2 tunnel's stream ([`Stream`]); `None` over HTTP/1.1.
+    stream: Option<Stream>,
+}
+
+/// What an HTTP/2 tunnel holds of its stream: the mark that keeps its connection open, and
+/// what tells when its connection carries no request any more (see `TunnelsInner::draining`).
+pub(crate) struct Stream {
+    /// Held until the tunnel closes.
+    pub(crate) hold: Box<dyn Send + Sync>,
+    /// Resolves once the connection's other streams are tunnels too.
+    pub(crate) quiet: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
 }
 
 /// One place under a route's `max_upgraded`, counted in `sluice_upgraded_connections{route}`
@@ -132,6 +154,7 @@ struct Frames {
 impl Default for TunnelsInner {
     fn default() -> Self {
         TunnelsInner {
+            draining: watch::channel(false).0,
             closing: watch::channel(false).0,
             open: watch::channel(0).0,
         }
@@ -139,6 +162,11 @@ impl Default for TunnelsInner {
 }
 
 impl Tunnels {
+    /// Shutdown has begun: HTTP/2 tunnels close once their connection carries no request.
+    pub(crate) fn drain(&self) {
+        self.inner.draining.send_replace(true);
+    }
+
     /// Tells every tunnel, running or yet to run, to close.
     pub(crate) fn close(&self) {
         self.inner.closing.send_replace(true);
@@ -173,6 +201,13 @@ impl Upgrades {
         *handed = Some(tunnel);
     }
 
+    /// Runs an HTTP/2 tunnel on a task of its own: its connection goes on serving other
+    /// streams (and holds its connection slots while it is open).
+    pub(crate) fn spawn(&self, tunnel: Tunnel) {
+        let tunnels = self.tunnels.clone();
+        tokio::spawn(async move { tunnel.run(&tunnels).await });
+    }
+
     /// Runs the tunnel handed over, if any, until it ends. Called by the connection's task once
     /// hyper is done with the connection.
     pub(crate) async fn run(&self) {
@@ -202,7 +237,14 @@ impl Tunnel {
             idle_timeout,
             websocket,
             place,
+            stream: None,
         }
+    }
+
+    /// The same, on an HTTP/2 stream (RFC 8441).
+    pub(crate) fn on_stream(mut self, stream: Stream) -> Self {
+        self.stream = Some(stream);
+        self
     }
 
     /// Joins the two connections and relays bytes until the tunnel ends (see [`End`]).
@@ -214,6 +256,7 @@ impl Tunnel {
             idle_timeout,
             websocket,
             place,
+            stream,
         } = self;
         let (client, upstream) = match (client.await, upstream.await) {
             (Ok(client), Ok(upstream)) => (client, upstream),
@@ -225,12 +268,23 @@ impl Tunnel {
         tunnels.inner.open.send_modify(|n| *n += 1);
         let _open = Open(tunnels);
         let closing = tunnels.inner.closing.subscribe();
+        let (hold, quiet) = match stream {
+            Some(Stream { hold, quiet }) => (Some(hold), Some(quiet)),
+            None => (None, None),
+        };
+        let draining = tunnels.inner.draining.subscribe();
         let relay = Relay {
             idle_timeout,
             websocket,
         };
-        let (end, up, down, opened) = relay.run(client, upstream, closing).await;
+        let ends = Ends {
+            closing,
+            draining,
+            quiet,
+        };
+        let (end, up, down, opened) = relay.run(client, upstream, ends).await;
         drop(place);
+        drop(hold);
         tracing::debug!(
             %route,
             end = ?end,
@@ -257,6 +311,33 @@ struct Relay {
     websocket: bool,
 }
 
+/// What ends a tunnel besides its peers and its idle timeout.
+struct Ends {
+    /// The listener's requests in flight are done.
+    closing: watch::Receiver<bool>,
+    /// Shutdown has begun…
+    draining: watch::Receiver<bool>,
+    /// …and (HTTP/2) the tunnel's connection carries no request any more.
+    quiet: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Ends {
+    /// Resolves when the tunnel is to close for shutdown.
+    async fn shutdown(&mut self) {
+        let quiet = async {
+            let _ = self.draining.wait_for(|fired| *fired).await;
+            match self.quiet.as_mut() {
+                Some(quiet) => quiet.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.closing.wait_for(|fired| *fired) => {}
+            () = quiet => {}
+        }
+    }
+}
+
 impl Relay {
     /// Relays between `client` and `upstream` until the end; why it ended, the bytes sent to
     /// the upstream and to the client, and when it opened.
@@ -264,7 +345,7 @@ impl Relay {
         self,
         client: Upgraded,
         upstream: Upgraded,
-        mut closing: watch::Receiver<bool>,
+        mut ends: Ends,
     ) -> (End, u64, u64, Instant) {
         let (mut client_rd, mut client_wr) = tokio::io::split(TokioIo::new(client));
         let (mut upstream_rd, mut upstream_wr) = tokio::io::split(TokioIo::new(upstream));
@@ -294,7 +375,7 @@ impl Relay {
             tokio::select! {
                 _ = both => End::Closed,
                 () = activity.idle_for(self.idle_timeout) => End::Idle,
-                _ = closing.wait_for(|fired| *fired) => End::Shutdown,
+                () = ends.shutdown() => End::Shutdown,
             }
         };
         if end != End::Closed {

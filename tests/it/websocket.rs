@@ -527,3 +527,124 @@ async fn shutdown_closes_upgraded_connections_last() {
     );
     stopping.await.unwrap();
 }
+
+/// An HTTP/2 client's WebSocket (RFC 8441) on an h2c connection, opened with an extended
+/// CONNECT for `protocol`: the answer, and the stream to send on (dropping it resets the
+/// stream).
+async fn h2_websocket(
+    proxy: &Proxy,
+    protocol: &'static str,
+) -> (Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    // The server's SETTINGS (SETTINGS_ENABLE_CONNECT_PROTOCOL) arrive on the connection's task.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !send.is_extended_connect_protocol_enabled() {
+        assert!(Instant::now() < deadline, "sluice enables extended CONNECT");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/ws", proxy.addr))
+        .header("sec-websocket-version", "13")
+        .extension(h2::ext::Protocol::from_static(protocol))
+        .body(())
+        .unwrap();
+    let (response, stream) = send.send_request(req, false).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("an answer within 10 s")
+        .expect("a response");
+    (res, stream)
+}
+
+/// A masked text frame, as a client sends it.
+fn client_frame(text: &str) -> Bytes {
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    Bytes::from(frame)
+}
+
+/// Reads one whole server frame (unmasked, payload under 126 bytes) from `rx`: its opcode
+/// byte and payload; `None` when the stream ends first.
+async fn server_frame(rx: &mut h2::RecvStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    loop {
+        if buf.len() >= 2 && buf.len() >= 2 + usize::from(buf[1] & 0x7F) {
+            let len = usize::from(buf[1] & 0x7F);
+            let frame: Vec<u8> = buf.drain(..2 + len).collect();
+            return Some((frame[0], frame[2..].to_vec()));
+        }
+        let data = tokio::time::timeout(Duration::from_secs(10), rx.data())
+            .await
+            .expect("data within 10 s")?
+            .ok()?;
+        let _ = rx.flow_control().release_capacity(data.len());
+        buf.extend_from_slice(&data);
+    }
+}
+
+/// A WebSocket over HTTP/2 (extended CONNECT, RFC 8441) reaches the HTTP/1.1 upstream as an
+/// upgrade: 200 to the client (without the upstream's `Sec-WebSocket-Accept`), 100 messages
+/// echoed on the stream, counted in the gauge; another `:protocol` gets 400; at shutdown the
+/// WebSocket is closed with a close frame 1001 once the connection carries no request, without
+/// waiting for `shutdown_grace` (30 s).
+#[tokio::test]
+async fn websocket_over_http2_extended_connect() {
+    let up = ws_upstream(None).await;
+    let proxy = proxy_for(&up, "").await;
+    let (res, mut tx) = h2_websocket(&proxy, "websocket").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(!res.headers().contains_key("sec-websocket-accept"));
+    assert_eq!(up.handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(upgraded(&proxy).await, 1.0);
+    let mut rx = res.into_body();
+    let mut buf = Vec::new();
+    for i in 0..100 {
+        let text = format!("h2 message {i}");
+        tx.send_data(client_frame(&text), false).unwrap();
+        let (opcode, payload) = server_frame(&mut rx, &mut buf).await.expect("an echo");
+        assert_eq!((opcode, payload), (0x81, text.into_bytes()));
+    }
+    let (other, _other_tx) = h2_websocket(&proxy, "connect-udp").await;
+    assert_eq!(other.status(), StatusCode::BAD_REQUEST);
+    let stopped = Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    let (opcode, payload) = server_frame(&mut rx, &mut buf)
+        .await
+        .expect("a close frame");
+    assert_eq!((opcode, payload), (0x88, vec![0x03, 0xE9]));
+    stopping.await.unwrap();
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    drop(tx);
+}
+
+/// An HTTP/2 WebSocket keeps its connection open: the watchdog that closes an HTTP/2
+/// connection without open streams after `header_read_timeout` (300 ms here) counts it as one.
+#[tokio::test]
+async fn an_http2_websocket_keeps_its_connection_open() {
+    let up = ws_upstream(None).await;
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0, header_read_timeout: 300ms }}\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams: {{ api: {{ endpoints: [{}] }} }}\nroutes:\n  - name: ws\n    upstream: api\n",
+        up.endpoint()
+    );
+    let proxy = start_proxy(&yaml).await;
+    let (res, mut tx) = h2_websocket(&proxy, "websocket").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut rx = res.into_body();
+    let mut buf = Vec::new();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tx.send_data(client_frame("after a quiet second"), false)
+        .unwrap();
+    let (_, payload) = server_frame(&mut rx, &mut buf).await.expect("an echo");
+    assert_eq!(payload, b"after a quiet second");
+    drop((tx, rx));
+    until_upgraded(&proxy, 0.0).await;
+    proxy.stop().await;
+}
