@@ -651,3 +651,23 @@ async fn an_http2_websocket_keeps_its_connection_open() {
     until_upgraded(&proxy, 0.0).await;
     proxy.stop().await;
 }
+
+/// An upgrade on a route that defers every request (`when: always`) is not deferred: a client
+/// waiting for its 101 could not use a 202. Plain requests of the route still are.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn upgrades_are_never_deferred() {
+    let redis = support::redis_server::RedisServer::start().await;
+    let up = ws_upstream(None).await;
+    let yaml = support::deferred::config(&redis.url(), &up.endpoint(), "", "{when: always}");
+    let proxy = start_proxy(&yaml).await;
+    let mut ws = connect(&proxy, "/hooks/ws")
+        .await
+        .expect("upgraded, not deferred");
+    echo(&mut ws, "live, not a task").await;
+    assert_eq!(up.handshakes.load(Ordering::SeqCst), 1);
+    let got = support::deferred::post(&proxy.url("/hooks/plain"), "a task").await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text());
+    drop(ws);
+    proxy.stop().await;
+}
