@@ -291,6 +291,12 @@ fn answered(
         slots.record(sample);
     }
     match result {
+        // A switch of protocols no request of this path asked for (RFC 9110 §15.2.2: only to
+        // one the client's `Upgrade` named): the upstream broke the exchange.
+        Ok((res, _)) if res.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::warn!(upstream = %route.upstream.name, "upstream switched protocols on a request that asked for no upgrade");
+            Err(Rejection::UpstreamBroken)
+        }
         Ok((mut res, conn)) => {
             forward::response(&mut res);
             let (parts, body) = res.into_parts();

@@ -671,3 +671,29 @@ async fn upgrades_are_never_deferred() {
     drop(ws);
     proxy.stop().await;
 }
+
+/// An upstream that switches protocols on a request that asked for no upgrade breaks the
+/// exchange: 502, never a 101 passed to a client that did not ask for one.
+#[tokio::test]
+async fn an_unasked_101_is_a_broken_exchange() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let routes = "  - name: ws\n    upstream: api\n";
+    let proxy = start_proxy(&admin_config(&format!("http://{addr}"), routes)).await;
+    let got = get(&proxy.url("/plain")).await;
+    got.assert_problem(StatusCode::BAD_GATEWAY, "upstream-unavailable");
+    server.abort();
+    proxy.stop().await;
+}
