@@ -396,6 +396,8 @@ fn main() {
         size: CapSize::Fixed(NonZeroUsize::MIN),
         queue: 0,
         queue_timeout: Duration::from_secs(1),
+        fair_by: None,
+        max_queued_per_key: None,
     });
     let held = poll_once(cap.acquire(Priority::Normal)).expect("a free slot");
     report.zero(

@@ -205,6 +205,8 @@ fn concurrency_slots(c: &mut Criterion) {
         size: CapSize::Fixed(NonZeroUsize::new(64).unwrap()),
         queue: 1000,
         queue_timeout: Duration::from_secs(10),
+        fair_by: None,
+        max_queued_per_key: None,
     });
     c.bench_function("slot/acquire_release_uncontended", |b| {
         b.iter(|| rt.block_on(async { drop(black_box(cap.acquire(Priority::Normal).await)) }))
@@ -215,6 +217,8 @@ fn concurrency_slots(c: &mut Criterion) {
         size: CapSize::Fixed(NonZeroUsize::new(1).unwrap()),
         queue: 1000,
         queue_timeout: Duration::from_secs(60),
+        fair_by: None,
+        max_queued_per_key: None,
     });
     let mut group = c.benchmark_group("slot_queue");
     group.throughput(Throughput::Elements(1000));

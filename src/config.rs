@@ -167,6 +167,10 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// One log line per request. Default [`Self::DEFAULT_ACCESS_LOG`].
     pub access_log: bool,
+    /// 503s, and 429s of limits keyed `global`, tell `Retry-After` spread evenly over
+    /// `[t, t × (1 + this)]`, rounded up; 0 = off, at most [`Self::MAX_RETRY_AFTER_SPREAD`].
+    /// Default [`Self::DEFAULT_RETRY_AFTER_SPREAD`].
+    pub retry_after_spread: f64,
     /// What a path holding `%2F` or `%5C` (or a raw `\`) gets: 400, or forwarded with them
     /// encoded. Default reject (`EscapedSlashes`' `#[default]`).
     pub escaped_slashes: EscapedSlashes,
@@ -195,6 +199,11 @@ impl ServerConfig {
     pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
     /// `access_log` when absent.
     pub const DEFAULT_ACCESS_LOG: bool = false;
+    /// `retry_after_spread` when absent: clients rejected together come back over half as long
+    /// again as the exact wait.
+    pub const DEFAULT_RETRY_AFTER_SPREAD: f64 = 0.5;
+    /// The largest `retry_after_spread`: up to twice the exact wait.
+    pub const MAX_RETRY_AFTER_SPREAD: f64 = 1.0;
 }
 
 /// `server:` fields that bound what one client can hold of sluice's capacity.
@@ -627,7 +636,7 @@ pub enum Balance {
 }
 
 /// `concurrency:` on a route or an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConcurrencyConfig {
     /// How many requests may be in flight at once: a fixed number, or a cap that follows the
     /// upstream's latency. Serialised as the file has it: `max_inflight: N` or `adaptive: {…}`.
@@ -639,6 +648,13 @@ pub struct ConcurrencyConfig {
     /// [`Self::DEFAULT_QUEUE_TIMEOUT`].
     #[serde(serialize_with = "effective::duration")]
     pub queue_timeout: Duration,
+    /// `fair_by`: within one priority, waiters are served in turns across the keys this gives
+    /// (`client_ip` or `header:NAME`), not in arrival order. `None`: arrival order.
+    #[serde(serialize_with = "effective::display_opt")]
+    pub fair_by: Option<KeySpec>,
+    /// A key's waiters beyond this get 503 `queue-full` (with `fair_by` only). `None`: no
+    /// bound but the queue's.
+    pub max_queued_per_key: Option<NonZeroUsize>,
 }
 
 impl ConcurrencyConfig {

@@ -220,7 +220,7 @@ async fn admit_and_forward(
             return Err(Rejection::UpstreamPushback { retry_after });
         }
     }
-    let slots = match caps::admit(route).await {
+    let slots = match caps::admit(route, caps::Asker::new(rt, origin, &parts.headers)).await {
         Ok(slots) => slots,
         Err(refused) if when == Some(DeferWhen::Overflow) => {
             let written = defer::defer(

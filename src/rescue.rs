@@ -33,6 +33,9 @@ use crate::metrics::Outcome;
 use crate::proxy::request_body::BodyFault;
 use crate::proxy::UpstreamError;
 
+mod spread;
+pub(crate) use spread::Spread;
+
 /// Why sluice answered a request itself instead of forwarding it. Indices refer to the route's
 /// rate limits in config order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +100,9 @@ pub(crate) enum Rejection {
     UpgradedFull,
 }
 
-/// The `Retry-After` of the 503 past `max_upgraded`: the longest sluice sends. An upgraded
-/// connection lasts minutes or hours, so no drain rate tells when a place frees up, and a
-/// WebSocket client told 1 s would knock again at once.
+/// The `Retry-After` of the 503 past `max_upgraded` (before `retry_after_spread`): the
+/// longest wait a cap's 503 tells. An upgraded connection lasts minutes or hours, so no drain
+/// rate tells when a place frees up, and a WebSocket client told 1 s would knock again at once.
 pub(crate) const UPGRADED_FULL_RETRY_SECS: u64 = 60;
 
 /// What was malformed about a request (the `detail` of its 400).
@@ -470,6 +473,10 @@ pub(crate) struct RouteProblems {
     unknown_secs: u64,
     /// 503 `queue-full` past `max_upgraded`.
     upgraded_full: WithRetry,
+    /// `server.retry_after_spread`, for every 503 and the 429s of limits keyed `global`.
+    spread: Spread,
+    /// Per rate limit, in config order: whether it is keyed `global` (its 429s are spread).
+    spread_limits: Vec<bool>,
 }
 
 /// What a route's problems are rendered from.
@@ -485,6 +492,10 @@ pub(crate) struct ProblemSource<'a> {
     pub limits: Vec<(Arc<str>, String)>,
     /// Per rate limit: the header it keys on, for `key: header:<Name>` limits.
     pub key_headers: Vec<Option<String>>,
+    /// Per rate limit: whether it is keyed `global` (its 429s' `Retry-After` is spread).
+    pub global_keyed: Vec<bool>,
+    /// `server.retry_after_spread`.
+    pub spread: f64,
     /// The route's `RateLimit-Policy`, which its 429s carry; `None` when the route sends no
     /// `RateLimit` fields.
     pub policy: Option<HeaderValue>,
@@ -541,6 +552,8 @@ impl RouteProblems {
                 ),
                 route,
             ),
+            spread: Spread::new(source.spread),
+            spread_limits: source.global_keyed.clone(),
         }
     }
 
@@ -555,6 +568,9 @@ impl RouteProblems {
             ),
             Body::Plain(which) => full(&self.plain[which as usize]),
             Body::Limited { limit, retry_after } => match self.limits.get(limit) {
+                Some((template, _)) if self.spread_limits.get(limit) == Some(&true) => {
+                    template.respond_spread(retry_after, &self.spread)
+                }
                 Some((template, _)) => template.respond(retry_after),
                 None => self.missing(limit),
             },
@@ -566,22 +582,27 @@ impl RouteProblems {
                 Some(body) if !body.is_empty() => full(body),
                 _ => self.missing(limit),
             },
-            Body::Cap(Cap::Route, rejected) => self.route_cap.respond(rejected),
-            Body::Cap(Cap::Upstream, rejected) => self.upstream_cap.respond(rejected),
-            Body::Pushback(wait) => self
-                .pushback
-                .respond(p.status, retry_after_secs(wait).clamp(1, 60)),
+            Body::Cap(Cap::Route, rejected) => {
+                self.route_cap.respond_spread(rejected, &self.spread)
+            }
+            Body::Cap(Cap::Upstream, rejected) => {
+                self.upstream_cap.respond_spread(rejected, &self.spread)
+            }
+            Body::Pushback(wait) => self.pushback.respond(
+                p.status,
+                self.spread.apply(retry_after_secs(wait).clamp(1, 60)),
+            ),
             Body::DeferFull => {
                 let (template, secs) = &self.defer_full;
-                template.respond(p.status, *secs)
+                template.respond(p.status, self.spread.apply(*secs))
             }
             Body::UpgradedFull => self
                 .upgraded_full
-                .respond(p.status, UPGRADED_FULL_RETRY_SECS),
+                .respond(p.status, self.spread.apply(UPGRADED_FULL_RETRY_SECS)),
             Body::DeferUnknown(id) => defer_unknown(
                 &self.plain[Plain::DeferUnavailable as usize],
                 &id,
-                self.unknown_secs,
+                self.spread.apply(self.unknown_secs),
             ),
         }
     }
@@ -807,8 +828,23 @@ impl RateLimitedTemplate {
 
     /// The 429 for a request its bucket admits after `retry_after`.
     pub fn respond(&self, retry_after: Duration) -> Response<ProxyBody> {
+        self.respond_telling(retry_after, retry_after_secs(retry_after))
+    }
+
+    /// As [`respond`](Self::respond), its `Retry-After` (and the body's `retry_after`) spread
+    /// by `spread`; the `RateLimit` field's `t` stays exact.
+    pub(crate) fn respond_spread(
+        &self,
+        retry_after: Duration,
+        spread: &Spread,
+    ) -> Response<ProxyBody> {
+        self.respond_telling(retry_after, spread.apply(retry_after_secs(retry_after)))
+    }
+
+    /// The 429 of a wait of `retry_after`, telling the client to come back in `told` seconds.
+    fn respond_telling(&self, retry_after: Duration, told: u64) -> Response<ProxyBody> {
         let secs = retry_after_secs(retry_after);
-        let mut res = self.body.respond(StatusCode::TOO_MANY_REQUESTS, secs);
+        let mut res = self.body.respond(StatusCode::TOO_MANY_REQUESTS, told);
         if let Some(policy) = &self.policy {
             let field = match self.fields.as_ref().and_then(|f| f.get(secs as usize)) {
                 Some(value) => value.clone(),
@@ -870,6 +906,17 @@ impl CapTemplate {
     pub fn respond(&self, rejected: Rejected) -> Response<ProxyBody> {
         let (template, secs) = self.pick(rejected);
         template.respond(StatusCode::SERVICE_UNAVAILABLE, secs)
+    }
+
+    /// As [`respond`](Self::respond), the `Retry-After` (and the body's `retry_after`) spread
+    /// by `spread`.
+    pub(crate) fn respond_spread(
+        &self,
+        rejected: Rejected,
+        spread: &Spread,
+    ) -> Response<ProxyBody> {
+        let (template, secs) = self.pick(rejected);
+        template.respond(StatusCode::SERVICE_UNAVAILABLE, spread.apply(secs))
     }
 
     /// The body alone of [`respond`](Self::respond)'s 503: allocates nothing.

@@ -496,9 +496,9 @@ impl<'a> Carry<'a> {
             .collect();
         let policy = (config.server.rate_limit_headers && !r.rate_limits.is_empty())
             .then(|| headers::policy_value(&r.rate_limits.iter().collect::<Vec<_>>()));
-        let concurrency = r.concurrency.map(|c| {
+        let concurrency = r.concurrency.clone().map(|c| {
             old.and_then(|o| o.concurrency.as_ref())
-                .filter(|oc| oc.config() == c)
+                .filter(|oc| *oc.config() == c)
                 .cloned()
                 .unwrap_or_else(|| ConcurrencyLimit::new(c))
         });
@@ -606,6 +606,12 @@ fn problems(
                 _ => None,
             })
             .collect(),
+        global_keyed: r
+            .rate_limits
+            .iter()
+            .map(|l| matches!(l.key, KeySpec::Global))
+            .collect(),
+        spread: config.server.retry_after_spread,
         policy,
         max_request_body: config.server.client.max_request_body,
         request_body_timeout: config.server.client.request_body_timeout,

@@ -71,6 +71,20 @@ impl Workers {
     /// Starts the upstream on 127.0.0.1:0.
     pub(crate) async fn start(k: usize, service: Duration) -> Workers {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Workers::serve(listener, k, service)
+    }
+
+    /// Starts the upstream on `addr`, if it is free.
+    pub(crate) async fn start_on(
+        addr: SocketAddr,
+        k: usize,
+        service: Duration,
+    ) -> std::io::Result<Workers> {
+        Ok(Workers::serve(TcpListener::bind(addr).await?, k, service))
+    }
+
+    /// Serves `listener` with `k` workers.
+    fn serve(listener: TcpListener, k: usize, service: Duration) -> Workers {
         let addr = listener.local_addr().expect("local addr");
         let workers = Arc::new(Semaphore::new(k));
         let counts = Arc::new(Counts::default());

@@ -55,6 +55,8 @@ pub(crate) struct RawServer {
     pub(crate) max_concurrent_streams: Option<Int>,
     /// One log line per request.
     pub(crate) access_log: Option<bool>,
+    /// A number in 0..=1.
+    pub(crate) retry_after_spread: Option<f64>,
     /// A size: request line + headers.
     pub(crate) max_header_bytes: Option<Size>,
     /// A size.
@@ -217,6 +219,10 @@ pub(crate) struct RawConcurrency {
     pub(crate) queue: Option<Int>,
     /// A duration.
     pub(crate) queue_timeout: Option<String>,
+    /// `client_ip` | `header:NAME`.
+    pub(crate) fair_by: Option<String>,
+    /// A count ≥ 1 (with `fair_by`).
+    pub(crate) max_queued_per_key: Option<Int>,
 }
 
 /// `concurrency.adaptive:`.

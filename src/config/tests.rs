@@ -169,7 +169,7 @@ fn full_example_parses_to_expected_values() {
     assert_eq!(c.upstreams[1].endpoints[0].as_str(), "users.internal:80");
     assert_eq!(orders.connect_timeout, Duration::from_millis(250));
     assert_eq!(orders.timeout, Duration::from_secs(2));
-    let cap = orders.concurrency.unwrap();
+    let cap = orders.concurrency.clone().unwrap();
     assert_eq!(
         (cap.size, cap.queue, cap.queue_timeout),
         (fixed(64), 256, Duration::from_secs(2))
@@ -211,7 +211,7 @@ fn full_example_parses_to_expected_values() {
     );
     assert_eq!(l1.rate.emission_interval(), Duration::from_secs(3));
     assert_eq!(l1.burst.get(), 20, "burst defaults to the rate's count");
-    let cap = r.concurrency.unwrap();
+    let cap = r.concurrency.clone().unwrap();
     assert_eq!(
         (cap.size, cap.queue, cap.queue_timeout),
         (fixed(16), 32, Duration::from_millis(500))
@@ -255,7 +255,7 @@ fn defaults_fill_what_is_absent() {
         (&*l.name, l.burst.get(), l.scope),
         ("limit-0", 7, LimitScope::Local)
     );
-    let cap = r.concurrency.unwrap();
+    let cap = r.concurrency.clone().unwrap();
     assert_eq!((cap.queue, cap.queue_timeout), (0, Duration::from_secs(1)));
     assert!(c.admin.is_none() && c.store.is_none());
 }
@@ -321,7 +321,7 @@ fn per_endpoint_is_an_upstream_cap_and_excludes_the_other_sizes() {
         )
     };
     let c = load(&upstream("per_endpoint: 16, queue: 64"));
-    let cap = c.upstreams[0].concurrency.expect("a cap");
+    let cap = c.upstreams[0].concurrency.clone().expect("a cap");
     assert_eq!(
         cap.size,
         CapSize::PerEndpoint(NonZeroUsize::new(16).unwrap())
@@ -674,9 +674,12 @@ fn adaptive_caps_take_bounds_with_defaults() {
         "    endpoints: [http://127.0.0.1:3000]\n    concurrency: {adaptive: {min_inflight: 4, max_inflight: 1000000}, queue: 8}\n",
     ) + "    concurrency:\n      adaptive: {}\n";
     let c = load(&yaml);
-    let up = c.upstreams[0].concurrency.unwrap();
+    let up = c.upstreams[0].concurrency.clone().unwrap();
     assert_eq!((up.size, up.queue), (adaptive(4, 1_000_000), 8));
-    assert_eq!(c.routes[0].concurrency.unwrap().size, adaptive(2, 256));
+    assert_eq!(
+        c.routes[0].concurrency.clone().unwrap().size,
+        adaptive(2, 256)
+    );
     // `/config` shows the file's form, defaults filled in, and loads back to itself.
     let e = serde_json::to_value(&c).unwrap();
     let route_cap = &e["routes"][0]["concurrency"];
@@ -687,7 +690,10 @@ fn adaptive_caps_take_bounds_with_defaults() {
     let c = load(&format!(
         "{BASE}    concurrency: {{adaptive: {{max_inflight: 2}}}}\n"
     ));
-    assert_eq!(c.routes[0].concurrency.unwrap().size, adaptive(2, 2));
+    assert_eq!(
+        c.routes[0].concurrency.clone().unwrap().size,
+        adaptive(2, 2)
+    );
 }
 
 #[test]
@@ -1786,4 +1792,34 @@ fn upgrade_fields_defaults_and_bounds() {
         let e = one_error(&yaml, &format!("routes[0].{field}"));
         assert!(e.message.contains(says), "{field}: {value}: {e}");
     }
+}
+
+/// `fair_by` takes `client_ip` or `header:NAME` (not `global`, which is no fairness at all);
+/// `max_queued_per_key` needs it; both land in the effective config.
+#[test]
+fn fair_by_and_max_queued_per_key() {
+    let c = load(&with_route(
+        "    concurrency: {max_inflight: 2, queue: 8, fair_by: 'header:X-Api-Key', max_queued_per_key: 2}\n",
+    ));
+    let cap = c
+        .routes
+        .iter()
+        .find(|r| &*r.name == "x")
+        .and_then(|r| r.concurrency.clone());
+    let cap = cap.expect("route x has a cap");
+    assert_eq!(
+        cap.fair_by.map(|k| k.to_string()),
+        Some("header:x-api-key".to_owned())
+    );
+    assert_eq!(cap.max_queued_per_key.map(NonZeroUsize::get), Some(2));
+    let e = one_error(
+        &with_route("    concurrency: {max_inflight: 2, fair_by: global}\n"),
+        "routes[1].concurrency.fair_by",
+    );
+    assert!(e.message.contains("client_ip or header"), "{}", e.message);
+    let e = one_error(
+        &with_route("    concurrency: {max_inflight: 2, max_queued_per_key: 4}\n"),
+        "routes[1].concurrency.max_queued_per_key",
+    );
+    assert!(e.message.contains("needs fair_by"), "{}", e.message);
 }

@@ -144,7 +144,7 @@ impl Deliveries {
         spawner: &Handle,
     ) -> Deliveries {
         let size = deliverers(
-            target.route_cap.as_ref().map(|c| c.config()).as_ref(),
+            target.route_cap.as_ref().map(|c| c.config()),
             target.upstream.config().concurrency.as_ref(),
         );
         let suffix = TaskId::random().map_or_else(String::new, |id| id.to_string()[..8].to_owned());
@@ -401,6 +401,8 @@ mod tests {
             size: CapSize::Fixed(std::num::NonZeroUsize::new(n).unwrap()),
             queue: 0,
             queue_timeout: s(1),
+            fair_by: None,
+            max_queued_per_key: None,
         };
         assert_eq!(deliverers(None, None), DEFAULT_DELIVERERS);
         assert_eq!(deliverers(Some(&cap(1)), Some(&cap(64))), 1);

@@ -45,7 +45,6 @@
 //! window completes there is no history, and `Retry-After` is `queue_timeout`, rounded up and
 //! clamped the same way.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -59,6 +58,7 @@ use tokio::time::Instant;
 use super::adaptive::{Adaptive, Sample};
 use crate::clock::ceil_secs;
 use crate::config::{CapSize, ConcurrencyConfig, Priority};
+use queue::{WaitQueue, Waiter};
 
 /// A concurrency cap with a bounded, priority-ordered wait queue.
 ///
@@ -153,33 +153,15 @@ struct State {
     shadow: usize,
 }
 
-/// The wait queue: one FIFO per priority. Each deque is sorted by `seq`, because waiters are
-/// pushed at the back in arrival order and only removed, never reordered.
-struct WaitQueue {
-    /// Indexed by [`level`]: 0 = low .. 3 = critical.
-    levels: [VecDeque<Waiter>; 4],
-    /// Total waiters, so that `queue_depth` does not sum four lengths.
-    len: usize,
-}
-
-/// One queued request.
-struct Waiter {
-    /// Arrival number, unique per limit.
-    seq: u64,
-    /// When it joined the queue, for [`Permit::waited`].
-    enqueued_at: Instant,
-    /// Where its outcome goes: a permit (slot handed over) or `Shed`.
-    tx: oneshot::Sender<Result<Permit, Rejected>>,
-}
-
 /// The queue entry of an `acquire` future that is waiting. Dropping it (the client went away)
 /// removes the entry; a permit already sent to it is dropped with `rx` and so passed on.
 struct Queued<'a> {
     /// The limit whose queue holds the entry.
     shared: &'a Shared,
-    /// Which FIFO the entry is in.
+    /// Which level the entry is in, and under which key.
     priority: Priority,
-    /// Identifies the entry in that FIFO.
+    key: u64,
+    /// Identifies the entry in that key's FIFO.
     seq: u64,
     /// When the waiter gives up; `None` if `queue_timeout` is too large to represent.
     deadline: Option<Instant>,
@@ -261,8 +243,8 @@ impl ConcurrencyLimit {
     }
 
     /// The parameters this limit was built with.
-    pub fn config(&self) -> ConcurrencyConfig {
-        self.shared.config
+    pub fn config(&self) -> &ConcurrencyConfig {
+        &self.shared.config
     }
 
     /// Waits for a slot.
@@ -280,7 +262,15 @@ impl ConcurrencyLimit {
     /// - [`Rejected::QueueTimeout`] after waiting `queue_timeout`;
     /// - [`Rejected::Shed`] if a request of higher priority evicted this one from a full queue.
     pub async fn acquire(&self, priority: Priority) -> Result<Permit, Rejected> {
-        match self.shared.enqueue(priority) {
+        self.acquire_as(priority, 0).await
+    }
+
+    /// As [`acquire`](Self::acquire), for a request of `key` (`fair_by`: a hash of the
+    /// client's address or header): within its priority it waits for its key's turn, and
+    /// [`Rejected::QueueFull`] comes at once when `key` already has `max_queued_per_key`
+    /// waiters.
+    pub async fn acquire_as(&self, priority: Priority, key: u64) -> Result<Permit, Rejected> {
+        match self.shared.enqueue(priority, key) {
             Enqueue::Done(result) => result,
             Enqueue::Queued(queued) => queued.wait().await,
         }
@@ -372,7 +362,7 @@ impl Shared {
 
     /// Admits, rejects, or queues a request: everything `acquire` does before it may wait, in one
     /// critical section.
-    fn enqueue(self: &Arc<Self>, priority: Priority) -> Enqueue<'_> {
+    fn enqueue(self: &Arc<Self>, priority: Priority, key: u64) -> Enqueue<'_> {
         let mut state = self.lock();
         let state = &mut *state;
 
@@ -390,21 +380,8 @@ impl Shared {
         );
 
         let now = Instant::now();
-        if state.queue.len >= self.config.queue {
-            match state.queue.lowest_priority() {
-                Some(lowest) if priority > lowest => {
-                    let retry_after = state.retry_after(&self.config, now);
-                    if let Some(victim) = state.queue.pop_newest_of_lowest() {
-                        // A send fails only if the victim's receiver is gone, and then it has
-                        // nothing left to tell.
-                        let _ = victim.tx.send(Err(Rejected::Shed { retry_after }));
-                    }
-                }
-                _ => {
-                    let retry_after = state.retry_after(&self.config, now);
-                    return Enqueue::Done(Err(Rejected::QueueFull { retry_after }));
-                }
-            }
+        if let Err(refused) = self.make_room(state, priority, key, now) {
+            return Enqueue::Done(Err(refused));
         }
 
         let (tx, rx) = oneshot::channel();
@@ -412,6 +389,7 @@ impl Shared {
         state.next_seq += 1;
         state.queue.push(
             priority,
+            key,
             Waiter {
                 seq,
                 enqueued_at: now,
@@ -421,11 +399,47 @@ impl Shared {
         Enqueue::Queued(Queued {
             shared: self,
             priority,
+            key,
             seq,
             deadline: now.checked_add(self.config.queue_timeout),
             rx,
             settled: false,
         })
+    }
+
+    /// Room in the queue for a waiter of `priority` and `key`: there is some, or a waiter of
+    /// lower priority is shed to make it; `QueueFull` when `key` has `max_queued_per_key`
+    /// waiters already, or the queue is full of equal or higher priority.
+    fn make_room(
+        &self,
+        state: &mut State,
+        priority: Priority,
+        key: u64,
+        now: Instant,
+    ) -> Result<(), Rejected> {
+        let key_full = self
+            .config
+            .max_queued_per_key
+            .is_some_and(|max| state.queue.queued_for(key) >= max.get());
+        if key_full {
+            let retry_after = state.retry_after(&self.config, now);
+            return Err(Rejected::QueueFull { retry_after });
+        }
+        if state.queue.len < self.config.queue {
+            return Ok(());
+        }
+        let retry_after = state.retry_after(&self.config, now);
+        match state.queue.lowest_priority() {
+            Some(lowest) if priority > lowest => {
+                if let Some(victim) = state.queue.pop_newest_of_lowest() {
+                    // A send fails only if the victim's receiver is gone, and then it has
+                    // nothing left to tell.
+                    let _ = victim.tx.send(Err(Rejected::Shed { retry_after }));
+                }
+                Ok(())
+            }
+            _ => Err(Rejected::QueueFull { retry_after }),
+        }
     }
 
     /// A permit for a slot just taken (`inflight` already counts it).
@@ -519,75 +533,6 @@ impl State {
     }
 }
 
-// === impl WaitQueue ===
-
-/// The index of a priority's FIFO: higher priority, higher index.
-fn level(priority: Priority) -> usize {
-    match priority {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
-        Priority::Critical => 3,
-    }
-}
-
-/// Inverse of [`level`].
-fn priority_of(level: usize) -> Priority {
-    match level {
-        0 => Priority::Low,
-        1 => Priority::Normal,
-        2 => Priority::High,
-        _ => Priority::Critical,
-    }
-}
-
-impl WaitQueue {
-    fn new() -> Self {
-        WaitQueue {
-            levels: Default::default(),
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, priority: Priority, waiter: Waiter) {
-        self.levels[level(priority)].push_back(waiter);
-        self.len += 1;
-    }
-
-    /// The waiter to serve next: highest priority, then oldest.
-    fn pop_best(&mut self) -> Option<Waiter> {
-        let waiter = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
-        self.len -= 1;
-        Some(waiter)
-    }
-
-    /// The lowest priority of any waiter.
-    fn lowest_priority(&self) -> Option<Priority> {
-        let lowest = self.levels.iter().position(|l| !l.is_empty())?;
-        Some(priority_of(lowest))
-    }
-
-    /// The waiter to shed: lowest priority, then newest (it has waited least).
-    fn pop_newest_of_lowest(&mut self) -> Option<Waiter> {
-        let waiter = self.levels.iter_mut().find_map(VecDeque::pop_back)?;
-        self.len -= 1;
-        Some(waiter)
-    }
-
-    /// Removes a waiter that gives up; `false` if it was already removed (served or shed).
-    fn remove(&mut self, priority: Priority, seq: u64) -> bool {
-        let fifo = &mut self.levels[level(priority)];
-        match fifo.binary_search_by_key(&seq, |w| w.seq) {
-            Ok(i) => {
-                fifo.remove(i);
-                self.len -= 1;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
 // === impl Queued ===
 
 impl Queued<'_> {
@@ -627,7 +572,7 @@ impl Queued<'_> {
     fn give_up(&mut self) -> Result<Permit, Rejected> {
         let mut state = self.shared.lock();
         self.settled = true;
-        if state.queue.remove(self.priority, self.seq) {
+        if state.queue.remove(self.priority, self.key, self.seq) {
             let retry_after = state.retry_after(&self.shared.config, Instant::now());
             return Err(Rejected::QueueTimeout { retry_after });
         }
@@ -650,7 +595,10 @@ impl Queued<'_> {
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.shared.lock().queue.remove(self.priority, self.seq);
+            self.shared
+                .lock()
+                .queue
+                .remove(self.priority, self.key, self.seq);
         }
         // The lock is released here; `rx` is dropped after this body. If a permit was sent to
         // this waiter before it could remove its entry, that drop hands the slot on.
@@ -784,5 +732,6 @@ impl Rejected {
     }
 }
 
+mod queue;
 #[cfg(test)]
 mod tests;

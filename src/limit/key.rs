@@ -115,6 +115,17 @@ impl KeyExtractor {
         client
     }
 
+    /// The key a request waits under in a cap's queue with `fair_by: spec`, as a number: a
+    /// keyed hash of the client address (already cut to its IPv6 prefix) or the header's
+    /// value(s), so that a client cannot pick a value that shares another's turn.
+    pub fn queue_key(&self, spec: &KeySpec, client_ip: IpAddr, headers: &HeaderMap) -> u64 {
+        match self.key(spec, client_ip, headers) {
+            LimitKey::Global => 0,
+            LimitKey::Ip(ip) => self.hasher.hash_one(ip),
+            LimitKey::Header(hash) => hash,
+        }
+    }
+
     /// The bucket key of one limit for a request whose client is `client_ip`.
     ///
     /// - `global`: [`LimitKey::Global`].

@@ -2,22 +2,38 @@
 //! queue the request (bounded in depth and time, ordered by priority) or refuse it. Everything
 //! the request holds rides in [`Slots`] until its response body is done.
 
+use std::net::IpAddr;
+
+use http::HeaderMap;
+
 use super::shadowed;
+use crate::client::Origin;
 use crate::config::Mode;
 use crate::limit::{ConcurrencyLimit, Permit, Slots};
 use crate::metrics::{InflightGuard, ScopeMetrics};
 use crate::rescue::{Cap, Rejection};
-use crate::runtime::Route;
+use crate::runtime::{Route, Runtime};
+
+/// Who a request is, for the queues of caps with `fair_by`: the client as the rate limits
+/// see it, and the request's headers.
+pub(super) struct Asker<'a> {
+    rt: &'a Runtime,
+    peer: IpAddr,
+    headers: &'a HeaderMap,
+}
 
 /// Takes the route's slot, then the upstream's.
-pub(super) async fn admit(route: &Route) -> Result<Slots, Rejection> {
+pub(super) async fn admit(route: &Route, asker: Asker<'_>) -> Result<Slots, Rejection> {
     let mut slots = Slots::default();
     if let Some(cap) = &route.concurrency {
-        slots.route = Some(take(cap, route, &route.cap_metrics, Cap::Route).await?);
+        let key = asker.key(cap);
+        slots.route = Some(take(cap, route, &route.cap_metrics, (Cap::Route, key)).await?);
     }
     slots.route_gauge = Some(InflightGuard::enter(&route.metrics.inflight));
     if let Some(cap) = &route.upstream.concurrency {
-        let permit = take(cap, route, &route.upstream_cap_metrics, Cap::Upstream).await?;
+        let key = asker.key(cap);
+        let which = (Cap::Upstream, key);
+        let permit = take(cap, route, &route.upstream_cap_metrics, which).await?;
         slots.upstream = Some(permit);
     }
     slots.upstream_gauge = Some(InflightGuard::enter(&route.upstream_inflight));
@@ -30,7 +46,7 @@ async fn take(
     cap: &ConcurrencyLimit,
     route: &Route,
     metrics: &ScopeMetrics,
-    which: Cap,
+    (which, key): (Cap, u64),
 ) -> Result<Permit, Rejection> {
     if route.mode == Mode::Shadow {
         let (permit, verdict) = cap.admit_shadow();
@@ -46,7 +62,7 @@ async fn take(
         return Ok(permit);
     }
     let permit = cap
-        .acquire(route.priority)
+        .acquire_as(route.priority, key)
         .await
         .map_err(|rejected| Rejection::Capacity {
             cap: which,
@@ -54,4 +70,28 @@ async fn take(
         })?;
     metrics.queue_wait.observe(permit.waited().as_secs_f64());
     Ok(permit)
+}
+
+// === impl Asker ===
+
+impl<'a> Asker<'a> {
+    pub(super) fn new(rt: &'a Runtime, origin: Origin, headers: &'a HeaderMap) -> Self {
+        Asker {
+            rt,
+            peer: origin.peer,
+            headers,
+        }
+    }
+
+    /// The request's key in `cap`'s queue: 0 (one line for all) without `fair_by`.
+    fn key(&self, cap: &ConcurrencyLimit) -> u64 {
+        match &cap.config().fair_by {
+            None => 0,
+            Some(spec) => {
+                let keys = &self.rt.keys;
+                let client = keys.client_ip(self.peer, self.headers);
+                keys.queue_key(spec, client, self.headers)
+            }
+        }
+    }
 }

@@ -122,7 +122,8 @@ pub(super) async fn forward(
     if let Some(retry_after) = route.upstream.pushback() {
         return Err(Rejection::UpstreamPushback { retry_after });
     }
-    let mut slots = caps::admit(route).await?;
+    let asker = caps::Asker::new(rt, origin, req.headers());
+    let mut slots = caps::admit(route, asker).await?;
     let client = hyper::upgrade::on(&mut req);
     let websocket = is_websocket(&protocol);
     let trusted = rt.keys.is_trusted_peer(origin.peer);

@@ -141,9 +141,9 @@ impl Upstream {
         previous: Option<&Upstream>,
     ) -> Self {
         let fleet = Fleet::new(config, keep_alive, previous.map(|p| &*p.fleet));
-        let concurrency = cap.or_else(|| config.concurrency.map(ConcurrencyLimit::new));
+        let concurrency = cap.or_else(|| config.concurrency.clone().map(ConcurrencyLimit::new));
         if let (Some(cap), Some(CapSize::PerEndpoint(per))) =
-            (&concurrency, config.concurrency.map(|c| c.size))
+            (&concurrency, config.concurrency.as_ref().map(|c| c.size))
         {
             // N × healthy endpoints, from now on (see `Fleet::follow`); the fleet before a
             // reload no longer sets it.

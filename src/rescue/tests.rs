@@ -31,6 +31,8 @@ fn problems() -> RouteProblems {
             (Arc::from("per-key"), "10/s, burst 10".to_owned()),
         ],
         key_headers: vec![None, Some("x-api-key".to_owned())],
+        global_keyed: vec![false, false],
+        spread: 0.0,
         policy: Some(HeaderValue::from_static(
             "\"per-client\";q=200;w=2, \"per-key\";q=10;w=1",
         )),

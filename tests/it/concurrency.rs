@@ -723,3 +723,99 @@ async fn shadow_mode_counts_what_the_cap_would_reject() {
     );
     proxy.stop().await;
 }
+
+/// GETs `path` as `tenant` (header `X-Tenant`) in the background.
+fn spawn_get_as(url: String, tenant: &'static str) -> JoinHandle<Got> {
+    tokio::spawn(async move {
+        let req = Request::get(&url)
+            .header("x-tenant", tenant)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        crate::support::send(&crate::support::client(), req).await
+    })
+}
+
+/// A route cap of 1 with a queue of 20, `fair` added to its `concurrency`, in front of `up`.
+async fn tenants_proxy(up: &Gated, fair: &str) -> Proxy {
+    start_proxy(&format!(
+        "server: {{ listen: 127.0.0.1:0 }}\n\
+         upstreams: {{ api: {{ endpoints: ['{}'] }} }}\n\
+         routes: [{{ name: r, upstream: api, concurrency: \
+         {{ max_inflight: 1, queue: 20, queue_timeout: 10s {fair} }} }}]\n",
+        up.up.endpoint()
+    ))
+    .await
+}
+
+/// Where the light tenant's one request reached the upstream (0 = first), after a heavy
+/// tenant took the slot and queued 8 more before it.
+async fn light_position(fair: &str) -> usize {
+    let up = gated_upstream(Duration::ZERO).await;
+    let proxy = tenants_proxy(&up, fair).await;
+    let cap = route_cap(&proxy, "r");
+    let mut all = vec![spawn_get_as(proxy.url("/heavy-0"), "heavy")];
+    until("the heavy tenant holds the slot", PATIENCE, || {
+        up.inflight() == 1
+    })
+    .await;
+    for i in 1..=8 {
+        all.push(spawn_get_as(proxy.url(&format!("/heavy-{i}")), "heavy"));
+        until("queued", PATIENCE, || cap.queue_depth() == i).await;
+    }
+    all.push(spawn_get_as(proxy.url("/light"), "light"));
+    until("the light request queued", PATIENCE, || {
+        cap.queue_depth() == 9
+    })
+    .await;
+    up.open();
+    for got in all {
+        assert_eq!(got.await.unwrap().status, StatusCode::OK);
+    }
+    proxy.stop().await;
+    let arrived = up.arrived();
+    arrived
+        .iter()
+        .position(|p| p == "/light")
+        .unwrap_or_else(|| panic!("{arrived:?}"))
+}
+
+/// Pins: with `fair_by`, a tenant's flood does not delay another tenant's request behind all of
+/// it: the light tenant's request reaches the upstream third (after the heavy request holding
+/// the slot and the one whose turn came first), where arrival order puts it tenth.
+#[tokio::test]
+async fn fair_by_serves_a_light_tenant_between_a_heavy_ones_requests() {
+    assert_eq!(light_position(", fair_by: 'header:X-Tenant'").await, 2);
+    assert_eq!(
+        light_position("").await,
+        9,
+        "without fair_by: arrival order"
+    );
+}
+
+/// Pins: `max_queued_per_key` — a tenant with that many waiters gets 503 `queue-full` at once,
+/// while another tenant still queues and is served.
+#[tokio::test]
+async fn max_queued_per_key_refuses_the_flooding_tenant_only() {
+    let up = gated_upstream(Duration::ZERO).await;
+    let fair = ", fair_by: 'header:X-Tenant', max_queued_per_key: 3";
+    let proxy = tenants_proxy(&up, fair).await;
+    let cap = route_cap(&proxy, "r");
+    let mut held = vec![spawn_get_as(proxy.url("/heavy-0"), "heavy")];
+    until("the slot taken", PATIENCE, || up.inflight() == 1).await;
+    for i in 1..=3 {
+        held.push(spawn_get_as(proxy.url(&format!("/heavy-{i}")), "heavy"));
+        until("queued", PATIENCE, || cap.queue_depth() == i).await;
+    }
+    let refused = spawn_get_as(proxy.url("/heavy-4"), "heavy").await.unwrap();
+    assert_capacity_503(&refused, "queue-full");
+    held.push(spawn_get_as(proxy.url("/light"), "light"));
+    until("the other tenant queued", PATIENCE, || {
+        cap.queue_depth() == 4
+    })
+    .await;
+    up.open();
+    for got in held {
+        assert_eq!(got.await.unwrap().status, StatusCode::OK);
+    }
+    proxy.stop().await;
+}

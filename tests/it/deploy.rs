@@ -973,7 +973,7 @@ async fn kubernetes_manifests_parse_and_fit_together() {
             .upstreams
             .iter()
             .find(|u| &*u.name == upstream)
-            .and_then(|u| u.concurrency)
+            .and_then(|u| u.concurrency.clone())
             .unwrap_or_else(|| panic!("the HPA scales on upstream {upstream}, which has no cap"));
         assert!(cap.queue > 0, "upstream {upstream} has no queue to grow");
     }

@@ -35,6 +35,7 @@ mod proxy;
 mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
+mod retry_after;
 #[cfg(feature = "redis")]
 mod scale_out;
 mod sighup;

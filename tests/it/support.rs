@@ -8,6 +8,7 @@ pub(crate) mod bin;
 #[cfg(feature = "redis")]
 pub(crate) mod deferred;
 pub(crate) mod fleet;
+pub(crate) mod hosts;
 #[cfg(feature = "redis")]
 pub(crate) mod redis_server;
 pub(crate) mod wait;

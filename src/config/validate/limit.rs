@@ -174,7 +174,7 @@ impl Cx {
     }
 
     /// `global` | `client_ip` | `header:<Name>`.
-    fn key(&mut self, at: &str, raw: &str) -> Option<KeySpec> {
+    pub(super) fn key(&mut self, at: &str, raw: &str) -> Option<KeySpec> {
         match raw.trim() {
             "global" => Some(KeySpec::Global),
             "client_ip" => Some(KeySpec::ClientIp),

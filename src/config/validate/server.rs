@@ -57,6 +57,7 @@ impl Cx {
             ],
             EscapedSlashes::default(),
         );
+        let retry_after_spread = self.retry_after_spread(raw.retry_after_spread);
         let client = self.client_limits(raw);
         let (connections, client) = (connections?, client?);
         Some(ServerConfig {
@@ -73,9 +74,26 @@ impl Cx {
             workers: connections.workers,
             max_concurrent_streams: connections.max_concurrent_streams,
             access_log: raw.access_log.unwrap_or(ServerConfig::DEFAULT_ACCESS_LOG),
+            retry_after_spread: retry_after_spread?,
             escaped_slashes: escaped_slashes?,
             client,
         })
+    }
+
+    /// `server.retry_after_spread`: a number in 0..=1.
+    fn retry_after_spread(&mut self, raw: Option<f64>) -> Option<f64> {
+        let spread = raw.unwrap_or(ServerConfig::DEFAULT_RETRY_AFTER_SPREAD);
+        if (0.0..=ServerConfig::MAX_RETRY_AFTER_SPREAD).contains(&spread) {
+            return Some(spread);
+        }
+        self.error(
+            "server.retry_after_spread",
+            format!(
+                "must be a number from 0 (off) to {} (up to twice the wait), not {spread}",
+                ServerConfig::MAX_RETRY_AFTER_SPREAD
+            ),
+        );
+        None
     }
 
     /// The `server` fields of connection handling: timeouts, connections, threads, streams.

@@ -12,8 +12,8 @@ use crate::config::raw::{
     Int, RawAdaptive, RawConcurrency, RawHealthCheck, RawOutlier, RawRetry, RawUpstream,
 };
 use crate::config::{
-    AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, HealthCheckConfig, OutlierConfig,
-    RetryConfig, UpstreamConfig,
+    AdaptiveConfig, Balance, CapSize, ConcurrencyConfig, Config, HealthCheckConfig, KeySpec,
+    OutlierConfig, RetryConfig, UpstreamConfig,
 };
 
 // === impl Cx: upstreams ===
@@ -221,11 +221,46 @@ impl Cx {
             ConcurrencyConfig::DEFAULT_QUEUE_TIMEOUT,
             false,
         );
+        let (fair_by, max_queued_per_key) = self.fairness(at, raw);
         Some(ConcurrencyConfig {
             size: size?,
             queue: queue?,
             queue_timeout: queue_timeout?,
+            fair_by: fair_by?,
+            max_queued_per_key: max_queued_per_key?,
         })
+    }
+
+    /// `fair_by` (`client_ip` or `header:NAME`: one queue for everyone is what its absence
+    /// means, so `global` is refused) and `max_queued_per_key` (with `fair_by` only).
+    fn fairness(
+        &mut self,
+        at: &str,
+        raw: &RawConcurrency,
+    ) -> (Option<Option<KeySpec>>, Option<Option<NonZeroUsize>>) {
+        let fair_at = join(at, "fair_by");
+        let fair_by = match raw.fair_by.as_deref() {
+            None => Some(None),
+            Some(text) => match self.key(&fair_at, text) {
+                Some(KeySpec::Global) => self.fail(
+                    &fair_at,
+                    "expected client_ip or header:<Name>: `global` would be one key for every request, which is the queue without fair_by",
+                ),
+                other => other.map(Some),
+            },
+        };
+        let max_at = join(at, "max_queued_per_key");
+        let max_queued_per_key = match (raw.max_queued_per_key, &raw.fair_by) {
+            (None, _) => Some(None),
+            (Some(_), None) => self.fail(
+                &max_at,
+                "needs fair_by: it bounds the waiters of one key, and fair_by says what a key is",
+            ),
+            (Some(n), Some(_)) => self
+                .nonzero_usize(&max_at, n.0, Config::MAX_COUNT)
+                .map(Some),
+        };
+        (fair_by, max_queued_per_key)
     }
 
     /// A route's `concurrency:`: as an upstream's, but `per_endpoint` is an upstream's alone.

@@ -1,6 +1,7 @@
 //! Tests of the concurrency cap. Time is paused (`start_paused`) and moved with `advance`, and
 //! futures are polled by hand, so that no test depends on the machine's speed.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,6 +16,8 @@ fn limit(max: usize, queue: usize, queue_timeout: Duration) -> ConcurrencyLimit 
         size: CapSize::Fixed(NonZeroUsize::new(max).expect("tests use max_inflight >= 1")),
         queue,
         queue_timeout,
+        fair_by: None,
+        max_queued_per_key: None,
     })
 }
 
@@ -674,6 +677,8 @@ fn adaptive(min: usize, max: usize, queue: usize) -> ConcurrencyLimit {
         }),
         queue,
         queue_timeout: HOUR,
+        fair_by: None,
+        max_queued_per_key: None,
     });
     assert_eq!(lim.limit(), min, "a new cap probes at min_inflight");
     feed(&lim, ms(20), crate::limit::adaptive::PROBE_SAMPLES);
@@ -707,7 +712,7 @@ async fn window(lim: &ConcurrencyLimit, latency: Duration) {
 async fn a_growing_limit_admits_waiters_at_once() {
     let lim = adaptive(2, 64, 8);
     let held: Vec<Permit> = (0..2)
-        .map(|_| lim.shared.enqueue(Normal))
+        .map(|_| lim.shared.enqueue(Normal, 0))
         .map(|e| match e {
             Enqueue::Done(Ok(p)) => p,
             _ => panic!("2 free slots"),
@@ -828,5 +833,138 @@ async fn shadow_verdicts_use_the_adaptive_limit() {
     assert!(va.is_ok() && vb.is_ok() && vc.is_ok(), "2 slots + 1 queued");
     assert_eq!(vd.map_err(|r| r.reason()), Err("queue-full"));
     drop((a, b, c, d));
+    assert_idle(&lim);
+}
+
+// === fair_by: turns across keys ===
+
+/// A waiter of `key`, polled once and found queued.
+async fn queued_as(lim: &ConcurrencyLimit, priority: Priority, key: u64) -> Waiter<'_> {
+    let mut waiter: Waiter<'_> = Box::pin(lim.acquire_as(priority, key));
+    assert_pending!(waiter);
+    waiter
+}
+
+/// Serves the queue one slot at a time, starting from `hold`: the keys of `waiters` in the
+/// order they got the slot.
+async fn service_order(hold: Permit, mut waiters: Vec<(u64, Waiter<'_>)>) -> Vec<u64> {
+    let mut order = Vec::new();
+    drop(hold);
+    while !waiters.is_empty() {
+        let mut served = None;
+        for (i, (key, w)) in waiters.iter_mut().enumerate() {
+            if let Poll::Ready(got) = poll_once(w).await {
+                served = Some((i, *key, got.expect("a slot")));
+                break;
+            }
+        }
+        let (i, key, permit) = served.expect("one waiter has the slot");
+        order.push(key);
+        drop(waiters.remove(i));
+        drop(permit);
+    }
+    order
+}
+
+/// A heavy key queued 6 waiters before a light key's 2: the light key's come second and
+/// fourth (turns), not seventh and eighth (arrival order). Within a key, oldest first.
+#[tokio::test(start_paused = true)]
+async fn keys_take_turns_within_a_priority() {
+    let (lim, hold) = busy(16, HOUR).await;
+    let mut waiters = Vec::new();
+    for _ in 0..6 {
+        waiters.push((1, queued_as(&lim, Normal, 1).await));
+    }
+    for _ in 0..2 {
+        waiters.push((2, queued_as(&lim, Normal, 2).await));
+    }
+    let order = service_order(hold, waiters).await;
+    assert_eq!(order, vec![1, 2, 1, 2, 1, 1, 1, 1]);
+    assert_idle(&lim);
+}
+
+/// Priorities still come first: a critical waiter of the heavy key goes before a normal one
+/// of the light key.
+#[tokio::test(start_paused = true)]
+async fn priority_before_turns() {
+    let (lim, hold) = busy(16, HOUR).await;
+    let waiters = vec![
+        (1, queued_as(&lim, Normal, 1).await),
+        (2, queued_as(&lim, Normal, 2).await),
+        (3, queued_as(&lim, Critical, 1).await),
+    ];
+    assert_eq!(service_order(hold, waiters).await, vec![3, 1, 2]);
+    assert_idle(&lim);
+}
+
+/// A key whose waiters gave up loses its turn, and a new waiter of it later gets one turn, not
+/// two: the line never serves a key twice in a row while another waits.
+#[tokio::test(start_paused = true)]
+async fn a_key_that_left_and_came_back_has_one_turn() {
+    let (lim, hold) = busy(16, HOUR).await;
+    let gone = queued_as(&lim, Normal, 1).await;
+    let mut waiters = vec![(2, queued_as(&lim, Normal, 2).await)];
+    drop(gone);
+    waiters.push((1, queued_as(&lim, Normal, 1).await));
+    waiters.push((1, queued_as(&lim, Normal, 1).await));
+    waiters.push((2, queued_as(&lim, Normal, 2).await));
+    assert_eq!(service_order(hold, waiters).await, vec![2, 1, 2, 1]);
+    assert_idle(&lim);
+}
+
+/// Thousands of keys queueing and giving up leave no memory behind (the stale turns are
+/// compacted away), and a full queue sheds the heaviest key's newest waiter.
+#[tokio::test(start_paused = true)]
+async fn cancelled_keys_leave_nothing_and_the_heaviest_key_is_shed() {
+    let (lim, hold) = busy(4, HOUR).await;
+    for key in 0..5_000u64 {
+        drop(queued_as(&lim, Low, key).await);
+    }
+    {
+        let state = lim.shared.lock();
+        assert_eq!(state.queue.len, 0);
+        assert!(
+            state.queue.line_len(0) <= 16 + 2,
+            "{}",
+            state.queue.line_len(0)
+        );
+    }
+    let mut heavy1 = queued_as(&lim, Low, 7).await;
+    let mut heavy2 = queued_as(&lim, Low, 7).await;
+    let mut light = queued_as(&lim, Low, 8).await;
+    let mut heavy3 = queued_as(&lim, Low, 7).await;
+    // Full (4): a normal arrival sheds key 7's newest.
+    let critical = queued_as(&lim, Normal, 9).await;
+    assert!(matches!(assert_ready!(heavy3), Err(Rejected::Shed { .. })));
+    assert_pending!(light);
+    assert_pending!(heavy1);
+    assert_pending!(heavy2);
+    drop((critical, heavy1, heavy2, light, hold));
+    assert_idle(&lim);
+}
+
+/// `max_queued_per_key`: a key with that many waiters gets `QueueFull` at once; another key
+/// still queues.
+#[tokio::test(start_paused = true)]
+async fn max_queued_per_key_refuses_the_key_not_the_others() {
+    let lim = ConcurrencyLimit::new(ConcurrencyConfig {
+        size: CapSize::Fixed(NonZeroUsize::MIN),
+        queue: 16,
+        queue_timeout: HOUR,
+        fair_by: Some(crate::config::KeySpec::ClientIp),
+        max_queued_per_key: NonZeroUsize::new(2),
+    });
+    let hold = lim.acquire_as(Normal, 1).await.expect("a free slot");
+    let a = queued_as(&lim, Normal, 1).await;
+    let b = queued_as(&lim, Normal, 1).await;
+    let third = assert_ready!(Box::pin(lim.acquire_as(High, 1)));
+    assert!(
+        matches!(third, Err(Rejected::QueueFull { .. })),
+        "{third:?}"
+    );
+    let other = queued_as(&lim, Normal, 2).await;
+    drop(a);
+    let again = queued_as(&lim, Normal, 1).await;
+    drop((b, other, again, hold));
     assert_idle(&lim);
 }
