@@ -800,6 +800,23 @@ pub struct RouteConfig {
     pub concurrency: Option<ConcurrencyConfig>,
     /// Deferred delivery through Redis (needs `store.redis`); `None` = answer every request now.
     pub defer: Option<DeferConfig>,
+    /// Upgraded connections (WebSocket and other `Upgrade`s) open on this route at most, their
+    /// handshakes included; past it an upgrade gets 503 `queue-full`. 0 refuses every upgrade.
+    /// Default [`Self::DEFAULT_MAX_UPGRADED`].
+    pub max_upgraded: usize,
+    /// An upgraded connection with no byte either way for this long is closed. Default
+    /// [`Self::DEFAULT_UPGRADED_IDLE_TIMEOUT`].
+    #[serde(serialize_with = "effective::duration")]
+    pub upgraded_idle_timeout: Duration,
+}
+
+impl RouteConfig {
+    /// `max_upgraded` when absent (the contract's decision after review).
+    pub const DEFAULT_MAX_UPGRADED: usize = 1000;
+    /// `upgraded_idle_timeout` when absent: the contract's example. Long enough for a
+    /// WebSocket whose peers ping every minute or so (browsers and most libraries do less
+    /// often, or never: an application that keeps quiet connections sets its own).
+    pub const DEFAULT_UPGRADED_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 }
 
 /// `routes[].defer:` — requests written to a Redis stream, answered `202 Accepted`, and

@@ -266,6 +266,10 @@ const UTILIZATION: Help = (
     "sluice_utilization",
     "Upstream in-flight requests / the cap in force",
 );
+const UPGRADED: Help = (
+    "sluice_upgraded_connections",
+    "Upgraded (WebSocket) connections open now, handshakes toward one included, by route",
+);
 const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracked now");
 const RATE_LIMIT_EVICTIONS: Help = (
     "sluice_rate_limit_evictions",
@@ -400,6 +404,8 @@ pub(crate) struct Metrics {
     upstream_duration: HistogramFamily<Scope>,
     concurrency_limit: Family<Scope, Gauge>,
     utilization: Family<UpstreamLabel, Gauge<f64, AtomicU64>>,
+    /// `sluice_upgraded_connections{route}`.
+    upgraded: Family<Scope, Gauge>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
     rate_limit_evictions: Family<LimitLabels, Counter>,
     deferred: DeferredFamilies,
@@ -434,6 +440,9 @@ pub(crate) struct RouteMetrics {
     pub(crate) inflight: Gauge,
     /// Time from sending upstream until the response head.
     pub(crate) upstream_duration: Histogram,
+    /// `sluice_upgraded_connections{route}`: also the count `max_upgraded` bounds (one atomic,
+    /// and the same series for every runtime of the route's name, so a reload carries it).
+    pub(crate) upgraded: Gauge,
 }
 
 /// Handles for one cap: a route's or an upstream's.
@@ -502,6 +511,7 @@ impl Metrics {
         );
         let concurrency_limit = register(&mut r, CONCURRENCY_LIMIT, Family::default());
         let utilization = register(&mut r, UTILIZATION, Family::default());
+        let upgraded = register(&mut r, UPGRADED, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
         let deferred = DeferredFamilies::register(&mut r);
@@ -530,6 +540,7 @@ impl Metrics {
             upstream_duration,
             concurrency_limit,
             utilization,
+            upgraded,
             rate_limit_keys,
             rate_limit_evictions,
             deferred,
@@ -566,6 +577,10 @@ impl Metrics {
                 .clone(),
             upstream_duration: self
                 .upstream_duration
+                .get_or_create(&Scope::Route(route.clone()))
+                .clone(),
+            upgraded: self
+                .upgraded
                 .get_or_create(&Scope::Route(route.clone()))
                 .clone(),
         }

@@ -16,6 +16,9 @@
 //!    time the upstream took to answer (or that it did not) is handed to the slots' caps, which
 //!    an adaptive cap learns from.
 //!
+//! An HTTP/1.1 upgrade (WebSocket, [`upgrade`]) leaves this path after stage 2: a place under
+//! the route's `max_upgraded`, the caps' slots until the upstream's 101, never deferred.
+//!
 //! `/_sluice/tasks/<id>` ([`tasks`]) is answered before routing.
 //!
 //! Each stage returns `Result<_, Rejection>`; a request rejected at one stage consumes nothing
@@ -29,6 +32,7 @@ mod defer;
 mod rate;
 mod read_body;
 mod tasks;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,6 +55,7 @@ use crate::config::Mode;
 use crate::limit::{Sample, Slots};
 use crate::proxy::forward;
 use crate::proxy::request_body::{Fault, UpstreamBody};
+use crate::proxy::tunnel::Upgrades;
 use crate::proxy::upstream::Exchanged;
 use crate::rescue::{self, BadRequest, Rejection};
 use crate::router::Target;
@@ -60,16 +65,18 @@ use self::context::{Answer, RequestContext};
 
 /// Answers one request: forwards it, or rejects it with the response the contract fixes.
 /// `stream`: an HTTP/2 stream's mark of activity, kept by the response body until it is done
-/// (see `crate::body::stream`). Never fails: the `Result` is hyper's service contract, taken
-/// here so that no wrapper future copies this one's state.
+/// (see `crate::body::stream`). `upgrades`: where the tunnel of an upgrade answered 101 goes,
+/// the client connection's. Never fails: the `Result` is hyper's service contract, taken here
+/// so that no wrapper future copies this one's state.
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
     origin: Origin,
     req: Request<Incoming>,
-    stream: Option<StreamGuard>,
+    mut stream: Option<StreamGuard>,
+    upgrades: Arc<Upgrades>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut context = RequestContext::new(&rt, origin, &req);
-    let answer = stages(&mut context, req).await;
+    let answer = stages(&mut context, req, (&upgrades, &mut stream)).await;
     let res = context.finish(answer);
     Ok(match stream {
         Some(guard) => res.map(|body| body.with_stream_guard(guard)),
@@ -78,7 +85,11 @@ pub(crate) async fn handle(
 }
 
 /// The stages, in the contract's order, until one answers.
-async fn stages<'rt>(context: &mut RequestContext<'rt>, mut req: Request<Incoming>) -> Answer {
+async fn stages<'rt>(
+    context: &mut RequestContext<'rt>,
+    mut req: Request<Incoming>,
+    (upgrades, stream): (&Upgrades, &mut Option<StreamGuard>),
+) -> Answer {
     let rt = context.rt;
     let index = match admit_to_routing(rt, &mut req) {
         Ok(Routed::Route(index)) => index,
@@ -103,6 +114,21 @@ async fn stages<'rt>(context: &mut RequestContext<'rt>, mut req: Request<Incomin
     if let Err(rejection) = rated {
         return Answer::Rejected(rejection);
     }
+    // An upgrade (WebSocket) goes its own way after the rate limits: no body, no deferral,
+    // and no slot once the upstream has switched.
+    if let Some(protocol) = upgrade::protocol(&req) {
+        let upgraded = Box::pin(upgrade::forward(
+            (rt, route),
+            origin,
+            req,
+            protocol,
+            (upgrades, stream),
+        ));
+        return match upgraded.await {
+            Ok(res) => Answer::Forwarded(res),
+            Err(rejection) => Answer::Rejected(rejection),
+        };
+    }
     match boxed_admit_and_forward(rt, route, origin, req).await {
         Ok(answer) => answer,
         Err(rejection) => Answer::Rejected(rejection),
@@ -121,6 +147,11 @@ enum Routed {
 /// The canonical stage, then the route stage: the first route that matches the canonical
 /// request. Paths are matched without their `;` parameters (`crate::canonical::match_path`).
 fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rejection> {
+    // An HTTP/2 WebSocket (extended CONNECT) is routed as its HTTP/1.1 handshake, a GET.
+    let connect = upgrade::extended_connect(req);
+    if connect == Some(false) {
+        return Err(Rejection::BadRequest(BadRequest::ConnectProtocol));
+    }
     let (req, host) = canonical::check(req, rt.config.server.escaped_slashes)
         .map_err(|cause| Rejection::BadRequest(BadRequest::Canonical(cause)))?;
     let path = req.uri().path();
@@ -132,7 +163,10 @@ fn admit_to_routing<B>(rt: &Runtime, req: &mut Request<B>) -> Result<Routed, Rej
         .find(&Target {
             host,
             path: &path,
-            method: req.method(),
+            method: match connect {
+                Some(_) => &http::Method::GET,
+                None => req.method(),
+            },
         })
         .map(Routed::Route)
         .ok_or(Rejection::NoRoute)
@@ -275,6 +309,12 @@ fn answered(
         slots.record(sample);
     }
     match result {
+        // A switch of protocols no request of this path asked for (RFC 9110 §15.2.2: only to
+        // one the client's `Upgrade` named): the upstream broke the exchange.
+        Ok((res, _)) if res.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::warn!(upstream = %route.upstream.name, "upstream switched protocols on a request that asked for no upgrade");
+            Err(Rejection::UpstreamBroken)
+        }
         Ok((mut res, conn)) => {
             forward::response(&mut res);
             let (parts, body) = res.into_parts();

@@ -9,12 +9,14 @@
 //!   HTTP/2 connections are shared by the requests on them.
 //! - [`connect`] makes a connection speak HTTP: TLS for `https://`, HTTP/1.1 or HTTP/2.
 //! - [`body`] is the body sent upstream (the response body is [`crate::body`]).
+//! - [`tunnel`] relays an upgraded connection (WebSocket) after the upstream's 101.
 
 pub(crate) mod connect;
 pub(crate) mod fleet;
 pub(crate) mod forward;
 pub(crate) mod pool;
 pub(crate) mod request_body;
+pub(crate) mod tunnel;
 pub(crate) mod upstream;
 
 #[cfg(test)]

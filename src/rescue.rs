@@ -95,7 +95,15 @@ pub(crate) enum Rejection {
     /// The body of a request the route defers is larger than `defer.max_body`: 413
     /// `body-too-large`.
     DeferBodyTooLarge,
+    /// The route has `max_upgraded` upgraded connections open (handshakes included): 503
+    /// `queue-full`, `Retry-After` [`UPGRADED_FULL_RETRY_SECS`].
+    UpgradedFull,
 }
+
+/// The `Retry-After` of the 503 past `max_upgraded` (before `retry_after_spread`): the
+/// longest wait a cap's 503 tells. An upgraded connection lasts minutes or hours, so no drain
+/// rate tells when a place frees up, and a WebSocket client told 1 s would knock again at once.
+pub(crate) const UPGRADED_FULL_RETRY_SECS: u64 = 60;
 
 /// What was malformed about a request (the `detail` of its 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +120,8 @@ pub(crate) enum BadRequest {
         /// Which limit.
         limit: usize,
     },
+    /// An HTTP/2 extended CONNECT (RFC 8441) for another protocol than `websocket`.
+    ConnectProtocol,
 }
 
 /// Whose concurrency cap refused a request.
@@ -212,6 +222,8 @@ enum Body {
     DeferFull,
     /// The 503 of a task write whose outcome is unknown, naming the task.
     DeferUnknown(TaskId),
+    /// The 503 past `max_upgraded`.
+    UpgradedFull,
 }
 
 /// A route's plain bodies (see [`RouteProblems::plain`]), by what they answer.
@@ -253,6 +265,7 @@ impl Rejection {
             Rejection::BadRequest(BadRequest::Canonical(cause)) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_request_body(cause))),
             Rejection::BadRequest(BadRequest::IdempotencyKey(bad)) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_idempotency_key(bad))),
             Rejection::BadRequest(BadRequest::RepeatedKey { limit }) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::RepeatedKey(limit)),
+            Rejection::BadRequest(BadRequest::ConnectProtocol) => (S::BAD_REQUEST, "bad-request", O::BadRequest, Body::Static(bad_request_body!("an HTTP/2 CONNECT may ask for the websocket protocol only"))),
             Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "body-too-large", O::BodyTooLarge, Body::Plain(Plain::TooLarge)),
             Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "body-timeout", O::BodyTimeout, Body::Plain(Plain::BodyTimeout)),
             Rejection::DeferUnavailable => (S::SERVICE_UNAVAILABLE, "store-unavailable", O::StoreUnavailable, Body::Plain(Plain::DeferUnavailable)),
@@ -260,6 +273,7 @@ impl Rejection {
             Rejection::DeferFull => (S::SERVICE_UNAVAILABLE, "queue-full", O::QueueFull, Body::DeferFull),
             Rejection::KeyReused => (S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", O::BadRequest, Body::Plain(Plain::KeyReused)),
             Rejection::DeferBodyTooLarge => (S::PAYLOAD_TOO_LARGE, "body-too-large", O::BodyTooLarge, Body::Plain(Plain::DeferTooLarge)),
+            Rejection::UpgradedFull => (S::SERVICE_UNAVAILABLE, "queue-full", O::QueueFull, Body::UpgradedFull),
         };
         Problem { status, reason, outcome, body }
     }
@@ -457,6 +471,8 @@ pub(crate) struct RouteProblems {
     defer_full: (WithRetry, u64),
     /// The `Retry-After` of the 503 of an unknown outcome, in seconds.
     unknown_secs: u64,
+    /// 503 `queue-full` past `max_upgraded`.
+    upgraded_full: WithRetry,
     /// `server.retry_after_spread`, for every 503 and the 429s of limits keyed `global`.
     spread: Spread,
     /// Per rate limit, in config order: whether it is keyed `global` (its 429s are spread).
@@ -492,6 +508,8 @@ pub(crate) struct ProblemSource<'a> {
     /// How long the outcome of a task write may stay unknown: the `Retry-After` of the 503
     /// that says so.
     pub defer_unknown_for: Duration,
+    /// The route's `max_upgraded`, for the detail of the 503 past it.
+    pub max_upgraded: usize,
 }
 
 // === impl RouteProblems ===
@@ -524,6 +542,16 @@ impl RouteProblems {
             plain: plain_bodies(source, defer_unavailable, defer_too_large, key_reused),
             defer_full,
             unknown_secs: retry_after_secs(source.defer_unknown_for).max(1),
+            upgraded_full: WithRetry::new(
+                REDUCED_CAPACITY,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue-full",
+                &format!(
+                    "route {route} has {} upgraded connections open (max_upgraded)",
+                    source.max_upgraded
+                ),
+                route,
+            ),
             spread: Spread::new(source.spread),
             spread_limits: source.global_keyed.clone(),
         }
@@ -568,6 +596,9 @@ impl RouteProblems {
                 let (template, secs) = &self.defer_full;
                 template.respond(p.status, self.spread.apply(*secs))
             }
+            Body::UpgradedFull => self
+                .upgraded_full
+                .respond(p.status, self.spread.apply(UPGRADED_FULL_RETRY_SECS)),
             Body::DeferUnknown(id) => defer_unknown(
                 &self.plain[Plain::DeferUnavailable as usize],
                 &id,

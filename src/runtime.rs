@@ -120,6 +120,10 @@ pub(crate) struct Route {
     /// `defer:`: how requests are deferred, and this instance's deliverers of the route (kept
     /// by the next runtime while the route keeps its name and the store its target).
     pub(crate) defer: Option<RouteDefer>,
+    /// `max_upgraded`: upgraded connections open at most (counted in `metrics.upgraded`).
+    pub(crate) max_upgraded: usize,
+    /// `upgraded_idle_timeout`: an upgraded connection quiet this long is closed.
+    pub(crate) upgraded_idle_timeout: Duration,
 }
 
 /// A rate limit of a route.
@@ -516,6 +520,8 @@ impl<'a> Carry<'a> {
             policy,
             concurrency,
             problems,
+            max_upgraded: r.max_upgraded,
+            upgraded_idle_timeout: r.upgraded_idle_timeout,
         }
     }
 
@@ -611,6 +617,7 @@ fn problems(
         request_body_timeout: config.server.client.request_body_timeout,
         defer: r.defer,
         defer_unknown_for: unknown_for(config),
+        max_upgraded: r.max_upgraded,
     })
 }
 

@@ -41,6 +41,9 @@ tokio::task_local! {
 #[derive(Debug)]
 pub(crate) struct Activity {
     open: AtomicUsize,
+    /// Of the open streams, those upgraded (an HTTP/2 WebSocket, RFC 8441): they keep the
+    /// connection open, but are no request in flight.
+    tunnels: AtomicUsize,
     /// When a stream last ended (or the connection started), on `epoch`.
     last: AtomicU64,
     epoch: Epoch,
@@ -57,6 +60,7 @@ impl Activity {
         let epoch = Epoch::new();
         Activity {
             open: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
             last: AtomicU64::new(epoch.now()),
             epoch,
         }
@@ -88,6 +92,38 @@ impl StreamGuard {
     pub(crate) fn enter(activity: &Arc<Activity>) -> Self {
         activity.open.fetch_add(1, Ordering::AcqRel);
         StreamGuard(activity.clone())
+    }
+
+    /// The guard of a stream that now carries an upgraded connection (HTTP/2 WebSocket).
+    pub(crate) fn into_tunnel(self) -> TunnelGuard {
+        self.0.tunnels.fetch_add(1, Ordering::AcqRel);
+        TunnelGuard(self)
+    }
+}
+
+/// A [`StreamGuard`] of a stream upgraded to a tunnel: still an open stream (the idle
+/// watchdog leaves the connection open), counted apart from requests.
+#[derive(Debug)]
+pub(crate) struct TunnelGuard(StreamGuard);
+
+impl TunnelGuard {
+    /// Resolves once every open stream of the connection is a tunnel: no request is in flight
+    /// on it any more (checked every 50 ms: only waited for at shutdown).
+    pub(crate) async fn only_tunnels(&self) {
+        let activity = &(self.0).0;
+        loop {
+            let open = activity.open.load(Ordering::Acquire);
+            if open <= activity.tunnels.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        (self.0).0.tunnels.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

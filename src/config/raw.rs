@@ -274,6 +274,10 @@ pub(crate) struct RawRoute {
     pub(crate) concurrency: Option<RawConcurrency>,
     /// `defer:`.
     pub(crate) defer: Option<RawDefer>,
+    /// A count ≥ 0.
+    pub(crate) max_upgraded: Option<Int>,
+    /// A duration.
+    pub(crate) upgraded_idle_timeout: Option<String>,
 }
 
 /// `routes[].defer:`.

@@ -1786,6 +1786,34 @@ fn match_paths_are_canonical() {
     assert!(e.message.contains("parameters"), "{}", e.message);
 }
 
+#[test]
+fn upgrade_fields_defaults_and_bounds() {
+    // Pins: `max_upgraded` 1000 and `upgraded_idle_timeout` 5m when absent (the contract's
+    // decision and example), 0 upgrades allowed, both bounded at their field, /config shows them.
+    let c = load(BASE);
+    assert_eq!(c.routes[0].max_upgraded, 1000);
+    assert_eq!(c.routes[0].upgraded_idle_timeout, Duration::from_secs(300));
+    let e = serde_json::to_value(&c).unwrap();
+    assert_eq!(e["routes"][0]["max_upgraded"], 1000);
+    assert_eq!(e["routes"][0]["upgraded_idle_timeout"], "5m");
+    let c = load(&format!(
+        "{BASE}    max_upgraded: 0\n    upgraded_idle_timeout: 90s\n"
+    ));
+    assert_eq!(c.routes[0].max_upgraded, 0);
+    assert_eq!(c.routes[0].upgraded_idle_timeout, Duration::from_secs(90));
+    for (field, value, says) in [
+        ("max_upgraded", "-1", "at least 0"),
+        ("max_upgraded", "10000001", "at most 10000000"),
+        ("upgraded_idle_timeout", "0s", "greater than 0"),
+        ("upgraded_idle_timeout", "25h", "at most 24h"),
+        ("upgraded_idle_timeout", "soon", "a duration with a unit"),
+    ] {
+        let yaml = format!("{BASE}    {field}: {value}\n");
+        let e = one_error(&yaml, &format!("routes[0].{field}"));
+        assert!(e.message.contains(says), "{field}: {value}: {e}");
+    }
+}
+
 /// `fair_by` takes `client_ip` or `header:NAME` (not `global`, which is no fairness at all);
 /// `max_queued_per_key` needs it; both land in the effective config.
 #[test]

@@ -20,6 +20,7 @@ use super::io::SendTimeout;
 use super::server;
 use crate::client::Origin;
 use crate::limit::key::client_group;
+use crate::proxy::tunnel::{Tunnels, CLOSE_WRITE};
 use crate::runtime::http_settings::{HttpBuilder, Protocol};
 use crate::runtime::tls::Acceptor;
 use crate::runtime::{Runtime, Shared};
@@ -100,6 +101,7 @@ impl Listener {
         mut shutdown: ShutdownWatch,
     ) {
         let graceful = GracefulShutdown::new();
+        let tunnels = Tunnels::default();
         let refused = |peer: SocketAddr| {
             shared.runtime().metrics.refused_per_ip();
             tracing::debug!(%peer, "max_connections_per_ip reached; closing at accept");
@@ -124,18 +126,30 @@ impl Listener {
                 send_timeout: runtime.config.server.client.send_timeout,
                 shared: shared.clone(),
                 watcher: graceful.watcher(),
+                tunnels: tunnels.clone(),
                 stopping: shutdown.clone(),
             };
             drop(runtime);
             tokio::spawn(accepted.serve());
         }
         drop(self.gate);
+        // An HTTP/2 WebSocket keeps its stream, and so its connection, open: it closes once its
+        // connection carries no request any more, so that graceful shutdown can finish.
+        tunnels.drain();
         if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace expired; closing connections with requests in flight");
         }
+        // Upgraded connections last, once the requests in flight are done: a close frame
+        // each (WebSocket), then closed.
+        let open = tunnels.open();
+        if open > 0 {
+            tracing::info!(open, "closing upgraded connections");
+        }
+        tunnels.close();
+        let _ = tokio::time::timeout(2 * CLOSE_WRITE, tunnels.closed()).await;
     }
 }
 
@@ -163,6 +177,8 @@ struct Accepted {
     send_timeout: Duration,
     shared: Arc<Shared>,
     watcher: Watcher,
+    /// The listener's upgraded connections, closed last on shutdown.
+    tunnels: Tunnels,
     /// Shutdown need not wait for a connection that has not sent a request yet.
     stopping: ShutdownWatch,
 }
@@ -195,7 +211,10 @@ impl Accepted {
                     maybe_h2,
                     shared,
                     builder,
-                    self.watcher,
+                    server::Draining {
+                        watcher: self.watcher,
+                        tunnels: self.tunnels,
+                    },
                 )
                 .await;
             }
@@ -219,7 +238,10 @@ impl Accepted {
                     maybe_h2,
                     shared,
                     builder,
-                    self.watcher,
+                    server::Draining {
+                        watcher: self.watcher,
+                        tunnels: self.tunnels,
+                    },
                 )
                 .await;
             }

@@ -225,6 +225,8 @@ where
     let fail = |err| ConnectError::Handshake(authority.clone(), err);
     if !h2 {
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(fail)?;
+        // With upgrades: a 101 hands the connection to the response (`proxy::tunnel`).
+        let connection = connection.with_upgrades();
         let authority = authority.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {

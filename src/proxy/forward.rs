@@ -55,7 +55,7 @@ pub(crate) fn request<B>(req: &mut Request<B>, origin: Origin, trusted: bool) {
         req.extensions_mut().insert(TeTrailers);
     }
     let headers = req.headers_mut();
-    // Includes `Upgrade`: sluice does not tunnel upgraded connections.
+    // Includes `Upgrade`: an upgrade request gets it back from `upgrade_headers`.
     strip_hop_by_hop(headers);
     // A scan of the names present first: most requests carry none of them, and a removal
     // hashes its name whether or not it is there.
@@ -100,6 +100,14 @@ fn asks_trailers(headers: &HeaderMap) -> bool {
             })
         })
     })
+}
+
+/// Puts back the two hop-by-hop headers an upgrade is made of (RFC 9110 §7.8), after
+/// [`request`] or [`response`] removed them: `Upgrade: <protocol>` and `Connection: upgrade`,
+/// and nothing else the other hop named in `Connection`.
+pub(crate) fn upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
 /// Position of a hop-by-hop header in [`HOP_BY_HOP`], if `name` is one.

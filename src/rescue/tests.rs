@@ -40,6 +40,7 @@ fn problems() -> RouteProblems {
         request_body_timeout: Duration::from_secs(30),
         defer: None,
         defer_unknown_for: Duration::from_secs(7),
+        max_upgraded: 1000,
     })
 }
 
@@ -177,6 +178,14 @@ fn every_rejection_has_its_status_reason_type_and_outcome() {
             ABOUT_BLANK,
             None,
             Outcome::BodyTooLarge,
+        ),
+        (
+            Rejection::UpgradedFull,
+            503,
+            "queue-full",
+            REDUCED_CAPACITY,
+            Some(60),
+            Outcome::QueueFull,
         ),
     ]);
     for (rejection, status, reason, kind, retry_after, outcome) in cases {

@@ -102,7 +102,10 @@ pub(crate) fn http_builder(server: &ServerConfig) -> HttpBuilder {
         // with an adaptive connection window that grows).
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .adaptive_window(false);
+        .adaptive_window(false)
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/2 (RFC 8441), tunnelled to
+        // the upstream as HTTP/1.1 upgrades (`crate::pipeline::upgrade`).
+        .enable_connect_protocol();
     Arc::new(Http {
         http1: builder.clone().http1_only(),
         http2: builder.clone().http2_only(),

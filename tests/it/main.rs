@@ -43,3 +43,4 @@ mod sighup;
 mod tls;
 mod upstream_h2;
 mod upstream_tls;
+mod websocket;

@@ -488,6 +488,35 @@ async fn http1_only_and_no_alpn_clients_are_served() {
     proxy.stop().await;
 }
 
+/// A WebSocket over the HTTPS listener with ALPN `http/1.1` (hyper-util's upgradeable
+/// connection there): upgraded, and 100 messages echoed through TLS both ways.
+#[tokio::test]
+async fn websocket_over_tls_with_alpn_http1() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = installed_pki();
+    let up = crate::websocket::ws_upstream(None).await;
+    let proxy = start_proxy(&config(&pki, &up.endpoint(), "", None)).await;
+    let tls = connect(https(&proxy), pki.client(&[b"http/1.1"])).await;
+    assert_eq!(alpn(&tls).as_deref(), Some(&b"http/1.1"[..]));
+    let (mut ws, res) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async("wss://localhost/ws", tls),
+    )
+    .await
+    .expect("handshake within 10 s")
+    .expect("upgraded over TLS");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..100 {
+        let text = format!("over tls {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    drop(ws);
+    proxy.stop().await;
+}
+
 /// TLS 1.2 and TLS 1.3 are both accepted.
 #[tokio::test]
 async fn tls12_and_tls13_are_accepted() {

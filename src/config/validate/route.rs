@@ -9,7 +9,7 @@ use super::cx::{is_host_name, Cx};
 use super::{join, present, Stores};
 use crate::canonical;
 use crate::config::raw::{RawMatch, RawRoute};
-use crate::config::{HostMatch, Mode, PathMatch, Priority, RouteConfig, RouteMatch};
+use crate::config::{Config, HostMatch, Mode, PathMatch, Priority, RouteConfig, RouteMatch};
 
 // === impl Cx: routes ===
 
@@ -83,6 +83,18 @@ impl Cx {
             .defer
             .as_ref()
             .map(|d| self.defer(&join(at, "defer"), d, stores.tasks, mode));
+        let max_upgraded = self.whole(
+            &join(at, "max_upgraded"),
+            raw.max_upgraded,
+            RouteConfig::DEFAULT_MAX_UPGRADED,
+            (0, Config::MAX_COUNT),
+        );
+        let upgraded_idle_timeout = self.duration(
+            &join(at, "upgraded_idle_timeout"),
+            raw.upgraded_idle_timeout.as_deref(),
+            RouteConfig::DEFAULT_UPGRADED_IDLE_TIMEOUT,
+            false,
+        );
         Some(RouteConfig {
             name: name?,
             matcher: matcher?,
@@ -93,6 +105,8 @@ impl Cx {
             rate_limits: limits.into_iter().collect::<Option<_>>()?,
             concurrency: present(concurrency)?,
             defer: present(defer)?,
+            max_upgraded: max_upgraded?,
+            upgraded_idle_timeout: upgraded_idle_timeout?,
         })
     }
 
