@@ -250,3 +250,36 @@ fn access_line_has_the_upstream_protocol() {
         assert_eq!(sluice.wait_exit(), Some(0), "{}", sluice.stderr(true));
     }
 }
+
+/// Pins: a WebSocket handshake to an upstream that speaks HTTP/2 to sluice reaches it as a
+/// plain GET (HTTP/2 has no `Upgrade`), and its answer is relayed as a normal response: never a
+/// 101 the upstream did not give, never a hang, and the connection stays HTTP.
+#[tokio::test]
+async fn an_upgrade_to_an_http2_upstream_is_a_plain_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = proto_upstream(None).await;
+    let proxy = start_proxy(&config("http", &upstream, "http2", None)).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let upgrade = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n";
+    let mut answers = String::new();
+    for _ in 0..2 {
+        tcp.write_all(upgrade).await.expect("write");
+        let mut head = vec![0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut head))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        answers.push_str(&String::from_utf8_lossy(&head[..n]));
+    }
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+    assert!(!answers.contains(" 101 "), "{answers}");
+    assert!(
+        answers.contains("HTTP/2.0"),
+        "the upstream saw HTTP/2: {answers}"
+    );
+    proxy.stop().await;
+}
