@@ -2,8 +2,9 @@
 //! h2c, `tonic::client::Grpc`, prost messages) calling a service that tonic's server side
 //! encodes (`tonic::server::Grpc` under hyper's HTTP/2 server), sluice between them with its
 //! upstream on `protocol: http2`. What the library makes of sluice's answers is what a user of
-//! it sees: a relayed status with its metadata, and sluice's own refusals as
-//! RESOURCE_EXHAUSTED (with the pushback in the metadata), UNAVAILABLE and DEADLINE_EXCEEDED.
+//! it sees: unary, server-streaming and bidirectional calls, a relayed status with its
+//! metadata, and sluice's own refusals as RESOURCE_EXHAUSTED (with the pushback in the
+//! metadata), UNAVAILABLE, DEADLINE_EXCEEDED and INVALID_ARGUMENT.
 //!
 //! The messages are written by hand (`#[derive(prost::Message)]`) and the paths given as
 //! `PathAndQuery`: no `.proto` file, no codegen, no `protoc`.
@@ -24,9 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::server::{ServerStreamingService, UnaryService};
+use tonic::server::{ServerStreamingService, StreamingService, UnaryService};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
 use crate::support::*;
@@ -46,6 +47,7 @@ const UNARY: &str = "/sluice.test.Echo/Unary";
 const STREAM: &str = "/sluice.test.Echo/Stream";
 const FAIL: &str = "/sluice.test.Echo/Fail";
 const FAIL_LATE: &str = "/sluice.test.Echo/FailLate";
+const CHAT: &str = "/sluice.test.Echo/Chat";
 
 /// The status the upstream fails with: NOT_FOUND, a message that needs percent-encoding on the
 /// wire, and custom metadata.
@@ -123,6 +125,29 @@ impl ServerStreamingService<Echo> for StreamSvc {
     }
 }
 
+/// The bidirectional method `Chat`: each message echoed as it comes, the stream ending OK when
+/// the client's does.
+#[derive(Debug, Clone)]
+struct ChatSvc;
+
+impl StreamingService<Echo> for ChatSvc {
+    type Response = Echo;
+    type ResponseStream = EchoStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<EchoStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<Echo>>) -> Self::Future {
+        Box::pin(async move {
+            let replies = request.into_inner().map(|message| {
+                message.map(|echo| Echo {
+                    text: format!("echo: {}", echo.text),
+                    count: echo.count,
+                })
+            });
+            Ok(Response::new(Box::pin(replies) as EchoStream))
+        })
+    }
+}
+
 /// The test service over h2c on a loopback port: each method served by tonic's server side.
 async fn tonic_upstream() -> (String, Arc<State>, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -147,6 +172,7 @@ async fn tonic_upstream() -> (String, Arc<State>, JoinHandle<()>) {
                             FAIL => grpc.unary(UnarySvc(state, true), req).await,
                             STREAM => grpc.server_streaming(StreamSvc(false), req).await,
                             FAIL_LATE => grpc.server_streaming(StreamSvc(true), req).await,
+                            CHAT => grpc.streaming(ChatSvc, req).await,
                             _ => Status::unimplemented("no such method").into_http(),
                         };
                         Ok::<_, Infallible>(res)
@@ -437,5 +463,84 @@ async fn client_deadline_frees_the_slot() {
             Err(status) => panic!("{status:?}"),
         }
     }
+    proxy.stop().await;
+}
+
+/// sluice with `server` (YAML flow-map members) in front of `endpoint`, one route.
+async fn proxy_with_server(endpoint: &str, server: &str) -> Proxy {
+    start_proxy(&format!(
+        "server: {{ listen: 127.0.0.1:0, {server} }}\n\
+         upstreams:\n  api: {{ endpoints: ['{endpoint}'], protocol: http2, timeout: 10s }}\n\
+         routes: [{{ name: all, upstream: api }}]\n"
+    ))
+    .await
+}
+
+/// Pins: a bidirectional call whose client sends its next message only after the reply to the
+/// last one (its stream open throughout) is answered message by message: sluice does not hold
+/// a gRPC request's body until it ends or fills `request_buffer` (before, the call never
+/// reached the upstream and ended in DEADLINE_EXCEEDED `body-timeout` after
+/// `request_body_timeout`, here 5 s).
+#[tokio::test]
+async fn bidirectional_call_is_answered_message_by_message() {
+    let (endpoint, state, _upstream) = tonic_upstream().await;
+    let proxy = proxy_with_server(&endpoint, "request_body_timeout: 5s").await;
+    let mut client = client_of(&proxy).await;
+
+    let call = async {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Echo>(1);
+        let outgoing = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let say = |n: u32| Echo {
+            text: format!("ping {n}"),
+            count: n,
+        };
+        tx.send(say(0)).await.unwrap();
+        client.ready().await.expect("the channel is ready");
+        let mut replies: Streaming<Echo> = client
+            .streaming(
+                Request::new(outgoing),
+                PathAndQuery::from_static(CHAT),
+                ProstCodec::default(),
+            )
+            .await
+            .expect("the call's response head")
+            .into_inner();
+        for n in 0..3 {
+            if n > 0 {
+                tx.send(say(n)).await.unwrap();
+            }
+            let reply = replies
+                .message()
+                .await
+                .expect("a reply")
+                .expect("not the end");
+            assert_eq!(reply.text, format!("echo: ping {n}"));
+        }
+        drop(tx);
+        let end = replies.message().await.expect("the call ends OK");
+        assert!(end.is_none(), "{end:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call ended within 30 s");
+    assert_eq!(state.calls.load(Ordering::SeqCst), 1);
+    proxy.stop().await;
+}
+
+/// Pins: a request message larger than `max_request_body` (the body streamed to the upstream,
+/// the limit found on the way) is INVALID_ARGUMENT, `body-too-large`, to tonic's client; the
+/// connection serves the next call.
+#[tokio::test]
+async fn body_over_the_limit_is_invalid_argument() {
+    let (endpoint, _state, _upstream) = tonic_upstream().await;
+    let proxy = proxy_with_server(&endpoint, "max_request_body: 64KiB").await;
+    let mut client = client_of(&proxy).await;
+
+    let big = "x".repeat(300_000);
+    let status = unary(&mut client, UNARY, &big).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.message(), "body-too-large");
+    let answer = unary(&mut client, UNARY, "small").await.expect("OK");
+    assert_eq!(answer.get_ref().text, "echo: small");
     proxy.stop().await;
 }
