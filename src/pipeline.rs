@@ -6,8 +6,8 @@
 //! 2. **rate limits** ([`rate`]): a header the route's limits key on must come once (else
 //!    400 `bad-request`, before any bucket is charged); every limit of the route must admit
 //!    the request (never waits), or 429;
-//! 3. **body** ([`body`]): the client's body is read (up to `request_buffer`) before the request
-//!    may wait for a slot, or 413/408/400;
+//! 3. **body** ([`body`]): the client's body is read (up to `request_buffer`; a gRPC body
+//!    streams from the first byte) before the request may wait for a slot, or 413/408/400;
 //! 4. **caps** ([`caps`]): the route's cap, then the upstream's — a slot, or a place in the
 //!    bounded priority queue, or 503 (`queue-full`, `queue-timeout`, `shed`). A route with
 //!    `defer:` ([`defer`]) writes the request to Redis and answers 202 instead: every request
@@ -209,7 +209,8 @@ async fn admit_and_forward(
         defer::precheck(rt, route, req.body())?;
     }
     let (parts, body) = req.into_parts();
-    let body = read_body::read(rt, body).await?;
+    let grpc = crate::rescue::grpc::is_grpc(&parts.headers);
+    let body = read_body::read(rt, body, grpc).await?;
     match (when, &key) {
         (Some(DeferWhen::Always), _) => {
             let written = defer::defer((rt, route), (origin, trusted), (parts, body, key), None);

@@ -11,6 +11,11 @@
 //!   the rest streams, each pause bounded by `request_body_timeout` and the total by
 //!   `max_request_body` (see [`crate::proxy::request_body`]).
 //! - Malformed framing (bad chunked encoding): 400 `bad-request`, never a 502.
+//! - A gRPC request's body is never read ahead: it streams from the first byte, as a longer
+//!   body does. It is a stream of messages the upstream may answer one at a time (the client
+//!   of a bidirectional call may wait for a reply before it sends the next message, or end its
+//!   stream only at the end of the call): held until it ends or fills the buffer, it would
+//!   never reach the upstream, and the call would end in 408 `body-timeout`.
 
 use std::collections::VecDeque;
 
@@ -24,8 +29,13 @@ use crate::proxy::request_body::{ClientBody, UpstreamBody};
 use crate::rescue::{BadRequest, Rejection};
 use crate::runtime::Runtime;
 
-/// Reads what the rules say to read of `body`; the rest is left to stream.
-pub(super) async fn read(rt: &Runtime, body: Incoming) -> Result<UpstreamBody, Rejection> {
+/// Reads what the rules say to read of `body`; the rest is left to stream. `grpc`: the body of
+/// a gRPC request, which streams from the first byte (see the module docs).
+pub(super) async fn read(
+    rt: &Runtime,
+    body: Incoming,
+    grpc: bool,
+) -> Result<UpstreamBody, Rejection> {
     if body.is_end_stream() {
         return Ok(UpstreamBody::Empty);
     }
@@ -37,8 +47,8 @@ pub(super) async fn read(rt: &Runtime, body: Incoming) -> Result<UpstreamBody, R
     }
     let buffer = limits.request_buffer.0;
     let pause = limits.request_body_timeout;
-    if hint.lower() > buffer {
-        // Announced longer than the buffer: streams from the first byte.
+    if hint.lower() > buffer || grpc {
+        // Announced longer than the buffer, or gRPC: streams from the first byte.
         return Ok(UpstreamBody::Client(ClientBody::streamed(
             VecDeque::new(),
             None,

@@ -31,6 +31,7 @@ mod edge;
 mod examples;
 mod fleet;
 mod grpc;
+mod grpc_client;
 mod h1_differential;
 mod proxy;
 mod rate_limit;
