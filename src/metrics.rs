@@ -499,16 +499,15 @@ impl Metrics {
             register(&mut r, RESPONSES, Family::default());
         let inflight = register(&mut r, INFLIGHT, Family::default());
         let queue_depth = register(&mut r, QUEUE_DEPTH, Family::default());
-        let queue_wait = register(
-            &mut r,
-            QUEUE_WAIT,
-            Family::new_with_constructor(histogram as fn() -> Histogram),
-        );
-        let upstream_duration = register(
-            &mut r,
-            UPSTREAM_DURATION,
-            Family::new_with_constructor(histogram as fn() -> Histogram),
-        );
+        let mut histograms = |name| {
+            register(
+                &mut r,
+                name,
+                Family::new_with_constructor(histogram as fn() -> Histogram),
+            )
+        };
+        let (queue_wait, upstream_duration) =
+            (histograms(QUEUE_WAIT), histograms(UPSTREAM_DURATION));
         let concurrency_limit = register(&mut r, CONCURRENCY_LIMIT, Family::default());
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let upgraded = register(&mut r, UPGRADED, Family::default());
@@ -520,11 +519,8 @@ impl Metrics {
         let buffered_bytes = register(&mut r, BUFFERED_BYTES, Gauge::default());
         let refused_per_ip = refused_per_ip(&mut r);
         let tls_handshake_failures = register(&mut r, TLS_HANDSHAKE_FAILURES, Counter::default());
-        let unrouted = |outcome, code| unrouted_series(&requests, &responses, outcome, code);
-        let (no_route, bad_request) = (
-            unrouted(Outcome::NoRoute, 404),
-            unrouted(Outcome::BadRequest, 400),
-        );
+        let no_route = unrouted_series(&requests, &responses, Outcome::NoRoute, 404);
+        let bad_request = unrouted_series(&requests, &responses, Outcome::BadRequest, 400);
         // Both results exist from the start, at 0: `increase()` then sees the first failure.
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabel(result));

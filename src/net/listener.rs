@@ -187,65 +187,64 @@ impl Accepted {
     /// Waits for the first byte (plain) or the handshake (TLS), then serves HTTP.
     async fn serve(mut self) {
         let _ = self.tcp.set_nodelay(true);
-        // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d; upstreams, keys
-        // and logs should see a.b.c.d.
-        let client = self.peer.ip().to_canonical();
         match self.tls.take() {
-            None => {
-                let waited = tokio::select! {
-                    waited = first_byte(self.tcp, self.peer, self.header_read_timeout) => waited,
-                    () = self.stopping.wait() => None,
-                };
-                let Some((tcp, first)) = waited else { return };
-                let origin = Origin {
-                    peer: client,
-                    https: false,
-                };
-                // The HTTP/2 preface starts with `P`; anything else is HTTP/1.
-                let maybe_h2 = first == b'P';
-                let (shared, builder) = (self.shared, self.builder);
-                server::serve(
-                    SendTimeout::new(tcp, self.send_timeout),
-                    origin,
-                    Protocol::Detect,
-                    maybe_h2,
-                    shared,
-                    builder,
-                    server::Draining {
-                        watcher: self.watcher,
-                        tunnels: self.tunnels,
-                    },
-                )
-                .await;
-            }
-            Some(acceptor) => {
-                let handshaken = tokio::select! {
-                    tls = handshake(self.tcp, self.peer, acceptor, self.header_read_timeout, &self.shared) => tls,
-                    () = self.stopping.wait() => None,
-                };
-                let Some(tls) = handshaken else { return };
-                let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
-                let origin = Origin {
-                    peer: client,
-                    https: true,
-                };
-                let maybe_h2 = protocol != Protocol::Http1;
-                let (shared, builder) = (self.shared, self.builder);
-                server::serve(
-                    SendTimeout::new(tls, self.send_timeout),
-                    origin,
-                    protocol,
-                    maybe_h2,
-                    shared,
-                    builder,
-                    server::Draining {
-                        watcher: self.watcher,
-                        tunnels: self.tunnels,
-                    },
-                )
-                .await;
-            }
+            None => self.serve_plain().await,
+            Some(acceptor) => self.serve_tls(acceptor).await,
         }
+    }
+
+    /// The client as upstreams, keys and logs see it: an IPv4 client on a dual-stack listener
+    /// arrives as ::ffff:a.b.c.d, and is a.b.c.d.
+    fn origin(&self, https: bool) -> Origin {
+        Origin {
+            peer: self.peer.ip().to_canonical(),
+            https,
+        }
+    }
+
+    async fn serve_plain(mut self) {
+        let origin = self.origin(false);
+        let waited = tokio::select! {
+            waited = first_byte(self.tcp, self.peer, self.header_read_timeout) => waited,
+            () = self.stopping.wait() => None,
+        };
+        let Some((tcp, first)) = waited else { return };
+        // The HTTP/2 preface starts with `P`; anything else is HTTP/1.
+        let maybe_h2 = first == b'P';
+        let draining = server::Draining {
+            watcher: self.watcher,
+            tunnels: self.tunnels,
+        };
+        let io = SendTimeout::new(tcp, self.send_timeout);
+        let (shared, builder) = (self.shared, self.builder);
+        server::serve(
+            io,
+            origin,
+            Protocol::Detect,
+            maybe_h2,
+            shared,
+            builder,
+            draining,
+        )
+        .await;
+    }
+
+    async fn serve_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) {
+        let origin = self.origin(true);
+        let handshaken = tokio::select! {
+            tls = handshake(self.tcp, self.peer, acceptor, self.header_read_timeout, &self.shared) => tls,
+            () = self.stopping.wait() => None,
+        };
+        let Some(tls) = handshaken else { return };
+        let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
+        let maybe_h2 = protocol != Protocol::Http1;
+        let draining = server::Draining {
+            watcher: self.watcher,
+            tunnels: self.tunnels,
+        };
+        let io = SendTimeout::new(tls, self.send_timeout);
+        let (shared, builder) = (self.shared, self.builder);
+        server::serve(io, origin, protocol, maybe_h2, shared, builder, draining).await;
     }
 }
 

@@ -22,6 +22,7 @@
 //!   gets 400 before routing ([`extended_connect`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -40,9 +41,11 @@ use crate::body::{Drain, ProxyBody};
 use crate::client::Origin;
 use crate::config::Mode;
 use crate::limit::Sample;
+use crate::limit::Slots;
 use crate::proxy::forward;
 use crate::proxy::request_body::UpstreamBody;
 use crate::proxy::tunnel::{Place, Stream, Tunnel, Upgrades};
+use crate::proxy::upstream::Exchanged;
 use crate::rescue::Rejection;
 use crate::runtime::{Route, Runtime};
 
@@ -112,6 +115,45 @@ pub(super) async fn forward(
     (upgrades, stream): (&Upgrades, &mut Option<StreamGuard>),
 ) -> Result<Response<ProxyBody>, Rejection> {
     let h2 = req.version() == Version::HTTP_2;
+    let (place, mut slots) = admit(rt, route, origin, req.headers()).await?;
+    let client = Client {
+        io: hyper::upgrade::on(&mut req),
+        websocket: is_websocket(&protocol),
+        place,
+    };
+    let req = to_upstream(rt, origin, req, protocol, h2);
+    let sent = Instant::now();
+    let result = exchange(route, req).await;
+    let took = sent.elapsed();
+    let (res, conn) = match result {
+        Ok((res, conn)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => (res, conn),
+        other => return not_switched(rt, route, (other, took), h2, slots),
+    };
+    route.metrics.upstream_duration.observe(took.as_secs_f64());
+    slots.record(Sample::answer(res.status(), false, took));
+    // The handshake is over: an upgraded connection holds no slot.
+    drop(slots);
+    // The upstream's connection is the tunnel's now, never back in the pool.
+    drop(conn);
+    switch(route, res, client, h2, (upgrades, stream))
+}
+
+/// The client's side of an upgrade being made: its connection once upgraded, whether it
+/// speaks WebSocket, and its place under `max_upgraded`.
+struct Client {
+    io: OnUpgrade,
+    websocket: bool,
+    place: Place,
+}
+
+/// A place under `max_upgraded` (or shadow mode's verdict), the upstream's pushback, then the
+/// route's and the upstream's caps, as for any request.
+async fn admit(
+    rt: &Runtime,
+    route: &Route,
+    origin: Origin,
+    headers: &http::HeaderMap,
+) -> Result<(Place, Slots), Rejection> {
     let (place, full) = Place::take(&route.metrics.upgraded, route.max_upgraded);
     if full {
         if route.mode == Mode::Enforce {
@@ -122,10 +164,19 @@ pub(super) async fn forward(
     if let Some(retry_after) = route.upstream.pushback() {
         return Err(Rejection::UpstreamPushback { retry_after });
     }
-    let asker = caps::Asker::new(rt, origin, req.headers());
-    let mut slots = caps::admit(route, asker).await?;
-    let client = hyper::upgrade::on(&mut req);
-    let websocket = is_websocket(&protocol);
+    let slots = caps::admit(route, caps::Asker::new(rt, origin, headers)).await?;
+    Ok((place, slots))
+}
+
+/// The client's upgrade request as the upstream gets it: no body, the usual rewriting, the
+/// upgrade's two headers put back; an HTTP/2 WebSocket as an HTTP/1.1 handshake.
+fn to_upstream(
+    rt: &Runtime,
+    origin: Origin,
+    req: Request<Incoming>,
+    protocol: HeaderValue,
+    h2: bool,
+) -> Request<UpstreamBody> {
     let trusted = rt.keys.is_trusted_peer(origin.peer);
     let (parts, _empty) = req.into_parts();
     let mut req = Request::from_parts(parts, UpstreamBody::Empty);
@@ -134,31 +185,42 @@ pub(super) async fn forward(
     if h2 {
         as_http1_handshake(&mut req);
     }
-    let sent = Instant::now();
-    let result = exchange(route, req).await;
-    let took = sent.elapsed();
-    let (mut res, conn) = match result {
-        Ok((res, conn)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => (res, conn),
-        Ok((res, _)) if h2 && res.status().is_success() => {
+    req
+}
+
+/// An answer other than 101: relayed as any response (or failure), with the slots — but a 2xx
+/// to an HTTP/2 WebSocket, which its client would take for an open WebSocket, is a broken
+/// exchange.
+fn not_switched(
+    rt: &Runtime,
+    route: &Route,
+    (result, took): (Exchanged, Duration),
+    h2: bool,
+    slots: Slots,
+) -> Result<Response<ProxyBody>, Rejection> {
+    if let Ok((res, _)) = &result {
+        if h2 && res.status().is_success() {
             tracing::warn!(upstream = %route.upstream.name, status = %res.status(), "upstream answered a WebSocket handshake with a 2xx other than 101");
             return Err(Rejection::UpstreamBroken);
         }
-        other => {
-            // Not switched: relayed as any response (or failure), with the slots.
-            let drain = Drain::new(
-                rt.config.server.client.response_buffer.0,
-                rt.config.server.client.send_timeout,
-                rt.budget.clone(),
-            );
-            return answered(route, other, took, None, slots, drain);
-        }
-    };
-    route.metrics.upstream_duration.observe(took.as_secs_f64());
-    slots.record(Sample::answer(res.status(), false, took));
-    // The handshake is over: an upgraded connection holds no slot.
-    drop(slots);
-    // The upstream's connection is the tunnel's now, never back in the pool.
-    drop(conn);
+    }
+    let drain = Drain::new(
+        rt.config.server.client.response_buffer.0,
+        rt.config.server.client.send_timeout,
+        rt.budget.clone(),
+    );
+    answered(route, result, took, None, slots, drain)
+}
+
+/// The upstream switched: the tunnel between the two upgraded connections starts, and the
+/// client gets its 101 (HTTP/1.1) or 200 (HTTP/2).
+fn switch(
+    route: &Route,
+    mut res: Response<Incoming>,
+    client: Client,
+    h2: bool,
+    (upgrades, stream): (&Upgrades, &mut Option<StreamGuard>),
+) -> Result<Response<ProxyBody>, Rejection> {
     let Some(switched_to) = res.headers().get(UPGRADE).cloned() else {
         // A 101 must name the protocol (RFC 9110 §15.2.2); without it the client could not
         // tell what it now speaks.
@@ -167,12 +229,12 @@ pub(super) async fn forward(
     };
     let upstream = hyper::upgrade::on(&mut res);
     let tunnel = Tunnel::new(
-        client,
+        client.io,
         upstream,
         Arc::clone(&route.name),
         route.upgraded_idle_timeout,
-        websocket,
-        place,
+        client.websocket,
+        client.place,
     );
     let (mut parts, _empty) = res.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);

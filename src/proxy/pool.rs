@@ -44,6 +44,7 @@ use hyper::client::conn::{http2, TrySendError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+pub(crate) use crate::proxy::connect::ConnectError;
 use crate::proxy::connect::{Connector, Handshaken, Spoken, SETTINGS_WAIT};
 use crate::proxy::request_body::UpstreamBody;
 
@@ -133,30 +134,6 @@ enum Sender {
         /// Counts the request in its connection until dropped.
         _stream: Stream,
     },
-}
-
-/// Why a connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnectError {
-    /// TCP connect failed (refused, unreachable, name not resolved).
-    #[error("connect to {0} failed: {1}")]
-    Io(Authority, #[source] std::io::Error),
-    /// `connect_timeout` expired.
-    #[error("connect to {0} timed out after {1:?}")]
-    Timeout(Authority, Duration),
-    /// No name of the upstream resolved to an address (yet).
-    #[error("no endpoint address (no name of the upstream resolved)")]
-    NoAddress,
-    /// The HTTP handshake failed (an HTTP/2 preface, for one).
-    #[error("connection to {0} failed: {1}")]
-    Handshake(Authority, #[source] hyper::Error),
-    /// The TLS handshake failed: the certificate did not verify, the server wanted a client
-    /// certificate, no common protocol or ALPN, or the connection closed.
-    #[error("TLS handshake with {0} failed: {1}")]
-    Tls(Authority, #[source] std::io::Error),
-    /// The endpoint's host is not a name TLS can verify (and `tls.server_name` is not set).
-    #[error("{0}: the host is not a TLS server name; set tls.server_name")]
-    BadName(Authority),
 }
 
 // === impl KeepAlive ===

@@ -2,6 +2,7 @@
 //! methods). Its `rate_limits`, `concurrency` and `defer` have files of their own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
 
@@ -83,18 +84,7 @@ impl Cx {
             .defer
             .as_ref()
             .map(|d| self.defer(&join(at, "defer"), d, stores.tasks, mode));
-        let max_upgraded = self.whole(
-            &join(at, "max_upgraded"),
-            raw.max_upgraded,
-            RouteConfig::DEFAULT_MAX_UPGRADED,
-            (0, Config::MAX_COUNT),
-        );
-        let upgraded_idle_timeout = self.duration(
-            &join(at, "upgraded_idle_timeout"),
-            raw.upgraded_idle_timeout.as_deref(),
-            RouteConfig::DEFAULT_UPGRADED_IDLE_TIMEOUT,
-            false,
-        );
+        let (max_upgraded, upgraded_idle_timeout) = self.upgraded(at, raw);
         Some(RouteConfig {
             name: name?,
             matcher: matcher?,
@@ -108,6 +98,23 @@ impl Cx {
             max_upgraded: max_upgraded?,
             upgraded_idle_timeout: upgraded_idle_timeout?,
         })
+    }
+
+    /// `max_upgraded` and `upgraded_idle_timeout`: what a route's upgraded connections may hold.
+    fn upgraded(&mut self, at: &str, raw: &RawRoute) -> (Option<usize>, Option<Duration>) {
+        let max_upgraded = self.whole(
+            &join(at, "max_upgraded"),
+            raw.max_upgraded,
+            RouteConfig::DEFAULT_MAX_UPGRADED,
+            (0, Config::MAX_COUNT),
+        );
+        let upgraded_idle_timeout = self.duration(
+            &join(at, "upgraded_idle_timeout"),
+            raw.upgraded_idle_timeout.as_deref(),
+            RouteConfig::DEFAULT_UPGRADED_IDLE_TIMEOUT,
+            false,
+        );
+        (max_upgraded, upgraded_idle_timeout)
     }
 
     /// The index of the upstream a route names.

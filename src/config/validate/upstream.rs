@@ -25,18 +25,7 @@ impl Cx {
         let at = format!("upstreams.{name}");
         let checked_name = self.name(&at, name);
         let endpoints = self.endpoints(&at, raw.endpoints.as_deref());
-        let connect_timeout = self.duration(
-            &join(&at, "connect_timeout"),
-            raw.connect_timeout.as_deref(),
-            UpstreamConfig::DEFAULT_CONNECT_TIMEOUT,
-            false,
-        );
-        let timeout = self.duration(
-            &join(&at, "timeout"),
-            raw.timeout.as_deref(),
-            UpstreamConfig::DEFAULT_TIMEOUT,
-            false,
-        );
+        let (connect_timeout, timeout) = self.upstream_timeouts(&at, raw);
         let concurrency = raw
             .concurrency
             .as_ref()
@@ -87,6 +76,27 @@ impl Cx {
             https,
             tls,
         })
+    }
+
+    /// `connect_timeout` and `timeout`.
+    fn upstream_timeouts(
+        &mut self,
+        at: &str,
+        raw: &RawUpstream,
+    ) -> (Option<Duration>, Option<Duration>) {
+        let connect_timeout = self.duration(
+            &join(at, "connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            UpstreamConfig::DEFAULT_CONNECT_TIMEOUT,
+            false,
+        );
+        let timeout = self.duration(
+            &join(at, "timeout"),
+            raw.timeout.as_deref(),
+            UpstreamConfig::DEFAULT_TIMEOUT,
+            false,
+        );
+        (connect_timeout, timeout)
     }
 
     /// `protocol:` — `http1`, `http2` or `auto` (the default).
