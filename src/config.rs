@@ -1007,6 +1007,15 @@ pub struct RateLimitConfig {
     /// least recently used goes when a new one comes. Default [`Self::DEFAULT_MAX_KEYS`]; at
     /// most [`Self::MAX_MAX_KEYS`].
     pub max_keys: NonZeroUsize,
+    /// Tokens one request takes from its bucket: 1..=[`Self::MAX_COST`], at most `burst` (a
+    /// request costing more could never pass). Default 1.
+    pub cost: NonZeroU32,
+    /// A response header in which the upstream reports what the request cost, in tokens:
+    /// charged to the request's key after the response, less `cost` (already taken), the bucket
+    /// going into debt if need be (at most [`Self::MAX_DEBT_BURSTS`] × `burst`); the header is
+    /// removed from the response. `scope: local` only. Default: none.
+    #[serde(serialize_with = "effective::display_opt")]
+    pub charge_header: Option<HeaderName>,
 }
 
 impl RateLimitConfig {
@@ -1018,6 +1027,13 @@ impl RateLimitConfig {
     pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
     /// Largest `max_keys`: 5 to 8.5 GB of keys for one limit (50 to 85 bytes a key).
     pub const MAX_MAX_KEYS: usize = 100_000_000;
+    /// `cost` when absent.
+    pub const DEFAULT_COST: NonZeroU32 = NonZeroU32::new(1).unwrap();
+    /// Largest `cost`.
+    pub const MAX_COST: u32 = 1_000_000;
+    /// A `charge_header` puts a bucket at most this many bursts in debt: a bad header cannot
+    /// lock a key out for longer than that many refill times (plus the cost of its next request).
+    pub const MAX_DEBT_BURSTS: u32 = 10;
 }
 
 /// `rate_limits[].key`.
@@ -1268,9 +1284,14 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
             (LimitScope::Global, lease) => format!(", scope global, lease {lease}"),
             (LimitScope::Local, _) => String::new(),
         };
+        let cost = match (l.cost.get(), &l.charge_header) {
+            (1, None) => String::new(),
+            (cost, None) => format!(", cost {cost}"),
+            (cost, Some(header)) => format!(", cost {cost}, charged by {header}"),
+        };
         writeln!(
             f,
-            "      limit {}: {} burst {} per {}{scope}",
+            "      limit {}: {} burst {} per {}{scope}{cost}",
             l.name, l.rate, l.burst, l.key
         )?;
     }

@@ -88,7 +88,8 @@ impl<'rt> RequestContext<'rt> {
             _ => None,
         };
         let (res, outcome) = match (answer, self.route) {
-            (Answer::Forwarded(res), Some(route)) => {
+            (Answer::Forwarded(mut res), Some(route)) => {
+                fields.charge(route, res.headers_mut());
                 (fields.decorate(res, route), Some(Outcome::Forwarded))
             }
             // A 202 carries the route's `RateLimit` fields like any answer of the route.

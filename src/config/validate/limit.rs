@@ -78,6 +78,8 @@ impl Cx {
             RateLimitConfig::DEFAULT_MAX_KEYS,
             RateLimitConfig::MAX_MAX_KEYS,
         );
+        let cost = self.cost(&join(at, "cost"), raw.cost, burst, scope);
+        let charge_header = self.charge_header(at, raw.charge_header.as_deref(), scope);
         Some(RateLimitConfig {
             name: name?,
             key: key?,
@@ -86,7 +88,62 @@ impl Cx {
             scope: scope?,
             lease: lease?,
             max_keys: max_keys?,
+            cost: cost?,
+            charge_header: charge_header?,
         })
+    }
+
+    /// `rate_limits[].cost`: 1 (default) … [`RateLimitConfig::MAX_COST`], at most the limit's
+    /// burst (a request costing more could never pass); `scope: local` only for now (the Redis
+    /// script and leases take one token per request).
+    fn cost(
+        &mut self,
+        at: &str,
+        raw: Option<Int>,
+        burst: Option<u32>,
+        scope: Option<LimitScope>,
+    ) -> Option<NonZeroU32> {
+        let Some(raw) = raw else {
+            return Some(RateLimitConfig::DEFAULT_COST);
+        };
+        let cost = self.number::<u32>(at, raw.0, 1, RateLimitConfig::MAX_COST)?;
+        if cost > 1 && scope == Some(LimitScope::Global) {
+            return self.fail(
+                at,
+                "a cost above 1 needs scope: local for now (a global limit takes one token a request)",
+            );
+        }
+        match burst {
+            Some(burst) if cost > burst => self.fail(
+                at,
+                format!("must be at most the limit's burst ({burst}), found {cost}: a request costing more than the bucket holds could never pass"),
+            ),
+            _ => NonZeroU32::new(cost),
+        }
+    }
+
+    /// `rate_limits[].charge_header`: a header name, `scope: local` only for now. `Some(None)`
+    /// when absent.
+    fn charge_header(
+        &mut self,
+        at: &str,
+        raw: Option<&str>,
+        scope: Option<LimitScope>,
+    ) -> Option<Option<HeaderName>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        let at = join(at, "charge_header");
+        let Ok(name) = HeaderName::from_bytes(raw.trim().as_bytes()) else {
+            return self.fail(&at, format!("{raw:?} is not a valid header name"));
+        };
+        if scope == Some(LimitScope::Global) {
+            return self.fail(
+                &at,
+                "charge_header needs scope: local (a global limit cannot be charged after the response yet)",
+            );
+        }
+        Some(Some(name))
     }
 
     /// `rate`: required, `N/s`, `N/m` or `N/h`.

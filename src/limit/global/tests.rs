@@ -29,6 +29,8 @@ fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> R
         scope: LimitScope::Global,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).unwrap(),
+        cost: crate::config::RateLimitConfig::DEFAULT_COST,
+        charge_header: None,
     }
 }
 
