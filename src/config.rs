@@ -1251,6 +1251,25 @@ impl Config {
     }
 }
 
+/// One line of `sluice check`'s summary for the rate limit `l`.
+fn fmt_limit(f: &mut fmt::Formatter<'_>, l: &RateLimitConfig) -> fmt::Result {
+    let scope = match (l.scope, l.lease) {
+        (LimitScope::Global, 0) => ", scope global".to_owned(),
+        (LimitScope::Global, lease) => format!(", scope global, lease {lease}"),
+        (LimitScope::Local, _) => String::new(),
+    };
+    let cost = match (l.cost.get(), &l.charge_header) {
+        (1, None) => String::new(),
+        (cost, None) => format!(", cost {cost}"),
+        (cost, Some(header)) => format!(", cost {cost}, charged by {header}"),
+    };
+    writeln!(
+        f,
+        "      limit {}: {} burst {} per {}{scope}{cost}",
+        l.name, l.rate, l.burst, l.key
+    )
+}
+
 /// One route of the `sluice check` summary, with its limits and cap.
 fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
     let host = r
@@ -1279,21 +1298,7 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
         r.priority.as_str(),
     )?;
     for l in &r.rate_limits {
-        let scope = match (l.scope, l.lease) {
-            (LimitScope::Global, 0) => ", scope global".to_owned(),
-            (LimitScope::Global, lease) => format!(", scope global, lease {lease}"),
-            (LimitScope::Local, _) => String::new(),
-        };
-        let cost = match (l.cost.get(), &l.charge_header) {
-            (1, None) => String::new(),
-            (cost, None) => format!(", cost {cost}"),
-            (cost, Some(header)) => format!(", cost {cost}, charged by {header}"),
-        };
-        writeln!(
-            f,
-            "      limit {}: {} burst {} per {}{scope}{cost}",
-            l.name, l.rate, l.burst, l.key
-        )?;
+        fmt_limit(f, l)?;
     }
     if let Some(c) = &r.concurrency {
         writeln!(f, "      {}", DisplayCap(c))?;
