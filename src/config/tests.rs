@@ -1799,11 +1799,11 @@ fn cost_and_charge_header() {
     );
 }
 
-/// A global limit takes one token a request and cannot be charged after the response (yet):
-/// `cost` above 1 and `charge_header` are errors there, saying so.
+/// A global limit takes its cost from Redis, but not with a lease (leased tokens are spent one
+/// a request), and cannot be charged after the response (yet): errors saying so.
 #[cfg(feature = "redis")]
 #[test]
-fn cost_and_charge_header_need_scope_local() {
+fn cost_and_charge_header_on_global_limits() {
     let limit = |fields: &str| {
         format!(
             "{}store:\n  redis: {{url: \"redis://h\"}}\n{}    rate_limits: [{{key: global, rate: 10/s, scope: global{fields}}}]\n",
@@ -1811,9 +1811,18 @@ fn cost_and_charge_header_need_scope_local() {
             &BASE[BASE.find("upstreams:").unwrap()..]
         )
     };
-    load(&limit(", cost: 1"));
-    let e = one_error(&limit(", cost: 2"), "routes[0].rate_limits[0].cost");
-    assert!(e.message.contains("needs scope: local"), "{}", e.message);
+    let c = load(&limit(", cost: 5"));
+    assert_eq!(c.routes[0].rate_limits[0].cost.get(), 5);
+    load(&limit(", cost: 1, lease: 5"));
+    let e = one_error(
+        &limit(", cost: 2, lease: 5"),
+        "routes[0].rate_limits[0].cost",
+    );
+    assert!(
+        e.message.contains("cannot go with a lease"),
+        "{}",
+        e.message
+    );
     let e = one_error(
         &limit(", charge_header: X-Cost"),
         "routes[0].rate_limits[0].charge_header",

@@ -21,6 +21,10 @@
 //! yields the same [`Decision`]s, hence the same `Retry-After` and `RateLimit` fields, as a local
 //! limit with the same parameters.
 //!
+//! **A cost** (`cost: c`, without a lease): the script is asked for `c` tokens and needs them
+//! all — denied iff `d > τ − (c − 1)·T` (the level is below `c·T`, governor's `check_key_n`),
+//! with `retry_after = d − τ + (c − 1)·T` — and grants `c` then. `c = 1` is the step above.
+//!
 //! **Several tokens at once** (leases, below): the script is asked for up to `want` tokens and
 //! grants `k = min(want, ⌊(τ + T − max(d, 0)) / T⌋)`, the whole tokens the bucket holds, setting
 //! the TAT to `now + max(d, 0) + k·T`: `k` requests in a row would have left the same TAT, so a
@@ -154,14 +158,16 @@ const LEASE_TTL_INTERVALS: u32 = 16;
 /// The shortest and longest life of leased tokens.
 const LEASE_TTL_BOUNDS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
 
-/// The GCRA step for up to `want` tokens; see the module docs. `KEYS[1]` the bucket, `ARGV[1]`
-/// T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ 1). Returns `{k, TAT − now}` (ns) after granting
-/// `k ≥ 1` tokens, `{0, retry_after}` (ns) after a denial.
+/// The GCRA step for up to `want` tokens, at least `need`; see the module docs. `KEYS[1]` the
+/// bucket, `ARGV[1]` T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ need), `ARGV[4]` need (≥ 1, the
+/// limit's cost). Returns `{k, TAT − now}` (ns) after granting `k ≥ need` tokens,
+/// `{0, retry_after}` (ns) after a denial.
 const SCRIPT_SOURCE: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local slack = tau - (tonumber(ARGV[4]) - 1) * t
 local clock = redis.call('TIME')
 local now_s = tonumber(clock[1])
 local now_ns = tonumber(clock[2]) * 1000
@@ -173,8 +179,8 @@ if tat then
     d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
   end
 end
-if d > tau then
-  return {0, d - tau}
+if d > slack then
+  return {0, d - slack}
 end
 if d < 0 then d = 0 end
 local room = tau + t - d
@@ -206,6 +212,8 @@ pub(crate) struct GlobalLimit {
     emission_nanos: u64,
     /// Bucket size (`config.burst`, unless cut to [`MAX_REFILL_NANOS`]).
     burst: u32,
+    /// Tokens a request takes (`config.cost`, at most `burst`; 1 with a lease): `ARGV[4]`.
+    cost: u32,
     /// `ARGV[1]`, `ARGV[2]`: T and τ in decimal, formatted once.
     argv: [Box<str>; 2],
     /// `store.redis.timeout`.
@@ -268,6 +276,7 @@ impl GlobalLimit {
             prefix: prefix.into_boxed_slice(),
             emission_nanos,
             burst,
+            cost: config.cost.get().min(burst),
             argv: [emission_nanos.to_string().into(), tau.to_string().into()],
             timeout: redis.timeout,
             on_error: redis.on_error,
@@ -326,13 +335,14 @@ impl GlobalLimit {
                 }
                 return Ok(Some(self.decision(ahead, left)));
             }
-            Taken::Ask { want, refill } => (want, refill),
+            // Without a lease, `want` is 1: the request's cost is what it asks for.
+            Taken::Ask { want, refill } => (want.max(self.cost), refill),
         };
         let guard = refill.then(|| self.memos.refill(*key));
         let answer = self.ask(&self.redis_key(key, headers), want).await;
         let settle = match answer {
             Answer::Granted { tokens, ahead } => Settle::Granted {
-                left: tokens - 1,
+                left: tokens.saturating_sub(self.cost),
                 ahead,
             },
             Answer::Denied { retry_after } => Settle::Denied(retry_after),
@@ -343,7 +353,9 @@ impl GlobalLimit {
             None => self.memos.settle(key, false, settle),
         }
         match answer {
-            Answer::Granted { tokens, ahead } => Ok(Some(self.decision(ahead, tokens - 1))),
+            Answer::Granted { tokens, ahead } => {
+                Ok(Some(self.decision(ahead, tokens.saturating_sub(self.cost))))
+            }
             Answer::Denied { retry_after } => Ok(Some(Decision::Denied { retry_after })),
             Answer::Failed => self.fallback(key),
         }
@@ -372,7 +384,8 @@ impl GlobalLimit {
         });
     }
 
-    /// One script call for up to `want` tokens of the bucket `redis_key`, bounded by `timeout`;
+    /// One script call for up to `want` tokens (at least the limit's cost) of the bucket
+    /// `redis_key`, bounded by `timeout`;
     /// failures feed the breaker of the key's slot.
     async fn ask(&self, redis_key: &[u8], want: u32) -> Answer {
         let inner = &self.store.inner;
@@ -382,7 +395,11 @@ impl GlobalLimit {
                 return Ok(None);
             };
             let mut invocation = SCRIPT.key(redis_key);
-            invocation.arg(&*self.argv[0]).arg(&*self.argv[1]).arg(want);
+            invocation
+                .arg(&*self.argv[0])
+                .arg(&*self.argv[1])
+                .arg(want)
+                .arg(self.cost.min(want));
             let answer = match conn {
                 RedisConn::Server(mut conn) => {
                     invocation.invoke_async::<(i64, i64)>(&mut conn).await

@@ -609,3 +609,38 @@ async fn reload_keeps_or_replaces_the_connection() {
     assert_eq!(sluice_keys(&mut conn).await, ["sluice:{r:limit-0:global}"]);
     proxy.stop().await;
 }
+
+/// Pins: `cost` on a global limit, shared by two instances: cost 5 against burst 10 admits two
+/// requests in all (`r=5`, then `r=0`), and the third, through either instance, is 429 with a
+/// `Retry-After` of five tokens (the Lua script needs the whole cost, as `check_key_n` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_is_taken_from_the_shared_bucket() {
+    let redis = RedisServer::start().await;
+    let up = ok_upstream().await;
+    let routes = route(
+        "heavy",
+        "/",
+        "{name: heavy, key: global, rate: 1/m, burst: 10, cost: 5, scope: global}",
+    );
+    let yaml = config(&redis.url(), PATIENT, "deny", &up.endpoint(), &routes);
+    let a = start_proxy(&yaml).await;
+    let b = start_proxy(&yaml).await;
+    let first = get(&a.url("/x")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("ratelimit"), Some("\"heavy\";r=5;t=60"));
+    let second = get(&b.url("/x")).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.header("ratelimit"), Some("\"heavy\";r=0;t=60"));
+    for proxy in [&a, &b] {
+        let third = get(&proxy.url("/x")).await;
+        third.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+        assert!(
+            secs_between(third.header("retry-after"), 290, 450),
+            "five tokens of 60 s (spread up to 1.5 ×, key: global): {:?}",
+            third.header("retry-after")
+        );
+    }
+    assert_eq!(up.requests(), 2);
+    a.stop().await;
+    b.stop().await;
+}

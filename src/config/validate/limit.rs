@@ -78,7 +78,7 @@ impl Cx {
             RateLimitConfig::DEFAULT_MAX_KEYS,
             RateLimitConfig::MAX_MAX_KEYS,
         );
-        let cost = self.cost(&join(at, "cost"), raw.cost, burst, scope);
+        let cost = self.cost(&join(at, "cost"), raw.cost, burst, lease);
         let charge_header = self.charge_header(at, raw.charge_header.as_deref(), scope);
         Some(RateLimitConfig {
             name: name?,
@@ -94,23 +94,23 @@ impl Cx {
     }
 
     /// `rate_limits[].cost`: 1 (default) … [`RateLimitConfig::MAX_COST`], at most the limit's
-    /// burst (a request costing more could never pass); `scope: local` only for now (the Redis
-    /// script and leases take one token per request).
+    /// burst (a request costing more could never pass); not above 1 with a `lease` for now
+    /// (leased tokens are spent one a request).
     fn cost(
         &mut self,
         at: &str,
         raw: Option<Int>,
         burst: Option<u32>,
-        scope: Option<LimitScope>,
+        lease: Option<u32>,
     ) -> Option<NonZeroU32> {
         let Some(raw) = raw else {
             return Some(RateLimitConfig::DEFAULT_COST);
         };
         let cost = self.number::<u32>(at, raw.0, 1, RateLimitConfig::MAX_COST)?;
-        if cost > 1 && scope == Some(LimitScope::Global) {
+        if cost > 1 && lease.is_some_and(|lease| lease > 0) {
             return self.fail(
                 at,
-                "a cost above 1 needs scope: local for now (a global limit takes one token a request)",
+                "a cost above 1 cannot go with a lease for now (leased tokens are spent one a request): remove lease or cost",
             );
         }
         match burst {
