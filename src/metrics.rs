@@ -329,6 +329,15 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// A family of histograms by [`Scope`], registered as `help` says.
+fn histograms(registry: &mut Registry, help: Help) -> HistogramFamily<Scope> {
+    register(
+        registry,
+        help,
+        Family::new_with_constructor(histogram as fn() -> Histogram),
+    )
+}
+
 fn delivery_histogram() -> Histogram {
     Histogram::new(DELIVERY_BUCKETS)
 }
@@ -499,16 +508,8 @@ impl Metrics {
             register(&mut r, RESPONSES, Family::default());
         let inflight = register(&mut r, INFLIGHT, Family::default());
         let queue_depth = register(&mut r, QUEUE_DEPTH, Family::default());
-        let queue_wait = register(
-            &mut r,
-            QUEUE_WAIT,
-            Family::new_with_constructor(histogram as fn() -> Histogram),
-        );
-        let upstream_duration = register(
-            &mut r,
-            UPSTREAM_DURATION,
-            Family::new_with_constructor(histogram as fn() -> Histogram),
-        );
+        let queue_wait = histograms(&mut r, QUEUE_WAIT);
+        let upstream_duration = histograms(&mut r, UPSTREAM_DURATION);
         let concurrency_limit = register(&mut r, CONCURRENCY_LIMIT, Family::default());
         let utilization = register(&mut r, UTILIZATION, Family::default());
         let upgraded = register(&mut r, UPGRADED, Family::default());

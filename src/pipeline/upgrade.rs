@@ -112,13 +112,7 @@ pub(super) async fn forward(
     (upgrades, stream): (&Upgrades, &mut Option<StreamGuard>),
 ) -> Result<Response<ProxyBody>, Rejection> {
     let h2 = req.version() == Version::HTTP_2;
-    let (place, full) = Place::take(&route.metrics.upgraded, route.max_upgraded);
-    if full {
-        if route.mode == Mode::Enforce {
-            return Err(Rejection::UpgradedFull);
-        }
-        shadowed(route, &Rejection::UpgradedFull);
-    }
+    let place = take_place(route)?;
     if let Some(retry_after) = route.upstream.pushback() {
         return Err(Rejection::UpstreamPushback { retry_after });
     }
@@ -137,7 +131,7 @@ pub(super) async fn forward(
     let sent = Instant::now();
     let result = exchange(route, req).await;
     let took = sent.elapsed();
-    let (mut res, conn) = match result {
+    let (res, conn) = match result {
         Ok((res, conn)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => (res, conn),
         Ok((res, _)) if h2 && res.status().is_success() => {
             tracing::warn!(upstream = %route.upstream.name, status = %res.status(), "upstream answered a WebSocket handshake with a 2xx other than 101");
@@ -159,6 +153,44 @@ pub(super) async fn forward(
     drop(slots);
     // The upstream's connection is the tunnel's now, never back in the pool.
     drop(conn);
+    let client = ClientSide {
+        upgrade: client,
+        websocket,
+        place,
+    };
+    switched(route, res, client, h2, (upgrades, stream))
+}
+
+/// A place under the route's `max_upgraded`; past it 503 (in shadow mode, only counted).
+fn take_place(route: &Route) -> Result<Place, Rejection> {
+    let (place, full) = Place::take(&route.metrics.upgraded, route.max_upgraded);
+    if full {
+        if route.mode == Mode::Enforce {
+            return Err(Rejection::UpgradedFull);
+        }
+        shadowed(route, &Rejection::UpgradedFull);
+    }
+    Ok(place)
+}
+
+/// What a tunnel needs of the client's side: its connection's upgrade, whether it speaks
+/// WebSocket (for close frames), and its place under `max_upgraded`.
+struct ClientSide {
+    upgrade: OnUpgrade,
+    websocket: bool,
+    place: Place,
+}
+
+/// The client's answer to the upstream's 101 `res`: the tunnel is handed to the client
+/// connection (`upgrades`), and the response says what the client now speaks (a 200 on an
+/// HTTP/2 stream, which takes the stream's guard from `stream`).
+fn switched(
+    route: &Route,
+    mut res: Response<Incoming>,
+    client: ClientSide,
+    h2: bool,
+    (upgrades, stream): (&Upgrades, &mut Option<StreamGuard>),
+) -> Result<Response<ProxyBody>, Rejection> {
     let Some(switched_to) = res.headers().get(UPGRADE).cloned() else {
         // A 101 must name the protocol (RFC 9110 §15.2.2); without it the client could not
         // tell what it now speaks.
@@ -167,12 +199,12 @@ pub(super) async fn forward(
     };
     let upstream = hyper::upgrade::on(&mut res);
     let tunnel = Tunnel::new(
-        client,
+        client.upgrade,
         upstream,
         Arc::clone(&route.name),
         route.upgraded_idle_timeout,
-        websocket,
-        place,
+        client.websocket,
+        client.place,
     );
     let (mut parts, _empty) = res.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);

@@ -47,15 +47,7 @@ impl Cx {
             UpstreamConfig::DEFAULT_RESOLVE_INTERVAL,
             true,
         );
-        let balance = self.choice(
-            &join(&at, "balance"),
-            raw.balance.as_deref(),
-            &[
-                ("least_request", Balance::LeastRequest),
-                ("round_robin", Balance::RoundRobin),
-            ],
-            Balance::default(),
-        );
+        let balance = self.balance(&at, raw);
         let health_check = raw
             .health_check
             .as_ref()
@@ -87,6 +79,19 @@ impl Cx {
             https,
             tls,
         })
+    }
+
+    /// `balance:` — `least_request` (the default) or `round_robin`.
+    fn balance(&mut self, at: &str, raw: &RawUpstream) -> Option<Balance> {
+        self.choice(
+            &join(at, "balance"),
+            raw.balance.as_deref(),
+            &[
+                ("least_request", Balance::LeastRequest),
+                ("round_robin", Balance::RoundRobin),
+            ],
+            Balance::default(),
+        )
     }
 
     /// `protocol:` — `http1`, `http2` or `auto` (the default).
