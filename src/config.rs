@@ -1013,7 +1013,7 @@ pub struct RateLimitConfig {
     /// A response header in which the upstream reports what the request cost, in tokens:
     /// charged to the request's key after the response, less `cost` (already taken), the bucket
     /// going into debt if need be (at most [`Self::MAX_DEBT_BURSTS`] × `burst`); the header is
-    /// removed from the response. `scope: local` only. Default: none.
+    /// removed from the response. Default: none.
     #[serde(serialize_with = "effective::display_opt")]
     pub charge_header: Option<HeaderName>,
 }

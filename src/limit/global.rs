@@ -32,6 +32,13 @@
 //! up to the next whole number, the script steps back, checking `k·T ≤ room` exactly.) `want = 1`
 //! is the step above.
 //!
+//! **Charged after the response** (`charge_header`): a second script moves the TAT to
+//! `now + min(max(d, 0) + c·T, (1 + MAX_DEBT_BURSTS)·burst·T)` for `c` tokens charged, never
+//! back: the bucket may go into debt (`d > τ` then denies every request until it is paid back),
+//! exactly as the local `RateLimit::charge` does. It is called in a task of its own after the
+//! response head, so the response never waits for Redis; the Redis key is computed at the check
+//! (from the request's headers) and kept until then. A failed charge is lost.
+//!
 //! **Clock**: the script takes `now` from Redis' own `TIME`, not from the instance. Every
 //! instance then measures the bucket against one clock, so clock skew between sluice hosts
 //! cannot hand out extra tokens or deny early. A script calling `TIME` and then writing needs
@@ -199,6 +206,39 @@ return {k, ahead}
 /// The script, hashed once (`EVALSHA` needs its SHA-1).
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
 
+/// A charge after the response (`charge_header`; see the module docs): `KEYS[1]` the bucket,
+/// `ARGV[1]` the ns to add to `max(TAT, now)`, `ARGV[2]` the most `TAT − now` may become (the
+/// debt's cap). Never moves the TAT back. Returns `TAT − now` (ns).
+const CHARGE_SOURCE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local add = tonumber(ARGV[1])
+local ceiling = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now_s = tonumber(clock[1])
+local now_ns = tonumber(clock[2]) * 1000
+local d = 0
+local tat = redis.call('GET', KEYS[1])
+if tat then
+  local s, ns = string.match(tat, '^(%d+)%.(%d+)$')
+  if s then
+    d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
+  end
+end
+if d < 0 then d = 0 end
+local ahead = d + add
+if ahead > ceiling then ahead = ceiling end
+if ahead <= d then return d end
+local at = now_ns + ahead
+local frac = math.fmod(at, 1000000000)
+local secs = now_s + (at - frac) / 1000000000
+redis.call('SET', KEYS[1], string.format('%d.%09d', secs, frac),
+  'PX', string.format('%d', math.ceil(ahead / 1000000)))
+return ahead
+";
+
+/// The charge script, hashed once.
+static CHARGE: LazyLock<Script> = LazyLock::new(|| Script::new(CHARGE_SOURCE));
+
 /// One `scope: global` rate limit of one route.
 pub(crate) struct GlobalLimit {
     /// The shared connection.
@@ -361,6 +401,33 @@ impl GlobalLimit {
         }
     }
 
+    /// The Redis key of the request's bucket, kept from the check (whose `headers` a `header:`
+    /// key is hashed from) for [`GlobalLimit::charge`] after the response.
+    pub(crate) fn charge_key(&self, key: &LimitKey, headers: &HeaderMap) -> Vec<u8> {
+        self.redis_key(key, headers)
+    }
+
+    /// Charges `tokens` more to the bucket `redis_key` (a `charge_header`, less the cost
+    /// already taken), in a task of its own: the response does not wait for Redis. The bucket
+    /// may go into debt, at most `MAX_DEBT_BURSTS` × burst tokens (and at most 2^53 ns, the
+    /// script's exact range). When Redis fails, the charge is lost (counted as a store error).
+    pub(crate) fn charge(self: &Arc<Self>, redis_key: Vec<u8>, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let t = self.emission_nanos;
+        let ceiling = (t * u64::from(self.burst))
+            .saturating_mul(u64::from(RateLimitConfig::MAX_DEBT_BURSTS) + 1)
+            .min(MAX_REFILL_NANOS);
+        let add = tokens.saturating_mul(t).min(ceiling);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut invocation = CHARGE.key(&redis_key);
+            invocation.arg(add).arg(ceiling);
+            this.call::<i64>(&redis_key, &invocation).await;
+        });
+    }
+
     /// Forgets denials and leases that have run out. Call it from the housekeeping task.
     pub(crate) fn housekeeping(&self) {
         self.memos.housekeeping();
@@ -388,45 +455,15 @@ impl GlobalLimit {
     /// `redis_key`, bounded by `timeout`;
     /// failures feed the breaker of the key's slot.
     async fn ask(&self, redis_key: &[u8], want: u32) -> Answer {
-        let inner = &self.store.inner;
-        let breaker = self.store.breaker_of(slot_of(redis_key));
-        let call = async {
-            let Some(conn) = inner.connection(breaker).await else {
-                return Ok(None);
-            };
-            let mut invocation = SCRIPT.key(redis_key);
-            invocation
-                .arg(&*self.argv[0])
-                .arg(&*self.argv[1])
-                .arg(want)
-                .arg(self.cost.min(want));
-            let answer = match conn {
-                RedisConn::Server(mut conn) => {
-                    invocation.invoke_async::<(i64, i64)>(&mut conn).await
-                }
-                RedisConn::Cluster(mut conn) => {
-                    invocation.invoke_async::<(i64, i64)>(&mut conn).await
-                }
-            };
-            answer.map(Some)
+        let mut invocation = SCRIPT.key(redis_key);
+        invocation
+            .arg(&*self.argv[0])
+            .arg(&*self.argv[1])
+            .arg(want)
+            .arg(self.cost.min(want));
+        let Some(answer) = self.call::<(i64, i64)>(redis_key, &invocation).await else {
+            return Answer::Failed;
         };
-        let answer = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(Some(answer))) => answer,
-            // Not asked: not connected, or the breaker is open. Not an error of its own.
-            Ok(Ok(None)) => return Answer::Failed,
-            Ok(Err(err)) => {
-                inner.failed(breaker, &err);
-                return Answer::Failed;
-            }
-            Err(_) => {
-                inner.failed(
-                    breaker,
-                    &format_args!("no answer within {:?}", self.timeout),
-                );
-                return Answer::Failed;
-            }
-        };
-        inner.succeeded(breaker);
         match answer {
             (tokens @ 1.., ahead) => Answer::Granted {
                 tokens: u32::try_from(tokens).unwrap_or(1).min(want),
@@ -435,6 +472,46 @@ impl GlobalLimit {
             (_, wait) => Answer::Denied {
                 retry_after: Duration::from_nanos(u64::try_from(wait).unwrap_or(0)),
             },
+        }
+    }
+
+    /// One script `invocation` on the bucket `redis_key`, bounded by `timeout`; failures feed
+    /// the breaker of the key's slot. `None` when it failed or was not made (not connected, or
+    /// the breaker is open: not an error of its own).
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        redis_key: &[u8],
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let inner = &self.store.inner;
+        let breaker = self.store.breaker_of(slot_of(redis_key));
+        let call = async {
+            let Some(conn) = inner.connection(breaker).await else {
+                return Ok(None);
+            };
+            let answer = match conn {
+                RedisConn::Server(mut conn) => invocation.invoke_async::<T>(&mut conn).await,
+                RedisConn::Cluster(mut conn) => invocation.invoke_async::<T>(&mut conn).await,
+            };
+            answer.map(Some)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(Some(answer))) => {
+                inner.succeeded(breaker);
+                Some(answer)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                inner.failed(breaker, &err);
+                None
+            }
+            Err(_) => {
+                inner.failed(
+                    breaker,
+                    &format_args!("no answer within {:?}", self.timeout),
+                );
+                None
+            }
         }
     }
 

@@ -82,7 +82,7 @@ impl<'rt> RequestContext<'rt> {
     /// counted there), `sluice_responses_total`, and the access line.
     pub(super) fn finish(mut self, answer: Answer) -> Response<ProxyBody> {
         self.finished = true;
-        let fields = std::mem::take(&mut self.fields);
+        let mut fields = std::mem::take(&mut self.fields);
         let answer_rejection = match &answer {
             Answer::Rejected(rejection) => Some(*rejection),
             _ => None,

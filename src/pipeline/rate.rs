@@ -38,6 +38,9 @@ pub(super) struct Fields {
     len: usize,
     /// The items past `INLINE_ITEMS` (a route with that many limits is rare).
     more: Vec<Item>,
+    /// For each `scope: global` limit with a `charge_header` that admitted the request: its
+    /// index and the Redis key of the request's bucket (empty for every other route).
+    global_charges: Vec<(usize, Vec<u8>)>,
 }
 
 /// Items kept in [`Fields`] without an allocation.
@@ -96,6 +99,12 @@ pub(super) fn global<'a>(
                 Some(global) => global.check(&key, headers).await,
                 None => Ok(Some(limit.rate.check(&key))),
             };
+            if let (Some(global), Some(_), Ok(Some(Decision::Admitted { .. }))) =
+                (&limit.global, &limit.rate.config().charge_header, &decision)
+            {
+                let redis_key = global.charge_key(&key, headers);
+                fields.global_charges.push((at.index, redis_key));
+            }
             apply(route, at.index, &key, decision, fields)?;
             match local_from(rt, route, at.client_ip, headers, fields, at.index + 1)? {
                 Some(next) => at = next,
@@ -228,7 +237,7 @@ impl Fields {
     /// header that is absent, repeated, not a whole number or negative is ignored (logged at
     /// debug); a cost below `cost` refunds nothing. `RateLimit` still shows the state at
     /// admission: the charge is felt by the key's next requests.
-    pub(super) fn charge(&self, route: &Route, headers: &mut HeaderMap) {
+    pub(super) fn charge(&mut self, route: &Route, headers: &mut HeaderMap) {
         for (index, limit) in route.limits.iter().enumerate() {
             let config = limit.rate.config();
             let Some(name) = &config.charge_header else {
@@ -236,15 +245,28 @@ impl Fields {
             };
             let reported = reported_cost(headers, name);
             headers.remove(name);
-            let item = self.items[..self.len]
-                .iter()
-                .chain(&self.more)
-                .find(|item| item.limit == index);
-            let (Some(key), Some(reported)) = (item.and_then(|i| i.charged), reported) else {
+            let Some(reported) = reported else {
                 continue;
             };
             let extra = reported.saturating_sub(u64::from(config.cost.get()));
-            limit.rate.charge(&key, extra);
+            match &limit.global {
+                // Redis' bucket, in a task of its own (the response does not wait).
+                Some(global) => {
+                    let charge = self.global_charges.iter().position(|(l, _)| *l == index);
+                    if let Some(at) = charge {
+                        global.charge(self.global_charges.swap_remove(at).1, extra);
+                    }
+                }
+                None => {
+                    let item = self.items[..self.len]
+                        .iter()
+                        .chain(&self.more)
+                        .find(|item| item.limit == index);
+                    if let Some(key) = item.and_then(|i| i.charged) {
+                        limit.rate.charge(&key, extra);
+                    }
+                }
+            }
         }
     }
 

@@ -644,3 +644,78 @@ async fn a_cost_is_taken_from_the_shared_bucket() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Pins: `charge_header` on a global limit: an upstream reporting `X-Cost: 50` against burst 10
+/// puts the shared bucket of the key 40 tokens into debt (a second script call, made after the
+/// response without delaying it), so both instances deny the key with a `Retry-After` of 41
+/// tokens, another key is unaffected, a huge report is capped at 10 × burst, and the client
+/// never sees the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_header_puts_the_shared_bucket_into_debt() {
+    let redis = RedisServer::start().await;
+    let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let mut res = hyper::Response::new(TestBody::text("ok"));
+        if let Some(cost) = req.headers().get("x-report") {
+            res.headers_mut().insert("x-cost", cost.clone());
+        }
+        res
+    })
+    .await;
+    let routes = route(
+        "tokens",
+        "/",
+        "{name: tokens, key: header:X-Api-Key, rate: 1/m, burst: 10, scope: global, charge_header: X-Cost}",
+    );
+    let yaml = config(&redis.url(), PATIENT, "deny", &up.endpoint(), &routes);
+    let a = start_proxy(&yaml).await;
+    let b = start_proxy(&yaml).await;
+    let as_key = |proxy: &Proxy, key: &str, report: Option<&str>| {
+        let mut req = Request::get(proxy.url("/x")).header("x-api-key", key);
+        if let Some(report) = report {
+            req = req.header("x-report", report);
+        }
+        req.body(Full::new(Bytes::new())).unwrap()
+    };
+    let heavy = send(&client(), as_key(&a, "k1", Some("50"))).await;
+    assert_eq!(heavy.status, StatusCode::OK);
+    assert_eq!(heavy.header("x-cost"), None, "the header is removed");
+    // The charge reaches Redis after the response: wait for it (at most a second).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let denied = loop {
+        let got = send(&client(), as_key(&b, "k1", None)).await;
+        if got.status == StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    denied.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+    // 41 tokens of 60 s, or 42 if a request of the loop passed before the charge landed.
+    assert!(
+        secs_between(denied.header("retry-after"), 2400, 2520),
+        "41 or 42 tokens of 60 s: {:?}",
+        denied.header("retry-after")
+    );
+    let again = send(&client(), as_key(&a, "k1", None)).await;
+    assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+    let other = send(&client(), as_key(&a, "k2", None)).await;
+    assert_eq!(other.status, StatusCode::OK, "another key is unaffected");
+    assert_eq!(other.header("ratelimit"), Some("\"tokens\";r=9;t=60"));
+    // However much is reported, the debt is at most 10 × burst: 100 tokens owed + 1.
+    let huge = send(&client(), as_key(&a, "k3", Some("18446744073709551615"))).await;
+    assert_eq!((huge.status, huge.header("x-cost")), (StatusCode::OK, None));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let capped = loop {
+        let got = send(&client(), as_key(&b, "k3", None)).await;
+        if got.status == StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        secs_between(capped.header("retry-after"), 6000, 6060),
+        "101 tokens of 60 s: {:?}",
+        capped.header("retry-after")
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -79,7 +79,7 @@ impl Cx {
             RateLimitConfig::MAX_MAX_KEYS,
         );
         let cost = self.cost(&join(at, "cost"), raw.cost, burst, lease);
-        let charge_header = self.charge_header(at, raw.charge_header.as_deref(), scope);
+        let charge_header = self.charge_header(at, raw.charge_header.as_deref());
         Some(RateLimitConfig {
             name: name?,
             key: key?,
@@ -122,28 +122,18 @@ impl Cx {
         }
     }
 
-    /// `rate_limits[].charge_header`: a header name, `scope: local` only for now. `Some(None)`
-    /// when absent.
-    fn charge_header(
-        &mut self,
-        at: &str,
-        raw: Option<&str>,
-        scope: Option<LimitScope>,
-    ) -> Option<Option<HeaderName>> {
+    /// `rate_limits[].charge_header`: a header name. `Some(None)` when absent.
+    fn charge_header(&mut self, at: &str, raw: Option<&str>) -> Option<Option<HeaderName>> {
         let Some(raw) = raw else {
             return Some(None);
         };
-        let at = join(at, "charge_header");
-        let Ok(name) = HeaderName::from_bytes(raw.trim().as_bytes()) else {
-            return self.fail(&at, format!("{raw:?} is not a valid header name"));
-        };
-        if scope == Some(LimitScope::Global) {
-            return self.fail(
-                &at,
-                "charge_header needs scope: local (a global limit cannot be charged after the response yet)",
-            );
+        match HeaderName::from_bytes(raw.trim().as_bytes()) {
+            Ok(name) => Some(Some(name)),
+            Err(_) => self.fail(
+                &join(at, "charge_header"),
+                format!("{raw:?} is not a valid header name"),
+            ),
         }
-        Some(Some(name))
     }
 
     /// `rate`: required, `N/s`, `N/m` or `N/h`.
