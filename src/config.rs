@@ -1008,7 +1008,7 @@ pub struct RateLimitConfig {
     /// most [`Self::MAX_MAX_KEYS`].
     pub max_keys: NonZeroUsize,
     /// Tokens one request takes from its bucket: 1..=[`Self::MAX_COST`], at most `burst` (a
-    /// request costing more could never pass). Not above 1 with a `lease`. Default 1.
+    /// request costing more could never pass), and at most `lease` when set. Default 1.
     pub cost: NonZeroU32,
     /// A response header in which the upstream reports what the request cost, in tokens:
     /// charged to the request's key after the response, less `cost` (already taken), the bucket

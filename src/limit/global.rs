@@ -252,7 +252,7 @@ pub(crate) struct GlobalLimit {
     emission_nanos: u64,
     /// Bucket size (`config.burst`, unless cut to [`MAX_REFILL_NANOS`]).
     burst: u32,
-    /// Tokens a request takes (`config.cost`, at most `burst`; 1 with a lease): `ARGV[4]`.
+    /// Tokens a request takes (`config.cost`, at most `burst`, and `lease` if any): `ARGV[4]`.
     cost: u32,
     /// `ARGV[1]`, `ARGV[2]`: T and τ in decimal, formatted once.
     argv: [Box<str>; 2],
@@ -325,7 +325,8 @@ impl GlobalLimit {
                 lease_ttl(lease, emission),
                 config.max_keys.get(),
                 evictions,
-            ),
+            )
+            .costing(config.cost.get()),
         }
     }
 
@@ -375,7 +376,8 @@ impl GlobalLimit {
                 }
                 return Ok(Some(self.decision(ahead, left)));
             }
-            // Without a lease, `want` is 1: the request's cost is what it asks for.
+            // `want` is 1 without a lease (or while a refill is in flight): the request's cost
+            // is what it asks for then.
             Taken::Ask { want, refill } => (want.max(self.cost), refill),
         };
         let guard = refill.then(|| self.memos.refill(*key));

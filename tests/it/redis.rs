@@ -615,12 +615,25 @@ async fn reload_keeps_or_replaces_the_connection() {
 /// `Retry-After` of five tokens (the Lua script needs the whole cost, as `check_key_n` does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cost_is_taken_from_the_shared_bucket() {
+    a_cost_against_burst_ten("").await;
+}
+
+/// Pins: the same with `lease: 10`: the first instance leases the whole bucket and spends it
+/// five tokens a request; the other finds Redis' bucket empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_is_taken_from_a_lease() {
+    a_cost_against_burst_ten(", lease: 10").await;
+}
+
+async fn a_cost_against_burst_ten(lease: &str) {
     let redis = RedisServer::start().await;
     let up = ok_upstream().await;
     let routes = route(
         "heavy",
         "/",
-        "{name: heavy, key: global, rate: 1/m, burst: 10, cost: 5, scope: global}",
+        &format!(
+            "{{name: heavy, key: global, rate: 1/m, burst: 10, cost: 5, scope: global{lease}}}"
+        ),
     );
     let yaml = config(&redis.url(), PATIENT, "deny", &up.endpoint(), &routes);
     let a = start_proxy(&yaml).await;
@@ -628,7 +641,9 @@ async fn a_cost_is_taken_from_the_shared_bucket() {
     let first = get(&a.url("/x")).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("ratelimit"), Some("\"heavy\";r=5;t=60"));
-    let second = get(&b.url("/x")).await;
+    // Through `a` again with a lease (`b` holds none), through `b` without.
+    let second_via = if lease.is_empty() { &b } else { &a };
+    let second = get(&second_via.url("/x")).await;
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(second.header("ratelimit"), Some("\"heavy\";r=0;t=60"));
     for proxy in [&a, &b] {

@@ -94,8 +94,8 @@ impl Cx {
     }
 
     /// `rate_limits[].cost`: 1 (default) … [`RateLimitConfig::MAX_COST`], at most the limit's
-    /// burst (a request costing more could never pass); not above 1 with a `lease` for now
-    /// (leased tokens are spent one a request).
+    /// burst (a request costing more could never pass), and at most a `lease` (which holds
+    /// the tokens of whole requests).
     fn cost(
         &mut self,
         at: &str,
@@ -107,10 +107,10 @@ impl Cx {
             return Some(RateLimitConfig::DEFAULT_COST);
         };
         let cost = self.number::<u32>(at, raw.0, 1, RateLimitConfig::MAX_COST)?;
-        if cost > 1 && lease.is_some_and(|lease| lease > 0) {
+        if let Some(lease @ 1..) = lease.filter(|&lease| lease < cost) {
             return self.fail(
                 at,
-                "a cost above 1 cannot go with a lease for now (leased tokens are spent one a request): remove lease or cost",
+                format!("must be at most the limit's lease ({lease}), found {cost}: a lease holds the tokens of whole requests"),
             );
         }
         match burst {

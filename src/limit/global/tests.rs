@@ -463,6 +463,35 @@ async fn a_lease_is_spent_locally_and_refilled_once_at_a_quarter() {
     ));
 }
 
+/// Pins: with a cost, a leased admission takes the cost in tokens; fewer than the cost left
+/// serve no request (the request asks Redis while the refill started at a quarter is in
+/// flight), and the refill tops them up.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_spent_a_cost_at_a_time() {
+    let m = memos(10, 16).costing(4);
+    let key = LimitKey::Global;
+    assert_eq!(m.take(&key), ask(10, true));
+    m.settle(&key, true, granted(6, 10_000)); // 10 granted, 4 taken by the request
+    assert_eq!(
+        m.take(&key),
+        Taken::Leased {
+            left: 2,
+            ahead: 10_000,
+            refill: Some(8)
+        },
+        "2 left (a quarter of 10): a refill of 8 starts"
+    );
+    assert_eq!(
+        m.take(&key),
+        ask(1, false),
+        "2 tokens serve no request of cost 4"
+    );
+    assert_eq!(m.held(&key), 2, "and stay");
+    m.settle(&key, true, granted(8, 10_000));
+    assert_eq!(m.held(&key), 10);
+    assert!(matches!(m.take(&key), Taken::Leased { left: 6, .. }));
+}
+
 /// Pins: leased tokens expire (dropped, and the next request refills), a denial is spent
 /// after the lease (no refill while Redis is known to deny), and a refill dropped unsettled
 /// (its request went away) does not leave the key refilling for good.
