@@ -190,6 +190,11 @@ impl Accepted {
         // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d; upstreams, keys
         // and logs should see a.b.c.d.
         let client = self.peer.ip().to_canonical();
+        let (shared, builder) = (self.shared, self.builder);
+        let draining = server::Draining {
+            watcher: self.watcher,
+            tunnels: self.tunnels,
+        };
         match self.tls.take() {
             None => {
                 let waited = tokio::select! {
@@ -203,7 +208,6 @@ impl Accepted {
                 };
                 // The HTTP/2 preface starts with `P`; anything else is HTTP/1.
                 let maybe_h2 = first == b'P';
-                let (shared, builder) = (self.shared, self.builder);
                 server::serve(
                     SendTimeout::new(tcp, self.send_timeout),
                     origin,
@@ -211,16 +215,13 @@ impl Accepted {
                     maybe_h2,
                     shared,
                     builder,
-                    server::Draining {
-                        watcher: self.watcher,
-                        tunnels: self.tunnels,
-                    },
+                    draining,
                 )
                 .await;
             }
             Some(acceptor) => {
                 let handshaken = tokio::select! {
-                    tls = handshake(self.tcp, self.peer, acceptor, self.header_read_timeout, &self.shared) => tls,
+                    tls = handshake(self.tcp, self.peer, acceptor, self.header_read_timeout, &shared) => tls,
                     () = self.stopping.wait() => None,
                 };
                 let Some(tls) = handshaken else { return };
@@ -230,7 +231,6 @@ impl Accepted {
                     https: true,
                 };
                 let maybe_h2 = protocol != Protocol::Http1;
-                let (shared, builder) = (self.shared, self.builder);
                 server::serve(
                     SendTimeout::new(tls, self.send_timeout),
                     origin,
@@ -238,10 +238,7 @@ impl Accepted {
                     maybe_h2,
                     shared,
                     builder,
-                    server::Draining {
-                        watcher: self.watcher,
-                        tunnels: self.tunnels,
-                    },
+                    draining,
                 )
                 .await;
             }
