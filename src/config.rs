@@ -1007,6 +1007,15 @@ pub struct RateLimitConfig {
     /// least recently used goes when a new one comes. Default [`Self::DEFAULT_MAX_KEYS`]; at
     /// most [`Self::MAX_MAX_KEYS`].
     pub max_keys: NonZeroUsize,
+    /// Tokens one request takes from its bucket: 1..=[`Self::MAX_COST`], at most `burst` (a
+    /// request costing more could never pass), and at most `lease` when set. Default 1.
+    pub cost: NonZeroU32,
+    /// A response header in which the upstream reports what the request cost, in tokens:
+    /// charged to the request's key after the response, less `cost` (already taken), the bucket
+    /// going into debt if need be (at most [`Self::MAX_DEBT_BURSTS`] × `burst`); the header is
+    /// removed from the response. Default: none.
+    #[serde(serialize_with = "effective::display_opt")]
+    pub charge_header: Option<HeaderName>,
 }
 
 impl RateLimitConfig {
@@ -1018,6 +1027,13 @@ impl RateLimitConfig {
     pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
     /// Largest `max_keys`: 5 to 8.5 GB of keys for one limit (50 to 85 bytes a key).
     pub const MAX_MAX_KEYS: usize = 100_000_000;
+    /// `cost` when absent.
+    pub const DEFAULT_COST: NonZeroU32 = NonZeroU32::new(1).unwrap();
+    /// Largest `cost`.
+    pub const MAX_COST: u32 = 1_000_000;
+    /// A `charge_header` puts a bucket at most this many bursts in debt: a bad header cannot
+    /// lock a key out for longer than that many refill times (plus the cost of its next request).
+    pub const MAX_DEBT_BURSTS: u32 = 10;
 }
 
 /// `rate_limits[].key`.
@@ -1235,6 +1251,25 @@ impl Config {
     }
 }
 
+/// One line of `sluice check`'s summary for the rate limit `l`.
+fn fmt_limit(f: &mut fmt::Formatter<'_>, l: &RateLimitConfig) -> fmt::Result {
+    let scope = match (l.scope, l.lease) {
+        (LimitScope::Global, 0) => ", scope global".to_owned(),
+        (LimitScope::Global, lease) => format!(", scope global, lease {lease}"),
+        (LimitScope::Local, _) => String::new(),
+    };
+    let cost = match (l.cost.get(), &l.charge_header) {
+        (1, None) => String::new(),
+        (cost, None) => format!(", cost {cost}"),
+        (cost, Some(header)) => format!(", cost {cost}, charged by {header}"),
+    };
+    writeln!(
+        f,
+        "      limit {}: {} burst {} per {}{scope}{cost}",
+        l.name, l.rate, l.burst, l.key
+    )
+}
+
 /// One route of the `sluice check` summary, with its limits and cap.
 fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
     let host = r
@@ -1263,16 +1298,7 @@ fn fmt_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
         r.priority.as_str(),
     )?;
     for l in &r.rate_limits {
-        let scope = match (l.scope, l.lease) {
-            (LimitScope::Global, 0) => ", scope global".to_owned(),
-            (LimitScope::Global, lease) => format!(", scope global, lease {lease}"),
-            (LimitScope::Local, _) => String::new(),
-        };
-        writeln!(
-            f,
-            "      limit {}: {} burst {} per {}{scope}",
-            l.name, l.rate, l.burst, l.key
-        )?;
+        fmt_limit(f, l)?;
     }
     if let Some(c) = &r.concurrency {
         writeln!(f, "      {}", DisplayCap(c))?;

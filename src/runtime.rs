@@ -311,6 +311,8 @@ impl TaskLookups {
             scope: crate::config::LimitScope::Local,
             lease: 0,
             max_keys: Self::MAX_KEYS,
+            cost: RateLimitConfig::DEFAULT_COST,
+            charge_header: None,
         };
         let policy = config
             .server

@@ -90,6 +90,8 @@ pub(crate) fn run(allocator: &str, release: Option<(&str, fn())>) {
         scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(n as usize).unwrap(),
+        cost: RateLimitConfig::DEFAULT_COST,
+        charge_header: None,
     };
     // Full again after burst × T = 1 s at the latest; governor then keeps a key for one more
     // emission interval T (10 ms). 1.2 s after the last check every key is evictable.

@@ -20,5 +20,7 @@ pub(crate) fn per_second(name: &str, key: KeySpec, count: u32, burst: u32) -> Ra
         scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
+        cost: RateLimitConfig::DEFAULT_COST,
+        charge_header: None,
     }
 }

@@ -332,6 +332,10 @@ pub(crate) struct RawRateLimit {
     pub(crate) lease: Option<Int>,
     /// A count in 1..=100,000,000.
     pub(crate) max_keys: Option<Int>,
+    /// Tokens a request takes: a count in 1..=1,000,000, at most the burst.
+    pub(crate) cost: Option<Int>,
+    /// A response header name.
+    pub(crate) charge_header: Option<String>,
 }
 
 /// A whole number (possibly negative, so that `validate` can say "must be at least 1"); its own

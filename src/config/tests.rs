@@ -1763,6 +1763,66 @@ fn max_keys_bounds() {
     assert!(e.message.contains("at most 100000000"), "{}", e.message);
 }
 
+/// `cost` defaults to 1, must be within 1..=1,000,000 and at most the burst (a request costing
+/// more could never pass); `charge_header` must be a header name; both need `scope: local`.
+#[test]
+fn cost_and_charge_header() {
+    let limit = |fields: &str| {
+        with_route(&format!(
+            "    rate_limits: [{{ key: client_ip, rate: 10/s{fields} }}]\n"
+        ))
+    };
+    let c = load(&limit(""));
+    let l = &c.routes[1].rate_limits[0];
+    assert_eq!((l.cost.get(), l.charge_header.as_ref()), (1, None));
+    let c = load(&limit(", cost: 5, charge_header: X-Cost"));
+    let l = &c.routes[1].rate_limits[0];
+    assert_eq!(l.cost.get(), 5);
+    assert_eq!(l.charge_header.as_ref().map(|h| h.as_str()), Some("x-cost"));
+    assert!(c.to_string().contains("cost 5, charged by x-cost"), "{c}");
+    let at = "routes[1].rate_limits[0].cost";
+    let e = one_error(&limit(", cost: 0"), at);
+    assert!(e.message.contains("at least 1"), "{}", e.message);
+    let e = one_error(&limit(", cost: 11"), at);
+    assert!(e.message.contains("burst (10)"), "{}", e.message);
+    let e = one_error(&limit(", burst: 2000000, cost: 1000001"), at);
+    assert!(e.message.contains("at most 1000000"), "{}", e.message);
+    load(&limit(", burst: 10, cost: 10"));
+    let e = one_error(
+        &limit(", charge_header: \"X Cost\""),
+        "routes[1].rate_limits[0].charge_header",
+    );
+    assert!(
+        e.message.contains("not a valid header name"),
+        "{}",
+        e.message
+    );
+}
+
+/// A global limit takes its cost from Redis and may be charged after the response; a cost is
+/// at most the lease (which holds the tokens of whole requests): an error saying so.
+#[cfg(feature = "redis")]
+#[test]
+fn cost_and_charge_header_on_global_limits() {
+    let limit = |fields: &str| {
+        format!(
+            "{}store:\n  redis: {{url: \"redis://h\"}}\n{}    rate_limits: [{{key: global, rate: 10/s, scope: global{fields}}}]\n",
+            BASE.split("upstreams:").next().unwrap(),
+            &BASE[BASE.find("upstreams:").unwrap()..]
+        )
+    };
+    let c = load(&limit(", cost: 5"));
+    assert_eq!(c.routes[0].rate_limits[0].cost.get(), 5);
+    load(&limit(", cost: 5, lease: 5"));
+    let e = one_error(
+        &limit(", cost: 6, lease: 5"),
+        "routes[0].rate_limits[0].cost",
+    );
+    assert!(e.message.contains("lease (5)"), "{}", e.message);
+    let c = load(&limit(", charge_header: X-Cost, lease: 5"));
+    assert!(c.routes[0].rate_limits[0].charge_header.is_some());
+}
+
 /// Match paths are put in the canonical form requests are matched in; one that no request
 /// could match is an error that says why.
 #[test]

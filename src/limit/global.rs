@@ -21,12 +21,23 @@
 //! yields the same [`Decision`]s, hence the same `Retry-After` and `RateLimit` fields, as a local
 //! limit with the same parameters.
 //!
+//! **A cost** (`cost: c`, without a lease): the script is asked for `c` tokens and needs them
+//! all — denied iff `d > τ − (c − 1)·T` (the level is below `c·T`, governor's `check_key_n`),
+//! with `retry_after = d − τ + (c − 1)·T` — and grants `c` then. `c = 1` is the step above.
+//!
 //! **Several tokens at once** (leases, below): the script is asked for up to `want` tokens and
 //! grants `k = min(want, ⌊(τ + T − max(d, 0)) / T⌋)`, the whole tokens the bucket holds, setting
 //! the TAT to `now + max(d, 0) + k·T`: `k` requests in a row would have left the same TAT, so a
 //! lease never takes a token the bucket does not have. (The quotient is a double: when it rounds
 //! up to the next whole number, the script steps back, checking `k·T ≤ room` exactly.) `want = 1`
 //! is the step above.
+//!
+//! **Charged after the response** (`charge_header`): a second script moves the TAT to
+//! `now + min(max(d, 0) + c·T, (1 + MAX_DEBT_BURSTS)·burst·T)` for `c` tokens charged, never
+//! back: the bucket may go into debt (`d > τ` then denies every request until it is paid back),
+//! exactly as the local `RateLimit::charge` does. It is called in a task of its own after the
+//! response head, so the response never waits for Redis; the Redis key is computed at the check
+//! (from the request's headers) and kept until then. A failed charge is lost.
 //!
 //! **Clock**: the script takes `now` from Redis' own `TIME`, not from the instance. Every
 //! instance then measures the bucket against one clock, so clock skew between sluice hosts
@@ -154,14 +165,16 @@ const LEASE_TTL_INTERVALS: u32 = 16;
 /// The shortest and longest life of leased tokens.
 const LEASE_TTL_BOUNDS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
 
-/// The GCRA step for up to `want` tokens; see the module docs. `KEYS[1]` the bucket, `ARGV[1]`
-/// T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ 1). Returns `{k, TAT − now}` (ns) after granting
-/// `k ≥ 1` tokens, `{0, retry_after}` (ns) after a denial.
+/// The GCRA step for up to `want` tokens, at least `need`; see the module docs. `KEYS[1]` the
+/// bucket, `ARGV[1]` T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ need), `ARGV[4]` need (≥ 1, the
+/// limit's cost). Returns `{k, TAT − now}` (ns) after granting `k ≥ need` tokens,
+/// `{0, retry_after}` (ns) after a denial.
 const SCRIPT_SOURCE: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local slack = tau - (tonumber(ARGV[4]) - 1) * t
 local clock = redis.call('TIME')
 local now_s = tonumber(clock[1])
 local now_ns = tonumber(clock[2]) * 1000
@@ -173,8 +186,8 @@ if tat then
     d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
   end
 end
-if d > tau then
-  return {0, d - tau}
+if d > slack then
+  return {0, d - slack}
 end
 if d < 0 then d = 0 end
 local room = tau + t - d
@@ -193,6 +206,39 @@ return {k, ahead}
 /// The script, hashed once (`EVALSHA` needs its SHA-1).
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
 
+/// A charge after the response (`charge_header`; see the module docs): `KEYS[1]` the bucket,
+/// `ARGV[1]` the ns to add to `max(TAT, now)`, `ARGV[2]` the most `TAT − now` may become (the
+/// debt's cap). Never moves the TAT back. Returns `TAT − now` (ns).
+const CHARGE_SOURCE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local add = tonumber(ARGV[1])
+local ceiling = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now_s = tonumber(clock[1])
+local now_ns = tonumber(clock[2]) * 1000
+local d = 0
+local tat = redis.call('GET', KEYS[1])
+if tat then
+  local s, ns = string.match(tat, '^(%d+)%.(%d+)$')
+  if s then
+    d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
+  end
+end
+if d < 0 then d = 0 end
+local ahead = d + add
+if ahead > ceiling then ahead = ceiling end
+if ahead <= d then return d end
+local at = now_ns + ahead
+local frac = math.fmod(at, 1000000000)
+local secs = now_s + (at - frac) / 1000000000
+redis.call('SET', KEYS[1], string.format('%d.%09d', secs, frac),
+  'PX', string.format('%d', math.ceil(ahead / 1000000)))
+return ahead
+";
+
+/// The charge script, hashed once.
+static CHARGE: LazyLock<Script> = LazyLock::new(|| Script::new(CHARGE_SOURCE));
+
 /// One `scope: global` rate limit of one route.
 pub(crate) struct GlobalLimit {
     /// The shared connection.
@@ -206,6 +252,8 @@ pub(crate) struct GlobalLimit {
     emission_nanos: u64,
     /// Bucket size (`config.burst`, unless cut to [`MAX_REFILL_NANOS`]).
     burst: u32,
+    /// Tokens a request takes (`config.cost`, at most `burst`, and `lease` if any): `ARGV[4]`.
+    cost: u32,
     /// `ARGV[1]`, `ARGV[2]`: T and τ in decimal, formatted once.
     argv: [Box<str>; 2],
     /// `store.redis.timeout`.
@@ -268,6 +316,7 @@ impl GlobalLimit {
             prefix: prefix.into_boxed_slice(),
             emission_nanos,
             burst,
+            cost: config.cost.get().min(burst),
             argv: [emission_nanos.to_string().into(), tau.to_string().into()],
             timeout: redis.timeout,
             on_error: redis.on_error,
@@ -276,7 +325,8 @@ impl GlobalLimit {
                 lease_ttl(lease, emission),
                 config.max_keys.get(),
                 evictions,
-            ),
+            )
+            .costing(config.cost.get()),
         }
     }
 
@@ -326,13 +376,15 @@ impl GlobalLimit {
                 }
                 return Ok(Some(self.decision(ahead, left)));
             }
-            Taken::Ask { want, refill } => (want, refill),
+            // `want` is 1 without a lease (or while a refill is in flight): the request's cost
+            // is what it asks for then.
+            Taken::Ask { want, refill } => (want.max(self.cost), refill),
         };
         let guard = refill.then(|| self.memos.refill(*key));
         let answer = self.ask(&self.redis_key(key, headers), want).await;
         let settle = match answer {
             Answer::Granted { tokens, ahead } => Settle::Granted {
-                left: tokens - 1,
+                left: tokens.saturating_sub(self.cost),
                 ahead,
             },
             Answer::Denied { retry_after } => Settle::Denied(retry_after),
@@ -343,10 +395,39 @@ impl GlobalLimit {
             None => self.memos.settle(key, false, settle),
         }
         match answer {
-            Answer::Granted { tokens, ahead } => Ok(Some(self.decision(ahead, tokens - 1))),
+            Answer::Granted { tokens, ahead } => {
+                Ok(Some(self.decision(ahead, tokens.saturating_sub(self.cost))))
+            }
             Answer::Denied { retry_after } => Ok(Some(Decision::Denied { retry_after })),
             Answer::Failed => self.fallback(key),
         }
+    }
+
+    /// The Redis key of the request's bucket, kept from the check (whose `headers` a `header:`
+    /// key is hashed from) for [`GlobalLimit::charge`] after the response.
+    pub(crate) fn charge_key(&self, key: &LimitKey, headers: &HeaderMap) -> Vec<u8> {
+        self.redis_key(key, headers)
+    }
+
+    /// Charges `tokens` more to the bucket `redis_key` (a `charge_header`, less the cost
+    /// already taken), in a task of its own: the response does not wait for Redis. The bucket
+    /// may go into debt, at most `MAX_DEBT_BURSTS` × burst tokens (and at most 2^53 ns, the
+    /// script's exact range). When Redis fails, the charge is lost (counted as a store error).
+    pub(crate) fn charge(self: &Arc<Self>, redis_key: Vec<u8>, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let t = self.emission_nanos;
+        let ceiling = (t * u64::from(self.burst))
+            .saturating_mul(u64::from(RateLimitConfig::MAX_DEBT_BURSTS) + 1)
+            .min(MAX_REFILL_NANOS);
+        let add = tokens.saturating_mul(t).min(ceiling);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut invocation = CHARGE.key(&redis_key);
+            invocation.arg(add).arg(ceiling);
+            this.call::<i64>(&redis_key, &invocation).await;
+        });
     }
 
     /// Forgets denials and leases that have run out. Call it from the housekeeping task.
@@ -372,44 +453,19 @@ impl GlobalLimit {
         });
     }
 
-    /// One script call for up to `want` tokens of the bucket `redis_key`, bounded by `timeout`;
+    /// One script call for up to `want` tokens (at least the limit's cost) of the bucket
+    /// `redis_key`, bounded by `timeout`;
     /// failures feed the breaker of the key's slot.
     async fn ask(&self, redis_key: &[u8], want: u32) -> Answer {
-        let inner = &self.store.inner;
-        let breaker = self.store.breaker_of(slot_of(redis_key));
-        let call = async {
-            let Some(conn) = inner.connection(breaker).await else {
-                return Ok(None);
-            };
-            let mut invocation = SCRIPT.key(redis_key);
-            invocation.arg(&*self.argv[0]).arg(&*self.argv[1]).arg(want);
-            let answer = match conn {
-                RedisConn::Server(mut conn) => {
-                    invocation.invoke_async::<(i64, i64)>(&mut conn).await
-                }
-                RedisConn::Cluster(mut conn) => {
-                    invocation.invoke_async::<(i64, i64)>(&mut conn).await
-                }
-            };
-            answer.map(Some)
+        let mut invocation = SCRIPT.key(redis_key);
+        invocation
+            .arg(&*self.argv[0])
+            .arg(&*self.argv[1])
+            .arg(want)
+            .arg(self.cost.min(want));
+        let Some(answer) = self.call::<(i64, i64)>(redis_key, &invocation).await else {
+            return Answer::Failed;
         };
-        let answer = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(Some(answer))) => answer,
-            // Not asked: not connected, or the breaker is open. Not an error of its own.
-            Ok(Ok(None)) => return Answer::Failed,
-            Ok(Err(err)) => {
-                inner.failed(breaker, &err);
-                return Answer::Failed;
-            }
-            Err(_) => {
-                inner.failed(
-                    breaker,
-                    &format_args!("no answer within {:?}", self.timeout),
-                );
-                return Answer::Failed;
-            }
-        };
-        inner.succeeded(breaker);
         match answer {
             (tokens @ 1.., ahead) => Answer::Granted {
                 tokens: u32::try_from(tokens).unwrap_or(1).min(want),
@@ -418,6 +474,46 @@ impl GlobalLimit {
             (_, wait) => Answer::Denied {
                 retry_after: Duration::from_nanos(u64::try_from(wait).unwrap_or(0)),
             },
+        }
+    }
+
+    /// One script `invocation` on the bucket `redis_key`, bounded by `timeout`; failures feed
+    /// the breaker of the key's slot. `None` when it failed or was not made (not connected, or
+    /// the breaker is open: not an error of its own).
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        redis_key: &[u8],
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let inner = &self.store.inner;
+        let breaker = self.store.breaker_of(slot_of(redis_key));
+        let call = async {
+            let Some(conn) = inner.connection(breaker).await else {
+                return Ok(None);
+            };
+            let answer = match conn {
+                RedisConn::Server(mut conn) => invocation.invoke_async::<T>(&mut conn).await,
+                RedisConn::Cluster(mut conn) => invocation.invoke_async::<T>(&mut conn).await,
+            };
+            answer.map(Some)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(Some(answer))) => {
+                inner.succeeded(breaker);
+                Some(answer)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                inner.failed(breaker, &err);
+                None
+            }
+            Err(_) => {
+                inner.failed(
+                    breaker,
+                    &format_args!("no answer within {:?}", self.timeout),
+                );
+                None
+            }
         }
     }
 

@@ -3,12 +3,24 @@
 //! Used by the rate-limit stage of the pipeline (`pipeline/rate.rs`), right after routing and
 //! before the concurrency caps: for each limit of the route the stage calls
 //! [`RateLimit::check`] with the request's [`LimitKey`] and rejects with 429 on the first
-//! [`Decision::Denied`]. A check takes one token or none and never waits; the decisions also
-//! feed the `RateLimit` header field.
+//! [`Decision::Denied`]. A check takes the limit's `cost` in tokens (1 by default) or none, and
+//! never waits; the decisions also feed the `RateLimit` header field.
 //!
 //! The buckets are governor's GCRA: per key one `AtomicU64`, the *theoretical arrival time* (TAT)
 //! of the next request, updated with a CAS loop. A bucket of size `burst` refilling one token per
-//! emission interval `T` admits a request at time `now` iff `TAT - (burst - 1)·T <= now`.
+//! emission interval `T` admits a request of cost `n` at time `now` iff
+//! `TAT - (burst - n)·T <= now`, i.e. iff its level `now + burst·T - TAT` (nanoseconds of refill
+//! banked) is at least `n·T`, and then moves the TAT to `max(TAT, now) + n·T` (governor's
+//! `check_key_n`).
+//!
+//! # Debt: a cost charged after the response
+//!
+//! [`RateLimit::charge`] moves a key's TAT further by the tokens an upstream reported
+//! (`charge_header`), without a check: the level may go below zero, the bucket is in debt, and
+//! every request of the key is denied until the refill has paid the debt back and banked the
+//! request's cost (a denial's `retry_after` says how long that is). The TAT is moved at most to
+//! `now + (1 + MAX_DEBT_BURSTS)·burst·T` — a debt of at most `MAX_DEBT_BURSTS` × burst tokens —
+//! and never back.
 //!
 //! Keyed limits keep one state per key in a bounded table (`super::table`): at most `max_keys`
 //! keys; when a new one comes to a full table, a key whose bucket is full again goes, else the
@@ -28,6 +40,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -61,6 +74,8 @@ pub struct RateLimit<C: Clock = DefaultClock> {
     emission_nanos: u64,
     /// Bucket size in tokens (`config.burst`, unless cut to [`MAX_REFILL_NANOS`]).
     burst: u32,
+    /// Tokens a request takes (`config.cost`, at most `burst`).
+    cost: NonZeroU32,
     /// `sluice_rate_limit_evictions_total{route,limit}` (shared with the key table).
     evictions: Counter,
 }
@@ -69,20 +84,20 @@ pub struct RateLimit<C: Clock = DefaultClock> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "a denied request must not be forwarded"]
 pub enum Decision {
-    /// The request took a token.
+    /// The request took its cost in tokens.
     Admitted {
-        /// Whole tokens left in the bucket after this request (`0..burst`).
+        /// Whole tokens left in the bucket after this request (`0..=burst - cost`).
         remaining: u32,
         /// Exact time until the bucket holds `remaining + 1` whole tokens, in `(0, T]` for an
         /// emission interval `T`. `ZERO` only if the bucket were full, which cannot happen right
         /// after a request took a token.
         reset: Duration,
     },
-    /// The bucket is empty; nothing was taken.
+    /// The bucket holds less than the request's cost (or is in debt); nothing was taken.
     Denied {
-        /// Time until this key's bucket admits one request, from governor's
-        /// `NotUntil::wait_time_from` (exact with respect to the clock reading taken right after
-        /// the decision).
+        /// Time until this key's bucket admits one request of the limit's cost (pays back any
+        /// debt and banks the cost), from governor's `NotUntil::wait_time_from` (exact with
+        /// respect to the clock reading taken right after the decision).
         retry_after: Duration,
     },
 }
@@ -94,13 +109,7 @@ enum Buckets {
     /// lock on the one key every request hits) and never evicted.
     One(InMemoryState),
     /// `key: client_ip` / `header:…`: one state per key, at most `max_keys`.
-    PerKey {
-        /// The states.
-        table: KeyTable,
-        /// The emission interval `T` (ns): governor's fresh TAT is `now + T`, which is how the
-        /// table learns `now` (for LRU stamps and stale entries) without reading the clock.
-        emission_nanos: u64,
-    },
+    PerKey(KeyTable),
 }
 
 /// The key governor passes through to [`Buckets`] on a check: the bucket key plus two cells the
@@ -109,11 +118,25 @@ enum Buckets {
 #[derive(Clone, Debug)]
 struct Probe {
     key: LimitKey,
+    /// `n·T` (ns) for the `n` tokens governor is asked for: governor's fresh TAT is
+    /// `now + n·T`, which is how the store learns `now` without reading the clock.
+    weight: u64,
+    /// `Some` for a [`RateLimit::charge`]: the store moves the TAT itself instead of running
+    /// governor's step.
+    charge: Option<Charge>,
     /// The TAT governor committed for an admitted request (ns since the limiter started).
     tat: Cell<Nanos>,
-    /// `now + T`, where `now` is the time governor measured for the decision (ns since the
+    /// `now + n·T`, where `now` is the time governor measured for the decision (ns since the
     /// limiter started): the TAT a fresh bucket would have got.
     fresh_tat: Cell<Nanos>,
+}
+
+/// What a charge does to a TAT: `max(TAT, now) + add`, at most `now + ceiling`, never less
+/// than the TAT was (all in ns).
+#[derive(Clone, Copy, Debug)]
+struct Charge {
+    add: u64,
+    ceiling: u64,
 }
 
 /// The emission interval (at least 1 ns) and the burst of `config`, the burst cut so that a
@@ -164,16 +187,20 @@ impl<C: Clock> RateLimit<C> {
             .allow_burst(burst.try_into().expect("burst is at least 1"));
         let buckets = match config.key {
             KeySpec::Global => Buckets::One(InMemoryState::default()),
-            KeySpec::ClientIp | KeySpec::Header(_) => Buckets::PerKey {
-                table: KeyTable::new(config.max_keys, evictions.clone()),
-                emission_nanos,
-            },
+            KeySpec::ClientIp | KeySpec::Header(_) => {
+                Buckets::PerKey(KeyTable::new(config.max_keys, evictions.clone()))
+            }
         };
+        // Validation keeps the cost within the burst; a burst cut above keeps it there too.
+        let cost = config
+            .cost
+            .min(NonZeroU32::new(burst).expect("burst is at least 1"));
         RateLimit {
             config: config.clone(),
             limiter: RateLimiter::new(quota, buckets, clock),
             emission_nanos,
             burst,
+            cost,
             evictions,
         }
     }
@@ -183,21 +210,50 @@ impl<C: Clock> RateLimit<C> {
         &self.config
     }
 
-    /// Takes one token from `key`'s bucket if it has one. Never waits, never allocates (except
-    /// the table slot of a key seen for the first time, until the table is full).
+    /// Takes the limit's `cost` in tokens from `key`'s bucket if it holds that many. Never
+    /// waits, never allocates (except the table slot of a key seen for the first time, until
+    /// the table is full).
     ///
     /// A `global` limit has one bucket and ignores `key`.
     pub fn check(&self, key: &LimitKey) -> Decision {
-        let probe = Probe {
-            key: *key,
-            tat: Cell::new(Nanos::default()),
-            fresh_tat: Cell::new(Nanos::default()),
-        };
-        match self.limiter.check_key(&probe) {
-            Ok(state) => self.admitted(&probe, state.remaining_burst_capacity()),
-            Err(not_until) => Decision::Denied {
+        let probe = self.probe(key, self.cost.get(), None);
+        match self.limiter.check_key_n(&probe, self.cost) {
+            Ok(Ok(state)) => self.admitted(&probe, state.remaining_burst_capacity()),
+            Ok(Err(not_until)) => Decision::Denied {
                 retry_after: not_until.wait_time_from(self.limiter.clock().now()),
             },
+            Err(_) => unreachable!("the cost is at most the burst (see `with_clock`)"),
+        }
+    }
+
+    /// Charges `tokens` more to `key`'s bucket, after the request was admitted (an upstream's
+    /// `charge_header`, less the `cost` already taken): the bucket may go into debt, at most
+    /// [`RateLimitConfig::MAX_DEBT_BURSTS`] × burst tokens (see the module docs). Never waits.
+    /// A key the table no longer holds is inserted, in debt.
+    pub fn charge(&self, key: &LimitKey, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let t = self.emission_nanos;
+        let capacity = t * u64::from(self.burst);
+        let ceiling = capacity.saturating_mul(u64::from(RateLimitConfig::MAX_DEBT_BURSTS) + 1);
+        let charge = Charge {
+            add: tokens.saturating_mul(t).min(ceiling),
+            ceiling,
+        };
+        // A charge always succeeds: the store returns governor's admission of a fresh bucket
+        // (one token, which it does not take) alongside the TAT it sets.
+        let _ = self.limiter.check_key(&self.probe(key, 1, Some(charge)));
+    }
+
+    /// The key governor hands to the store, for a call asking for `n` tokens.
+    fn probe(&self, key: &LimitKey, n: u32, charge: Option<Charge>) -> Probe {
+        Probe {
+            key: *key,
+            weight: self.emission_nanos * u64::from(n),
+            charge,
+            tat: Cell::new(Nanos::default()),
+            fresh_tat: Cell::new(Nanos::default()),
         }
     }
 
@@ -237,8 +293,8 @@ impl<C: Clock> RateLimit<C> {
     fn admitted(&self, probe: &Probe, remaining: u32) -> Decision {
         let t = self.emission_nanos;
         let capacity = t * u64::from(self.burst);
-        // now + burst·T = (now + T) + (burst - 1)·T
-        let level = (probe.fresh_tat.get().as_u64() + (capacity - t))
+        // now + burst·T = (now + cost·T) + (burst - cost)·T
+        let level = (probe.fresh_tat.get().as_u64() + (capacity - probe.weight))
             .saturating_sub(probe.tat.get().as_u64())
             .min(capacity);
         let decision = Decision::admitted(level, t, self.burst);
@@ -301,21 +357,21 @@ impl StateStore for Buckets {
             decision
         };
         // `f` is pure (it captured governor's clock reading; the middleware only builds a
-        // snapshot). On a fresh bucket (`None`) it admits and returns `now + T`: that is how
+        // snapshot). On a fresh bucket (`None`) it admits and returns `now + n·T`: that is how
         // we learn the `now` governor decided at without reading the clock again.
         let fresh = f(None).ok().map(|(_, fresh)| fresh);
-        let outcome = match self {
-            Buckets::One(state) => state.measure_and_replace(&NotKeyed::NonKey, record),
-            Buckets::PerKey {
-                table,
-                emission_nanos,
-            } => {
-                // A fresh bucket always admits one request, so `fresh` is there; were it not,
-                // 0 would only make this key look old to the LRU.
-                let now = fresh.map_or(0, |f| f.as_u64().saturating_sub(*emission_nanos));
-                table.update(&probe.key, now, record)
-            }
-        };
+        // A fresh bucket admits any cost up to the burst, so `fresh` is there; were it not, 0
+        // would only make this key look old to the LRU.
+        let now = fresh.map_or(0, |f| f.as_u64().saturating_sub(probe.weight));
+        if let Some(charge) = probe.charge {
+            // Governor's admission of a fresh bucket is returned as it is; the TAT is ours.
+            let charged = |tat: Option<Nanos>| {
+                let (out, _) = f(None)?;
+                Ok((out, charge.apply(tat.map_or(0, Nanos::as_u64), now).into()))
+            };
+            return self.update(&probe.key, now, charged);
+        }
+        let outcome = self.update(&probe.key, now, record);
         if let (true, Some(fresh)) = (outcome.is_ok(), fresh) {
             probe.fresh_tat.set(fresh);
         }
@@ -323,16 +379,31 @@ impl StateStore for Buckets {
     }
 }
 
+impl Buckets {
+    /// Governor's compare-and-swap step `f` on `key`'s state (the one state of a `global` key).
+    fn update<T, E>(
+        &self,
+        key: &LimitKey,
+        now: u64,
+        f: impl Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    ) -> Result<T, E> {
+        match self {
+            Buckets::One(state) => state.measure_and_replace(&NotKeyed::NonKey, f),
+            Buckets::PerKey(table) => table.update(key, now, f),
+        }
+    }
+}
+
 impl ShrinkableKeyedStateStore<Probe> for Buckets {
     fn retain_recent(&self, drop_below: Nanos) {
-        if let Buckets::PerKey { table, .. } = self {
+        if let Buckets::PerKey(table) = self {
             // governor's rule: a state at or below `drop_below` is a full bucket.
             table.retain(|tat| tat > drop_below.as_u64());
         }
     }
 
     fn shrink_to_fit(&self) {
-        if let Buckets::PerKey { table, .. } = self {
+        if let Buckets::PerKey(table) = self {
             table.shrink_to_fit();
         }
     }
@@ -340,12 +411,25 @@ impl ShrinkableKeyedStateStore<Probe> for Buckets {
     fn len(&self) -> usize {
         match self {
             Buckets::One(_) => 1,
-            Buckets::PerKey { table, .. } => table.len(),
+            Buckets::PerKey(table) => table.len(),
         }
     }
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+// === impl Charge ===
+
+impl Charge {
+    /// The TAT after charging a bucket whose TAT is `tat` at `now` (ns since the limiter
+    /// started). Saturating: the ceiling may be near `u64::MAX` for a bucket of a century.
+    fn apply(self, tat: u64, now: u64) -> u64 {
+        let charged = tat.max(now).saturating_add(self.add);
+        // Kept below 2^63 so that governor's `TAT + (n - 1)·T` cannot overflow.
+        let ceiling = now.saturating_add(self.ceiling).min(1 << 63);
+        charged.min(ceiling).max(tat)
     }
 }
 

@@ -82,13 +82,14 @@ impl<'rt> RequestContext<'rt> {
     /// counted there), `sluice_responses_total`, and the access line.
     pub(super) fn finish(mut self, answer: Answer) -> Response<ProxyBody> {
         self.finished = true;
-        let fields = std::mem::take(&mut self.fields);
+        let mut fields = std::mem::take(&mut self.fields);
         let answer_rejection = match &answer {
             Answer::Rejected(rejection) => Some(*rejection),
             _ => None,
         };
         let (res, outcome) = match (answer, self.route) {
-            (Answer::Forwarded(res), Some(route)) => {
+            (Answer::Forwarded(mut res), Some(route)) => {
+                fields.charge(route, res.headers_mut());
                 (fields.decorate(res, route), Some(Outcome::Forwarded))
             }
             // A 202 carries the route's `RateLimit` fields like any answer of the route.

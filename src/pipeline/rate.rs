@@ -7,6 +7,10 @@
 //! once: upstreams authenticate the first line (Go's `Header.Get`, Java's `getHeader`), so a
 //! key hashed from all lines would let a client pick a fresh bucket with a second line. Such a
 //! request gets 400 `bad-request` before any bucket is charged.
+//!
+//! After the upstream's response, [`Fields::charge`] reads what the upstream says the request
+//! cost (a limit's `charge_header`), charges it to the key the limit admitted the request with,
+//! and removes the header from the response.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,6 +38,9 @@ pub(super) struct Fields {
     len: usize,
     /// The items past `INLINE_ITEMS` (a route with that many limits is rare).
     more: Vec<Item>,
+    /// For each `scope: global` limit with a `charge_header` that admitted the request: its
+    /// index and the Redis key of the request's bucket (empty for every other route).
+    global_charges: Vec<(usize, Vec<u8>)>,
 }
 
 /// Items kept in [`Fields`] without an allocation.
@@ -45,6 +52,9 @@ struct Item {
     limit: usize,
     remaining: u32,
     reset: Duration,
+    /// The key the limit admitted the request with, kept only when the limit has a
+    /// `charge_header`: the bucket the upstream's reported cost is charged to.
+    charged: Option<LimitKey>,
 }
 
 /// Where [`check`] stopped: at a global limit, whose decision is Redis'.
@@ -89,6 +99,12 @@ pub(super) fn global<'a>(
                 Some(global) => global.check(&key, headers).await,
                 None => Ok(Some(limit.rate.check(&key))),
             };
+            if let (Some(global), Some(_), Ok(Some(Decision::Admitted { .. }))) =
+                (&limit.global, &limit.rate.config().charge_header, &decision)
+            {
+                let redis_key = global.charge_key(&key, headers);
+                fields.global_charges.push((at.index, redis_key));
+            }
             apply(route, at.index, &key, decision, fields)?;
             match local_from(rt, route, at.client_ip, headers, fields, at.index + 1)? {
                 Some(next) => at = next,
@@ -128,13 +144,16 @@ fn apply(
 ) -> Result<(), Rejection> {
     let rejection = match decision {
         Ok(Some(Decision::Admitted { remaining, reset })) => {
-            fields.push(index, remaining, reset);
+            let config = route.limits[index].rate.config();
+            let charged = config.charge_header.is_some().then_some(*key);
+            fields.push(index, remaining, reset, charged);
             return Ok(());
         }
         Ok(None) => return Ok(()),
         Ok(Some(Decision::Denied { retry_after })) => {
             if route.mode == Mode::Shadow {
-                fields.push(index, 0, retry_after);
+                // Nothing taken, nothing charged later.
+                fields.push(index, 0, retry_after, None);
             }
             Rejection::RateLimited {
                 limit: index,
@@ -152,6 +171,24 @@ fn apply(
         }
         Mode::Enforce => Err(rejection),
     }
+}
+
+/// The cost in `headers`' `name`: one line holding a whole number ≥ 0. `None` when absent; when
+/// repeated, not a number or negative, also `None`, logged at debug.
+fn reported_cost(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    let cost = match lines.next() {
+        None => first
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok()),
+        Some(_) => None,
+    };
+    if cost.is_none() {
+        tracing::debug!(header = %name, value = ?first, "charge header ignored: not one whole number ≥ 0");
+    }
+    cost
 }
 
 /// 400 when a header a limit keys on came more than once (see the module docs); in shadow mode
@@ -177,11 +214,12 @@ fn repeated_keys(route: &Route, headers: &HeaderMap) -> Result<(), Rejection> {
 // === impl Fields ===
 
 impl Fields {
-    fn push(&mut self, limit: usize, remaining: u32, reset: Duration) {
+    fn push(&mut self, limit: usize, remaining: u32, reset: Duration, charged: Option<LimitKey>) {
         let item = Item {
             limit,
             remaining,
             reset,
+            charged,
         };
         match self.items.get_mut(self.len) {
             Some(slot) => {
@@ -189,6 +227,46 @@ impl Fields {
                 self.len += 1;
             }
             None => self.more.push(item),
+        }
+    }
+
+    /// After the upstream's response `headers` (of a request of `route`): for each limit of the
+    /// route with a `charge_header`, removes that header — always, so that the client never
+    /// sees it — and charges the cost it reports, less the limit's `cost` already taken, to the
+    /// key the limit admitted the request with (see [`crate::limit::RateLimit::charge`]). A
+    /// header that is absent, repeated, not a whole number or negative is ignored (logged at
+    /// debug); a cost below `cost` refunds nothing. `RateLimit` still shows the state at
+    /// admission: the charge is felt by the key's next requests.
+    pub(super) fn charge(&mut self, route: &Route, headers: &mut HeaderMap) {
+        for (index, limit) in route.limits.iter().enumerate() {
+            let config = limit.rate.config();
+            let Some(name) = &config.charge_header else {
+                continue;
+            };
+            let reported = reported_cost(headers, name);
+            headers.remove(name);
+            let Some(reported) = reported else {
+                continue;
+            };
+            let extra = reported.saturating_sub(u64::from(config.cost.get()));
+            match &limit.global {
+                // Redis' bucket, in a task of its own (the response does not wait).
+                Some(global) => {
+                    let charge = self.global_charges.iter().position(|(l, _)| *l == index);
+                    if let Some(at) = charge {
+                        global.charge(self.global_charges.swap_remove(at).1, extra);
+                    }
+                }
+                None => {
+                    let item = self.items[..self.len]
+                        .iter()
+                        .chain(&self.more)
+                        .find(|item| item.limit == index);
+                    if let Some(key) = item.and_then(|i| i.charged) {
+                        limit.rate.charge(&key, extra);
+                    }
+                }
+            }
         }
     }
 

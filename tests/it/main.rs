@@ -18,6 +18,7 @@ mod admin_access;
 mod canonical;
 mod cli;
 mod concurrency;
+mod cost;
 mod dashboard;
 #[cfg(feature = "redis")]
 mod deferred;

@@ -609,3 +609,128 @@ async fn reload_keeps_or_replaces_the_connection() {
     assert_eq!(sluice_keys(&mut conn).await, ["sluice:{r:limit-0:global}"]);
     proxy.stop().await;
 }
+
+/// Pins: `cost` on a global limit, shared by two instances: cost 5 against burst 10 admits two
+/// requests in all (`r=5`, then `r=0`), and the third, through either instance, is 429 with a
+/// `Retry-After` of five tokens (the Lua script needs the whole cost, as `check_key_n` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_is_taken_from_the_shared_bucket() {
+    a_cost_against_burst_ten("").await;
+}
+
+/// Pins: the same with `lease: 10`: the first instance leases the whole bucket and spends it
+/// five tokens a request; the other finds Redis' bucket empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_is_taken_from_a_lease() {
+    a_cost_against_burst_ten(", lease: 10").await;
+}
+
+async fn a_cost_against_burst_ten(lease: &str) {
+    let redis = RedisServer::start().await;
+    let up = ok_upstream().await;
+    let routes = route(
+        "heavy",
+        "/",
+        &format!(
+            "{{name: heavy, key: global, rate: 1/m, burst: 10, cost: 5, scope: global{lease}}}"
+        ),
+    );
+    let yaml = config(&redis.url(), PATIENT, "deny", &up.endpoint(), &routes);
+    let a = start_proxy(&yaml).await;
+    let b = start_proxy(&yaml).await;
+    let first = get(&a.url("/x")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("ratelimit"), Some("\"heavy\";r=5;t=60"));
+    // Through `a` again with a lease (`b` holds none), through `b` without.
+    let second_via = if lease.is_empty() { &b } else { &a };
+    let second = get(&second_via.url("/x")).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.header("ratelimit"), Some("\"heavy\";r=0;t=60"));
+    for proxy in [&a, &b] {
+        let third = get(&proxy.url("/x")).await;
+        third.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+        assert!(
+            secs_between(third.header("retry-after"), 290, 450),
+            "five tokens of 60 s (spread up to 1.5 ×, key: global): {:?}",
+            third.header("retry-after")
+        );
+    }
+    assert_eq!(up.requests(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Pins: `charge_header` on a global limit: an upstream reporting `X-Cost: 50` against burst 10
+/// puts the shared bucket of the key 40 tokens into debt (a second script call, made after the
+/// response without delaying it), so both instances deny the key with a `Retry-After` of 41
+/// tokens, another key is unaffected, a huge report is capped at 10 × burst, and the client
+/// never sees the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_header_puts_the_shared_bucket_into_debt() {
+    let redis = RedisServer::start().await;
+    let up = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let mut res = hyper::Response::new(TestBody::text("ok"));
+        if let Some(cost) = req.headers().get("x-report") {
+            res.headers_mut().insert("x-cost", cost.clone());
+        }
+        res
+    })
+    .await;
+    let routes = route(
+        "tokens",
+        "/",
+        "{name: tokens, key: header:X-Api-Key, rate: 1/m, burst: 10, scope: global, charge_header: X-Cost}",
+    );
+    let yaml = config(&redis.url(), PATIENT, "deny", &up.endpoint(), &routes);
+    let a = start_proxy(&yaml).await;
+    let b = start_proxy(&yaml).await;
+    let as_key = |proxy: &Proxy, key: &str, report: Option<&str>| {
+        let mut req = Request::get(proxy.url("/x")).header("x-api-key", key);
+        if let Some(report) = report {
+            req = req.header("x-report", report);
+        }
+        req.body(Full::new(Bytes::new())).unwrap()
+    };
+    let heavy = send(&client(), as_key(&a, "k1", Some("50"))).await;
+    assert_eq!(heavy.status, StatusCode::OK);
+    assert_eq!(heavy.header("x-cost"), None, "the header is removed");
+    // The charge reaches Redis after the response: wait for it (at most a second).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let denied = loop {
+        let got = send(&client(), as_key(&b, "k1", None)).await;
+        if got.status == StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    denied.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+    // 41 tokens of 60 s, or 42 if a request of the loop passed before the charge landed.
+    assert!(
+        secs_between(denied.header("retry-after"), 2400, 2520),
+        "41 or 42 tokens of 60 s: {:?}",
+        denied.header("retry-after")
+    );
+    let again = send(&client(), as_key(&a, "k1", None)).await;
+    assert_eq!(again.status, StatusCode::TOO_MANY_REQUESTS);
+    let other = send(&client(), as_key(&a, "k2", None)).await;
+    assert_eq!(other.status, StatusCode::OK, "another key is unaffected");
+    assert_eq!(other.header("ratelimit"), Some("\"tokens\";r=9;t=60"));
+    // However much is reported, the debt is at most 10 × burst: 100 tokens owed + 1.
+    let huge = send(&client(), as_key(&a, "k3", Some("18446744073709551615"))).await;
+    assert_eq!((huge.status, huge.header("x-cost")), (StatusCode::OK, None));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let capped = loop {
+        let got = send(&client(), as_key(&b, "k3", None)).await;
+        if got.status == StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        secs_between(capped.header("retry-after"), 6000, 6060),
+        "101 tokens of 60 s: {:?}",
+        capped.header("retry-after")
+    );
+    a.stop().await;
+    b.stop().await;
+}

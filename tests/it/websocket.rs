@@ -114,6 +114,8 @@ fn answer(
         .header("upgrade", "websocket")
         .header("connection", "Upgrade")
         .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        // What a limit with `charge_header: X-Cost` charges (tests/it/cost.rs); ignored else.
+        .header("x-cost", "7")
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
@@ -377,6 +379,28 @@ async fn rate_limits_apply_to_upgrades() {
     assert_eq!(problem["reason"], "rate-limited");
     assert_eq!(up.handshakes.load(Ordering::SeqCst), 1);
     assert_eq!(upgraded(&proxy).await, 1.0);
+    proxy.stop().await;
+}
+
+/// A limit's `charge_header` on the upstream's 101: removed before the client sees it, and
+/// charged (7 reported, 1 taken: 6 more), as on any response.
+#[tokio::test]
+async fn a_charge_header_on_a_101_is_charged_and_removed() {
+    let up = ws_upstream(None).await;
+    let limit = "    rate_limits: [{ name: c, key: client_ip, rate: 1/m, burst: 10, charge_header: X-Cost }]\n";
+    let proxy = proxy_for(&up, limit).await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let (_open, res) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgraded");
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(res.headers().get("x-cost").is_none(), "{:?}", res.headers());
+    let plain = get(&proxy.url("/plain")).await;
+    assert_eq!(
+        plain.header("ratelimit"),
+        Some("\"c\";r=2;t=60"),
+        "10 − 1 − 6 − 1"
+    );
     proxy.stop().await;
 }
 

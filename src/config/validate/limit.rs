@@ -78,6 +78,8 @@ impl Cx {
             RateLimitConfig::DEFAULT_MAX_KEYS,
             RateLimitConfig::MAX_MAX_KEYS,
         );
+        let cost = self.cost(&join(at, "cost"), raw.cost, burst, lease);
+        let charge_header = self.charge_header(at, raw.charge_header.as_deref());
         Some(RateLimitConfig {
             name: name?,
             key: key?,
@@ -86,7 +88,52 @@ impl Cx {
             scope: scope?,
             lease: lease?,
             max_keys: max_keys?,
+            cost: cost?,
+            charge_header: charge_header?,
         })
+    }
+
+    /// `rate_limits[].cost`: 1 (default) … [`RateLimitConfig::MAX_COST`], at most the limit's
+    /// burst (a request costing more could never pass), and at most a `lease` (which holds
+    /// the tokens of whole requests).
+    fn cost(
+        &mut self,
+        at: &str,
+        raw: Option<Int>,
+        burst: Option<u32>,
+        lease: Option<u32>,
+    ) -> Option<NonZeroU32> {
+        let Some(raw) = raw else {
+            return Some(RateLimitConfig::DEFAULT_COST);
+        };
+        let cost = self.number::<u32>(at, raw.0, 1, RateLimitConfig::MAX_COST)?;
+        if let Some(lease @ 1..) = lease.filter(|&lease| lease < cost) {
+            return self.fail(
+                at,
+                format!("must be at most the limit's lease ({lease}), found {cost}: a lease holds the tokens of whole requests"),
+            );
+        }
+        match burst {
+            Some(burst) if cost > burst => self.fail(
+                at,
+                format!("must be at most the limit's burst ({burst}), found {cost}: a request costing more than the bucket holds could never pass"),
+            ),
+            _ => NonZeroU32::new(cost),
+        }
+    }
+
+    /// `rate_limits[].charge_header`: a header name. `Some(None)` when absent.
+    fn charge_header(&mut self, at: &str, raw: Option<&str>) -> Option<Option<HeaderName>> {
+        let Some(raw) = raw else {
+            return Some(None);
+        };
+        match HeaderName::from_bytes(raw.trim().as_bytes()) {
+            Ok(name) => Some(Some(name)),
+            Err(_) => self.fail(
+                &join(at, "charge_header"),
+                format!("{raw:?} is not a valid header name"),
+            ),
+        }
     }
 
     /// `rate`: required, `N/s`, `N/m` or `N/h`.

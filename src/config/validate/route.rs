@@ -42,22 +42,8 @@ impl Cx {
         routes
     }
 
-    fn route(
-        &mut self,
-        at: &str,
-        raw: &RawRoute,
-        upstreams: &[&str],
-        stores: Stores,
-    ) -> Option<RouteConfig> {
-        let name = match raw.name.as_deref() {
-            Some(name) => self.name(&join(at, "name"), name),
-            None => self.missing(&join(at, "name"), "a unique name like create-order"),
-        };
-        let matcher = match &raw.matcher {
-            Some(matcher) => self.matcher(&join(at, "match"), matcher),
-            None => Some(RouteMatch::default()),
-        };
-        let upstream = self.upstream_ref(&join(at, "upstream"), raw.upstream.as_deref(), upstreams);
+    /// A route's `priority` and `mode`, each defaulted.
+    fn priority_and_mode(&mut self, at: &str, raw: &RawRoute) -> (Option<Priority>, Option<Mode>) {
         let priority = self.choice(
             &join(at, "priority"),
             raw.priority.as_deref(),
@@ -75,6 +61,26 @@ impl Cx {
             &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
             Mode::default(),
         );
+        (priority, mode)
+    }
+
+    fn route(
+        &mut self,
+        at: &str,
+        raw: &RawRoute,
+        upstreams: &[&str],
+        stores: Stores,
+    ) -> Option<RouteConfig> {
+        let name = match raw.name.as_deref() {
+            Some(name) => self.name(&join(at, "name"), name),
+            None => self.missing(&join(at, "name"), "a unique name like create-order"),
+        };
+        let matcher = match &raw.matcher {
+            Some(matcher) => self.matcher(&join(at, "match"), matcher),
+            None => Some(RouteMatch::default()),
+        };
+        let upstream = self.upstream_ref(&join(at, "upstream"), raw.upstream.as_deref(), upstreams);
+        let (priority, mode) = self.priority_and_mode(at, raw);
         let limits = self.rate_limits(at, raw.rate_limits.as_deref(), stores.redis);
         let concurrency = raw
             .concurrency

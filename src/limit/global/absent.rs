@@ -40,6 +40,14 @@ impl GlobalLimit {
         match **self {}
     }
 
+    pub(crate) fn charge_key(&self, _: &LimitKey, _: &HeaderMap) -> Vec<u8> {
+        match *self {}
+    }
+
+    pub(crate) fn charge(self: &Arc<Self>, _: Vec<u8>, _: u64) {
+        match **self {}
+    }
+
     pub(crate) fn housekeeping(&self) {
         match *self {}
     }

@@ -18,6 +18,9 @@
 //! any time, and N instances exceed the limit by at most N × `lease` tokens (those held, not
 //! yet spent, when the bucket runs dry).
 //!
+//! With a `cost` of `c` tokens a request, a leased admission takes `c` of them; fewer than `c`
+//! left serve no request (they stay until they expire or a refill tops them up).
+//!
 //! Leased tokens expire `ttl` after they were granted (unspent ones are dropped, never given
 //! back): an instance that stops getting a key's requests does not sit on its tokens.
 
@@ -59,6 +62,8 @@ pub(super) struct Memos {
     low_water: u32,
     /// How long leased tokens may be spent, ns.
     ttl: u64,
+    /// Leased tokens a request takes: the limit's `cost` (at most `lease`).
+    cost: u32,
 }
 
 /// What a request does, decided from the table.
@@ -148,6 +153,15 @@ impl Memos {
             lease,
             low_water: lease / 4,
             ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
+            cost: 1,
+        }
+    }
+
+    /// The same table for a limit whose requests take `cost` tokens (default 1).
+    pub(super) fn costing(self, cost: u32) -> Memos {
+        Memos {
+            cost: cost.clamp(1, self.lease.max(1)),
+            ..self
         }
     }
 
@@ -246,8 +260,8 @@ impl Memos {
 
     /// [`Memos::take`] on a key that has an entry.
     fn take_from(&self, memo: &mut Memo, now: u64) -> Taken {
-        if memo.left > 0 && now < memo.expires {
-            memo.left -= 1;
+        if memo.left >= self.cost && now < memo.expires {
+            memo.left -= self.cost;
             // No refill while Redis is known to deny: it would be denied.
             let refill = (memo.left <= self.low_water
                 && !memo.refilling
@@ -262,8 +276,10 @@ impl Memos {
                 refill,
             };
         }
-        // Expired tokens are dropped.
-        memo.left = 0;
+        // Expired tokens are dropped; fewer than a request's cost stay for a refill to top up.
+        if now >= memo.expires {
+            memo.left = 0;
+        }
         if now < memo.denied_until {
             return Taken::Denied(Duration::from_nanos(memo.denied_until - now));
         }

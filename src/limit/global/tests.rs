@@ -29,6 +29,8 @@ fn limit_config(name: &str, key: KeySpec, count: u32, per: Per, burst: u32) -> R
         scope: LimitScope::Global,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).unwrap(),
+        cost: crate::config::RateLimitConfig::DEFAULT_COST,
+        charge_header: None,
     }
 }
 
@@ -93,6 +95,38 @@ async fn admitted_and_denied_match_the_local_limiter() {
         let expected = local.check(&LimitKey::Global);
         let got = match step(&mut tat, now, t, tau) {
             Ok(ahead) => g.decision(ahead, 0),
+            Err(wait) => Decision::Denied {
+                retry_after: Duration::from_nanos(wait),
+            },
+        };
+        assert_eq!(got, expected, "after a pause of {pause} ms");
+    }
+}
+
+/// Pins: with a cost, the script's arithmetic (denied below `cost·T`, `retry_after` to it,
+/// `cost` tokens granted) gives the `Decision`s of governor's local bucket with the same cost.
+#[tokio::test]
+async fn a_cost_matches_the_local_limiter() {
+    let mut config = limit_config("l", KeySpec::Global, 10, Per::Second, 10);
+    config.cost = std::num::NonZeroU32::new(4).unwrap();
+    let g = global("r", &config);
+    let clock = FakeRelativeClock::default();
+    let local = RateLimit::with_clock(&config, clock.clone(), Counter::default());
+    let t = g.emission_nanos;
+    let tau = t * 9;
+    let mut d_at: Option<u64> = None; // the TAT
+    let mut now = 0u64;
+    for pause in [0, 0, 0, 50, 300, 0, 1, 399, 0, 2000, 0, 0, 0] {
+        now += pause * 1_000_000;
+        clock.advance(Duration::from_millis(pause));
+        let expected = local.check(&LimitKey::Global);
+        let d = d_at.map_or(0, |tat| tat as i64 - now as i64);
+        let got = match lua_grant_n(d, t, tau, 4, 4) {
+            Ok((k, ahead)) => {
+                assert_eq!(k, 4);
+                d_at = Some(now + ahead);
+                g.decision(ahead, 0)
+            }
             Err(wait) => Decision::Denied {
                 retry_after: Duration::from_nanos(wait),
             },
@@ -219,9 +253,15 @@ async fn on_error_applies_without_redis() {
 /// The script's grant of up to `want` tokens, in the script's own arithmetic (doubles, as
 /// Redis' Lua numbers are): `Ok((k, ahead))` or `Err(retry_after)`.
 fn lua_grant(d: i64, t: u64, tau: u64, want: u64) -> Result<(u64, u64), u64> {
+    lua_grant_n(d, t, tau, want, 1)
+}
+
+/// [`lua_grant`] needing at least `need` tokens (`ARGV[4]`, the limit's cost).
+fn lua_grant_n(d: i64, t: u64, tau: u64, want: u64, need: u64) -> Result<(u64, u64), u64> {
     let (d, t, tau, want) = (d as f64, t as f64, tau as f64, want as f64);
-    if d > tau {
-        return Err((d - tau) as u64);
+    let slack = tau - (need as f64 - 1.0) * t;
+    if d > slack {
+        return Err((d - slack) as u64);
     }
     let d = d.max(0.0);
     let room = tau + t - d;
@@ -421,6 +461,35 @@ async fn a_lease_is_spent_locally_and_refilled_once_at_a_quarter() {
             ..
         }
     ));
+}
+
+/// Pins: with a cost, a leased admission takes the cost in tokens; fewer than the cost left
+/// serve no request (the request asks Redis while the refill started at a quarter is in
+/// flight), and the refill tops them up.
+#[tokio::test(start_paused = true)]
+async fn a_lease_is_spent_a_cost_at_a_time() {
+    let m = memos(10, 16).costing(4);
+    let key = LimitKey::Global;
+    assert_eq!(m.take(&key), ask(10, true));
+    m.settle(&key, true, granted(6, 10_000)); // 10 granted, 4 taken by the request
+    assert_eq!(
+        m.take(&key),
+        Taken::Leased {
+            left: 2,
+            ahead: 10_000,
+            refill: Some(8)
+        },
+        "2 left (a quarter of 10): a refill of 8 starts"
+    );
+    assert_eq!(
+        m.take(&key),
+        ask(1, false),
+        "2 tokens serve no request of cost 4"
+    );
+    assert_eq!(m.held(&key), 2, "and stay");
+    m.settle(&key, true, granted(8, 10_000));
+    assert_eq!(m.held(&key), 10);
+    assert!(matches!(m.take(&key), Taken::Leased { left: 6, .. }));
 }
 
 /// Pins: leased tokens expire (dropped, and the next request refills), a denial is spent

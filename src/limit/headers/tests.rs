@@ -14,6 +14,8 @@ fn limit(name: &str, rate: &str, burst: u32) -> RateLimitConfig {
         scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
+        cost: RateLimitConfig::DEFAULT_COST,
+        charge_header: None,
     }
 }
 

@@ -19,6 +19,8 @@ fn config(key: KeySpec, rate: &str, burst: u32) -> RateLimitConfig {
         scope: LimitScope::Local,
         lease: 0,
         max_keys: NonZeroUsize::new(1_000_000).expect("nonzero"),
+        cost: RateLimitConfig::DEFAULT_COST,
+        charge_header: None,
     }
 }
 
@@ -27,9 +29,21 @@ fn limit(
     rate: &str,
     burst: u32,
 ) -> (RateLimit<FakeRelativeClock>, FakeRelativeClock) {
+    costing(key, rate, burst, 1)
+}
+
+/// A limit whose requests take `cost` tokens each, on a fake clock.
+fn costing(
+    key: KeySpec,
+    rate: &str,
+    burst: u32,
+    cost: u32,
+) -> (RateLimit<FakeRelativeClock>, FakeRelativeClock) {
+    let mut c = config(key, rate, burst);
+    c.cost = NonZeroU32::new(cost).expect("test cost");
     let clock = FakeRelativeClock::default();
     (
-        RateLimit::with_clock(&config(key, rate, burst), clock.clone(), Counter::default()),
+        RateLimit::with_clock(&c, clock.clone(), Counter::default()),
         clock,
     )
 }
@@ -415,4 +429,107 @@ fn stale_keys_go_first() {
         matches!(lim.check(&nth(0)), Decision::Admitted { .. }),
         "nth(0) was evicted and starts over"
     );
+}
+
+// cost 5 against burst 10: two requests pass (5 then 0 tokens left), the third waits for five
+// tokens, not one; `reset` is still the time to the next whole token.
+#[test]
+fn cost_takes_several_tokens() {
+    let (lim, clock) = costing(KeySpec::ClientIp, "10/s", 10, 5); // T = 100 ms
+    let a = ip("192.0.2.1");
+    assert_eq!(lim.check(&a), admitted(5, ms(100)));
+    assert_eq!(lim.check(&a), admitted(0, ms(100)));
+    assert_eq!(lim.check(&a), denied(ms(500)), "five tokens away");
+    clock.advance(ms(420)); // 4.2 tokens
+    assert_eq!(lim.check(&a), denied(ms(80)));
+    clock.advance(ms(80));
+    assert_eq!(lim.check(&a), admitted(0, ms(100)));
+    clock.advance(ms(730)); // 7.3 tokens → take 5 → 2.3
+    assert_eq!(lim.check(&a), admitted(2, ms(70)));
+}
+
+// A cost equal to the burst: one request per full bucket.
+#[test]
+fn cost_equal_to_burst() {
+    let (lim, clock) = costing(KeySpec::Global, "1/s", 3, 3);
+    assert_eq!(
+        lim.check(&LimitKey::Global),
+        admitted(0, Duration::from_secs(1))
+    );
+    assert_eq!(lim.check(&LimitKey::Global), denied(Duration::from_secs(3)));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(lim.check(&LimitKey::Global), denied(Duration::from_secs(1)));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        lim.check(&LimitKey::Global),
+        admitted(0, Duration::from_secs(1))
+    );
+}
+
+// A charge puts the bucket into debt: the key is denied until the refill has paid the debt back
+// and banked the request's cost, and `retry_after` says exactly when; other keys are untouched.
+#[test]
+fn charge_puts_key_into_debt() {
+    let (lim, clock) = limit(KeySpec::ClientIp, "10/s", 10); // T = 100 ms
+    let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+    assert_eq!(lim.check(&a), admitted(9, ms(100)));
+    lim.charge(&a, 49); // the upstream said 50; 1 was taken: level 10 − 50 = −40 tokens
+    assert_eq!(
+        lim.check(&a),
+        denied(Duration::from_millis(4100)),
+        "40 owed + 1 to take"
+    );
+    assert_eq!(
+        lim.check(&b),
+        admitted(9, ms(100)),
+        "another key is unaffected"
+    );
+    clock.advance(Duration::from_millis(4000));
+    assert_eq!(lim.check(&a), denied(ms(100)));
+    clock.advance(ms(100));
+    assert_eq!(lim.check(&a), admitted(0, ms(100)));
+}
+
+// A debt is at most 10 × burst tokens, however much is charged, at once or in pieces; the
+// key's next request of cost `c` passes after (10 × burst + c) × T at most.
+#[test]
+fn debt_is_capped_at_ten_bursts() {
+    let (lim, clock) = costing(KeySpec::ClientIp, "10/s", 10, 2); // T = 100 ms
+    let a = ip("192.0.2.1");
+    assert_eq!(lim.check(&a), admitted(8, ms(100)));
+    lim.charge(&a, u64::MAX);
+    let most = Duration::from_millis((10 * 10 + 2) * 100);
+    assert_eq!(lim.check(&a), denied(most), "level −100 tokens, 2 to take");
+    lim.charge(&a, 1_000);
+    assert_eq!(
+        lim.check(&a),
+        denied(most),
+        "a second charge cannot go deeper"
+    );
+    clock.advance(most);
+    assert_eq!(lim.check(&a), admitted(0, ms(100)));
+}
+
+// A charge of nothing changes nothing; a charge on a full bucket takes from it like requests
+// would, without a check.
+#[test]
+fn small_charges() {
+    let (lim, _clock) = limit(KeySpec::Global, "10/s", 10);
+    lim.charge(&LimitKey::Global, 0);
+    assert_eq!(lim.check(&LimitKey::Global), admitted(9, ms(100)));
+    lim.charge(&LimitKey::Global, 4);
+    assert_eq!(lim.check(&LimitKey::Global), admitted(4, ms(100)));
+}
+
+// A key in debt is not stale: housekeeping keeps it (forgetting it would forgive the debt).
+#[test]
+fn housekeeping_keeps_keys_in_debt() {
+    let (lim, clock) = limit(KeySpec::ClientIp, "10/s", 2);
+    let a = ip("192.0.2.1");
+    assert!(matches!(lim.check(&a), Decision::Admitted { .. }));
+    lim.charge(&a, 10);
+    clock.advance(Duration::from_millis(900));
+    lim.housekeeping();
+    assert_eq!(lim.len(), 1);
+    assert!(matches!(lim.check(&a), Decision::Denied { .. }));
 }
