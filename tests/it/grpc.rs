@@ -269,3 +269,70 @@ async fn streamed_messages_are_relayed_as_they_come() {
     );
     proxy.stop().await;
 }
+
+/// Pins: trailers go both ways — a client's request trailers reach the upstream (a gRPC
+/// request's body streams from its first byte, frames as they come), as the upstream's
+/// response trailers reach the client.
+#[tokio::test]
+async fn request_trailers_reach_the_upstream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let got = req.into_body().collect().await.ok();
+                    let seen = got
+                        .as_ref()
+                        .and_then(|c| c.trailers())
+                        .and_then(|t| t.get("x-request-meta"))
+                        .cloned();
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    if let Some(seen) = seen {
+                        trailers.insert("x-seen", seen);
+                    }
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                        vec![Ok(Frame::trailers(trailers))];
+                    let res = Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(StreamBody::new(futures_util::stream::iter(frames)))
+                        .unwrap();
+                    Ok::<_, Infallible>(res)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = start_proxy(&config(&format!("http://{addr}"), "")).await;
+    let mut meta = HeaderMap::new();
+    meta.insert("x-request-meta", "from-the-client".parse().unwrap());
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+        Ok(Frame::trailers(meta)),
+    ];
+    let req = Request::post(proxy.url("/pkg.Service/Method"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("answered within 30 s")
+        .expect("an HTTP/2 response");
+    let collected = res.into_body().collect().await.expect("the whole body");
+    let trailers = collected.trailers().cloned().expect("trailers relayed");
+    assert_eq!(header(&trailers, "grpc-status"), Some("0"));
+    assert_eq!(
+        header(&trailers, "x-seen"),
+        Some("from-the-client"),
+        "{trailers:?}"
+    );
+    upstream.abort();
+    proxy.stop().await;
+}
