@@ -180,6 +180,23 @@ impl EncodeLabelSet for LimitLabels {
     }
 }
 
+/// `sluice_rate_limited_total`'s labels: the limit that answered, and its plan (empty for a
+/// limit without plans).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RateLimitedLabels {
+    limit: LimitLabels,
+    plan: Arc<str>,
+}
+
+impl EncodeLabelSet for RateLimitedLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("route", &*self.limit.route).encode(encoder.encode_label())?;
+        ("limit", &*self.limit.limit).encode(encoder.encode_label())?;
+        ("plan", &*self.plan).encode(encoder.encode_label())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct UpstreamLabel(Arc<str>);
 
@@ -274,6 +291,10 @@ const RATE_LIMIT_KEYS: Help = ("sluice_rate_limit_keys", "Rate limit keys tracke
 const RATE_LIMIT_EVICTIONS: Help = (
     "sluice_rate_limit_evictions",
     "Keys evicted because the limit's table was full (max_keys)",
+);
+const RATE_LIMITED: Help = (
+    "sluice_rate_limited",
+    "429s by the rate limit that answered (and its plan: empty for a limit without plans)",
 );
 const RELOADS: Help = ("sluice_config_reloads", "Config reloads by result");
 const BUFFERED_BYTES: Help = (
@@ -408,6 +429,7 @@ pub(crate) struct Metrics {
     upgraded: Family<Scope, Gauge>,
     rate_limit_keys: Family<LimitLabels, Gauge>,
     rate_limit_evictions: Family<LimitLabels, Counter>,
+    rate_limited: Family<RateLimitedLabels, Counter>,
     deferred: DeferredFamilies,
     /// `sluice_upstream_retries_total{upstream}` and `sluice_upstream_endpoints`.
     fleet: FleetFamilies,
@@ -513,6 +535,7 @@ impl Metrics {
         let upgraded = register(&mut r, UPGRADED, Family::default());
         let rate_limit_keys = register(&mut r, RATE_LIMIT_KEYS, Family::default());
         let rate_limit_evictions = register(&mut r, RATE_LIMIT_EVICTIONS, Family::default());
+        let rate_limited = register(&mut r, RATE_LIMITED, Family::default());
         let deferred = DeferredFamilies::register(&mut r);
         let reloads: Family<ResultLabel, Counter> = register(&mut r, RELOADS, Family::default());
         let store_errors = register(&mut r, STORE_ERRORS, Counter::default());
@@ -539,6 +562,7 @@ impl Metrics {
             upgraded,
             rate_limit_keys,
             rate_limit_evictions,
+            rate_limited,
             deferred,
             fleet: FleetFamilies::register(&mut r),
             reloads,
@@ -689,6 +713,20 @@ impl Metrics {
             .get_or_create(&LimitLabels {
                 route: route.clone(),
                 limit: limit.clone(),
+            })
+            .clone()
+    }
+
+    /// `sluice_rate_limited_total{route, limit, plan=""}`: the 429s of a limit without plans
+    /// (the series exists from the start, at 0).
+    pub(crate) fn rate_limited(&self, route: &Arc<str>, limit: &Arc<str>) -> Counter {
+        self.rate_limited
+            .get_or_create(&RateLimitedLabels {
+                limit: LimitLabels {
+                    route: route.clone(),
+                    limit: limit.clone(),
+                },
+                plan: Arc::from(""),
             })
             .clone()
     }

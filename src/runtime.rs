@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use self::http_settings::{http_builder, HttpBuilder};
@@ -134,6 +135,8 @@ pub(crate) struct Limit {
     pub(crate) rate: Arc<RateLimit>,
     /// `scope: global`: the bucket in Redis, checked instead of `rate`.
     pub(crate) global: Option<Arc<GlobalLimit>>,
+    /// `sluice_rate_limited_total` of this limit: its 429s.
+    pub(crate) rejected: Counter,
 }
 
 /// State that outlives config versions.
@@ -580,7 +583,12 @@ impl<'a> Carry<'a> {
             }
             _ => None,
         };
-        Limit { rate, global }
+        let rejected = metrics.rate_limited(route, &l.name);
+        Limit {
+            rate,
+            global,
+            rejected,
+        }
     }
 }
 

@@ -122,6 +122,11 @@ impl<'rt> RequestContext<'rt> {
         match (self.route, outcome) {
             (Some(route), Some(outcome)) => {
                 route.metrics.outcome(outcome, false);
+                if let Some(Rejection::RateLimited { limit, .. }) = answer_rejection {
+                    if let Some(l) = route.limits.get(limit) {
+                        l.rejected.inc();
+                    }
+                }
                 route.metrics.response(status);
             }
             (None, Some(outcome)) => self.rt.metrics.unrouted(outcome),

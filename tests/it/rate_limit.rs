@@ -661,3 +661,31 @@ async fn rate_limited_outcomes_are_counted() {
     assert_eq!(up.requests(), 4);
     proxy.stop().await;
 }
+
+/// Pins: `sluice_rate_limited_total{route, limit, plan=""}` counts the 429s of the limit that
+/// answered — here the second of two — and stays at 0 for the other.
+#[tokio::test]
+async fn rate_limited_total_names_the_limit_that_answered() {
+    let up = ok_upstream().await;
+    let proxy = start_proxy(&format!(
+        "server: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         upstreams: {{ api: {{ endpoints: ['{}'] }} }}\n\
+         routes: [{{ name: r, upstream: api, rate_limits: [\
+         {{ name: roomy, key: client_ip, rate: 100/m, burst: 100 }}, \
+         {{ name: tight, key: global, rate: 1/m, burst: 2 }}] }}]\n",
+        up.endpoint()
+    ))
+    .await;
+    let mut limited = 0;
+    for _ in 0..5 {
+        limited += usize::from(get(&proxy.url("/")).await.status == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(limited, 3);
+    let series = |limit: &str| {
+        format!("sluice_rate_limited_total{{route=\"r\",limit=\"{limit}\",plan=\"\"}}")
+    };
+    assert_eq!(proxy.metric(&series("tight")).await, 3.0);
+    assert_eq!(proxy.metric(&series("roomy")).await, 0.0);
+    proxy.stop().await;
+}
