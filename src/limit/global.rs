@@ -165,16 +165,10 @@ const LEASE_TTL_INTERVALS: u32 = 16;
 /// The shortest and longest life of leased tokens.
 const LEASE_TTL_BOUNDS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
 
-/// The GCRA step for up to `want` tokens, at least `need`; see the module docs. `KEYS[1]` the
-/// bucket, `ARGV[1]` T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ need), `ARGV[4]` need (≥ 1, the
-/// limit's cost). Returns `{k, TAT − now}` (ns) after granting `k ≥ need` tokens,
-/// `{0, retry_after}` (ns) after a denial.
-const SCRIPT_SOURCE: &str = r"
+/// What both scripts start with: Redis' clock (`now_s`, `now_ns`) and `d`, how far the stored
+/// TAT of `KEYS[1]` is ahead of it (ns; 0 for none).
+const TAT_AHEAD: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
-local t = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local slack = tau - (tonumber(ARGV[4]) - 1) * t
 local clock = redis.call('TIME')
 local now_s = tonumber(clock[1])
 local now_ns = tonumber(clock[2]) * 1000
@@ -186,6 +180,18 @@ if tat then
     d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
   end
 end
+";
+
+/// The GCRA step for up to `want` tokens, at least `need`; see the module docs (after
+/// [`TAT_AHEAD`]). `KEYS[1]` the
+/// bucket, `ARGV[1]` T (ns), `ARGV[2]` τ (ns), `ARGV[3]` want (≥ need), `ARGV[4]` need (≥ 1, the
+/// limit's cost). Returns `{k, TAT − now}` (ns) after granting `k ≥ need` tokens,
+/// `{0, retry_after}` (ns) after a denial.
+const SCRIPT_SOURCE: &str = r"
+local t = tonumber(ARGV[1])
+local tau = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local slack = tau - (tonumber(ARGV[4]) - 1) * t
 if d > slack then
   return {0, d - slack}
 end
@@ -204,26 +210,15 @@ return {k, ahead}
 ";
 
 /// The script, hashed once (`EVALSHA` needs its SHA-1).
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
+static SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{TAT_AHEAD}{SCRIPT_SOURCE}")));
 
 /// A charge after the response (`charge_header`; see the module docs): `KEYS[1]` the bucket,
 /// `ARGV[1]` the ns to add to `max(TAT, now)`, `ARGV[2]` the most `TAT − now` may become (the
 /// debt's cap). Never moves the TAT back. Returns `TAT − now` (ns).
 const CHARGE_SOURCE: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
 local add = tonumber(ARGV[1])
 local ceiling = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now_s = tonumber(clock[1])
-local now_ns = tonumber(clock[2]) * 1000
-local d = 0
-local tat = redis.call('GET', KEYS[1])
-if tat then
-  local s, ns = string.match(tat, '^(%d+)%.(%d+)$')
-  if s then
-    d = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
-  end
-end
 if d < 0 then d = 0 end
 local ahead = d + add
 if ahead > ceiling then ahead = ceiling end
@@ -237,7 +232,8 @@ return ahead
 ";
 
 /// The charge script, hashed once.
-static CHARGE: LazyLock<Script> = LazyLock::new(|| Script::new(CHARGE_SOURCE));
+static CHARGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{TAT_AHEAD}{CHARGE_SOURCE}")));
 
 /// One `scope: global` rate limit of one route.
 pub(crate) struct GlobalLimit {
